@@ -1,0 +1,60 @@
+"""DA-Fusion: few-shot data augmentation with diffusion models, as a Snakemake workflow.
+
+Targets: all (default), synthetic, tokens. See README.md.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version
+
+min_version("8.20")
+
+# The library lives in src/; jobs (local, conda or cluster) import it from there too.
+SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (SRC, os.environ.get("PYTHONPATH")) if p
+)
+
+from dafusion.config import ConfigError, validate_config
+
+
+configfile: "config/config.yaml"
+
+
+try:
+    _validated = validate_config(
+        config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"
+    )
+except ConfigError as exc:
+    raise WorkflowError(f"invalid configuration: {exc}") from None
+config.clear()
+config.update(_validated)
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/prepare.smk"
+include: "workflow/rules/invert.smk"
+include: "workflow/rules/generate.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/aggregate.smk"
+
+
+rule all:
+    input:
+        rules.aggregate.output,
+    default_target: True
+
+
+rule synthetic:
+    input:
+        all_synthetic(),
+
+
+rule tokens:
+    input:
+        all_tokens(),

@@ -1,0 +1,66 @@
+"""Aggregate classifier runs: best evaluation step per run, mean and 68% interval over seeds."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+RUN_COLUMNS = ["dataset", "method", "seed", "shots", "step", "split", "metric", "value"]
+
+
+def best_steps(runs: pd.DataFrame, split: str = "val", metric: str = "accuracy") -> pd.DataFrame:
+    """One row per run: the evaluation step with the highest `metric` (the paper's protocol)."""
+    sel = runs[(runs["split"] == split) & (runs["metric"] == metric)]
+    idx = sel.groupby(["dataset", "method", "seed", "shots"])["value"].idxmax()
+    return sel.loc[idx, ["dataset", "method", "seed", "shots", "step", "value"]].reset_index(drop=True)
+
+
+def summarize(best: pd.DataFrame) -> pd.DataFrame:
+    """Mean and 68% interval (mean +- one standard error) over seeds."""
+
+    def stats(values: pd.Series) -> pd.Series:
+        n = len(values)
+        mean = values.mean()
+        sem = values.std(ddof=1) / np.sqrt(n) if n > 1 else 0.0
+        return pd.Series(
+            {"accuracy_mean": mean, "ci68_low": mean - sem, "ci68_high": mean + sem, "num_seeds": n}
+        )
+
+    grouped = best.groupby(["dataset", "method", "shots"])["value"]
+    out = grouped.apply(stats).unstack().reset_index()
+    out["num_seeds"] = out["num_seeds"].astype(int)
+    return out.sort_values(["dataset", "method", "shots"]).reset_index(drop=True)
+
+
+def plot(summary: pd.DataFrame, path: str | Path, methods: Sequence[str]) -> None:
+    """Accuracy against examples per class, one panel per dataset, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted(summary["dataset"].unique())
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.6), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        part = summary[summary["dataset"] == dataset]
+        for method in methods:
+            line = part[part["method"] == method].sort_values("shots")
+            if line.empty:
+                continue
+            ax.plot(line["shots"], line["accuracy_mean"], marker="o", label=method)
+            ax.fill_between(line["shots"], line["ci68_low"], line["ci68_high"], alpha=0.2)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(part["shots"].unique()))
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_title(dataset)
+        ax.set_xlabel("examples per class")
+        ax.set_ylabel("accuracy (val)")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(title="method", fontsize=8)
+    fig.suptitle("Few-shot accuracy, mean and 68% interval over seeds", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)

@@ -1,0 +1,91 @@
+"""Config validation: schema check with defaults, then checks a schema cannot express.
+
+Runs when the workflow starts, so a bad config stops before any job with a message that
+names the offending key.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+KINDS_WITH_ROOT = {"imagefolder"}
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the key and what to do."""
+
+
+def load_schema(path: str | Path) -> dict:
+    """Read the YAML-encoded JSON schema of the workflow config."""
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _fill_defaults(instance: Any, schema: Mapping) -> None:
+    """Fill `default` values of object properties, recursively, in place."""
+    if not isinstance(instance, dict):
+        return
+    for name, sub in schema.get("properties", {}).items():
+        if name not in instance and "default" in sub:
+            instance[name] = copy.deepcopy(sub["default"])
+        if name in instance:
+            _fill_defaults(instance[name], sub)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, Mapping):
+        for name, value in instance.items():
+            if name not in schema.get("properties", {}):
+                _fill_defaults(value, extra)
+
+
+def validate_config(config: Mapping, schema_path: str | Path, base_dir: str | Path = ".") -> dict:
+    """Return a validated copy of `config` with defaults filled in.
+
+    Raises ConfigError naming the first offending key (as a dotted path).
+    """
+    schema = load_schema(schema_path)
+    config = copy.deepcopy(dict(config))
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.path), list(map(str, e.path))))
+    if errors:
+        err = errors[0]
+        raise ConfigError(f"config key '{_key(err.absolute_path)}': {err.message}")
+    _fill_defaults(config, schema)
+    for name, spec in config["datasets"].items():
+        if spec["kind"] in KINDS_WITH_ROOT:
+            if "root" not in spec:
+                raise ConfigError(
+                    f"config key 'datasets.{name}.root': kind '{spec['kind']}' needs the "
+                    "directory that holds the dataset"
+                )
+            root = Path(base_dir, spec["root"])
+            if not root.is_dir():
+                raise ConfigError(
+                    f"config key 'datasets.{name}.root': directory '{root}' does not exist; "
+                    "point it at the dataset on disk"
+                )
+    for name, spec in config["methods"].items():
+        if spec["kind"] == "sdedit":
+            prompt = spec["prompt"]
+            try:
+                prompt.format(name="x", token="x")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ConfigError(
+                    f"config key 'methods.{name}.prompt': only {{name}} and {{token}} may "
+                    f"appear in braces ({exc!r})"
+                ) from exc
+    return config
+
+
+def uses_tokens(method: Mapping) -> bool:
+    """Whether a method's prompt needs the learned class tokens."""
+    return method["kind"] == "sdedit" and "{token}" in method["prompt"]

@@ -1,0 +1,100 @@
+"""Loading Stable Diffusion components through one code path for every source.
+
+`pretrained` is a local diffusers directory (the embedded tiny model is one) or a hub id
+such as `CompVis/stable-diffusion-v1-4`, read from the local Hugging Face cache only:
+nothing here touches the network. Weights are read from safetensors files only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """Half precision only on CUDA; CPUs compute the tiny model in float32."""
+    return DTYPES[name] if device.type == "cuda" else torch.float32
+
+
+@dataclass
+class Components:
+    """The parts of a Stable Diffusion checkpoint the stages use."""
+
+    tokenizer: object
+    text_encoder: torch.nn.Module
+    vae: torch.nn.Module
+    unet: torch.nn.Module
+    scheduler: object
+    model_id: str
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+def load_components(pretrained: str, device: torch.device, dtype: torch.dtype) -> Components:
+    """Load tokenizer, text encoder, VAE, UNet and scheduler, frozen, in eval mode."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers.schedulers import SchedulerMixin
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    local = Path(pretrained).is_dir()
+    kwargs = {} if local else {"local_files_only": True}
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer", **kwargs)
+        text_encoder = CLIPTextModel.from_pretrained(
+            pretrained, subfolder="text_encoder", use_safetensors=True, **kwargs
+        )
+        vae = AutoencoderKL.from_pretrained(
+            pretrained, subfolder="vae", use_safetensors=True, **kwargs
+        )
+        unet = UNet2DConditionModel.from_pretrained(
+            pretrained, subfolder="unet", use_safetensors=True, **kwargs
+        )
+        config = SchedulerMixin.load_config(pretrained, subfolder="scheduler", **kwargs)
+    except OSError as exc:
+        raise OSError(
+            f"cannot load the Stable Diffusion model '{pretrained}' (config key "
+            "'model.pretrained'): give 'tiny', a local diffusers directory, or a hub id whose "
+            "safetensors weights are in the local Hugging Face cache (download it once with "
+            f"`hf download {pretrained}` on a machine with internet). Cause: {exc}"
+        ) from exc
+    scheduler_cls = _scheduler_class(config.get("_class_name", "PNDMScheduler"), DDPMScheduler)
+    scheduler = scheduler_cls.from_config(config)
+    for module in (text_encoder, vae, unet):
+        module.requires_grad_(False)
+        module.eval()
+        module.to(device=device, dtype=dtype)
+    return Components(tokenizer, text_encoder, vae, unet, scheduler, model_id=str(pretrained))
+
+
+def _scheduler_class(name: str, fallback):
+    import diffusers
+
+    return getattr(diffusers, name, fallback)
+
+
+def scheduler_from_name(name: str, base):
+    """The checkpoint's scheduler for 'default', else the named diffusers class on its config."""
+    if name == "default":
+        return base
+    import diffusers
+
+    cls = getattr(diffusers, name, None)
+    if cls is None or not name.endswith("Scheduler"):
+        raise ValueError(
+            f"config key 'generation.scheduler': '{name}' is not a diffusers scheduler class; "
+            "use 'default' or e.g. 'DPMSolverMultistepScheduler'"
+        )
+    return cls.from_config(base.config)

@@ -1,0 +1,211 @@
+"""One function per workflow step: file paths and config slices in, files out.
+
+The Snakemake scripts only unpack the `snakemake` object and call these, so every step can
+be run and tested without Snakemake.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from . import aggregate as agg
+from .io import write_parquet
+
+log = logging.getLogger("dafusion")
+
+
+def _model_source(model_cfg: Mapping, model_dir: str | None) -> str:
+    """The path or hub id `from_pretrained` reads: the built tiny model, or the config's."""
+    return model_dir if model_cfg["pretrained"] == "tiny" else model_cfg["pretrained"]
+
+
+def _load(model_cfg: Mapping, model_dir: str | None):
+    from .models import load_components, resolve_device, resolve_dtype
+
+    device = resolve_device(model_cfg.get("device", "auto"))
+    dtype = resolve_dtype(model_cfg.get("dtype", "float32"), device)
+    source = _model_source(model_cfg, model_dir)
+    log.info("loading %s on %s (%s)", source, device, dtype)
+    return load_components(source, device, dtype)
+
+
+def build_model(output_dir: str, resolution: int) -> None:
+    from .tiny import save_tiny_model
+
+    save_tiny_model(output_dir, resolution=resolution)
+    log.info("tiny Stable Diffusion written to %s", output_dir)
+
+
+def index_dataset(spec: Mapping, pool_path: str, val_path: str, base_dir: str = ".") -> None:
+    """Read a dataset once: its training pool and its evaluation split."""
+    from .datasets import read_dataset
+
+    pool, val = read_dataset(spec, base_dir)
+    log.info(
+        "%s: %d training images, %d evaluation images, %d classes",
+        spec["kind"], len(pool), len(val), pool["label"].nunique(),
+    )
+    write_parquet(val, val_path)
+    write_parquet(pool, pool_path)
+
+
+def few_shot_split(pool_path: str, seed: int, shots: int, output: str) -> None:
+    from .datasets import few_shot
+
+    subset = few_shot(pd.read_parquet(pool_path), seed, shots)
+    log.info("seed %d, %d shots: %d images", seed, shots, len(subset))
+    write_parquet(subset, output)
+
+
+def invert(
+    split_path: str, model_cfg: Mapping, inversion_cfg: Mapping, seed: int, output: str,
+    model_dir: str | None = None,
+) -> None:
+    """Learn one token per class of the split in a single job."""
+    import torch
+
+    from .datasets import class_names, load_image
+    from .inversion import InversionSettings
+    from .inversion import invert as run
+    from .tokens import save_tokens
+
+    manifest = pd.read_parquet(split_path)
+    components = _load(model_cfg, model_dir)
+    settings = InversionSettings(**inversion_cfg)
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    tokens = run(
+        components,
+        [load_image(r) for r in manifest.to_dict("records")],
+        manifest["label"].tolist(),
+        class_names(manifest),
+        settings,
+        seed=seed,
+        resolution=model_cfg["resolution"],
+    )
+    log.info("learned %d tokens in %.1fs", len(tokens), time.perf_counter() - start)
+    save_tokens(
+        output,
+        tokens,
+        {"classes": class_names(manifest), "model": components.model_id, "seed": seed},
+    )
+
+
+def generate(
+    split_path: str, model_cfg: Mapping, method_name: str, method: Mapping,
+    generation_cfg: Mapping, seed: int, output: str, model_dir: str | None = None,
+    tokens_path: str | None = None,
+) -> None:
+    """SDEdit M images per real image into WebDataset shards beside `output` (index.parquet)."""
+    from .datasets import class_names
+    from .generation import GenerationSettings
+    from .generation import generate as run
+    from .models import scheduler_from_name
+    from .shards import SHARD_PATTERN, encode_image, write_index, write_shards
+    from .tokens import class_token, expand, file_hash, load_into
+
+    out_dir = Path(output).parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(SHARD_PATTERN.replace("{:06d}", "*")):
+        stale.unlink()
+    manifest = pd.read_parquet(split_path)
+    names = class_names(manifest)
+    components = _load(model_cfg, model_dir)
+    prompts, token_hash = {}, ""
+    sizes = load_into(components, tokens_path) if tokens_path else {}
+    if tokens_path:
+        token_hash = file_hash(tokens_path)
+    for label, name in enumerate(names):
+        token = class_token(name)
+        prompt = method["prompt"].format(name=name, token=token)
+        if token in sizes:
+            prompt = expand(prompt, token, sizes[token])
+        prompts[label] = prompt
+    scheduler = scheduler_from_name(generation_cfg["scheduler"], components.scheduler)
+    settings = GenerationSettings(
+        num_synthetic=generation_cfg["num_synthetic"],
+        guidance_scale=generation_cfg["guidance_scale"],
+        num_inference_steps=generation_cfg["num_inference_steps"],
+        batch_size=generation_cfg["batch_size"],
+        resize_to_source=generation_cfg["resize_to_source"],
+    )
+    fmt = generation_cfg["image_format"]
+    records = manifest.to_dict("records")
+    results = []
+    start = time.perf_counter()
+    for plan_row, image in run(
+        components, scheduler, manifest, prompts, method["strengths"], seed,
+        model_cfg["resolution"], settings,
+    ):
+        source = records[plan_row["row"]]
+        meta = {
+            "source_key": source["key"],
+            "j": int(plan_row["j"]),
+            "label": int(source["label"]),
+            "class_name": source["class_name"],
+            "method": method_name,
+            "strength": float(plan_row["strength"]),
+            "prompt": prompts[int(source["label"])],
+            "guidance_scale": float(settings.guidance_scale),
+            "scheduler": type(scheduler).__name__,
+            "steps": int(settings.num_inference_steps),
+            "seed": int(plan_row["variant_seed"]),
+            "model_id": str(model_cfg["pretrained"]),
+            "token_hash": token_hash,
+        }
+        results.append(
+            {"key": plan_row["key"], "image": encode_image(image, fmt), "label": source["label"], "meta": meta}
+        )
+    elapsed = time.perf_counter() - start
+    log.info("%d images in %.1fs (%.2f img/s)", len(results), elapsed, len(results) / max(elapsed, 1e-9))
+    results.sort(key=lambda r: r["key"])
+    index = write_shards(out_dir, results, generation_cfg["shard_size"], fmt)
+    write_index(index, output)
+
+
+def train(
+    split_path: str, val_path: str, classifier_cfg: Mapping, dataset: str, method: str,
+    seed: int, shots: int, output: str, synthetic_index: str | None = None,
+) -> None:
+    """Train one classifier and write its metrics per evaluation step."""
+    from .classifier import ClassifierSettings
+    from .classifier import train as run
+    from .datasets import class_names
+    from .models import resolve_device
+    from .shards import read_images
+
+    train_manifest = pd.read_parquet(split_path)
+    val_manifest = pd.read_parquet(val_path)
+    index = images = None
+    if synthetic_index:
+        index = pd.read_parquet(synthetic_index)
+        images = read_images(synthetic_index)
+        log.info("%d synthetic images from %s", len(index), synthetic_index)
+    cfg = {k: v for k, v in classifier_cfg.items() if k != "device"}
+    metrics = run(
+        train_manifest, val_manifest, class_names(train_manifest), index, images,
+        ClassifierSettings(**cfg), seed, resolve_device(classifier_cfg.get("device", "auto")),
+    )
+    metrics.insert(0, "shots", shots)
+    metrics.insert(0, "seed", seed)
+    metrics.insert(0, "method", method)
+    metrics.insert(0, "dataset", dataset)
+    best = metrics[metrics["metric"] == "accuracy"]["value"].max()
+    log.info("best val accuracy %.4f", best)
+    write_parquet(metrics[agg.RUN_COLUMNS], output)
+
+
+def aggregate(run_paths: Sequence[str], methods: Sequence[str], figure: str, table: str) -> None:
+    """Figure of accuracy against examples per class and the summary table."""
+    runs = pd.concat([pd.read_parquet(p) for p in run_paths], ignore_index=True)
+    summary = agg.summarize(agg.best_steps(runs))
+    Path(table).parent.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(table, index=False, float_format="%.6f")
+    Path(figure).parent.mkdir(parents=True, exist_ok=True)
+    agg.plot(summary, figure, methods)
+    log.info("summary:\n%s", summary.to_string(index=False))

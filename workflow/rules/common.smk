@@ -1,0 +1,56 @@
+from dafusion.config import uses_tokens
+
+
+wildcard_constraints:
+    dataset="[A-Za-z0-9_-]+",
+    method="[A-Za-z0-9_-]+",
+    seed=r"\d+",
+    shots=r"\d+",
+
+
+RESULTS = config["results"]
+
+
+def res(path):
+    """A path under the results root."""
+    return f"{RESULTS}/{path}"
+
+
+def split_path(wildcards):
+    return res(f"{wildcards.dataset}/splits/seed{wildcards.seed}-shots{wildcards.shots}.parquet")
+
+
+def model_input(wildcards=None):
+    """The built tiny model directory, or nothing for a hub id / local directory."""
+    return res("model/tiny") if config["model"]["pretrained"] == "tiny" else []
+
+
+def grid(pattern, methods=None):
+    """Expand a result pattern over datasets, seeds, shots (and methods)."""
+    return [
+        res(pattern.format(dataset=d, method=m, seed=s, shots=k))
+        for d in config["datasets"]
+        for m in (methods or [None])
+        for s in config["seeds"]
+        for k in config["examples_per_class"]
+    ]
+
+
+def sdedit_methods():
+    return [m for m, spec in config["methods"].items() if spec["kind"] == "sdedit"]
+
+
+def all_tokens():
+    needed = any(uses_tokens(spec) for spec in config["methods"].values())
+    return grid("{dataset}/tokens/seed{seed}-shots{shots}.safetensors") if needed else []
+
+
+def all_synthetic():
+    return grid(
+        "{dataset}/synthetic/{method}/seed{seed}-shots{shots}/index.parquet",
+        sdedit_methods(),
+    )
+
+
+def all_runs():
+    return grid("{dataset}/runs/{method}/seed{seed}-shots{shots}.parquet", list(config["methods"]))

@@ -1,0 +1,30 @@
+def train_synthetic(wildcards):
+    """The synthetic set a run mixes in; a baseline run uses none."""
+    if config["methods"][wildcards.method]["kind"] == "baseline":
+        return []
+    return res(
+        f"{wildcards.dataset}/synthetic/{wildcards.method}/"
+        f"seed{wildcards.seed}-shots{wildcards.shots}/index.parquet"
+    )
+
+
+rule train:
+    input:
+        split=split_path,
+        val=res("{dataset}/splits/val.parquet"),
+        synthetic=train_synthetic,
+    output:
+        res("{dataset}/runs/{method}/seed{seed}-shots{shots}.parquet"),
+    params:
+        classifier=config["classifier"],
+    log:
+        res("logs/{dataset}/train/{method}/seed{seed}-shots{shots}.log"),
+    benchmark:
+        res("benchmarks/{dataset}/train/{method}/seed{seed}-shots{shots}.tsv")
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/dafusion.yaml"
+    script:
+        "../scripts/train.py"

@@ -1,0 +1,7 @@
+"""Build the embedded tiny Stable Diffusion (random weights) as a diffusers directory."""
+
+from dafusion import pipeline
+from dafusion.io import setup_job_log
+
+setup_job_log(snakemake.log[0])
+pipeline.build_model(snakemake.output[0], resolution=snakemake.params.resolution)

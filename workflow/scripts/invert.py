@@ -1,0 +1,14 @@
+"""Learn one textual-inversion token per class of a split, all classes in one job."""
+
+from dafusion import pipeline
+from dafusion.io import setup_job_log
+
+setup_job_log(snakemake.log[0])
+pipeline.invert(
+    snakemake.input.split,
+    model_cfg=snakemake.params.model,
+    inversion_cfg=snakemake.params.inversion,
+    seed=int(snakemake.wildcards.seed),
+    output=snakemake.output[0],
+    model_dir=snakemake.input.model or None,
+)

@@ -1,0 +1,17 @@
+"""Train one classifier (method, seed, shots) and write its metrics table."""
+
+from dafusion import pipeline
+from dafusion.io import setup_job_log
+
+setup_job_log(snakemake.log[0])
+pipeline.train(
+    snakemake.input.split,
+    snakemake.input.val,
+    classifier_cfg=snakemake.params.classifier,
+    dataset=snakemake.wildcards.dataset,
+    method=snakemake.wildcards.method,
+    seed=int(snakemake.wildcards.seed),
+    shots=int(snakemake.wildcards.shots),
+    output=snakemake.output[0],
+    synthetic_index=snakemake.input.synthetic or None,
+)
