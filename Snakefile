@@ -12,6 +12,8 @@ from snakemake.utils import min_version
 
 min_version("8.20")
 
+# Model weights come from the local Hugging Face cache or a directory, never the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # The library lives in src/; jobs (local, conda or cluster) import it from there too.
 SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
@@ -45,9 +47,9 @@ include: "workflow/rules/aggregate.smk"
 
 
 rule all:
+    default_target: True
     input:
         rules.aggregate.output,
-    default_target: True
 
 
 rule synthetic:

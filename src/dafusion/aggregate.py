@@ -15,7 +15,9 @@ def best_steps(runs: pd.DataFrame, split: str = "val", metric: str = "accuracy")
     """One row per run: the evaluation step with the highest `metric` (the paper's protocol)."""
     sel = runs[(runs["split"] == split) & (runs["metric"] == metric)]
     idx = sel.groupby(["dataset", "method", "seed", "shots"])["value"].idxmax()
-    return sel.loc[idx, ["dataset", "method", "seed", "shots", "step", "value"]].reset_index(drop=True)
+    return sel.loc[idx, ["dataset", "method", "seed", "shots", "step", "value"]].reset_index(
+        drop=True
+    )
 
 
 def summarize(best: pd.DataFrame) -> pd.DataFrame:

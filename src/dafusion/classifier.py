@@ -123,7 +123,11 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, batch: int = 512
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    batch: int = 512,
 ) -> dict[str, float]:
     """Accuracy, loss and per-class accuracy over every evaluation image exactly once."""
     model.eval()
@@ -135,7 +139,10 @@ def evaluate(
     model.train()
     pred = torch.cat(predictions)
     correct = (pred == labels).float()
-    metrics = {"accuracy": correct.mean().item(), "loss": (torch.stack(losses).sum() / len(labels)).item()}
+    metrics = {
+        "accuracy": correct.mean().item(),
+        "loss": (torch.stack(losses).sum() / len(labels)).item(),
+    }
     for c in range(num_classes):
         mask = labels == c
         metrics[f"accuracy/{c}"] = correct[mask].mean().item() if mask.any() else float("nan")
@@ -158,9 +165,9 @@ def train(
     num_classes = len(class_names)
     size = settings.image_size
     real = to_uint8([load_image(r) for r in train_manifest.to_dict("records")], size).to(device)
-    real_labels = torch.as_tensor(train_manifest["label"].to_numpy(), dtype=torch.long, device=device)
+    real_labels = torch.tensor(train_manifest["label"].tolist(), dtype=torch.long, device=device)
     val = to_uint8([load_image(r) for r in val_manifest.to_dict("records")], size).to(device)
-    val_labels = torch.as_tensor(val_manifest["label"].to_numpy(), dtype=torch.long, device=device)
+    val_labels = torch.tensor(val_manifest["label"].tolist(), dtype=torch.long, device=device)
     if synthetic_index is not None and len(synthetic_index):
         decoded = [Image.open(io.BytesIO(synthetic_images[k][0])) for k in synthetic_index["key"]]
         synthetic = to_uint8(decoded, size).to(device)

@@ -55,7 +55,9 @@ def validate_config(config: Mapping, schema_path: str | Path, base_dir: str | Pa
     schema = load_schema(schema_path)
     config = copy.deepcopy(dict(config))
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.path), list(map(str, e.path))))
+    errors = sorted(
+        validator.iter_errors(config), key=lambda e: (len(e.path), list(map(str, e.path)))
+    )
     if errors:
         err = errors[0]
         raise ConfigError(f"config key '{_key(err.absolute_path)}': {err.message}")

@@ -113,7 +113,9 @@ def _list_class_folders(root: Path) -> dict[str, list[Path]]:
         if files:
             classes[folder.name] = files
     if not classes:
-        raise ValueError(f"no class folders with images under '{root}'; expected root/<class>/*.jpg")
+        raise ValueError(
+            f"no class folders with images under '{root}'; expected root/<class>/*.jpg"
+        )
     return classes
 
 

@@ -74,12 +74,16 @@ def encode_prompts(components: Components, prompts: Sequence[str]) -> torch.Tens
 
 
 @torch.no_grad()
-def encode_images(components: Components, images: Sequence[Image.Image], resolution: int, batch_size: int):
+def encode_images(
+    components: Components, images: Sequence[Image.Image], resolution: int, batch_size: int
+):
     """Latent mean and std of each image, one VAE pass per image."""
     vae = components.vae
     means, stds = [], []
     for start in range(0, len(images), batch_size):
-        x = torch.stack([to_model_tensor(im, resolution) for im in images[start : start + batch_size]])
+        x = torch.stack(
+            [to_model_tensor(im, resolution) for im in images[start : start + batch_size]]
+        )
         dist = vae.encode(x.to(vae.device, vae.dtype)).latent_dist
         means.append(dist.mean)
         stds.append(dist.std)
@@ -124,7 +128,9 @@ def sdedit(
     return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
 
 
-def plan(manifest: pd.DataFrame, seed: int, num_synthetic: int, strengths: Sequence[float]) -> pd.DataFrame:
+def plan(
+    manifest: pd.DataFrame, seed: int, num_synthetic: int, strengths: Sequence[float]
+) -> pd.DataFrame:
     """One row per synthetic image: source row, j, its seed and its t0."""
     rows = []
     for i, key in enumerate(manifest["key"]):
@@ -166,7 +172,7 @@ def generate(
     for strength, group in work.groupby("strength", sort=True):
         for start in range(0, len(group), settings.batch_size):
             chunk = group.iloc[start : start + settings.batch_size]
-            rows = chunk["row"].to_numpy()
+            rows = chunk["row"].tolist()
             cond = embeds[[label_pos[int(manifest_labels[r])] for r in rows]]
             generators = [torch.Generator().manual_seed(int(s)) for s in chunk["variant_seed"]]
             images = sdedit(

@@ -10,6 +10,7 @@ horizontal flip's) is computed once and sampled every step.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,11 @@ class InversionSettings:
     num_vectors: int = 1
     flip: bool = True
     templates: Sequence[str] = ("a photo of a {}",)
+
+
+def stream_seed(seed: int, token: str) -> int:
+    digest = hashlib.sha256(f"inversion/{seed}/{token}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 class SplicedEmbedding(torch.nn.Module):
@@ -107,7 +113,9 @@ def invert(
     spliced = SplicedEmbedding(base, torch.cat(rows)).to(device)
     encoder.set_input_embeddings(spliced)
     try:
-        return _train(components, spliced, images, labels, tokens, settings, seed, resolution, progress)
+        return _train(
+            components, spliced, images, labels, tokens, settings, seed, resolution, progress
+        )
     finally:
         encoder.set_input_embeddings(base)
 
@@ -128,7 +136,9 @@ def _train(components, spliced, images, labels, tokens, settings, seed, resoluti
     for c, idx in enumerate(members):
         if len(idx) == 0:
             raise ValueError(f"class '{tokens[c]}' has no training images")
-    generators = [torch.Generator().manual_seed(seed * 1_000_003 + c) for c in range(num_classes)]
+    # Each class's stream depends on the seed and its token only, not on which other classes
+    # share the job: a joint run draws exactly what separate per-class runs draw.
+    generators = [torch.Generator().manual_seed(stream_seed(seed, token)) for token in tokens]
     prompts = [
         [expand(t.format(token), token, vectors) for t in settings.templates] for token in tokens
     ]
@@ -144,7 +154,9 @@ def _train(components, spliced, images, labels, tokens, settings, seed, resoluti
             n = settings.batch_size
             pick = members[c][torch.randint(len(members[c]), (n,), generator=g)]
             view = (
-                torch.randint(2, (n,), generator=g) if settings.flip else torch.zeros(n, dtype=torch.long)
+                torch.randint(2, (n,), generator=g)
+                if settings.flip
+                else torch.zeros(n, dtype=torch.long)
             )
             template = torch.randint(len(settings.templates), (n,), generator=g)
             eps_latent = torch.randn((n, *latent_shape), generator=g)

@@ -18,8 +18,17 @@ def write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
     tmp.replace(path)
 
 
-def setup_job_log(path: str | Path | None) -> None:
-    """Send logging, warnings and progress bars (stderr) of a job to its log file."""
+def setup_job(log_path: str | Path | None, threads: int | None = None) -> None:
+    """Prepare a workflow job: its log file, and torch limited to the job's threads.
+
+    Logging, warnings and progress bars (stderr) go to the log file. Without the thread
+    cap, every job would use all cores and parallel jobs would oversubscribe them.
+    """
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    path = log_path
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         stream = open(path, "w", buffering=1)  # noqa: SIM115 - lives as long as the job

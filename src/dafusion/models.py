@@ -46,7 +46,6 @@ class Components:
 def load_components(pretrained: str, device: torch.device, dtype: torch.dtype) -> Components:
     """Load tokenizer, text encoder, VAE, UNet and scheduler, frozen, in eval mode."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from diffusers.schedulers import SchedulerMixin
     from transformers import CLIPTextModel, CLIPTokenizer
 
     local = Path(pretrained).is_dir()
@@ -62,7 +61,8 @@ def load_components(pretrained: str, device: torch.device, dtype: torch.dtype) -
         unet = UNet2DConditionModel.from_pretrained(
             pretrained, subfolder="unet", use_safetensors=True, **kwargs
         )
-        config = SchedulerMixin.load_config(pretrained, subfolder="scheduler", **kwargs)
+        # Any scheduler class reads the JSON; the checkpoint's own class is then built from it.
+        config = DDPMScheduler.load_config(pretrained, subfolder="scheduler", **kwargs)
     except OSError as exc:
         raise OSError(
             f"cannot load the Stable Diffusion model '{pretrained}' (config key "
@@ -70,8 +70,7 @@ def load_components(pretrained: str, device: torch.device, dtype: torch.dtype) -
             "safetensors weights are in the local Hugging Face cache (download it once with "
             f"`hf download {pretrained}` on a machine with internet). Cause: {exc}"
         ) from exc
-    scheduler_cls = _scheduler_class(config.get("_class_name", "PNDMScheduler"), DDPMScheduler)
-    scheduler = scheduler_cls.from_config(config)
+    scheduler = scheduler_from_name(config.get("_class_name", "PNDMScheduler"), config)
     for module in (text_encoder, vae, unet):
         module.requires_grad_(False)
         module.eval()
@@ -79,14 +78,11 @@ def load_components(pretrained: str, device: torch.device, dtype: torch.dtype) -
     return Components(tokenizer, text_encoder, vae, unet, scheduler, model_id=str(pretrained))
 
 
-def _scheduler_class(name: str, fallback):
-    import diffusers
-
-    return getattr(diffusers, name, fallback)
-
-
 def scheduler_from_name(name: str, base):
-    """The checkpoint's scheduler for 'default', else the named diffusers class on its config."""
+    """The checkpoint's scheduler for 'default', else the named diffusers class on its config.
+
+    `base` is a scheduler or a scheduler config.
+    """
     if name == "default":
         return base
     import diffusers
@@ -97,4 +93,4 @@ def scheduler_from_name(name: str, base):
             f"config key 'generation.scheduler': '{name}' is not a diffusers scheduler class; "
             "use 'default' or e.g. 'DPMSolverMultistepScheduler'"
         )
-    return cls.from_config(base.config)
+    return cls.from_config(getattr(base, "config", base))

@@ -48,7 +48,10 @@ def index_dataset(spec: Mapping, pool_path: str, val_path: str, base_dir: str = 
     pool, val = read_dataset(spec, base_dir)
     log.info(
         "%s: %d training images, %d evaluation images, %d classes",
-        spec["kind"], len(pool), len(val), pool["label"].nunique(),
+        spec["kind"],
+        len(pool),
+        len(val),
+        pool["label"].nunique(),
     )
     write_parquet(val, val_path)
     write_parquet(pool, pool_path)
@@ -63,7 +66,11 @@ def few_shot_split(pool_path: str, seed: int, shots: int, output: str) -> None:
 
 
 def invert(
-    split_path: str, model_cfg: Mapping, inversion_cfg: Mapping, seed: int, output: str,
+    split_path: str,
+    model_cfg: Mapping,
+    inversion_cfg: Mapping,
+    seed: int,
+    output: str,
     model_dir: str | None = None,
 ) -> None:
     """Learn one token per class of the split in a single job."""
@@ -97,8 +104,14 @@ def invert(
 
 
 def generate(
-    split_path: str, model_cfg: Mapping, method_name: str, method: Mapping,
-    generation_cfg: Mapping, seed: int, output: str, model_dir: str | None = None,
+    split_path: str,
+    model_cfg: Mapping,
+    method_name: str,
+    method: Mapping,
+    generation_cfg: Mapping,
+    seed: int,
+    output: str,
+    model_dir: str | None = None,
     tokens_path: str | None = None,
 ) -> None:
     """SDEdit M images per real image into WebDataset shards beside `output` (index.parquet)."""
@@ -139,8 +152,14 @@ def generate(
     results = []
     start = time.perf_counter()
     for plan_row, image in run(
-        components, scheduler, manifest, prompts, method["strengths"], seed,
-        model_cfg["resolution"], settings,
+        components,
+        scheduler,
+        manifest,
+        prompts,
+        method["strengths"],
+        seed,
+        model_cfg["resolution"],
+        settings,
     ):
         source = records[plan_row["row"]]
         meta = {
@@ -159,18 +178,32 @@ def generate(
             "token_hash": token_hash,
         }
         results.append(
-            {"key": plan_row["key"], "image": encode_image(image, fmt), "label": source["label"], "meta": meta}
+            {
+                "key": plan_row["key"],
+                "image": encode_image(image, fmt),
+                "label": source["label"],
+                "meta": meta,
+            }
         )
     elapsed = time.perf_counter() - start
-    log.info("%d images in %.1fs (%.2f img/s)", len(results), elapsed, len(results) / max(elapsed, 1e-9))
+    log.info(
+        "%d images in %.1fs (%.2f img/s)", len(results), elapsed, len(results) / max(elapsed, 1e-9)
+    )
     results.sort(key=lambda r: r["key"])
     index = write_shards(out_dir, results, generation_cfg["shard_size"], fmt)
     write_index(index, output)
 
 
 def train(
-    split_path: str, val_path: str, classifier_cfg: Mapping, dataset: str, method: str,
-    seed: int, shots: int, output: str, synthetic_index: str | None = None,
+    split_path: str,
+    val_path: str,
+    classifier_cfg: Mapping,
+    dataset: str,
+    method: str,
+    seed: int,
+    shots: int,
+    output: str,
+    synthetic_index: str | None = None,
 ) -> None:
     """Train one classifier and write its metrics per evaluation step."""
     from .classifier import ClassifierSettings
@@ -188,8 +221,14 @@ def train(
         log.info("%d synthetic images from %s", len(index), synthetic_index)
     cfg = {k: v for k, v in classifier_cfg.items() if k != "device"}
     metrics = run(
-        train_manifest, val_manifest, class_names(train_manifest), index, images,
-        ClassifierSettings(**cfg), seed, resolve_device(classifier_cfg.get("device", "auto")),
+        train_manifest,
+        val_manifest,
+        class_names(train_manifest),
+        index,
+        images,
+        ClassifierSettings(**cfg),
+        seed,
+        resolve_device(classifier_cfg.get("device", "auto")),
     )
     metrics.insert(0, "shots", shots)
     metrics.insert(0, "seed", seed)

@@ -97,7 +97,12 @@ def build_tokenizer(workdir: Path):
 
 def build_tiny_pipeline(seed: int = 0, resolution: int = 32):
     """Assemble the tiny StableDiffusionPipeline with weights drawn from `seed`."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,16 +4,16 @@ rule aggregate:
     output:
         figure=res("figures/accuracy.png"),
         table=res("tables/summary.csv"),
-    params:
-        methods=list(config["methods"]),
     log:
         res("logs/aggregate.log"),
     benchmark:
         res("benchmarks/aggregate.tsv")
+    conda:
+        "../../envs/dafusion.yaml"
     threads: 1
     resources:
         mem_mb=2000,
-    conda:
-        "../../envs/dafusion.yaml"
+    params:
+        methods=list(config["methods"]),
     script:
         "../scripts/aggregate.py"

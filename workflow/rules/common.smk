@@ -17,7 +17,9 @@ def res(path):
 
 
 def split_path(wildcards):
-    return res(f"{wildcards.dataset}/splits/seed{wildcards.seed}-shots{wildcards.shots}.parquet")
+    return res(
+        f"{wildcards.dataset}/splits/seed{wildcards.seed}-shots{wildcards.shots}.parquet"
+    )
 
 
 def model_input(wildcards=None):
@@ -42,7 +44,9 @@ def sdedit_methods():
 
 def all_tokens():
     needed = any(uses_tokens(spec) for spec in config["methods"].values())
-    return grid("{dataset}/tokens/seed{seed}-shots{shots}.safetensors") if needed else []
+    return (
+        grid("{dataset}/tokens/seed{seed}-shots{shots}.safetensors") if needed else []
+    )
 
 
 def all_synthetic():
@@ -53,4 +57,7 @@ def all_synthetic():
 
 
 def all_runs():
-    return grid("{dataset}/runs/{method}/seed{seed}-shots{shots}.parquet", list(config["methods"]))
+    return grid(
+        "{dataset}/runs/{method}/seed{seed}-shots{shots}.parquet",
+        list(config["methods"]),
+    )

@@ -14,19 +14,19 @@ rule generate:
         tokens=generate_tokens,
     output:
         res("{dataset}/synthetic/{method}/seed{seed}-shots{shots}/index.parquet"),
-    params:
-        model=config["model"],
-        method=lambda w: config["methods"][w.method],
-        generation=config["generation"],
     log:
         res("logs/{dataset}/generate/{method}/seed{seed}-shots{shots}.log"),
     benchmark:
         res("benchmarks/{dataset}/generate/{method}/seed{seed}-shots{shots}.tsv")
+    conda:
+        "../../envs/dafusion.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         gpu=1,
-    conda:
-        "../../envs/dafusion.yaml"
+    params:
+        model=config["model"],
+        method=lambda w: config["methods"][w.method],
+        generation=config["generation"],
     script:
         "../scripts/generate.py"

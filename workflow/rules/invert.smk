@@ -4,18 +4,18 @@ rule invert:
         model=model_input,
     output:
         res("{dataset}/tokens/seed{seed}-shots{shots}.safetensors"),
-    params:
-        model=config["model"],
-        inversion=config["inversion"],
     log:
         res("logs/{dataset}/invert/seed{seed}-shots{shots}.log"),
     benchmark:
         res("benchmarks/{dataset}/invert/seed{seed}-shots{shots}.tsv")
+    conda:
+        "../../envs/dafusion.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         gpu=1,
-    conda:
-        "../../envs/dafusion.yaml"
+    params:
+        model=config["model"],
+        inversion=config["inversion"],
     script:
         "../scripts/invert.py"

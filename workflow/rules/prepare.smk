@@ -2,17 +2,17 @@ rule index_dataset:
     output:
         pool=res("{dataset}/splits/pool.parquet"),
         val=res("{dataset}/splits/val.parquet"),
-    params:
-        spec=lambda w: config["datasets"][w.dataset],
     log:
         res("logs/{dataset}/index_dataset.log"),
     benchmark:
         res("benchmarks/{dataset}/index_dataset.tsv")
+    conda:
+        "../../envs/dafusion.yaml"
     threads: 1
     resources:
         mem_mb=4000,
-    conda:
-        "../../envs/dafusion.yaml"
+    params:
+        spec=lambda w: config["datasets"][w.dataset],
     script:
         "../scripts/index_dataset.py"
 
@@ -26,10 +26,10 @@ rule few_shot_split:
         res("logs/{dataset}/few_shot_split/seed{seed}-shots{shots}.log"),
     benchmark:
         res("benchmarks/{dataset}/few_shot_split/seed{seed}-shots{shots}.tsv")
+    conda:
+        "../../envs/dafusion.yaml"
     threads: 1
     resources:
         mem_mb=1000,
-    conda:
-        "../../envs/dafusion.yaml"
     script:
         "../scripts/few_shot_split.py"

@@ -15,16 +15,16 @@ rule train:
         synthetic=train_synthetic,
     output:
         res("{dataset}/runs/{method}/seed{seed}-shots{shots}.parquet"),
-    params:
-        classifier=config["classifier"],
     log:
         res("logs/{dataset}/train/{method}/seed{seed}-shots{shots}.log"),
     benchmark:
         res("benchmarks/{dataset}/train/{method}/seed{seed}-shots{shots}.tsv")
+    conda:
+        "../../envs/dafusion.yaml"
     threads: 1
     resources:
         mem_mb=4000,
-    conda:
-        "../../envs/dafusion.yaml"
+    params:
+        classifier=config["classifier"],
     script:
         "../scripts/train.py"

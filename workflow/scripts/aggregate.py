@@ -1,9 +1,9 @@
 """Figure and summary table over every classifier run."""
 
 from dafusion import pipeline
-from dafusion.io import setup_job_log
+from dafusion.io import setup_job
 
-setup_job_log(snakemake.log[0])
+setup_job(snakemake.log[0], snakemake.threads)
 pipeline.aggregate(
     snakemake.input.runs,
     methods=snakemake.params.methods,

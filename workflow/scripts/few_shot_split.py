@@ -1,9 +1,9 @@
 """Draw the nested few-shot training manifest of one (seed, shots)."""
 
 from dafusion import pipeline
-from dafusion.io import setup_job_log
+from dafusion.io import setup_job
 
-setup_job_log(snakemake.log[0])
+setup_job(snakemake.log[0], snakemake.threads)
 pipeline.few_shot_split(
     snakemake.input.pool,
     seed=int(snakemake.wildcards.seed),

@@ -1,9 +1,9 @@
 """SDEdit M synthetic images per real image into WebDataset shards."""
 
 from dafusion import pipeline
-from dafusion.io import setup_job_log
+from dafusion.io import setup_job
 
-setup_job_log(snakemake.log[0])
+setup_job(snakemake.log[0], snakemake.threads)
 pipeline.generate(
     snakemake.input.split,
     model_cfg=snakemake.params.model,

@@ -1,7 +1,7 @@
 """Read a dataset once: training pool and evaluation manifests."""
 
 from dafusion import pipeline
-from dafusion.io import setup_job_log
+from dafusion.io import setup_job
 
-setup_job_log(snakemake.log[0])
+setup_job(snakemake.log[0], snakemake.threads)
 pipeline.index_dataset(snakemake.params.spec, snakemake.output.pool, snakemake.output.val)

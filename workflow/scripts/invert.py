@@ -1,9 +1,9 @@
 """Learn one textual-inversion token per class of a split, all classes in one job."""
 
 from dafusion import pipeline
-from dafusion.io import setup_job_log
+from dafusion.io import setup_job
 
-setup_job_log(snakemake.log[0])
+setup_job(snakemake.log[0], snakemake.threads)
 pipeline.invert(
     snakemake.input.split,
     model_cfg=snakemake.params.model,

@@ -1,9 +1,9 @@
 """Train one classifier (method, seed, shots) and write its metrics table."""
 
 from dafusion import pipeline
-from dafusion.io import setup_job_log
+from dafusion.io import setup_job
 
-setup_job_log(snakemake.log[0])
+setup_job(snakemake.log[0], snakemake.threads)
 pipeline.train(
     snakemake.input.split,
     snakemake.input.val,

@@ -1,0 +1,47 @@
+import pandas as pd
+import pytest
+
+from dafusion.aggregate import best_steps, plot, summarize
+
+
+def _runs():
+    rows = []
+    for seed, values in ((0, [0.2, 0.6, 0.4]), (1, [0.5, 0.3, 0.8])):
+        for step, value in zip((200, 400, 600), values, strict=True):
+            rows.append(
+                dict(
+                    dataset="d",
+                    method="m",
+                    seed=seed,
+                    shots=1,
+                    step=step,
+                    split="val",
+                    metric="accuracy",
+                    value=value,
+                )
+            )
+            rows.append(
+                dict(
+                    dataset="d",
+                    method="m",
+                    seed=seed,
+                    shots=1,
+                    step=step,
+                    split="val",
+                    metric="loss",
+                    value=9.0,
+                )
+            )
+    return pd.DataFrame(rows)
+
+
+def test_best_step_per_run_and_68_interval(tmp_path):
+    best = best_steps(_runs())
+    assert best.set_index("seed")["step"].to_dict() == {0: 400, 1: 600}
+    summary = summarize(best)
+    row = summary.iloc[0]
+    assert row["accuracy_mean"] == pytest.approx(0.7)
+    assert row["ci68_high"] - row["accuracy_mean"] == pytest.approx(0.1)  # std 0.1414 / sqrt(2)
+    assert row["num_seeds"] == 2
+    plot(summary, tmp_path / "fig.png", ["m"])
+    assert (tmp_path / "fig.png").stat().st_size > 1000

@@ -1,0 +1,77 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dafusion.config import ConfigError, validate_config
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
+
+
+def default_config() -> dict:
+    return yaml.safe_load((REPO / "config/config.yaml").read_text())
+
+
+def test_default_config_is_valid_and_defaults_are_filled():
+    config = validate_config(default_config(), SCHEMA)
+    assert config["results"] == "results"
+    assert config["generation"]["shard_size"] == 1000
+    assert config["inversion"]["templates"] == ["a photo of a {}"]
+    assert config["datasets"]["digits"]["val_per_class"] is None
+
+
+def test_paper_values_are_the_defaults():
+    """Keys a config leaves out take Table 1's values."""
+    config = validate_config(
+        {
+            "datasets": {"d": {"kind": "digits"}},
+            "seeds": [0],
+            "examples_per_class": [1],
+            "model": {"pretrained": "tiny"},
+            "methods": {"baseline": {"kind": "baseline"}},
+        },
+        SCHEMA,
+    )
+    assert config["inversion"]["learning_rate"] == 0.0005
+    assert config["inversion"]["steps"] == 1000
+    assert config["inversion"]["initializer"] == "the"
+    assert config["generation"]["guidance_scale"] == 7.5
+    assert config["generation"]["num_synthetic"] == 10
+    assert config["classifier"]["synthetic_probability"] == 0.5
+    assert config["classifier"]["batch_size"] == 32
+    assert config["classifier"]["eval_interval"] == 200
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        (lambda c: c["datasets"]["digits"].update(kind="mnist"), "datasets.digits.kind"),
+        (lambda c: c.update(examples_per_class=[1, -4]), "examples_per_class.1"),
+        (lambda c: c["generation"].update(num_synthetic=0), "generation.num_synthetic"),
+        (lambda c: c["methods"]["da-fusion"].pop("prompt"), "methods.da-fusion"),
+        (lambda c: c.update(sedds=[0]), "<top level>"),
+    ],
+)
+def test_bad_values_name_their_key(change, key):
+    config = default_config()
+    change(config)
+    with pytest.raises(ConfigError, match=f"config key '{key}'"):
+        validate_config(config, SCHEMA)
+
+
+def test_missing_dataset_root_names_the_key(tmp_path):
+    config = default_config()
+    config["datasets"]["mine"] = {"kind": "imagefolder", "root": str(tmp_path / "nowhere")}
+    with pytest.raises(ConfigError, match="datasets.mine.root.*does not exist"):
+        validate_config(config, SCHEMA)
+    config["datasets"]["mine"] = {"kind": "imagefolder"}
+    with pytest.raises(ConfigError, match="datasets.mine.root"):
+        validate_config(config, SCHEMA)
+
+
+def test_prompt_with_unknown_placeholder_is_rejected():
+    config = default_config()
+    config["methods"]["da-fusion"]["prompt"] = "a photo of a {klass}"
+    with pytest.raises(ConfigError, match="methods.da-fusion.prompt"):
+        validate_config(config, SCHEMA)

@@ -1,0 +1,213 @@
+import copy
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dafusion.datasets import few_shot
+from dafusion.generation import (
+    GenerationSettings,
+    denoising_timesteps,
+    encode_images,
+    encode_prompts,
+    generate,
+    plan,
+    sdedit,
+)
+
+
+@pytest.fixture(scope="module")
+def manifest(digits):
+    return few_shot(digits[0], seed=0, shots=1).iloc[:3].reset_index(drop=True)
+
+
+def test_strength_sets_the_insertion_step(components):
+    """Eq. 5: with S steps and strength t0, floor(S * t0) denoising steps remain."""
+    from diffusers import DDIMScheduler
+
+    S = 50
+    ddim = DDIMScheduler.from_config(components.scheduler.config)
+    for t0 in (0.25, 0.5, 0.75, 1.0, 0.33):
+        ddim.set_timesteps(S)
+        full = ddim.timesteps.clone()
+        steps = denoising_timesteps(ddim, S, t0)
+        assert len(steps) == int(S * t0)
+        assert steps[0] == full[S - int(S * t0)]
+    pndm = copy.deepcopy(components.scheduler)
+    pndm.set_timesteps(S)
+    steps = denoising_timesteps(pndm, S, 0.5)
+    assert steps[0] == pndm.timesteps[S - 25]
+
+
+def test_image_is_inserted_with_eq5_noise(components, manifest):
+    """The first denoising step sees sqrt(a_t) x0 + sqrt(1 - a_t) eps at t = t[S - floor(S t0)]."""
+    from dafusion.datasets import load_image
+
+    S, t0, seed = 10, 0.5, 1234
+    image = load_image(manifest.iloc[0].to_dict())
+    means, stds = encode_images(components, [image], 32, 1)
+    cond = encode_prompts(components, ["a photo of a zero"])
+    uncond = encode_prompts(components, [""])
+    seen = {}
+
+    class Recorder(type(components.scheduler)):
+        def step(self, model_output, timestep, sample, *args, **kwargs):
+            seen.setdefault("first", (int(timestep), sample.clone()))
+            return super().step(model_output, timestep, sample, *args, **kwargs)
+
+    scheduler = Recorder.from_config(components.scheduler.config)
+    settings = GenerationSettings(num_inference_steps=S, guidance_scale=7.5)
+    sdedit(
+        components,
+        scheduler,
+        means,
+        stds,
+        cond,
+        uncond,
+        [torch.Generator().manual_seed(seed)],
+        t0,
+        settings,
+    )
+    g = torch.Generator().manual_seed(seed)
+    x0 = (
+        means + stds * torch.randn(means.shape[1:], generator=g)
+    ) * components.vae.config.scaling_factor
+    eps = torch.randn(means.shape[1:], generator=g)
+    reference = copy.deepcopy(components.scheduler)
+    reference.set_timesteps(S)
+    t = int(reference.timesteps[S - int(S * t0)])
+    alpha_bar = reference.alphas_cumprod[t]
+    expected = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
+    assert seen["first"][0] == t
+    torch.testing.assert_close(seen["first"][1], expected, atol=1e-5, rtol=1e-5)
+
+
+def _run(components, manifest, batch_size, num_synthetic=2, strengths=(0.25, 0.5, 0.75, 1.0)):
+    settings = GenerationSettings(
+        num_synthetic=num_synthetic,
+        guidance_scale=7.5,
+        num_inference_steps=8,
+        batch_size=batch_size,
+    )
+    prompts = {c: f"a photo of a {c}" for c in manifest["label"].unique()}
+    return {
+        rec["key"]: (rec["strength"], np.asarray(image, dtype=np.int16))
+        for rec, image in generate(
+            components,
+            components.scheduler,
+            manifest,
+            prompts,
+            strengths,
+            0,
+            32,
+            settings,
+            progress=False,
+        )
+    }
+
+
+def test_outputs_do_not_depend_on_batch_size(components, manifest):
+    one = _run(components, manifest, batch_size=1)
+    eight = _run(components, manifest, batch_size=8)
+    assert one.keys() == eight.keys() and len(one) == 6
+    for key in one:
+        assert one[key][0] == eight[key][0]
+        assert np.abs(one[key][1] - eight[key][1]).max() <= 1
+
+
+def test_fewer_synthetic_images_are_a_prefix(components, manifest):
+    small = plan(manifest, seed=3, num_synthetic=5, strengths=[0.25, 0.5, 0.75, 1.0])
+    large = plan(manifest, seed=3, num_synthetic=10, strengths=[0.25, 0.5, 0.75, 1.0])
+    merged = large.merge(small, on="key", suffixes=("", "_small"))
+    assert len(merged) == len(small) == 15
+    assert (merged["variant_seed"] == merged["variant_seed_small"]).all()
+    assert (merged["strength"] == merged["strength_small"]).all()
+    two = _run(components, manifest.iloc[:1], batch_size=4, num_synthetic=2)
+    three = _run(components, manifest.iloc[:1], batch_size=4, num_synthetic=3)
+    for key, (strength, image) in two.items():
+        assert three[key][0] == strength
+        assert np.abs(three[key][1] - image).max() <= 1
+
+
+def test_strengths_are_drawn_uniformly():
+    import pandas as pd
+
+    manifest = pd.DataFrame({"key": [f"img-{i}" for i in range(1000)]})
+    strengths = plan(manifest, seed=0, num_synthetic=4, strengths=[0.25, 0.5, 0.75, 1.0])[
+        "strength"
+    ]
+    counts = Counter(strengths)
+    assert set(counts) == {0.25, 0.5, 0.75, 1.0}
+    expected = len(strengths) / 4
+    chi2 = sum((c - expected) ** 2 / expected for c in counts.values())
+    assert chi2 < 16.3  # p = 0.001 with 3 degrees of freedom
+
+
+def test_matches_diffusers_img2img(components, tiny_dir, manifest):
+    """Faithfulness: one batched call equals diffusers' img2img called per image."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    from dafusion.datasets import load_image
+
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(tiny_dir, use_safetensors=True)
+    pipe.set_progress_bar_config(disable=True)
+    images = [load_image(r) for r in manifest.to_dict("records")]
+    prompts = [f"a photo of a {n}" for n in manifest["class_name"]]
+    seeds = [11, 22, 33]
+    S, t0, scale = 10, 0.5, 7.5
+    expected = np.stack(
+        [
+            pipe(
+                prompt=p,
+                image=im,
+                strength=t0,
+                guidance_scale=scale,
+                num_inference_steps=S,
+                generator=torch.Generator().manual_seed(s),
+                output_type="np",
+            ).images[0]
+            for p, im, s in zip(prompts, images, seeds, strict=True)
+        ]
+    )
+    means, stds = encode_images(components, images, 32, 8)
+    out = sdedit(
+        components,
+        components.scheduler,
+        means,
+        stds,
+        encode_prompts(components, prompts),
+        encode_prompts(components, [""]).expand(3, -1, -1),
+        [torch.Generator().manual_seed(s) for s in seeds],
+        t0,
+        GenerationSettings(num_inference_steps=S, guidance_scale=scale),
+    )
+    ours = ((out.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(ours, expected, atol=1e-4)
+
+
+def test_resizes_back_to_the_source_size(components):
+    import pandas as pd
+
+    from dafusion.datasets import encode_png
+
+    source = Image.new("RGB", (48, 40), (120, 30, 200))
+    manifest = pd.DataFrame({"key": ["x"], "image": [encode_png(source)], "label": [0]})
+    settings = GenerationSettings(num_synthetic=1, num_inference_steps=2, guidance_scale=1.0)
+    for resize, size in ((True, (48, 40)), (False, (32, 32))):
+        settings.resize_to_source = resize
+        [(_, image)] = list(
+            generate(
+                components,
+                components.scheduler,
+                manifest,
+                {0: "a photo"},
+                [1.0],
+                0,
+                32,
+                settings,
+                progress=False,
+            )
+        )
+        assert image.size == size

@@ -1,0 +1,55 @@
+import io
+
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from dafusion.shards import encode_image, read_images, write_index, write_shards
+
+
+def _samples(n):
+    for i in range(n):
+        image = Image.new("RGB", (8, 8), (i * 20 % 256, 0, 0))
+        yield {
+            "key": f"digits-{i:04d}-000",
+            "image": encode_image(image, "png"),
+            "label": i % 3,
+            "meta": {"source_key": f"digits-{i:04d}", "strength": 0.5, "method": "da-fusion"},
+        }
+
+
+def test_shards_read_back_with_webdataset(tmp_path):
+    index = write_shards(tmp_path, _samples(5), shard_size=2, image_ext="png")
+    assert index["shard"].tolist() == ["shard-000000.tar"] * 2 + ["shard-000001.tar"] * 2 + [
+        "shard-000002.tar"
+    ]
+    write_index(index, tmp_path / "index.parquet")
+    urls = [str(p) for p in sorted(tmp_path.glob("shard-*.tar"))]
+    samples = list(wds.WebDataset(urls, shardshuffle=False).decode("pil"))
+    assert [s["__key__"] for s in samples] == [f"digits-{i:04d}-000" for i in range(5)]
+    assert samples[3]["cls"] == 0 and samples[4]["json"]["source_key"] == "digits-0004"
+    assert samples[1]["png"].getpixel((0, 0)) == (20, 0, 0)
+    images = read_images(tmp_path / "index.parquet")
+    assert Image.open(io.BytesIO(images["digits-0002-000"][0])).getpixel((0, 0)) == (40, 0, 0)
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_same_inputs_give_the_same_bytes(tmp_path):
+    write_shards(tmp_path / "a", _samples(3), shard_size=10, image_ext="png")
+    write_shards(tmp_path / "b", _samples(3), shard_size=10, image_ext="png")
+    assert (tmp_path / "a/shard-000000.tar").read_bytes() == (
+        tmp_path / "b/shard-000000.tar"
+    ).read_bytes()
+
+
+def test_keys_with_dots_are_refused(tmp_path):
+    bad = [{"key": "img.1-000", "image": b"", "label": 0, "meta": {}}]
+    with pytest.raises(ValueError, match="contains a dot"):
+        write_shards(tmp_path, bad, shard_size=10, image_ext="png")
+
+
+@pytest.mark.parametrize("fmt", ["png", "webp"])
+def test_default_formats_are_lossless(fmt):
+    image = Image.effect_noise((16, 16), 60).convert("RGB")
+    decoded = Image.open(io.BytesIO(encode_image(image, fmt))).convert("RGB")
+    assert decoded.tobytes() == image.tobytes()
