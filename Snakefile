@@ -14,12 +14,9 @@ min_version("8.20")
 
 # Model weights come from the local Hugging Face cache or a directory, never the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# The library lives in src/; jobs (local, conda or cluster) import it from there too.
-SRC = str(Path(workflow.basedir) / "src")
-sys.path.insert(0, SRC)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (SRC, os.environ.get("PYTHONPATH")) if p
-)
+# The library lives in src/. Snakemake hands this sys.path to every script job, so jobs
+# (local, conda or cluster) import the workflow's own copy.
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from dafusion.config import ConfigError, validate_config
 

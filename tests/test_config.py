@@ -75,3 +75,16 @@ def test_prompt_with_unknown_placeholder_is_rejected():
     config["methods"]["da-fusion"]["prompt"] = "a photo of a {klass}"
     with pytest.raises(ConfigError, match="methods.da-fusion.prompt"):
         validate_config(config, SCHEMA)
+
+
+def test_inversion_preset_fills_only_unset_keys():
+    config = default_config()
+    config["inversion"] = {"preset": "published", "steps": 10}
+    inversion = validate_config(config, SCHEMA)["inversion"]
+    assert inversion["num_vectors"] == 4
+    assert inversion["initializer"] == "class_name"
+    assert inversion["batch_size"] == 8
+    assert inversion["steps"] == 10  # set explicitly: the preset does not override it
+    config["inversion"] = {"preset": "nonsense"}
+    with pytest.raises(ConfigError, match="inversion.preset"):
+        validate_config(config, SCHEMA)

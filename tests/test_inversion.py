@@ -1,7 +1,9 @@
+import pandas as pd
+import pytest
 import torch
 
 from dafusion.datasets import class_names, few_shot, load_image
-from dafusion.inversion import InversionSettings, invert
+from dafusion.inversion import Checkpoint, InversionSettings, invert
 from dafusion.tokens import class_token, load_into, save_tokens
 
 
@@ -10,20 +12,25 @@ def _split(digits, classes):
     subset = few_shot(pool[pool["label"].isin(classes)], seed=0, shots=2)
     remap = {c: i for i, c in enumerate(sorted(classes))}
     subset = subset.assign(label=subset["label"].map(remap))
-    return (
-        [load_image(r) for r in subset.to_dict("records")],
-        subset["label"].tolist(),
-        class_names(subset),
-    )
+    images = [load_image(r) for r in subset.to_dict("records")]
+    return images, subset["label"].tolist(), class_names(subset)
+
+
+def _fresh(tiny_dir):
+    from dafusion.models import load_components
+
+    return load_components(tiny_dir, torch.device("cpu"), torch.float32)
 
 
 def test_only_new_rows_are_learned(components, digits):
     images, labels, names = _split(digits, [0, 1])
     before = components.text_encoder.get_input_embeddings().weight.clone()
     settings = InversionSettings(steps=3, batch_size=2, learning_rate=1e-2)
-    tokens = invert(
+    result = invert(
         components, images, labels, names, settings, seed=0, resolution=32, progress=False
     )
+    tokens = result.tokens
+    assert result.losses.shape == (3, 2) and (result.losses > 0).all()
     assert list(tokens) == ["<zero>", "<one>"]
     the = components.tokenizer("the", add_special_tokens=False).input_ids
     assert len(the) == 1
@@ -34,43 +41,88 @@ def test_only_new_rows_are_learned(components, digits):
         assert not torch.allclose(rows[0], before[the[0]])  # moved away from the initializer
 
 
-def test_joint_run_equals_separate_runs(tiny_dir, digits):
+@pytest.mark.parametrize("chunk", [0, 2])
+def test_joint_run_equals_separate_runs(tiny_dir, digits, chunk):
     """The sum of per-class mean losses gives each class exactly its separate-run gradient."""
-    from dafusion.models import load_components
-
-    def fresh():
-        return load_components(tiny_dir, torch.device("cpu"), torch.float32)
-
-    settings = InversionSettings(steps=3, batch_size=2, learning_rate=5e-3)
+    settings = InversionSettings(steps=3, batch_size=2, learning_rate=5e-3, classes_per_chunk=chunk)
     images, labels, names = _split(digits, [2, 5, 7])
-    joint = invert(fresh(), images, labels, names, settings, seed=4, resolution=32, progress=False)
+    joint = invert(
+        _fresh(tiny_dir), images, labels, names, settings, seed=4, resolution=32, progress=False
+    )
     for c, name in enumerate(names):
         own = [im for im, lab in zip(images, labels, strict=True) if lab == c]
         alone = invert(
-            fresh(), own, [0] * len(own), [name], settings, seed=4, resolution=32, progress=False
-        )
+            _fresh(tiny_dir), own, [0] * len(own), [name], settings, seed=4, resolution=32,
+            progress=False,
+        )  # fmt: skip
         token = class_token(name)
-        torch.testing.assert_close(joint[token], alone[token], atol=1e-5, rtol=0)
+        torch.testing.assert_close(joint.tokens[token], alone.tokens[token], atol=1e-5, rtol=0)
+        torch.testing.assert_close(joint.losses[:, c], alone.losses[:, 0], atol=1e-5, rtol=0)
+
+
+def test_killed_job_resumes_to_the_same_tokens(tiny_dir, digits, tmp_path):
+    images, labels, names = _split(digits, [1, 8])
+    settings = InversionSettings(steps=5, batch_size=2, learning_rate=1e-2, checkpoint_every=2)
+    whole = invert(
+        _fresh(tiny_dir), images, labels, names, settings, seed=2, resolution=32, progress=False
+    )
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_3(step):
+        if step == 3:
+            raise Killed
+
+    checkpoint = Checkpoint(tmp_path / "ckpt.safetensors", fingerprint="job")
+    with pytest.raises(Killed):
+        invert(
+            _fresh(tiny_dir), images, labels, names, settings, seed=2, resolution=32,
+            progress=False, checkpoint=checkpoint, on_step=kill_at_3,
+        )  # fmt: skip
+    assert checkpoint.path.exists()
+    steps = []
+    resumed = invert(
+        _fresh(tiny_dir), images, labels, names, settings, seed=2, resolution=32,
+        progress=False, checkpoint=checkpoint, on_step=steps.append,
+    )  # fmt: skip
+    assert steps == [3, 4, 5]  # restarted after the checkpoint at step 2
+    for token in whole.tokens:
+        torch.testing.assert_close(resumed.tokens[token], whole.tokens[token], atol=1e-6, rtol=0)
+    torch.testing.assert_close(resumed.losses, whole.losses, atol=1e-6, rtol=0)
+    # A checkpoint of other inputs is ignored, not resumed.
+    other = Checkpoint(checkpoint.path, fingerprint="another job")
+    steps.clear()
+    invert(
+        _fresh(tiny_dir), images, labels, names, settings, seed=2, resolution=32,
+        progress=False, checkpoint=other, on_step=steps.append,
+    )  # fmt: skip
+    assert steps[0] == 1
 
 
 def test_multi_vector_tokens_and_class_name_initializer(components, digits):
     images, labels, names = _split(digits, [3, 4])
     settings = InversionSettings(steps=1, batch_size=1, num_vectors=3, initializer="class_name")
-    tokens = invert(
+    result = invert(
         components, images, labels, names, settings, seed=0, resolution=32, progress=False
     )
-    assert tokens["<three>"].shape == (3, 32)
+    assert result.tokens["<three>"].shape == (3, 32)
+
+
+def test_template_set_and_scaled_lr():
+    settings = InversionSettings(templates="imagenet_small", batch_size=8, scale_lr=True)
+    assert len(settings.template_list) == 27 and "a photo of a {}" in settings.template_list
+    assert settings.effective_lr == pytest.approx(8 * 5e-4)
 
 
 def test_tokens_load_into_a_diffusers_pipeline(tiny_dir, tmp_path, components):
     from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
 
     rows = {"<zero>": torch.randn(1, 32), "<seven>": torch.randn(2, 32)}
     path = tmp_path / "tokens.safetensors"
     save_tokens(path, rows, {"classes": ["zero", "seven"]})
     pipe = StableDiffusionPipeline.from_pretrained(tiny_dir, use_safetensors=True)
-    from safetensors.torch import load_file
-
     for token, tensor in load_file(str(path)).items():
         pipe.load_textual_inversion(
             {token: tensor}, token=token, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder
@@ -88,3 +140,36 @@ def test_tokens_load_into_a_diffusers_pipeline(tiny_dir, tmp_path, components):
             [token] + [f"{token}_{i}" for i in range(1, tensor.shape[0])]
         )
         torch.testing.assert_close(ours[ids], tensor)
+
+
+def test_pipeline_step_exports_per_class_files_and_loss_curves(tiny_dir, digits, tmp_path):
+    """The per-class export loads with diffusers' load_textual_inversion(path)."""
+    from diffusers import StableDiffusionPipeline
+
+    from dafusion import pipeline
+
+    split = few_shot(digits[0][digits[0]["label"] < 2], seed=0, shots=1)
+    split.to_parquet(tmp_path / "split.parquet")
+    model = {"pretrained": "tiny", "resolution": 32, "dtype": "float32", "device": "cpu"}
+    inversion = {"steps": 2, "batch_size": 1, "checkpoint_every": 1}
+    pipeline.invert(
+        str(tmp_path / "split.parquet"), model, inversion, seed=0,
+        output=str(tmp_path / "tokens.safetensors"), model_dir=tiny_dir,
+        export_dir=str(tmp_path / "export"), loss_path=str(tmp_path / "loss.parquet"),
+    )  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [
+        "one.safetensors",
+        "zero.safetensors",
+    ]
+    assert not list(tmp_path.glob(".*checkpoint*"))  # removed once the job is done
+    curves = pd.read_parquet(tmp_path / "loss.parquet")
+    assert curves.shape[0] == 2 * 2 and set(curves["token"]) == {"<zero>", "<one>"}
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_dir, use_safetensors=True)
+    pipe.load_textual_inversion(str(tmp_path / "export/one.safetensors"))
+    from safetensors.torch import load_file
+
+    expected = load_file(str(tmp_path / "tokens.safetensors"))["<one>"]
+    row = pipe.text_encoder.get_input_embeddings().weight[
+        pipe.tokenizer.convert_tokens_to_ids("<one>")
+    ]
+    torch.testing.assert_close(row, expected[0])

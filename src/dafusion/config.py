@@ -15,6 +15,13 @@ import jsonschema
 import yaml
 
 KINDS_WITH_ROOT = {"imagefolder"}
+# Named inversion recipes; keys a config sets explicitly win over the preset's.
+INVERSION_PRESETS = {
+    # Table 1 of the paper (also the schema defaults).
+    "table1": {"num_vectors": 1, "initializer": "the", "batch_size": 4, "steps": 1000},
+    # The author's stated recipe for the published results.
+    "published": {"num_vectors": 4, "initializer": "class_name", "batch_size": 8, "steps": 2000},
+}
 
 
 class ConfigError(ValueError):
@@ -61,6 +68,10 @@ def validate_config(config: Mapping, schema_path: str | Path, base_dir: str | Pa
     if errors:
         err = errors[0]
         raise ConfigError(f"config key '{_key(err.absolute_path)}': {err.message}")
+    inversion = config.setdefault("inversion", {})
+    if "preset" in inversion:
+        for key, value in INVERSION_PRESETS[inversion["preset"]].items():
+            inversion.setdefault(key, value)
     _fill_defaults(config, schema)
     for name, spec in config["datasets"].items():
         if spec["kind"] in KINDS_WITH_ROOT:

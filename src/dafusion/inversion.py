@@ -4,20 +4,26 @@ Only the new token rows are trainable: they live in a separate parameter spliced
 frozen embedding table, so every other row stays bit-identical. The loss is the sum over
 classes of each class's mean noise-prediction error, so each class's rows receive exactly
 the gradient of a separate per-class run; with AdamW (element-wise) the trajectories match.
-Each class draws from its own random stream. Each image's VAE latent distribution (and its
-horizontal flip's) is computed once and sampled every step.
+Each class draws from its own random stream, seeded by (seed, token). Each image's VAE
+latent distribution (and its horizontal flip's) is computed once and sampled every step,
+the same distribution as encoding every step.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .images import to_model_tensor
@@ -26,17 +32,53 @@ from .tokens import add_to_tokenizer, class_token, expand
 
 log = logging.getLogger(__name__)
 
+# The small template set of the textual-inversion paper and diffusers' example.
+IMAGENET_SMALL_TEMPLATES = (
+    "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
+    "a photo of a clean {}", "a photo of a dirty {}", "a dark photo of the {}",
+    "a photo of my {}", "a photo of the cool {}", "a close-up photo of a {}",
+    "a bright photo of the {}", "a cropped photo of a {}", "a photo of the {}",
+    "a good photo of the {}", "a photo of one {}", "a close-up photo of the {}",
+    "a rendition of the {}", "a photo of the clean {}", "a rendition of a {}",
+    "a photo of a nice {}", "a good photo of a {}", "a photo of the nice {}",
+    "a photo of the small {}", "a photo of the weird {}", "a photo of the large {}",
+    "a photo of a cool {}", "a photo of a small {}",
+)  # fmt: skip
+TEMPLATE_SETS = {"imagenet_small": IMAGENET_SMALL_TEMPLATES}
+
 
 @dataclass
 class InversionSettings:
     steps: int = 1000
     batch_size: int = 4
     learning_rate: float = 5e-4
+    scale_lr: bool = False
     weight_decay: float = 1e-2
     initializer: str = "the"
     num_vectors: int = 1
     flip: bool = True
-    templates: Sequence[str] = ("a photo of a {}",)
+    templates: Sequence[str] | str = ("a photo of a {}",)
+    classes_per_chunk: int = 0
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 100
+    preset: str | None = field(default=None, repr=False)
+
+    @property
+    def template_list(self) -> list[str]:
+        if isinstance(self.templates, str):
+            return list(TEMPLATE_SETS[self.templates])
+        return list(self.templates)
+
+    @property
+    def effective_lr(self) -> float:
+        """diffusers' `--scale_lr`: lr x batch size (one process, no accumulation)."""
+        return self.learning_rate * (self.batch_size if self.scale_lr else 1)
+
+
+@dataclass
+class InversionResult:
+    tokens: dict[str, torch.Tensor]
+    losses: np.ndarray  # [steps, classes]: each class's mean loss per step
 
 
 def stream_seed(seed: int, token: str) -> int:
@@ -81,9 +123,61 @@ def latent_distributions(
         x = to_model_tensor(image, resolution).unsqueeze(0)
         views = torch.cat([x, x.flip(-1)]) if flip else x
         dist = vae.encode(views.to(device, dtype)).latent_dist
-        means.append(dist.mean.float())
-        stds.append(dist.std.float())
+        means.append(dist.mean.float().cpu())
+        stds.append(dist.std.float().cpu())
     return torch.stack(means), torch.stack(stds)
+
+
+class Checkpoint:
+    """Training state beside the output, so a killed job resumes where it stopped.
+
+    Holds the token rows, AdamW's moments and step, and each class's random-stream state;
+    a fingerprint of the inputs and settings guards against resuming a different job.
+    """
+
+    def __init__(self, path: str | Path, fingerprint: str):
+        self.path = Path(path)
+        self.fingerprint = fingerprint
+
+    def save(self, step: int, param, optimizer, generators, losses) -> None:
+        state = optimizer.state[param]
+        tensors = {
+            "rows": param.detach().cpu(),
+            "exp_avg": state["exp_avg"].cpu(),
+            "exp_avg_sq": state["exp_avg_sq"].cpu(),
+            "adam_step": torch.as_tensor(state["step"], dtype=torch.float32).reshape(1).cpu(),
+            "losses": torch.as_tensor(np.asarray(losses[:step], dtype=np.float32)),
+        }
+        for i, g in enumerate(generators):
+            tensors[f"rng/{i}"] = g.get_state()
+        meta = {"fingerprint": self.fingerprint, "step": str(step)}
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata=meta)
+        tmp.replace(self.path)
+
+    def load(self, param, optimizer, generators, losses) -> int:
+        """Restore state if a matching checkpoint exists; returns the step to start from."""
+        if not self.path.exists():
+            return 0
+        with safe_open(str(self.path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("fingerprint") != self.fingerprint:
+                log.warning("ignoring checkpoint %s: it belongs to other inputs", self.path)
+                return 0
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open API
+        step = int(meta["step"])
+        with torch.no_grad():
+            param.copy_(tensors["rows"].to(param.device))
+        optimizer.state[param] = {
+            "step": tensors["adam_step"].reshape(()),
+            "exp_avg": tensors["exp_avg"].to(param.device),
+            "exp_avg_sq": tensors["exp_avg_sq"].to(param.device),
+        }
+        for i, g in enumerate(generators):
+            g.set_state(tensors[f"rng/{i}"])
+        losses[:step] = tensors["losses"].numpy()
+        log.info("resumed from %s at step %d", self.path, step)
+        return step
 
 
 def invert(
@@ -95,100 +189,162 @@ def invert(
     seed: int,
     resolution: int,
     progress: bool = True,
-) -> dict[str, torch.Tensor]:
-    """Learn one token per class; returns {token: [num_vectors, hidden]}."""
-    device = components.unet.device
-    num_classes = len(class_names)
-    vectors = settings.num_vectors
+    checkpoint: Checkpoint | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> InversionResult:
+    """Learn one token per class, all classes jointly; returns tokens and loss curves."""
     tokens = [class_token(name) for name in class_names]
-    if len(set(tokens)) != num_classes:
+    if len(set(tokens)) != len(tokens):
         raise ValueError(f"class names give duplicate tokens: {tokens}")
-    tokenizer, encoder = components.tokenizer, components.text_encoder
+    encoder = components.text_encoder
     base = encoder.get_input_embeddings()
     rows = []
     for name in class_names:
         word = name if settings.initializer == "class_name" else settings.initializer
-        rows.append(initial_embedding(components, word).expand(vectors, -1))
-    add_to_tokenizer(tokenizer, tokens, vectors)
-    spliced = SplicedEmbedding(base, torch.cat(rows)).to(device)
+        rows.append(initial_embedding(components, word).expand(settings.num_vectors, -1))
+    add_to_tokenizer(components.tokenizer, tokens, settings.num_vectors)
+    spliced = SplicedEmbedding(base, torch.cat(rows)).to(base.weight.device)
     encoder.set_input_embeddings(spliced)
+    if settings.gradient_checkpointing:
+        components.unet.enable_gradient_checkpointing()
+        encoder.gradient_checkpointing_enable()
     try:
-        return _train(
-            components, spliced, images, labels, tokens, settings, seed, resolution, progress
-        )
+        trainer = _Trainer(components, spliced, images, labels, tokens, settings, seed, resolution)
+        losses = trainer.run(progress, checkpoint, on_step)
     finally:
         encoder.set_input_embeddings(base)
-
-
-def _train(components, spliced, images, labels, tokens, settings, seed, resolution, progress):
-    device = components.unet.device
-    dtype = components.unet.dtype
-    vectors = settings.num_vectors
-    num_classes = len(tokens)
-    from diffusers import DDPMScheduler
-
-    noise_scheduler = DDPMScheduler.from_config(components.scheduler.config)
-    num_train_timesteps = noise_scheduler.config.num_train_timesteps
-    scaling = components.vae.config.scaling_factor
-    means, stds = latent_distributions(components, images, resolution, settings.flip)
-    labels = torch.as_tensor(labels)
-    members = [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
-    for c, idx in enumerate(members):
-        if len(idx) == 0:
-            raise ValueError(f"class '{tokens[c]}' has no training images")
-    # Each class's stream depends on the seed and its token only, not on which other classes
-    # share the job: a joint run draws exactly what separate per-class runs draw.
-    generators = [torch.Generator().manual_seed(stream_seed(seed, token)) for token in tokens]
-    prompts = [
-        [expand(t.format(token), token, vectors) for t in settings.templates] for token in tokens
-    ]
-    optimizer = torch.optim.AdamW(
-        [spliced.new], lr=settings.learning_rate, weight_decay=settings.weight_decay
+    learned = spliced.new.detach().cpu()
+    v = settings.num_vectors
+    return InversionResult(
+        {token: learned[c * v : (c + 1) * v].clone() for c, token in enumerate(tokens)}, losses
     )
-    latent_shape = means.shape[2:]
-    bar = tqdm(range(settings.steps), desc="textual inversion", disable=not progress)
-    for _ in bar:
-        batch_latents, batch_noise, batch_t, batch_prompts = [], [], [], []
-        for c in range(num_classes):
-            g = generators[c]
-            n = settings.batch_size
-            pick = members[c][torch.randint(len(members[c]), (n,), generator=g)]
-            view = (
-                torch.randint(2, (n,), generator=g)
-                if settings.flip
-                else torch.zeros(n, dtype=torch.long)
-            )
-            template = torch.randint(len(settings.templates), (n,), generator=g)
-            eps_latent = torch.randn((n, *latent_shape), generator=g)
-            noise = torch.randn((n, *latent_shape), generator=g)
-            t = torch.randint(num_train_timesteps, (n,), generator=g)
-            latents = (means[pick, view] + stds[pick, view] * eps_latent) * scaling
-            batch_latents.append(latents)
-            batch_noise.append(noise)
-            batch_t.append(t)
-            batch_prompts += [prompts[c][i] for i in template.tolist()]
-        latents = torch.cat(batch_latents).to(device)
-        noise = torch.cat(batch_noise).to(device)
-        t = torch.cat(batch_t).to(device)
-        ids = components.tokenizer(
-            batch_prompts,
+
+
+class _Trainer:
+    def __init__(self, components, spliced, images, labels, tokens, settings, seed, resolution):
+        from diffusers import DDPMScheduler
+
+        self.c = components
+        self.spliced = spliced
+        self.tokens = tokens
+        self.settings = settings
+        self.device = components.unet.device
+        self.noise_scheduler = DDPMScheduler.from_config(components.scheduler.config)
+        self.means, self.stds = latent_distributions(components, images, resolution, settings.flip)
+        labels = torch.as_tensor(list(labels))
+        self.members = [torch.nonzero(labels == c).flatten() for c in range(len(tokens))]
+        for token, idx in zip(tokens, self.members, strict=True):
+            if len(idx) == 0:
+                raise ValueError(f"class token '{token}' has no training images")
+        # Each class's stream depends on the seed and its token only, not on which other
+        # classes share the job: a joint run draws exactly what separate runs draw.
+        self.generators = [torch.Generator().manual_seed(stream_seed(seed, t)) for t in tokens]
+        templates = settings.template_list
+        self.prompts = [
+            [expand(t.format(token), token, settings.num_vectors) for t in templates]
+            for token in tokens
+        ]
+        self.optimizer = torch.optim.AdamW(
+            [spliced.new], lr=settings.effective_lr, weight_decay=settings.weight_decay
+        )
+        half = self.device.type == "cuda" and components.unet.dtype == torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=half)
+        n = len(tokens)
+        self.chunk = settings.classes_per_chunk or n
+
+    def draw(self, c: int) -> dict:
+        """One step's random draws for class c, in a fixed order from its own stream."""
+        g, n = self.generators[c], self.settings.batch_size
+        pick = self.members[c][torch.randint(len(self.members[c]), (n,), generator=g)]
+        if self.settings.flip:
+            view = torch.randint(2, (n,), generator=g)
+        else:
+            view = torch.zeros(n, dtype=torch.long)
+        template = torch.randint(len(self.prompts[c]), (n,), generator=g)
+        shape = (n, *self.means.shape[2:])
+        eps = torch.randn(shape, generator=g)
+        noise = torch.randn(shape, generator=g)
+        t = torch.randint(self.noise_scheduler.config.num_train_timesteps, (n,), generator=g)
+        latents = (self.means[pick, view] + self.stds[pick, view] * eps) * (
+            self.c.vae.config.scaling_factor
+        )
+        prompts = [self.prompts[c][i] for i in template.tolist()]
+        return {"latents": latents, "noise": noise, "t": t, "prompts": prompts}
+
+    def class_losses(self, draws: list[dict]) -> torch.Tensor:
+        """Mean loss of each class in `draws`: [len(draws)]."""
+        cat = {
+            k: torch.cat([d[k] for d in draws]).to(self.device) for k in ("latents", "noise", "t")
+        }
+        prompts = [p for d in draws for p in d["prompts"]]
+        tok = self.c.tokenizer(
+            prompts,
             padding="max_length",
-            max_length=components.tokenizer.model_max_length,
+            max_length=self.c.tokenizer.model_max_length,
             truncation=True,
             return_tensors="pt",
-        ).input_ids.to(device)
-        hidden = components.text_encoder(ids)[0]
-        noisy = noise_scheduler.add_noise(latents, noise, t)
-        pred = components.unet(noisy.to(dtype), t, hidden.to(dtype)).sample.float()
-        if noise_scheduler.config.prediction_type == "v_prediction":
-            target = noise_scheduler.get_velocity(latents, noise, t)
+        )
+        hidden = self.c.text_encoder(tok.input_ids.to(self.device))[0]
+        sched = self.noise_scheduler
+        noisy = sched.add_noise(cat["latents"], cat["noise"], cat["t"])
+        unet = self.c.unet
+        pred = unet(noisy.to(unet.dtype), cat["t"], hidden.to(unet.dtype)).sample.float()
+        if sched.config.prediction_type == "v_prediction":
+            target = sched.get_velocity(cat["latents"], cat["noise"], cat["t"])
         else:
-            target = noise
+            target = cat["noise"]
         per_sample = F.mse_loss(pred, target.float(), reduction="none").mean(dim=(1, 2, 3))
-        loss = per_sample.view(num_classes, settings.batch_size).mean(dim=1).sum()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        bar.set_postfix(loss=f"{loss.item() / num_classes:.4f}")
-    learned = spliced.new.detach().cpu()
-    return {token: learned[c * vectors : (c + 1) * vectors] for c, token in enumerate(tokens)}
+        return per_sample.view(len(draws), self.settings.batch_size).mean(dim=1)
+
+    def step(self, draws: list[dict]) -> np.ndarray:
+        """Accumulate the summed class losses over chunks of classes, then one AdamW step."""
+        while True:
+            try:
+                self.optimizer.zero_grad(set_to_none=True)
+                losses = []
+                for start in range(0, len(draws), self.chunk):
+                    loss = self.class_losses(draws[start : start + self.chunk])
+                    self.scaler.scale(loss.sum()).backward()
+                    losses.append(loss.detach().cpu())
+                break
+            except torch.cuda.OutOfMemoryError:
+                if self.chunk == 1:
+                    raise
+                self.chunk = max(1, self.chunk // 2)
+                torch.cuda.empty_cache()
+                log.warning("out of GPU memory: %d classes per chunk from now on", self.chunk)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return torch.cat(losses).numpy()
+
+    def run(self, progress, checkpoint, on_step) -> np.ndarray:
+        steps = self.settings.steps
+        losses = np.zeros((steps, len(self.tokens)), dtype=np.float32)
+        start = 0
+        if checkpoint is not None:
+            start = checkpoint.load(self.spliced.new, self.optimizer, self.generators, losses)
+        every = self.settings.checkpoint_every
+        bar = tqdm(
+            range(start, steps), initial=start, total=steps, desc="textual inversion",
+            disable=not progress,
+        )  # fmt: skip
+        for step in bar:
+            draws = [self.draw(c) for c in range(len(self.tokens))]
+            losses[step] = self.step(draws)
+            bar.set_postfix(loss=f"{losses[step].mean():.4f}")
+            done = step + 1
+            if checkpoint is not None and every and done % every == 0 and done < steps:
+                checkpoint.save(done, self.spliced.new, self.optimizer, self.generators, losses)
+            if on_step is not None:
+                on_step(done)
+        return losses
+
+
+def fingerprint(**parts) -> str:
+    """A stable hash of everything that determines an inversion's result."""
+
+    def default(o):
+        return asdict(o) if hasattr(o, "__dataclass_fields__") else str(o)
+
+    blob = json.dumps(parts, sort_keys=True, default=default)
+    return hashlib.sha256(blob.encode()).hexdigest()

@@ -72,35 +72,71 @@ def invert(
     seed: int,
     output: str,
     model_dir: str | None = None,
+    export_dir: str | None = None,
+    loss_path: str | None = None,
 ) -> None:
-    """Learn one token per class of the split in a single job."""
+    """Learn one token per class of the split in a single job.
+
+    Writes the tokens file, optionally one single-key safetensors file per class (the form
+    diffusers' `load_textual_inversion(path)` and AUTOMATIC1111 read) and the loss curves.
+    A checkpoint beside the output lets a killed job resume; it is removed at the end.
+    """
     import torch
 
     from .datasets import class_names, load_image
-    from .inversion import InversionSettings
+    from .inversion import Checkpoint, InversionSettings, fingerprint
     from .inversion import invert as run
     from .tokens import save_tokens
 
     manifest = pd.read_parquet(split_path)
+    names = class_names(manifest)
     components = _load(model_cfg, model_dir)
+    # The text encoder holds the trainable rows: keep it in float32 under mixed precision.
+    components.text_encoder.to(torch.float32)
     settings = InversionSettings(**inversion_cfg)
-    torch.manual_seed(seed)
+    out = Path(output)
+    checkpoint = Checkpoint(
+        out.with_name(f".{out.stem}.checkpoint.safetensors"),
+        fingerprint(
+            keys=manifest["key"].tolist(),
+            labels=manifest["label"].tolist(),
+            names=names,
+            model=model_cfg,
+            settings=settings,
+            seed=seed,
+        ),
+    )
     start = time.perf_counter()
-    tokens = run(
+    result = run(
         components,
         [load_image(r) for r in manifest.to_dict("records")],
         manifest["label"].tolist(),
-        class_names(manifest),
+        names,
         settings,
         seed=seed,
         resolution=model_cfg["resolution"],
+        checkpoint=checkpoint,
     )
-    log.info("learned %d tokens in %.1fs", len(tokens), time.perf_counter() - start)
-    save_tokens(
-        output,
-        tokens,
-        {"classes": class_names(manifest), "model": components.model_id, "seed": seed},
-    )
+    log.info("learned %d tokens in %.1fs", len(result.tokens), time.perf_counter() - start)
+    meta = {"classes": names, "model": components.model_id, "seed": seed}
+    if export_dir:
+        folder = Path(export_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        for token, rows in result.tokens.items():
+            save_tokens(folder / f"{token.strip('<>')}.safetensors", {token: rows}, meta)
+    if loss_path:
+        steps, classes = result.losses.shape
+        curves = pd.DataFrame(
+            {
+                "step": [s + 1 for s in range(steps) for _ in range(classes)],
+                "class_name": names * steps,
+                "token": list(result.tokens) * steps,
+                "loss": result.losses.reshape(-1),
+            }
+        )
+        write_parquet(curves, loss_path)
+    save_tokens(output, result.tokens, meta)
+    checkpoint.path.unlink(missing_ok=True)
 
 
 def generate(

@@ -61,3 +61,22 @@ def all_runs():
         "{dataset}/runs/{method}/seed{seed}-shots{shots}.parquet",
         list(config["methods"]),
     )
+
+
+def generate_tokens(wildcards):
+    """The class tokens, for methods whose prompt uses them."""
+    if uses_tokens(config["methods"][wildcards.method]):
+        return res(
+            f"{wildcards.dataset}/tokens/seed{wildcards.seed}-shots{wildcards.shots}.safetensors"
+        )
+    return []
+
+
+def train_synthetic(wildcards):
+    """The synthetic set a run mixes in; a baseline run uses none."""
+    if config["methods"][wildcards.method]["kind"] == "baseline":
+        return []
+    return res(
+        f"{wildcards.dataset}/synthetic/{wildcards.method}/"
+        f"seed{wildcards.seed}-shots{wildcards.shots}/index.parquet"
+    )

@@ -1,12 +1,3 @@
-def generate_tokens(wildcards):
-    """The class tokens, for methods whose prompt uses them."""
-    if uses_tokens(config["methods"][wildcards.method]):
-        return res(
-            f"{wildcards.dataset}/tokens/seed{wildcards.seed}-shots{wildcards.shots}.safetensors"
-        )
-    return []
-
-
 rule generate:
     input:
         split=split_path,

@@ -1,13 +1,3 @@
-def train_synthetic(wildcards):
-    """The synthetic set a run mixes in; a baseline run uses none."""
-    if config["methods"][wildcards.method]["kind"] == "baseline":
-        return []
-    return res(
-        f"{wildcards.dataset}/synthetic/{wildcards.method}/"
-        f"seed{wildcards.seed}-shots{wildcards.shots}/index.parquet"
-    )
-
-
 rule train:
     input:
         split=split_path,

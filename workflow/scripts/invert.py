@@ -9,6 +9,8 @@ pipeline.invert(
     model_cfg=snakemake.params.model,
     inversion_cfg=snakemake.params.inversion,
     seed=int(snakemake.wildcards.seed),
-    output=snakemake.output[0],
+    output=snakemake.output.tokens,
     model_dir=snakemake.input.model or None,
+    export_dir=snakemake.output.export,
+    loss_path=snakemake.output.losses,
 )
