@@ -41,6 +41,7 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
         [*SNAKEMAKE, "--directory", str(workdir), *args],
+        cwd=workdir,
         capture_output=True,
         text=True,
         env=env,
@@ -111,6 +112,14 @@ def test_outputs_at_the_contract_paths(workdir):
     summary = pd.read_csv(results / "tables/summary.csv")
     assert len(summary) == 3 * 2
     assert (results / "figures/accuracy.png").stat().st_size > 10_000
+    tokens = results / "digits/tokens"
+    assert sorted(p.name for p in (tokens / "seed0-shots1").iterdir())[:2] == [
+        "eight.safetensors",
+        "five.safetensors",
+    ]
+    curves = pd.read_parquet(tokens / "seed0-shots1-loss.parquet")
+    assert len(curves) == 2 * 10  # steps x classes
+    assert not list(tokens.glob(".*checkpoint*"))
     for log in ("logs/aggregate.log", "logs/digits/invert/seed0-shots1.log"):
         assert (results / log).exists()
     assert (results / "benchmarks/digits/generate/da-fusion/seed0-shots1.tsv").exists()
@@ -123,12 +132,12 @@ def test_rerun_only_what_a_setting_affects(workdir):
 
     lr = write_config(workdir, "lr.yaml", {"classifier": {"lr": 0.01}})
     result = snakemake(workdir, "-n", "--cores", "2", "--configfile", "config/config.yaml", lr)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
     assert job_counts(result.stdout) == {"aggregate": 1, "all": 1, "train": 6}
 
     more = write_config(workdir, "m.yaml", {"generation": {"num_synthetic": 3}})
     result = snakemake(workdir, "-n", "--cores", "2", "--configfile", "config/config.yaml", more)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
     assert job_counts(result.stdout) == {"aggregate": 1, "all": 1, "generate": 4, "train": 4}
 
 

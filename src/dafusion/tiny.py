@@ -171,3 +171,59 @@ def build_tiny_pipeline(seed: int = 0, resolution: int = 32):
 def save_tiny_model(output_dir: str | Path, seed: int = 0, resolution: int = 32) -> None:
     """Build the tiny model and save it as a diffusers directory (safetensors weights)."""
     build_tiny_pipeline(seed, resolution).save_pretrained(str(output_dir), safe_serialization=True)
+
+
+def save_random_sd_v1(output_dir: str | Path, seed: int = 0) -> None:
+    """Stable Diffusion v1.4's full-size architecture with random weights, for benchmarks.
+
+    Same shapes as CompVis/stable-diffusion-v1-4 (UNet 320-640-1280-1280, cross-attention
+    768, VAE 128-256-512-512, CLIP ViT-L/14 text encoder with a 49,408-row vocabulary), so
+    its speed and memory are the real model's; the tiny BPE tokenizer stands in for CLIP's.
+    """
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tiny = build_tiny_pipeline(seed)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+    )
+    tokenizer = tiny.tokenizer
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=tiny.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(output_dir), safe_serialization=True)
