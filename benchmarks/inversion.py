@@ -60,7 +60,7 @@ def per_class_reference(model_dir, images, label_list, names, settings, resoluti
         comp.tokenizer.add_tokens([token])
         token_id = comp.tokenizer.convert_tokens_to_ids(token)
         init_id = comp.tokenizer("the", add_special_tokens=False).input_ids[0]
-        comp.text_encoder.resize_token_embeddings(len(comp.tokenizer))
+        comp.text_encoder.resize_token_embeddings(len(comp.tokenizer), mean_resizing=False)
         embeddings = comp.text_encoder.get_input_embeddings()
         with torch.no_grad():
             embeddings.weight[token_id] = embeddings.weight[init_id].clone()

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,8 @@ from tqdm.auto import tqdm
 from .datasets import load_image
 from .images import to_model_tensor, to_pil
 from .models import Components
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -131,7 +134,7 @@ def sdedit(
 def plan(
     manifest: pd.DataFrame, seed: int, num_synthetic: int, strengths: Sequence[float]
 ) -> pd.DataFrame:
-    """One row per synthetic image: source row, j, its seed and its t0."""
+    """One row per synthetic image, in key order: source row, j, its seed and its t0."""
     rows = []
     for i, key in enumerate(manifest["key"]):
         for j in range(num_synthetic):
@@ -148,6 +151,121 @@ def plan(
     return pd.DataFrame(rows)
 
 
+def retry_seed(seed: int, key: str, attempt: int) -> int:
+    """The seed of a re-draw after the safety checker flagged an image."""
+    return variant_seed(seed, f"{key}/retry{attempt}", 0)
+
+
+class Engine:
+    """Batched SDEdit over plan rows, with latents and prompt embeddings computed once.
+
+    Rows are grouped by strength into batches; on CUDA out-of-memory the batch size is
+    halved and the batch retried. An optional safety checker flags images, which are
+    re-drawn with a derived seed up to `max_retries` times and then dropped.
+    """
+
+    def __init__(
+        self,
+        components: Components,
+        scheduler,
+        manifest: pd.DataFrame,
+        prompts: Mapping[int, str],
+        resolution: int,
+        settings: GenerationSettings,
+        checker: Callable[[list[Image.Image]], list[bool]] | None = None,
+        max_retries: int = 3,
+    ):
+        self.c = components
+        self.scheduler = scheduler
+        self.settings = settings
+        self.resolution = resolution
+        self.checker = checker
+        self.max_retries = max_retries
+        self.batch_size = settings.batch_size
+        self.records = manifest.to_dict("records")
+        self.sources: dict[int, Image.Image] = {}
+        self.latents: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        labels = sorted(prompts)
+        embeds = encode_prompts(components, [prompts[c] for c in labels])
+        self.cond = {c: embeds[i] for i, c in enumerate(labels)}
+        self.uncond = encode_prompts(components, [""])[0]
+
+    def source(self, row: int) -> Image.Image:
+        if row not in self.sources:
+            self.sources[row] = load_image(self.records[row])
+        return self.sources[row]
+
+    def _encode(self, rows: Sequence[int]) -> None:
+        """VAE-encode the real images not encoded yet (once per image for all variants)."""
+        todo = sorted({r for r in rows if r not in self.latents})
+        if todo:
+            images = [self.source(r) for r in todo]
+            means, stds = encode_images(self.c, images, self.resolution, self.batch_size)
+            for r, m, s in zip(todo, means, stds, strict=True):
+                self.latents[r] = (m, s)
+
+    def _batch(self, chunk: list[dict], strength: float) -> list[Image.Image]:
+        rows = [w["row"] for w in chunk]
+        means = torch.stack([self.latents[r][0] for r in rows])
+        stds = torch.stack([self.latents[r][1] for r in rows])
+        cond = torch.stack([self.cond[int(self.records[r]["label"])] for r in rows])
+        generators = [torch.Generator().manual_seed(int(w["seed"])) for w in chunk]
+        uncond = self.uncond.expand(len(rows), -1, -1)
+        images = sdedit(
+            self.c, self.scheduler, means, stds, cond, uncond, generators, strength, self.settings
+        )
+        return to_pil(images)
+
+    def _safe_batch(self, chunk: list[dict], strength: float) -> list[Image.Image]:
+        try:
+            return self._batch(chunk, strength)
+        except torch.cuda.OutOfMemoryError:
+            if len(chunk) == 1:
+                raise
+            self.batch_size = max(1, len(chunk) // 2)
+            torch.cuda.empty_cache()
+            log.warning("out of GPU memory: batch size %d from now on", self.batch_size)
+            half = len(chunk) // 2
+            return self._safe_batch(chunk[:half], strength) + self._safe_batch(
+                chunk[half:], strength
+            )
+
+    def run(self, work: Sequence[Mapping], seed: int, bar=None):
+        """Yield (plan row, image or None if dropped by the safety checker) for `work`."""
+        self._encode([w["row"] for w in work])
+        by_strength: dict[float, list[dict]] = {}
+        for w in work:
+            item = {**w, "seed": int(w["variant_seed"]), "attempt": 0}
+            by_strength.setdefault(float(w["strength"]), []).append(item)
+        for strength in sorted(by_strength):
+            queue = by_strength[strength]
+            while queue:
+                chunk, queue = queue[: self.batch_size], queue[self.batch_size :]
+                images = self._safe_batch(chunk, strength)
+                flags = self.checker(images) if self.checker else [False] * len(images)
+                for item, image, flagged in zip(chunk, images, flags, strict=True):
+                    if not flagged:
+                        yield item, self._finish(item, image)
+                    elif item["attempt"] < self.max_retries:
+                        attempt = item["attempt"] + 1
+                        seed_r = retry_seed(seed, item["key"], attempt)
+                        queue.append({**item, "seed": seed_r, "attempt": attempt})
+                        continue
+                    else:
+                        log.warning(
+                            "dropped %s: flagged %d times", item["key"], item["attempt"] + 1
+                        )
+                        yield item, None
+                    if bar is not None:
+                        bar.update(1)
+
+    def _finish(self, item: Mapping, image: Image.Image) -> Image.Image:
+        source = self.source(item["row"])
+        if self.settings.resize_to_source and image.size != source.size:
+            image = image.resize(source.size, Image.BICUBIC)
+        return image
+
+
 def generate(
     components: Components,
     scheduler,
@@ -159,37 +277,8 @@ def generate(
     settings: GenerationSettings,
     progress: bool = True,
 ):
-    """Yield (plan row, PIL image) for every synthetic image, grouped by strength."""
-    sources = [load_image(row) for row in manifest.to_dict("records")]
-    means, stds = encode_images(components, sources, resolution, settings.batch_size)
-    labels = sorted(prompts)
-    embeds = encode_prompts(components, [prompts[c] for c in labels])
-    label_pos = {c: i for i, c in enumerate(labels)}
-    uncond = encode_prompts(components, [""])
-    work = plan(manifest, seed, settings.num_synthetic, strengths)
-    manifest_labels = manifest["label"].to_numpy()
-    bar = tqdm(total=len(work), desc="SDEdit", unit="img", disable=not progress)
-    for strength, group in work.groupby("strength", sort=True):
-        for start in range(0, len(group), settings.batch_size):
-            chunk = group.iloc[start : start + settings.batch_size]
-            rows = chunk["row"].tolist()
-            cond = embeds[[label_pos[int(manifest_labels[r])] for r in rows]]
-            generators = [torch.Generator().manual_seed(int(s)) for s in chunk["variant_seed"]]
-            images = sdedit(
-                components,
-                scheduler,
-                means[rows],
-                stds[rows],
-                cond,
-                uncond.expand(len(rows), -1, -1),
-                generators,
-                float(strength),
-                settings,
-            )
-            for record, image in zip(chunk.to_dict("records"), to_pil(images), strict=True):
-                source = sources[record["row"]]
-                if settings.resize_to_source and image.size != source.size:
-                    image = image.resize(source.size, Image.BICUBIC)
-                yield record, image
-            bar.update(len(chunk))
-    bar.close()
+    """Yield (plan row, PIL image) for every synthetic image of `manifest`."""
+    work = plan(manifest, seed, settings.num_synthetic, strengths).to_dict("records")
+    engine = Engine(components, scheduler, manifest, prompts, resolution, settings)
+    with tqdm(total=len(work), desc="SDEdit", unit="img", disable=not progress) as bar:
+        yield from engine.run(work, seed, bar)

@@ -149,19 +149,19 @@ def generate(
     output: str,
     model_dir: str | None = None,
     tokens_path: str | None = None,
+    threads: int = 2,
 ) -> None:
-    """SDEdit M images per real image into WebDataset shards beside `output` (index.parquet)."""
+    """SDEdit M images per real image into WebDataset shards beside `output` (index.parquet).
+
+    Finished shards of a killed run of the same job are reused.
+    """
     from .datasets import class_names
-    from .generation import GenerationSettings
-    from .generation import generate as run
-    from .models import scheduler_from_name
-    from .shards import SHARD_PATTERN, encode_image, write_index, write_shards
+    from .generation import Engine, GenerationSettings, plan
+    from .inversion import fingerprint
+    from .models import load_safety_checker, scheduler_from_name
+    from .synthetic import build
     from .tokens import class_token, expand, file_hash, load_into
 
-    out_dir = Path(output).parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob(SHARD_PATTERN.replace("{:06d}", "*")):
-        stale.unlink()
     manifest = pd.read_parquet(split_path)
     names = class_names(manifest)
     components = _load(model_cfg, model_dir)
@@ -176,6 +176,15 @@ def generate(
             prompt = expand(prompt, token, sizes[token])
         prompts[label] = prompt
     scheduler = scheduler_from_name(generation_cfg["scheduler"], components.scheduler)
+    if generation_cfg.get("compile"):
+        import torch
+
+        components.unet = torch.compile(components.unet)
+    checker = None
+    if generation_cfg.get("safety_checker"):
+        checker = load_safety_checker(
+            _model_source(model_cfg, model_dir), components.unet.device, components.unet.dtype
+        )
     settings = GenerationSettings(
         num_synthetic=generation_cfg["num_synthetic"],
         guidance_scale=generation_cfg["guidance_scale"],
@@ -183,51 +192,48 @@ def generate(
         batch_size=generation_cfg["batch_size"],
         resize_to_source=generation_cfg["resize_to_source"],
     )
-    fmt = generation_cfg["image_format"]
+    engine = Engine(
+        components, scheduler, manifest, prompts, model_cfg["resolution"], settings, checker,
+        max_retries=generation_cfg.get("safety_retries", 3),
+    )  # fmt: skip
     records = manifest.to_dict("records")
-    results = []
-    start = time.perf_counter()
-    for plan_row, image in run(
-        components,
-        scheduler,
-        manifest,
-        prompts,
-        method["strengths"],
-        seed,
-        model_cfg["resolution"],
-        settings,
-    ):
-        source = records[plan_row["row"]]
-        meta = {
+    scheduler_name = type(scheduler).__name__
+
+    def meta(item: Mapping) -> dict:
+        source = records[item["row"]]
+        return {
             "source_key": source["key"],
-            "j": int(plan_row["j"]),
+            "j": int(item["j"]),
             "label": int(source["label"]),
             "class_name": source["class_name"],
             "method": method_name,
-            "strength": float(plan_row["strength"]),
+            "strength": float(item["strength"]),
             "prompt": prompts[int(source["label"])],
             "guidance_scale": float(settings.guidance_scale),
-            "scheduler": type(scheduler).__name__,
+            "scheduler": scheduler_name,
             "steps": int(settings.num_inference_steps),
-            "seed": int(plan_row["variant_seed"]),
+            "seed": int(item["seed"]),
             "model_id": str(model_cfg["pretrained"]),
             "token_hash": token_hash,
         }
-        results.append(
-            {
-                "key": plan_row["key"],
-                "image": encode_image(image, fmt),
-                "label": source["label"],
-                "meta": meta,
-            }
-        )
+
+    work = plan(manifest, seed, settings.num_synthetic, method["strengths"]).to_dict("records")
+    job = fingerprint(
+        keys=manifest["key"].tolist(), prompts=prompts, method=method, seed=seed,
+        generation={k: v for k, v in generation_cfg.items() if k not in ("batch_size", "workers")},
+        model=model_cfg, token_hash=token_hash,
+    )  # fmt: skip
+    start = time.perf_counter()
+    index = build(
+        engine, work, Path(output).parent, output, seed=seed,
+        shard_size=generation_cfg["shard_size"], image_format=generation_cfg["image_format"],
+        fingerprint=job, meta=meta, workers=generation_cfg.get("workers") or threads,
+    )  # fmt: skip
     elapsed = time.perf_counter() - start
     log.info(
-        "%d images in %.1fs (%.2f img/s)", len(results), elapsed, len(results) / max(elapsed, 1e-9)
-    )
-    results.sort(key=lambda r: r["key"])
-    index = write_shards(out_dir, results, generation_cfg["shard_size"], fmt)
-    write_index(index, output)
+        "%d images (%d dropped) in %.1fs (%.2f img/s)", len(index), int(index["dropped"].sum()),
+        elapsed, len(index) / max(elapsed, 1e-9),
+    )  # fmt: skip
 
 
 def train(
@@ -253,6 +259,7 @@ def train(
     index = images = None
     if synthetic_index:
         index = pd.read_parquet(synthetic_index)
+        index = index[~index["dropped"]].reset_index(drop=True)
         images = read_images(synthetic_index)
         log.info("%d synthetic images from %s", len(index), synthetic_index)
     cfg = {k: v for k, v in classifier_cfg.items() if k != "device"}

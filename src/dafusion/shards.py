@@ -18,42 +18,38 @@ SHARD_PATTERN = "shard-{:06d}.tar"
 FIXED_MTIME = 0.0
 
 
+def write_shard(out_dir: Path, name: str, samples: Iterable[Mapping], image_ext: str) -> list[dict]:
+    """Write one tar atomically from samples (`key`, `image` bytes, `label`, `meta`)."""
+    tmp = out_dir / f".{name}.tmp"
+    rows = []
+    with open(tmp, "wb") as f, wds.TarWriter(f, mtime=FIXED_MTIME) as sink:
+        for sample in samples:
+            if "." in sample["key"]:
+                raise ValueError(f"WebDataset key '{sample['key']}' contains a dot")
+            sink.write(
+                {
+                    "__key__": sample["key"],
+                    image_ext: sample["image"],
+                    "cls": int(sample["label"]),
+                    "json": dict(sample["meta"]),
+                }
+            )
+            rows.append({"key": sample["key"], **sample["meta"], "shard": name})
+    tmp.replace(out_dir / name)
+    return rows
+
+
 def write_shards(
     out_dir: str | Path, samples: Iterable[Mapping], shard_size: int, image_ext: str
 ) -> pd.DataFrame:
-    """Write samples (`key`, `image` bytes, `label`, `meta` dict) in order; return the index."""
+    """Write samples in order into tars of `shard_size`; return the index."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    samples = list(samples)
     rows: list[dict] = []
-    batch: list[Mapping] = []
-
-    def flush(number: int) -> None:
-        name = SHARD_PATTERN.format(number)
-        tmp = out_dir / f".{name}.tmp"
-        with open(tmp, "wb") as f, wds.TarWriter(f, mtime=FIXED_MTIME) as sink:
-            for sample in batch:
-                if "." in sample["key"]:
-                    raise ValueError(f"WebDataset key '{sample['key']}' contains a dot")
-                sink.write(
-                    {
-                        "__key__": sample["key"],
-                        image_ext: sample["image"],
-                        "cls": int(sample["label"]),
-                        "json": dict(sample["meta"]),
-                    }
-                )
-                rows.append({"key": sample["key"], **sample["meta"], "shard": name})
-        tmp.replace(out_dir / name)
-        batch.clear()
-
-    number = 0
-    for sample in samples:
-        batch.append(sample)
-        if len(batch) == shard_size:
-            flush(number)
-            number += 1
-    if batch:
-        flush(number)
+    for number, start in enumerate(range(0, len(samples), shard_size)):
+        chunk = samples[start : start + shard_size]
+        rows += write_shard(out_dir, SHARD_PATTERN.format(number), chunk, image_ext)
     return pd.DataFrame(rows)
 
 
@@ -69,6 +65,7 @@ def read_images(index_path: str | Path) -> dict[str, tuple[bytes, int]]:
     """Read every sample of a synthetic set with webdataset: key -> (image bytes, label)."""
     index_path = Path(index_path)
     index = pd.read_parquet(index_path)
+    index = index[index["shard"].notna()]
     if index.empty:
         return {}
     urls = [str(index_path.parent / s) for s in sorted(index["shard"].unique())]

@@ -54,7 +54,8 @@ def load_into(components, path: str | Path) -> dict[str, int]:
     sizes = {}
     for token, rows in tensors.items():
         ids = add_to_tokenizer(components.tokenizer, [token], rows.shape[0])
-        encoder.resize_token_embeddings(len(components.tokenizer))
+        # Rows are overwritten right after: skip the (costly) mean initialisation.
+        encoder.resize_token_embeddings(len(components.tokenizer), mean_resizing=False)
         weight = encoder.get_input_embeddings().weight
         with torch.no_grad():
             weight[ids] = rows.to(device=weight_device, dtype=weight.dtype)

@@ -14,4 +14,5 @@ pipeline.generate(
     output=snakemake.output[0],
     model_dir=snakemake.input.model or None,
     tokens_path=snakemake.input.tokens or None,
+    threads=snakemake.threads,
 )

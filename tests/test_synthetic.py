@@ -1,0 +1,142 @@
+"""Resumable shards, safety-checker re-draws and out-of-memory halving."""
+
+import pandas as pd
+import pytest
+import torch
+
+from dafusion.datasets import few_shot
+from dafusion.generation import Engine, GenerationSettings, plan
+from dafusion.synthetic import build
+
+
+@pytest.fixture(scope="module")
+def manifest(digits):
+    return few_shot(digits[0], seed=0, shots=1).iloc[:4].reset_index(drop=True)
+
+
+def _engine(components, manifest, checker=None, batch_size=4, cls=Engine):
+    settings = GenerationSettings(
+        num_synthetic=2, num_inference_steps=4, guidance_scale=7.5, batch_size=batch_size
+    )
+    prompts = {int(c): f"a photo of a {c}" for c in manifest["label"]}
+    return cls(components, components.scheduler, manifest, prompts, 32, settings, checker, 2)
+
+
+def _meta(item):
+    return {"source_key": item["key"][:-4], "label": 0, "strength": item["strength"],
+            "seed": int(item["seed"])}  # fmt: skip
+
+
+def _build(engine, manifest, out, fingerprint="job"):
+    work = plan(manifest, 0, 2, [0.25, 0.5, 0.75, 1.0]).to_dict("records")
+    return build(
+        engine, work, out, out / "index.parquet", seed=0, shard_size=3, image_format="png",
+        fingerprint=fingerprint, meta=_meta, workers=2, progress=False,
+    )  # fmt: skip
+
+
+def test_killed_run_reuses_finished_shards(components, manifest, tmp_path):
+    whole = _build(_engine(components, manifest), manifest, tmp_path / "whole")
+    assert sorted(p.name for p in (tmp_path / "whole").glob("shard-*")) == [
+        "shard-000000.tar", "shard-000001.tar", "shard-000002.tar",
+    ]  # fmt: skip
+
+    class Killed(Exception):
+        pass
+
+    class Dies(Engine):
+        calls = 0
+
+        def run(self, work, seed, bar=None):
+            Dies.calls += 1
+            if Dies.calls == 2:
+                raise Killed
+            yield from super().run(work, seed, bar)
+
+    out = tmp_path / "killed"
+    dies = _engine(components, manifest, cls=Dies)
+    with pytest.raises(Killed):
+        _build(dies, manifest, out)
+    assert (out / "shard-000000.tar").exists() and not (out / "index.parquet").exists()
+    first = (out / "shard-000000.tar").stat().st_mtime_ns
+
+    class Counts(Engine):
+        shards = 0
+
+        def run(self, work, seed, bar=None):
+            Counts.shards += 1
+            yield from super().run(work, seed, bar)
+
+    counts = _engine(components, manifest, cls=Counts)
+    resumed = _build(counts, manifest, out)
+    assert Counts.shards == 2  # the finished shard was not generated again
+    assert (out / "shard-000000.tar").stat().st_mtime_ns == first
+    pd.testing.assert_frame_equal(resumed, whole)
+    for name in ("shard-000000.tar", "shard-000001.tar", "shard-000002.tar"):
+        assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+    assert not list(out.glob(".*"))  # sidecars and temporaries are gone
+
+
+def test_a_different_job_does_not_reuse_shards(components, manifest, tmp_path):
+    out = tmp_path / "set"
+    _build(_engine(components, manifest), manifest, out)
+    (out / "index.parquet").unlink()
+
+    class Counts(Engine):
+        shards = 0
+
+        def run(self, work, seed, bar=None):
+            Counts.shards += 1
+            yield from super().run(work, seed, bar)
+
+    counts = _engine(components, manifest, cls=Counts)
+    _build(counts, manifest, out, fingerprint="other settings")
+    assert Counts.shards == 3
+
+
+def test_flagged_images_are_redrawn_then_dropped(components, manifest):
+    calls = []
+
+    def checker(images):
+        calls.append(len(images))
+        return [True] * len(images)  # flags everything: must end, not loop
+
+    work = plan(manifest.iloc[:1], 0, 2, [0.5]).to_dict("records")
+    engine = _engine(components, manifest.iloc[:1], checker=checker)
+    out = list(engine.run(work, seed=0))
+    assert [image for _, image in out] == [None, None]
+    assert sum(calls) == 2 * 3  # first draw + 2 retries for each image
+    assert sorted(item["attempt"] for item, _ in out) == [2, 2]
+
+    flips = {"n": 0}
+
+    def once(images):  # flags only the very first image it sees
+        flips["n"] += len(images)
+        return [flips["n"] - len(images) + i == 0 for i in range(len(images))]
+
+    engine = _engine(components, manifest.iloc[:1], checker=once)
+    out = {item["key"]: item for item, image in engine.run(work, seed=0) if image is not None}
+    assert len(out) == 2
+    redrawn = [item for item in out.values() if item["attempt"] == 1]
+    assert len(redrawn) == 1 and redrawn[0]["seed"] != redrawn[0]["variant_seed"]
+
+
+def test_out_of_memory_halves_the_batch(components, manifest, monkeypatch):
+    work = plan(manifest, 0, 2, [0.5]).to_dict("records")
+    reference = {i["key"]: torch.tensor(list(im.tobytes())) for i, im in
+                 _engine(components, manifest, batch_size=8).run(work, 0)}  # fmt: skip
+    engine = _engine(components, manifest, batch_size=8)
+    original = Engine._batch
+
+    def small_memory(self, chunk, strength):
+        if len(chunk) > 2:
+            raise torch.cuda.OutOfMemoryError("fake")
+        return original(self, chunk, strength)
+
+    monkeypatch.setattr(Engine, "_batch", small_memory)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    out = {i["key"]: torch.tensor(list(im.tobytes())) for i, im in engine.run(work, 0)}
+    assert engine.batch_size == 2
+    assert out.keys() == reference.keys()
+    for key in out:
+        assert (out[key] - reference[key]).abs().max() <= 1
