@@ -105,7 +105,7 @@ def main() -> None:
         from diffusers import StableDiffusionImg2ImgPipeline
 
         pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
-            model_dir, torch_dtype=dtype, use_safetensors=True
+            model_dir, dtype=dtype, use_safetensors=True
         ).to(device)
         pipe.set_progress_bar_config(disable=True)
         images = [Image.open(io.BytesIO(b)).convert("RGB") for b in manifest["image"]]

@@ -211,3 +211,52 @@ def test_resizes_back_to_the_source_size(components):
             )
         )
         assert image.size == size
+
+
+@pytest.mark.parametrize("t0", [0.5, 1.0])
+def test_masked_generation_matches_diffusers_inpainting(
+    components, tiny_dir, manifest, tmp_path, t0
+):
+    """Masked mode follows StableDiffusionInpaintPipeline with a 4-channel UNet."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    from dafusion.datasets import load_image
+    from dafusion.generation import load_mask
+
+    image = load_image(manifest.iloc[0].to_dict())
+    mask = np.zeros((32, 32), dtype=np.uint8)
+    mask[8:24, 4:20] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(tiny_dir, use_safetensors=True)
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(
+        prompt="a photo of a zero", image=image, mask_image=Image.fromarray(mask), strength=t0,
+        guidance_scale=7.5, num_inference_steps=10, generator=torch.Generator().manual_seed(5),
+        output_type="np", height=32, width=32,
+    ).images  # fmt: skip
+    means, stds = encode_images(components, [image], 32, 1)
+    masks = load_mask(str(tmp_path / "mask.png"), "object", 32, 16, dilation=1)[None]
+    out = sdedit(
+        components, components.scheduler, means, stds,
+        encode_prompts(components, ["a photo of a zero"]), encode_prompts(components, [""]),
+        [torch.Generator().manual_seed(5)], t0,
+        GenerationSettings(num_inference_steps=10, guidance_scale=7.5), masks,
+    )  # fmt: skip
+    ours = ((out.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(ours, expected, atol=1e-4)
+
+
+def test_mask_dilation_and_background(tmp_path):
+    from dafusion.generation import load_mask
+
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[30:34, 30:34] = 1
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    plain = load_mask(str(tmp_path / "m.png"), "object", 64, 64, dilation=1)
+    grown = load_mask(str(tmp_path / "m.png"), "object", 64, 64, dilation=16)
+    back = load_mask(str(tmp_path / "m.png"), "background", 64, 64, dilation=16)
+    assert plain.sum() == 16
+    assert grown.sum() == (4 + 15) ** 2  # a 16-pixel maximum filter grows each side
+    assert torch.equal(back, 1 - grown)
+    small = load_mask(str(tmp_path / "m.png"), "object", 64, 8, dilation=16)
+    assert small.shape == (1, 8, 8) and set(small.unique().tolist()) <= {0.0, 1.0}
