@@ -32,4 +32,5 @@ def components(tiny_dir):
 def digits():
     from dafusion.datasets import read_dataset
 
-    return read_dataset({"kind": "digits", "image_size": 32, "val_fraction": 0.2})
+    pool, val, _ = read_dataset({"kind": "digits", "image_size": 32, "val_fraction": 0.2})
+    return pool, val

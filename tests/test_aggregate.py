@@ -45,3 +45,19 @@ def test_best_step_per_run_and_68_interval(tmp_path):
     assert row["num_seeds"] == 2
     plot(summary, tmp_path / "fig.png", ["m"])
     assert (tmp_path / "fig.png").stat().st_size > 1000
+
+
+def test_select_on_val_report_on_test():
+    runs = _runs()
+    test = runs[runs["metric"] == "accuracy"].assign(split="test")
+    test["value"] = test["value"] / 2
+    runs = pd.concat([runs, test])
+    best = best_steps(runs, report_split="test")
+    assert best.set_index("seed")["step"].to_dict() == {0: 400, 1: 600}  # chosen on val
+    assert best.set_index("seed")["value"].to_dict() == pytest.approx({0: 0.3, 1: 0.4})
+    assert set(best["split"]) == {"test"}
+    original = best_steps(runs, report_split="val")
+    assert original.set_index("seed")["value"].to_dict() == pytest.approx({0: 0.6, 1: 0.8})
+    # A dataset without a test split reports val.
+    assert set(best_steps(_runs(), report_split="test")["split"]) == {"val"}
+    assert summarize(best)["split"].tolist() == ["test"]

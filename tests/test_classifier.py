@@ -3,9 +3,9 @@ import pandas as pd
 import pytest
 import torch
 
+from dafusion.backbones import Backbone, SmallCNN
 from dafusion.classifier import (
     ClassifierSettings,
-    SmallCNN,
     augment,
     draw_batch,
     evaluate,
@@ -81,5 +81,129 @@ def test_training_learns_digits_and_reports_per_class_metrics(digits):
     assert {f"accuracy/c{i}" for i in range(10)} <= set(metrics["metric"])
 
 
-def test_bn_free_model_shapes():
-    assert SmallCNN(7)(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
+def test_small_cnn_features():
+    assert SmallCNN()(torch.zeros(2, 3, 32, 32)).shape == (2, 128)
+
+
+def _frozen_small_cnn(*args, **kwargs):
+    torch.manual_seed(0)
+    net = SmallCNN(width=16)
+    return Backbone(net, net.dim, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), frozen=True)
+
+
+def _running_means(model):
+    return [m.running_mean.clone() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+@pytest.mark.parametrize(("bn_mode", "changes"), [("eval", False), ("train", True)])
+def test_frozen_backbone_batchnorm(digits, monkeypatch, bn_mode, changes):
+    """bn_mode eval keeps a frozen backbone's statistics; train lets them drift (original)."""
+    import dafusion.classifier as clf
+
+    seen = {}
+
+    def build(*args, **kwargs):
+        backbone = _frozen_small_cnn()
+        seen["backbone"] = backbone
+        seen["before"] = _running_means(backbone.module)
+        return backbone
+
+    monkeypatch.setattr(clf, "build_backbone", build)
+    pool, val = digits
+    settings = ClassifierSettings(steps=5, eval_interval=5, bn_mode=bn_mode, feature_cache=False)
+    clf.train(
+        few_shot(pool, 0, 2),
+        val.iloc[:20],
+        [str(i) for i in range(10)],
+        None,
+        None,
+        settings,
+        seed=0,
+        device=torch.device("cpu"),
+        progress=False,
+    )
+    after = _running_means(seen["backbone"].module)
+    same = all(torch.equal(a, b) for a, b in zip(seen["before"], after, strict=True))
+    assert same != changes
+
+
+def _frozen_pixels(*args, **kwargs):
+    """A frozen feature extractor a linear head can classify digits with: 8x8 pixels."""
+    net = torch.nn.Sequential(torch.nn.AvgPool2d(4), torch.nn.Flatten())
+    return Backbone(net, 3 * 8 * 8, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), frozen=True)
+
+
+def test_feature_cache_matches_step_by_step_accuracy(digits, monkeypatch):
+    import dafusion.classifier as clf
+
+    monkeypatch.setattr(clf, "build_backbone", _frozen_pixels)
+    pool, val = digits
+    accuracy = {}
+    for cache in (True, False):
+        settings = ClassifierSettings(
+            steps=300, eval_interval=100, lr=1e-2, feature_cache=cache, cache_views=8
+        )
+        metrics = clf.train(
+            few_shot(pool, 0, 8),
+            val,
+            [str(i) for i in range(10)],
+            None,
+            None,
+            settings,
+            seed=0,
+            device=torch.device("cpu"),
+            progress=False,
+        )
+        val_acc = metrics[(metrics["split"] == "val") & (metrics["metric"] == "accuracy")]
+        accuracy[cache] = val_acc["value"].max()
+    assert accuracy[True] > 0.5 and accuracy[False] > 0.5  # chance is 0.1
+    assert abs(accuracy[True] - accuracy[False]) < 0.1
+
+
+def test_cutmix_without_its_dependency_is_an_error(monkeypatch):
+    from torchvision.transforms import v2
+
+    from dafusion.classifier import cutmix_transform
+
+    assert cutmix_transform(3) is not None
+    monkeypatch.delattr(v2, "CutMix")
+    with pytest.raises(ImportError, match="classifier.augmentation.*cutmix"):
+        cutmix_transform(3)
+
+
+def test_cutmix_and_randaugment_baselines_produce_valid_batches():
+    from dafusion.classifier import Augmenter
+
+    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(16) % 4
+    for name in ("randaugment", "cutmix"):
+        settings = ClassifierSettings(augmentation=name)
+        augmenter = Augmenter(settings, 4, torch.Generator().manual_seed(1))
+        outs = [augmenter(x, labels) for _ in range(6)]
+        for images, targets in outs:
+            assert images.shape == (16, 3, 32, 32) and images.min() >= 0 and images.max() <= 1
+            assert torch.allclose(targets.sum(dim=1), torch.ones(16))
+    assert any((t.max(dim=1).values < 1).any() for _, t in outs)  # some batches are mixed
+
+
+def test_original_evaluation_protocol():
+    """6,400 draws with replacement; classes absent from the draw count as 0 (original)."""
+    from dafusion.classifier import metrics_from_logits
+
+    logits = torch.tensor([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0]])
+    labels = torch.tensor([0, 1])
+    skip = metrics_from_logits(logits, labels, 3, absent="skip")
+    zero = metrics_from_logits(logits, labels, 3, absent="zero")
+    assert skip["mean_class_accuracy"] == 1.0
+    assert zero["mean_class_accuracy"] == pytest.approx(2 / 3)
+
+    class Identity(torch.nn.Module):
+        def forward(self, x):
+            return x.mean(dim=(2, 3))
+
+    images = torch.zeros(10, 3, 2, 2, dtype=torch.uint8)
+    labels = torch.zeros(10, dtype=torch.long)
+    drawn = evaluate(
+        Identity(), images, labels, 3, samples=6400, generator=torch.Generator().manual_seed(0)
+    )
+    assert drawn["accuracy"] == 1.0

@@ -88,3 +88,52 @@ def test_inversion_preset_fills_only_unset_keys():
     config["inversion"] = {"preset": "nonsense"}
     with pytest.raises(ConfigError, match="inversion.preset"):
         validate_config(config, SCHEMA)
+
+
+def test_every_dataset_kind_has_a_reader_and_all_but_digits_need_a_root():
+    from dafusion.config import KINDS_WITH_ROOT, load_schema
+    from dafusion.readers import READERS
+
+    entry = load_schema(SCHEMA)["properties"]["datasets"]["additionalProperties"]
+    kinds = set(entry["properties"]["kind"]["enum"])
+    assert kinds == set(READERS)
+    assert kinds - {"digits"} == KINDS_WITH_ROOT
+
+
+def test_dataset_options_are_validated_and_defaulted(tmp_path):
+    config = default_config()
+    config["datasets"]["cal"] = {"kind": "caltech101", "root": str(tmp_path), "classes": 20}
+    spec = validate_config(config, SCHEMA)["datasets"]["cal"]
+    assert spec["split_protocol"] == "default"
+    assert spec["allow_fewer"] is False and spec["skip_corrupt"] is False
+    config["datasets"]["cal"].update(classes=["accordion", "faces easy"])
+    config["datasets"]["cal"].update(split_protocol="original-code", allow_fewer=True)
+    assert validate_config(config, SCHEMA)["datasets"]["cal"]["allow_fewer"] is True
+
+
+@pytest.mark.parametrize(
+    ("entry", "key", "message"),
+    [
+        ({"kind": "coco", "classes": 0}, "classes", ""),
+        ({"kind": "coco", "classes": ["dog", "dog"]}, "classes", ""),
+        ({"kind": "coco", "split_protocol": "original-code"}, "split_protocol", "applies to"),
+        ({"kind": "coco", "split_protocol": "random"}, "split_protocol", ""),
+        ({"kind": "caltech101", "label_level": "family"}, "label_level", "only kind"),
+        ({"kind": "fgvc_aircraft", "label_level": "model"}, "label_level", ""),
+        ({"kind": "pascal", "hf_config": "crop"}, "hf_config", "only kind"),
+        ({"kind": "imagenet", "skip_corrupt": "yes"}, "skip_corrupt", ""),
+    ],
+)
+def test_bad_dataset_options_name_their_key(tmp_path, entry, key, message):
+    config = default_config()
+    config["datasets"]["mine"] = {"root": str(tmp_path), **entry}
+    with pytest.raises(ConfigError, match=f"config key 'datasets.mine.{key}': .*{message}"):
+        validate_config(config, SCHEMA)
+
+
+@pytest.mark.parametrize("kind", ["pascal", "coco", "leafy_spurge", "imagenet"])
+def test_every_disk_kind_needs_its_root(kind):
+    config = default_config()
+    config["datasets"]["mine"] = {"kind": kind}
+    with pytest.raises(ConfigError, match=f"datasets.mine.root': kind '{kind}' needs"):
+        validate_config(config, SCHEMA)

@@ -3,11 +3,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dafusion.datasets import class_names, few_shot, load_image, read_dataset
+from dafusion.datasets import MANIFEST_COLUMNS, class_names, few_shot, load_image, read_dataset
 
 
 def test_digits_pool_and_val_are_disjoint_and_cover_all_classes(digits):
-    pool, val = digits
+    pool, val = digits[0], digits[1]
     assert set(pool["key"]).isdisjoint(val["key"])
     assert len(pool) + len(val) == 1797
     assert sorted(pool["label"].unique()) == list(range(10))
@@ -22,18 +22,19 @@ def test_digits_pool_and_val_are_disjoint_and_cover_all_classes(digits):
 
 
 def test_reading_is_deterministic(digits):
-    pool, val = read_dataset({"kind": "digits", "image_size": 32, "val_fraction": 0.2})
+    pool, val, test = read_dataset({"kind": "digits", "image_size": 32, "val_fraction": 0.2})
     pd.testing.assert_frame_equal(pool, digits[0])
     pd.testing.assert_frame_equal(val, digits[1])
+    assert test.empty and list(test.columns) == MANIFEST_COLUMNS
 
 
 def test_val_per_class_caps_the_evaluation_split():
-    _, val = read_dataset({"kind": "digits", "image_size": 16, "val_per_class": 3})
+    _, val, _ = read_dataset({"kind": "digits", "image_size": 16, "val_per_class": 3})
     assert (val.groupby("label").size() == 3).all()
 
 
 def test_few_shot_subsets_are_nested_and_seeded(digits):
-    pool, _ = digits
+    pool = digits[0]
     subsets = {k: few_shot(pool, seed=0, shots=k) for k in (1, 2, 4, 8)}
     for k, subset in subsets.items():
         assert (subset.groupby("label").size() == k).all()
@@ -48,7 +49,7 @@ def test_few_shot_subsets_are_nested_and_seeded(digits):
 
 
 def test_too_few_images_names_the_class(digits):
-    pool, _ = digits
+    pool = digits[0]
     small = pool[(pool["label"] != 7) | pool.index.isin(pool.index[pool["label"] == 7][:2])]
     with pytest.raises(ValueError, match="class 'seven' has 2 training images"):
         few_shot(small, seed=0, shots=3)
@@ -63,7 +64,9 @@ def _write_images(folder, count, color):
 def test_imagefolder_with_held_out_split(tmp_path):
     _write_images(tmp_path / "data/red_fox", 10, (200, 0, 0))
     _write_images(tmp_path / "data/blue_jay", 5, (0, 0, 200))
-    pool, val = read_dataset({"kind": "imagefolder", "root": "data", "val_fraction": 0.2}, tmp_path)
+    pool, val, _ = read_dataset(
+        {"kind": "imagefolder", "root": "data", "val_fraction": 0.2}, tmp_path
+    )
     assert class_names(pool) == ["blue jay", "red fox"]
     assert val.groupby("class_name").size().to_dict() == {"blue jay": 1, "red fox": 2}
     assert len(pool) == 12
@@ -75,7 +78,7 @@ def test_imagefolder_with_own_val_split(tmp_path):
     for split, n in (("train", 4), ("val", 2)):
         _write_images(tmp_path / f"data/{split}/cat", n, (1, 2, 3))
         _write_images(tmp_path / f"data/{split}/dog", n, (3, 2, 1))
-    pool, val = read_dataset({"kind": "imagefolder", "root": "data"}, tmp_path)
+    pool, val, _ = read_dataset({"kind": "imagefolder", "root": "data"}, tmp_path)
     assert len(pool) == 8 and len(val) == 4
     assert set(val["split"]) == {"val"}
     assert val["key"].str.startswith("val_").all()
@@ -85,3 +88,47 @@ def test_imagefolder_without_class_folders_is_an_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no class folders with images under"):
         read_dataset({"kind": "imagefolder", "root": "empty"}, tmp_path)
+
+
+def test_imagefolder_test_folder_becomes_the_test_split(tmp_path):
+    for split, n in (("train", 3), ("test", 1)):
+        _write_images(tmp_path / f"data/{split}/cat", n, (1, 2, 3))
+        _write_images(tmp_path / f"data/{split}/dog", n, (3, 2, 1))
+    pool, val, test = read_dataset({"kind": "imagefolder", "root": "data"}, tmp_path)
+    assert (len(pool), len(val), len(test)) == (4, 2, 2)
+    assert set(test["split"]) == {"test"}
+
+
+def _saved(tmp_path, image: Image.Image, fmt: str, **kwargs) -> dict:
+    path = tmp_path / f"image.{fmt.lower()}"
+    image.save(path, format=fmt, **kwargs)
+    return {"key": "k", "path": str(path), "image": None}
+
+
+def test_load_image_converts_every_mode_to_rgb(tmp_path):
+    gray = Image.new("L", (6, 4), 80)
+    assert load_image(_saved(tmp_path, gray, "PNG")).getpixel((0, 0)) == (80, 80, 80)
+    palette = Image.new("P", (6, 4), 1)
+    palette.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    assert load_image(_saved(tmp_path, palette, "PNG")).getpixel((0, 0)) == (10, 200, 30)
+    clear = Image.new("RGBA", (6, 4), (255, 0, 0, 0))  # transparent: white, not red
+    assert load_image(_saved(tmp_path, clear, "PNG")).getpixel((0, 0)) == (255, 255, 255)
+    cmyk = Image.new("CMYK", (6, 4), (0, 255, 255, 0))
+    red = load_image(_saved(tmp_path, cmyk, "TIFF")).getpixel((0, 0))
+    assert red == (255, 0, 0)
+    deep = Image.fromarray(np.full((4, 6), 32896, np.uint16))  # 16-bit gray, 50%
+    assert load_image(_saved(tmp_path, deep, "PNG")).getpixel((0, 0)) == (128, 128, 128)
+
+
+def test_load_image_applies_exif_orientation(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: rotate 90 degrees clockwise to view
+    row = _saved(tmp_path, Image.new("RGB", (20, 10), "blue"), "JPEG", exif=exif)
+    assert load_image(row).size == (10, 20)
+
+
+def test_unreadable_image_is_named(tmp_path):
+    path = tmp_path / "broken.jpg"
+    path.write_bytes(b"\xff\xd8 not really")
+    with pytest.raises(OSError, match=f"cannot read image '{path}' \\(key 'k'\\)"):
+        load_image({"key": "k", "path": str(path), "image": None})

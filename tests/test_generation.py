@@ -230,18 +230,31 @@ def test_masked_generation_matches_diffusers_inpainting(
     pipe = StableDiffusionInpaintPipeline.from_pretrained(tiny_dir, use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
     expected = pipe(
-        prompt="a photo of a zero", image=image, mask_image=Image.fromarray(mask), strength=t0,
-        guidance_scale=7.5, num_inference_steps=10, generator=torch.Generator().manual_seed(5),
-        output_type="np", height=32, width=32,
-    ).images  # fmt: skip
+        prompt="a photo of a zero",
+        image=image,
+        mask_image=Image.fromarray(mask),
+        strength=t0,
+        guidance_scale=7.5,
+        num_inference_steps=10,
+        generator=torch.Generator().manual_seed(5),
+        output_type="np",
+        height=32,
+        width=32,
+    ).images
     means, stds = encode_images(components, [image], 32, 1)
     masks = load_mask(str(tmp_path / "mask.png"), "object", 32, 16, dilation=1)[None]
     out = sdedit(
-        components, components.scheduler, means, stds,
-        encode_prompts(components, ["a photo of a zero"]), encode_prompts(components, [""]),
-        [torch.Generator().manual_seed(5)], t0,
-        GenerationSettings(num_inference_steps=10, guidance_scale=7.5), masks,
-    )  # fmt: skip
+        components,
+        components.scheduler,
+        means,
+        stds,
+        encode_prompts(components, ["a photo of a zero"]),
+        encode_prompts(components, [""]),
+        [torch.Generator().manual_seed(5)],
+        t0,
+        GenerationSettings(num_inference_steps=10, guidance_scale=7.5),
+        masks,
+    )
     ours = ((out.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(ours, expected, atol=1e-4)
 

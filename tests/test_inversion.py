@@ -52,9 +52,15 @@ def test_joint_run_equals_separate_runs(tiny_dir, digits, chunk):
     for c, name in enumerate(names):
         own = [im for im, lab in zip(images, labels, strict=True) if lab == c]
         alone = invert(
-            _fresh(tiny_dir), own, [0] * len(own), [name], settings, seed=4, resolution=32,
+            _fresh(tiny_dir),
+            own,
+            [0] * len(own),
+            [name],
+            settings,
+            seed=4,
+            resolution=32,
             progress=False,
-        )  # fmt: skip
+        )
         token = class_token(name)
         torch.testing.assert_close(joint.tokens[token], alone.tokens[token], atol=1e-5, rtol=0)
         torch.testing.assert_close(joint.losses[:, c], alone.losses[:, 0], atol=1e-5, rtol=0)
@@ -77,15 +83,31 @@ def test_killed_job_resumes_to_the_same_tokens(tiny_dir, digits, tmp_path):
     checkpoint = Checkpoint(tmp_path / "ckpt.safetensors", fingerprint="job")
     with pytest.raises(Killed):
         invert(
-            _fresh(tiny_dir), images, labels, names, settings, seed=2, resolution=32,
-            progress=False, checkpoint=checkpoint, on_step=kill_at_3,
-        )  # fmt: skip
+            _fresh(tiny_dir),
+            images,
+            labels,
+            names,
+            settings,
+            seed=2,
+            resolution=32,
+            progress=False,
+            checkpoint=checkpoint,
+            on_step=kill_at_3,
+        )
     assert checkpoint.path.exists()
     steps = []
     resumed = invert(
-        _fresh(tiny_dir), images, labels, names, settings, seed=2, resolution=32,
-        progress=False, checkpoint=checkpoint, on_step=steps.append,
-    )  # fmt: skip
+        _fresh(tiny_dir),
+        images,
+        labels,
+        names,
+        settings,
+        seed=2,
+        resolution=32,
+        progress=False,
+        checkpoint=checkpoint,
+        on_step=steps.append,
+    )
     assert steps == [3, 4, 5]  # restarted after the checkpoint at step 2
     for token in whole.tokens:
         torch.testing.assert_close(resumed.tokens[token], whole.tokens[token], atol=1e-6, rtol=0)
@@ -94,9 +116,17 @@ def test_killed_job_resumes_to_the_same_tokens(tiny_dir, digits, tmp_path):
     other = Checkpoint(checkpoint.path, fingerprint="another job")
     steps.clear()
     invert(
-        _fresh(tiny_dir), images, labels, names, settings, seed=2, resolution=32,
-        progress=False, checkpoint=other, on_step=steps.append,
-    )  # fmt: skip
+        _fresh(tiny_dir),
+        images,
+        labels,
+        names,
+        settings,
+        seed=2,
+        resolution=32,
+        progress=False,
+        checkpoint=other,
+        on_step=steps.append,
+    )
     assert steps[0] == 1
 
 
@@ -153,10 +183,15 @@ def test_pipeline_step_exports_per_class_files_and_loss_curves(tiny_dir, digits,
     model = {"pretrained": "tiny", "resolution": 32, "dtype": "float32", "device": "cpu"}
     inversion = {"steps": 2, "batch_size": 1, "checkpoint_every": 1}
     pipeline.invert(
-        str(tmp_path / "split.parquet"), model, inversion, seed=0,
-        output=str(tmp_path / "tokens.safetensors"), model_dir=tiny_dir,
-        export_dir=str(tmp_path / "export"), loss_path=str(tmp_path / "loss.parquet"),
-    )  # fmt: skip
+        str(tmp_path / "split.parquet"),
+        model,
+        inversion,
+        seed=0,
+        output=str(tmp_path / "tokens.safetensors"),
+        model_dir=tiny_dir,
+        export_dir=str(tmp_path / "export"),
+        loss_path=str(tmp_path / "loss.parquet"),
+    )
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [
         "one.safetensors",
         "zero.safetensors",

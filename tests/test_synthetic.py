@@ -23,23 +23,38 @@ def _engine(components, manifest, checker=None, batch_size=4, cls=Engine):
 
 
 def _meta(item):
-    return {"source_key": item["key"][:-4], "label": 0, "strength": item["strength"],
-            "seed": int(item["seed"])}  # fmt: skip
+    return {
+        "source_key": item["key"][:-4],
+        "label": 0,
+        "strength": item["strength"],
+        "seed": int(item["seed"]),
+    }
 
 
 def _build(engine, manifest, out, fingerprint="job"):
     work = plan(manifest, 0, 2, [0.25, 0.5, 0.75, 1.0]).to_dict("records")
     return build(
-        engine, work, out, out / "index.parquet", seed=0, shard_size=3, image_format="png",
-        fingerprint=fingerprint, meta=_meta, workers=2, progress=False,
-    )  # fmt: skip
+        engine,
+        work,
+        out,
+        out / "index.parquet",
+        seed=0,
+        shard_size=3,
+        image_format="png",
+        fingerprint=fingerprint,
+        meta=_meta,
+        workers=2,
+        progress=False,
+    )
 
 
 def test_killed_run_reuses_finished_shards(components, manifest, tmp_path):
     whole = _build(_engine(components, manifest), manifest, tmp_path / "whole")
     assert sorted(p.name for p in (tmp_path / "whole").glob("shard-*")) == [
-        "shard-000000.tar", "shard-000001.tar", "shard-000002.tar",
-    ]  # fmt: skip
+        "shard-000000.tar",
+        "shard-000001.tar",
+        "shard-000002.tar",
+    ]
 
     class Killed(Exception):
         pass
@@ -123,8 +138,10 @@ def test_flagged_images_are_redrawn_then_dropped(components, manifest):
 
 def test_out_of_memory_halves_the_batch(components, manifest, monkeypatch):
     work = plan(manifest, 0, 2, [0.5]).to_dict("records")
-    reference = {i["key"]: torch.tensor(list(im.tobytes())) for i, im in
-                 _engine(components, manifest, batch_size=8).run(work, 0)}  # fmt: skip
+    reference = {
+        i["key"]: torch.tensor(list(im.tobytes()))
+        for i, im in _engine(components, manifest, batch_size=8).run(work, 0)
+    }
     engine = _engine(components, manifest, batch_size=8)
     original = Engine._batch
 

@@ -33,7 +33,13 @@ REDUCED = {
         },
     },
     "generation": {"num_synthetic": 2, "num_inference_steps": 4, "batch_size": 8},
-    "classifier": {"steps": 10, "eval_interval": 5, "lr": 0.001},
+    "classifier": {
+        "backbone": "small-cnn",
+        "image_size": 32,
+        "steps": 10,
+        "eval_interval": 5,
+        "lr": 0.001,
+    },
 }
 
 

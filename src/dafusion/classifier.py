@@ -3,6 +3,14 @@
 Each batch element is a uniformly drawn real image, replaced with probability alpha by one
 of that image's M synthetic variants (drawn uniformly). Images are decoded once and kept as
 uint8 tensors on the training device; augmentation runs on whole batches there.
+
+With a frozen pretrained backbone the default is a feature cache: the features of K
+augmented views of every real and synthetic image are computed once, and the linear head
+trains on them (`feature_cache: false` runs the backbone every step, as the original code).
+The original code's evaluation flaws are fixed by default, each with a setting that
+restores it: BatchNorm of the frozen backbone in eval mode (`bn_mode: train` lets its
+statistics drift), the whole evaluation split once (`eval_samples: 6400` draws with
+replacement), classes absent from a draw skipped (`absent_classes: zero` counts them as 0).
 """
 
 from __future__ import annotations
@@ -19,12 +27,15 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .backbones import Backbone, build_backbone
 from .datasets import load_image
 
 
 @dataclass
 class ClassifierSettings:
     backbone: str = "small-cnn"
+    weights: str | None = None
+    pretrained: bool = True
     image_size: int = 32
     steps: int = 10000
     batch_size: int = 32
@@ -33,35 +44,12 @@ class ClassifierSettings:
     synthetic_probability: float = 0.5
     augmentation: str = "standard"
     rotation_degrees: float = 15.0
-
-
-class SmallCNN(torch.nn.Module):
-    """A compact CNN trained end to end: the embedded default's backbone and head."""
-
-    def __init__(self, num_classes: int, width: int = 32):
-        super().__init__()
-
-        def block(cin: int, cout: int) -> torch.nn.Sequential:
-            return torch.nn.Sequential(
-                torch.nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-                torch.nn.BatchNorm2d(cout),
-                torch.nn.ReLU(inplace=True),
-                torch.nn.MaxPool2d(2),
-            )
-
-        self.features = torch.nn.Sequential(
-            block(3, width), block(width, 2 * width), block(2 * width, 4 * width)
-        )
-        self.head = torch.nn.Linear(4 * width, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).mean(dim=(2, 3)))
-
-
-def build_model(settings: ClassifierSettings, num_classes: int) -> torch.nn.Module:
-    if settings.backbone == "small-cnn":
-        return SmallCNN(num_classes)
-    raise ValueError(f"config key 'classifier.backbone': unknown backbone '{settings.backbone}'")
+    bn_mode: str = "eval"
+    feature_cache: bool = True
+    cache_views: int = 8
+    eval_samples: int | None = None
+    absent_classes: str = "skip"
+    report_split: str = "test"
 
 
 def to_uint8(images: Sequence[Image.Image], size: int) -> torch.Tensor:
@@ -117,8 +105,109 @@ def augment(x: torch.Tensor, generator: torch.Generator, degrees: float) -> torc
     return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
 
 
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    return (x.float() / 255.0 - 0.5) / 0.5
+def cutmix_transform(num_classes: int):
+    """torchvision's CutMix (beta 1); an error, never a silent no-op, when unavailable."""
+    from torchvision.transforms import v2
+
+    if not hasattr(v2, "CutMix"):
+        raise ImportError(
+            "config key 'classifier.augmentation': 'cutmix' needs torchvision >= 0.16 "
+            "(torchvision.transforms.v2.CutMix); upgrade torchvision or pick another baseline"
+        )
+    return v2.CutMix(alpha=1.0, num_classes=num_classes)
+
+
+class Augmenter:
+    """The configured baseline on a uint8 batch -> float batch in [0, 1] (and labels)."""
+
+    def __init__(self, settings: ClassifierSettings, num_classes: int, generator: torch.Generator):
+        self.settings = settings
+        self.generator = generator
+        self.num_classes = num_classes
+        self.randaugment = None
+        self.cutmix = None
+        if settings.augmentation == "randaugment":
+            from torchvision.transforms import v2
+
+            self.randaugment = v2.RandAugment()
+        elif settings.augmentation == "cutmix":
+            self.cutmix = cutmix_transform(num_classes)
+
+    def __call__(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.randaugment is not None:  # per image: v2 would give a batch one shared op
+            x = torch.stack([self.randaugment(img) for img in x])
+        x = x.float() / 255.0
+        if self.settings.augmentation != "none":
+            x = augment(x, self.generator, self.settings.rotation_degrees)
+        targets = F.one_hot(labels, self.num_classes).float()
+        if self.cutmix is not None and torch.rand(1, generator=self.generator).item() < 0.5:
+            x, targets = self.cutmix(x, labels)
+        return x, targets
+
+
+class Normalize(torch.nn.Module):
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def metrics_from_logits(
+    logits: torch.Tensor, labels: torch.Tensor, num_classes: int, absent: str = "skip"
+) -> dict[str, float]:
+    """Accuracy, loss, per-class accuracy and their mean (absent classes: skip or zero)."""
+    correct = (logits.argmax(dim=1) == labels).float()
+    out = {
+        "accuracy": correct.mean().item(),
+        "loss": F.cross_entropy(logits, labels).item(),
+    }
+    per_class = []
+    for c in range(num_classes):
+        mask = labels == c
+        value = correct[mask].mean().item() if mask.any() else float("nan")
+        out[f"accuracy/{c}"] = value
+        per_class.append(0.0 if (np.isnan(value) and absent == "zero") else value)
+    out["mean_class_accuracy"] = float(np.nanmean(per_class))
+    return out
+
+
+class Classifier(torch.nn.Module):
+    """Normalization, backbone and a linear head."""
+
+    def __init__(self, backbone: Backbone, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.normalize = Normalize(backbone.mean, backbone.std)
+        self.features = backbone.module
+        self.head = torch.nn.Linear(backbone.dim, num_classes)
+        if backbone.frozen:
+            self.features.requires_grad_(False)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Features of images in [0, 1]; no gradient through a frozen backbone."""
+        with torch.set_grad_enabled(not self.backbone.frozen and torch.is_grad_enabled()):
+            return self.features(self.normalize(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+
+@torch.no_grad()
+def embed_all(
+    model: Classifier, images: torch.Tensor, batch: int = 256, views=None
+) -> torch.Tensor:
+    """Features of uint8 images in large batches, optionally through an augmentation."""
+    out = []
+    for start in range(0, len(images), batch):
+        x = images[start : start + batch]
+        x = views(x) if views is not None else x.float() / 255.0
+        out.append(model.embed(x))
+    if not out:
+        return torch.zeros(0, model.backbone.dim, device=images.device)
+    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -128,25 +217,35 @@ def evaluate(
     labels: torch.Tensor,
     num_classes: int,
     batch: int = 512,
+    features: torch.Tensor | None = None,
+    samples: int | None = None,
+    generator: torch.Generator | None = None,
+    absent: str = "skip",
 ) -> dict[str, float]:
-    """Accuracy, loss and per-class accuracy over every evaluation image exactly once."""
+    """Metrics over every evaluation image exactly once, or `samples` draws with replacement."""
+    index = torch.arange(len(labels))
+    if samples:
+        index = torch.randint(len(labels), (samples,), generator=generator)
+    was_training = model.training
     model.eval()
-    losses, predictions = [], []
-    for start in range(0, len(images), batch):
-        logits = model(normalize(images[start : start + batch]))
-        losses.append(F.cross_entropy(logits, labels[start : start + batch], reduction="sum"))
-        predictions.append(logits.argmax(dim=1))
+    logits = []
+    for start in range(0, len(index), batch):
+        idx = index[start : start + batch].to(labels.device)
+        if features is not None:
+            logits.append(model.head(features[idx]))
+        else:
+            logits.append(model(images[idx].float() / 255.0))
+    model.train(was_training)
+    return metrics_from_logits(
+        torch.cat(logits), labels[index.to(labels.device)], num_classes, absent
+    )
+
+
+def _set_mode(model: Classifier, bn_mode: str) -> None:
+    """Training mode for what trains; a frozen backbone's BatchNorm as `bn_mode` says."""
     model.train()
-    pred = torch.cat(predictions)
-    correct = (pred == labels).float()
-    metrics = {
-        "accuracy": correct.mean().item(),
-        "loss": (torch.stack(losses).sum() / len(labels)).item(),
-    }
-    for c in range(num_classes):
-        mask = labels == c
-        metrics[f"accuracy/{c}"] = correct[mask].mean().item() if mask.any() else float("nan")
-    return metrics
+    if model.backbone.frozen and bn_mode == "eval":
+        model.features.eval()
 
 
 def train(
@@ -159,47 +258,81 @@ def train(
     seed: int,
     device: torch.device,
     progress: bool = True,
+    test_manifest: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Train one classifier; returns metrics per evaluation step (step, split, metric, value)."""
     torch.manual_seed(seed)
     num_classes = len(class_names)
     size = settings.image_size
-    real = to_uint8([load_image(r) for r in train_manifest.to_dict("records")], size).to(device)
-    real_labels = torch.tensor(train_manifest["label"].tolist(), dtype=torch.long, device=device)
-    val = to_uint8([load_image(r) for r in val_manifest.to_dict("records")], size).to(device)
-    val_labels = torch.tensor(val_manifest["label"].tolist(), dtype=torch.long, device=device)
+    cached = settings.feature_cache and settings.augmentation != "cutmix"
+
+    def decode(frame: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
+        images = to_uint8([load_image(r) for r in frame.to_dict("records")], size).to(device)
+        labels = torch.tensor(frame["label"].tolist(), dtype=torch.long, device=device)
+        return images, labels
+
+    real, real_labels = decode(train_manifest)
+    splits = {"val": decode(val_manifest)}
+    if test_manifest is not None and len(test_manifest):
+        splits["test"] = decode(test_manifest)
     if synthetic_index is not None and len(synthetic_index):
-        decoded = [Image.open(io.BytesIO(synthetic_images[k][0])) for k in synthetic_index["key"]]
-        synthetic = to_uint8(decoded, size).to(device)
+        raw = [Image.open(io.BytesIO(synthetic_images[k][0])) for k in synthetic_index["key"]]
+        synthetic = to_uint8(raw, size).to(device)
         variants = synthetic_lookup(train_manifest["key"].tolist(), synthetic_index)
         alpha = settings.synthetic_probability
     else:
         synthetic = real[:0]
         variants = [torch.zeros(0, dtype=torch.long)] * len(real)
         alpha = 0.0
-    model = build_model(settings, num_classes).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    backbone = build_backbone(settings.backbone, settings.weights, settings.pretrained)
+    model = Classifier(backbone, num_classes).to(device)
+    cached = cached and backbone.frozen and settings.bn_mode == "eval"
     generator = torch.Generator().manual_seed(seed)
+    augmenter = Augmenter(settings, num_classes, generator)
+    _set_mode(model, settings.bn_mode)
+    params = model.head.parameters() if backbone.frozen else model.parameters()
+    optimizer = torch.optim.Adam(params, lr=settings.lr)
+    pool = torch.cat([real, synthetic])
+    if cached:
+        # K augmented views of every real and synthetic image, embedded once.
+        def view(x: torch.Tensor) -> torch.Tensor:
+            return augmenter(x, torch.zeros(len(x), dtype=torch.long, device=device))[0]
+
+        views = torch.stack(
+            [embed_all(model, pool, views=view) for _ in range(settings.cache_views)]
+        )
+        eval_features = {name: embed_all(model, images) for name, (images, _) in splits.items()}
+    eval_generator = torch.Generator().manual_seed(seed + 1)
     rows = []
     bar = tqdm(range(1, settings.steps + 1), desc="classifier", disable=not progress)
     for step in bar:
         real_idx, syn_idx = draw_batch(generator, variants, alpha, settings.batch_size)
-        real_idx, syn_idx = real_idx.to(device), syn_idx.to(device)
-        x = real[real_idx]
-        if (syn_idx >= 0).any():
-            x = torch.where((syn_idx >= 0)[:, None, None, None], synthetic[syn_idx.clamp(min=0)], x)
-        x = normalize(x)
-        if settings.augmentation == "standard":
-            x = augment(x, generator, settings.rotation_degrees)
-        loss = F.cross_entropy(model(x), real_labels[real_idx])
+        idx = torch.where(syn_idx >= 0, len(real) + syn_idx, real_idx).to(device)
+        labels = real_labels[real_idx.to(device)]
+        if cached:
+            view = torch.randint(settings.cache_views, (len(idx),), generator=generator).to(device)
+            logits = model.head(views[view, idx])
+            targets = F.one_hot(labels, num_classes).float()
+        else:
+            x, targets = augmenter(pool[idx], labels)
+            logits = model(x)
+        loss = F.cross_entropy(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if step % settings.eval_interval == 0 or step == settings.steps:
-            metrics = evaluate(model, val, val_labels, num_classes)
-            bar.set_postfix(loss=f"{loss.item():.3f}", val_acc=f"{metrics['accuracy']:.3f}")
-            for name, value in metrics.items():
-                if name.startswith("accuracy/"):
-                    name = f"accuracy/{class_names[int(name.split('/')[1])]}"
-                rows.append({"step": step, "split": "val", "metric": name, "value": value})
+            for name, (images, labels_) in splits.items():
+                metrics = evaluate(
+                    model, images, labels_, num_classes,
+                    features=eval_features[name] if cached else None,
+                    samples=settings.eval_samples, generator=eval_generator,
+                    absent=settings.absent_classes,
+                )  # fmt: skip
+                _set_mode(model, settings.bn_mode)
+                for metric, value in metrics.items():
+                    if metric.startswith("accuracy/"):
+                        metric = f"accuracy/{class_names[int(metric.split('/')[1])]}"
+                    rows.append({"step": step, "split": name, "metric": metric, "value": value})
+                if name == "val":
+                    bar.set_postfix(loss=f"{loss.item():.3f}", val_acc=f"{metrics['accuracy']:.3f}")
     return pd.DataFrame(rows)

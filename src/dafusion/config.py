@@ -14,7 +14,26 @@ from typing import Any
 import jsonschema
 import yaml
 
-KINDS_WITH_ROOT = {"imagefolder"}
+# Every dataset kind but the embedded digits reads a dataset from disk.
+KINDS_WITH_ROOT = {
+    "imagefolder",
+    "pascal",
+    "coco",
+    "caltech101",
+    "flowers102",
+    "fgvc_aircraft",
+    "stanford_cars",
+    "leafy_spurge",
+    "imagenet",
+}
+# Kinds the original DA-Fusion code split in halves per seed (`split_protocol: original-code`).
+ORIGINAL_SPLIT_KINDS = {"caltech101", "flowers102", "leafy_spurge"}
+# Dataset keys that only one kind reads: setting them elsewhere is a mistake, not a no-op.
+KIND_ONLY_KEYS = {
+    "image_size": "digits",
+    "label_level": "fgvc_aircraft",
+    "hf_config": "leafy_spurge",
+}
 # Named inversion recipes; keys a config sets explicitly win over the preset's.
 INVERSION_PRESETS = {
     # Table 1 of the paper (also the schema defaults).
@@ -54,6 +73,34 @@ def _fill_defaults(instance: Any, schema: Mapping) -> None:
                 _fill_defaults(value, extra)
 
 
+def _check_dataset(name: str, spec: Mapping, explicit: set[str], base_dir: str | Path) -> None:
+    """Checks of a `datasets:` entry that depend on its kind."""
+    kind = spec["kind"]
+    for key, only in KIND_ONLY_KEYS.items():
+        if key in explicit and kind != only:
+            raise ConfigError(
+                f"config key 'datasets.{name}.{key}': only kind '{only}' reads it, not "
+                f"'{kind}'; remove it"
+            )
+    if spec["split_protocol"] == "original-code" and kind not in ORIGINAL_SPLIT_KINDS:
+        raise ConfigError(
+            f"config key 'datasets.{name}.split_protocol': 'original-code' applies to "
+            f"{', '.join(sorted(ORIGINAL_SPLIT_KINDS))}, not '{kind}'; use 'default'"
+        )
+    if kind in KINDS_WITH_ROOT:
+        if "root" not in spec:
+            raise ConfigError(
+                f"config key 'datasets.{name}.root': kind '{kind}' needs the directory that "
+                "holds the dataset"
+            )
+        root = Path(base_dir) / Path(spec["root"]).expanduser()
+        if not root.is_dir():
+            raise ConfigError(
+                f"config key 'datasets.{name}.root': directory '{root}' does not exist; "
+                "point it at the dataset on disk"
+            )
+
+
 def validate_config(config: Mapping, schema_path: str | Path, base_dir: str | Path = ".") -> dict:
     """Return a validated copy of `config` with defaults filled in.
 
@@ -72,20 +119,10 @@ def validate_config(config: Mapping, schema_path: str | Path, base_dir: str | Pa
     if "preset" in inversion:
         for key, value in INVERSION_PRESETS[inversion["preset"]].items():
             inversion.setdefault(key, value)
+    explicit = {name: set(spec) for name, spec in config["datasets"].items()}
     _fill_defaults(config, schema)
     for name, spec in config["datasets"].items():
-        if spec["kind"] in KINDS_WITH_ROOT:
-            if "root" not in spec:
-                raise ConfigError(
-                    f"config key 'datasets.{name}.root': kind '{spec['kind']}' needs the "
-                    "directory that holds the dataset"
-                )
-            root = Path(base_dir, spec["root"])
-            if not root.is_dir():
-                raise ConfigError(
-                    f"config key 'datasets.{name}.root': directory '{root}' does not exist; "
-                    "point it at the dataset on disk"
-                )
+        _check_dataset(name, spec, explicit[name], base_dir)
     for name, spec in config["methods"].items():
         if spec["kind"] == "sdedit":
             prompt = spec["prompt"]

@@ -1,27 +1,38 @@
-"""Dataset readers: turn data on disk (or the embedded digits) into manifest tables.
+"""Dataset manifests: read a `datasets:` entry once, then draw few-shot subsets from it.
 
 A manifest is a parquet table with columns `key` (stable, no dots), `path` or `image`
-(PNG bytes), `label`, `class_name` and `split`. Readers produce the full training pool
-and the evaluation split once per dataset; few-shot subsets are drawn from the pool.
+(encoded image bytes), `label`, `class_name` and `split`, plus `mask_path` for datasets with
+object masks. A reader (`dafusion.readers`) turns one dataset format into such a table;
+`read_dataset` then does what is common to every format: the evaluation split of datasets
+without one, the class subset, the image check and the mask files. Few-shot subsets are
+drawn from the resulting training pool.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
+from .config import ORIGINAL_SPLIT_KINDS
+
+log = logging.getLogger(__name__)
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 MANIFEST_COLUMNS = ["key", "path", "image", "label", "class_name", "split"]
+SPLITS = ("train", "val", "test")
 # The evaluation split of datasets without one is drawn with this fixed seed, independent
 # of the experiment seeds, so every seed is evaluated on the same images.
 VAL_SPLIT_SEED = 20240
+# `classes: N` draws its N classes with this fixed seed: every seed and method sees the same.
+CLASS_SUBSET_SEED = 0
 
 
 def encode_png(image: Image.Image) -> bytes:
@@ -30,18 +41,41 @@ def encode_png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def _has_bytes(row: Mapping) -> bool:
+    data = row.get("image")
+    return data is not None and not (isinstance(data, float) and np.isnan(data))
+
+
+def _describe(row: Mapping) -> str:
+    if _has_bytes(row):
+        return f"the image bytes of key '{row['key']}'"
+    return f"image '{row['path']}' (key '{row['key']}')"
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB.
+
+    Transparent pixels are composited on white (their stored color is arbitrary), and 16-bit
+    grayscale is scaled to 8 bits (PIL would clip it to white).
+    """
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        image = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", image.size, "white"), image).convert("RGB")
+    if image.mode.startswith("I"):
+        pixels = np.asarray(image, dtype=np.float64) / 257.0
+        return Image.fromarray(pixels.round().clip(0, 255).astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
+
+
 def load_image(row: Mapping) -> Image.Image:
     """Open a manifest row's image as RGB, with EXIF orientation applied."""
-    data = row.get("image")
-    if data is not None and not (isinstance(data, float) and np.isnan(data)):
-        image = Image.open(io.BytesIO(data))
-    else:
-        try:
-            image = Image.open(row["path"])
-        except (OSError, FileNotFoundError) as exc:
-            raise OSError(f"cannot read image '{row['path']}' (key {row['key']}): {exc}") from exc
-    image = ImageOps.exif_transpose(image)
-    return image.convert("RGB")
+    try:
+        image = Image.open(io.BytesIO(row["image"]) if _has_bytes(row) else row["path"])
+        return to_rgb(ImageOps.exif_transpose(image))
+    except OSError as exc:
+        raise OSError(f"cannot read {_describe(row)}: {exc}") from exc
 
 
 def sanitize_key(text: str) -> str:
@@ -49,17 +83,30 @@ def sanitize_key(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", text)
 
 
-def _manifest(rows: list[dict]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows)
+def manifest(rows: Iterable[Mapping]) -> pd.DataFrame:
+    """Rows -> a manifest table; columns beyond the manifest's (such as `mask`) are kept."""
+    frame = pd.DataFrame(list(rows))
     for col in MANIFEST_COLUMNS:
         if col not in frame:
             frame[col] = None
-    frame = frame[MANIFEST_COLUMNS]
+    extra = [col for col in frame.columns if col not in MANIFEST_COLUMNS]
+    frame = frame[MANIFEST_COLUMNS + extra]
     frame["label"] = frame["label"].astype("int64")
     return frame
 
 
-def _hold_out(pool: pd.DataFrame, fraction: float, per_class: int | None) -> pd.DataFrame:
+def empty_manifest() -> pd.DataFrame:
+    return manifest([])
+
+
+def unknown_classes_error(unknown: Sequence[str], available: Sequence[str]) -> ValueError:
+    return ValueError(
+        f"unknown classes in 'classes': {', '.join(map(repr, unknown))}; fix the names in the "
+        f"config. The {len(available)} available classes: {', '.join(available)}"
+    )
+
+
+def hold_out(pool: pd.DataFrame, fraction: float, per_class: int | None) -> pd.DataFrame:
     """Split a pool into train/val per class with a fixed seed; returns it with `split` set."""
     rng = np.random.default_rng(VAL_SPLIT_SEED)
     parts = []
@@ -82,112 +129,212 @@ def _hold_out(pool: pd.DataFrame, fraction: float, per_class: int | None) -> pd.
     return pd.concat(parts).sort_values("key").reset_index(drop=True)
 
 
-def read_digits(spec: Mapping, base_dir: Path) -> pd.DataFrame:
-    """scikit-learn's bundled 8x8 handwritten digits as RGB PNGs (ink dark on white)."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    size = spec.get("image_size", 32)
-    rows = []
-    for index, (pixels, label) in enumerate(zip(digits.images, digits.target, strict=True)):
-        gray = (255 - pixels * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
-        image = Image.fromarray(gray, mode="L").resize((size, size), Image.BILINEAR)
-        rows.append(
-            {
-                "key": f"digits-{index:04d}",
-                "image": encode_png(image.convert("RGB")),
-                "label": int(label),
-                "class_name": DIGIT_NAMES[int(label)],
-            }
-        )
-    pool = _manifest(rows)
-    return _hold_out(pool, spec.get("val_fraction", 0.2), spec.get("val_per_class"))
+def _cap_per_class(frame: pd.DataFrame, per_class: int) -> pd.DataFrame:
+    """At most `per_class` rows of each class, drawn with a fixed seed per class."""
+    parts = []
+    for label, group in frame.sort_values("key").groupby("label", sort=True):
+        order = np.random.default_rng([VAL_SPLIT_SEED, int(label)]).permutation(len(group))
+        parts.append(group.iloc[order[:per_class]])
+    return pd.concat(parts) if parts else frame
 
 
-def _list_class_folders(root: Path) -> dict[str, list[Path]]:
-    classes = {}
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        files = sorted(
-            p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        )
-        if files:
-            classes[folder.name] = files
-    if not classes:
-        raise ValueError(
-            f"no class folders with images under '{root}'; expected root/<class>/*.jpg"
-        )
-    return classes
-
-
-def read_imagefolder(spec: Mapping, base_dir: Path) -> pd.DataFrame:
-    """Images in `root/<class>/*`, or `root/train/<class>/*` with `root/val/<class>/*`."""
-    root = Path(base_dir, spec["root"])
-    has_splits = (root / "train").is_dir()
-    train_classes = _list_class_folders(root / "train" if has_splits else root)
-    names = sorted(train_classes)
-    labels = {name: i for i, name in enumerate(names)}
-
-    def rows_for(classes: dict[str, list[Path]], split: str) -> list[dict]:
-        rows = []
-        for name, files in classes.items():
-            if name not in labels:
-                raise ValueError(f"class folder '{name}' of the {split} split is not in train")
-            for path in files:
-                rel = path.relative_to(root)
-                rows.append(
-                    {
-                        "key": sanitize_key(str(rel.with_suffix(""))),
-                        "path": str(path.resolve()),
-                        "label": labels[name],
-                        "class_name": name.replace("_", " "),
-                        "split": split,
-                    }
-                )
-        return rows
-
-    if has_splits and (root / "val").is_dir():
-        val_rows = rows_for(_list_class_folders(root / "val"), "val")
-        frame = _manifest(rows_for(train_classes, "train") + val_rows)
-    else:
-        frame = _hold_out(
-            _manifest(rows_for(train_classes, "train")),
-            spec.get("val_fraction", 0.2),
-            spec.get("val_per_class"),
-        )
-    duplicated = frame["key"][frame["key"].duplicated()]
+def _check_keys(frame: pd.DataFrame, kind: str) -> None:
+    duplicated = frame["key"][frame["key"].duplicated(keep=False)]
     if len(duplicated):
+        key = duplicated.iloc[0]
+        sources = frame.loc[frame["key"] == key, "path"].fillna("<bytes>").tolist()
         raise ValueError(
-            f"image files under '{root}' map to the same key '{duplicated.iloc[0]}'; rename one"
+            f"dataset kind '{kind}': images {sources} map to the same key '{key}' (keys drop "
+            "dots and other punctuation); rename one of the files"
         )
+
+
+def select_classes(
+    frame: pd.DataFrame, classes: int | Sequence[str] | None, aliases: Mapping[str, str]
+) -> pd.DataFrame:
+    """Keep the classes a `classes:` entry asks for and number them 0..C-1.
+
+    Without a subset, labels keep the dataset's own class order; a subset (a list of names,
+    or N classes drawn with a fixed seed) is numbered in sorted class-name order. Classes
+    without training images are dropped from every split: no classifier can learn them.
+    """
+    train = frame[frame["split"] == "train"]
+    native = train.drop_duplicates("label").sort_values("label")["class_name"].tolist()
+    available = sorted(native)
+    if classes is None:
+        chosen = native
+    elif isinstance(classes, int):
+        if classes > len(available):
+            raise ValueError(
+                f"classes: {classes} asks for more classes than the {len(available)} with "
+                "training images; lower it"
+            )
+        rng = np.random.default_rng(CLASS_SUBSET_SEED)
+        chosen = sorted(rng.choice(np.array(available, dtype=object), classes, replace=False))
+    else:
+        requested = [aliases.get(name, name) for name in classes]
+        unknown = [name for name, req in zip(classes, requested, strict=True) if req not in native]
+        if unknown:
+            raise unknown_classes_error(unknown, available)
+        chosen = sorted(set(requested))
+    untrainable = sorted(set(frame["class_name"]) - set(native))
+    if untrainable:
+        log.warning("dropped classes with no training images: %s", ", ".join(untrainable))
+    index = {name: i for i, name in enumerate(chosen)}
+    frame = frame[frame["class_name"].isin(index)].copy()
+    frame["label"] = frame["class_name"].map(index).astype("int64")
+    log.info("%d classes: %s", len(chosen), ", ".join(chosen))
     return frame
 
 
-READERS: dict[str, Callable[[Mapping, Path], pd.DataFrame]] = {
-    "digits": read_digits,
-    "imagefolder": read_imagefolder,
-}
+def _header_error(row: Mapping) -> str | None:
+    """PIL's verify: parses the file without decoding the pixels (cheap)."""
+    try:
+        with Image.open(io.BytesIO(row["image"]) if _has_bytes(row) else row["path"]) as image:
+            image.verify()
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... on bad files
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
-def read_dataset(spec: Mapping, base_dir: str | Path = ".") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return (training pool, evaluation split) manifests for a `datasets:` entry."""
-    frame = READERS[spec["kind"]](spec, Path(base_dir))
-    pool = frame[frame["split"] == "train"].reset_index(drop=True)
-    val = frame[frame["split"] == "val"].reset_index(drop=True)
-    return pool, val
+def _decode_error(row: Mapping) -> str | None:
+    """A full decode: also catches truncated files, at the cost of reading every pixel."""
+    try:
+        load_image(row)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
-def few_shot(pool: pd.DataFrame, seed: int, shots: int) -> pd.DataFrame:
+def check_images(frame: pd.DataFrame, skip_corrupt: bool, threads: int = 1) -> pd.DataFrame:
+    """Stop at an unreadable image, naming it; with `skip_corrupt`, leave it out and log it.
+
+    By default each file is only parsed (PIL's verify), which keeps indexing fast; with
+    `skip_corrupt` every image is decoded, so truncated files are left out too.
+    """
+    check: Callable[[Mapping], str | None] = _decode_error if skip_corrupt else _header_error
+    records = frame[["key", "path", "image"]].to_dict("records")
+    with ThreadPoolExecutor(max(1, threads)) as executor:
+        errors = list(executor.map(check, records))
+    bad = [(row, err) for row, err in zip(records, errors, strict=True) if err is not None]
+    if bad and not skip_corrupt:
+        row, err = bad[0]
+        raise ValueError(
+            f"cannot read {_describe(row)} ({err}; {len(bad)} unreadable in all); replace it, "
+            "or set skip_corrupt: true in its datasets entry to leave unreadable images out"
+        )
+    for row, err in bad:
+        log.warning("skipped unreadable %s: %s", _describe(row), err)
+    return frame[[err is None for err in errors]]
+
+
+def _write_mask(args: tuple[Callable[[], np.ndarray], Path]) -> str:
+    source, path = args
+    Image.fromarray(source().astype(np.uint8) * 255).save(path)
+    return str(path)
+
+
+def write_masks(frame: pd.DataFrame, mask_dir: str | Path | None, threads: int = 1) -> pd.DataFrame:
+    """Write each row's object mask (`mask`: a function returning a bool array) as an 8-bit
+    PNG (255 = object) named after its key, and reference it in `mask_path`."""
+    if "mask" not in frame:
+        return frame
+    if mask_dir is None:
+        raise ValueError("this dataset kind has object masks: pass mask_dir to store them")
+    mask_dir = Path(mask_dir).resolve()
+    mask_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [
+        (source, mask_dir / f"{key}.png")
+        for key, source in zip(frame["key"], frame["mask"], strict=True)
+    ]
+    with ThreadPoolExecutor(max(1, threads)) as executor:
+        paths = list(executor.map(_write_mask, jobs))
+    return frame.drop(columns="mask").assign(mask_path=paths)
+
+
+def read_dataset(
+    spec: Mapping,
+    base_dir: str | Path = ".",
+    mask_dir: str | Path | None = None,
+    threads: int = 1,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Return the (training pool, evaluation, test) manifests of a `datasets:` entry.
+
+    The test manifest is empty for datasets without a test split. With `split_protocol:
+    original-code` the evaluation manifest is empty too: `seed_split` halves the pool per
+    seed, as the original DA-Fusion code did.
+    """
+    from .readers import READERS
+
+    kind = spec["kind"]
+    protocol = spec.get("split_protocol", "default")
+    if protocol == "original-code" and kind not in ORIGINAL_SPLIT_KINDS:
+        raise ValueError(
+            f"split_protocol 'original-code' applies to {sorted(ORIGINAL_SPLIT_KINDS)}, not "
+            f"'{kind}'"
+        )
+    frame = READERS[kind](spec, Path(base_dir))
+    aliases = frame.attrs.get("class_aliases", {})
+    if not (frame["split"] == "train").any():
+        raise ValueError(f"dataset kind '{kind}' found no training images; check its root")
+    _check_keys(frame, kind)
+    per_class = spec.get("val_per_class")
+    has_val = (frame["split"] == "val").any()
+    if protocol == "default" and not has_val:
+        held = hold_out(frame[frame["split"] == "train"], spec.get("val_fraction", 0.2), per_class)
+        frame = pd.concat([held, frame[frame["split"] == "test"]])
+    elif has_val and per_class is not None:
+        val = _cap_per_class(frame[frame["split"] == "val"], per_class)
+        frame = pd.concat([frame[frame["split"] != "val"], val])
+    frame = select_classes(frame, spec.get("classes"), aliases)
+    frame = check_images(frame, spec.get("skip_corrupt", False), threads)
+    frame = write_masks(frame, mask_dir, threads)
+    pool, val, test = (
+        frame[frame["split"] == split].sort_values("key").reset_index(drop=True) for split in SPLITS
+    )
+    return pool, val, test
+
+
+def seed_split(pool: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The original DA-Fusion code's split of caltech101, flowers102 and leafy_spurge.
+
+    One generator seeded with the experiment seed draws a permutation of each class's images
+    (classes in label order, images in key order); the first half (rounded up) trains, the
+    second half evaluates. Returns (training pool, evaluation manifest) of this seed.
+    """
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for _, group in pool.sort_values("key").groupby("label", sort=True):
+        first, second = np.array_split(rng.permutation(len(group)), 2)
+        train.append(group.iloc[first].assign(split="train"))
+        val.append(group.iloc[second].assign(split="val"))
+    return tuple(pd.concat(part).sort_values("key").reset_index(drop=True) for part in (train, val))
+
+
+def few_shot(pool: pd.DataFrame, seed: int, shots: int, allow_fewer: bool = False) -> pd.DataFrame:
     """The first `shots` images of each class under a per-(seed, class) permutation.
 
     The permutation depends only on the seed and the class, so the k-shot subset is the
-    prefix of every larger subset (nested shots).
+    prefix of every larger subset (nested shots). A class with fewer images is an error, or
+    with `allow_fewer` keeps all it has.
     """
     parts = []
     for label, group in pool.sort_values("key").groupby("label", sort=True):
+        name = group["class_name"].iloc[0]
         if len(group) < shots:
-            raise ValueError(
-                f"class '{group['class_name'].iloc[0]}' has {len(group)} training images, "
-                f"fewer than examples_per_class={shots}; lower it or add images"
+            if not allow_fewer:
+                raise ValueError(
+                    f"class '{name}' has {len(group)} training images, fewer than "
+                    f"examples_per_class={shots}; lower it, add images, or set allow_fewer: "
+                    "true in its datasets entry to keep what exists"
+                )
+            log.warning(
+                "class '%s' has %d training images, fewer than examples_per_class=%d: "
+                "keeping all %d (allow_fewer)",
+                name,
+                len(group),
+                shots,
+                len(group),
             )
         rng = np.random.default_rng([seed, int(label)])
         order = rng.permutation(len(group))[:shots]

@@ -41,26 +41,44 @@ def build_model(output_dir: str, resolution: int) -> None:
     log.info("tiny Stable Diffusion written to %s", output_dir)
 
 
-def index_dataset(spec: Mapping, pool_path: str, val_path: str, base_dir: str = ".") -> None:
-    """Read a dataset once: its training pool and its evaluation split."""
+def index_dataset(
+    spec: Mapping,
+    pool_path: str,
+    val_path: str,
+    test_path: str,
+    mask_dir: str,
+    base_dir: str = ".",
+    threads: int = 1,
+) -> None:
+    """Read a dataset once: its training pool, evaluation and test splits, object masks.
+
+    All parsing (annotation files, segmentation masks, image checks) happens here, once per
+    dataset; the per-(seed, shots) jobs only sample from the pool. The test manifest and the
+    mask directory always exist (empty where the dataset has none): outputs are fixed per rule.
+    """
     from .datasets import read_dataset
 
-    pool, val = read_dataset(spec, base_dir)
+    Path(mask_dir).mkdir(parents=True, exist_ok=True)
+    pool, val, test = read_dataset(spec, base_dir, mask_dir=mask_dir, threads=threads)
     log.info(
-        "%s: %d training images, %d evaluation images, %d classes",
+        "%s: %d training, %d evaluation, %d test images, %d classes",
         spec["kind"],
         len(pool),
         len(val),
+        len(test),
         pool["label"].nunique(),
     )
+    write_parquet(test, test_path)
     write_parquet(val, val_path)
     write_parquet(pool, pool_path)
 
 
-def few_shot_split(pool_path: str, seed: int, shots: int, output: str) -> None:
+def few_shot_split(
+    pool_path: str, seed: int, shots: int, output: str, allow_fewer: bool = False
+) -> None:
     from .datasets import few_shot
 
-    subset = few_shot(pd.read_parquet(pool_path), seed, shots)
+    subset = few_shot(pd.read_parquet(pool_path), seed, shots, allow_fewer=allow_fewer)
     log.info("seed %d, %d shots: %d images", seed, shots, len(subset))
     write_parquet(subset, output)
 
@@ -194,7 +212,8 @@ def generate(
     )
     engine = Engine(
         components, scheduler, manifest, prompts, model_cfg["resolution"], settings, checker,
-        max_retries=generation_cfg.get("safety_retries", 3),
+        max_retries=generation_cfg.get("safety_retries", 3), mask=method.get("mask", "none"),
+        mask_dilation=method.get("mask_dilation", 16),
     )  # fmt: skip
     records = manifest.to_dict("records")
     scheduler_name = type(scheduler).__name__
@@ -246,8 +265,9 @@ def train(
     shots: int,
     output: str,
     synthetic_index: str | None = None,
+    test_path: str | None = None,
 ) -> None:
-    """Train one classifier and write its metrics per evaluation step."""
+    """Train one classifier and write its metrics per evaluation step (val, and test)."""
     from .classifier import ClassifierSettings
     from .classifier import train as run
     from .datasets import class_names
@@ -272,6 +292,7 @@ def train(
         ClassifierSettings(**cfg),
         seed,
         resolve_device(classifier_cfg.get("device", "auto")),
+        test_manifest=pd.read_parquet(test_path) if test_path else None,
     )
     metrics.insert(0, "shots", shots)
     metrics.insert(0, "seed", seed)
@@ -282,10 +303,16 @@ def train(
     write_parquet(metrics[agg.RUN_COLUMNS], output)
 
 
-def aggregate(run_paths: Sequence[str], methods: Sequence[str], figure: str, table: str) -> None:
+def aggregate(
+    run_paths: Sequence[str],
+    methods: Sequence[str],
+    figure: str,
+    table: str,
+    report_split: str = "test",
+) -> None:
     """Figure of accuracy against examples per class and the summary table."""
     runs = pd.concat([pd.read_parquet(p) for p in run_paths], ignore_index=True)
-    summary = agg.summarize(agg.best_steps(runs))
+    summary = agg.summarize(agg.best_steps(runs, report_split=report_split))
     Path(table).parent.mkdir(parents=True, exist_ok=True)
     summary.to_csv(table, index=False, float_format="%.6f")
     Path(figure).parent.mkdir(parents=True, exist_ok=True)

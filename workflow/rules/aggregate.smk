@@ -15,5 +15,6 @@ rule aggregate:
         mem_mb=2000,
     params:
         methods=list(config["methods"]),
+        report_split=config["classifier"]["report_split"],
     script:
         "../scripts/aggregate.py"

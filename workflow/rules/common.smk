@@ -80,3 +80,36 @@ def train_synthetic(wildcards):
         f"{wildcards.dataset}/synthetic/{wildcards.method}/"
         f"seed{wildcards.seed}-shots{wildcards.shots}/index.parquet"
     )
+
+
+def index_spec(wildcards):
+    """The dataset entry index_dataset reads; allow_fewer only matters to few_shot_split, so
+    changing it does not reread the dataset."""
+    spec = config["datasets"][wildcards.dataset]
+    return {key: value for key, value in spec.items() if key != "allow_fewer"}
+
+
+def index_mem_mb(wildcards):
+    """COCO's annotation files and ImageNet's file lists need more memory than the rest."""
+    kind = config["datasets"][wildcards.dataset]["kind"]
+    return 16000 if kind in ("coco", "imagenet") else 4000
+
+
+def per_seed_split(wildcards):
+    """Whether the dataset is halved per seed (split_protocol: original-code)."""
+    spec = config["datasets"][wildcards.dataset]
+    return spec["split_protocol"] == "original-code"
+
+
+def training_pool(wildcards):
+    """The manifest few-shot subsets are drawn from: the pool, or this seed's half of it."""
+    if per_seed_split(wildcards):
+        return res(f"{wildcards.dataset}/splits/seed{wildcards.seed}-pool.parquet")
+    return res(f"{wildcards.dataset}/splits/pool.parquet")
+
+
+def eval_split(wildcards):
+    """The evaluation manifest of a run: the dataset's, or this seed's other half."""
+    if per_seed_split(wildcards):
+        return res(f"{wildcards.dataset}/splits/seed{wildcards.seed}-val.parquet")
+    return res(f"{wildcards.dataset}/splits/val.parquet")

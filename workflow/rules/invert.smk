@@ -6,18 +6,18 @@ rule invert:
         tokens=res("{dataset}/tokens/seed{seed}-shots{shots}.safetensors"),
         export=directory(res("{dataset}/tokens/seed{seed}-shots{shots}")),
         losses=res("{dataset}/tokens/seed{seed}-shots{shots}-loss.parquet"),
-    params:
-        model=config["model"],
-        inversion=config["inversion"],
     log:
         res("logs/{dataset}/invert/seed{seed}-shots{shots}.log"),
     benchmark:
         res("benchmarks/{dataset}/invert/seed{seed}-shots{shots}.tsv")
+    conda:
+        "../../envs/dafusion.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         gpu=1,
-    conda:
-        "../../envs/dafusion.yaml"
+    params:
+        model=config["model"],
+        inversion=config["inversion"],
     script:
         "../scripts/invert.py"

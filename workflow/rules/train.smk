@@ -1,7 +1,8 @@
 rule train:
     input:
         split=split_path,
-        val=res("{dataset}/splits/val.parquet"),
+        val=eval_split,
+        test=res("{dataset}/splits/test.parquet"),
         synthetic=train_synthetic,
     output:
         res("{dataset}/runs/{method}/seed{seed}-shots{shots}.parquet"),

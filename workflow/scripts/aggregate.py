@@ -9,4 +9,5 @@ pipeline.aggregate(
     methods=snakemake.params.methods,
     figure=snakemake.output.figure,
     table=snakemake.output.table,
+    report_split=snakemake.params.report_split,
 )

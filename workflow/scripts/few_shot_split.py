@@ -9,4 +9,5 @@ pipeline.few_shot_split(
     seed=int(snakemake.wildcards.seed),
     shots=int(snakemake.wildcards.shots),
     output=snakemake.output[0],
+    allow_fewer=snakemake.params.allow_fewer,
 )

@@ -7,6 +7,7 @@ setup_job(snakemake.log[0], snakemake.threads)
 pipeline.train(
     snakemake.input.split,
     snakemake.input.val,
+    test_path=snakemake.input.test,
     classifier_cfg=snakemake.params.classifier,
     dataset=snakemake.wildcards.dataset,
     method=snakemake.wildcards.method,

@@ -1,0 +1,171 @@
+"""This project's classifier stage against the original DA-Fusion training loop.
+
+One (method, seed, shots) run, the same data both ways: few-shot digits with M synthetic
+variants per real image (noisy copies stand in for SDEdit outputs: the cost is the same),
+a frozen ResNet-50 (random weights offline; the cost is the pretrained one's) and a linear
+head trained with Adam.
+
+- original: PIL decode and torchvision transforms per draw in a DataLoader with 4 workers,
+  the backbone forward every step (BatchNorm in training mode, as the original), and 6,400
+  validation draws with replacement per evaluation.
+- this stage: images decoded once, the features of K augmented views cached, the head
+  trained on them, the whole validation split evaluated once per evaluation.
+
+Usage:
+    python benchmarks/classifier.py                      # CPU, embedded scale (32 px)
+    python benchmarks/classifier.py --image-size 256 --steps 10000   # GPU, paper scale
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision import transforms
+
+from dafusion.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
+from dafusion.classifier import ClassifierSettings, train
+from dafusion.datasets import encode_png, few_shot, load_image, read_dataset
+from dafusion.models import resolve_device
+
+
+def synthetic_set(split: pd.DataFrame, m: int) -> tuple[pd.DataFrame, dict]:
+    rng = np.random.default_rng(0)
+    rows, images = [], {}
+    for row in split.to_dict("records"):
+        base = np.asarray(load_image(row), dtype=np.float32)
+        for j in range(m):
+            noisy = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+            key = f"{row['key']}-{j:03d}"
+            images[key] = (encode_png(Image.fromarray(noisy)), row["label"])
+            rows.append({"key": key, "source_key": row["key"], "label": row["label"]})
+    return pd.DataFrame(rows), images
+
+
+class OriginalTrainSet(torch.utils.data.Dataset):
+    """Eq. 6-7 per draw, decoding PNG bytes with PIL every time (the original's dataset)."""
+
+    def __init__(self, real, synthetic, alpha, size, draws):
+        self.real = real  # list of (bytes, label)
+        self.synthetic = synthetic  # per real image, list of bytes
+        self.alpha, self.draws = alpha, draws
+        self.transform = transforms.Compose([
+            transforms.Resize((size, size)),
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomRotation(15),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ])  # fmt: skip
+
+    def __len__(self):
+        return self.draws
+
+    def __getitem__(self, item):
+        rng = np.random.default_rng(item)
+        i = rng.integers(len(self.real))
+        data, label = self.real[i]
+        if rng.random() < self.alpha and self.synthetic[i]:
+            data = self.synthetic[i][rng.integers(len(self.synthetic[i]))]
+        return self.transform(Image.open(io.BytesIO(data)).convert("RGB")), label
+
+
+class OriginalValSet(torch.utils.data.Dataset):
+    def __init__(self, items, size):
+        self.items = items
+        self.transform = transforms.Compose([
+            transforms.Resize((size, size)),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ])  # fmt: skip
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        data, label = self.items[i]
+        return self.transform(Image.open(io.BytesIO(data)).convert("RGB")), label
+
+
+def original(split, val, index, images, args, device) -> float:
+    torch.manual_seed(0)
+    backbone = build_backbone("resnet50", pretrained=False)
+    net = backbone.module.to(device).requires_grad_(False).train()  # BN drifts, as the original
+    head = torch.nn.Linear(backbone.dim, 10).to(device)
+    optimizer = torch.optim.Adam(head.parameters(), lr=args.lr)
+    real = [(encode_png(load_image(r)), r["label"]) for r in split.to_dict("records")]
+    by_source = index.groupby("source_key")["key"].apply(list).to_dict()
+    synthetic = [[images[k][0] for k in by_source.get(key, [])] for key in split["key"]]
+    loader = torch.utils.data.DataLoader(
+        OriginalTrainSet(real, synthetic, 0.5, args.image_size, args.steps * args.batch_size),
+        batch_size=args.batch_size, num_workers=4,
+    )  # fmt: skip
+    val_items = [(encode_png(load_image(r)), r["label"]) for r in val.to_dict("records")]
+    sampler = torch.utils.data.RandomSampler(range(len(val_items)), True, 6400)
+    best = 0.0
+    for step, (x, y) in enumerate(loader, start=1):
+        loss = F.cross_entropy(head(net(x.to(device))), y.to(device))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % args.eval_interval == 0:
+            correct = 0
+            val_loader = torch.utils.data.DataLoader(
+                OriginalValSet(val_items, args.image_size), batch_size=args.batch_size,
+                sampler=sampler, num_workers=4,
+            )  # fmt: skip
+            with torch.no_grad():
+                for vx, vy in val_loader:
+                    correct += (head(net(vx.to(device))).argmax(1).cpu() == vy).sum().item()
+            best = max(best, correct / 6400)
+    return best
+
+
+def ours(split, val, index, images, args, device) -> float:
+    settings = ClassifierSettings(
+        backbone="resnet50", pretrained=False, image_size=args.image_size, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, eval_interval=args.eval_interval,
+    )  # fmt: skip
+    metrics = train(split, val, [str(c) for c in range(10)], index, images, settings, 0, device,
+                    progress=False)  # fmt: skip
+    return metrics[(metrics["split"] == "val") & (metrics["metric"] == "accuracy")]["value"].max()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shots", type=int, default=4)
+    parser.add_argument("--num-synthetic", type=int, default=2)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--eval-interval", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    pool, val, _ = read_dataset({"kind": "digits", "image_size": 32})
+    split = few_shot(pool, 0, args.shots)
+    index, images = synthetic_set(split, args.num_synthetic)
+    print(
+        f"device={device} backbone=resnet50 (frozen) image_size={args.image_size} "
+        f"shots={args.shots} M={args.num_synthetic} steps={args.steps} "
+        f"eval_interval={args.eval_interval} val={len(val)} torch.threads={torch.get_num_threads()}"
+    )
+    results = {}
+    for name, fn in (("this stage", ours), ("original", original)):
+        start = time.perf_counter()
+        accuracy = fn(split, val, index, images, args, device)
+        results[name] = time.perf_counter() - start
+        print(f"{name:>11}: {results[name]:8.1f} s, best val accuracy {accuracy:.3f}")
+    print(
+        f"      ratio: {results['original'] / results['this stage']:8.1f}x (original / this stage)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Classifier backbones: the paper's frozen ImageNet ResNet-50, DeiT, and a small CNN.
+
+Pretrained weights are read from safetensors files only, offline: ResNet-50 from a file
+path or the local Hugging Face cache (`timm/resnet50.tv_in1k`, torchvision's ImageNet
+weights republished as safetensors with torchvision's key names), DeiT from the local
+Hugging Face cache (`facebook/deit-base-distilled-patch16-224`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RESNET50_HUB = "timm/resnet50.tv_in1k"
+DEIT_HUB = "facebook/deit-base-distilled-patch16-224"
+
+
+@dataclass
+class Backbone:
+    """A feature extractor, the size of its features, its input normalization."""
+
+    module: torch.nn.Module
+    dim: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    frozen: bool
+
+
+class SmallCNN(torch.nn.Module):
+    """A compact CNN trained end to end: the embedded default's backbone."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+
+        def block(cin: int, cout: int) -> torch.nn.Sequential:
+            return torch.nn.Sequential(
+                torch.nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                torch.nn.BatchNorm2d(cout),
+                torch.nn.ReLU(inplace=True),
+                torch.nn.MaxPool2d(2),
+            )
+
+        self.features = torch.nn.Sequential(
+            block(3, width), block(width, 2 * width), block(2 * width, 4 * width)
+        )
+        self.dim = 4 * width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).mean(dim=(2, 3))
+
+
+class _DeiTFeatures(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(pixel_values=x).last_hidden_state
+        return (hidden[:, 0] + hidden[:, 1]) / 2  # class and distillation tokens
+
+
+def _resnet50_weights(weights: str | None) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if weights and Path(weights).is_file():
+        return load_file(weights)
+    from huggingface_hub import hf_hub_download
+
+    repo = weights or RESNET50_HUB
+    try:
+        path = hf_hub_download(repo, "model.safetensors", local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - every failure here means "not in the cache"
+        raise OSError(
+            f"config key 'classifier.weights': ImageNet ResNet-50 weights not found offline "
+            f"('{repo}'). Put them in the Hugging Face cache on a machine with internet "
+            f"(`hf download {RESNET50_HUB}`), or point classifier.weights at a "
+            "torchvision-layout resnet50 .safetensors file."
+        ) from exc
+    return load_file(path)
+
+
+def build_backbone(name: str, weights: str | None = None, pretrained: bool = True) -> Backbone:
+    """Construct a backbone; `pretrained=False` gives random weights (tests, benchmarks)."""
+    if name == "small-cnn":
+        net = SmallCNN()
+        return Backbone(net, net.dim, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), frozen=False)
+    if name == "resnet50":
+        from torchvision.models import resnet50
+
+        net = resnet50()
+        if pretrained:
+            state = _resnet50_weights(weights)
+            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+            missing, unexpected = net.load_state_dict(state, strict=False)
+            if [k for k in missing if not k.startswith("fc.")] or unexpected:
+                raise ValueError(
+                    "config key 'classifier.weights': not torchvision resnet50 weights "
+                    f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+                )
+        dim = net.fc.in_features
+        net.fc = torch.nn.Identity()
+        return Backbone(net, dim, IMAGENET_MEAN, IMAGENET_STD, frozen=True)
+    if name == "deit":
+        from transformers import DeiTConfig, DeiTModel
+
+        if pretrained:
+            try:
+                model = DeiTModel.from_pretrained(
+                    weights or DEIT_HUB, use_safetensors=True, local_files_only=True,
+                    add_pooling_layer=False,
+                )  # fmt: skip
+            except OSError as exc:
+                raise OSError(
+                    f"config key 'classifier.weights': DeiT weights '{weights or DEIT_HUB}' "
+                    f"not in the local Hugging Face cache (`hf download {DEIT_HUB}`)"
+                ) from exc
+        else:
+            model = DeiTModel(DeiTConfig(), add_pooling_layer=False)
+        return Backbone(
+            _DeiTFeatures(model), model.config.hidden_size, IMAGENET_MEAN, IMAGENET_STD,
+            frozen=True,
+        )  # fmt: skip
+    raise ValueError(f"config key 'classifier.backbone': unknown backbone '{name}'")

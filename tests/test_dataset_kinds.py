@@ -1,0 +1,641 @@
+"""Every dataset kind, read from a tiny fixture in its exact on-disk format."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from scipy.io import savemat
+
+from dafusion import pipeline
+from dafusion.datasets import (
+    MANIFEST_COLUMNS,
+    class_names,
+    few_shot,
+    load_image,
+    read_dataset,
+    seed_split,
+)
+from dafusion.readers.fine_grained import FLOWERS102_CLASSES
+
+# pycocotools' own numpy-2 deprecation, raised inside its RLE decoder.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+def _image(path: Path, color=(120, 60, 30), size=(16, 16)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+
+
+def _read(spec: dict, root: Path, **kwargs):
+    return read_dataset(spec, root, mask_dir=root / "masks", **kwargs)
+
+
+def _mask(row) -> np.ndarray:
+    return np.asarray(Image.open(row["mask_path"])) > 127
+
+
+def _assert_nested(pool: pd.DataFrame, seed: int = 0) -> None:
+    small, large = few_shot(pool, seed, 1), few_shot(pool, seed, 2)
+    for label in pool["label"].unique():
+        a = small[small["label"] == label]["key"].tolist()
+        b = large[large["label"] == label]["key"].tolist()
+        assert b[:1] == a and len(b) == 2
+
+
+def _assert_deterministic(spec: dict, root: Path, first: tuple) -> None:
+    for a, b in zip(first, _read(spec, root), strict=True):
+        pd.testing.assert_frame_equal(a, b)
+
+
+# PASCAL VOC ---------------------------------------------------------------------------
+
+
+def _voc_palette() -> list[int]:
+    """VOC's color map: the bits of the index spread over R, G and B."""
+    palette = []
+    for index in range(256):
+        r = g = b = 0
+        c = index
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def _palette_png(path: Path, indices: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.frombytes("P", indices.shape[::-1], indices.astype(np.uint8).tobytes())
+    image.putpalette(_voc_palette())
+    image.save(path)
+
+
+DOG, CAT, PERSON = 12, 8, 15  # VOC class indices
+
+
+def _voc_image(root: Path, image_id: str, objects: list[tuple[int, slice, slice]]) -> None:
+    """objects: (class index, rows, cols); instance i + 1 each, with a void border."""
+    instances = np.zeros((16, 16), np.uint8)
+    classes = np.zeros((16, 16), np.uint8)
+    for i, (cls, rows, cols) in enumerate(objects):
+        grown = (
+            slice(max(rows.start - 1, 0), rows.stop + 1),
+            slice(max(cols.start - 1, 0), cols.stop + 1),
+        )
+        instances[grown] = classes[grown] = 255
+        instances[rows, cols], classes[rows, cols] = i + 1, cls
+    _palette_png(root / "SegmentationObject" / f"{image_id}.png", instances)
+    _palette_png(root / "SegmentationClass" / f"{image_id}.png", classes)
+    _image(root / "JPEGImages" / f"{image_id}.jpg")
+
+
+@pytest.fixture
+def voc(tmp_path) -> Path:
+    root = tmp_path / "VOCdevkit/VOC2012"
+    big, small = (slice(2, 10), slice(2, 10)), (slice(12, 14), slice(12, 14))
+    train = {
+        # a small person and a large dog: dog. Void borders (255) outnumber small objects.
+        "2007_000001": [(PERSON, *small), (DOG, *big)],
+        "2007_000002": [(DOG, *big)],
+        "2007_000003": [(DOG, *small)],
+        "2007_000004": [(CAT, *big), (DOG, *small)],
+        "2007_000005": [(CAT, *small)],
+        "2007_000006": [(PERSON, *big)],
+        "2007_000007": [(PERSON, *small)],
+        "2007_000008": [],  # no object: left out
+    }
+    val = {"2008_000001": [(CAT, *big)], "2008_000002": [(PERSON, *small), (DOG, *big)]}
+    for image_id, objects in {**train, **val}.items():
+        _voc_image(root, image_id, objects)
+    sets = root / "ImageSets/Segmentation"
+    sets.mkdir(parents=True)
+    (sets / "train.txt").write_text("\n".join(train) + "\n")
+    (sets / "val.txt").write_text("\n".join(val) + "\n")
+    return tmp_path
+
+
+def test_pascal_labels_the_largest_instance_and_keeps_its_mask(voc):
+    spec = {"kind": "pascal", "root": "VOCdevkit"}
+    pool, val, test = _read(spec, voc)
+    assert class_names(pool) == ["cat", "dog", "person"]  # VOC's own order
+    assert pool.set_index("key")["class_name"].to_dict() == {
+        "2007_000001": "dog",
+        "2007_000002": "dog",
+        "2007_000003": "dog",
+        "2007_000004": "cat",
+        "2007_000005": "cat",
+        "2007_000006": "person",
+        "2007_000007": "person",
+    }  # 2007_000008 has no object
+    assert val.set_index("key")["class_name"].to_dict() == {
+        "2008_000001": "cat",
+        "2008_000002": "dog",
+    }
+    assert test.empty and list(test.columns) == [*MANIFEST_COLUMNS, "mask_path"]
+    row = pool.set_index("key").loc["2007_000001"].to_dict() | {"key": "2007_000001"}
+    expected = np.zeros((16, 16), bool)
+    expected[2:10, 2:10] = True
+    np.testing.assert_array_equal(_mask(row), expected)
+    assert Path(row["mask_path"]).parent == (voc / "masks").resolve()
+    assert load_image(row).size == (16, 16)
+    _assert_nested(pool)
+    _assert_deterministic(spec, voc, (pool, val, test))
+
+
+def test_pascal_index_step_writes_every_manifest_and_the_masks(voc):
+    out = voc / "results/voc/splits"
+    paths = [out / f"{name}.parquet" for name in ("pool", "val", "test")]
+    pipeline.index_dataset(
+        {"kind": "pascal", "root": "VOCdevkit"},
+        *map(str, paths),
+        str(out / "masks"),
+        base_dir=str(voc),
+    )
+    pool, val, test = (pd.read_parquet(p) for p in paths)
+    assert len(pool) == 7 and len(val) == 2 and test.empty
+    assert list(test.columns) == list(pool.columns) == [*MANIFEST_COLUMNS, "mask_path"]
+    assert sorted(p.stem for p in (out / "masks").iterdir()) == sorted([*pool["key"], *val["key"]])
+
+
+# COCO ---------------------------------------------------------------------------------
+
+
+def _rle(mask: np.ndarray) -> dict:
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": rle["size"], "counts": rle["counts"].decode()}
+
+
+def _coco_split(root: Path, name: str, images: dict[int, list[dict]]) -> None:
+    entries, annotations = [], []
+    for image_id, anns in images.items():
+        file_name = f"{image_id:012d}.jpg"
+        _image(root / name / file_name)
+        entries.append({"id": image_id, "file_name": file_name, "height": 16, "width": 16})
+        for ann in anns:
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": image_id, "iscrowd": 0, **ann}
+            )
+    categories = [{"id": 1, "name": "person"}, {"id": 17, "name": "cat"}, {"id": 18, "name": "dog"}]
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    instances = {"images": entries, "annotations": annotations, "categories": categories}
+    (root / "annotations" / f"instances_{name}.json").write_text(json.dumps(instances))
+
+
+def _polygon(category: int, x0: int, y0: int, side: int) -> dict:
+    x1, y1 = x0 + side, y0 + side
+    return {
+        "category_id": category,
+        "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]],
+        "area": float(side * side),
+        "bbox": [x0, y0, side, side],
+    }
+
+
+@pytest.fixture
+def coco(tmp_path) -> Path:
+    root = tmp_path / "coco"
+    block = np.zeros((16, 16), bool)
+    block[4:12, 3:11] = True
+    large_rle = {
+        "category_id": 18,
+        "segmentation": _rle(block),
+        "area": 64.0,
+        "bbox": [3, 4, 8, 8],
+        "iscrowd": 1,
+    }
+    _coco_split(
+        root,
+        "train2017",
+        {
+            1: [_polygon(1, 0, 0, 3), large_rle],  # small person polygon, large dog RLE: dog
+            2: [_polygon(18, 2, 2, 6)],
+            3: [_polygon(17, 2, 2, 8), _polygon(1, 0, 0, 2)],
+            4: [_polygon(17, 1, 1, 5)],
+            5: [],  # no annotation: left out
+        },
+    )
+    _coco_split(
+        root,
+        "val2017",
+        {10: [_polygon(17, 2, 2, 6)], 11: [_polygon(18, 2, 2, 6), _polygon(1, 0, 0, 9)]},
+    )
+    return tmp_path
+
+
+def test_coco_labels_the_largest_annotation_polygon_or_rle(coco):
+    spec = {"kind": "coco", "root": "coco"}
+    pool, val, test = _read(spec, coco)
+    assert class_names(pool) == ["cat", "dog"]  # no person is largest in train: dropped
+    labels = pool.set_index("key")["class_name"].to_dict()
+    assert labels == {
+        "train2017-000000000001": "dog",
+        "train2017-000000000002": "dog",
+        "train2017-000000000003": "cat",
+        "train2017-000000000004": "cat",
+    }
+    # val image 11's largest object is a person, a class with no training images
+    assert val["key"].tolist() == ["val2017-000000000010"] and test.empty
+    rows = pool.set_index("key")
+    expected = np.zeros((16, 16), bool)
+    expected[4:12, 3:11] = True
+    np.testing.assert_array_equal(_mask(rows.loc["train2017-000000000001"]), expected)
+    polygon = _mask(rows.loc["train2017-000000000002"])
+    assert polygon[3:8, 3:8].all() and not polygon[10:, :].any()
+    _assert_nested(pool)
+    _assert_deterministic(spec, coco, (pool, val, test))
+
+
+# Caltech101 ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def caltech(tmp_path) -> Path:
+    root = tmp_path / "caltech101/101_ObjectCategories"
+    for folder, count in (
+        ("accordion", 6),
+        ("Faces_easy", 5),
+        ("Leopards", 4),
+        ("BACKGROUND_Google", 3),
+    ):
+        for i in range(count):
+            _image(root / folder / f"image_{i + 1:04d}.jpg", (10 * i, 0, 0))
+    return tmp_path
+
+
+def test_caltech101_names_and_held_out_split(caltech):
+    spec = {"kind": "caltech101", "root": "caltech101"}
+    pool, val, test = _read(spec, caltech)
+    assert class_names(pool) == ["accordion", "faces easy", "leopards"]
+    assert pd.concat([pool, val]).groupby("class_name").size().to_dict() == {
+        "accordion": 6,
+        "faces easy": 5,
+        "leopards": 4,
+    }
+    assert val.groupby("class_name").size().to_dict() == {
+        "accordion": 2,
+        "faces easy": 1,
+        "leopards": 1,
+    }
+    assert test.empty and "accordion_image_0001" in set(pool["key"]) | set(val["key"])
+    _assert_nested(pool)
+    _assert_deterministic(spec, caltech, (pool, val, test))
+
+
+def test_original_code_split_halves_each_class_per_seed(caltech):
+    spec = {
+        "kind": "caltech101",
+        "root": "caltech101/101_ObjectCategories",
+        "split_protocol": "original-code",
+    }
+    everything, val, test = _read(spec, caltech)
+    assert len(everything) == 15 and val.empty and test.empty
+    train0, val0 = seed_split(everything, seed=0)
+    assert set(train0["key"]).isdisjoint(val0["key"]) and len(train0) + len(val0) == 15
+    assert train0.groupby("class_name").size().to_dict() == {
+        "accordion": 3,
+        "faces easy": 3,
+        "leopards": 2,
+    }
+    assert set(val0["split"]) == {"val"}
+    # the original code: one generator, one permutation per class in label order, halves
+    rng = np.random.default_rng(0)
+    expected = []
+    for _, group in everything.sort_values("key").groupby("label"):
+        expected += (
+            group["key"].to_numpy()[np.array_split(rng.permutation(len(group)), 2)[0]].tolist()
+        )
+    assert sorted(expected) == train0["key"].tolist()
+    again = seed_split(everything.sample(frac=1.0, random_state=1), seed=0)
+    pd.testing.assert_frame_equal(again[1], val0)
+    assert seed_split(everything, seed=1)[1]["key"].tolist() != val0["key"].tolist()
+
+
+def test_class_subsets_are_reindexed_in_name_order(caltech):
+    spec = {"kind": "caltech101", "root": "caltech101", "classes": ["leopards", "accordion"]}
+    pool, val, _ = _read(spec, caltech)
+    assert class_names(pool) == ["accordion", "leopards"] and class_names(val) == class_names(pool)
+    drawn = _read({**spec, "classes": 2}, caltech)[0]
+    assert drawn["label"].nunique() == 2 and class_names(drawn) == sorted(class_names(drawn))
+    pd.testing.assert_frame_equal(drawn, _read({**spec, "classes": 2}, caltech)[0])
+    with pytest.raises(ValueError, match="more classes than the 3"):
+        _read({**spec, "classes": 4}, caltech)
+
+
+def test_unknown_class_is_named_with_the_available_ones(caltech):
+    spec = {"kind": "caltech101", "root": "caltech101", "classes": ["accordion", "banjo"]}
+    with pytest.raises(
+        ValueError, match=r"'banjo'.*3 available classes: accordion, faces easy, leopards"
+    ):
+        _read(spec, caltech)
+
+
+def test_too_few_images_is_an_error_unless_allowed(caltech, caplog):
+    pool = _read({"kind": "caltech101", "root": "caltech101"}, caltech)[0]
+    with pytest.raises(ValueError, match="class 'leopards' has 3 training images.*allow_fewer"):
+        few_shot(pool, seed=0, shots=4)
+    with caplog.at_level(logging.WARNING):
+        subset = few_shot(pool, seed=0, shots=4, allow_fewer=True)
+    assert subset.groupby("class_name").size().to_dict() == {
+        "accordion": 4,
+        "faces easy": 4,
+        "leopards": 3,
+    }
+    assert "class 'leopards' has 3 training images" in caplog.text and "allow_fewer" in caplog.text
+    assert few_shot(pool, seed=0, shots=2).groupby("label").size().eq(2).all()
+
+
+def test_corrupt_image_is_named_or_skipped(caltech, caplog):
+    bad = caltech / "caltech101/101_ObjectCategories/accordion/image_0003.jpg"
+    bad.write_bytes(b"not a jpeg")
+    spec = {"kind": "caltech101", "root": "caltech101"}
+    with pytest.raises(ValueError, match=f"cannot read image '{bad}'.*skip_corrupt"):
+        _read(spec, caltech)
+    truncated = caltech / "caltech101/101_ObjectCategories/Leopards/image_0001.jpg"
+    Image.new("RGB", (64, 64), "red").save(truncated, quality=100)
+    truncated.write_bytes(truncated.read_bytes()[:400])
+    with caplog.at_level(logging.WARNING):
+        pool, val, _ = _read({**spec, "skip_corrupt": True}, caltech)
+    keys = set(pool["key"]) | set(val["key"])
+    assert (
+        len(keys) == 13 and "accordion_image_0003" not in keys and "Leopards_image_0001" not in keys
+    )
+    assert str(bad) in caplog.text and str(truncated) in caplog.text
+
+
+# Flowers102 ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def flowers(tmp_path) -> Path:
+    root = tmp_path / "flowers-102"
+    labels = [1, 1, 1, 1, 2, 2, 2, 2, 20, 20, 20, 20]
+    for i in range(1, len(labels) + 1):
+        _image(root / "jpg" / f"image_{i:05d}.jpg", (20 * i, 0, 0))
+    savemat(root / "imagelabels.mat", {"labels": np.array([labels])})
+    savemat(
+        root / "setid.mat",
+        {
+            "trnid": np.array([[1, 2, 5, 6, 9, 10]]),
+            "valid": np.array([[3, 7, 11]]),
+            "tstid": np.array([[4, 8, 12]]),
+        },
+    )
+    return tmp_path
+
+
+def test_flowers102_uses_setid_splits_and_the_oxford_names(flowers):
+    assert len(FLOWERS102_CLASSES) == len(set(FLOWERS102_CLASSES)) == 102
+    spec = {"kind": "flowers102", "root": "."}
+    pool, val, test = _read(spec, flowers)
+    assert class_names(pool) == [
+        "pink primrose",
+        "hard-leaved pocket orchid",
+        "giant white arum lily",
+    ]
+    assert pool["key"].tolist() == [
+        "image_00001",
+        "image_00002",
+        "image_00005",
+        "image_00006",
+        "image_00009",
+        "image_00010",
+    ]
+    assert val["key"].tolist() == ["image_00003", "image_00007", "image_00011"]
+    assert test["key"].tolist() == ["image_00004", "image_00008", "image_00012"]
+    assert test.set_index("key").loc["image_00012", "class_name"] == "giant white arum lily"
+    _assert_nested(pool)
+    _assert_deterministic(spec, flowers, (pool, val, test))
+    everything, val, test = _read({**spec, "split_protocol": "original-code"}, flowers)
+    assert len(everything) == 12 and val.empty and test.empty
+
+
+# FGVC Aircraft ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def aircraft(tmp_path) -> Path:
+    data = tmp_path / "fgvc-aircraft-2013b/data"
+    hierarchy = {  # variant: (family, manufacturer)
+        "707-320": ("Boeing 707", "Boeing"),
+        "A300B4": ("A300", "Airbus"),
+        "F/A-18": ("F/A-18", "McDonnell Douglas"),
+    }
+    data.mkdir(parents=True)
+    (data / "variants.txt").write_text("\n".join(hierarchy) + "\n")
+    (data / "families.txt").write_text("\n".join(f for f, _ in hierarchy.values()) + "\n")
+    (data / "manufacturers.txt").write_text("\n".join(m for _, m in hierarchy.values()) + "\n")
+    image_id = 1000000
+    for split, per_class in (("train", 2), ("val", 1), ("test", 1)):
+        lines = {"variant": [], "family": [], "manufacturer": []}
+        for variant, (family, maker) in hierarchy.items():
+            for _ in range(per_class):
+                image_id += 1
+                _image(data / "images" / f"{image_id}.jpg")
+                for level, name in (
+                    ("variant", variant),
+                    ("family", family),
+                    ("manufacturer", maker),
+                ):
+                    lines[level].append(f"{image_id} {name}")
+        for level, rows in lines.items():
+            (data / f"images_{level}_{split}.txt").write_text("\n".join(rows) + "\n")
+    return tmp_path
+
+
+def test_fgvc_aircraft_levels_and_own_splits(aircraft):
+    spec = {"kind": "fgvc_aircraft", "root": "fgvc-aircraft-2013b"}
+    pool, val, test = _read(spec, aircraft)
+    assert class_names(pool) == ["707-320", "A300B4", "F/A-18"]
+    assert (len(pool), len(val), len(test)) == (6, 3, 3)
+    assert set(test["split"]) == {"test"} and not pool["key"].str.contains(r"\.").any()
+    _assert_nested(pool)
+    _assert_deterministic(spec, aircraft, (pool, val, test))
+    makers = _read({**spec, "label_level": "manufacturer"}, aircraft)[0]
+    assert class_names(makers) == ["Boeing", "Airbus", "McDonnell Douglas"]
+    assert makers["key"].tolist() == pool["key"].tolist()
+
+
+# Stanford Cars ------------------------------------------------------------------------
+
+CARS = ["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Audi R8 Coupe 2012"]
+
+
+def _cars_annotations(path: Path, folder: Path, labels: list[int]) -> None:
+    fields = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname"]
+    records = np.zeros((1, len(labels)), dtype=[(f, "O") for f in fields])
+    for i, label in enumerate(labels):
+        fname = f"{i + 1:05d}.jpg"
+        _image(folder / fname, (40 * label, 0, 0))
+        records[0, i] = (1, 1, 15, 15, label, fname)
+    savemat(path, {"annotations": records})
+
+
+@pytest.fixture
+def cars(tmp_path) -> Path:
+    root = tmp_path / "stanford_cars"
+    (root / "devkit").mkdir(parents=True)
+    savemat(root / "devkit/cars_meta.mat", {"class_names": np.array([CARS], dtype=object)})
+    _cars_annotations(root / "devkit/cars_train_annos.mat", root / "cars_train", [1, 2, 3] * 4)
+    _cars_annotations(root / "cars_test_annos_withlabels.mat", root / "cars_test", [3, 2, 1])
+    return tmp_path
+
+
+def test_stanford_cars_torchvision_layout(cars):
+    spec = {"kind": "stanford_cars", "root": "."}
+    pool, val, test = _read(spec, cars)
+    assert class_names(pool) == CARS
+    assert (len(pool), len(val), len(test)) == (9, 3, 3)
+    assert test.set_index("key")["class_name"].to_dict() == {
+        "cars_test-00001": CARS[2],
+        "cars_test-00002": CARS[1],
+        "cars_test-00003": CARS[0],
+    }
+    assert pool.set_index("key").loc["cars_train-00002", "class_name"] == CARS[1]
+    _assert_nested(pool)
+    _assert_deterministic(spec, cars, (pool, val, test))
+
+
+# Leafy Spurge -------------------------------------------------------------------------
+
+
+def _spurge_images(root: Path, layout: dict[str, int]) -> None:
+    for folder, count in layout.items():
+        for i in range(count):
+            _image(root / folder / f"{Path(folder).name}_{i}.png", (0, 20 * i, 0))
+
+
+def test_leafy_spurge_from_folders(tmp_path):
+    _spurge_images(tmp_path / "spurge", {"absent": 6, "apparent": 4})
+    spec = {"kind": "leafy_spurge", "root": "spurge"}
+    pool, val, test = _read(spec, tmp_path)
+    assert class_names(pool) == ["no spurge", "leafy spurge"]
+    assert len(pool) + len(val) == 10 and test.empty
+    _assert_nested(pool)
+    _assert_deterministic(spec, tmp_path, (pool, val, test))
+    everything = _read({**spec, "split_protocol": "original-code"}, tmp_path)[0]
+    train, val = seed_split(everything, seed=3)
+    assert train.groupby("class_name").size().to_dict() == {"leafy spurge": 2, "no spurge": 3}
+
+
+def test_leafy_spurge_from_a_saved_hugging_face_dataset(tmp_path):
+    import datasets
+
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["absent", "present"])}
+    )
+    splits = {}
+    for split, count in (("train", 4), ("test", 2)):
+        images = [Image.new("RGB", (16, 16), (0, 30 * i, 0)) for i in range(2 * count)]
+        labels = [0] * count + [1] * count
+        splits[split] = datasets.Dataset.from_dict(
+            {"image": images, "label": labels}, features=features
+        )
+    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "saved"))
+    spec = {"kind": "leafy_spurge", "root": "saved"}
+    pool, val, test = _read(spec, tmp_path)
+    assert class_names(pool) == ["no spurge", "leafy spurge"]
+    assert (len(pool), len(val), len(test)) == (6, 2, 4)
+    assert test.groupby("class_name").size().to_dict() == {"leafy spurge": 2, "no spurge": 2}
+    assert pool["path"].isna().all() and load_image(pool.iloc[0].to_dict()).size == (16, 16)
+    _assert_nested(pool)
+    _assert_deterministic(spec, tmp_path, (pool, val, test))
+
+
+def test_leafy_spurge_from_the_datasets_cache(tmp_path):
+    """The cache `load_dataset('mpg-ranch/leafy_spurge', 'crop')` leaves, read offline."""
+    import datasets
+
+    _spurge_images(
+        tmp_path / "files",
+        {"train/absent": 3, "train/present": 3, "test/absent": 1, "test/present": 1},
+    )
+    built = datasets.load_dataset(
+        "imagefolder", data_dir=str(tmp_path / "files"), cache_dir=str(tmp_path / "build")
+    )
+    source = Path(built["train"].cache_files[0]["filename"]).parent
+    cached = (
+        tmp_path / "hf-cache/mpg-ranch___leafy_spurge/crop" / source.relative_to(source.parents[1])
+    )
+    shutil.copytree(source, cached, ignore=shutil.ignore_patterns("*.lock"))
+    for arrow in cached.glob("imagefolder-*.arrow"):
+        arrow.rename(cached / arrow.name.replace("imagefolder", "leafy_spurge"))
+    info = json.loads((cached / "dataset_info.json").read_text())
+    (cached / "dataset_info.json").write_text(json.dumps(info | {"config_name": "crop"}))
+    pool, val, test = _read({"kind": "leafy_spurge", "root": "hf-cache"}, tmp_path)
+    assert (len(pool) + len(val), len(test)) == (6, 2)
+    assert "test-present_0" in set(test["key"])
+
+
+# ImageNet -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def imagenet(tmp_path) -> Path:
+    root = tmp_path / "imagenet"
+    synsets = {
+        "n01440764": "tench, Tinca tinca",
+        "n01443537": "goldfish, Carassius auratus",
+        "n02012849": "crane",
+        "n03126707": "crane",
+    }
+    root.mkdir()
+    (root / "LOC_synset_mapping.txt").write_text("".join(f"{k} {v}\n" for k, v in synsets.items()))
+    solution = ["ImageId,PredictionString"]
+    for n, wnid in enumerate(synsets):
+        for i in range(3):
+            _image(root / f"ILSVRC/Data/CLS-LOC/train/{wnid}/{wnid}_{i}.JPEG")
+        image_id = f"ILSVRC2012_val_{n + 1:08d}"
+        _image(root / f"ILSVRC/Data/CLS-LOC/val/{image_id}.JPEG")
+        solution.append(f"{image_id},{wnid} 1 2 10 12 {wnid} 0 0 5 5")
+    (root / "LOC_val_solution.csv").write_text("\n".join(solution) + "\n")
+    return tmp_path
+
+
+def test_imagenet_names_ids_and_val_solution(imagenet):
+    spec = {"kind": "imagenet", "root": "imagenet"}
+    pool, val, test = _read(spec, imagenet)
+    assert class_names(pool) == ["tench", "goldfish", "crane (n02012849)", "crane (n03126707)"]
+    assert val.set_index("key").loc["ILSVRC2012_val_00000002", "class_name"] == "goldfish"
+    assert (len(pool), len(val)) == (12, 4) and test.empty
+    subset = _read({**spec, "classes": ["tench", "n03126707"]}, imagenet)
+    assert class_names(subset[0]) == ["crane (n03126707)", "tench"]
+    assert subset[1]["key"].tolist() == ["ILSVRC2012_val_00000001", "ILSVRC2012_val_00000004"]
+    _assert_nested(subset[0])
+    _assert_deterministic(spec, imagenet, (pool, val, test))
+    with pytest.raises(ValueError, match="'n99999999'.*4 available classes"):
+        _read({**spec, "classes": ["n99999999"]}, imagenet)
+
+
+# Shared rules -------------------------------------------------------------------------
+
+
+def test_keys_that_collide_are_an_error(tmp_path):
+    _image(tmp_path / "photos/cat/a.b.jpg")
+    _image(tmp_path / "photos/cat/a_b.jpg")
+    _image(tmp_path / "photos/dog/c.jpg")
+    with pytest.raises(ValueError, match="same key 'cat_a_b'"):
+        _read({"kind": "imagefolder", "root": "photos"}, tmp_path)
+
+
+def test_val_per_class_caps_a_datasets_own_val_split(aircraft):
+    spec = {"kind": "fgvc_aircraft", "root": "fgvc-aircraft-2013b", "val_per_class": 1}
+    assert len(_read(spec, aircraft)[1]) == 3
+    with pytest.raises(ValueError, match="'original-code' applies to"):
+        _read({**spec, "split_protocol": "original-code"}, aircraft)
+
+
+def test_missing_layout_names_what_was_expected(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="'imagelabels.mat' not found in"):
+        _read({"kind": "flowers102", "root": "empty"}, tmp_path)
