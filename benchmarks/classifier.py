@@ -95,7 +95,8 @@ class OriginalValSet(torch.utils.data.Dataset):
 def original(split, val, index, images, args, device) -> float:
     torch.manual_seed(0)
     backbone = build_backbone("resnet50", pretrained=False)
-    net = backbone.module.to(device).requires_grad_(False).train()  # BN drifts, as the original
+    net = backbone.module.to(device).requires_grad_(False)
+    net.train(args.original_bn == "train")  # train: BN statistics drift, as the original
     head = torch.nn.Linear(backbone.dim, 10).to(device)
     optimizer = torch.optim.Adam(head.parameters(), lr=args.lr)
     real = [(encode_png(load_image(r)), r["label"]) for r in split.to_dict("records")]
@@ -146,6 +147,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--original-bn",
+        choices=["train", "eval"],
+        default="train",
+        help="BatchNorm mode of the original loop: train (faithful) or eval (same as this stage, "
+        "to compare accuracies under one protocol)",
+    )
     args = parser.parse_args()
     device = resolve_device(args.device)
     pool, val, _ = read_dataset({"kind": "digits", "image_size": 32})
@@ -154,7 +162,8 @@ def main() -> None:
     print(
         f"device={device} backbone=resnet50 (frozen) image_size={args.image_size} "
         f"shots={args.shots} M={args.num_synthetic} steps={args.steps} "
-        f"eval_interval={args.eval_interval} val={len(val)} torch.threads={torch.get_num_threads()}"
+        f"eval_interval={args.eval_interval} val={len(val)} original_bn={args.original_bn} "
+        f"torch.threads={torch.get_num_threads()}"
     )
     results = {}
     for name, fn in (("this stage", ours), ("original", original)):

@@ -59,7 +59,7 @@ class _DeiTFeatures(torch.nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.model(pixel_values=x).last_hidden_state
+        hidden = self.model(pixel_values=x, interpolate_pos_encoding=True).last_hidden_state
         return (hidden[:, 0] + hidden[:, 1]) / 2  # class and distillation tokens
 
 
