@@ -13,7 +13,7 @@ head trained with Adam.
 
 Usage:
     python benchmarks/classifier.py                      # CPU, embedded scale (32 px)
-    python benchmarks/classifier.py --image-size 256 --steps 10000   # GPU, paper scale
+    python benchmarks/classifier.py --classes 20 --image-size 256 --steps 10000  # GPU, paper scale
 """
 
 from __future__ import annotations
@@ -33,6 +33,29 @@ from dafusion.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from dafusion.classifier import ClassifierSettings, train
 from dafusion.datasets import encode_png, few_shot, load_image, read_dataset
 from dafusion.models import resolve_device
+
+
+def blob_dataset(classes: int, shots: int, per_class_val: int, size: int):
+    """`classes` classes of coloured noise (for class counts digits does not have)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for c in range(classes):
+        color = rng.integers(0, 256, 3)
+        for i in range(shots + per_class_val):
+            pixels = np.clip(color + rng.normal(0, 60, (size, size, 3)), 0, 255).astype(np.uint8)
+            rows.append(
+                {
+                    "key": f"blob-{c:02d}-{i:03d}",
+                    "image": encode_png(Image.fromarray(pixels)),
+                    "label": c,
+                    "class_name": f"class{c}",
+                    "split": "train" if i < shots else "val",
+                }
+            )
+    frame = pd.DataFrame(rows)
+    return frame[frame["split"] == "train"].reset_index(drop=True), frame[
+        frame["split"] == "val"
+    ].reset_index(drop=True)
 
 
 def synthetic_set(split: pd.DataFrame, m: int) -> tuple[pd.DataFrame, dict]:
@@ -97,7 +120,7 @@ def original(split, val, index, images, args, device) -> float:
     backbone = build_backbone("resnet50", pretrained=False)
     net = backbone.module.to(device).requires_grad_(False)
     net.train(args.original_bn == "train")  # train: BN statistics drift, as the original
-    head = torch.nn.Linear(backbone.dim, 10).to(device)
+    head = torch.nn.Linear(backbone.dim, split["label"].nunique()).to(device)
     optimizer = torch.optim.Adam(head.parameters(), lr=args.lr)
     real = [(encode_png(load_image(r)), r["label"]) for r in split.to_dict("records")]
     by_source = index.groupby("source_key")["key"].apply(list).to_dict()
@@ -132,13 +155,20 @@ def ours(split, val, index, images, args, device) -> float:
         backbone="resnet50", pretrained=False, image_size=args.image_size, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, eval_interval=args.eval_interval,
     )  # fmt: skip
-    metrics = train(split, val, [str(c) for c in range(10)], index, images, settings, 0, device,
+    names = [str(c) for c in range(split["label"].nunique())]
+    metrics = train(split, val, names, index, images, settings, 0, device,
                     progress=False)  # fmt: skip
     return metrics[(metrics["split"] == "val") & (metrics["metric"] == "accuracy")]["value"].max()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--classes",
+        type=int,
+        default=10,
+        help="10: scikit-learn's digits; any other number: classes of coloured noise",
+    )
     parser.add_argument("--shots", type=int, default=4)
     parser.add_argument("--num-synthetic", type=int, default=2)
     parser.add_argument("--image-size", type=int, default=32)
@@ -156,11 +186,15 @@ def main() -> None:
     )
     args = parser.parse_args()
     device = resolve_device(args.device)
-    pool, val, _ = read_dataset({"kind": "digits", "image_size": 32})
-    split = few_shot(pool, 0, args.shots)
+    if args.classes == 10:
+        pool, val, _ = read_dataset({"kind": "digits", "image_size": 32})
+        split = few_shot(pool, 0, args.shots)
+    else:
+        split, val = blob_dataset(args.classes, args.shots, 20, args.image_size)
     index, images = synthetic_set(split, args.num_synthetic)
     print(
-        f"device={device} backbone=resnet50 (frozen) image_size={args.image_size} "
+        f"device={device} backbone=resnet50 (frozen) classes={args.classes} "
+        f"image_size={args.image_size} "
         f"shots={args.shots} M={args.num_synthetic} steps={args.steps} "
         f"eval_interval={args.eval_interval} val={len(val)} original_bn={args.original_bn} "
         f"torch.threads={torch.get_num_threads()}"
