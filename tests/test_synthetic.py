@@ -48,6 +48,16 @@ def _build(engine, manifest, out, fingerprint="job"):
     )
 
 
+class Counting(Engine):
+    """Counts the shards it is asked to generate."""
+
+    shards = 0
+
+    def run(self, work, seed, bar=None):
+        self.shards += 1
+        yield from super().run(work, seed, bar)
+
+
 def test_killed_run_reuses_finished_shards(components, manifest, tmp_path):
     whole = _build(_engine(components, manifest), manifest, tmp_path / "whole")
     assert sorted(p.name for p in (tmp_path / "whole").glob("shard-*")) == [
@@ -75,16 +85,9 @@ def test_killed_run_reuses_finished_shards(components, manifest, tmp_path):
     assert (out / "shard-000000.tar").exists() and not (out / "index.parquet").exists()
     first = (out / "shard-000000.tar").stat().st_mtime_ns
 
-    class Counts(Engine):
-        shards = 0
-
-        def run(self, work, seed, bar=None):
-            Counts.shards += 1
-            yield from super().run(work, seed, bar)
-
-    counts = _engine(components, manifest, cls=Counts)
+    counts = _engine(components, manifest, cls=Counting)
     resumed = _build(counts, manifest, out)
-    assert Counts.shards == 2  # the finished shard was not generated again
+    assert counts.shards == 2  # the finished shard was not generated again
     assert (out / "shard-000000.tar").stat().st_mtime_ns == first
     pd.testing.assert_frame_equal(resumed, whole)
     for name in ("shard-000000.tar", "shard-000001.tar", "shard-000002.tar"):
@@ -97,16 +100,9 @@ def test_a_different_job_does_not_reuse_shards(components, manifest, tmp_path):
     _build(_engine(components, manifest), manifest, out)
     (out / "index.parquet").unlink()
 
-    class Counts(Engine):
-        shards = 0
-
-        def run(self, work, seed, bar=None):
-            Counts.shards += 1
-            yield from super().run(work, seed, bar)
-
-    counts = _engine(components, manifest, cls=Counts)
+    counts = _engine(components, manifest, cls=Counting)
     _build(counts, manifest, out, fingerprint="other settings")
-    assert Counts.shards == 3
+    assert counts.shards == 3
 
 
 def test_flagged_images_are_redrawn_then_dropped(components, manifest):
