@@ -12,10 +12,9 @@ the same distribution as encoding every step.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -338,13 +337,3 @@ class _Trainer:
             if on_step is not None:
                 on_step(done)
         return losses
-
-
-def fingerprint(**parts) -> str:
-    """A stable hash of everything that determines an inversion's result."""
-
-    def default(o):
-        return asdict(o) if hasattr(o, "__dataclass_fields__") else str(o)
-
-    blob = json.dumps(parts, sort_keys=True, default=default)
-    return hashlib.sha256(blob.encode()).hexdigest()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -40,3 +43,17 @@ def setup_job(log_path: str | Path | None, threads: int | None = None) -> None:
         force=True,
     )
     logging.captureWarnings(True)
+
+
+def fingerprint(**parts) -> str:
+    """A stable hash of everything that determines a job's result.
+
+    Stored beside resumable progress (inversion checkpoints, finished shards) so that a rerun
+    only picks up progress made by the same job.
+    """
+
+    def default(o):
+        return asdict(o) if hasattr(o, "__dataclass_fields__") else str(o)
+
+    blob = json.dumps(parts, sort_keys=True, default=default)
+    return hashlib.sha256(blob.encode()).hexdigest()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import aggregate as agg
-from .io import write_parquet
+from .io import fingerprint, write_parquet
 
 log = logging.getLogger("dafusion")
 
@@ -102,7 +102,7 @@ def invert(
     import torch
 
     from .datasets import class_names, load_image
-    from .inversion import Checkpoint, InversionSettings, fingerprint
+    from .inversion import Checkpoint, InversionSettings
     from .inversion import invert as run
     from .tokens import save_tokens
 
@@ -175,7 +175,6 @@ def generate(
     """
     from .datasets import class_names
     from .generation import Engine, GenerationSettings, plan
-    from .inversion import fingerprint
     from .models import load_safety_checker, scheduler_from_name
     from .synthetic import build
     from .tokens import class_token, expand, file_hash, load_into
