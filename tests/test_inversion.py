@@ -69,9 +69,14 @@ def test_joint_run_equals_separate_runs(tiny_dir, digits, chunk):
 def test_killed_job_resumes_to_the_same_tokens(tiny_dir, digits, tmp_path):
     images, labels, names = _split(digits, [1, 8])
     settings = InversionSettings(steps=5, batch_size=2, learning_rate=1e-2, checkpoint_every=2)
-    whole = invert(
-        _fresh(tiny_dir), images, labels, names, settings, seed=2, resolution=32, progress=False
-    )
+
+    def run(**kwargs):
+        return invert(
+            _fresh(tiny_dir), images, labels, names, settings, seed=2, resolution=32,
+            progress=False, **kwargs,
+        )  # fmt: skip
+
+    whole = run()
 
     class Killed(Exception):
         pass
@@ -82,51 +87,17 @@ def test_killed_job_resumes_to_the_same_tokens(tiny_dir, digits, tmp_path):
 
     checkpoint = Checkpoint(tmp_path / "ckpt.safetensors", fingerprint="job")
     with pytest.raises(Killed):
-        invert(
-            _fresh(tiny_dir),
-            images,
-            labels,
-            names,
-            settings,
-            seed=2,
-            resolution=32,
-            progress=False,
-            checkpoint=checkpoint,
-            on_step=kill_at_3,
-        )
+        run(checkpoint=checkpoint, on_step=kill_at_3)
     assert checkpoint.path.exists()
     steps = []
-    resumed = invert(
-        _fresh(tiny_dir),
-        images,
-        labels,
-        names,
-        settings,
-        seed=2,
-        resolution=32,
-        progress=False,
-        checkpoint=checkpoint,
-        on_step=steps.append,
-    )
+    resumed = run(checkpoint=checkpoint, on_step=steps.append)
     assert steps == [3, 4, 5]  # restarted after the checkpoint at step 2
     for token in whole.tokens:
         torch.testing.assert_close(resumed.tokens[token], whole.tokens[token], atol=1e-6, rtol=0)
     torch.testing.assert_close(resumed.losses, whole.losses, atol=1e-6, rtol=0)
     # A checkpoint of other inputs is ignored, not resumed.
-    other = Checkpoint(checkpoint.path, fingerprint="another job")
     steps.clear()
-    invert(
-        _fresh(tiny_dir),
-        images,
-        labels,
-        names,
-        settings,
-        seed=2,
-        resolution=32,
-        progress=False,
-        checkpoint=other,
-        on_step=steps.append,
-    )
+    run(checkpoint=Checkpoint(checkpoint.path, fingerprint="another job"), on_step=steps.append)
     assert steps[0] == 1
 
 
