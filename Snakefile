@@ -1,6 +1,7 @@
 """DA-Fusion: few-shot data augmentation with diffusion models, as a Snakemake workflow.
 
 Targets: all (default), synthetic, tokens. See README.md.
+Reruns: profiles/default sets the rerun triggers (README, Reruns).
 """
 
 import os
@@ -14,9 +15,16 @@ min_version("8.20")
 
 # Model weights come from the local Hugging Face cache or a directory, never the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# The library lives in src/. Snakemake hands this sys.path to every script job, so jobs
-# (local, conda or cluster) import the workflow's own copy.
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+# The library lives in src/. The workflow imports it from there, and so does every job:
+# PYTHONPATH comes before site-packages, where another checkout's editable install of
+# dafusion would otherwise win (Snakemake appends its own search paths to a script's).
+# A rule's code fingerprint (dafusion.provenance) is of this copy, so jobs must run it.
+SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC)
+OTHER_PATHS = [
+    p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p != SRC
+]
+os.environ.update(PYTHONPATH=os.pathsep.join([SRC, *filter(None, OTHER_PATHS)]))
 
 from dafusion.config import ConfigError, validate_config
 

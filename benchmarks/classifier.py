@@ -30,9 +30,11 @@ from PIL import Image
 from torchvision import transforms
 
 from dafusion.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
-from dafusion.classifier import ClassifierSettings, train
-from dafusion.datasets import encode_png, few_shot, load_image, read_dataset
-from dafusion.models import resolve_device
+from dafusion.classifier import train_classifier
+from dafusion.datasets import few_shot, read_dataset
+from dafusion.devices import resolve_device
+from dafusion.images import encode_png, load_image
+from dafusion.settings import ClassifierSettings, DatasetSettings
 
 
 def blob_dataset(classes: int, shots: int, per_class_val: int, size: int):
@@ -156,8 +158,8 @@ def ours(split, val, index, images, args, device) -> float:
         batch_size=args.batch_size, lr=args.lr, eval_interval=args.eval_interval,
     )  # fmt: skip
     names = [str(c) for c in range(split["label"].nunique())]
-    metrics = train(split, val, names, index, images, settings, 0, device,
-                    progress=False)  # fmt: skip
+    metrics = train_classifier(split, val, names, index, images, settings, 0, device,
+                               progress=False)  # fmt: skip
     return metrics[(metrics["split"] == "val") & (metrics["metric"] == "accuracy")]["value"].max()
 
 
@@ -187,7 +189,7 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     if args.classes == 10:
-        pool, val, _ = read_dataset({"kind": "digits", "image_size": 32})
+        pool, val, _ = read_dataset(DatasetSettings(kind="digits", image_size=32))
         split = few_shot(pool, 0, args.shots)
     else:
         split, val = blob_dataset(args.classes, args.shots, 20, args.image_size)

@@ -31,9 +31,11 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from dafusion.datasets import encode_png
-from dafusion.generation import Engine, GenerationSettings, denoising_timesteps, plan
-from dafusion.models import load_components, resolve_device, resolve_dtype
+from dafusion.devices import resolve_device, resolve_dtype
+from dafusion.generation import Engine, denoising_timesteps, plan
+from dafusion.images import encode_png
+from dafusion.models import load_components
+from dafusion.settings import GenerationSettings
 from dafusion.tiny import save_random_sd_v1, save_tiny_model
 
 UNET_TFLOP_PER_SAMPLE_64 = 0.80

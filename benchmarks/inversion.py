@@ -25,9 +25,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from dafusion.devices import resolve_device, resolve_dtype
 from dafusion.images import to_model_tensor
-from dafusion.inversion import InversionSettings, invert
-from dafusion.models import load_components, resolve_device, resolve_dtype
+from dafusion.inversion import learn_tokens
+from dafusion.models import load_components
+from dafusion.settings import InversionSettings
 from dafusion.tiny import save_random_sd_v1, save_tiny_model
 
 
@@ -103,7 +105,9 @@ def per_class_reference(model_dir, images, label_list, names, settings, resoluti
 def joint(model_dir, images, labels, names, settings, resolution, device, dtype):
     comp = load_components(model_dir, device, dtype)
     comp.text_encoder.to(torch.float32)
-    invert(comp, images, labels, names, settings, seed=0, resolution=resolution, progress=False)
+    learn_tokens(
+        comp, images, labels, names, settings, seed=0, resolution=resolution, progress=False
+    )
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ def components(tiny_dir):
 @pytest.fixture(scope="session")
 def digits():
     from dafusion.datasets import read_dataset
+    from dafusion.settings import DatasetSettings
 
-    pool, val, _ = read_dataset({"kind": "digits", "image_size": 32, "val_fraction": 0.2})
+    pool, val, _ = read_dataset(DatasetSettings(kind="digits", image_size=32, val_fraction=0.2))
     return pool, val

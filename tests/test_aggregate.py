@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from dafusion.aggregate import best_steps, plot, summarize
+from dafusion.aggregate import accuracy_figure, best_steps, plot, summarize
 
 
 def _runs():
@@ -61,3 +61,12 @@ def test_select_on_val_report_on_test():
     # A dataset without a test split reports val.
     assert set(best_steps(_runs(), report_split="test")["split"]) == {"val"}
     assert summarize(best)["split"].tolist() == ["test"]
+
+
+def test_figure_names_the_reported_split():
+    runs = _runs()
+    test = runs[runs["metric"] == "accuracy"].assign(split="test")
+    summary = summarize(best_steps(pd.concat([runs, test]), report_split="test"))
+    assert accuracy_figure(summary, ["m"]).axes[0].get_ylabel() == "accuracy (test)"
+    summary = summarize(best_steps(runs, report_split="test"))  # no test split: val
+    assert accuracy_figure(summary, ["m"]).axes[0].get_ylabel() == "accuracy (val)"

@@ -4,15 +4,12 @@ import pytest
 import torch
 
 from dafusion.backbones import Backbone, SmallCNN
-from dafusion.classifier import (
-    ClassifierSettings,
-    augment,
-    draw_batch,
-    evaluate,
-    synthetic_lookup,
-    train,
-)
+from dafusion.classifier import augment, draw_batch, evaluate, synthetic_lookup, train_classifier
 from dafusion.datasets import few_shot
+from dafusion.settings import ClassifierSettings
+
+# The digits are 32 pixels: a small CNN at their size (the defaults are the paper's ResNet-50).
+SMALL = ClassifierSettings(backbone="small-cnn", image_size=32)
 
 
 def test_alpha_mixing_rate_and_variants():
@@ -70,9 +67,9 @@ def test_augment_flips_and_rotates_per_sample():
 def test_training_learns_digits_and_reports_per_class_metrics(digits):
     pool, val = digits
     subset = few_shot(pool, seed=0, shots=8)
-    settings = ClassifierSettings(steps=60, eval_interval=30, lr=1e-3, augmentation="none")
+    settings = SMALL.replace(steps=60, eval_interval=30, lr=1e-3, augmentation="none")
     names = [f"c{i}" for i in range(10)]
-    metrics = train(
+    metrics = train_classifier(
         subset, val, names, None, None, settings, seed=0, device=torch.device("cpu"), progress=False
     )
     assert sorted(metrics["step"].unique()) == [30, 60]
@@ -110,8 +107,8 @@ def test_frozen_backbone_batchnorm(digits, monkeypatch, bn_mode, changes):
 
     monkeypatch.setattr(clf, "build_backbone", build)
     pool, val = digits
-    settings = ClassifierSettings(steps=5, eval_interval=5, bn_mode=bn_mode, feature_cache=False)
-    clf.train(
+    settings = SMALL.replace(steps=5, eval_interval=5, bn_mode=bn_mode, feature_cache=False)
+    clf.train_classifier(
         few_shot(pool, 0, 2),
         val.iloc[:20],
         [str(i) for i in range(10)],
@@ -140,10 +137,10 @@ def test_feature_cache_matches_step_by_step_accuracy(digits, monkeypatch):
     pool, val = digits
     accuracy = {}
     for cache in (True, False):
-        settings = ClassifierSettings(
+        settings = SMALL.replace(
             steps=300, eval_interval=100, lr=1e-2, feature_cache=cache, cache_views=8
         )
-        metrics = clf.train(
+        metrics = clf.train_classifier(
             few_shot(pool, 0, 8),
             val,
             [str(i) for i in range(10)],
@@ -177,7 +174,7 @@ def test_cutmix_and_randaugment_baselines_produce_valid_batches():
     x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
     labels = torch.arange(16) % 4
     for name in ("randaugment", "cutmix"):
-        settings = ClassifierSettings(augmentation=name)
+        settings = SMALL.replace(augmentation=name)
         augmenter = Augmenter(settings, 4, torch.Generator().manual_seed(1))
         outs = [augmenter(x, labels) for _ in range(6)]
         for images, targets in outs:

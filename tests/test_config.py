@@ -90,14 +90,24 @@ def test_inversion_preset_fills_only_unset_keys():
         validate_config(config, SCHEMA)
 
 
-def test_every_dataset_kind_has_a_reader_and_all_but_digits_need_a_root():
-    from dafusion.config import KINDS_WITH_ROOT, load_schema
-    from dafusion.readers import READERS
+def test_dataset_kinds_come_from_the_reader_registry(tmp_path):
+    from dafusion.config import load_schema
+    from dafusion.readers import KINDS
 
     entry = load_schema(SCHEMA)["properties"]["datasets"]["additionalProperties"]
-    kinds = set(entry["properties"]["kind"]["enum"])
-    assert kinds == set(READERS)
-    assert kinds - {"digits"} == KINDS_WITH_ROOT
+    assert entry["properties"]["kind"]["enum"] == list(KINDS)
+    assert [k for k, v in KINDS.items() if not v.needs_root] == ["digits"]
+    config = default_config()
+    config["datasets"]["mine"] = {"kind": "mnist", "root": str(tmp_path)}
+    with pytest.raises(ConfigError, match="datasets.mine.kind': 'mnist' is not one of"):
+        validate_config(config, SCHEMA)
+
+
+def test_inversion_preset_is_expanded_and_removed():
+    config = default_config()
+    config["inversion"] = {"preset": "table1"}
+    inversion = validate_config(config, SCHEMA)["inversion"]
+    assert "preset" not in inversion and inversion["steps"] == 1000
 
 
 def test_dataset_options_are_validated_and_defaulted(tmp_path):

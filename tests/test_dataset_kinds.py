@@ -14,15 +14,11 @@ from PIL import Image
 from scipy.io import savemat
 
 from dafusion import pipeline
-from dafusion.datasets import (
-    MANIFEST_COLUMNS,
-    class_names,
-    few_shot,
-    load_image,
-    read_dataset,
-    seed_split,
-)
+from dafusion.datasets import few_shot, halve_per_seed, read_dataset
+from dafusion.images import load_image
+from dafusion.manifest import MANIFEST_COLUMNS, class_names
 from dafusion.readers.fine_grained import FLOWERS102_CLASSES
+from dafusion.settings import DatasetSettings
 
 # pycocotools' own numpy-2 deprecation, raised inside its RLE decoder.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -34,7 +30,7 @@ def _image(path: Path, color=(120, 60, 30), size=(16, 16)) -> None:
 
 
 def _read(spec: dict, root: Path, **kwargs):
-    return read_dataset(spec, root, mask_dir=root / "masks", **kwargs)
+    return read_dataset(DatasetSettings(**spec), root, mask_dir=root / "masks", **kwargs)
 
 
 def _mask(row) -> np.ndarray:
@@ -155,7 +151,7 @@ def test_pascal_index_step_writes_every_manifest_and_the_masks(voc):
     out = voc / "results/voc/splits"
     paths = [out / f"{name}.parquet" for name in ("pool", "val", "test")]
     pipeline.index_dataset(
-        {"kind": "pascal", "root": "VOCdevkit"},
+        DatasetSettings(kind="pascal", root="VOCdevkit"),
         *map(str, paths),
         str(out / "masks"),
         base_dir=str(voc),
@@ -300,7 +296,7 @@ def test_original_code_split_halves_each_class_per_seed(caltech):
     }
     everything, val, test = _read(spec, caltech)
     assert len(everything) == 15 and val.empty and test.empty
-    train0, val0 = seed_split(everything, seed=0)
+    train0, val0 = halve_per_seed(everything, seed=0)
     assert set(train0["key"]).isdisjoint(val0["key"]) and len(train0) + len(val0) == 15
     assert train0.groupby("class_name").size().to_dict() == {
         "accordion": 3,
@@ -316,9 +312,9 @@ def test_original_code_split_halves_each_class_per_seed(caltech):
             group["key"].to_numpy()[np.array_split(rng.permutation(len(group)), 2)[0]].tolist()
         )
     assert sorted(expected) == train0["key"].tolist()
-    again = seed_split(everything.sample(frac=1.0, random_state=1), seed=0)
+    again = halve_per_seed(everything.sample(frac=1.0, random_state=1), seed=0)
     pd.testing.assert_frame_equal(again[1], val0)
-    assert seed_split(everything, seed=1)[1]["key"].tolist() != val0["key"].tolist()
+    assert halve_per_seed(everything, seed=1)[1]["key"].tolist() != val0["key"].tolist()
 
 
 def test_class_subsets_are_reindexed_in_name_order(caltech):
@@ -524,7 +520,7 @@ def test_leafy_spurge_from_folders(tmp_path):
     _assert_nested(pool)
     _assert_deterministic(spec, tmp_path, (pool, val, test))
     everything = _read({**spec, "split_protocol": "original-code"}, tmp_path)[0]
-    train, val = seed_split(everything, seed=3)
+    train, val = halve_per_seed(everything, seed=3)
     assert train.groupby("class_name").size().to_dict() == {"leafy spurge": 2, "no spurge": 3}
 
 

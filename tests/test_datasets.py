@@ -3,7 +3,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dafusion.datasets import MANIFEST_COLUMNS, class_names, few_shot, load_image, read_dataset
+from dafusion.datasets import few_shot, read_dataset
+from dafusion.images import load_image
+from dafusion.manifest import MANIFEST_COLUMNS, class_names
+from dafusion.readers import index_keys
+from dafusion.settings import DatasetSettings
+
+
+def _read(spec: dict, base_dir=".") -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    return read_dataset(DatasetSettings(**spec), base_dir)
 
 
 def test_digits_pool_and_val_are_disjoint_and_cover_all_classes(digits):
@@ -22,14 +30,14 @@ def test_digits_pool_and_val_are_disjoint_and_cover_all_classes(digits):
 
 
 def test_reading_is_deterministic(digits):
-    pool, val, test = read_dataset({"kind": "digits", "image_size": 32, "val_fraction": 0.2})
+    pool, val, test = _read({"kind": "digits", "image_size": 32, "val_fraction": 0.2})
     pd.testing.assert_frame_equal(pool, digits[0])
     pd.testing.assert_frame_equal(val, digits[1])
     assert test.empty and list(test.columns) == MANIFEST_COLUMNS
 
 
 def test_val_per_class_caps_the_evaluation_split():
-    _, val, _ = read_dataset({"kind": "digits", "image_size": 16, "val_per_class": 3})
+    _, val, _ = _read({"kind": "digits", "image_size": 16, "val_per_class": 3})
     assert (val.groupby("label").size() == 3).all()
 
 
@@ -64,9 +72,7 @@ def _write_images(folder, count, color):
 def test_imagefolder_with_held_out_split(tmp_path):
     _write_images(tmp_path / "data/red_fox", 10, (200, 0, 0))
     _write_images(tmp_path / "data/blue_jay", 5, (0, 0, 200))
-    pool, val, _ = read_dataset(
-        {"kind": "imagefolder", "root": "data", "val_fraction": 0.2}, tmp_path
-    )
+    pool, val, _ = _read({"kind": "imagefolder", "root": "data", "val_fraction": 0.2}, tmp_path)
     assert class_names(pool) == ["blue jay", "red fox"]
     assert val.groupby("class_name").size().to_dict() == {"blue jay": 1, "red fox": 2}
     assert len(pool) == 12
@@ -78,7 +84,7 @@ def test_imagefolder_with_own_val_split(tmp_path):
     for split, n in (("train", 4), ("val", 2)):
         _write_images(tmp_path / f"data/{split}/cat", n, (1, 2, 3))
         _write_images(tmp_path / f"data/{split}/dog", n, (3, 2, 1))
-    pool, val, _ = read_dataset({"kind": "imagefolder", "root": "data"}, tmp_path)
+    pool, val, _ = _read({"kind": "imagefolder", "root": "data"}, tmp_path)
     assert len(pool) == 8 and len(val) == 4
     assert set(val["split"]) == {"val"}
     assert val["key"].str.startswith("val_").all()
@@ -87,14 +93,14 @@ def test_imagefolder_with_own_val_split(tmp_path):
 def test_imagefolder_without_class_folders_is_an_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no class folders with images under"):
-        read_dataset({"kind": "imagefolder", "root": "empty"}, tmp_path)
+        _read({"kind": "imagefolder", "root": "empty"}, tmp_path)
 
 
 def test_imagefolder_test_folder_becomes_the_test_split(tmp_path):
     for split, n in (("train", 3), ("test", 1)):
         _write_images(tmp_path / f"data/{split}/cat", n, (1, 2, 3))
         _write_images(tmp_path / f"data/{split}/dog", n, (3, 2, 1))
-    pool, val, test = read_dataset({"kind": "imagefolder", "root": "data"}, tmp_path)
+    pool, val, test = _read({"kind": "imagefolder", "root": "data"}, tmp_path)
     assert (len(pool), len(val), len(test)) == (4, 2, 2)
     assert set(test["split"]) == {"test"}
 
@@ -132,3 +138,10 @@ def test_unreadable_image_is_named(tmp_path):
     path.write_bytes(b"\xff\xd8 not really")
     with pytest.raises(OSError, match=f"cannot read image '{path}' \\(key 'k'\\)"):
         load_image({"key": "k", "path": str(path), "image": None})
+
+
+def test_index_keys_leave_out_what_reading_does_not_depend_on():
+    digits = index_keys(DatasetSettings(kind="digits"))
+    assert "image_size" in digits and "kind" in digits
+    assert not {"label_level", "hf_config", "allow_fewer"} & set(digits)
+    assert "label_level" in index_keys(DatasetSettings(kind="fgvc_aircraft", root="data"))

@@ -2,20 +2,17 @@ import copy
 from collections import Counter
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
 from dafusion.datasets import few_shot
-from dafusion.generation import (
-    GenerationSettings,
-    denoising_timesteps,
-    encode_images,
-    encode_prompts,
-    generate,
-    plan,
-    sdedit,
-)
+from dafusion.generation import Engine, denoising_timesteps, encode_images, plan, sdedit
+from dafusion.images import encode_png, load_image
+from dafusion.models import encode_text, scheduler_from_name
+from dafusion.seeds import derive_seed
+from dafusion.settings import GenerationSettings
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +40,11 @@ def test_strength_sets_the_insertion_step(components):
 
 def test_image_is_inserted_with_eq5_noise(components, manifest):
     """The first denoising step sees sqrt(a_t) x0 + sqrt(1 - a_t) eps at t = t[S - floor(S t0)]."""
-    from dafusion.datasets import load_image
-
     S, t0, seed = 10, 0.5, 1234
     image = load_image(manifest.iloc[0].to_dict())
     means, stds = encode_images(components, [image], 32, 1)
-    cond = encode_prompts(components, ["a photo of a zero"])
-    uncond = encode_prompts(components, [""])
+    cond = encode_text(components, ["a photo of a zero"])
+    uncond = encode_text(components, [""])
     seen = {}
 
     class Recorder(type(components.scheduler)):
@@ -84,37 +79,60 @@ def test_image_is_inserted_with_eq5_noise(components, manifest):
     torch.testing.assert_close(seen["first"][1], expected, atol=1e-5, rtol=1e-5)
 
 
-def _run(components, manifest, batch_size, num_synthetic=2, strengths=(0.25, 0.5, 0.75, 1.0)):
+def _generate(components, manifest, settings, strengths, scheduler=None):
+    """(plan row, image) of every synthetic image of `manifest`, as the generate step runs."""
+    prompts = {c: f"a photo of a {c}" for c in manifest["label"].unique()}
+    engine = Engine(components, scheduler or components.scheduler, manifest, prompts, 32, settings)
+    work = plan(manifest, 0, settings.num_synthetic, strengths).to_dict("records")
+    return list(engine.run(work, 0))
+
+
+def _run(
+    components,
+    manifest,
+    batch_size,
+    num_synthetic=2,
+    strengths=(0.25, 0.5, 0.75, 1.0),
+    scheduler=None,
+):
     settings = GenerationSettings(
         num_synthetic=num_synthetic,
         guidance_scale=7.5,
         num_inference_steps=8,
         batch_size=batch_size,
     )
-    prompts = {c: f"a photo of a {c}" for c in manifest["label"].unique()}
     return {
         rec["key"]: (rec["strength"], np.asarray(image, dtype=np.int16))
-        for rec, image in generate(
-            components,
-            components.scheduler,
-            manifest,
-            prompts,
-            strengths,
-            0,
-            32,
-            settings,
-            progress=False,
-        )
+        for rec, image in _generate(components, manifest, settings, strengths, scheduler)
     }
 
 
-def test_outputs_do_not_depend_on_batch_size(components, manifest):
-    one = _run(components, manifest, batch_size=1)
-    eight = _run(components, manifest, batch_size=8)
+def _euler_ancestral(components):
+    """A stochastic scheduler: every step draws noise."""
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    return EulerAncestralDiscreteScheduler.from_config(components.scheduler.config)
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_outputs_do_not_depend_on_batch_size(components, manifest, stochastic):
+    scheduler = _euler_ancestral(components) if stochastic else None
+    one = _run(components, manifest, batch_size=1, scheduler=scheduler)
+    eight = _run(components, manifest, batch_size=8, scheduler=scheduler)
     assert one.keys() == eight.keys() and len(one) == 6
     for key in one:
         assert one[key][0] == eight[key][0]
         assert np.abs(one[key][1] - eight[key][1]).max() <= 1
+
+
+def test_seeds_are_stable_across_versions():
+    """Seeds are sha256 of their names; these values were computed by earlier versions, so a
+    change here changes every synthetic image and every learned token."""
+    rows = plan(pd.DataFrame({"key": ["digits-0001"]}), seed=7, num_synthetic=4, strengths=[1])
+    assert rows["variant_seed"].iloc[3] == derive_seed(7, "digits-0001", 3)
+    assert derive_seed(7, "digits-0001", 3) == 6768512918821177212
+    assert derive_seed(7, "digits-0001-003", "retry2", 0) == 6077551283208162459
+    assert derive_seed("inversion", 4, "<zero>") == 5641030481512868692
 
 
 def test_fewer_synthetic_images_are_a_prefix(components, manifest):
@@ -132,8 +150,6 @@ def test_fewer_synthetic_images_are_a_prefix(components, manifest):
 
 
 def test_strengths_are_drawn_uniformly():
-    import pandas as pd
-
     manifest = pd.DataFrame({"key": [f"img-{i}" for i in range(1000)]})
     strengths = plan(manifest, seed=0, num_synthetic=4, strengths=[0.25, 0.5, 0.75, 1.0])[
         "strength"
@@ -145,14 +161,21 @@ def test_strengths_are_drawn_uniformly():
     assert chi2 < 16.3  # p = 0.001 with 3 degrees of freedom
 
 
-def test_matches_diffusers_img2img(components, tiny_dir, manifest):
-    """Faithfulness: one batched call equals diffusers' img2img called per image."""
-    from diffusers import StableDiffusionImg2ImgPipeline
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_matches_diffusers_img2img(components, tiny_dir, manifest, stochastic):
+    """Faithfulness: one batched call equals diffusers' img2img called per image.
 
-    from dafusion.datasets import load_image
+    With a stochastic scheduler each image's step noise comes from its own generator, as in
+    diffusers with one generator per image.
+    """
+    from diffusers import StableDiffusionImg2ImgPipeline
 
     pipe = StableDiffusionImg2ImgPipeline.from_pretrained(tiny_dir, use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
+    scheduler = components.scheduler
+    if stochastic:
+        scheduler = _euler_ancestral(components)
+        pipe.scheduler = _euler_ancestral(components)
     images = [load_image(r) for r in manifest.to_dict("records")]
     prompts = [f"a photo of a {n}" for n in manifest["class_name"]]
     seeds = [11, 22, 33]
@@ -174,11 +197,11 @@ def test_matches_diffusers_img2img(components, tiny_dir, manifest):
     means, stds = encode_images(components, images, 32, 8)
     out = sdedit(
         components,
-        components.scheduler,
+        scheduler,
         means,
         stds,
-        encode_prompts(components, prompts),
-        encode_prompts(components, [""]).expand(3, -1, -1),
+        encode_text(components, prompts),
+        encode_text(components, [""]).expand(3, -1, -1),
         [torch.Generator().manual_seed(s) for s in seeds],
         t0,
         GenerationSettings(num_inference_steps=S, guidance_scale=scale),
@@ -188,27 +211,12 @@ def test_matches_diffusers_img2img(components, tiny_dir, manifest):
 
 
 def test_resizes_back_to_the_source_size(components):
-    import pandas as pd
-
-    from dafusion.datasets import encode_png
-
     source = Image.new("RGB", (48, 40), (120, 30, 200))
     manifest = pd.DataFrame({"key": ["x"], "image": [encode_png(source)], "label": [0]})
     settings = GenerationSettings(num_synthetic=1, num_inference_steps=2, guidance_scale=1.0)
     for resize, size in ((True, (48, 40)), (False, (32, 32))):
-        settings.resize_to_source = resize
-        [(_, image)] = list(
-            generate(
-                components,
-                components.scheduler,
-                manifest,
-                {0: "a photo"},
-                [1.0],
-                0,
-                32,
-                settings,
-                progress=False,
-            )
+        [(_, image)] = _generate(
+            components, manifest, settings.replace(resize_to_source=resize), [1.0]
         )
         assert image.size == size
 
@@ -220,7 +228,6 @@ def test_masked_generation_matches_diffusers_inpainting(
     """Masked mode follows StableDiffusionInpaintPipeline with a 4-channel UNet."""
     from diffusers import StableDiffusionInpaintPipeline
 
-    from dafusion.datasets import load_image
     from dafusion.generation import load_mask
 
     image = load_image(manifest.iloc[0].to_dict())
@@ -248,8 +255,8 @@ def test_masked_generation_matches_diffusers_inpainting(
         components.scheduler,
         means,
         stds,
-        encode_prompts(components, ["a photo of a zero"]),
-        encode_prompts(components, [""]),
+        encode_text(components, ["a photo of a zero"]),
+        encode_text(components, [""]),
         [torch.Generator().manual_seed(5)],
         t0,
         GenerationSettings(num_inference_steps=10, guidance_scale=7.5),
@@ -273,3 +280,15 @@ def test_mask_dilation_and_background(tmp_path):
     assert torch.equal(back, 1 - grown)
     small = load_mask(str(tmp_path / "m.png"), "object", 64, 8, dilation=16)
     assert small.shape == (1, 8, 8) and set(small.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_unseedable_stochastic_scheduler_is_refused(components):
+    """DPM-Solver SDE draws batch-wide noise that no per-image generator controls."""
+    with pytest.raises(ValueError, match="'generation.scheduler'.*EulerAncestralDiscreteScheduler"):
+        scheduler_from_name("DPMSolverSDEScheduler", components.scheduler)
+    checkpoints_own = type("DPMSolverSDEScheduler", (), {})()  # a checkpoint that ships one
+    with pytest.raises(ValueError, match="'generation.scheduler': 'default'"):
+        scheduler_from_name("default", checkpoints_own)
+    assert type(scheduler_from_name("fast", components.scheduler)).__name__ == (
+        "DPMSolverMultistepScheduler"
+    )

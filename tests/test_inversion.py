@@ -2,8 +2,12 @@ import pandas as pd
 import pytest
 import torch
 
-from dafusion.datasets import class_names, few_shot, load_image
-from dafusion.inversion import Checkpoint, InversionSettings, invert
+from dafusion import inversion
+from dafusion.datasets import few_shot
+from dafusion.images import load_image
+from dafusion.inversion import Checkpoint, learn_tokens, template_list
+from dafusion.manifest import class_names
+from dafusion.settings import InversionSettings
 from dafusion.tokens import class_token, load_into, save_tokens
 
 
@@ -26,7 +30,7 @@ def test_only_new_rows_are_learned(components, digits):
     images, labels, names = _split(digits, [0, 1])
     before = components.text_encoder.get_input_embeddings().weight.clone()
     settings = InversionSettings(steps=3, batch_size=2, learning_rate=1e-2)
-    result = invert(
+    result = learn_tokens(
         components, images, labels, names, settings, seed=0, resolution=32, progress=False
     )
     tokens = result.tokens
@@ -46,12 +50,12 @@ def test_joint_run_equals_separate_runs(tiny_dir, digits, chunk):
     """The sum of per-class mean losses gives each class exactly its separate-run gradient."""
     settings = InversionSettings(steps=3, batch_size=2, learning_rate=5e-3, classes_per_chunk=chunk)
     images, labels, names = _split(digits, [2, 5, 7])
-    joint = invert(
+    joint = learn_tokens(
         _fresh(tiny_dir), images, labels, names, settings, seed=4, resolution=32, progress=False
     )
     for c, name in enumerate(names):
         own = [im for im, lab in zip(images, labels, strict=True) if lab == c]
-        alone = invert(
+        alone = learn_tokens(
             _fresh(tiny_dir),
             own,
             [0] * len(own),
@@ -66,14 +70,14 @@ def test_joint_run_equals_separate_runs(tiny_dir, digits, chunk):
         torch.testing.assert_close(joint.losses[:, c], alone.losses[:, 0], atol=1e-5, rtol=0)
 
 
-def test_killed_job_resumes_to_the_same_tokens(tiny_dir, digits, tmp_path):
+def test_killed_job_resumes_to_the_same_tokens(tiny_dir, digits, tmp_path, monkeypatch):
     images, labels, names = _split(digits, [1, 8])
     settings = InversionSettings(steps=5, batch_size=2, learning_rate=1e-2, checkpoint_every=2)
 
-    def run(**kwargs):
-        return invert(
+    def run(checkpoint=None):
+        return learn_tokens(
             _fresh(tiny_dir), images, labels, names, settings, seed=2, resolution=32,
-            progress=False, **kwargs,
+            progress=False, checkpoint=checkpoint,
         )  # fmt: skip
 
     whole = run()
@@ -81,30 +85,56 @@ def test_killed_job_resumes_to_the_same_tokens(tiny_dir, digits, tmp_path):
     class Killed(Exception):
         pass
 
-    def kill_at_3(step):
-        if step == 3:
-            raise Killed
+    saves, steps = [], []
+    save, step = Checkpoint.save, inversion._Trainer.step
 
+    def save_once_then_die(self, done, *args):
+        saves.append(done)
+        if len(saves) == 2:  # the job is killed while writing its second checkpoint
+            raise Killed
+        save(self, done, *args)
+
+    def counted(self, draws):
+        steps.append(len(steps))
+        return step(self, draws)
+
+    monkeypatch.setattr(Checkpoint, "save", save_once_then_die)
+    monkeypatch.setattr(inversion._Trainer, "step", counted)
     checkpoint = Checkpoint(tmp_path / "ckpt.safetensors", fingerprint="job")
     with pytest.raises(Killed):
-        run(checkpoint=checkpoint, on_step=kill_at_3)
-    assert checkpoint.path.exists()
-    steps = []
-    resumed = run(checkpoint=checkpoint, on_step=steps.append)
-    assert steps == [3, 4, 5]  # restarted after the checkpoint at step 2
+        run(checkpoint)
+    assert saves == [2, 4] and len(steps) == 4 and checkpoint.path.exists()
+    steps.clear()
+    resumed = run(checkpoint)
+    assert len(steps) == 3  # steps 3 to 5: restarted after the checkpoint at step 2
     for token in whole.tokens:
         torch.testing.assert_close(resumed.tokens[token], whole.tokens[token], atol=1e-6, rtol=0)
     torch.testing.assert_close(resumed.losses, whole.losses, atol=1e-6, rtol=0)
     # A checkpoint of other inputs is ignored, not resumed.
     steps.clear()
-    run(checkpoint=Checkpoint(checkpoint.path, fingerprint="another job"), on_step=steps.append)
-    assert steps[0] == 1
+    run(Checkpoint(checkpoint.path, fingerprint="another job"))
+    assert len(steps) == 5
+
+
+def test_class_streams_are_seeded_by_seed_and_token(components, digits, monkeypatch):
+    """Each class draws from derive_seed('inversion', seed, token), stable across versions."""
+    images, labels, names = _split(digits, [0, 1])
+    seeds, run = [], inversion._Trainer.run
+
+    def record(self, progress, checkpoint):
+        seeds.extend(g.initial_seed() for g in self.generators)
+        return run(self, progress, checkpoint)
+
+    monkeypatch.setattr(inversion._Trainer, "run", record)
+    settings = InversionSettings(steps=1, batch_size=1)
+    learn_tokens(components, images, labels, names, settings, seed=4, resolution=32, progress=False)
+    assert seeds[0] == 5641030481512868692  # '<zero>', as computed by earlier versions
 
 
 def test_multi_vector_tokens_and_class_name_initializer(components, digits):
     images, labels, names = _split(digits, [3, 4])
     settings = InversionSettings(steps=1, batch_size=1, num_vectors=3, initializer="class_name")
-    result = invert(
+    result = learn_tokens(
         components, images, labels, names, settings, seed=0, resolution=32, progress=False
     )
     assert result.tokens["<three>"].shape == (3, 32)
@@ -112,7 +142,8 @@ def test_multi_vector_tokens_and_class_name_initializer(components, digits):
 
 def test_template_set_and_scaled_lr():
     settings = InversionSettings(templates="imagenet_small", batch_size=8, scale_lr=True)
-    assert len(settings.template_list) == 27 and "a photo of a {}" in settings.template_list
+    templates = template_list(settings)
+    assert len(templates) == 27 and "a photo of a {}" in templates
     assert settings.effective_lr == pytest.approx(8 * 5e-4)
 
 
@@ -151,8 +182,10 @@ def test_pipeline_step_exports_per_class_files_and_loss_curves(tiny_dir, digits,
 
     split = few_shot(digits[0][digits[0]["label"] < 2], seed=0, shots=1)
     split.to_parquet(tmp_path / "split.parquet")
-    model = {"pretrained": "tiny", "resolution": 32, "dtype": "float32", "device": "cpu"}
-    inversion = {"steps": 2, "batch_size": 1, "checkpoint_every": 1}
+    from dafusion.settings import InversionSettings, ModelSettings
+
+    model = ModelSettings(pretrained="tiny", resolution=32, device="cpu")
+    inversion = InversionSettings(steps=2, batch_size=1, checkpoint_every=1)
     pipeline.invert(
         str(tmp_path / "split.parquet"),
         model,

@@ -1,29 +1,37 @@
 import io
 
+import pandas as pd
 import pytest
 import webdataset as wds
 from PIL import Image
 
-from dafusion.shards import encode_image, read_images, write_index, write_shards
+from dafusion.io import write_parquet
+from dafusion.shards import SHARD_PATTERN, encode_image, read_images, write_shard
 
 
 def _samples(n):
-    for i in range(n):
-        image = Image.new("RGB", (8, 8), (i * 20 % 256, 0, 0))
-        yield {
+    return [
+        {
             "key": f"digits-{i:04d}-000",
-            "image": encode_image(image, "png"),
+            "image": encode_image(Image.new("RGB", (8, 8), (i * 20 % 256, 0, 0)), "png"),
             "label": i % 3,
             "meta": {"source_key": f"digits-{i:04d}", "strength": 0.5, "method": "da-fusion"},
         }
+        for i in range(n)
+    ]
 
 
 def test_shards_read_back_with_webdataset(tmp_path):
-    index = write_shards(tmp_path, _samples(5), shard_size=2, image_ext="png")
+    samples = _samples(5)
+    rows = []
+    for number, start in enumerate(range(0, 5, 2)):
+        name = SHARD_PATTERN.format(number)
+        rows += write_shard(tmp_path, name, samples[start : start + 2], "png")
+    index = pd.DataFrame(rows)
     assert index["shard"].tolist() == ["shard-000000.tar"] * 2 + ["shard-000001.tar"] * 2 + [
         "shard-000002.tar"
     ]
-    write_index(index, tmp_path / "index.parquet")
+    write_parquet(index, tmp_path / "index.parquet")
     urls = [str(p) for p in sorted(tmp_path.glob("shard-*.tar"))]
     samples = list(wds.WebDataset(urls, shardshuffle=False).decode("pil"))
     assert [s["__key__"] for s in samples] == [f"digits-{i:04d}-000" for i in range(5)]
@@ -35,8 +43,8 @@ def test_shards_read_back_with_webdataset(tmp_path):
 
 
 def test_same_inputs_give_the_same_bytes(tmp_path):
-    write_shards(tmp_path / "a", _samples(3), shard_size=10, image_ext="png")
-    write_shards(tmp_path / "b", _samples(3), shard_size=10, image_ext="png")
+    for folder in ("a", "b"):
+        write_shard(tmp_path / folder, "shard-000000.tar", _samples(3), "png")
     assert (tmp_path / "a/shard-000000.tar").read_bytes() == (
         tmp_path / "b/shard-000000.tar"
     ).read_bytes()
@@ -45,7 +53,8 @@ def test_same_inputs_give_the_same_bytes(tmp_path):
 def test_keys_with_dots_are_refused(tmp_path):
     bad = [{"key": "img.1-000", "image": b"", "label": 0, "meta": {}}]
     with pytest.raises(ValueError, match="contains a dot"):
-        write_shards(tmp_path, bad, shard_size=10, image_ext="png")
+        write_shard(tmp_path, "shard-000000.tar", bad, "png")
+    assert not list(tmp_path.iterdir())  # no partial shard, no temporary
 
 
 @pytest.mark.parametrize("fmt", ["png", "webp"])

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from dafusion.datasets import few_shot
-from dafusion.generation import Engine, GenerationSettings, plan
+from dafusion.generation import Engine, plan
+from dafusion.seeds import derive_seed
+from dafusion.settings import GenerationSettings
 from dafusion.synthetic import build
 
 
@@ -16,10 +18,14 @@ def manifest(digits):
 
 def _engine(components, manifest, checker=None, batch_size=4, cls=Engine):
     settings = GenerationSettings(
-        num_synthetic=2, num_inference_steps=4, guidance_scale=7.5, batch_size=batch_size
+        num_synthetic=2,
+        num_inference_steps=4,
+        guidance_scale=7.5,
+        batch_size=batch_size,
+        safety_retries=2,
     )
     prompts = {int(c): f"a photo of a {c}" for c in manifest["label"]}
-    return cls(components, components.scheduler, manifest, prompts, 32, settings, checker, 2)
+    return cls(components, components.scheduler, manifest, prompts, 32, settings, checker)
 
 
 def _meta(item):
@@ -130,18 +136,24 @@ def test_flagged_images_are_redrawn_then_dropped(components, manifest):
     assert len(out) == 2
     redrawn = [item for item in out.values() if item["attempt"] == 1]
     assert len(redrawn) == 1 and redrawn[0]["seed"] != redrawn[0]["variant_seed"]
+    # The re-draw seed derives from (seed, key, attempt), as computed by earlier versions.
+    retry = {"digits-1493-000": 9011958049035519590, "digits-1493-001": 7494986074093991533}
+    assert redrawn[0]["seed"] == retry[redrawn[0]["key"]]
+    assert redrawn[0]["seed"] == derive_seed(0, redrawn[0]["key"], "retry1", 0)
 
 
 def test_out_of_memory_halves_the_batch(components, manifest, monkeypatch):
+    """A chunk that runs out of memory is generated again in halved sub-batches."""
     work = plan(manifest, 0, 2, [0.5]).to_dict("records")
     reference = {
         i["key"]: torch.tensor(list(im.tobytes()))
         for i, im in _engine(components, manifest, batch_size=8).run(work, 0)
     }
     engine = _engine(components, manifest, batch_size=8)
-    original = Engine._batch
+    original, sizes = Engine._batch, []
 
     def small_memory(self, chunk, strength):
+        sizes.append(len(chunk))
         if len(chunk) > 2:
             raise torch.cuda.OutOfMemoryError("fake")
         return original(self, chunk, strength)
@@ -150,6 +162,7 @@ def test_out_of_memory_halves_the_batch(components, manifest, monkeypatch):
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     out = {i["key"]: torch.tensor(list(im.tobytes())) for i, im in engine.run(work, 0)}
     assert engine.batch_size == 2
+    assert sizes == [8, 4, 2, 2, 2, 2]  # halved twice, then kept for the rest of the chunk
     assert out.keys() == reference.keys()
     for key in out:
         assert (out[key] - reference[key]).abs().max() <= 1

@@ -1,9 +1,14 @@
-"""The whole workflow on a reduced config, in a temporary directory, through the CLI."""
+"""The whole workflow on a reduced config, through the CLI, in a copy of the workflow.
+
+The copy (Snakefile, workflow/, profiles/, src/) lets tests edit library code the way a
+developer would and check which jobs Snakemake then schedules.
+"""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +19,7 @@ import webdataset as wds
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 REDUCED = {
     "results": "results",
@@ -46,7 +51,7 @@ REDUCED = {
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
-        [*SNAKEMAKE, "--directory", str(workdir), *args],
+        [*SNAKEMAKE, *args],
         cwd=workdir,
         capture_output=True,
         text=True,
@@ -55,16 +60,31 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def job_counts(output: str) -> dict[str, int]:
-    """The 'Job stats' table of a dry run, without its total."""
-    table = output.split("Job stats:", 1)[1]
-    counts = {}
-    for line in table.splitlines()[3:]:
-        match = re.fullmatch(r"(\S+)\s+(\d+)", line.strip())
-        if not match or match.group(1) == "total":
-            break
-        counts[match.group(1)] = int(match.group(2))
-    return counts
+def copy_workflow(dest: Path) -> Path:
+    """The workflow's files as a user's checkout has them, without results."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "Snakefile", dest / "Snakefile")
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for folder in ("workflow", "profiles", "src", "envs"):
+        shutil.copytree(REPO / folder, dest / folder, ignore=ignore)
+    return dest
+
+
+def scheduled(output: str) -> set[tuple[str, str]]:
+    """(rule, first output) of every job a dry run schedules; ('all', '') for the target."""
+    jobs, rule = set(), None
+    for line in output.splitlines():
+        match = re.fullmatch(r"(?:local)?rule (\S+):", line.strip())
+        if match:
+            if rule is not None:
+                jobs.add((rule, ""))
+            rule = match.group(1)
+        elif rule is not None and line.strip().startswith("output: "):
+            jobs.add((rule, line.strip()[len("output: ") :].split(",")[0]))
+            rule = None
+    if rule is not None:
+        jobs.add((rule, ""))
+    return jobs
 
 
 def write_config(workdir: Path, name: str, config: dict) -> str:
@@ -76,11 +96,20 @@ def write_config(workdir: Path, name: str, config: dict) -> str:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("workflow")
+    workdir = copy_workflow(tmp_path_factory.mktemp("workflow") / "dafusion")
     write_config(workdir, "config.yaml", REDUCED)
     result = snakemake(workdir, "--cores", "2")
     assert result.returncode == 0, result.stderr[-5000:]
     return workdir
+
+
+def dry_run(workdir: Path, overlay: dict | None = None) -> set[tuple[str, str]]:
+    args = ["-n", "--cores", "2"]
+    if overlay is not None:
+        args += ["--configfile", "config/config.yaml", write_config(workdir, "o.yaml", overlay)]
+    result = snakemake(workdir, *args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return scheduled(result.stdout)
 
 
 def test_outputs_at_the_contract_paths(workdir):
@@ -129,20 +158,102 @@ def test_outputs_at_the_contract_paths(workdir):
     assert (results / "benchmarks/digits/generate/da-fusion/seed0-shots1.tsv").exists()
 
 
-def test_rerun_only_what_a_setting_affects(workdir):
-    result = snakemake(workdir, "-n", "--cores", "2")
-    assert result.returncode == 0
-    assert "Nothing to be done" in result.stdout + result.stderr
+SHOTS = (1, 2)
+SYNTHETIC = ("real-guidance", "da-fusion")
+METHODS = ("baseline", *SYNTHETIC)
+END = {("aggregate", "results/figures/accuracy.png"), ("all", "")}
 
-    lr = write_config(workdir, "lr.yaml", {"classifier": {"lr": 0.01}})
-    result = snakemake(workdir, "-n", "--cores", "2", "--configfile", "config/config.yaml", lr)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert job_counts(result.stdout) == {"aggregate": 1, "all": 1, "train": 6}
 
-    more = write_config(workdir, "m.yaml", {"generation": {"num_synthetic": 3}})
-    result = snakemake(workdir, "-n", "--cores", "2", "--configfile", "config/config.yaml", more)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert job_counts(result.stdout) == {"aggregate": 1, "all": 1, "generate": 4, "train": 4}
+def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
+    """The jobs of `rule` for every shot count (and method) of one seed of the digits."""
+    pattern = {
+        "few_shot_split": "splits/seed{seed}-shots{k}.parquet",
+        "invert": "tokens/seed{seed}-shots{k}.safetensors",
+        "generate": "synthetic/{m}/seed{seed}-shots{k}/index.parquet",
+        "train": "runs/{m}/seed{seed}-shots{k}.parquet",
+    }[rule]
+    return {
+        (rule, "results/digits/" + pattern.format(seed=seed, k=k, m=m))
+        for k in SHOTS
+        for m in methods
+    }
+
+
+@pytest.mark.parametrize(
+    ("overlay", "expected"),
+    [
+        ({"aggregate": {"report_split": "val"}}, END),
+        ({"classifier": {"lr": 0.01}}, jobs("train", METHODS) | END),
+        ({"classifier": {"synthetic_probability": 0.3}}, jobs("train", SYNTHETIC) | END),
+        ({"generation": {"batch_size": 3}}, set()),
+        ({"generation": {"workers": 1}}, set()),
+        ({"generation": {"compile": False, "safety_retries": 5}}, set()),
+        ({"inversion": {"checkpoint_every": 1}}, set()),
+        ({"inversion": {"classes_per_chunk": 3, "gradient_checkpointing": True}}, set()),
+        ({"model": {"device": "cpu"}, "classifier": {"device": "cpu"}}, set()),
+        (
+            {"generation": {"num_synthetic": 3}},
+            jobs("generate", SYNTHETIC) | jobs("train", SYNTHETIC) | END,
+        ),
+        (
+            {"inversion": {"learning_rate": 0.01}},
+            jobs("invert") | jobs("generate", ["da-fusion"]) | jobs("train", ["da-fusion"]) | END,
+        ),
+        (
+            {"seeds": [0, 1]},
+            jobs("few_shot_split", seed=1) | jobs("invert", seed=1)
+            | jobs("generate", SYNTHETIC, seed=1) | jobs("train", METHODS, seed=1) | END,
+        ),
+    ],
+)  # fmt: skip
+def test_a_setting_reruns_exactly_the_jobs_it_affects(workdir, overlay, expected):
+    assert dry_run(workdir) == set()
+    assert dry_run(workdir, overlay) == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "old", "new", "expected"),
+    [
+        (
+            "src/dafusion/generation.py", "", "\nEDITED = True\n",
+            jobs("generate", SYNTHETIC) | jobs("train", SYNTHETIC) | END,
+        ),
+        ("src/dafusion/aggregate.py", "", "\nEDITED = True\n", END),
+        # pipeline.py: only the edited step's function counts.
+        (
+            "src/dafusion/pipeline.py", '"learned %d tokens', '"learned %d class tokens',
+            jobs("invert") | jobs("generate", ["da-fusion"]) | jobs("train", ["da-fusion"])
+            | END,
+        ),
+        ("src/dafusion/pipeline.py", "", "\nEDITED = True\n", set()),
+        ("workflow/scripts/train.py", "", "\n# edited\n", jobs("train", METHODS) | END),
+    ],
+)  # fmt: skip
+def test_a_code_edit_reruns_exactly_the_jobs_that_run_it(workdir, path, old, new, expected):
+    source = workdir / path
+    original = source.read_text()
+    assert old in original
+    edited = original.replace(old, new, 1) if old else original + new
+    source.write_text(edited)
+    try:
+        assert dry_run(workdir) == expected
+    finally:
+        source.write_text(original)
+    assert dry_run(workdir) == set()
+
+
+def test_touching_every_source_file_reruns_nothing(workdir):
+    sources = [workdir / "Snakefile", *workdir.glob("src/**/*.py"), *workdir.glob("workflow/**/*")]
+    for path in sources:
+        if path.is_file():
+            os.utime(path)
+    assert dry_run(workdir) == set()
+
+
+def test_jobs_run_the_workflows_own_library(workdir):
+    """Not another copy installed in the environment (this repository's, in the tests)."""
+    log = (workdir / "results/logs/aggregate.log").read_text()
+    assert f"dafusion from {workdir / 'src' / 'dafusion'}" in log
 
 
 def test_synthetic_and_tokens_targets(workdir):
@@ -162,9 +273,9 @@ def test_synthetic_and_tokens_targets(workdir):
     ],
 )
 def test_bad_config_stops_before_any_job(tmp_path, change, message):
-    config = {**REDUCED, **change}
-    write_config(tmp_path, "config.yaml", config)
-    result = snakemake(tmp_path, "--cores", "1")
+    workdir = copy_workflow(tmp_path / "dafusion")
+    write_config(workdir, "config.yaml", {**REDUCED, **change})
+    result = snakemake(workdir, "--cores", "1")
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
-    assert not (tmp_path / "results").exists()
+    assert not (workdir / "results").exists()

@@ -8,8 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-RUN_COLUMNS = ["dataset", "method", "seed", "shots", "step", "split", "metric", "value"]
-
 
 def best_steps(
     runs: pd.DataFrame, metric: str = "accuracy", report_split: str = "test"
@@ -48,7 +46,17 @@ def summarize(best: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot(summary: pd.DataFrame, path: str | Path, methods: Sequence[str]) -> None:
-    """Accuracy against examples per class, one panel per dataset, one line per method."""
+    """Write the accuracy figure (`accuracy_figure`) to `path`."""
+    import matplotlib.pyplot as plt
+
+    fig = accuracy_figure(summary, methods)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def accuracy_figure(summary: pd.DataFrame, methods: Sequence[str]):
+    """Accuracy against examples per class, one panel per dataset, one line per method; each
+    panel's y-axis names the split its accuracies are reported on."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,10 +77,9 @@ def plot(summary: pd.DataFrame, path: str | Path, methods: Sequence[str]) -> Non
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.set_title(dataset)
         ax.set_xlabel("examples per class")
-        ax.set_ylabel("accuracy (val)")
+        ax.set_ylabel(f"accuracy ({'/'.join(sorted(set(part['split'])))})")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(title="method", fontsize=8)
     fig.suptitle("Few-shot accuracy, mean and 68% interval over seeds", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+    return fig

@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -28,28 +27,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .backbones import Backbone, build_backbone
-from .datasets import load_image
-
-
-@dataclass
-class ClassifierSettings:
-    backbone: str = "small-cnn"
-    weights: str | None = None
-    pretrained: bool = True
-    image_size: int = 32
-    steps: int = 10000
-    batch_size: int = 32
-    lr: float = 1e-4
-    eval_interval: int = 200
-    synthetic_probability: float = 0.5
-    augmentation: str = "standard"
-    rotation_degrees: float = 15.0
-    bn_mode: str = "eval"
-    feature_cache: bool = True
-    cache_views: int = 8
-    eval_samples: int | None = None
-    absent_classes: str = "skip"
-    report_split: str = "test"
+from .images import load_image
+from .settings import ClassifierSettings
 
 
 def to_uint8(images: Sequence[Image.Image], size: int) -> torch.Tensor:
@@ -248,7 +227,7 @@ def _set_mode(model: Classifier, bn_mode: str) -> None:
         model.features.eval()
 
 
-def train(
+def train_classifier(
     train_manifest: pd.DataFrame,
     val_manifest: pd.DataFrame,
     class_names: Sequence[str],

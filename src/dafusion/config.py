@@ -1,7 +1,8 @@
 """Config validation: schema check with defaults, then checks a schema cannot express.
 
 Runs when the workflow starts, so a bad config stops before any job with a message that
-names the offending key.
+names the offending key. The result is plain data (Snakemake's `config`); the typed
+settings of `dafusion.settings` are built from its sections.
 """
 
 from __future__ import annotations
@@ -14,26 +15,9 @@ from typing import Any
 import jsonschema
 import yaml
 
-# Every dataset kind but the embedded digits reads a dataset from disk.
-KINDS_WITH_ROOT = {
-    "imagefolder",
-    "pascal",
-    "coco",
-    "caltech101",
-    "flowers102",
-    "fgvc_aircraft",
-    "stanford_cars",
-    "leafy_spurge",
-    "imagenet",
-}
-# Kinds the original DA-Fusion code split in halves per seed (`split_protocol: original-code`).
-ORIGINAL_SPLIT_KINDS = {"caltech101", "flowers102", "leafy_spurge"}
-# Dataset keys that only one kind reads: setting them elsewhere is a mistake, not a no-op.
-KIND_ONLY_KEYS = {
-    "image_size": "digits",
-    "label_level": "fgvc_aircraft",
-    "hf_config": "leafy_spurge",
-}
+from .readers import KINDS
+from .settings import SECTIONS
+
 # Named inversion recipes; keys a config sets explicitly win over the preset's.
 INVERSION_PRESETS = {
     # Table 1 of the paper (also the schema defaults).
@@ -41,6 +25,8 @@ INVERSION_PRESETS = {
     # The author's stated recipe for the published results.
     "published": {"num_vectors": 4, "initializer": "class_name", "batch_size": 8, "steps": 2000},
 }
+# Sections holding one entry per name (a dataset, a method) rather than one settings object.
+PER_ENTRY = ("datasets", "methods")
 
 
 class ConfigError(ValueError):
@@ -48,9 +34,12 @@ class ConfigError(ValueError):
 
 
 def load_schema(path: str | Path) -> dict:
-    """Read the YAML-encoded JSON schema of the workflow config."""
+    """Read the YAML-encoded JSON schema; the dataset kinds come from the reader registry."""
     with open(path) as f:
-        return yaml.safe_load(f)
+        schema = yaml.safe_load(f)
+    entry = schema["properties"]["datasets"]["additionalProperties"]
+    entry["properties"]["kind"]["enum"] = list(KINDS)
+    return schema
 
 
 def _key(path) -> str:
@@ -75,23 +64,25 @@ def _fill_defaults(instance: Any, schema: Mapping) -> None:
 
 def _check_dataset(name: str, spec: Mapping, explicit: set[str], base_dir: str | Path) -> None:
     """Checks of a `datasets:` entry that depend on its kind."""
-    kind = spec["kind"]
-    for key, only in KIND_ONLY_KEYS.items():
-        if key in explicit and kind != only:
-            raise ConfigError(
-                f"config key 'datasets.{name}.{key}': only kind '{only}' reads it, not "
-                f"'{kind}'; remove it"
-            )
-    if spec["split_protocol"] == "original-code" and kind not in ORIGINAL_SPLIT_KINDS:
+    kind = KINDS[spec["kind"]]
+    for other_name, other in KINDS.items():
+        for key in set(other.keys) & explicit:
+            if key not in kind.keys:
+                raise ConfigError(
+                    f"config key 'datasets.{name}.{key}': only kind '{other_name}' reads it, "
+                    f"not '{spec['kind']}'; remove it"
+                )
+    if spec["split_protocol"] == "original-code" and not kind.original_split:
+        supported = ", ".join(sorted(k for k, v in KINDS.items() if v.original_split))
         raise ConfigError(
             f"config key 'datasets.{name}.split_protocol': 'original-code' applies to "
-            f"{', '.join(sorted(ORIGINAL_SPLIT_KINDS))}, not '{kind}'; use 'default'"
+            f"{supported}, not '{spec['kind']}'; use 'default'"
         )
-    if kind in KINDS_WITH_ROOT:
+    if kind.needs_root:
         if "root" not in spec:
             raise ConfigError(
-                f"config key 'datasets.{name}.root': kind '{kind}' needs the directory that "
-                "holds the dataset"
+                f"config key 'datasets.{name}.root': kind '{spec['kind']}' needs the directory "
+                "that holds the dataset"
             )
         root = Path(base_dir) / Path(spec["root"]).expanduser()
         if not root.is_dir():
@@ -116,8 +107,9 @@ def validate_config(config: Mapping, schema_path: str | Path, base_dir: str | Pa
         err = errors[0]
         raise ConfigError(f"config key '{_key(err.absolute_path)}': {err.message}")
     inversion = config.setdefault("inversion", {})
-    if "preset" in inversion:
-        for key, value in INVERSION_PRESETS[inversion["preset"]].items():
+    preset = inversion.pop("preset", None)
+    if preset is not None:
+        for key, value in INVERSION_PRESETS[preset].items():
             inversion.setdefault(key, value)
     explicit = {name: set(spec) for name, spec in config["datasets"].items()}
     _fill_defaults(config, schema)
@@ -125,17 +117,15 @@ def validate_config(config: Mapping, schema_path: str | Path, base_dir: str | Pa
         _check_dataset(name, spec, explicit[name], base_dir)
     for name, spec in config["methods"].items():
         if spec["kind"] == "sdedit":
-            prompt = spec["prompt"]
             try:
-                prompt.format(name="x", token="x")
+                spec["prompt"].format(name="x", token="x")
             except (KeyError, IndexError, ValueError) as exc:
                 raise ConfigError(
                     f"config key 'methods.{name}.prompt': only {{name}} and {{token}} may "
                     f"appear in braces ({exc!r})"
                 ) from exc
+    for section, cls in SECTIONS.items():
+        entries = config[section].values() if section in PER_ENTRY else [config[section]]
+        for entry in entries:
+            cls.from_config(entry)  # the schema and the settings classes agree on every key
     return config
-
-
-def uses_tokens(method: Mapping) -> bool:
-    """Whether a method's prompt needs the learned class tokens."""
-    return method["kind"] == "sdedit" and "{token}" in method["prompt"]

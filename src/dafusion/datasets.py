@@ -10,100 +10,27 @@ drawn from the resulting training pool.
 
 from __future__ import annotations
 
-import io
 import logging
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps
+from PIL import Image
 
-from .config import ORIGINAL_SPLIT_KINDS
+from .images import describe, load_image, open_image
+from .manifest import SPLITS, unknown_classes_error
+from .readers import KINDS
+from .settings import DatasetSettings
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-MANIFEST_COLUMNS = ["key", "path", "image", "label", "class_name", "split"]
-SPLITS = ("train", "val", "test")
 # The evaluation split of datasets without one is drawn with this fixed seed, independent
 # of the experiment seeds, so every seed is evaluated on the same images.
 VAL_SPLIT_SEED = 20240
 # `classes: N` draws its N classes with this fixed seed: every seed and method sees the same.
 CLASS_SUBSET_SEED = 0
-
-
-def encode_png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _has_bytes(row: Mapping) -> bool:
-    data = row.get("image")
-    return data is not None and not (isinstance(data, float) and np.isnan(data))
-
-
-def _describe(row: Mapping) -> str:
-    if _has_bytes(row):
-        return f"the image bytes of key '{row['key']}'"
-    return f"image '{row['path']}' (key '{row['key']}')"
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to RGB.
-
-    Transparent pixels are composited on white (their stored color is arbitrary), and 16-bit
-    grayscale is scaled to 8 bits (PIL would clip it to white).
-    """
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        image = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", image.size, "white"), image).convert("RGB")
-    if image.mode.startswith("I"):
-        pixels = np.asarray(image, dtype=np.float64) / 257.0
-        return Image.fromarray(pixels.round().clip(0, 255).astype(np.uint8)).convert("RGB")
-    return image.convert("RGB")
-
-
-def load_image(row: Mapping) -> Image.Image:
-    """Open a manifest row's image as RGB, with EXIF orientation applied."""
-    try:
-        image = Image.open(io.BytesIO(row["image"]) if _has_bytes(row) else row["path"])
-        return to_rgb(ImageOps.exif_transpose(image))
-    except OSError as exc:
-        raise OSError(f"cannot read {_describe(row)}: {exc}") from exc
-
-
-def sanitize_key(text: str) -> str:
-    """Make a WebDataset-safe key: the reader splits extensions at the first dot."""
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", text)
-
-
-def manifest(rows: Iterable[Mapping]) -> pd.DataFrame:
-    """Rows -> a manifest table; columns beyond the manifest's (such as `mask`) are kept."""
-    frame = pd.DataFrame(list(rows))
-    for col in MANIFEST_COLUMNS:
-        if col not in frame:
-            frame[col] = None
-    extra = [col for col in frame.columns if col not in MANIFEST_COLUMNS]
-    frame = frame[MANIFEST_COLUMNS + extra]
-    frame["label"] = frame["label"].astype("int64")
-    return frame
-
-
-def empty_manifest() -> pd.DataFrame:
-    return manifest([])
-
-
-def unknown_classes_error(unknown: Sequence[str], available: Sequence[str]) -> ValueError:
-    return ValueError(
-        f"unknown classes in 'classes': {', '.join(map(repr, unknown))}; fix the names in the "
-        f"config. The {len(available)} available classes: {', '.join(available)}"
-    )
 
 
 def hold_out(pool: pd.DataFrame, fraction: float, per_class: int | None) -> pd.DataFrame:
@@ -190,7 +117,7 @@ def select_classes(
 def _header_error(row: Mapping) -> str | None:
     """PIL's verify: parses the file without decoding the pixels (cheap)."""
     try:
-        with Image.open(io.BytesIO(row["image"]) if _has_bytes(row) else row["path"]) as image:
+        with open_image(row) as image:
             image.verify()
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... on bad files
         return f"{type(exc).__name__}: {exc}"
@@ -220,11 +147,11 @@ def check_images(frame: pd.DataFrame, skip_corrupt: bool, threads: int = 1) -> p
     if bad and not skip_corrupt:
         row, err = bad[0]
         raise ValueError(
-            f"cannot read {_describe(row)} ({err}; {len(bad)} unreadable in all); replace it, "
+            f"cannot read {describe(row)} ({err}; {len(bad)} unreadable in all); replace it, "
             "or set skip_corrupt: true in its datasets entry to leave unreadable images out"
         )
     for row, err in bad:
-        log.warning("skipped unreadable %s: %s", _describe(row), err)
+        log.warning("skipped unreadable %s: %s", describe(row), err)
     return frame[[err is None for err in errors]]
 
 
@@ -253,7 +180,7 @@ def write_masks(frame: pd.DataFrame, mask_dir: str | Path | None, threads: int =
 
 
 def read_dataset(
-    spec: Mapping,
+    spec: DatasetSettings,
     base_dir: str | Path = ".",
     mask_dir: str | Path | None = None,
     threads: int = 1,
@@ -261,33 +188,29 @@ def read_dataset(
     """Return the (training pool, evaluation, test) manifests of a `datasets:` entry.
 
     The test manifest is empty for datasets without a test split. With `split_protocol:
-    original-code` the evaluation manifest is empty too: `seed_split` halves the pool per
+    original-code` the evaluation manifest is empty too: `halve_per_seed` halves the pool per
     seed, as the original DA-Fusion code did.
     """
-    from .readers import READERS
-
-    kind = spec["kind"]
-    protocol = spec.get("split_protocol", "default")
-    if protocol == "original-code" and kind not in ORIGINAL_SPLIT_KINDS:
-        raise ValueError(
-            f"split_protocol 'original-code' applies to {sorted(ORIGINAL_SPLIT_KINDS)}, not "
-            f"'{kind}'"
-        )
-    frame = READERS[kind](spec, Path(base_dir))
+    kind = spec.kind
+    protocol = spec.split_protocol
+    if protocol == "original-code" and not KINDS[kind].original_split:
+        supported = sorted(name for name, entry in KINDS.items() if entry.original_split)
+        raise ValueError(f"split_protocol 'original-code' applies to {supported}, not '{kind}'")
+    frame = KINDS[kind].read(spec, Path(base_dir))
     aliases = frame.attrs.get("class_aliases", {})
     if not (frame["split"] == "train").any():
         raise ValueError(f"dataset kind '{kind}' found no training images; check its root")
     _check_keys(frame, kind)
-    per_class = spec.get("val_per_class")
+    per_class = spec.val_per_class
     has_val = (frame["split"] == "val").any()
     if protocol == "default" and not has_val:
-        held = hold_out(frame[frame["split"] == "train"], spec.get("val_fraction", 0.2), per_class)
+        held = hold_out(frame[frame["split"] == "train"], spec.val_fraction, per_class)
         frame = pd.concat([held, frame[frame["split"] == "test"]])
     elif has_val and per_class is not None:
         val = _cap_per_class(frame[frame["split"] == "val"], per_class)
         frame = pd.concat([frame[frame["split"] != "val"], val])
-    frame = select_classes(frame, spec.get("classes"), aliases)
-    frame = check_images(frame, spec.get("skip_corrupt", False), threads)
+    frame = select_classes(frame, spec.classes, aliases)
+    frame = check_images(frame, spec.skip_corrupt, threads)
     frame = write_masks(frame, mask_dir, threads)
     pool, val, test = (
         frame[frame["split"] == split].sort_values("key").reset_index(drop=True) for split in SPLITS
@@ -295,7 +218,7 @@ def read_dataset(
     return pool, val, test
 
 
-def seed_split(pool: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def halve_per_seed(pool: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The original DA-Fusion code's split of caltech101, flowers102 and leafy_spurge.
 
     One generator seeded with the experiment seed draws a permutation of each class's images
@@ -340,12 +263,3 @@ def few_shot(pool: pd.DataFrame, seed: int, shots: int, allow_fewer: bool = Fals
         order = rng.permutation(len(group))[:shots]
         parts.append(group.iloc[order])
     return pd.concat(parts).reset_index(drop=True)
-
-
-def class_names(frame: pd.DataFrame) -> list[str]:
-    """Class names indexed by label."""
-    pairs = frame[["label", "class_name"]].drop_duplicates().sort_values("label")
-    names = pairs["class_name"].tolist()
-    if pairs["label"].tolist() != list(range(len(names))):
-        raise ValueError("labels must be 0..C-1 with one class name each")
-    return names

@@ -5,44 +5,30 @@ image's latent is noised to the timestep at index S - floor(S * t0) of the sched
 schedule (eq. 5) and denoised from there with classifier-free guidance. Each real image is
 VAE-encoded once for all its variants and each prompt is text-encoded once. Every synthetic
 image has its own generator seeded from (seed, source key, j), and its t0 is drawn from the
-same seed, so outputs do not depend on batch size or order.
+same seed; a stochastic scheduler draws its per-step noise from that generator too, so
+outputs do not depend on batch size or order.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
+import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
 
-from .datasets import load_image
-from .images import to_model_tensor, to_pil
-from .models import Components
+from .devices import halve_on_oom
+from .images import load_image, to_model_tensor, to_pil
+from .models import Components, encode_text
+from .seeds import derive_seed
+from .settings import GenerationSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class GenerationSettings:
-    num_synthetic: int = 10
-    guidance_scale: float = 7.5
-    num_inference_steps: int = 50
-    batch_size: int = 8
-    resize_to_source: bool = True
-
-
-def variant_seed(seed: int, key: str, j: int) -> int:
-    """A 63-bit seed for synthetic image j of real image `key`, stable across runs."""
-    digest = hashlib.sha256(f"{seed}/{key}/{j}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def draw_strength(variant: int, strengths: Sequence[float]) -> float:
@@ -62,19 +48,6 @@ def denoising_timesteps(scheduler, num_inference_steps: int, strength: float) ->
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start)
     return scheduler.timesteps[start:]
-
-
-@torch.no_grad()
-def encode_prompts(components: Components, prompts: Sequence[str]) -> torch.Tensor:
-    tok = components.tokenizer(
-        list(prompts),
-        padding="max_length",
-        max_length=components.tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    )
-    ids = tok.input_ids.to(components.text_encoder.device)
-    return components.text_encoder(ids)[0]
 
 
 @torch.no_grad()
@@ -112,6 +85,9 @@ def sdedit(
     With `masks` ([B, 1, h, w] at latent size, 1 = regenerate), the inpainting pipeline's
     semantics for a 4-channel UNet: after every step the kept region is reset to the real
     image's latent noised to the next timestep, and t0 = 1 starts from pure noise.
+
+    A stochastic scheduler gets the list of per-image generators, as the diffusers pipelines
+    pass theirs: it draws each image's step noise from that image's own generator.
     """
     unet, vae = components.unet, components.vae
     device, dtype = unet.device, unet.dtype
@@ -131,6 +107,9 @@ def sdedit(
         latents = scheduler.add_noise(image_latents, noise, t0)
     guided = settings.guidance_scale > 1.0
     context = torch.cat([uncond, cond]) if guided else cond
+    step_kwargs = {}
+    if "generator" in inspect.signature(scheduler.step).parameters:
+        step_kwargs["generator"] = list(generators)
     for i, t in enumerate(timesteps):
         model_input = torch.cat([latents] * 2) if guided else latents
         model_input = scheduler.scale_model_input(model_input, t)
@@ -138,7 +117,7 @@ def sdedit(
         if guided:
             pred_uncond, pred_text = pred.chunk(2)
             pred = pred_uncond + settings.guidance_scale * (pred_text - pred_uncond)
-        latents = scheduler.step(pred, t, latents).prev_sample
+        latents = scheduler.step(pred, t, latents, **step_kwargs).prev_sample
         if masks is not None:
             kept = image_latents
             if i < len(timesteps) - 1:
@@ -175,7 +154,7 @@ def plan(
     rows = []
     for i, key in enumerate(manifest["key"]):
         for j in range(num_synthetic):
-            variant = variant_seed(seed, key, j)
+            variant = derive_seed(seed, key, j)
             rows.append(
                 {
                     "row": i,
@@ -188,17 +167,13 @@ def plan(
     return pd.DataFrame(rows)
 
 
-def retry_seed(seed: int, key: str, attempt: int) -> int:
-    """The seed of a re-draw after the safety checker flagged an image."""
-    return variant_seed(seed, f"{key}/retry{attempt}", 0)
-
-
 class Engine:
     """Batched SDEdit over plan rows, with latents and prompt embeddings computed once.
 
-    Rows are grouped by strength into batches; on CUDA out-of-memory the batch size is
-    halved and the batch retried. An optional safety checker flags images, which are
-    re-drawn with a derived seed up to `max_retries` times and then dropped.
+    Rows are grouped by strength into chunks of the batch size; on CUDA out-of-memory a
+    chunk is generated again in halved sub-batches, and the batch size that worked is kept.
+    An optional safety checker flags images, which are re-drawn with a derived seed up to
+    `settings.safety_retries` times and then dropped.
     """
 
     def __init__(
@@ -210,7 +185,6 @@ class Engine:
         resolution: int,
         settings: GenerationSettings,
         checker: Callable[[list[Image.Image]], list[bool]] | None = None,
-        max_retries: int = 3,
         mask: str = "none",
         mask_dilation: int = 16,
     ):
@@ -219,7 +193,6 @@ class Engine:
         self.settings = settings
         self.resolution = resolution
         self.checker = checker
-        self.max_retries = max_retries
         self.mask = mask
         self.mask_dilation = mask_dilation
         self.batch_size = settings.batch_size
@@ -233,9 +206,10 @@ class Engine:
                 "pascal and coco dataset kinds provide object masks"
             )
         labels = sorted(prompts)
-        embeds = encode_prompts(components, [prompts[c] for c in labels])
+        with torch.no_grad():
+            embeds = encode_text(components, [prompts[c] for c in labels])
+            self.uncond = encode_text(components, [""])[0]
         self.cond = {c: embeds[i] for i, c in enumerate(labels)}
-        self.uncond = encode_prompts(components, [""])[0]
 
     def source(self, row: int) -> Image.Image:
         if row not in self.sources:
@@ -271,18 +245,17 @@ class Engine:
         return to_pil(images)
 
     def _safe_batch(self, chunk: list[dict], strength: float) -> list[Image.Image]:
-        try:
-            return self._batch(chunk, strength)
-        except torch.cuda.OutOfMemoryError:
-            if len(chunk) == 1:
-                raise
-            self.batch_size = max(1, len(chunk) // 2)
-            torch.cuda.empty_cache()
-            log.warning("out of GPU memory: batch size %d from now on", self.batch_size)
-            half = len(chunk) // 2
-            return self._safe_batch(chunk[:half], strength) + self._safe_batch(
-                chunk[half:], strength
-            )
+        """`chunk` in sub-batches of the batch size, halved on out-of-memory."""
+
+        def run(size: int) -> list[Image.Image]:
+            return [
+                image
+                for start in range(0, len(chunk), size)
+                for image in self._batch(chunk[start : start + size], strength)
+            ]
+
+        images, self.batch_size = halve_on_oom(run, self.batch_size, "generation batch size")
+        return images
 
     def run(self, work: Sequence[Mapping], seed: int, bar=None):
         """Yield (plan row, image or None if dropped by the safety checker) for `work`."""
@@ -300,9 +273,9 @@ class Engine:
                 for item, image, flagged in zip(chunk, images, flags, strict=True):
                     if not flagged:
                         yield item, self._finish(item, image)
-                    elif item["attempt"] < self.max_retries:
+                    elif item["attempt"] < self.settings.safety_retries:
                         attempt = item["attempt"] + 1
-                        seed_r = retry_seed(seed, item["key"], attempt)
+                        seed_r = derive_seed(seed, item["key"], f"retry{attempt}", 0)
                         queue.append({**item, "seed": seed_r, "attempt": attempt})
                         continue
                     else:
@@ -318,21 +291,3 @@ class Engine:
         if self.settings.resize_to_source and image.size != source.size:
             image = image.resize(source.size, Image.BICUBIC)
         return image
-
-
-def generate(
-    components: Components,
-    scheduler,
-    manifest: pd.DataFrame,
-    prompts: Mapping[int, str],
-    strengths: Sequence[float],
-    seed: int,
-    resolution: int,
-    settings: GenerationSettings,
-    progress: bool = True,
-):
-    """Yield (plan row, PIL image) for every synthetic image of `manifest`."""
-    work = plan(manifest, seed, settings.num_synthetic, strengths).to_dict("records")
-    engine = Engine(components, scheduler, manifest, prompts, resolution, settings)
-    with tqdm(total=len(work), desc="SDEdit", unit="img", disable=not progress) as bar:
-        yield from engine.run(work, seed, bar)

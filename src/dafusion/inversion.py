@@ -11,10 +11,9 @@ the same distribution as encoding every step.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +24,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from .devices import halve_on_oom
 from .images import to_model_tensor
-from .models import Components
+from .io import atomic_path
+from .models import Components, encode_text
+from .seeds import derive_seed
+from .settings import InversionSettings
 from .tokens import add_to_tokenizer, class_token, expand
 
 log = logging.getLogger(__name__)
@@ -46,43 +49,17 @@ IMAGENET_SMALL_TEMPLATES = (
 TEMPLATE_SETS = {"imagenet_small": IMAGENET_SMALL_TEMPLATES}
 
 
-@dataclass
-class InversionSettings:
-    steps: int = 1000
-    batch_size: int = 4
-    learning_rate: float = 5e-4
-    scale_lr: bool = False
-    weight_decay: float = 1e-2
-    initializer: str = "the"
-    num_vectors: int = 1
-    flip: bool = True
-    templates: Sequence[str] | str = ("a photo of a {}",)
-    classes_per_chunk: int = 0
-    gradient_checkpointing: bool = False
-    checkpoint_every: int = 100
-    preset: str | None = field(default=None, repr=False)
-
-    @property
-    def template_list(self) -> list[str]:
-        if isinstance(self.templates, str):
-            return list(TEMPLATE_SETS[self.templates])
-        return list(self.templates)
-
-    @property
-    def effective_lr(self) -> float:
-        """diffusers' `--scale_lr`: lr x batch size (one process, no accumulation)."""
-        return self.learning_rate * (self.batch_size if self.scale_lr else 1)
+def template_list(settings: InversionSettings) -> list[str]:
+    """The prompt templates: a named set of TEMPLATE_SETS, or the configured list."""
+    if isinstance(settings.templates, str):
+        return list(TEMPLATE_SETS[settings.templates])
+    return list(settings.templates)
 
 
 @dataclass
 class InversionResult:
     tokens: dict[str, torch.Tensor]
     losses: np.ndarray  # [steps, classes]: each class's mean loss per step
-
-
-def stream_seed(seed: int, token: str) -> int:
-    digest = hashlib.sha256(f"inversion/{seed}/{token}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 class SplicedEmbedding(torch.nn.Module):
@@ -150,9 +127,8 @@ class Checkpoint:
         for i, g in enumerate(generators):
             tensors[f"rng/{i}"] = g.get_state()
         meta = {"fingerprint": self.fingerprint, "step": str(step)}
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(self.path)
+        with atomic_path(self.path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
 
     def load(self, param, optimizer, generators, losses) -> int:
         """Restore state if a matching checkpoint exists; returns the step to start from."""
@@ -179,7 +155,7 @@ class Checkpoint:
         return step
 
 
-def invert(
+def learn_tokens(
     components: Components,
     images: Sequence[Image.Image],
     labels: Sequence[int],
@@ -189,7 +165,6 @@ def invert(
     resolution: int,
     progress: bool = True,
     checkpoint: Checkpoint | None = None,
-    on_step: Callable[[int], None] | None = None,
 ) -> InversionResult:
     """Learn one token per class, all classes jointly; returns tokens and loss curves."""
     tokens = [class_token(name) for name in class_names]
@@ -209,7 +184,7 @@ def invert(
         encoder.gradient_checkpointing_enable()
     try:
         trainer = _Trainer(components, spliced, images, labels, tokens, settings, seed, resolution)
-        losses = trainer.run(progress, checkpoint, on_step)
+        losses = trainer.run(progress, checkpoint)
     finally:
         encoder.set_input_embeddings(base)
     learned = spliced.new.detach().cpu()
@@ -237,10 +212,11 @@ class _Trainer:
                 raise ValueError(f"class token '{token}' has no training images")
         # Each class's stream depends on the seed and its token only, not on which other
         # classes share the job: a joint run draws exactly what separate runs draw.
-        self.generators = [torch.Generator().manual_seed(stream_seed(seed, t)) for t in tokens]
-        templates = settings.template_list
+        self.generators = [
+            torch.Generator().manual_seed(derive_seed("inversion", seed, t)) for t in tokens
+        ]
         self.prompts = [
-            [expand(t.format(token), token, settings.num_vectors) for t in templates]
+            [expand(t.format(token), token, settings.num_vectors) for t in template_list(settings)]
             for token in tokens
         ]
         self.optimizer = torch.optim.AdamW(
@@ -275,15 +251,7 @@ class _Trainer:
         cat = {
             k: torch.cat([d[k] for d in draws]).to(self.device) for k in ("latents", "noise", "t")
         }
-        prompts = [p for d in draws for p in d["prompts"]]
-        tok = self.c.tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=self.c.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        hidden = self.c.text_encoder(tok.input_ids.to(self.device))[0]
+        hidden = encode_text(self.c, [p for d in draws for p in d["prompts"]])
         sched = self.noise_scheduler
         noisy = sched.add_noise(cat["latents"], cat["noise"], cat["t"])
         unet = self.c.unet
@@ -296,27 +264,26 @@ class _Trainer:
         return per_sample.view(len(draws), self.settings.batch_size).mean(dim=1)
 
     def step(self, draws: list[dict]) -> np.ndarray:
-        """Accumulate the summed class losses over chunks of classes, then one AdamW step."""
-        while True:
-            try:
-                self.optimizer.zero_grad(set_to_none=True)
-                losses = []
-                for start in range(0, len(draws), self.chunk):
-                    loss = self.class_losses(draws[start : start + self.chunk])
-                    self.scaler.scale(loss.sum()).backward()
-                    losses.append(loss.detach().cpu())
-                break
-            except torch.cuda.OutOfMemoryError:
-                if self.chunk == 1:
-                    raise
-                self.chunk = max(1, self.chunk // 2)
-                torch.cuda.empty_cache()
-                log.warning("out of GPU memory: %d classes per chunk from now on", self.chunk)
+        """Accumulate the summed class losses over chunks of classes, then one AdamW step.
+
+        On out-of-memory the gradients are recomputed in halved chunks: the same sum.
+        """
+
+        def accumulate(chunk: int) -> np.ndarray:
+            self.optimizer.zero_grad(set_to_none=True)
+            losses = []
+            for start in range(0, len(draws), chunk):
+                loss = self.class_losses(draws[start : start + chunk])
+                self.scaler.scale(loss.sum()).backward()
+                losses.append(loss.detach().cpu())
+            return torch.cat(losses).numpy()
+
+        losses, self.chunk = halve_on_oom(accumulate, self.chunk, "classes per chunk")
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return torch.cat(losses).numpy()
+        return losses
 
-    def run(self, progress, checkpoint, on_step) -> np.ndarray:
+    def run(self, progress: bool, checkpoint: Checkpoint | None) -> np.ndarray:
         steps = self.settings.steps
         losses = np.zeros((steps, len(self.tokens)), dtype=np.float32)
         start = 0
@@ -334,6 +301,4 @@ class _Trainer:
             done = step + 1
             if checkpoint is not None and every and done % every == 0 and done < steps:
                 checkpoint.save(done, self.spliced.new, self.optimizer, self.generators, losses)
-            if on_step is not None:
-                on_step(done)
         return losses

@@ -1,41 +1,55 @@
-"""Atomic writes and per-job logging."""
+"""Atomic writes, per-job logging and job fingerprints."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
 
-def write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
-    """Write to a temporary name, then rename: a killed job leaves nothing that looks complete."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary name beside `path`; rename it into place only if the block succeeds.
+
+    A killed job leaves at most a hidden temporary, never a file that looks complete.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.name + ".tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
+    """Write a table atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
 
 
 def setup_job(log_path: str | Path | None, threads: int | None = None) -> None:
     """Prepare a workflow job: its log file, and torch limited to the job's threads.
 
     Logging, warnings and progress bars (stderr) go to the log file. Without the thread
-    cap, every job would use all cores and parallel jobs would oversubscribe them.
+    cap, every job would use all cores and parallel jobs would oversubscribe them. The log
+    starts with the library's location, so a log shows which copy of the code ran.
     """
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    path = log_path
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        stream = open(path, "w", buffering=1)  # noqa: SIM115 - lives as long as the job
-        sys.stderr = stream
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        sys.stderr = open(log_path, "w", buffering=1)  # noqa: SIM115 - lives as long as the job
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -43,6 +57,7 @@ def setup_job(log_path: str | Path | None, threads: int | None = None) -> None:
         force=True,
     )
     logging.captureWarnings(True)
+    logging.getLogger("dafusion").info("dafusion from %s", Path(__file__).parent)
 
 
 def fingerprint(**parts) -> str:

@@ -7,24 +7,15 @@ nothing here touches the network. Weights are read from safetensors files only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA when available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """Half precision only on CUDA; CPUs compute the tiny model in float32."""
-    return DTYPES[name] if device.type == "cuda" else torch.float32
+# Stochastic schedulers whose `step` takes no generator: their noise cannot be drawn per image,
+# so an image would depend on which others share its batch.
+UNSEEDABLE_SCHEDULERS = ("DPMSolverSDEScheduler",)
 
 
 @dataclass
@@ -43,8 +34,26 @@ class Components:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
 
+def encode_text(components: Components, prompts: Sequence[str]) -> torch.Tensor:
+    """The UNet's text conditioning: prompts padded to the tokenizer's length, then encoded.
+
+    Gradients flow (textual inversion trains the token rows through it); inference callers
+    wrap it in `torch.no_grad`.
+    """
+    tokenizer = components.tokenizer
+    ids = tokenizer(
+        list(prompts),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    return components.text_encoder(ids.to(components.text_encoder.device))[0]
+
+
 def load_components(pretrained: str, device: torch.device, dtype: torch.dtype) -> Components:
     """Load tokenizer, text encoder, VAE, UNet and scheduler, frozen, in eval mode."""
+    import diffusers
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -70,7 +79,7 @@ def load_components(pretrained: str, device: torch.device, dtype: torch.dtype) -
             "safetensors weights are in the local Hugging Face cache (download it once with "
             f"`hf download {pretrained}` on a machine with internet). Cause: {exc}"
         ) from exc
-    scheduler = scheduler_from_name(config.get("_class_name", "PNDMScheduler"), config)
+    scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
     for module in (text_encoder, vae, unet):
         module.requires_grad_(False)
         module.eval()
@@ -114,25 +123,34 @@ def load_safety_checker(pretrained: str, device: torch.device, dtype: torch.dtyp
 
 
 def scheduler_from_name(name: str, base):
-    """The checkpoint's scheduler for 'default', else the named diffusers class on its config.
+    """The scheduler generation samples with: `base` (the checkpoint's) for 'default', else
+    the named diffusers class on its config.
 
-    `base` is a scheduler or a scheduler config.
+    Refuses a stochastic scheduler that cannot draw its noise per image, here rather than
+    mid-generation: outputs must not depend on batch size or order.
     """
-    if name == "default":
-        return base
     import diffusers
 
-    config = getattr(base, "config", base)
+    chosen = type(base).__name__ if name == "default" else name
+    if chosen in UNSEEDABLE_SCHEDULERS:
+        raise ValueError(
+            f"config key 'generation.scheduler': '{name}' ({chosen}) is stochastic but its step "
+            "takes no generator, so its noise cannot be drawn per image and results would "
+            "depend on batch size and order; use a deterministic scheduler (e.g. 'fast' or "
+            "'DDIMScheduler') or a per-image seedable stochastic one (e.g. "
+            "'EulerAncestralDiscreteScheduler')"
+        )
+    if name == "default":
+        return base
     if name == "fast":
         # A named deviation: DPM-Solver++ reaches SD quality in ~20-25 steps instead of 50.
         return diffusers.DPMSolverMultistepScheduler.from_config(
-            config, algorithm_type="dpmsolver++"
+            base.config, algorithm_type="dpmsolver++"
         )
-
     cls = getattr(diffusers, name, None)
     if cls is None or not name.endswith("Scheduler"):
         raise ValueError(
             f"config key 'generation.scheduler': '{name}' is not a diffusers scheduler class; "
             "use 'default' or e.g. 'DPMSolverMultistepScheduler'"
         )
-    return cls.from_config(config)
+    return cls.from_config(base.config)

@@ -1,7 +1,9 @@
-"""One function per workflow step: file paths and config slices in, files out.
+"""One function per workflow step, named after its rule: file paths and settings in, files out.
 
 The Snakemake scripts only unpack the `snakemake` object and call these, so every step can
-be run and tested without Snakemake.
+be run and tested without Snakemake. A step's function, with the library modules it imports,
+is its rule's code rerun trigger (`dafusion.provenance`): keep each step's imports inside
+its function, so that editing one stage's module reruns only the steps that use it.
 """
 
 from __future__ import annotations
@@ -13,28 +15,37 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import aggregate as agg
 from .io import fingerprint, write_parquet
+from .settings import (
+    AggregateSettings,
+    ClassifierSettings,
+    DatasetSettings,
+    GenerationSettings,
+    InversionSettings,
+    MethodSettings,
+    ModelSettings,
+)
 
 log = logging.getLogger("dafusion")
 
 
-def _model_source(model_cfg: Mapping, model_dir: str | None) -> str:
+def _model_source(model: ModelSettings, model_dir: str | None) -> str:
     """The path or hub id `from_pretrained` reads: the built tiny model, or the config's."""
-    return model_dir if model_cfg["pretrained"] == "tiny" else model_cfg["pretrained"]
+    return model_dir if model.pretrained == "tiny" else model.pretrained
 
 
-def _load(model_cfg: Mapping, model_dir: str | None):
-    from .models import load_components, resolve_device, resolve_dtype
+def _load(model: ModelSettings, model_dir: str | None):
+    from .devices import resolve_device, resolve_dtype
+    from .models import load_components
 
-    device = resolve_device(model_cfg.get("device", "auto"))
-    dtype = resolve_dtype(model_cfg.get("dtype", "float32"), device)
-    source = _model_source(model_cfg, model_dir)
+    device = resolve_device(model.device)
+    dtype = resolve_dtype(model.dtype, device)
+    source = _model_source(model, model_dir)
     log.info("loading %s on %s (%s)", source, device, dtype)
     return load_components(source, device, dtype)
 
 
-def build_model(output_dir: str, resolution: int) -> None:
+def build_tiny_model(output_dir: str, resolution: int) -> None:
     from .tiny import save_tiny_model
 
     save_tiny_model(output_dir, resolution=resolution)
@@ -42,7 +53,7 @@ def build_model(output_dir: str, resolution: int) -> None:
 
 
 def index_dataset(
-    spec: Mapping,
+    spec: DatasetSettings,
     pool_path: str,
     val_path: str,
     test_path: str,
@@ -62,20 +73,28 @@ def index_dataset(
     pool, val, test = read_dataset(spec, base_dir, mask_dir=mask_dir, threads=threads)
     log.info(
         "%s: %d training, %d evaluation, %d test images, %d classes",
-        spec["kind"],
-        len(pool),
-        len(val),
-        len(test),
-        pool["label"].nunique(),
-    )
+        spec.kind, len(pool), len(val), len(test), pool["label"].nunique(),
+    )  # fmt: skip
     write_parquet(test, test_path)
     write_parquet(val, val_path)
     write_parquet(pool, pool_path)
 
 
+def seed_split(pool_path: str, seed: int, pool_output: str, val_output: str) -> None:
+    """Halve the pool per seed, as the original DA-Fusion code did (split_protocol:
+    original-code): this seed's training pool and evaluation manifest."""
+    from .datasets import halve_per_seed
+
+    pool, val = halve_per_seed(pd.read_parquet(pool_path), seed)
+    log.info("seed %d: %d training, %d evaluation images", seed, len(pool), len(val))
+    write_parquet(val, val_output)
+    write_parquet(pool, pool_output)
+
+
 def few_shot_split(
     pool_path: str, seed: int, shots: int, output: str, allow_fewer: bool = False
 ) -> None:
+    """The nested few-shot training manifest of one (seed, shots)."""
     from .datasets import few_shot
 
     subset = few_shot(pd.read_parquet(pool_path), seed, shots, allow_fewer=allow_fewer)
@@ -85,8 +104,8 @@ def few_shot_split(
 
 def invert(
     split_path: str,
-    model_cfg: Mapping,
-    inversion_cfg: Mapping,
+    model: ModelSettings,
+    settings: InversionSettings,
     seed: int,
     output: str,
     model_dir: str | None = None,
@@ -101,17 +120,16 @@ def invert(
     """
     import torch
 
-    from .datasets import class_names, load_image
-    from .inversion import Checkpoint, InversionSettings
-    from .inversion import invert as run
+    from .images import load_image
+    from .inversion import Checkpoint, learn_tokens
+    from .manifest import class_names
     from .tokens import save_tokens
 
     manifest = pd.read_parquet(split_path)
     names = class_names(manifest)
-    components = _load(model_cfg, model_dir)
+    components = _load(model, model_dir)
     # The text encoder holds the trainable rows: keep it in float32 under mixed precision.
     components.text_encoder.to(torch.float32)
-    settings = InversionSettings(**inversion_cfg)
     out = Path(output)
     checkpoint = Checkpoint(
         out.with_name(f".{out.stem}.checkpoint.safetensors"),
@@ -119,20 +137,20 @@ def invert(
             keys=manifest["key"].tolist(),
             labels=manifest["label"].tolist(),
             names=names,
-            model=model_cfg,
-            settings=settings,
+            model=model.result_params(),
+            settings=settings.result_params(),
             seed=seed,
         ),
     )
     start = time.perf_counter()
-    result = run(
+    result = learn_tokens(
         components,
         [load_image(r) for r in manifest.to_dict("records")],
         manifest["label"].tolist(),
         names,
         settings,
         seed=seed,
-        resolution=model_cfg["resolution"],
+        resolution=model.resolution,
         checkpoint=checkpoint,
     )
     log.info("learned %d tokens in %.1fs", len(result.tokens), time.perf_counter() - start)
@@ -159,10 +177,10 @@ def invert(
 
 def generate(
     split_path: str,
-    model_cfg: Mapping,
+    model: ModelSettings,
     method_name: str,
-    method: Mapping,
-    generation_cfg: Mapping,
+    method: MethodSettings,
+    settings: GenerationSettings,
     seed: int,
     output: str,
     model_dir: str | None = None,
@@ -173,46 +191,38 @@ def generate(
 
     Finished shards of a killed run of the same job are reused.
     """
-    from .datasets import class_names
-    from .generation import Engine, GenerationSettings, plan
+    from .generation import Engine, plan
+    from .manifest import class_names
     from .models import load_safety_checker, scheduler_from_name
     from .synthetic import build
     from .tokens import class_token, expand, file_hash, load_into
 
     manifest = pd.read_parquet(split_path)
     names = class_names(manifest)
-    components = _load(model_cfg, model_dir)
+    components = _load(model, model_dir)
     prompts, token_hash = {}, ""
     sizes = load_into(components, tokens_path) if tokens_path else {}
     if tokens_path:
         token_hash = file_hash(tokens_path)
     for label, name in enumerate(names):
         token = class_token(name)
-        prompt = method["prompt"].format(name=name, token=token)
+        prompt = method.prompt.format(name=name, token=token)
         if token in sizes:
             prompt = expand(prompt, token, sizes[token])
         prompts[label] = prompt
-    scheduler = scheduler_from_name(generation_cfg["scheduler"], components.scheduler)
-    if generation_cfg.get("compile"):
+    scheduler = scheduler_from_name(settings.scheduler, components.scheduler)
+    if settings.compile:
         import torch
 
         components.unet = torch.compile(components.unet)
     checker = None
-    if generation_cfg.get("safety_checker"):
+    if settings.safety_checker:
         checker = load_safety_checker(
-            _model_source(model_cfg, model_dir), components.unet.device, components.unet.dtype
+            _model_source(model, model_dir), components.unet.device, components.unet.dtype
         )
-    settings = GenerationSettings(
-        num_synthetic=generation_cfg["num_synthetic"],
-        guidance_scale=generation_cfg["guidance_scale"],
-        num_inference_steps=generation_cfg["num_inference_steps"],
-        batch_size=generation_cfg["batch_size"],
-        resize_to_source=generation_cfg["resize_to_source"],
-    )
     engine = Engine(
-        components, scheduler, manifest, prompts, model_cfg["resolution"], settings, checker,
-        max_retries=generation_cfg.get("safety_retries", 3), mask=method.get("mask", "none"),
-        mask_dilation=method.get("mask_dilation", 16),
+        components, scheduler, manifest, prompts, model.resolution, settings, checker,
+        mask=method.mask, mask_dilation=method.mask_dilation,
     )  # fmt: skip
     records = manifest.to_dict("records")
     scheduler_name = type(scheduler).__name__
@@ -231,21 +241,21 @@ def generate(
             "scheduler": scheduler_name,
             "steps": int(settings.num_inference_steps),
             "seed": int(item["seed"]),
-            "model_id": str(model_cfg["pretrained"]),
+            "model_id": str(model.pretrained),
             "token_hash": token_hash,
         }
 
-    work = plan(manifest, seed, settings.num_synthetic, method["strengths"]).to_dict("records")
+    work = plan(manifest, seed, settings.num_synthetic, method.strengths).to_dict("records")
     job = fingerprint(
-        keys=manifest["key"].tolist(), prompts=prompts, method=method, seed=seed,
-        generation={k: v for k, v in generation_cfg.items() if k not in ("batch_size", "workers")},
-        model=model_cfg, token_hash=token_hash,
+        keys=manifest["key"].tolist(), prompts=prompts, method=method.result_params(),
+        seed=seed, generation=settings.result_params(), model=model.result_params(),
+        token_hash=token_hash,
     )  # fmt: skip
     start = time.perf_counter()
     index = build(
-        engine, work, Path(output).parent, output, seed=seed,
-        shard_size=generation_cfg["shard_size"], image_format=generation_cfg["image_format"],
-        fingerprint=job, meta=meta, workers=generation_cfg.get("workers") or threads,
+        engine, work, Path(output).parent, output, seed=seed, shard_size=settings.shard_size,
+        image_format=settings.image_format, fingerprint=job, meta=meta,
+        workers=settings.workers or threads,
     )  # fmt: skip
     elapsed = time.perf_counter() - start
     log.info(
@@ -257,7 +267,7 @@ def generate(
 def train(
     split_path: str,
     val_path: str,
-    classifier_cfg: Mapping,
+    settings: ClassifierSettings,
     dataset: str,
     method: str,
     seed: int,
@@ -267,10 +277,10 @@ def train(
     test_path: str | None = None,
 ) -> None:
     """Train one classifier and write its metrics per evaluation step (val, and test)."""
-    from .classifier import ClassifierSettings
-    from .classifier import train as run
-    from .datasets import class_names
-    from .models import resolve_device
+    from .classifier import train_classifier
+    from .devices import resolve_device
+    from .manifest import class_names
+    from .runs import RUN_COLUMNS
     from .shards import read_images
 
     train_manifest = pd.read_parquet(split_path)
@@ -281,16 +291,15 @@ def train(
         index = index[~index["dropped"]].reset_index(drop=True)
         images = read_images(synthetic_index)
         log.info("%d synthetic images from %s", len(index), synthetic_index)
-    cfg = {k: v for k, v in classifier_cfg.items() if k != "device"}
-    metrics = run(
+    metrics = train_classifier(
         train_manifest,
         val_manifest,
         class_names(train_manifest),
         index,
         images,
-        ClassifierSettings(**cfg),
+        settings,
         seed,
-        resolve_device(classifier_cfg.get("device", "auto")),
+        resolve_device(settings.device),
         test_manifest=pd.read_parquet(test_path) if test_path else None,
     )
     metrics.insert(0, "shots", shots)
@@ -299,7 +308,7 @@ def train(
     metrics.insert(0, "dataset", dataset)
     best = metrics[metrics["metric"] == "accuracy"]["value"].max()
     log.info("best val accuracy %.4f", best)
-    write_parquet(metrics[agg.RUN_COLUMNS], output)
+    write_parquet(metrics[RUN_COLUMNS], output)
 
 
 def aggregate(
@@ -307,11 +316,13 @@ def aggregate(
     methods: Sequence[str],
     figure: str,
     table: str,
-    report_split: str = "test",
+    settings: AggregateSettings,
 ) -> None:
     """Figure of accuracy against examples per class and the summary table."""
+    from . import aggregate as agg
+
     runs = pd.concat([pd.read_parquet(p) for p in run_paths], ignore_index=True)
-    summary = agg.summarize(agg.best_steps(runs, report_split=report_split))
+    summary = agg.summarize(agg.best_steps(runs, report_split=settings.report_split))
     Path(table).parent.mkdir(parents=True, exist_ok=True)
     summary.to_csv(table, index=False, float_format="%.6f")
     Path(figure).parent.mkdir(parents=True, exist_ok=True)

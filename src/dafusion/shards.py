@@ -14,15 +14,23 @@ from pathlib import Path
 import pandas as pd
 import webdataset as wds
 
+from .io import atomic_path
+
 SHARD_PATTERN = "shard-{:06d}.tar"
 FIXED_MTIME = 0.0
 
 
 def write_shard(out_dir: Path, name: str, samples: Iterable[Mapping], image_ext: str) -> list[dict]:
-    """Write one tar atomically from samples (`key`, `image` bytes, `label`, `meta`)."""
-    tmp = out_dir / f".{name}.tmp"
+    """Write one tar atomically from samples (`key`, `image` bytes, `label`, `meta`).
+
+    Returns the shard's index rows.
+    """
     rows = []
-    with open(tmp, "wb") as f, wds.TarWriter(f, mtime=FIXED_MTIME) as sink:
+    with (
+        atomic_path(out_dir / name) as tmp,
+        open(tmp, "wb") as f,
+        wds.TarWriter(f, mtime=FIXED_MTIME) as sink,
+    ):
         for sample in samples:
             if "." in sample["key"]:
                 raise ValueError(f"WebDataset key '{sample['key']}' contains a dot")
@@ -35,30 +43,7 @@ def write_shard(out_dir: Path, name: str, samples: Iterable[Mapping], image_ext:
                 }
             )
             rows.append({"key": sample["key"], **sample["meta"], "shard": name})
-    tmp.replace(out_dir / name)
     return rows
-
-
-def write_shards(
-    out_dir: str | Path, samples: Iterable[Mapping], shard_size: int, image_ext: str
-) -> pd.DataFrame:
-    """Write samples in order into tars of `shard_size`; return the index."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    samples = list(samples)
-    rows: list[dict] = []
-    for number, start in enumerate(range(0, len(samples), shard_size)):
-        chunk = samples[start : start + shard_size]
-        rows += write_shard(out_dir, SHARD_PATTERN.format(number), chunk, image_ext)
-    return pd.DataFrame(rows)
-
-
-def write_index(index: pd.DataFrame, path: str | Path) -> None:
-    """Write index.parquet atomically: it marks the synthetic set complete."""
-    path = Path(path)
-    tmp = path.with_name("." + path.name + ".tmp")
-    index.to_parquet(tmp, index=False)
-    tmp.replace(path)
 
 
 def read_images(index_path: str | Path) -> dict[str, tuple[bytes, int]]:

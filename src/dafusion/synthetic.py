@@ -19,7 +19,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .generation import Engine
-from .shards import SHARD_PATTERN, encode_image, write_index, write_shard
+from .io import atomic_path, write_parquet
+from .shards import SHARD_PATTERN, encode_image, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +95,13 @@ def build(
                 {**r, "dropped": False} for r in write_shard(out_dir, name, samples, image_format)
             ]
             shard_rows += dropped
-            _sidecar(out_dir, name).write_text(
-                json.dumps({"fingerprint": fingerprint, "rows": shard_rows})
-            )
+            with atomic_path(_sidecar(out_dir, name)) as tmp:
+                tmp.write_text(json.dumps({"fingerprint": fingerprint, "rows": shard_rows}))
             rows += shard_rows
     if reused:
         log.info("reused %d finished shard(s) of %d", reused, len(shards))
     index = pd.DataFrame(rows).sort_values("key").reset_index(drop=True)
-    write_index(index, index_path)
+    write_parquet(index, index_path)
     for name in names:
         _sidecar(out_dir, name).unlink(missing_ok=True)
     return index

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .io import atomic_path
+
 
 def class_token(class_name: str) -> str:
     """The pseudo-word of a class, e.g. 'giant white arum lily' -> '<giant-white-arum-lily>'."""
@@ -65,18 +67,9 @@ def load_into(components, path: str | Path) -> dict[str, int]:
 
 def save_tokens(path: str | Path, tokens: dict[str, torch.Tensor], metadata: dict) -> None:
     """Write {token: [num_vectors, hidden]} as safetensors, atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tokens.items()}
-    save_file(tensors, str(tmp), metadata={"dafusion": json.dumps(metadata)})
-    tmp.replace(path)
-
-
-def read_metadata(path: str | Path) -> dict:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return json.loads((f.metadata() or {}).get("dafusion", "{}"))
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"dafusion": json.dumps(metadata)})
 
 
 def file_hash(path: str | Path) -> str:

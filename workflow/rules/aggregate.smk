@@ -13,8 +13,10 @@ rule aggregate:
     threads: 1
     resources:
         mem_mb=2000,
+        runtime=30,
     params:
-        methods=list(config["methods"]),
-        report_split=config["classifier"]["report_split"],
+        methods=list(METHODS),
+        aggregate=AGGREGATE.result_params(),
+        code=code("aggregate"),
     script:
         "../scripts/aggregate.py"

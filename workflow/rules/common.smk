@@ -1,4 +1,15 @@
-from dafusion.config import uses_tokens
+from dafusion.devices import will_use_cuda
+from dafusion.provenance import digest, step_code
+from dafusion.readers import index_keys
+from dafusion.settings import (
+    AggregateSettings,
+    ClassifierSettings,
+    DatasetSettings,
+    GenerationSettings,
+    InversionSettings,
+    MethodSettings,
+    ModelSettings,
+)
 
 
 wildcard_constraints:
@@ -9,11 +20,39 @@ wildcard_constraints:
 
 
 RESULTS = config["results"]
+# The typed settings of every section. Rules pass `result_params()` slices as params: (a
+# change reruns exactly the jobs whose outputs depend on it); execution knobs stay out of
+# params: and reach the jobs through the config, so changing one reruns nothing.
+MODEL = ModelSettings.from_config(config["model"])
+DATASETS = {
+    name: DatasetSettings.from_config(s) for name, s in config["datasets"].items()
+}
+INVERSION = InversionSettings.from_config(config["inversion"])
+METHODS = {name: MethodSettings.from_config(s) for name, s in config["methods"].items()}
+GENERATION = GenerationSettings.from_config(config["generation"])
+CLASSIFIER = ClassifierSettings.from_config(config["classifier"])
+AGGREGATE = AggregateSettings.from_config(config["aggregate"])
 
 
 def res(path):
     """A path under the results root."""
     return f"{RESULTS}/{path}"
+
+
+def code(rule):
+    """Content hashes of the code a rule's jobs run: its script, its pipeline function and
+    the library modules those import (dafusion.provenance). An edit reruns exactly the jobs
+    that run the edited code; touch or a fresh clone reruns nothing."""
+    script = f"workflow/scripts/{rule}.py"
+    return {
+        **step_code(rule),
+        script: digest((Path(workflow.basedir) / script).read_bytes()),
+    }
+
+
+def gpus(device):
+    """1 for a job that will compute on CUDA (GPU jobs then queue for --resources gpu=N)."""
+    return int(will_use_cuda(device))
 
 
 def split_path(wildcards):
@@ -24,26 +63,26 @@ def split_path(wildcards):
 
 def model_input(wildcards=None):
     """The built tiny model directory, or nothing for a hub id / local directory."""
-    return res("model/tiny") if config["model"]["pretrained"] == "tiny" else []
+    return res("model/tiny") if MODEL.pretrained == "tiny" else []
 
 
 def grid(pattern, methods=None):
     """Expand a result pattern over datasets, seeds, shots (and methods)."""
     return [
         res(pattern.format(dataset=d, method=m, seed=s, shots=k))
-        for d in config["datasets"]
+        for d in DATASETS
         for m in (methods or [None])
         for s in config["seeds"]
         for k in config["examples_per_class"]
     ]
 
 
-def sdedit_methods():
-    return [m for m, spec in config["methods"].items() if spec["kind"] == "sdedit"]
+def synthetic_methods():
+    return [name for name, method in METHODS.items() if method.synthetic]
 
 
 def all_tokens():
-    needed = any(uses_tokens(spec) for spec in config["methods"].values())
+    needed = any(method.uses_tokens for method in METHODS.values())
     return (
         grid("{dataset}/tokens/seed{seed}-shots{shots}.safetensors") if needed else []
     )
@@ -52,20 +91,19 @@ def all_tokens():
 def all_synthetic():
     return grid(
         "{dataset}/synthetic/{method}/seed{seed}-shots{shots}/index.parquet",
-        sdedit_methods(),
+        synthetic_methods(),
     )
 
 
 def all_runs():
     return grid(
-        "{dataset}/runs/{method}/seed{seed}-shots{shots}.parquet",
-        list(config["methods"]),
+        "{dataset}/runs/{method}/seed{seed}-shots{shots}.parquet", list(METHODS)
     )
 
 
 def generate_tokens(wildcards):
     """The class tokens, for methods whose prompt uses them."""
-    if uses_tokens(config["methods"][wildcards.method]):
+    if METHODS[wildcards.method].uses_tokens:
         return res(
             f"{wildcards.dataset}/tokens/seed{wildcards.seed}-shots{wildcards.shots}.safetensors"
         )
@@ -74,7 +112,7 @@ def generate_tokens(wildcards):
 
 def train_synthetic(wildcards):
     """The synthetic set a run mixes in; a baseline run uses none."""
-    if config["methods"][wildcards.method]["kind"] == "baseline":
+    if not METHODS[wildcards.method].synthetic:
         return []
     return res(
         f"{wildcards.dataset}/synthetic/{wildcards.method}/"
@@ -82,23 +120,23 @@ def train_synthetic(wildcards):
     )
 
 
-def index_spec(wildcards):
-    """The dataset entry index_dataset reads; allow_fewer only matters to few_shot_split, so
-    changing it does not reread the dataset."""
-    spec = config["datasets"][wildcards.dataset]
-    return {key: value for key, value in spec.items() if key != "allow_fewer"}
+def index_params(wildcards):
+    """What index_dataset's outputs depend on: the entry's keys its kind reads, without
+    allow_fewer (only few_shot_split reads it, so changing it does not reread the dataset).
+    """
+    spec = DATASETS[wildcards.dataset]
+    keys = index_keys(spec)
+    return {k: v for k, v in spec.result_params().items() if k in keys}
 
 
 def index_mem_mb(wildcards):
     """COCO's annotation files and ImageNet's file lists need more memory than the rest."""
-    kind = config["datasets"][wildcards.dataset]["kind"]
-    return 16000 if kind in ("coco", "imagenet") else 4000
+    return 16000 if DATASETS[wildcards.dataset].kind in ("coco", "imagenet") else 4000
 
 
 def per_seed_split(wildcards):
     """Whether the dataset is halved per seed (split_protocol: original-code)."""
-    spec = config["datasets"][wildcards.dataset]
-    return spec["split_protocol"] == "original-code"
+    return DATASETS[wildcards.dataset].split_protocol == "original-code"
 
 
 def training_pool(wildcards):

@@ -14,10 +14,12 @@ rule generate:
     threads: 2
     resources:
         mem_mb=8000,
-        gpu=1,
+        gpu=gpus(MODEL.device),
+        runtime=24 * 60,
     params:
-        model=config["model"],
-        method=lambda w: config["methods"][w.method],
-        generation=config["generation"],
+        model=MODEL.result_params(),
+        method=lambda w: METHODS[w.method].result_params(),
+        generation=GENERATION.result_params(),
+        code=code("generate"),
     script:
         "../scripts/generate.py"

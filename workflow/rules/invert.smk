@@ -15,9 +15,11 @@ rule invert:
     threads: 2
     resources:
         mem_mb=8000,
-        gpu=1,
+        gpu=gpus(MODEL.device),
+        runtime=24 * 60,
     params:
-        model=config["model"],
-        inversion=config["inversion"],
+        model=MODEL.result_params(),
+        inversion=INVERSION.result_params(),
+        code=code("invert"),
     script:
         "../scripts/invert.py"

@@ -10,7 +10,9 @@ rule build_tiny_model:
     threads: 1
     resources:
         mem_mb=2000,
+        runtime=10,
     params:
-        resolution=config["model"]["resolution"],
+        resolution=MODEL.resolution,
+        code=code("build_tiny_model"),
     script:
         "../scripts/build_tiny_model.py"

@@ -13,8 +13,10 @@ rule index_dataset:
     threads: 4
     resources:
         mem_mb=index_mem_mb,
+        runtime=120,
     params:
-        spec=index_spec,
+        spec=index_params,
+        code=code("index_dataset"),
     script:
         "../scripts/index_dataset.py"
 
@@ -34,6 +36,9 @@ rule seed_split:
     threads: 1
     resources:
         mem_mb=1000,
+        runtime=10,
+    params:
+        code=code("seed_split"),
     script:
         "../scripts/seed_split.py"
 
@@ -52,7 +57,9 @@ rule few_shot_split:
     threads: 1
     resources:
         mem_mb=1000,
+        runtime=10,
     params:
-        allow_fewer=lambda w: config["datasets"][w.dataset]["allow_fewer"],
+        allow_fewer=lambda w: DATASETS[w.dataset].allow_fewer,
+        code=code("few_shot_split"),
     script:
         "../scripts/few_shot_split.py"

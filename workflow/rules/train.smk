@@ -15,7 +15,10 @@ rule train:
     threads: 1
     resources:
         mem_mb=4000,
+        gpu=gpus(CLASSIFIER.device),
+        runtime=4 * 60,
     params:
-        classifier=config["classifier"],
+        classifier=lambda w: CLASSIFIER.for_method(METHODS[w.method]).result_params(),
+        code=code("train"),
     script:
         "../scripts/train.py"

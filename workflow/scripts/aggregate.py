@@ -2,6 +2,7 @@
 
 from dafusion import pipeline
 from dafusion.io import setup_job
+from dafusion.settings import AggregateSettings
 
 setup_job(snakemake.log[0], snakemake.threads)
 pipeline.aggregate(
@@ -9,5 +10,5 @@ pipeline.aggregate(
     methods=snakemake.params.methods,
     figure=snakemake.output.figure,
     table=snakemake.output.table,
-    report_split=snakemake.params.report_split,
+    settings=AggregateSettings(**snakemake.params.aggregate),
 )

@@ -2,14 +2,18 @@
 
 from dafusion import pipeline
 from dafusion.io import setup_job
+from dafusion.settings import GenerationSettings, MethodSettings, ModelSettings
 
 setup_job(snakemake.log[0], snakemake.threads)
+# Result settings come from params; execution knobs (device, batch size, ...) from the config.
 pipeline.generate(
     snakemake.input.split,
-    model_cfg=snakemake.params.model,
+    model=ModelSettings.from_parts(snakemake.params.model, snakemake.config["model"]),
     method_name=snakemake.wildcards.method,
-    method=snakemake.params.method,
-    generation_cfg=snakemake.params.generation,
+    method=MethodSettings(**snakemake.params.method),
+    settings=GenerationSettings.from_parts(
+        snakemake.params.generation, snakemake.config["generation"]
+    ),
     seed=int(snakemake.wildcards.seed),
     output=snakemake.output[0],
     model_dir=snakemake.input.model or None,

@@ -2,10 +2,11 @@
 
 from dafusion import pipeline
 from dafusion.io import setup_job
+from dafusion.settings import DatasetSettings
 
 setup_job(snakemake.log[0], snakemake.threads)
 pipeline.index_dataset(
-    snakemake.params.spec,
+    DatasetSettings(**snakemake.params.spec),
     snakemake.output.pool,
     snakemake.output.val,
     snakemake.output.test,

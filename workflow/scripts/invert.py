@@ -2,12 +2,16 @@
 
 from dafusion import pipeline
 from dafusion.io import setup_job
+from dafusion.settings import InversionSettings, ModelSettings
 
 setup_job(snakemake.log[0], snakemake.threads)
+# Result settings come from params; execution knobs (device, chunking, ...) from the config.
 pipeline.invert(
     snakemake.input.split,
-    model_cfg=snakemake.params.model,
-    inversion_cfg=snakemake.params.inversion,
+    model=ModelSettings.from_parts(snakemake.params.model, snakemake.config["model"]),
+    settings=InversionSettings.from_parts(
+        snakemake.params.inversion, snakemake.config["inversion"]
+    ),
     seed=int(snakemake.wildcards.seed),
     output=snakemake.output.tokens,
     model_dir=snakemake.input.model or None,

@@ -1,17 +1,12 @@
 """Halve a dataset per seed, as the original DA-Fusion code did (split_protocol: original-code)."""
 
-import logging
-
-import pandas as pd
-
-from dafusion.datasets import seed_split
-from dafusion.io import setup_job, write_parquet
+from dafusion import pipeline
+from dafusion.io import setup_job
 
 setup_job(snakemake.log[0], snakemake.threads)
-seed = int(snakemake.wildcards.seed)
-pool, val = seed_split(pd.read_parquet(snakemake.input.pool), seed)
-logging.getLogger("dafusion").info(
-    "seed %d: %d training, %d evaluation images", seed, len(pool), len(val)
+pipeline.seed_split(
+    snakemake.input.pool,
+    seed=int(snakemake.wildcards.seed),
+    pool_output=snakemake.output.pool,
+    val_output=snakemake.output.val,
 )
-write_parquet(val, snakemake.output.val)
-write_parquet(pool, snakemake.output.pool)

@@ -2,17 +2,21 @@
 
 from dafusion import pipeline
 from dafusion.io import setup_job
+from dafusion.settings import ClassifierSettings
 
 setup_job(snakemake.log[0], snakemake.threads)
+# Result settings come from params; the device (an execution knob) from the config.
 pipeline.train(
     snakemake.input.split,
     snakemake.input.val,
-    test_path=snakemake.input.test,
-    classifier_cfg=snakemake.params.classifier,
+    settings=ClassifierSettings.from_parts(
+        snakemake.params.classifier, snakemake.config["classifier"]
+    ),
     dataset=snakemake.wildcards.dataset,
     method=snakemake.wildcards.method,
     seed=int(snakemake.wildcards.seed),
     shots=int(snakemake.wildcards.shots),
     output=snakemake.output[0],
     synthetic_index=snakemake.input.synthetic or None,
+    test_path=snakemake.input.test,
 )

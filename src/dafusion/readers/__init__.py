@@ -4,30 +4,57 @@ A reader takes the `datasets:` entry and the directory its `root` is relative to
 rows with `split` set to "train", "val" (the dataset's own evaluation split, if it has one) or
 "test", labels in the dataset's own class order, and optionally a `mask` column (a function
 returning the row's object mask). `dafusion.datasets.read_dataset` does the rest.
+
+`KINDS` is the one registry of dataset kinds: the config checks and `read_dataset` both read
+what a kind needs and supports from it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from ..settings import DatasetSettings
 from .fine_grained import read_fgvc_aircraft, read_flowers102, read_stanford_cars
 from .folders import read_caltech101, read_digits, read_imagefolder
 from .imagenet import read_imagenet
 from .segmentation import read_coco, read_pascal
 from .spurge import read_leafy_spurge
 
-READERS: dict[str, Callable[[Mapping, Path], pd.DataFrame]] = {
-    "digits": read_digits,
-    "imagefolder": read_imagefolder,
-    "pascal": read_pascal,
-    "coco": read_coco,
-    "caltech101": read_caltech101,
-    "flowers102": read_flowers102,
-    "fgvc_aircraft": read_fgvc_aircraft,
-    "stanford_cars": read_stanford_cars,
-    "leafy_spurge": read_leafy_spurge,
-    "imagenet": read_imagenet,
+
+@dataclass(frozen=True)
+class DatasetKind:
+    """A dataset kind: its reader and what its `datasets:` entries may and must set."""
+
+    read: Callable[[DatasetSettings, Path], pd.DataFrame]
+    needs_root: bool = True  # every kind but digits reads a directory
+    original_split: bool = False  # supports split_protocol: original-code
+    keys: tuple[str, ...] = ()  # DatasetSettings fields only this kind reads
+
+
+KINDS: dict[str, DatasetKind] = {
+    "digits": DatasetKind(read_digits, needs_root=False, keys=("image_size",)),
+    "imagefolder": DatasetKind(read_imagefolder),
+    "pascal": DatasetKind(read_pascal),
+    "coco": DatasetKind(read_coco),
+    "caltech101": DatasetKind(read_caltech101, original_split=True),
+    "flowers102": DatasetKind(read_flowers102, original_split=True),
+    "fgvc_aircraft": DatasetKind(read_fgvc_aircraft, keys=("label_level",)),
+    "stanford_cars": DatasetKind(read_stanford_cars),
+    "leafy_spurge": DatasetKind(read_leafy_spurge, original_split=True, keys=("hf_config",)),
+    "imagenet": DatasetKind(read_imagenet),
 }
+
+
+def index_keys(spec: DatasetSettings) -> list[str]:
+    """The DatasetSettings fields that reading this kind depends on (for index_dataset's params):
+    every field except allow_fewer (read only when drawing few-shot subsets) and the keys that
+    only *other* kinds read, so changing either does not reread the dataset."""
+    own = KINDS[spec.kind].keys
+    others = {key for kind in KINDS.values() for key in kind.keys if key not in own}
+    return [
+        key for key in DatasetSettings.result_keys() if key != "allow_fewer" and key not in others
+    ]

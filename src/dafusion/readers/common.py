@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from ..datasets import IMAGE_SUFFIXES
+from ..images import IMAGE_SUFFIXES
+from ..settings import DatasetSettings
 
 
-def dataset_root(spec: Mapping, base_dir: Path) -> Path:
+def dataset_root(spec: DatasetSettings, base_dir: Path) -> Path:
     """The entry's `root`, absolute (resolved once, so image paths need no per-file resolve)."""
-    return (Path(base_dir) / Path(spec["root"]).expanduser()).resolve()
+    return (Path(base_dir) / Path(spec.root).expanduser()).resolve()
 
 
 def locate(root: Path, marker: str, subdirs: Sequence[str], kind: str) -> Path:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..datasets import manifest, sanitize_key
+from ..manifest import manifest, sanitize_key
+from ..settings import DatasetSettings
 from .common import dataset_root, locate, read_lines
 
 # The standard Oxford 102 category names, in label order (label 1 first).
@@ -48,7 +48,7 @@ def _loadmat(path: Path) -> dict:
     return loadmat(path, squeeze_me=True)
 
 
-def read_flowers102(spec: Mapping, base_dir: Path) -> pd.DataFrame:
+def read_flowers102(spec: DatasetSettings, base_dir: Path) -> pd.DataFrame:
     """Oxford Flowers102: `jpg/image_NNNNN.jpg`, `imagelabels.mat` and `setid.mat`.
 
     setid's trnid/valid/tstid give the train, evaluation and test splits; with
@@ -56,7 +56,7 @@ def read_flowers102(spec: Mapping, base_dir: Path) -> pd.DataFrame:
     """
     root = locate(dataset_root(spec, base_dir), "imagelabels.mat", ["flowers-102"], "flowers102")
     labels = np.atleast_1d(_loadmat(root / "imagelabels.mat")["labels"]).astype(int)
-    if spec.get("split_protocol", "default") == "original-code":
+    if spec.split_protocol == "original-code":
         split_of = dict.fromkeys(range(1, len(labels) + 1), "train")
     else:
         setid = _loadmat(root / "setid.mat")
@@ -83,13 +83,13 @@ def read_flowers102(spec: Mapping, base_dir: Path) -> pd.DataFrame:
     return manifest(rows)
 
 
-def read_fgvc_aircraft(spec: Mapping, base_dir: Path) -> pd.DataFrame:
+def read_fgvc_aircraft(spec: DatasetSettings, base_dir: Path) -> pd.DataFrame:
     """FGVC Aircraft 2013b: `data/images/`, `images_{level}_{train,val,test}.txt`.
 
     `label_level` picks variant (100 classes, the default), family (70) or manufacturer (30);
     the class order is that of variants.txt / families.txt / manufacturers.txt.
     """
-    level = spec.get("label_level", "variant")
+    level = spec.label_level
     root = locate(
         dataset_root(spec, base_dir),
         "images_variant_train.txt",
@@ -120,7 +120,7 @@ def read_fgvc_aircraft(spec: Mapping, base_dir: Path) -> pd.DataFrame:
     return manifest(rows)
 
 
-def read_stanford_cars(spec: Mapping, base_dir: Path) -> pd.DataFrame:
+def read_stanford_cars(spec: DatasetSettings, base_dir: Path) -> pd.DataFrame:
     """Stanford Cars in the layout torchvision's StanfordCars reads.
 
     `devkit/cars_meta.mat` (class names: make, model, year), `devkit/cars_train_annos.mat`

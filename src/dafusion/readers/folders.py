@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..datasets import encode_png, manifest, sanitize_key
+from ..images import encode_png
+from ..manifest import manifest, sanitize_key
+from ..settings import DatasetSettings
 from .common import class_folders, dataset_root, locate
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
-def read_digits(spec: Mapping, base_dir: Path) -> pd.DataFrame:
+def read_digits(spec: DatasetSettings, base_dir: Path) -> pd.DataFrame:
     """scikit-learn's bundled 8x8 handwritten digits as RGB PNGs (ink dark on white)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    size = spec.get("image_size", 32)
+    size = spec.image_size
     rows = []
     for index, (pixels, label) in enumerate(zip(digits.images, digits.target, strict=True)):
         gray = (255 - pixels * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
@@ -64,7 +65,7 @@ def _folder_rows(
     return rows
 
 
-def read_imagefolder(spec: Mapping, base_dir: Path) -> pd.DataFrame:
+def read_imagefolder(spec: DatasetSettings, base_dir: Path) -> pd.DataFrame:
     """Images in `root/<class>/*`, or `root/train/<class>/*` with optional `root/val/<class>/*`
     and `root/test/<class>/*`; class name = folder name with `_` as space."""
     root = dataset_root(spec, base_dir)
@@ -79,7 +80,7 @@ def read_imagefolder(spec: Mapping, base_dir: Path) -> pd.DataFrame:
     return manifest(rows)
 
 
-def read_caltech101(spec: Mapping, base_dir: Path) -> pd.DataFrame:
+def read_caltech101(spec: DatasetSettings, base_dir: Path) -> pd.DataFrame:
     """Caltech101's `101_ObjectCategories/<class>/*.jpg`.
 
     Class name = folder name, lower-case, `_` as space, in sorted order (as the original

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
-from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
-from ..datasets import manifest, unknown_classes_error
+from ..manifest import manifest, unknown_classes_error
+from ..settings import DatasetSettings
 from .common import dataset_root, list_images, locate, read_lines
 
 
@@ -24,7 +24,7 @@ def _synsets(mapping: Path) -> dict[str, str]:
     return {wnid: name if counts[name] == 1 else f"{name} ({wnid})" for wnid, name in first.items()}
 
 
-def read_imagenet(spec: Mapping, base_dir: Path) -> pd.DataFrame:
+def read_imagenet(spec: DatasetSettings, base_dir: Path) -> pd.DataFrame:
     """`ILSVRC/Data/CLS-LOC/train/<wnid>/*.JPEG`, the val images labelled by
     `LOC_val_solution.csv`, class names from `LOC_synset_mapping.txt`.
 
@@ -35,7 +35,7 @@ def read_imagenet(spec: Mapping, base_dir: Path) -> pd.DataFrame:
     names = _synsets(root / "LOC_synset_mapping.txt")
     aliases = dict(names)
     wnids = list(names)
-    requested = spec.get("classes")
+    requested = spec.classes
     if isinstance(requested, list):
         by_name = {name: wnid for wnid, name in names.items()}
         unknown = [c for c in requested if c not in names and c not in by_name]

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..datasets import manifest, sanitize_key
+from ..manifest import manifest, sanitize_key
+from ..settings import DatasetSettings
 from .common import dataset_root, locate, read_lines
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def _voc_mask(object_png: Path, instance: int) -> np.ndarray:
     return _palette_indices(object_png) == instance
 
 
-def read_pascal(spec: Mapping, base_dir: Path) -> pd.DataFrame:
+def read_pascal(spec: DatasetSettings, base_dir: Path) -> pd.DataFrame:
     """VOC2012's segmentation set: ImageSets/Segmentation/{train,val}.txt.
 
     Instances come from SegmentationObject (one palette index per object; 0 is background,
@@ -95,7 +96,7 @@ def read_pascal(spec: Mapping, base_dir: Path) -> pd.DataFrame:
     return manifest(rows)
 
 
-def read_coco(spec: Mapping, base_dir: Path) -> pd.DataFrame:
+def read_coco(spec: DatasetSettings, base_dir: Path) -> pd.DataFrame:
     """COCO 2017: train2017/ and val2017/ with annotations/instances_{train,val}2017.json.
 
     The largest annotation is the one with the largest `area` (its mask's pixel count), crowd

@@ -8,12 +8,12 @@ Read from the Hugging Face dataset `mpg-ranch/leafy_spurge` (a directory written
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
-from ..datasets import manifest, sanitize_key
+from ..manifest import manifest, sanitize_key
+from ..settings import DatasetSettings
 from .common import dataset_root, list_images
 
 HF_REPO = "mpg-ranch/leafy_spurge"
@@ -89,7 +89,7 @@ def _hf_rows(root: Path, config_name: str) -> list[dict]:
     return rows
 
 
-def read_leafy_spurge(spec: Mapping, base_dir: Path) -> pd.DataFrame:
+def read_leafy_spurge(spec: DatasetSettings, base_dir: Path) -> pd.DataFrame:
     """Labels "no spurge" (absent) and "leafy spurge" (apparent / present).
 
     The dataset's own test split, when it has one, becomes the test manifest; evaluation
@@ -98,5 +98,5 @@ def read_leafy_spurge(spec: Mapping, base_dir: Path) -> pd.DataFrame:
     root = dataset_root(spec, base_dir)
     rows = _folder_rows(root)
     if not rows:
-        rows = _hf_rows(root, spec.get("hf_config", "crop"))
+        rows = _hf_rows(root, spec.hf_config)
     return manifest(rows)

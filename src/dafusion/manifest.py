@@ -1,0 +1,49 @@
+"""Manifest basics: the table every reader returns and every stage reads.
+
+Kept free of the readers and of image decoding, so that anything handling manifests (the
+readers, the stages, the workflow's scripts) can import it cheaply and without a cycle.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+import pandas as pd
+
+MANIFEST_COLUMNS = ["key", "path", "image", "label", "class_name", "split"]
+SPLITS = ("train", "val", "test")
+
+
+def manifest(rows: Iterable[Mapping]) -> pd.DataFrame:
+    """Rows -> a manifest table; columns beyond the manifest's (such as `mask`) are kept."""
+    frame = pd.DataFrame(list(rows))
+    for col in MANIFEST_COLUMNS:
+        if col not in frame:
+            frame[col] = None
+    extra = [col for col in frame.columns if col not in MANIFEST_COLUMNS]
+    frame = frame[MANIFEST_COLUMNS + extra]
+    frame["label"] = frame["label"].astype("int64")
+    return frame
+
+
+def sanitize_key(text: str) -> str:
+    """Make a WebDataset-safe key: the reader splits extensions at the first dot."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text)
+
+
+def class_names(frame: pd.DataFrame) -> list[str]:
+    """Class names indexed by label."""
+    pairs = frame[["label", "class_name"]].drop_duplicates().sort_values("label")
+    names = pairs["class_name"].tolist()
+    if pairs["label"].tolist() != list(range(len(names))):
+        raise ValueError("labels must be 0..C-1 with one class name each")
+    return names
+
+
+def unknown_classes_error(unknown: Sequence[str], available: Sequence[str]) -> ValueError:
+    """The error for `classes:` names a dataset lacks, listing the ones it has."""
+    return ValueError(
+        f"unknown classes in 'classes': {', '.join(map(repr, unknown))}; fix the names in the "
+        f"config. The {len(available)} available classes: {', '.join(available)}"
+    )

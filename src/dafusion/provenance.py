@@ -1,0 +1,140 @@
+"""Which library code each workflow step runs, by content: the workflow's code rerun trigger.
+
+Every rule passes `code=` the fingerprint of the code its jobs run as a param: the content
+hash of its `pipeline` function (with the pipeline helpers that function uses) and of every
+library module those import, transitively. Editing `generation.py` changes the fingerprint
+of `generate` (which reruns its jobs and, through their outputs, what follows), not of
+`invert`; `touch` or a fresh clone changes no content and reruns nothing. The mapping is
+read from the import statements each time the workflow starts, so it cannot go stale.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+
+PACKAGE = "dafusion"
+# The copy of the library this module belongs to: the workflow's own, which jobs import.
+ROOT = Path(__file__).resolve().parent
+
+
+def digest(data: bytes) -> str:
+    """A short content hash: 64 bits are ample to tell versions of a file apart."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def module_path(module: str, root: Path = ROOT) -> Path | None:
+    """The file of a library module (`dafusion.readers.common`), or None if there is none."""
+    parts = module.split(".")[1:]
+    base = root.joinpath(*parts)
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join((PACKAGE, *parts))
+
+
+def _imported(node: ast.AST, module: str, is_package: bool, root: Path) -> set[str]:
+    """Library modules an import statement loads (relative or absolute)."""
+    if isinstance(node, ast.Import):
+        return {a.name for a in node.names if a.name.split(".")[0] == PACKAGE}
+    if not isinstance(node, ast.ImportFrom):
+        return set()
+    if node.level:
+        package = module.split(".") if is_package else module.split(".")[:-1]
+        base = ".".join(package[: len(package) - node.level + 1])
+        target = f"{base}.{node.module}" if node.module else base
+    elif node.module and node.module.split(".")[0] == PACKAGE:
+        target = node.module
+    else:
+        return set()
+    found = set()
+    for alias in node.names:
+        sub = f"{target}.{alias.name}"
+        found.add(sub if module_path(sub, root) else target)
+    return found
+
+
+def imports_in(nodes: Iterable[ast.AST], module: str, is_package: bool, root: Path) -> set[str]:
+    """Library modules imported anywhere in `nodes`, function-local imports included."""
+    found: set[str] = set()
+    for node in nodes:
+        for sub in ast.walk(node):
+            found |= _imported(sub, module, is_package, root)
+    return found
+
+
+def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """module -> the library modules it imports, for every module of the library."""
+    graph = {}
+    for path in sorted(root.rglob("*.py")):
+        module = _module_name(path, root)
+        tree = ast.parse(path.read_text(), filename=str(path))
+        graph[module] = imports_in([tree], module, path.name == "__init__.py", root) - {module}
+    return graph
+
+
+def closure(modules: Iterable[str], graph: dict[str, set[str]]) -> set[str]:
+    """The modules plus everything they import, transitively, and their parent packages
+    (importing `dafusion.readers.common` runs `dafusion/readers/__init__.py` first)."""
+    seen: set[str] = set()
+    stack = list(modules)
+    while stack:
+        module = stack.pop()
+        if module in seen or module not in graph:
+            continue
+        seen.add(module)
+        stack += graph[module]
+        parts = module.split(".")
+        stack += [".".join(parts[:i]) for i in range(1, len(parts))]
+    return seen
+
+
+def _bound_names(node: ast.stmt) -> set[str]:
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return {node.name}
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return {(a.asname or a.name).split(".")[0] for a in node.names}
+    if isinstance(node, (ast.Assign, ast.AnnAssign)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        return {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return set()
+
+
+def step_code(step: str, root: Path = ROOT) -> dict[str, str]:
+    """The fingerprint of the code workflow step `step` runs: {source: content hash}.
+
+    `pipeline.<step>` hashes the step's function in `pipeline.py` and the module-level
+    helpers it uses (so editing one step's function reruns only that step); every other
+    entry is a whole library module the step imports, directly or not.
+    """
+    pipeline = root / "pipeline.py"
+    source = pipeline.read_text()
+    tree = ast.parse(source, filename=str(pipeline))
+    top = {name: node for node in tree.body for name in _bound_names(node)}
+    if not isinstance(top.get(step), ast.FunctionDef):
+        raise ValueError(f"{pipeline} has no function '{step}' for the workflow rule '{step}'")
+    used: list[ast.stmt] = []
+    stack = [step]
+    while stack:
+        node = top[stack.pop()]
+        if node in used:
+            continue
+        used.append(node)
+        stack += [n.id for n in ast.walk(node) if isinstance(n, ast.Name) and n.id in top]
+    used.sort(key=lambda n: n.lineno)
+    segments = "\n".join(ast.get_source_segment(source, n) or "" for n in used)
+    modules = closure(imports_in(used, f"{PACKAGE}.pipeline", False, root), import_graph(root))
+    code = {f"pipeline.{step}": digest(segments.encode())}
+    for module in sorted(modules):
+        path = module_path(module, root)
+        code[str(path.relative_to(root.parent))] = digest(path.read_bytes())
+    return code

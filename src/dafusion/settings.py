@@ -1,0 +1,217 @@
+"""Typed settings: one object per config section, the only place the library reads them.
+
+Every field is one of two kinds:
+
+- a **result setting** changes what a job writes. Rules receive the result settings their
+  outputs depend on through `params:` (`result_params`), so changing one reruns exactly the
+  jobs it affects;
+- an **execution knob** (`knob(...)`) changes only how fast or where a job runs: device,
+  batch sizes, workers, chunking, checkpoint interval, compile. Knobs never travel in
+  `params:`; a job reads them from the config (`from_parts`), so changing one reruns nothing.
+
+The defaults here equal the schema's (`workflow/schemas/config.schema.yaml`); a test compares
+every key. This module imports nothing heavy: the Snakefile uses it at start-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+S = TypeVar("S", bound="Settings")
+
+
+def knob(default: Any) -> Any:
+    """An execution knob: a field that changes how a job runs, never what it writes."""
+    return field(default=default, metadata={"knob": True})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Base of every section's settings."""
+
+    @classmethod
+    def knob_keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if f.metadata.get("knob")]
+
+    @classmethod
+    def result_keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if not f.metadata.get("knob")]
+
+    @classmethod
+    def from_config(cls: type[S], section: Mapping[str, Any]) -> S:
+        """Settings from a validated config section (every key known)."""
+        return cls(**section)
+
+    @classmethod
+    def from_parts(cls: type[S], params: Mapping[str, Any], section: Mapping[str, Any]) -> S:
+        """A job's settings: result settings from its rule's params, knobs from the config."""
+        return cls(**params, **{key: section[key] for key in cls.knob_keys() if key in section})
+
+    def result_params(self) -> dict[str, Any]:
+        """The result settings a rule passes as `params:` (a job's outputs depend on these)."""
+        return {key: _plain(getattr(self, key)) for key in self.result_keys()}
+
+    def replace(self: S, **changes: Any) -> S:
+        return dataclasses.replace(self, **changes)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, so params compare equal to the config's YAML values across runs."""
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class ModelSettings(Settings):
+    """`model:` the Stable Diffusion checkpoint every generative stage loads.
+
+    `dtype` is a result setting: half precision changes generated images and learned tokens
+    beyond floating-point noise (errors compound over the denoising and training steps). On a
+    CPU every dtype computes in float32, so there it changes nothing but still reruns.
+    """
+
+    pretrained: str
+    dtype: str = "float32"
+    resolution: int = 512
+    device: str = knob("auto")
+
+
+@dataclass(frozen=True)
+class DatasetSettings(Settings):
+    """One `datasets:` entry. Which keys each kind reads is in `dafusion.readers.KINDS`."""
+
+    kind: str
+    root: str | None = None
+    classes: int | list[str] | None = None
+    split_protocol: str = "default"
+    allow_fewer: bool = False
+    skip_corrupt: bool = False
+    label_level: str = "variant"
+    hf_config: str = "crop"
+    image_size: int = 32
+    val_fraction: float = 0.2
+    val_per_class: int | None = None
+
+
+@dataclass(frozen=True)
+class InversionSettings(Settings):
+    """`inversion:` textual inversion, Table 1 of the paper by default."""
+
+    steps: int = 1000
+    batch_size: int = 4
+    learning_rate: float = 5e-4
+    scale_lr: bool = False
+    weight_decay: float = 1e-2
+    initializer: str = "the"
+    num_vectors: int = 1
+    flip: bool = True
+    templates: tuple[str, ...] | list[str] | str = ("a photo of a {}",)
+    classes_per_chunk: int = knob(0)
+    gradient_checkpointing: bool = knob(False)
+    checkpoint_every: int = knob(100)
+
+    @property
+    def effective_lr(self) -> float:
+        """diffusers' `--scale_lr`: lr x batch size (one process, no accumulation)."""
+        return self.learning_rate * (self.batch_size if self.scale_lr else 1)
+
+
+@dataclass(frozen=True)
+class MethodSettings(Settings):
+    """One `methods:` entry: a baseline, or SDEdit with a prompt and t0 values."""
+
+    kind: str
+    prompt: str | None = None
+    strengths: tuple[float, ...] | list[float] | None = None
+    mask: str = "none"
+    mask_dilation: int = 16
+
+    @property
+    def uses_tokens(self) -> bool:
+        """Whether the prompt needs the learned class tokens."""
+        return self.kind == "sdedit" and "{token}" in (self.prompt or "")
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether the method generates images (a baseline trains on real images only)."""
+        return self.kind != "baseline"
+
+    def result_params(self) -> dict[str, Any]:
+        params = super().result_params()
+        if self.mask == "none":
+            del params["mask_dilation"]  # read only by masked generation
+        return params
+
+
+@dataclass(frozen=True)
+class GenerationSettings(Settings):
+    """`generation:` SDEdit sampling (Table 1) and how the synthetic set is stored."""
+
+    num_synthetic: int = 10
+    guidance_scale: float = 7.5
+    num_inference_steps: int = 50
+    scheduler: str = "default"
+    image_format: str = "png"
+    shard_size: int = 1000
+    resize_to_source: bool = True
+    safety_checker: bool = False
+    safety_retries: int = 3
+    batch_size: int = knob(8)
+    workers: int | None = knob(None)
+    compile: bool = knob(False)
+
+    def result_params(self) -> dict[str, Any]:
+        params = super().result_params()
+        if not self.safety_checker:
+            del params["safety_retries"]  # read only when the safety checker runs
+        return params
+
+
+@dataclass(frozen=True)
+class ClassifierSettings(Settings):
+    """`classifier:` the downstream classifier of each (method, seed, shots) run."""
+
+    backbone: str = "resnet50"
+    weights: str | None = None
+    pretrained: bool = True
+    image_size: int = 256
+    steps: int = 10000
+    batch_size: int = 32
+    lr: float = 1e-4
+    eval_interval: int = 200
+    synthetic_probability: float = 0.5
+    augmentation: str = "standard"
+    rotation_degrees: float = 15.0
+    bn_mode: str = "eval"
+    feature_cache: bool = True
+    cache_views: int = 8
+    eval_samples: int | None = None
+    absent_classes: str = "skip"
+    device: str = knob("auto")
+
+    def for_method(self, method: MethodSettings) -> ClassifierSettings:
+        """A baseline mixes in no synthetic images, so alpha cannot change its result."""
+        return self if method.synthetic else self.replace(synthetic_probability=0.0)
+
+
+@dataclass(frozen=True)
+class AggregateSettings(Settings):
+    """`aggregate:` settings read only when the runs are summarized."""
+
+    report_split: str = "test"
+
+
+# The config section each settings class reads (datasets and methods: each entry).
+SECTIONS: dict[str, type[Settings]] = {
+    "model": ModelSettings,
+    "datasets": DatasetSettings,
+    "inversion": InversionSettings,
+    "methods": MethodSettings,
+    "generation": GenerationSettings,
+    "classifier": ClassifierSettings,
+    "aggregate": AggregateSettings,
+}
