@@ -136,3 +136,12 @@ def test_only_the_edited_pipeline_function_changes(library):
 def test_a_step_without_a_pipeline_function_is_an_error(library):
     with pytest.raises(ValueError, match="no function 'nonsense' for the workflow rule"):
         step_code("nonsense", library)
+
+
+def test_a_job_counts_as_a_gpu_job_only_when_it_will_use_cuda(monkeypatch):
+    from dafusion.devices import will_use_cuda
+
+    assert will_use_cuda("cuda") and will_use_cuda("cuda:1")
+    assert not will_use_cuda("cpu")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert not will_use_cuda("auto")  # every GPU hidden

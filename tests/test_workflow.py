@@ -279,3 +279,15 @@ def test_bad_config_stops_before_any_job(tmp_path, change, message):
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
     assert not (workdir / "results").exists()
+
+
+def test_train_declares_a_gpu_when_it_will_use_cuda(workdir):
+    """So that --cores N cannot pile classifier jobs onto the GPU generation is using."""
+    overlay = write_config(workdir, "o.yaml", {"classifier": {"device": "cuda"}})
+    result = snakemake(
+        workdir, "-n", "--cores", "2", "--forcerun", "train",
+        "--configfile", "config/config.yaml", overlay,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    resources = re.findall(r"rule train:\n(?:    .*\n)*?    resources: (.*)", result.stdout)
+    assert len(resources) == 6 and all("gpu=1" in line for line in resources)

@@ -11,6 +11,7 @@ read from the import statements each time the workflow starts, so it cannot go s
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -76,10 +77,17 @@ def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
     """module -> the library modules it imports, for every module of the library."""
     graph = {}
     for path in sorted(root.rglob("*.py")):
-        module = _module_name(path, root)
-        tree = ast.parse(path.read_text(), filename=str(path))
-        graph[module] = imports_in([tree], module, path.name == "__init__.py", root) - {module}
+        stat = path.stat()
+        graph[_module_name(path, root)] = set(_file_imports(path, root, stat.st_mtime_ns))
     return graph
+
+
+@functools.lru_cache(maxsize=None)
+def _file_imports(path: Path, root: Path, mtime_ns: int) -> frozenset[str]:
+    """A file's library imports, parsed once per version (every rule asks at start-up)."""
+    module = _module_name(path, root)
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return frozenset(imports_in([tree], module, path.name == "__init__.py", root) - {module})
 
 
 def closure(modules: Iterable[str], graph: dict[str, set[str]]) -> set[str]:
