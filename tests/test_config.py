@@ -147,3 +147,12 @@ def test_every_disk_kind_needs_its_root(kind):
     config["datasets"]["mine"] = {"kind": kind}
     with pytest.raises(ConfigError, match=f"datasets.mine.root': kind '{kind}' needs"):
         validate_config(config, SCHEMA)
+
+
+def test_a_moved_key_says_where_it_went():
+    config = default_config()
+    config["classifier"]["report_split"] = "val"
+    with pytest.raises(
+        ConfigError, match="'classifier.report_split' is now 'aggregate.report_split'"
+    ):
+        validate_config(config, SCHEMA)

@@ -27,6 +27,8 @@ INVERSION_PRESETS = {
 }
 # Sections holding one entry per name (a dataset, a method) rather than one settings object.
 PER_ENTRY = ("datasets", "methods")
+# Keys that moved: old place -> new place (an old config gets told where, not just "unknown").
+MOVED = {("classifier", "report_split"): ("aggregate", "report_split")}
 
 
 class ConfigError(ValueError):
@@ -99,6 +101,12 @@ def validate_config(config: Mapping, schema_path: str | Path, base_dir: str | Pa
     """
     schema = load_schema(schema_path)
     config = copy.deepcopy(dict(config))
+    for (section, key), new in MOVED.items():
+        if isinstance(config.get(section), Mapping) and key in config[section]:
+            raise ConfigError(
+                f"config key '{section}.{key}' is now '{'.'.join(new)}' (it is read only when "
+                "the runs are summarized, so changing it reruns only aggregate); move it there"
+            )
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(
         validator.iter_errors(config), key=lambda e: (len(e.path), list(map(str, e.path)))

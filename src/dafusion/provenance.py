@@ -82,7 +82,7 @@ def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
     return graph
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _file_imports(path: Path, root: Path, mtime_ns: int) -> frozenset[str]:
     """A file's library imports, parsed once per version (every rule asks at start-up)."""
     module = _module_name(path, root)
