@@ -156,3 +156,66 @@ def test_a_moved_key_says_where_it_went():
         ConfigError, match="'classifier.report_split' is now 'aggregate.report_split'"
     ):
         validate_config(config, SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "message"),
+    [
+        (lambda c: c["model"].update(device="banana"), "model.device", "does not match"),
+        (lambda c: c["classifier"].update(device="gpu0"), "classifier.device", "does not match"),
+        (
+            lambda c: c["inversion"].update(templates=["a {} of a {}"]),
+            "inversion.templates.0",
+            "exactly one",
+        ),
+        (
+            lambda c: c["methods"]["da-fusion"].update(prompt="a photo of {name.__class__}"),
+            "methods.da-fusion.prompt",
+            r"only \{name\} or \{token\}",
+        ),
+        (
+            lambda c: c["methods"]["da-fusion"].update(prompt="a photo of {name.foo}"),
+            "methods.da-fusion.prompt",
+            r"not \{name.foo\}",
+        ),
+        (
+            lambda c: c["generation"].update(scheduler="NoSuchScheduler"),
+            "generation.scheduler",
+            "not a diffusers scheduler class",
+        ),
+        (
+            lambda c: c["generation"].update(scheduler="DPMSolverSDEScheduler"),
+            "generation.scheduler",
+            "cannot be drawn per image",
+        ),
+    ],
+)
+def test_settings_that_would_fail_in_a_job_fail_at_start_up(change, key, message):
+    """Before Snakemake deletes the outputs of the jobs that would read them."""
+    config = default_config()
+    change(config)
+    with pytest.raises(ConfigError, match=f"config key '{key}': .*{message}"):
+        validate_config(config, SCHEMA)
+
+
+def test_the_model_is_checked_at_start_up(tmp_path, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    config = default_config()
+    config["model"]["pretrained"] = str(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="'model.pretrained': directory .* does not exist"):
+        validate_config(config, SCHEMA)
+    (tmp_path / "not-a-model").mkdir()
+    config["model"]["pretrained"] = str(tmp_path / "not-a-model")
+    with pytest.raises(ConfigError, match="is not a diffusers model .no model_index.json"):
+        validate_config(config, SCHEMA)
+    config["model"]["pretrained"] = "CompVis/stable-diffusion-v1-4"
+    with pytest.raises(ConfigError, match="not in the local Hugging Face cache.*hf download"):
+        validate_config(config, SCHEMA)
+    repo = tmp_path / "hub/models--CompVis--stable-diffusion-v1-4"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs/main").write_text("abc123")
+    (repo / "snapshots/abc123").mkdir(parents=True)
+    (repo / "snapshots/abc123/model_index.json").write_text("{}")
+    assert validate_config(config, SCHEMA)["model"]["pretrained"] == config["model"]["pretrained"]

@@ -145,3 +145,55 @@ def test_index_keys_leave_out_what_reading_does_not_depend_on():
     assert "image_size" in digits and "kind" in digits
     assert not {"label_level", "hf_config", "allow_fewer"} & set(digits)
     assert "label_level" in index_keys(DatasetSettings(kind="fgvc_aircraft", root="data"))
+
+
+def test_folders_with_the_same_class_name_are_an_error(tmp_path):
+    _write_images(tmp_path / "data/red fox", 3, (200, 0, 0))
+    _write_images(tmp_path / "data/red_fox", 3, (190, 0, 0))
+    with pytest.raises(ValueError, match="'red fox', 'red_fox' .* same class name 'red fox'"):
+        _read({"kind": "imagefolder", "root": "data"}, tmp_path)
+
+
+def test_classes_with_the_same_token_are_an_error(tmp_path):
+    _write_images(tmp_path / "data/Cat", 3, (200, 0, 0))
+    _write_images(tmp_path / "data/cat", 3, (190, 0, 0))
+    with pytest.raises(ValueError, match="'Cat', 'cat' give the same class token '<cat>'"):
+        _read({"kind": "imagefolder", "root": "data"}, tmp_path)
+
+
+def test_empty_and_symlinked_folders_are_skipped_by_name(tmp_path, caplog):
+    _write_images(tmp_path / "data/cat", 3, (200, 0, 0))
+    _write_images(tmp_path / "data/dog", 3, (0, 0, 200))
+    (tmp_path / "data/empty").mkdir()
+    (tmp_path / "data/everything").symlink_to(tmp_path / "data")
+    pool, val, _ = _read({"kind": "imagefolder", "root": "data"}, tmp_path)
+    assert class_names(pool) == ["cat", "dog"] and len(pool) + len(val) == 6
+    assert "'empty': no images" in caplog.text.replace(str(tmp_path / "data") + "/", "'")
+    assert "everything': a symlink (not followed)" in caplog.text
+
+
+def test_a_class_left_without_readable_images_is_named(tmp_path):
+    _write_images(tmp_path / "data/cat", 3, (200, 0, 0))
+    (tmp_path / "data/dog").mkdir()
+    for i in range(3):
+        (tmp_path / f"data/dog/{i}.jpg").write_bytes(b"not a jpeg")
+    spec = {"kind": "imagefolder", "root": "data", "skip_corrupt": True}
+    with pytest.raises(ValueError, match="class 'dog' has no readable training images left"):
+        _read(spec, tmp_path)
+
+
+def test_a_one_image_class_is_not_told_to_lower_val_fraction(tmp_path):
+    _write_images(tmp_path / "data/cat", 3, (200, 0, 0))
+    _write_images(tmp_path / "data/dog", 1, (0, 0, 200))
+    with pytest.raises(ValueError, match="'dog' has 1 image.*; add images, or give") as error:
+        _read({"kind": "imagefolder", "root": "data"}, tmp_path)
+    assert "val_fraction" not in str(error.value)
+
+
+def test_an_evaluation_class_without_training_images_names_both_folders(tmp_path):
+    _write_images(tmp_path / "data/train/cat", 3, (200, 0, 0))
+    (tmp_path / "data/train/dog").mkdir()
+    _write_images(tmp_path / "data/val/cat", 1, (200, 0, 0))
+    _write_images(tmp_path / "data/val/dog", 1, (0, 0, 200))
+    with pytest.raises(ValueError, match="training folder '.*train/dog' has no images"):
+        _read({"kind": "imagefolder", "root": "data"}, tmp_path)

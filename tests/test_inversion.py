@@ -6,9 +6,9 @@ from dafusion import inversion
 from dafusion.datasets import few_shot
 from dafusion.images import load_image
 from dafusion.inversion import Checkpoint, learn_tokens, template_list
-from dafusion.manifest import class_names
+from dafusion.manifest import class_names, class_token
 from dafusion.settings import InversionSettings
-from dafusion.tokens import class_token, load_into, save_tokens
+from dafusion.tokens import load_into, save_tokens
 
 
 def _split(digits, classes):

@@ -262,7 +262,7 @@ def test_touching_every_source_file_reruns_nothing(workdir):
 def test_jobs_run_the_workflows_own_library(workdir):
     """Not another copy installed in the environment (this repository's, in the tests)."""
     log = (workdir / "results/logs/aggregate.log").read_text()
-    assert f"dafusion from {workdir / 'src' / 'dafusion'}" in log
+    assert f"dafusion from {workdir / 'src' / 'dafusion'} (sha256 " in log
 
 
 def test_synthetic_and_tokens_targets(workdir):
@@ -300,3 +300,26 @@ def test_train_declares_a_gpu_when_it_will_use_cuda(workdir):
     assert result.returncode == 0, result.stderr[-3000:]
     resources = re.findall(r"rule train:\n(?:    .*\n)*?    resources: (.*)", result.stdout)
     assert len(resources) == 6 and all("gpu=1" in line for line in resources)
+
+
+@pytest.mark.parametrize(
+    ("overlay", "key"),
+    [
+        ({"model": {"pretrained": "models/missing"}}, "model.pretrained"),
+        ({"generation": {"scheduler": "NoSuchScheduler"}}, "generation.scheduler"),
+    ],
+)
+def test_a_bad_setting_stops_the_run_before_any_output_is_touched(workdir, overlay, key):
+    """Snakemake deletes a job's old outputs when the job starts: a setting only a job could
+    check would have cost the previous results."""
+
+    def contents() -> dict[str, bytes]:
+        files = (workdir / "results").rglob("*")
+        return {str(p): p.read_bytes() for p in files if p.is_file() and "logs" not in p.parts}
+
+    before = contents()
+    path = write_config(workdir, "bad.yaml", overlay)
+    result = snakemake(workdir, "--cores", "2", "-k", "--configfile", "config/config.yaml", path)
+    assert result.returncode != 0
+    assert f"config key '{key}'" in result.stdout + result.stderr
+    assert contents() == before

@@ -8,6 +8,7 @@ settings of `dafusion.settings` are built from its sections.
 from __future__ import annotations
 
 import copy
+import string
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,79 @@ def _check_dataset(name: str, spec: Mapping, explicit: set[str], base_dir: str |
             )
 
 
+def _check_fields(key: str, text: str, allowed: set[str], exactly_one: bool = False) -> None:
+    """A prompt or template: only the allowed plain {fields} (no attributes, indices or
+    conversions, which `str.format` would evaluate), and with `exactly_one` one of them."""
+    try:
+        fields = [
+            (field, conversion, spec)
+            for _, field, spec, conversion in string.Formatter().parse(text)
+            if field is not None
+        ]
+    except ValueError as exc:
+        raise ConfigError(f"config key '{key}': {text!r} has unbalanced braces ({exc})") from None
+    shown = " or ".join(f"{{{f}}}" for f in sorted(allowed))
+    bad = [f for f, conversion, spec in fields if f not in allowed or conversion or spec]
+    if bad:
+        raise ConfigError(
+            f"config key '{key}': {text!r} may hold only {shown} in braces, not {{{bad[0]}}}; "
+            "write literal braces as {{ and }}"
+        )
+    if exactly_one and len(fields) != 1:
+        raise ConfigError(
+            f"config key '{key}': {text!r} must hold exactly one {shown} (where the class token "
+            f"goes), not {len(fields)}"
+        )
+
+
+def _check_model(pretrained: str, base_dir: str | Path) -> None:
+    """'tiny', a local diffusers directory, or a hub id already in the local Hugging Face
+    cache: checked before any job, since the jobs that load it would fail only after
+    Snakemake has deleted their previous outputs."""
+    if pretrained == "tiny":
+        return
+    path = Path(base_dir) / Path(pretrained).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ConfigError(
+                f"config key 'model.pretrained': directory '{path}' is not a diffusers model "
+                "(no model_index.json); point it at a directory written by save_pretrained"
+            )
+        return
+    looks_like_path = pretrained.startswith(("/", ".", "~")) or pretrained.count("/") != 1
+    if not looks_like_path:
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(pretrained, "model_index.json")
+        except ValueError:  # not a valid repo id
+            cached = None
+        if isinstance(cached, str):
+            return
+        raise ConfigError(
+            f"config key 'model.pretrained': '{pretrained}' is not in the local Hugging Face "
+            "cache (HF_HOME, default ~/.cache/huggingface), and nothing is downloaded here. "
+            f"On a machine with internet run `hf download {pretrained}` and copy the cache "
+            "over, or point model.pretrained at a local diffusers directory"
+        )
+    raise ConfigError(
+        f"config key 'model.pretrained': directory '{path}' does not exist; give 'tiny', a "
+        "local diffusers directory, or a hub id such as CompVis/stable-diffusion-v1-4"
+    )
+
+
+def _check_scheduler(name: str) -> None:
+    """A scheduler class name is resolved now, not when the first generate job starts."""
+    if name in ("default", "fast"):
+        return
+    from .models import scheduler_class
+
+    try:
+        scheduler_class(name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def validate_config(config: Mapping, schema_path: str | Path, base_dir: str | Path = ".") -> dict:
     """Return a validated copy of `config` with defaults filled in.
 
@@ -125,13 +199,12 @@ def validate_config(config: Mapping, schema_path: str | Path, base_dir: str | Pa
         _check_dataset(name, spec, explicit[name], base_dir)
     for name, spec in config["methods"].items():
         if spec["kind"] == "sdedit":
-            try:
-                spec["prompt"].format(name="x", token="x")
-            except (KeyError, IndexError, ValueError) as exc:
-                raise ConfigError(
-                    f"config key 'methods.{name}.prompt': only {{name}} and {{token}} may "
-                    f"appear in braces ({exc!r})"
-                ) from exc
+            _check_fields(f"methods.{name}.prompt", spec["prompt"], {"name", "token"})
+    if isinstance(config["inversion"]["templates"], list):
+        for i, template in enumerate(config["inversion"]["templates"]):
+            _check_fields(f"inversion.templates.{i}", template, {""}, exactly_one=True)
+    _check_model(config["model"]["pretrained"], base_dir)
+    _check_scheduler(config["generation"]["scheduler"])
     for section, cls in SECTIONS.items():
         entries = config[section].values() if section in PER_ENTRY else [config[section]]
         for entry in entries:

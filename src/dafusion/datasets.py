@@ -20,7 +20,7 @@ import pandas as pd
 from PIL import Image
 
 from .images import describe, load_image, open_image
-from .manifest import SPLITS, unknown_classes_error
+from .manifest import SPLITS, class_token, unknown_classes_error
 from .readers import KINDS
 from .settings import DatasetSettings
 
@@ -41,9 +41,11 @@ def hold_out(pool: pd.DataFrame, fraction: float, per_class: int | None) -> pd.D
         order = rng.permutation(len(group))
         n_val = max(1, int(np.ceil(fraction * len(group))))
         if n_val >= len(group):
+            fix = "add images or lower val_fraction" if len(group) > 1 else "add images"
             raise ValueError(
-                f"class '{group['class_name'].iloc[0]}' has {len(group)} images: too few to "
-                "hold out an evaluation split; add images or lower val_fraction"
+                f"class '{group['class_name'].iloc[0]}' has {len(group)} image(s): too few to "
+                f"hold out an evaluation image and keep one to train on; {fix}, or give the "
+                "dataset its own evaluation split (for imagefolder: root/train/ and root/val/)"
             )
         group = group.iloc[order].copy()
         group["split"] = "train"
@@ -74,6 +76,39 @@ def _check_keys(frame: pd.DataFrame, kind: str) -> None:
             f"dataset kind '{kind}': images {sources} map to the same key '{key}' (keys drop "
             "dots and other punctuation); rename one of the files"
         )
+
+
+def _check_every_class_remains(frame: pd.DataFrame, names: Sequence[str], needs_val: bool) -> None:
+    """No class may vanish silently: one without training images (all unreadable and
+    skipped) is an error; one without evaluation images is logged by name, since its
+    accuracy will be missing from every run."""
+    for split in ("train", "val") if needs_val else ("train",):
+        present = set(frame.loc[frame["split"] == split, "class_name"])
+        missing = [name for name in names if name not in present]
+        if missing and split == "train":
+            raise ValueError(
+                f"class {', '.join(map(repr, missing))} has no readable training images left "
+                "(skip_corrupt left them all out); add readable images, or leave the class out "
+                "with the entry's classes: list"
+            )
+        if missing:
+            log.warning(
+                "class %s has no evaluation images: its accuracy will be missing from every run",
+                ", ".join(map(repr, missing)),
+            )
+
+
+def _check_tokens(names: Sequence[str]) -> None:
+    """Every class must get its own learned token; 'Cat' and 'cat' would share '<cat>'."""
+    by_token: dict[str, list[str]] = {}
+    for name in names:
+        by_token.setdefault(class_token(name), []).append(name)
+    for token, group in by_token.items():
+        if len(group) > 1:
+            raise ValueError(
+                f"classes {', '.join(map(repr, group))} give the same class token '{token}' "
+                "(tokens ignore case and punctuation); rename one, or merge them"
+            )
 
 
 def select_classes(
@@ -210,7 +245,10 @@ def read_dataset(
         val = _cap_per_class(frame[frame["split"] == "val"], per_class)
         frame = pd.concat([frame[frame["split"] != "val"], val])
     frame = select_classes(frame, spec.classes, aliases)
+    names = sorted(frame["class_name"].unique())
+    _check_tokens(names)
     frame = check_images(frame, spec.skip_corrupt, threads)
+    _check_every_class_remains(frame, names, needs_val=spec.split_protocol == "default")
     frame = write_masks(frame, mask_dir, threads)
     pool, val, test = (
         frame[frame["split"] == split].sort_values("key").reset_index(drop=True) for split in SPLITS

@@ -27,10 +27,11 @@ from tqdm.auto import tqdm
 from .devices import halve_on_oom
 from .images import to_model_tensor
 from .io import atomic_path
+from .manifest import class_token
 from .models import Components, encode_text
 from .seeds import derive_seed
 from .settings import InversionSettings
-from .tokens import add_to_tokenizer, class_token, expand
+from .tokens import add_to_tokenizer, expand
 
 log = logging.getLogger(__name__)
 

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -25,9 +26,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         yield tmp
+        # Some writers (safetensors) create 0600 files; results get the usual permissions,
+        # readable by the group on a shared cluster as the umask allows.
+        tmp.chmod(0o666 & ~_umask())
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
@@ -41,7 +51,7 @@ def setup_job(log_path: str | Path | None, threads: int | None = None) -> None:
 
     Logging, warnings and progress bars (stderr) go to the log file. Without the thread
     cap, every job would use all cores and parallel jobs would oversubscribe them. The log
-    starts with the library's location, so a log shows which copy of the code ran.
+    starts with the library's location and content hash, so a log shows which code ran.
     """
     if threads:
         import torch
@@ -57,7 +67,13 @@ def setup_job(log_path: str | Path | None, threads: int | None = None) -> None:
         force=True,
     )
     logging.captureWarnings(True)
-    logging.getLogger("dafusion").info("dafusion from %s", Path(__file__).parent)
+    library = Path(__file__).resolve().parent
+    content = hashlib.sha256()
+    for path in sorted(library.rglob("*.py")):
+        content.update(path.relative_to(library).as_posix().encode() + path.read_bytes())
+    logging.getLogger("dafusion").info(
+        "dafusion from %s (sha256 %s)", library, content.hexdigest()[:16]
+    )
 
 
 def fingerprint(**parts) -> str:

@@ -32,6 +32,12 @@ def sanitize_key(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", text)
 
 
+def class_token(class_name: str) -> str:
+    """The pseudo-word of a class, e.g. 'giant white arum lily' -> '<giant-white-arum-lily>'."""
+    slug = re.sub(r"[^a-z0-9]+", "-", class_name.lower()).strip("-")
+    return f"<{slug or 'class'}>"
+
+
 def class_names(frame: pd.DataFrame) -> list[str]:
     """Class names indexed by label."""
     pairs = frame[["label", "class_name"]].drop_duplicates().sort_values("label")

@@ -73,11 +73,16 @@ def load_components(pretrained: str, device: torch.device, dtype: torch.dtype) -
         # Any scheduler class reads the JSON; the checkpoint's own class is then built from it.
         config = DDPMScheduler.load_config(pretrained, subfolder="scheduler", **kwargs)
     except OSError as exc:
+        fix = (
+            "check that the directory holds tokenizer/, text_encoder/, vae/, unet/ and "
+            "scheduler/ with safetensors weights (as save_pretrained writes them)"
+            if local
+            else f"download it once with `hf download {pretrained}` on a machine with internet "
+            "and copy the Hugging Face cache over"
+        )
         raise OSError(
             f"cannot load the Stable Diffusion model '{pretrained}' (config key "
-            "'model.pretrained'): give 'tiny', a local diffusers directory, or a hub id whose "
-            "safetensors weights are in the local Hugging Face cache (download it once with "
-            f"`hf download {pretrained}` on a machine with internet). Cause: {exc}"
+            f"'model.pretrained'): {fix}. Cause: {exc}"
         ) from exc
     scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
     for module in (text_encoder, vae, unet):
@@ -122,35 +127,42 @@ def load_safety_checker(pretrained: str, device: torch.device, dtype: torch.dtyp
     return flagged
 
 
-def scheduler_from_name(name: str, base):
-    """The scheduler generation samples with: `base` (the checkpoint's) for 'default', else
-    the named diffusers class on its config.
+def scheduler_class(name: str):
+    """The diffusers scheduler class of that name, refused if it cannot draw noise per image.
 
-    Refuses a stochastic scheduler that cannot draw its noise per image, here rather than
-    mid-generation: outputs must not depend on batch size or order.
+    A stochastic scheduler whose step takes no generator would make outputs depend on batch
+    size and order. Checked at start-up (config validation) and again when a job builds it.
     """
     import diffusers
 
-    chosen = type(base).__name__ if name == "default" else name
-    if chosen in UNSEEDABLE_SCHEDULERS:
+    if name in UNSEEDABLE_SCHEDULERS:
         raise ValueError(
-            f"config key 'generation.scheduler': '{name}' ({chosen}) is stochastic but its step "
-            "takes no generator, so its noise cannot be drawn per image and results would "
-            "depend on batch size and order; use a deterministic scheduler (e.g. 'fast' or "
+            f"config key 'generation.scheduler': '{name}' is stochastic but its step takes no "
+            "generator, so its noise cannot be drawn per image and results would depend on "
+            "batch size and order; use a deterministic scheduler (e.g. 'fast' or "
             "'DDIMScheduler') or a per-image seedable stochastic one (e.g. "
             "'EulerAncestralDiscreteScheduler')"
         )
+    cls = getattr(diffusers, name, None) if name.endswith("Scheduler") else None
+    if cls is None:
+        raise ValueError(
+            f"config key 'generation.scheduler': '{name}' is not a diffusers scheduler class; "
+            "use 'default', 'fast' or a class name such as 'DPMSolverMultistepScheduler'"
+        )
+    return cls
+
+
+def scheduler_from_name(name: str, base):
+    """The scheduler generation samples with: `base` (the checkpoint's) for 'default', else
+    the named diffusers class on its config."""
     if name == "default":
+        scheduler_class(type(base).__name__)  # the checkpoint's own may be unseedable too
         return base
     if name == "fast":
+        import diffusers
+
         # A named deviation: DPM-Solver++ reaches SD quality in ~20-25 steps instead of 50.
         return diffusers.DPMSolverMultistepScheduler.from_config(
             base.config, algorithm_type="dpmsolver++"
         )
-    cls = getattr(diffusers, name, None)
-    if cls is None or not name.endswith("Scheduler"):
-        raise ValueError(
-            f"config key 'generation.scheduler': '{name}' is not a diffusers scheduler class; "
-            "use 'default' or e.g. 'DPMSolverMultistepScheduler'"
-        )
-    return cls.from_config(base.config)
+    return scheduler_class(name).from_config(base.config)

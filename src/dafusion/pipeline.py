@@ -192,10 +192,10 @@ def generate(
     Finished shards of a killed run of the same job are reused.
     """
     from .generation import Engine, plan
-    from .manifest import class_names
+    from .manifest import class_names, class_token
     from .models import load_safety_checker, scheduler_from_name
     from .synthetic import build
-    from .tokens import class_token, expand, file_hash, load_into
+    from .tokens import expand, file_hash, load_into
 
     manifest = pd.read_parquet(split_path)
     names = class_names(manifest)

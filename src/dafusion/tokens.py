@@ -9,19 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from .io import atomic_path
-
-
-def class_token(class_name: str) -> str:
-    """The pseudo-word of a class, e.g. 'giant white arum lily' -> '<giant-white-arum-lily>'."""
-    slug = re.sub(r"[^a-z0-9]+", "-", class_name.lower()).strip("-")
-    return f"<{slug or 'class'}>"
 
 
 def sub_tokens(token: str, num_vectors: int) -> list[str]:

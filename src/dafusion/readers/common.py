@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..images import IMAGE_SUFFIXES
 from ..settings import DatasetSettings
+
+log = logging.getLogger(__name__)
 
 
 def dataset_root(spec: DatasetSettings, base_dir: Path) -> Path:
@@ -45,14 +48,23 @@ def list_images(folder: Path, recursive: bool = False) -> list[Path]:
 
 
 def class_folders(root: Path, exclude: Sequence[str] = ()) -> dict[str, list[Path]]:
-    """`root/<class>/...` image folders (recursive), by folder name, sorted; empty ones dropped."""
+    """`root/<class>/...` image folders (recursive), by folder name, sorted.
+
+    Empty folders are dropped and symlinked folders are not followed (a link to the root
+    would make a class of every image); both are logged by name.
+    """
     if not root.is_dir():
         raise FileNotFoundError(f"directory '{root}' does not exist; check root")
     classes = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in exclude):
+        if folder.is_symlink():
+            log.warning("skipped class folder '%s': a symlink (not followed)", folder)
+            continue
         files = list_images(folder, recursive=True)
         if files:
             classes[folder.name] = files
+        else:
+            log.warning("skipped class folder '%s': no images in it", folder)
     if not classes:
         raise ValueError(
             f"no class folders with images under '{root}'; expected root/<class>/*.jpg"

@@ -48,9 +48,12 @@ def _folder_rows(
     rows = []
     for folder, files in classes.items():
         if folder not in labels:
+            train = root / "train" / folder
+            problem = "has no images" if train.is_dir() else "does not exist"
             raise ValueError(
-                f"class folder '{folder}' of the {split} split under '{root}' has no training "
-                "folder; add it to train/ or remove it"
+                f"class folder '{root / split / folder}' has images, but its training folder "
+                f"'{train}' {problem}: a class needs training images; add some there, or "
+                f"remove '{root / split / folder}'"
             )
         for path in files:
             rows.append(
@@ -73,6 +76,13 @@ def read_imagefolder(spec: DatasetSettings, base_dir: Path) -> pd.DataFrame:
     train = class_folders(root / "train" if has_splits else root)
     labels = {folder: i for i, folder in enumerate(train)}
     names = {folder: folder.replace("_", " ") for folder in train}
+    same = [f for f in train if [g for g in train if names[g] == names[f]] != [f]]
+    if same:
+        raise ValueError(
+            f"class folders {', '.join(repr(f) for f in same)} under '{root}' give the same "
+            f"class name '{names[same[0]]}' (an underscore reads as a space); merge them into "
+            "one folder or rename one"
+        )
     rows = _folder_rows(root, train, labels, names, "train")
     for split in ("val", "test"):
         if has_splits and (root / split).is_dir():
