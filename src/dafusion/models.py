@@ -127,17 +127,19 @@ def load_safety_checker(pretrained: str, device: torch.device, dtype: torch.dtyp
     return flagged
 
 
-def scheduler_class(name: str):
+def scheduler_class(name: str, setting: str | None = None):
     """The diffusers scheduler class of that name, refused if it cannot draw noise per image.
 
     A stochastic scheduler whose step takes no generator would make outputs depend on batch
-    size and order. Checked at start-up (config validation) and again when a job builds it.
+    size and order. Checked at start-up (config validation) and again when a job builds it;
+    `setting` is the configured value when it differs from the class name ('default').
     """
     import diffusers
 
     if name in UNSEEDABLE_SCHEDULERS:
+        shown = f"'{setting}' ({name})" if setting else f"'{name}'"
         raise ValueError(
-            f"config key 'generation.scheduler': '{name}' is stochastic but its step takes no "
+            f"config key 'generation.scheduler': {shown} is stochastic but its step takes no "
             "generator, so its noise cannot be drawn per image and results would depend on "
             "batch size and order; use a deterministic scheduler (e.g. 'fast' or "
             "'DDIMScheduler') or a per-image seedable stochastic one (e.g. "
@@ -156,7 +158,7 @@ def scheduler_from_name(name: str, base):
     """The scheduler generation samples with: `base` (the checkpoint's) for 'default', else
     the named diffusers class on its config."""
     if name == "default":
-        scheduler_class(type(base).__name__)  # the checkpoint's own may be unseedable too
+        scheduler_class(type(base).__name__, setting=name)  # the checkpoint's own, checked too
         return base
     if name == "fast":
         import diffusers
