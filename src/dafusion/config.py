@@ -16,7 +16,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .readers import KINDS
+from .readers import KINDS, original_split_kinds
 from .settings import SECTIONS
 
 # Named inversion recipes; keys a config sets explicitly win over the preset's.
@@ -76,7 +76,7 @@ def _check_dataset(name: str, spec: Mapping, explicit: set[str], base_dir: str |
                     f"not '{spec['kind']}'; remove it"
                 )
     if spec["split_protocol"] == "original-code" and not kind.original_split:
-        supported = ", ".join(sorted(k for k, v in KINDS.items() if v.original_split))
+        supported = ", ".join(original_split_kinds())
         raise ConfigError(
             f"config key 'datasets.{name}.split_protocol': 'original-code' applies to "
             f"{supported}, not '{spec['kind']}'; use 'default'"

@@ -21,7 +21,7 @@ from PIL import Image
 
 from .images import describe, load_image, open_image
 from .manifest import SPLITS, class_token, unknown_classes_error
-from .readers import KINDS
+from .readers import KINDS, original_split_kinds
 from .settings import DatasetSettings
 
 log = logging.getLogger(__name__)
@@ -82,20 +82,21 @@ def _check_every_class_remains(frame: pd.DataFrame, names: Sequence[str], needs_
     """No class may vanish silently: one without training images (all unreadable and
     skipped) is an error; one without evaluation images is logged by name, since its
     accuracy will be missing from every run."""
-    for split in ("train", "val") if needs_val else ("train",):
+
+    def missing(split: str) -> str:
         present = set(frame.loc[frame["split"] == split, "class_name"])
-        missing = [name for name in names if name not in present]
-        if missing and split == "train":
-            raise ValueError(
-                f"class {', '.join(map(repr, missing))} has no readable training images left "
-                "(skip_corrupt left them all out); add readable images, or leave the class out "
-                "with the entry's classes: list"
-            )
-        if missing:
-            log.warning(
-                "class %s has no evaluation images: its accuracy will be missing from every run",
-                ", ".join(map(repr, missing)),
-            )
+        return ", ".join(repr(name) for name in names if name not in present)
+
+    if untrained := missing("train"):
+        raise ValueError(
+            f"class {untrained} has no readable training images left (skip_corrupt left them "
+            "all out); add readable images, or leave the class out with the entry's classes: list"
+        )
+    if needs_val and (unevaluated := missing("val")):
+        log.warning(
+            "class %s has no evaluation images: its accuracy will be missing from every run",
+            unevaluated,
+        )
 
 
 def _check_tokens(names: Sequence[str]) -> None:
@@ -229,8 +230,9 @@ def read_dataset(
     kind = spec.kind
     protocol = spec.split_protocol
     if protocol == "original-code" and not KINDS[kind].original_split:
-        supported = sorted(name for name, entry in KINDS.items() if entry.original_split)
-        raise ValueError(f"split_protocol 'original-code' applies to {supported}, not '{kind}'")
+        raise ValueError(
+            f"split_protocol 'original-code' applies to {original_split_kinds()}, not '{kind}'"
+        )
     frame = KINDS[kind].read(spec, Path(base_dir))
     aliases = frame.attrs.get("class_aliases", {})
     if not (frame["split"] == "train").any():

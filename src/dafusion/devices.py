@@ -18,8 +18,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DTYPES = ("float32", "float16", "bfloat16")
-
 
 def will_use_cuda(device: str) -> bool:
     """Whether a job with this device setting will compute on a GPU, decided without torch.

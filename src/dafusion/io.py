@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -34,7 +34,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+@functools.cache
 def _umask() -> int:
+    """The process umask (read by setting it, so once, then restored)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -83,8 +85,5 @@ def fingerprint(**parts) -> str:
     only picks up progress made by the same job.
     """
 
-    def default(o):
-        return asdict(o) if hasattr(o, "__dataclass_fields__") else str(o)
-
-    blob = json.dumps(parts, sort_keys=True, default=default)
+    blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()

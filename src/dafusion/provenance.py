@@ -73,21 +73,25 @@ def imports_in(nodes: Iterable[ast.AST], module: str, is_package: bool, root: Pa
     return found
 
 
+def _parse(path: Path) -> tuple[str, ast.Module]:
+    """A file's source and syntax tree, parsed once per version (every rule asks at start-up)."""
+    return _parse_version(path, path.stat().st_mtime_ns)
+
+
+@functools.cache
+def _parse_version(path: Path, mtime_ns: int) -> tuple[str, ast.Module]:
+    source = path.read_text()
+    return source, ast.parse(source, filename=str(path))
+
+
 def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
     """module -> the library modules it imports, for every module of the library."""
     graph = {}
     for path in sorted(root.rglob("*.py")):
-        stat = path.stat()
-        graph[_module_name(path, root)] = set(_file_imports(path, root, stat.st_mtime_ns))
+        module = _module_name(path, root)
+        tree = _parse(path)[1]
+        graph[module] = imports_in([tree], module, path.name == "__init__.py", root) - {module}
     return graph
-
-
-@functools.cache
-def _file_imports(path: Path, root: Path, mtime_ns: int) -> frozenset[str]:
-    """A file's library imports, parsed once per version (every rule asks at start-up)."""
-    module = _module_name(path, root)
-    tree = ast.parse(path.read_text(), filename=str(path))
-    return frozenset(imports_in([tree], module, path.name == "__init__.py", root) - {module})
 
 
 def closure(modules: Iterable[str], graph: dict[str, set[str]]) -> set[str]:
@@ -125,8 +129,7 @@ def step_code(step: str, root: Path = ROOT) -> dict[str, str]:
     entry is a whole library module the step imports, directly or not.
     """
     pipeline = root / "pipeline.py"
-    source = pipeline.read_text()
-    tree = ast.parse(source, filename=str(pipeline))
+    source, tree = _parse(pipeline)
     top = {name: node for node in tree.body for name in _bound_names(node)}
     if not isinstance(top.get(step), ast.FunctionDef):
         raise ValueError(f"{pipeline} has no function '{step}' for the workflow rule '{step}'")

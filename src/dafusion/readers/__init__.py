@@ -49,6 +49,11 @@ KINDS: dict[str, DatasetKind] = {
 }
 
 
+def original_split_kinds() -> list[str]:
+    """The kinds that support `split_protocol: original-code`, for messages."""
+    return sorted(name for name, kind in KINDS.items() if kind.original_split)
+
+
 def index_keys(spec: DatasetSettings) -> list[str]:
     """The DatasetSettings fields that reading this kind depends on (for index_dataset's params):
     every field except allow_fewer (read only when drawing few-shot subsets) and the keys that
