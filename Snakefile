@@ -1,6 +1,6 @@
 """DA-Fusion: few-shot data augmentation with diffusion models, as a Snakemake workflow.
 
-Targets: all (default), synthetic, tokens. See README.md.
+Targets: all (default), synthetic, tokens, erasure. See README.md.
 Reruns: profiles/default sets the rerun triggers (README, Reruns).
 """
 
@@ -45,6 +45,7 @@ config.update(_validated)
 include: "workflow/rules/common.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/prepare.smk"
+include: "workflow/rules/erase.smk"
 include: "workflow/rules/invert.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/train.smk"
@@ -55,6 +56,7 @@ rule all:
     default_target: True
     input:
         rules.aggregate.output,
+        all_erasure(),
 
 
 rule synthetic:
@@ -65,3 +67,8 @@ rule synthetic:
 rule tokens:
     input:
         all_tokens(),
+
+
+rule erasure:
+    input:
+        all_erasure(),

@@ -188,6 +188,22 @@ def test_a_moved_key_says_where_it_went():
             "generation.scheduler",
             "cannot be drawn per image",
         ),
+        (
+            lambda c: c["erasure"].update(enabled=False),
+            "methods.da-fusion-erased.erased",
+            "set erasure.enabled to true",
+        ),
+        (
+            lambda c: c["methods"]["baseline"].update(erased=True),
+            "methods.baseline.erased",
+            "only sdedit methods",
+        ),
+        (
+            lambda c: c["erasure"].update(prompt="all digits"),
+            "erasure.prompt",
+            r"exactly one \{name\}",
+        ),
+        (lambda c: c["erasure"].update(method="fmn"), "erasure.method", "is not one of"),
     ],
 )
 def test_settings_that_would_fail_in_a_job_fail_at_start_up(change, key, message):

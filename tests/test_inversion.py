@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from dafusion import inversion
+from dafusion.checkpoint import Checkpoint
 from dafusion.datasets import few_shot
 from dafusion.images import load_image
-from dafusion.inversion import Checkpoint, learn_tokens, template_list
+from dafusion.inversion import learn_tokens, template_list
 from dafusion.manifest import class_names, class_token
 from dafusion.settings import InversionSettings
 from dafusion.tokens import load_into, save_tokens

@@ -12,13 +12,21 @@ import pytest
 
 from dafusion.config import PER_ENTRY, load_schema
 from dafusion.provenance import import_graph, step_code
-from dafusion.settings import SECTIONS, ClassifierSettings, GenerationSettings, MethodSettings
+from dafusion.settings import (
+    ESD_KEYS,
+    SECTIONS,
+    UCE_KEYS,
+    ClassifierSettings,
+    ErasureSettings,
+    GenerationSettings,
+    MethodSettings,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 STEPS = [
-    "build_tiny_model", "index_dataset", "seed_split", "few_shot_split", "invert", "generate",
-    "train", "aggregate",
+    "build_tiny_model", "index_dataset", "seed_split", "few_shot_split", "erase", "invert",
+    "generate", "train", "aggregate",
 ]  # fmt: skip
 # Keys the schema accepts that validation expands into other keys and removes.
 EXPANDED = {"inversion": {"preset"}}
@@ -75,6 +83,17 @@ def test_params_carry_result_settings_only():
     baseline = MethodSettings(kind="baseline")
     assert ClassifierSettings().for_method(baseline).synthetic_probability == 0.0
     assert "device" not in ClassifierSettings().result_params()
+    assert "erased" not in baseline.result_params()  # an unerased method's params as before
+    assert MethodSettings(kind="sdedit", erased=True).result_params()["erased"] is True
+
+
+def test_an_erasure_gets_only_its_method_settings():
+    esd = ErasureSettings(method="esd").result_params()
+    uce = ErasureSettings(method="uce").result_params()
+    assert set(ESD_KEYS) <= set(esd) and not set(UCE_KEYS) & set(esd)
+    assert set(UCE_KEYS) <= set(uce) and not set(ESD_KEYS) & set(uce)
+    assert not {"enabled", "checkpoint_every", "batch_size"} & (set(esd) | set(uce))
+    assert ErasureSettings(method="uce", scope="joint").eraser == "uce-joint"
 
 
 def test_no_module_imports_another_in_a_circle():
@@ -130,7 +149,7 @@ def test_only_the_edited_pipeline_function_changes(library):
     pipeline.write_text(source.replace('"seed %d, %d shots: %d images"', '"%d/%d: %d images"'))
     assert _changed(before, library) == {"few_shot_split"}
     pipeline.write_text(source.replace("def _model_source(", "def _model_source(  # edited\n"))
-    assert _changed(before, library) == {"invert", "generate"}  # the steps that call it
+    assert _changed(before, library) == {"erase", "invert", "generate"}  # its callers
 
 
 def test_a_step_without_a_pipeline_function_is_an_error(library):

@@ -36,7 +36,14 @@ REDUCED = {
             "prompt": "a photo of a {token}",
             "strengths": [0.25, 0.5, 0.75, 1.0],
         },
+        "da-fusion-erased": {
+            "kind": "sdedit",
+            "prompt": "a photo of a {token}",
+            "strengths": [0.5],
+            "erased": True,
+        },
     },
+    "erasure": {"enabled": True, "method": "esd", "iterations": 2, "ddim_steps": 4},
     "generation": {"num_synthetic": 2, "num_inference_steps": 4, "batch_size": 8},
     "classifier": {
         "backbone": "small-cnn",
@@ -145,7 +152,7 @@ def test_outputs_at_the_contract_paths(workdir):
     assert sorted(run["step"].unique()) == [5, 10]
     assert "accuracy/seven" in set(run["metric"])
     summary = pd.read_csv(results / "tables/summary.csv")
-    assert len(summary) == 3 * 2
+    assert len(summary) == 4 * 2
     assert (results / "figures/accuracy.png").stat().st_size > 10_000
     tokens = results / "digits/tokens"
     exported = sorted(p.name for p in (tokens / "seed0-shots1").glob("*.safetensors"))
@@ -158,10 +165,33 @@ def test_outputs_at_the_contract_paths(workdir):
     assert (results / "benchmarks/digits/generate/da-fusion/seed0-shots1.tsv").exists()
 
 
+def test_an_erased_method_uses_the_shared_per_class_deltas(workdir):
+    results = workdir / "results/digits"
+    check = pd.read_parquet(results / "erasure/esd/check.parquet")
+    assert len(check) == 10 * 10 and check["erased"].sum() == 10
+    own = check[check["erased"]]
+    assert (own["delta"] == own["class_name"]).all()
+    assert sorted(p.name for p in (results / "erasure/esd").glob("*.safetensors")) == sorted(
+        own["file"]
+    )
+    assert not list((results / "erasure/esd").glob(".*checkpoint*"))
+    for shots in SHOTS:
+        index = pd.read_parquet(
+            results / f"synthetic/da-fusion-erased/seed0-shots{shots}/index.parquet"
+        )
+        fingerprint = dict(zip(own["class_name"], own["fingerprint"], strict=True))
+        assert (index["erasure"] == index["class_name"].map(fingerprint)).all()
+        assert (results / f"tokens/esd/seed0-shots{shots}.safetensors").exists()
+    plain = pd.read_parquet(results / "synthetic/da-fusion/seed0-shots1/index.parquet")
+    assert (plain["erasure"] == "").all()
+
+
 SHOTS = (1, 2)
-SYNTHETIC = ("real-guidance", "da-fusion")
+SYNTHETIC = ("real-guidance", "da-fusion", "da-fusion-erased")
+TOKENS = ["da-fusion", "da-fusion-erased"]
 METHODS = ("baseline", *SYNTHETIC)
 END = {("aggregate", "results/figures/accuracy.png"), ("all", "")}
+ERASE = {("erase", "results/digits/erasure/esd/check.parquet")}
 
 
 def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
@@ -169,6 +199,7 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
     pattern = {
         "few_shot_split": "splits/seed{seed}-shots{k}.parquet",
         "invert": "tokens/seed{seed}-shots{k}.safetensors",
+        "invert_erased": "tokens/esd/seed{seed}-shots{k}.safetensors",
         "generate": "synthetic/{m}/seed{seed}-shots{k}/index.parquet",
         "train": "runs/{m}/seed{seed}-shots{k}.parquet",
     }[rule]
@@ -185,17 +216,24 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
         ({"aggregate": {"report_split": "val"}}, END),
         ({"classifier": {"lr": 0.01}}, jobs("train", METHODS) | END),
         ({"classifier": {"synthetic_probability": 0.3}}, jobs("train", SYNTHETIC) | END),
-        # Every execution knob at once (and safety_retries, read only with the checker).
+        # Every execution knob at once (and settings read only in a mode that is off).
         (
             {
                 "model": {"device": "cpu"},
                 "inversion": {
                     "checkpoint_every": 1, "classes_per_chunk": 3, "gradient_checkpointing": True,
                 },
+                "erasure": {"checkpoint_every": 1, "batch_size": 3, "lamb": 0.1},
                 "generation": {"batch_size": 3, "workers": 1, "compile": True, "safety_retries": 5},
                 "classifier": {"device": "cpu"},
             },
             set(),
+        ),
+        # An erasure setting: the shared erase job and the erased method's jobs only.
+        (
+            {"erasure": {"iterations": 3}},
+            ERASE | jobs("invert_erased") | jobs("generate", ["da-fusion-erased"])
+            | jobs("train", ["da-fusion-erased"]) | END,
         ),
         (
             {"generation": {"num_synthetic": 3}},
@@ -203,11 +241,13 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
         ),
         (
             {"inversion": {"learning_rate": 0.01}},
-            jobs("invert") | jobs("generate", ["da-fusion"]) | jobs("train", ["da-fusion"]) | END,
+            jobs("invert") | jobs("invert_erased") | jobs("generate", TOKENS)
+            | jobs("train", TOKENS) | END,
         ),
+        # A new seed: its own jobs; the erasure is shared by every seed and shot count.
         (
             {"seeds": [0, 1]},
-            jobs("few_shot_split", seed=1) | jobs("invert", seed=1)
+            jobs("few_shot_split", seed=1) | jobs("invert", seed=1) | jobs("invert_erased", seed=1)
             | jobs("generate", SYNTHETIC, seed=1) | jobs("train", METHODS, seed=1) | END,
         ),
     ],
@@ -227,8 +267,13 @@ def test_a_setting_reruns_exactly_the_jobs_it_affects(workdir, overlay, expected
         # pipeline.py: only the edited step's function counts.
         (
             "src/dafusion/pipeline.py", '"learned %d tokens', '"learned %d class tokens',
-            jobs("invert") | jobs("generate", ["da-fusion"]) | jobs("train", ["da-fusion"])
-            | END,
+            jobs("invert") | jobs("invert_erased") | jobs("generate", TOKENS)
+            | jobs("train", TOKENS) | END,
+        ),
+        (
+            "src/dafusion/erasure.py", "", "\nEDITED = True\n",
+            ERASE | jobs("invert_erased") | jobs("generate", ["da-fusion-erased"])
+            | jobs("train", ["da-fusion-erased"]) | END,
         ),
         ("src/dafusion/pipeline.py", "", "\nEDITED = True\n", set()),
         ("workflow/scripts/train.py", "", "\n# edited\n", jobs("train", METHODS) | END),
@@ -265,8 +310,8 @@ def test_jobs_run_the_workflows_own_library(workdir):
     assert f"dafusion from {workdir / 'src' / 'dafusion'} (sha256 " in log
 
 
-def test_synthetic_and_tokens_targets(workdir):
-    result = snakemake(workdir, "-n", "--cores", "2", "synthetic", "tokens")
+def test_synthetic_tokens_and_erasure_targets(workdir):
+    result = snakemake(workdir, "-n", "--cores", "2", "synthetic", "tokens", "erasure")
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
@@ -299,7 +344,7 @@ def test_train_declares_a_gpu_when_it_will_use_cuda(workdir):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     resources = re.findall(r"rule train:\n(?:    .*\n)*?    resources: (.*)", result.stdout)
-    assert len(resources) == 6 and all("gpu=1" in line for line in resources)
+    assert len(resources) == 8 and all("gpu=1" in line for line in resources)
 
 
 @pytest.mark.parametrize(

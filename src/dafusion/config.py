@@ -115,9 +115,27 @@ def _check_fields(key: str, text: str, allowed: set[str], exactly_one: bool = Fa
         )
     if exactly_one and len(fields) != 1:
         raise ConfigError(
-            f"config key '{key}': {text!r} must hold exactly one {shown} (where the class token "
-            f"goes), not {len(fields)}"
+            f"config key '{key}': {text!r} must hold exactly one {shown} (where the class goes), "
+            f"not {len(fields)}"
         )
+
+
+def _check_erasure(config: Mapping) -> None:
+    """An erased method needs the erasure stage; erasure prompts hold only {name}."""
+    erasure = config["erasure"]
+    for name, spec in config["methods"].items():
+        if spec.get("erased") and spec["kind"] != "sdedit":
+            raise ConfigError(
+                f"config key 'methods.{name}.erased': a {spec['kind']} generates no images; "
+                "only sdedit methods can use an erased model"
+            )
+        if spec.get("erased") and not erasure["enabled"]:
+            raise ConfigError(
+                f"config key 'methods.{name}.erased': set erasure.enabled to true to run the "
+                "erasure stage, or remove erased from this method"
+            )
+    for key in ("prompt", "check_prompt"):
+        _check_fields(f"erasure.{key}", erasure[key], {"name"}, exactly_one=True)
 
 
 def _check_model(pretrained: str, base_dir: str | Path) -> None:
@@ -200,6 +218,7 @@ def validate_config(config: Mapping, schema_path: str | Path, base_dir: str | Pa
     for name, spec in config["methods"].items():
         if spec["kind"] == "sdedit":
             _check_fields(f"methods.{name}.prompt", spec["prompt"], {"name", "token"})
+    _check_erasure(config)
     if isinstance(config["inversion"]["templates"], list):
         for i, template in enumerate(config["inversion"]["templates"]):
             _check_fields(f"inversion.templates.{i}", template, {""}, exactly_one=True)

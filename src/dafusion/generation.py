@@ -173,7 +173,9 @@ class Engine:
     Rows are grouped by strength into chunks of the batch size; on CUDA out-of-memory a
     chunk is generated again in halved sub-batches, and the batch size that worked is kept.
     An optional safety checker flags images, which are re-drawn with a derived seed up to
-    `settings.safety_retries` times and then dropped.
+    `settings.safety_retries` times and then dropped. With `on_class` (an erased method:
+    each class's images come from the UNet with that class erased), rows are grouped by
+    class too and `on_class(label)` runs before each class's batches.
     """
 
     def __init__(
@@ -187,8 +189,10 @@ class Engine:
         checker: Callable[[list[Image.Image]], list[bool]] | None = None,
         mask: str = "none",
         mask_dilation: int = 16,
+        on_class: Callable[[int], None] | None = None,
     ):
         self.c = components
+        self.on_class = on_class
         self.scheduler = scheduler
         self.settings = settings
         self.resolution = resolution
@@ -260,12 +264,15 @@ class Engine:
     def run(self, work: Sequence[Mapping], seed: int, bar=None):
         """Yield (plan row, image or None if dropped by the safety checker) for `work`."""
         self._encode([w["row"] for w in work])
-        by_strength: dict[float, list[dict]] = {}
+        groups: dict[tuple[int, float], list[dict]] = {}
         for w in work:
             item = {**w, "seed": int(w["variant_seed"]), "attempt": 0}
-            by_strength.setdefault(float(w["strength"]), []).append(item)
-        for strength in sorted(by_strength):
-            queue = by_strength[strength]
+            label = int(self.records[w["row"]]["label"]) if self.on_class else 0
+            groups.setdefault((label, float(w["strength"])), []).append(item)
+        for label, strength in sorted(groups):
+            if self.on_class:
+                self.on_class(label)
+            queue = groups[label, strength]
             while queue:
                 chunk, queue = queue[: self.batch_size], queue[self.batch_size :]
                 images = self._safe_batch(chunk, strength)

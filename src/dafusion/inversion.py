@@ -14,19 +14,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from .checkpoint import Checkpoint
 from .devices import halve_on_oom
 from .images import to_model_tensor
-from .io import atomic_path
 from .manifest import class_token
 from .models import Components, encode_text
 from .seeds import derive_seed
@@ -105,57 +102,6 @@ def latent_distributions(
     return torch.stack(means), torch.stack(stds)
 
 
-class Checkpoint:
-    """Training state beside the output, so a killed job resumes where it stopped.
-
-    Holds the token rows, AdamW's moments and step, and each class's random-stream state;
-    a fingerprint of the inputs and settings guards against resuming a different job.
-    """
-
-    def __init__(self, path: str | Path, fingerprint: str):
-        self.path = Path(path)
-        self.fingerprint = fingerprint
-
-    def save(self, step: int, param, optimizer, generators, losses) -> None:
-        state = optimizer.state[param]
-        tensors = {
-            "rows": param.detach().cpu(),
-            "exp_avg": state["exp_avg"].cpu(),
-            "exp_avg_sq": state["exp_avg_sq"].cpu(),
-            "adam_step": torch.as_tensor(state["step"], dtype=torch.float32).reshape(1).cpu(),
-            "losses": torch.as_tensor(np.asarray(losses[:step], dtype=np.float32)),
-        }
-        for i, g in enumerate(generators):
-            tensors[f"rng/{i}"] = g.get_state()
-        meta = {"fingerprint": self.fingerprint, "step": str(step)}
-        with atomic_path(self.path) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
-
-    def load(self, param, optimizer, generators, losses) -> int:
-        """Restore state if a matching checkpoint exists; returns the step to start from."""
-        if not self.path.exists():
-            return 0
-        with safe_open(str(self.path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("fingerprint") != self.fingerprint:
-                log.warning("ignoring checkpoint %s: it belongs to other inputs", self.path)
-                return 0
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open API
-        step = int(meta["step"])
-        with torch.no_grad():
-            param.copy_(tensors["rows"].to(param.device))
-        optimizer.state[param] = {
-            "step": tensors["adam_step"].reshape(()),
-            "exp_avg": tensors["exp_avg"].to(param.device),
-            "exp_avg_sq": tensors["exp_avg_sq"].to(param.device),
-        }
-        for i, g in enumerate(generators):
-            g.set_state(tensors[f"rng/{i}"])
-        losses[:step] = tensors["losses"].numpy()
-        log.info("resumed from %s at step %d", self.path, step)
-        return step
-
-
 def learn_tokens(
     components: Components,
     images: Sequence[Image.Image],
@@ -166,8 +112,13 @@ def learn_tokens(
     resolution: int,
     progress: bool = True,
     checkpoint: Checkpoint | None = None,
+    keep_final: bool = False,
 ) -> InversionResult:
-    """Learn one token per class, all classes jointly; returns tokens and loss curves."""
+    """Learn one token per class, all classes jointly; returns tokens and loss curves.
+
+    With `keep_final` the checkpoint is also written at the last step, so that a job
+    running several of these in turn skips the finished ones when it resumes.
+    """
     tokens = [class_token(name) for name in class_names]
     if len(set(tokens)) != len(tokens):
         raise ValueError(f"class names give duplicate tokens: {tokens}")
@@ -185,7 +136,7 @@ def learn_tokens(
         encoder.gradient_checkpointing_enable()
     try:
         trainer = _Trainer(components, spliced, images, labels, tokens, settings, seed, resolution)
-        losses = trainer.run(progress, checkpoint)
+        losses = trainer.run(progress, checkpoint, keep_final)
     finally:
         encoder.set_input_embeddings(base)
     learned = spliced.new.detach().cpu()
@@ -220,6 +171,7 @@ class _Trainer:
             [expand(t.format(token), token, settings.num_vectors) for t in template_list(settings)]
             for token in tokens
         ]
+        self.params = {"rows": spliced.new}
         self.optimizer = torch.optim.AdamW(
             [spliced.new], lr=settings.effective_lr, weight_decay=settings.weight_decay
         )
@@ -284,12 +236,12 @@ class _Trainer:
         self.scaler.update()
         return losses
 
-    def run(self, progress: bool, checkpoint: Checkpoint | None) -> np.ndarray:
+    def run(self, progress: bool, checkpoint: Checkpoint | None, keep_final: bool) -> np.ndarray:
         steps = self.settings.steps
         losses = np.zeros((steps, len(self.tokens)), dtype=np.float32)
         start = 0
         if checkpoint is not None:
-            start = checkpoint.load(self.spliced.new, self.optimizer, self.generators, losses)
+            start = checkpoint.load(self.params, self.optimizer, self.generators, losses)
         every = self.settings.checkpoint_every
         bar = tqdm(
             range(start, steps), initial=start, total=steps, desc="textual inversion",
@@ -300,6 +252,7 @@ class _Trainer:
             losses[step] = self.step(draws)
             bar.set_postfix(loss=f"{losses[step].mean():.4f}")
             done = step + 1
-            if checkpoint is not None and every and done % every == 0 and done < steps:
-                checkpoint.save(done, self.spliced.new, self.optimizer, self.generators, losses)
+            final = done == steps and keep_final
+            if checkpoint is not None and (final or (every and done % every == 0 and done < steps)):
+                checkpoint.save(done, self.params, self.optimizer, self.generators, losses)
         return losses

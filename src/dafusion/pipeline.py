@@ -20,6 +20,7 @@ from .settings import (
     AggregateSettings,
     ClassifierSettings,
     DatasetSettings,
+    ErasureSettings,
     GenerationSettings,
     InversionSettings,
     MethodSettings,
@@ -43,6 +44,16 @@ def _load(model: ModelSettings, model_dir: str | None):
     source = _model_source(model, model_dir)
     log.info("loading %s on %s (%s)", source, device, dtype)
     return load_components(source, device, dtype)
+
+
+def _delta_of(deltas: Mapping, name: str):
+    """A class's delta (file, fingerprint), with a clear error for a class not erased."""
+    if name not in deltas:
+        raise ValueError(
+            f"class '{name}' has no erasure delta: the split and the eraser's check table "
+            "disagree on the class names; rerun the erase job of this dataset"
+        )
+    return deltas[name]
 
 
 def build_tiny_model(output_dir: str, resolution: int) -> None:
@@ -102,6 +113,92 @@ def few_shot_split(
     write_parquet(subset, output)
 
 
+def erase(
+    pool_path: str,
+    model: ModelSettings,
+    settings: ErasureSettings,
+    output: str,
+    model_dir: str | None = None,
+    code: Mapping | None = None,
+) -> None:
+    """Erase the dataset's class names from the UNet: one delta per class (or one joint
+    delta) beside `output`, and the erasure check table at `output`.
+
+    An erasure depends on the base model, the class names and the settings only, so every
+    seed and shot count shares it. A finished delta of the same erasure (same model,
+    classes, settings and `code`) is reused, so a rerun that changes none of them (a
+    re-indexed dataset, a killed job) costs only the check. ESD checkpoints beside the
+    deltas let a killed job resume mid-class.
+    """
+    import torch
+
+    from .checkpoint import Checkpoint
+    from .deltas import JOINT, DeltaSwitch, delta_meta, delta_path, save_delta
+    from .erasure import erasure_scores, esd, uce
+    from .manifest import class_names
+
+    names = class_names(pd.read_parquet(pool_path))
+    # Training runs in float32 (or under bf16 autocast, erasure.precision) whatever
+    # model.dtype is; the deltas are cast to the UNet's dtype when they are applied.
+    components = _load(model.replace(dtype="float32"), model_dir)
+    folder = Path(output).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    joint = settings.scope == "joint"
+    units = {JOINT: list(names)} if joint else {name: [name] for name in names}
+    paths = {key: delta_path(folder, None if key == JOINT else key) for key in units}
+    for stale in folder.glob("*.safetensors"):
+        if stale not in paths.values():
+            stale.unlink()
+    dtype = getattr(torch, settings.delta_dtype)
+    fingerprints = {}
+    for key, erased in units.items():
+        preserve = [n for n in names if n not in erased]
+        prompts = [settings.prompt.format(name=n) for n in erased]
+        fingerprints[key] = fingerprint(
+            model={"pretrained": model.pretrained, "resolution": model.resolution},
+            erasure=settings.result_params(), erase=prompts, code=dict(code or {}),
+            preserve=[settings.prompt.format(name=n) for n in preserve]
+            if settings.method == "uce" else None,
+        )  # fmt: skip
+        path = paths[key]
+        if path.exists() and delta_meta(path).get("fingerprint") == fingerprints[key]:
+            log.info("%s: reusing %s", key, path)
+            continue
+        start = time.perf_counter()
+        if settings.method == "uce":
+            tensors = uce(components, prompts, [settings.prompt.format(name=n) for n in preserve],
+                          settings)  # fmt: skip
+        else:
+            checkpoint = Checkpoint(
+                folder / f".{path.stem}.checkpoint.safetensors", fingerprints[key]
+            )
+            tensors, losses = esd(
+                components, prompts, settings, model.resolution, stream=key,
+                checkpoint=checkpoint,
+            )  # fmt: skip
+            log.info("%s: ESD loss %.5f -> %.5f", key, losses[0], losses[-1])
+        meta = {
+            "fingerprint": fingerprints[key], "erased": erased, "method": settings.method,
+            "model": model.pretrained, "seconds": round(time.perf_counter() - start, 3),
+        }  # fmt: skip
+        save_delta(path, tensors, dtype, meta)
+        if settings.method == "esd":
+            checkpoint.path.unlink(missing_ok=True)
+        log.info("%s: erased %s in %.1fs -> %s", key, erased, meta["seconds"], path)
+    switch = DeltaSwitch(components.unet)
+    table = erasure_scores(components, switch, paths, units, names, settings, model.resolution)
+    table.insert(1, "file", table["delta"].map(lambda k: paths[k].name))
+    table.insert(2, "fingerprint", table["delta"].map(fingerprints))
+    for key, group in table[table["erased"]].groupby("delta", sort=False):
+        others = table[(table["delta"] == key) & ~table["erased"]]["erased_fraction"]
+        log.info(
+            "%s: erased %.3f (collateral: mean %.3f, max %.3f)", key,
+            group["erased_fraction"].mean(), others.mean() if len(others) else 0.0,
+            others.max() if len(others) else 0.0,
+        )  # fmt: skip
+    write_parquet(table, output)
+
+
 def invert(
     split_path: str,
     model: ModelSettings,
@@ -111,18 +208,28 @@ def invert(
     model_dir: str | None = None,
     export_dir: str | None = None,
     loss_path: str | None = None,
+    erasure_path: str | None = None,
 ) -> None:
     """Learn one token per class of the split in a single job.
+
+    With `erasure_path` (an eraser's check table) each class's token is learned against
+    the UNet with that class erased, as the paper's model-centric leakage prevention does.
 
     Writes the tokens file, optionally one single-key safetensors file per class (the form
     diffusers' `load_textual_inversion(path)` and AUTOMATIC1111 read) and the loss curves.
     A checkpoint beside the output lets a killed job resume; it is removed at the end.
     """
+    import copy
+    import dataclasses
+
+    import numpy as np
     import torch
 
+    from .checkpoint import Checkpoint
+    from .deltas import DeltaSwitch, class_deltas
     from .images import load_image
-    from .inversion import Checkpoint, learn_tokens
-    from .manifest import class_names
+    from .inversion import InversionResult, learn_tokens
+    from .manifest import class_names, class_token
     from .tokens import save_tokens
 
     manifest = pd.read_parquet(split_path)
@@ -131,28 +238,45 @@ def invert(
     # The text encoder holds the trainable rows: keep it in float32 under mixed precision.
     components.text_encoder.to(torch.float32)
     out = Path(output)
-    checkpoint = Checkpoint(
-        out.with_name(f".{out.stem}.checkpoint.safetensors"),
-        fingerprint(
-            keys=manifest["key"].tolist(),
-            labels=manifest["label"].tolist(),
-            names=names,
-            model=model.result_params(),
-            settings=settings.result_params(),
-            seed=seed,
-        ),
-    )
+    deltas = class_deltas(erasure_path) if erasure_path else {}
+    job = fingerprint(
+        keys=manifest["key"].tolist(), labels=manifest["label"].tolist(), names=names,
+        model=model.result_params(), settings=settings.result_params(), seed=seed,
+        erasure={name: ref[1] for name, ref in deltas.items()},
+    )  # fmt: skip
+    switch = DeltaSwitch(components.unet)
+    images = [load_image(r) for r in manifest.to_dict("records")]
+    labels = manifest["label"].tolist()
     start = time.perf_counter()
-    result = learn_tokens(
-        components,
-        [load_image(r) for r in manifest.to_dict("records")],
-        manifest["label"].tolist(),
-        names,
-        settings,
-        seed=seed,
-        resolution=model.resolution,
-        checkpoint=checkpoint,
-    )
+    if len({path for path, _ in deltas.values()}) > 1:
+        # Per-class erasure: class c's token is learned against the UNet with c erased.
+        # Class-major order, one delta swap per class; each class's result equals its
+        # joint-run result on that UNet (separate random streams and gradients).
+        tokens, losses, tokenizer = {}, [], components.tokenizer
+        for label, name in enumerate(names):
+            switch.use_file(_delta_of(deltas, name)[0])
+            rows = [i for i, y in enumerate(labels) if y == label]
+            token = class_token(name)
+            part = learn_tokens(
+                dataclasses.replace(components, tokenizer=copy.deepcopy(tokenizer)),
+                [images[i] for i in rows], [0] * len(rows), [name], settings, seed=seed,
+                resolution=model.resolution, keep_final=True,
+                checkpoint=Checkpoint(
+                    out.with_name(f".{out.stem}.{token.strip('<>')}.checkpoint.safetensors"),
+                    fingerprint(job=job, class_name=name),
+                ),
+            )  # fmt: skip
+            tokens.update(part.tokens)
+            losses.append(part.losses)
+        result = InversionResult(tokens, np.hstack(losses))
+    else:
+        if deltas:  # one joint delta for every class
+            switch.use_file(_delta_of(deltas, names[0])[0])
+        checkpoint = Checkpoint(out.with_name(f".{out.stem}.checkpoint.safetensors"), job)
+        result = learn_tokens(
+            components, images, labels, names, settings, seed=seed,
+            resolution=model.resolution, checkpoint=checkpoint,
+        )  # fmt: skip
     log.info("learned %d tokens in %.1fs", len(result.tokens), time.perf_counter() - start)
     meta = {"classes": names, "model": components.model_id, "seed": seed}
     if export_dir:
@@ -172,7 +296,8 @@ def invert(
         )
         write_parquet(curves, loss_path)
     save_tokens(output, result.tokens, meta)
-    checkpoint.path.unlink(missing_ok=True)
+    for stale in out.parent.glob(f".{out.stem}.*checkpoint.safetensors"):
+        stale.unlink()
 
 
 def generate(
@@ -186,11 +311,14 @@ def generate(
     model_dir: str | None = None,
     tokens_path: str | None = None,
     threads: int = 2,
+    erasure_path: str | None = None,
 ) -> None:
     """SDEdit M images per real image into WebDataset shards beside `output` (index.parquet).
 
-    Finished shards of a killed run of the same job are reused.
+    Finished shards of a killed run of the same job are reused. With `erasure_path` (an
+    eraser's check table) class c's images come from the UNet with class c erased.
     """
+    from .deltas import DeltaSwitch, class_deltas
     from .generation import Engine, plan
     from .manifest import class_names, class_token
     from .models import load_safety_checker, scheduler_from_name
@@ -211,6 +339,9 @@ def generate(
             prompt = expand(prompt, token, sizes[token])
         prompts[label] = prompt
     scheduler = scheduler_from_name(settings.scheduler, components.scheduler)
+    deltas = class_deltas(erasure_path) if erasure_path else {}
+    erasure = {label: _delta_of(deltas, name) for label, name in enumerate(names) if deltas}
+    switch = DeltaSwitch(components.unet)  # before compile: it keeps the plain names
     if settings.compile:
         import torch
 
@@ -220,9 +351,14 @@ def generate(
         checker = load_safety_checker(
             _model_source(model, model_dir), components.unet.device, components.unet.dtype
         )
+
+    def on_class(label: int) -> None:
+        switch.use_file(erasure[label][0])
+
     engine = Engine(
         components, scheduler, manifest, prompts, model.resolution, settings, checker,
         mask=method.mask, mask_dilation=method.mask_dilation,
+        on_class=on_class if erasure else None,
     )  # fmt: skip
     records = manifest.to_dict("records")
     scheduler_name = type(scheduler).__name__
@@ -243,13 +379,14 @@ def generate(
             "seed": int(item["seed"]),
             "model_id": str(model.pretrained),
             "token_hash": token_hash,
+            "erasure": erasure[int(source["label"])][1] if erasure else "",
         }
 
     work = plan(manifest, seed, settings.num_synthetic, method.strengths).to_dict("records")
     job = fingerprint(
         keys=manifest["key"].tolist(), prompts=prompts, method=method.result_params(),
         seed=seed, generation=settings.result_params(), model=model.result_params(),
-        token_hash=token_hash,
+        token_hash=token_hash, erasure={k: v[1] for k, v in erasure.items()},
     )  # fmt: skip
     start = time.perf_counter()
     index = build(

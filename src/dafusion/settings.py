@@ -129,6 +129,7 @@ class MethodSettings(Settings):
     strengths: tuple[float, ...] | list[float] | None = None
     mask: str = "none"
     mask_dilation: int = 16
+    erased: bool = False
 
     @property
     def uses_tokens(self) -> bool:
@@ -144,6 +145,61 @@ class MethodSettings(Settings):
         params = super().result_params()
         if self.mask == "none":
             del params["mask_dilation"]  # read only by masked generation
+        if not self.erased:
+            del params["erased"]  # the erasure reaches erased methods' jobs as an input file
+        return params
+
+
+ESD_KEYS = (
+    "iterations", "lr", "train_method", "start_guidance", "negative_guidance", "ddim_steps",
+    "sampler", "precision",
+)  # fmt: skip
+UCE_KEYS = ("erase_scale", "preserve_scale", "lamb", "guide", "edit_keys")
+
+
+@dataclass(frozen=True)
+class ErasureSettings(Settings):
+    """`erasure:` model-centric leakage prevention (section 6.1): class names erased from
+    the UNet by ESD (faithful, eq. 8) or UCE (closed form), kept as deltas over the base.
+
+    `scope: class` gives one delta per class, used for that class's token and images (the
+    paper's protocol); `joint` erases every class of a dataset into one delta.
+    """
+
+    enabled: bool = False
+    method: str = "esd"
+    scope: str = "class"
+    prompt: str = "{name}"
+    delta_dtype: str = "float32"
+    seed: int = 0
+    check_prompt: str = "a photo of a {name}"
+    iterations: int = 1000
+    lr: float = 1e-5
+    train_method: str = "full"
+    start_guidance: float = 3.0
+    negative_guidance: float = 1.0
+    ddim_steps: int = 50
+    sampler: str = "trained"
+    precision: str = "float32"
+    erase_scale: float = 1.0
+    preserve_scale: float | None = None
+    lamb: float = 0.5
+    guide: str = ""
+    edit_keys: bool = True
+    checkpoint_every: int = knob(100)
+    batch_size: int = knob(8)
+
+    @property
+    def eraser(self) -> str:
+        """The folder name of this erasure under `{dataset}/erasure/`."""
+        return self.method if self.scope == "class" else f"{self.method}-{self.scope}"
+
+    def result_params(self) -> dict[str, Any]:
+        params = super().result_params()
+        del params["enabled"]  # whether the stage runs, not what it writes
+        other = UCE_KEYS if self.method == "esd" else ESD_KEYS
+        for key in other:
+            del params[key]  # read only by the other method
         return params
 
 
@@ -211,6 +267,7 @@ SECTIONS: dict[str, type[Settings]] = {
     "datasets": DatasetSettings,
     "inversion": InversionSettings,
     "methods": MethodSettings,
+    "erasure": ErasureSettings,
     "generation": GenerationSettings,
     "classifier": ClassifierSettings,
     "aggregate": AggregateSettings,

@@ -1,3 +1,5 @@
+import re
+
 from dafusion.devices import will_use_cuda
 from dafusion.provenance import digest, step_code
 from dafusion.readers import index_keys
@@ -5,6 +7,7 @@ from dafusion.settings import (
     AggregateSettings,
     ClassifierSettings,
     DatasetSettings,
+    ErasureSettings,
     GenerationSettings,
     InversionSettings,
     MethodSettings,
@@ -29,6 +32,13 @@ DATASETS = {
 }
 INVERSION = InversionSettings.from_config(config["inversion"])
 METHODS = {name: MethodSettings.from_config(s) for name, s in config["methods"].items()}
+ERASURE = ErasureSettings.from_config(config["erasure"])
+
+
+wildcard_constraints:
+    eraser=re.escape(ERASURE.eraser),
+
+
 GENERATION = GenerationSettings.from_config(config["generation"])
 CLASSIFIER = ClassifierSettings.from_config(config["classifier"])
 AGGREGATE = AggregateSettings.from_config(config["aggregate"])
@@ -53,6 +63,11 @@ def code(rule):
 def gpus(device):
     """1 for a job that will compute on CUDA (GPU jobs then queue for --resources gpu=N)."""
     return int(will_use_cuda(device))
+
+
+def erase_model_params():
+    """The model settings an erasure depends on (it trains in float32 whatever the dtype)."""
+    return {k: v for k, v in MODEL.result_params().items() if k != "dtype"}
 
 
 def split_path(wildcards):
@@ -81,10 +96,27 @@ def synthetic_methods():
     return [name for name, method in METHODS.items() if method.synthetic]
 
 
+def tokens_path(dataset, method, seed, shots):
+    """A method's class tokens: learned against the erased UNet for an erased method."""
+    folder = (
+        f"{dataset}/tokens/{ERASURE.eraser}"
+        if METHODS[method].erased
+        else f"{dataset}/tokens"
+    )
+    return res(f"{folder}/seed{seed}-shots{shots}.safetensors")
+
+
 def all_tokens():
-    needed = any(method.uses_tokens for method in METHODS.values())
-    return (
-        grid("{dataset}/tokens/seed{seed}-shots{shots}.safetensors") if needed else []
+    """Every tokens file a method's prompt needs (erased and plain ones differ)."""
+    return sorted(
+        {
+            tokens_path(d, m, s, k)
+            for d in DATASETS
+            for m, method in METHODS.items()
+            if method.uses_tokens
+            for s in config["seeds"]
+            for k in config["examples_per_class"]
+        }
     )
 
 
@@ -101,12 +133,26 @@ def all_runs():
     )
 
 
+def erasure_check(dataset):
+    """An eraser's check table; it also lists the delta files beside it."""
+    return res(f"{dataset}/erasure/{ERASURE.eraser}/check.parquet")
+
+
+def all_erasure():
+    """The erasure of every dataset, when the stage is enabled."""
+    return [erasure_check(d) for d in DATASETS] if ERASURE.enabled else []
+
+
+def method_erasure(wildcards):
+    """The erasure an erased method's jobs use; none for the others."""
+    return erasure_check(wildcards.dataset) if METHODS[wildcards.method].erased else []
+
+
 def generate_tokens(wildcards):
     """The class tokens, for methods whose prompt uses them."""
     if METHODS[wildcards.method].uses_tokens:
-        return res(
-            f"{wildcards.dataset}/tokens/seed{wildcards.seed}-shots{wildcards.shots}.safetensors"
-        )
+        w = wildcards
+        return tokens_path(w.dataset, w.method, w.seed, w.shots)
     return []
 
 

@@ -3,6 +3,7 @@ rule generate:
         split=split_path,
         model=model_input,
         tokens=generate_tokens,
+        erasure=method_erasure,
     output:
         res("{dataset}/synthetic/{method}/seed{seed}-shots{shots}/index.parquet"),
     log:

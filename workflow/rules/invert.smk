@@ -23,3 +23,18 @@ rule invert:
         code=code("invert"),
     script:
         "../scripts/invert.py"
+
+
+use rule invert as invert_erased with:
+    input:
+        split=split_path,
+        model=model_input,
+        erasure=lambda w: erasure_check(w.dataset),
+    output:
+        tokens=res("{dataset}/tokens/{eraser}/seed{seed}-shots{shots}.safetensors"),
+        export=directory(res("{dataset}/tokens/{eraser}/seed{seed}-shots{shots}")),
+        losses=res("{dataset}/tokens/{eraser}/seed{seed}-shots{shots}-loss.parquet"),
+    log:
+        res("logs/{dataset}/invert/{eraser}/seed{seed}-shots{shots}.log"),
+    benchmark:
+        res("benchmarks/{dataset}/invert/{eraser}/seed{seed}-shots{shots}.tsv")

@@ -19,4 +19,5 @@ pipeline.generate(
     model_dir=snakemake.input.model or None,
     tokens_path=snakemake.input.tokens or None,
     threads=snakemake.threads,
+    erasure_path=snakemake.input.erasure or None,
 )

@@ -17,4 +17,5 @@ pipeline.invert(
     model_dir=snakemake.input.model or None,
     export_dir=snakemake.output.export,
     loss_path=snakemake.output.losses,
+    erasure_path=snakemake.input.get("erasure") or None,
 )

@@ -1,0 +1,23 @@
+rule erase:
+    input:
+        pool=res("{dataset}/splits/pool.parquet"),
+        model=model_input,
+    output:
+        res("{dataset}/erasure/{eraser}/check.parquet"),
+    log:
+        res("logs/{dataset}/erase/{eraser}.log"),
+    benchmark:
+        res("benchmarks/{dataset}/erase/{eraser}.tsv")
+    conda:
+        "../../envs/dafusion.yaml"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        gpu=gpus(MODEL.device),
+        runtime=24 * 60,
+    params:
+        model=erase_model_params(),
+        erasure=ERASURE.result_params(),
+        code=code("erase"),
+    script:
+        "../scripts/erase.py"

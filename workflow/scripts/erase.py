@@ -1,0 +1,16 @@
+"""Erase each class name of a dataset from the UNet: deltas and the erasure check table."""
+
+from dafusion import pipeline
+from dafusion.io import setup_job
+from dafusion.settings import ErasureSettings, ModelSettings
+
+setup_job(snakemake.log[0], snakemake.threads)
+# Result settings come from params; execution knobs (device, checkpoints) from the config.
+pipeline.erase(
+    snakemake.input.pool,
+    model=ModelSettings.from_parts(snakemake.params.model, snakemake.config["model"]),
+    settings=ErasureSettings.from_parts(snakemake.params.erasure, snakemake.config["erasure"]),
+    output=snakemake.output[0],
+    model_dir=snakemake.input.model or None,
+    code=snakemake.params.code,
+)
