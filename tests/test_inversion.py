@@ -122,9 +122,9 @@ def test_class_streams_are_seeded_by_seed_and_token(components, digits, monkeypa
     images, labels, names = _split(digits, [0, 1])
     seeds, run = [], inversion._Trainer.run
 
-    def record(self, progress, checkpoint):
+    def record(self, *args):
         seeds.extend(g.initial_seed() for g in self.generators)
-        return run(self, progress, checkpoint)
+        return run(self, *args)
 
     monkeypatch.setattr(inversion._Trainer, "run", record)
     settings = InversionSettings(steps=1, batch_size=1)
