@@ -109,7 +109,11 @@ def voc(tmp_path) -> Path:
         "2007_000007": [(PERSON, *small)],
         "2007_000008": [],  # no object: left out
     }
-    val = {"2008_000001": [(CAT, *big)], "2008_000002": [(PERSON, *small), (DOG, *big)]}
+    val = {
+        "2008_000001": [(CAT, *big)],
+        "2008_000002": [(PERSON, *small), (DOG, *big)],
+        "2008_000003": [(PERSON, *big)],
+    }
     for image_id, objects in {**train, **val}.items():
         _voc_image(root, image_id, objects)
     sets = root / "ImageSets/Segmentation"
@@ -135,6 +139,7 @@ def test_pascal_labels_the_largest_instance_and_keeps_its_mask(voc):
     assert val.set_index("key")["class_name"].to_dict() == {
         "2008_000001": "cat",
         "2008_000002": "dog",
+        "2008_000003": "person",
     }
     assert test.empty and list(test.columns) == [*MANIFEST_COLUMNS, "mask_path"]
     row = pool.set_index("key").loc["2007_000001"].to_dict() | {"key": "2007_000001"}
@@ -157,7 +162,7 @@ def test_pascal_index_step_writes_every_manifest_and_the_masks(voc):
         base_dir=str(voc),
     )
     pool, val, test = (pd.read_parquet(p) for p in paths)
-    assert len(pool) == 7 and len(val) == 2 and test.empty
+    assert len(pool) == 7 and len(val) == 3 and test.empty
     assert list(test.columns) == list(pool.columns) == [*MANIFEST_COLUMNS, "mask_path"]
     assert sorted(p.stem for p in (out / "masks").iterdir()) == sorted([*pool["key"], *val["key"]])
 
@@ -224,7 +229,11 @@ def coco(tmp_path) -> Path:
     _coco_split(
         root,
         "val2017",
-        {10: [_polygon(17, 2, 2, 6)], 11: [_polygon(18, 2, 2, 6), _polygon(1, 0, 0, 9)]},
+        {
+            10: [_polygon(17, 2, 2, 6)],
+            11: [_polygon(18, 2, 2, 6), _polygon(1, 0, 0, 9)],
+            12: [_polygon(18, 1, 1, 7)],
+        },
     )
     return tmp_path
 
@@ -241,7 +250,11 @@ def test_coco_labels_the_largest_annotation_polygon_or_rle(coco):
         "train2017-000000000004": "cat",
     }
     # val image 11's largest object is a person, a class with no training images
-    assert val["key"].tolist() == ["val2017-000000000010"] and test.empty
+    assert val.set_index("key")["class_name"].to_dict() == {
+        "val2017-000000000010": "cat",
+        "val2017-000000000012": "dog",
+    }
+    assert test.empty
     rows = pool.set_index("key")
     expected = np.zeros((16, 16), bool)
     expected[4:12, 3:11] = True

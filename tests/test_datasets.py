@@ -197,3 +197,45 @@ def test_an_evaluation_class_without_training_images_names_both_folders(tmp_path
     _write_images(tmp_path / "data/val/dog", 1, (0, 0, 200))
     with pytest.raises(ValueError, match="training folder '.*train/dog' has no images"):
         _read({"kind": "imagefolder", "root": "data"}, tmp_path)
+
+
+def _no_val_dog(tmp_path):
+    _write_images(tmp_path / "data/train/cat", 3, (200, 0, 0))
+    _write_images(tmp_path / "data/train/dog", 3, (0, 0, 200))
+    _write_images(tmp_path / "data/train/owl", 3, (0, 200, 0))
+    _write_images(tmp_path / "data/val/cat", 1, (200, 0, 0))
+    _write_images(tmp_path / "data/val/owl", 1, (0, 200, 0))
+
+
+def test_a_class_without_evaluation_images_stops_indexing_naming_it(tmp_path):
+    _no_val_dog(tmp_path)
+    with pytest.raises(ValueError, match="class 'dog' has no evaluation images.*unevaluated_"):
+        _read({"kind": "imagefolder", "root": "data"}, tmp_path)
+
+
+def test_unevaluated_classes_drop_leaves_the_class_out_with_a_warning(tmp_path, caplog):
+    _no_val_dog(tmp_path)
+    spec = {"kind": "imagefolder", "root": "data", "unevaluated_classes": "drop"}
+    pool, val, _ = _read(spec, tmp_path)
+    assert class_names(pool) == class_names(val) == ["cat", "owl"]
+    assert sorted(pool["label"].unique()) == [0, 1]
+    assert "dropped class 'dog': no evaluation images" in caplog.text
+
+
+def test_skipped_images_are_as_if_they_never_existed(tmp_path, caplog):
+    """skip_corrupt runs before the hold-out: the splits equal those of a dataset without
+    the unreadable files, so no class loses its evaluation images to them."""
+    for root, corrupt in ((tmp_path / "a", True), (tmp_path / "b", False)):
+        _write_images(root / "data/cat", 6, (200, 0, 0))
+        _write_images(root / "data/dog", 6, (0, 0, 200))
+        for path in sorted((root / "data/dog").iterdir())[:3]:
+            if corrupt:
+                path.write_bytes(b"not an image")
+            else:
+                path.unlink()
+    spec = {"kind": "imagefolder", "root": "data", "skip_corrupt": True, "val_fraction": 0.4}
+    skipped = _read(spec, tmp_path / "a")
+    assert "skipped unreadable" in caplog.text
+    absent = _read(spec, tmp_path / "b")
+    for got, expected in zip(skipped, absent, strict=True):
+        assert got["key"].tolist() == expected["key"].tolist()

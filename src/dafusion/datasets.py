@@ -78,25 +78,40 @@ def _check_keys(frame: pd.DataFrame, kind: str) -> None:
         )
 
 
-def _check_every_class_remains(frame: pd.DataFrame, names: Sequence[str], needs_val: bool) -> None:
-    """No class may vanish silently: one without training images (all unreadable and
-    skipped) is an error; one without evaluation images is logged by name, since its
-    accuracy will be missing from every run."""
+def _check_every_class_remains(
+    frame: pd.DataFrame, names: Sequence[str], needs_val: bool, policy: str
+) -> list[str]:
+    """No class may vanish silently; returns the classes kept, in order.
 
-    def missing(split: str) -> str:
+    A class without training images (all unreadable and skipped) is an error. One without
+    evaluation images would have no accuracy in any run: an error, or with
+    `unevaluated_classes: drop` left out of every split with a warning naming it.
+    """
+
+    def missing(split: str) -> list[str]:
         present = set(frame.loc[frame["split"] == split, "class_name"])
-        return ", ".join(repr(name) for name in names if name not in present)
+        return [name for name in names if name not in present]
 
     if untrained := missing("train"):
         raise ValueError(
-            f"class {untrained} has no readable training images left (skip_corrupt left them "
-            "all out); add readable images, or leave the class out with the entry's classes: list"
+            f"class {', '.join(map(repr, untrained))} has no readable training images left "
+            "(skip_corrupt left them all out); add readable images, or leave the class out "
+            "with the entry's classes: list"
         )
-    if needs_val and (unevaluated := missing("val")):
+    unevaluated = missing("val") if needs_val else []
+    if unevaluated and policy != "drop":
+        raise ValueError(
+            f"class {', '.join(map(repr, unevaluated))} has no evaluation images, so no run "
+            "could report its accuracy; add some to the evaluation split, leave the class out "
+            "with the entry's classes: list, or set unevaluated_classes: drop in its datasets "
+            "entry to drop such classes"
+        )
+    if unevaluated:
         log.warning(
-            "class %s has no evaluation images: its accuracy will be missing from every run",
-            unevaluated,
+            "dropped class %s: no evaluation images (unevaluated_classes: drop)",
+            ", ".join(map(repr, unevaluated)),
         )
+    return [name for name in names if name not in unevaluated]
 
 
 def _check_tokens(names: Sequence[str]) -> None:
@@ -112,35 +127,40 @@ def _check_tokens(names: Sequence[str]) -> None:
             )
 
 
-def select_classes(
+def choose_classes(
     frame: pd.DataFrame, classes: int | Sequence[str] | None, aliases: Mapping[str, str]
-) -> pd.DataFrame:
-    """Keep the classes a `classes:` entry asks for and number them 0..C-1.
+) -> list[str]:
+    """The classes a `classes:` entry asks for, in label order.
 
-    Without a subset, labels keep the dataset's own class order; a subset (a list of names,
-    or N classes drawn with a fixed seed) is numbered in sorted class-name order. Classes
-    without training images are dropped from every split: no classifier can learn them.
+    Without a subset, the dataset's own class order; a subset (a list of names, or N classes
+    drawn with a fixed seed) in sorted class-name order. Only classes with training images
+    can be chosen: no classifier can learn the others.
     """
     train = frame[frame["split"] == "train"]
     native = train.drop_duplicates("label").sort_values("label")["class_name"].tolist()
     available = sorted(native)
     if classes is None:
-        chosen = native
-    elif isinstance(classes, int):
+        return native
+    if isinstance(classes, int):
         if classes > len(available):
             raise ValueError(
                 f"classes: {classes} asks for more classes than the {len(available)} with "
                 "training images; lower it"
             )
         rng = np.random.default_rng(CLASS_SUBSET_SEED)
-        chosen = sorted(rng.choice(np.array(available, dtype=object), classes, replace=False))
-    else:
-        requested = [aliases.get(name, name) for name in classes]
-        unknown = [name for name, req in zip(classes, requested, strict=True) if req not in native]
-        if unknown:
-            raise unknown_classes_error(unknown, available)
-        chosen = sorted(set(requested))
-    untrainable = sorted(set(frame["class_name"]) - set(native))
+        return sorted(rng.choice(np.array(available, dtype=object), classes, replace=False))
+    requested = [aliases.get(name, name) for name in classes]
+    unknown = [name for name, req in zip(classes, requested, strict=True) if req not in native]
+    if unknown:
+        raise unknown_classes_error(unknown, available)
+    return sorted(set(requested))
+
+
+def select_classes(frame: pd.DataFrame, chosen: Sequence[str]) -> pd.DataFrame:
+    """Keep the `chosen` classes, numbered 0..C-1 in that order, in every split."""
+    untrainable = sorted(
+        set(frame["class_name"]) - set(frame.loc[frame["split"] == "train", "class_name"])
+    )
     if untrainable:
         log.warning("dropped classes with no training images: %s", ", ".join(untrainable))
     index = {name: i for i, name in enumerate(chosen)}
@@ -238,6 +258,15 @@ def read_dataset(
     if not (frame["split"] == "train").any():
         raise ValueError(f"dataset kind '{kind}' found no training images; check its root")
     _check_keys(frame, kind)
+    chosen = choose_classes(frame, spec.classes, aliases)
+    _check_tokens(chosen)
+    # Unreadable images go before the hold-out, so that no class is left without evaluation
+    # images by them; only the chosen classes' images are read, and the others' rows keep
+    # their places, so the held-out split is unchanged where every image reads.
+    frame = frame.reset_index(drop=True)
+    wanted = frame["class_name"].isin(chosen)
+    readable = check_images(frame[wanted], spec.skip_corrupt, threads)
+    frame = frame[~wanted | frame.index.isin(readable.index)]
     per_class = spec.val_per_class
     has_val = (frame["split"] == "val").any()
     if protocol == "default" and not has_val:
@@ -246,11 +275,10 @@ def read_dataset(
     elif has_val and per_class is not None:
         val = _cap_per_class(frame[frame["split"] == "val"], per_class)
         frame = pd.concat([frame[frame["split"] != "val"], val])
-    frame = select_classes(frame, spec.classes, aliases)
-    names = sorted(frame["class_name"].unique())
-    _check_tokens(names)
-    frame = check_images(frame, spec.skip_corrupt, threads)
-    _check_every_class_remains(frame, names, needs_val=spec.split_protocol == "default")
+    chosen = _check_every_class_remains(
+        frame, chosen, needs_val=protocol == "default", policy=spec.unevaluated_classes
+    )
+    frame = select_classes(frame, chosen)
     frame = write_masks(frame, mask_dir, threads)
     pool, val, test = (
         frame[frame["split"] == split].sort_values("key").reset_index(drop=True) for split in SPLITS

@@ -90,6 +90,7 @@ class DatasetSettings(Settings):
     split_protocol: str = "default"
     allow_fewer: bool = False
     skip_corrupt: bool = False
+    unevaluated_classes: str = "error"
     label_level: str = "variant"
     hf_config: str = "crop"
     image_size: int = 32
