@@ -52,6 +52,10 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/aggregate.smk"
 
 
+onstart:
+    check_gpu_limit()
+
+
 rule all:
     default_target: True
     input:

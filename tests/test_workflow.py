@@ -347,6 +347,24 @@ def test_train_declares_a_gpu_when_it_will_use_cuda(workdir):
     assert len(resources) == 8 and all("gpu=1" in line for line in resources)
 
 
+def _contents(workdir: Path) -> dict[str, bytes]:
+    files = (workdir / "results").rglob("*")
+    return {str(p): p.read_bytes() for p in files if p.is_file() and "logs" not in p.parts}
+
+
+def test_resources_without_a_gpu_limit_stop_before_any_gpu_job(workdir):
+    """Any --resources replaces the profile's gpu=1: GPU jobs would share one device."""
+    before = _contents(workdir)
+    overlay = write_config(workdir, "o.yaml", {"classifier": {"device": "cuda"}})
+    result = snakemake(
+        workdir, "--cores", "2", "--resources", "mem_mb=8000", "--forcerun", "train",
+        "--configfile", "config/config.yaml", overlay,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "Add gpu=1 to --resources" in result.stdout + result.stderr
+    assert _contents(workdir) == before
+
+
 @pytest.mark.parametrize(
     ("overlay", "key"),
     [
@@ -358,13 +376,9 @@ def test_a_bad_setting_stops_the_run_before_any_output_is_touched(workdir, overl
     """Snakemake deletes a job's old outputs when the job starts: a setting only a job could
     check would have cost the previous results."""
 
-    def contents() -> dict[str, bytes]:
-        files = (workdir / "results").rglob("*")
-        return {str(p): p.read_bytes() for p in files if p.is_file() and "logs" not in p.parts}
-
-    before = contents()
+    before = _contents(workdir)
     path = write_config(workdir, "bad.yaml", overlay)
     result = snakemake(workdir, "--cores", "2", "-k", "--configfile", "config/config.yaml", path)
     assert result.returncode != 0
     assert f"config key '{key}'" in result.stdout + result.stderr
-    assert contents() == before
+    assert _contents(workdir) == before

@@ -1,5 +1,7 @@
 import re
 
+from snakemake.exceptions import WorkflowError
+
 from dafusion.devices import will_use_cuda
 from dafusion.provenance import digest, step_code
 from dafusion.readers import index_keys
@@ -58,6 +60,27 @@ def code(rule):
         **step_code(rule),
         script: digest((Path(workflow.basedir) / script).read_bytes()),
     }
+
+
+def check_gpu_limit():
+    """GPU jobs compute on the first CUDA device and queue for the `gpu` resource (the
+    profile's gpu=1). Any --resources on the command line replaces the profile's list, and
+    without a gpu limit every GPU job would start at once on that one device: stop first.
+    Run in onstart, when the executor is known (a cluster gives each job its own GPU).
+    """
+    if not workflow.local_exec or "gpu" in workflow.global_resources:
+        return
+    keys = [
+        f"{section}.device ({settings.device})"
+        for section, settings in (("model", MODEL), ("classifier", CLASSIFIER))
+        if will_use_cuda(settings.device)
+    ]
+    if keys:
+        raise WorkflowError(
+            f"GPU jobs ({', '.join(keys)}) would all run at once on one GPU: --resources "
+            "replaced the profile's gpu=1. Add gpu=1 to --resources (one GPU job at a time), "
+            "or gpu=N to let N jobs share the device"
+        )
 
 
 def gpus(device):
