@@ -335,6 +335,38 @@ def test_bad_config_stops_before_any_job(tmp_path, change, message):
     assert not (workdir / "results").exists()
 
 
+def test_a_changed_dataset_root_reruns_index_dataset(tmp_path):
+    from PIL import Image
+
+    workdir = copy_workflow(tmp_path / "dafusion")
+    for name, color in (("cat", (200, 0, 0)), ("dog", (0, 0, 200))):
+        (workdir / "photos" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (16, 16), color).save(workdir / "photos" / name / f"{i}.png")
+    config = {
+        **REDUCED,
+        "datasets": {"photos": {"kind": "imagefolder", "root": "photos"}},
+        "methods": {"baseline": {"kind": "baseline"}},
+        "erasure": {"enabled": False},
+    }
+    write_config(workdir, "config.yaml", config)
+    target = "results/photos/splits/pool.parquet"
+    assert snakemake(workdir, "--cores", "1", target).returncode == 0
+    index = {("index_dataset", target)}
+    assert scheduled(snakemake(workdir, "-n", "--cores", "1", target).stdout) == set()
+    Image.new("RGB", (16, 16), (0, 0, 150)).save(workdir / "photos/dog/new.png")
+    assert scheduled(snakemake(workdir, "-n", "--cores", "1", target).stdout) == index
+    (workdir / "photos/dog/new.png").unlink()
+    assert scheduled(snakemake(workdir, "-n", "--cores", "1", target).stdout) == set()
+    overlay = write_config(workdir, "o.yaml", {"datasets": {"photos": {"track_files": False}}})
+    (workdir / "photos/cat/0.png").write_bytes((workdir / "photos/dog/0.png").read_bytes())
+    result = snakemake(
+        workdir, "-n", "--cores", "1", target, "--configfile", "config/config.yaml", overlay
+    )
+    assert scheduled(result.stdout) == set()  # not listed: the change goes unnoticed
+    assert scheduled(snakemake(workdir, "-n", "--cores", "1", target).stdout) == index
+
+
 def test_train_declares_a_gpu_when_it_will_use_cuda(workdir):
     """So that --cores N cannot pile classifier jobs onto the GPU generation is using."""
     overlay = write_config(workdir, "o.yaml", {"classifier": {"device": "cuda"}})

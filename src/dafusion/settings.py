@@ -96,6 +96,7 @@ class DatasetSettings(Settings):
     image_size: int = 32
     val_fraction: float = 0.2
     val_per_class: int | None = None
+    track_files: bool = knob(True)
 
 
 @dataclass(frozen=True)

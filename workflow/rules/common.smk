@@ -3,6 +3,7 @@ import re
 from snakemake.exceptions import WorkflowError
 
 from dafusion.devices import will_use_cuda
+from dafusion.listing import listing_digest
 from dafusion.provenance import digest, step_code
 from dafusion.readers import index_keys
 from dafusion.settings import (
@@ -196,6 +197,31 @@ def index_params(wildcards):
     spec = DATASETS[wildcards.dataset]
     keys = index_keys(spec)
     return {k: v for k, v in spec.result_params().items() if k in keys}
+
+
+def dataset_listing(name):
+    """A small file holding the digest of a dataset root's file listing (names, sizes,
+    modification times), rewritten when the workflow starts only if the listing changed:
+    as an input of index_dataset it reruns it when a file is added, removed or rewritten.
+    With `track_files: false` it is left as it is (nothing is listed, nothing reruns).
+    """
+    spec = DATASETS[name]
+    if not spec.root:
+        return []
+    path = Path(res(f"{name}/splits/.files.sha256"))
+    if workflow.is_main_process:
+        recorded = path.read_text() if path.exists() else None
+        current = recorded
+        if spec.track_files or recorded is None:
+            root = Path(spec.root).expanduser()
+            current = listing_digest(root) if spec.track_files else "untracked"
+        if current != recorded:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(current)
+    return str(path)
+
+
+LISTINGS = {name: dataset_listing(name) for name in DATASETS}
 
 
 def index_mem_mb(wildcards):

@@ -1,4 +1,6 @@
 rule index_dataset:
+    input:
+        files=lambda w: LISTINGS[w.dataset],
     output:
         pool=res("{dataset}/splits/pool.parquet"),
         val=res("{dataset}/splits/val.parquet"),
