@@ -62,3 +62,15 @@ def test_default_formats_are_lossless(fmt):
     image = Image.effect_noise((16, 16), 60).convert("RGB")
     decoded = Image.open(io.BytesIO(encode_image(image, fmt))).convert("RGB")
     assert decoded.tobytes() == image.tobytes()
+
+
+def test_shard_members_extract_as_ordinary_files(tmp_path):
+    import tarfile
+
+    write_shard(tmp_path, "shard-000000.tar", _samples(2), "png")
+    with tarfile.open(tmp_path / "shard-000000.tar") as tar:
+        members = tar.getmembers()
+        assert {m.mode for m in members} == {0o644} and all(m.mtime == 0 for m in members)
+        tar.extractall(tmp_path / "out", filter="data")
+    extracted = list((tmp_path / "out").iterdir())
+    assert len(extracted) == 6 and all(p.stat().st_mode & 0o200 for p in extracted)

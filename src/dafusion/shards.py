@@ -1,8 +1,9 @@
 """WebDataset shards of synthetic images, plus the `index.parquet` that lists them.
 
 Keys contain no dots (the WebDataset reader splits extensions at the first dot). Tars are
-written with a fixed mtime, so the same inputs give the same bytes, and each shard appears
-under its final name only once complete.
+written with a fixed mtime, so the same inputs give the same bytes, with members of mode 0644
+(`tar x` gives ordinary writable files), and each shard appears under its final name only
+once complete.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def write_shard(out_dir: Path, name: str, samples: Iterable[Mapping], image_ext:
     with (
         atomic_path(out_dir / name) as tmp,
         open(tmp, "wb") as f,
-        wds.TarWriter(f, mtime=FIXED_MTIME) as sink,
+        wds.TarWriter(f, mtime=FIXED_MTIME, mode=0o644) as sink,
     ):
         for sample in samples:
             if "." in sample["key"]:
