@@ -373,6 +373,10 @@ def test_corrupt_image_is_named_or_skipped(caltech, caplog):
     truncated = caltech / "caltech101/101_ObjectCategories/Leopards/image_0001.jpg"
     Image.new("RGB", (64, 64), "red").save(truncated, quality=100)
     truncated.write_bytes(truncated.read_bytes()[:400])
+    bad.unlink()
+    with pytest.raises(ValueError, match=f"cannot read image '{truncated}'.*[Tt]runcated"):
+        _read(spec, caltech)  # a header check would pass it; training would fail on it
+    bad.write_bytes(b"not a jpeg")
     with caplog.at_level(logging.WARNING):
         pool, val, _ = _read({**spec, "skip_corrupt": True}, caltech)
     keys = set(pool["key"]) | set(val["key"])

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .images import describe, load_image, open_image
+from .images import describe, load_image
 from .manifest import SPLITS, class_token, unknown_classes_error
 from .readers import KINDS, original_split_kinds
 from .settings import DatasetSettings
@@ -170,35 +170,25 @@ def select_classes(frame: pd.DataFrame, chosen: Sequence[str]) -> pd.DataFrame:
     return frame
 
 
-def _header_error(row: Mapping) -> str | None:
-    """PIL's verify: parses the file without decoding the pixels (cheap)."""
-    try:
-        with open_image(row) as image:
-            image.verify()
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... on bad files
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
 def _decode_error(row: Mapping) -> str | None:
-    """A full decode: also catches truncated files, at the cost of reading every pixel."""
+    """A full decode, as training will do: header checks (PIL's verify) miss truncated files."""
     try:
         load_image(row)
     except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
+        cause = exc.__cause__ or exc  # load_image's own error repeats the file's name
+        return f"{type(cause).__name__}: {cause}"
     return None
 
 
 def check_images(frame: pd.DataFrame, skip_corrupt: bool, threads: int = 1) -> pd.DataFrame:
     """Stop at an unreadable image, naming it; with `skip_corrupt`, leave it out and log it.
 
-    By default each file is only parsed (PIL's verify), which keeps indexing fast; with
-    `skip_corrupt` every image is decoded, so truncated files are left out too.
+    Every image is decoded once, in `threads` threads, so that a truncated file stops
+    indexing rather than a GPU stage hours later.
     """
-    check: Callable[[Mapping], str | None] = _decode_error if skip_corrupt else _header_error
     records = frame[["key", "path", "image"]].to_dict("records")
     with ThreadPoolExecutor(max(1, threads)) as executor:
-        errors = list(executor.map(check, records))
+        errors = list(executor.map(_decode_error, records))
     bad = [(row, err) for row, err in zip(records, errors, strict=True) if err is not None]
     if bad and not skip_corrupt:
         row, err = bad[0]
