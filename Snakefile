@@ -28,8 +28,13 @@ os.environ.update(PYTHONPATH=os.pathsep.join([SRC, *filter(None, OTHER_PATHS)]))
 
 from dafusion.config import ConfigError, validate_config
 
+# The embedded default, unless config files are given: `--configfile mine.yaml` runs
+# mine.yaml alone (its datasets replace the digits instead of adding to them); to overlay
+# the default, name it first: `--configfile config/config.yaml overlay.yaml`. `--config
+# key=value` overlays whichever config is in use.
+if not workflow.overwrite_configfiles:
 
-configfile: "config/config.yaml"
+    configfile: "config/config.yaml"
 
 
 try:

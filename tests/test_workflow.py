@@ -367,6 +367,23 @@ def test_a_changed_dataset_root_reruns_index_dataset(tmp_path):
     assert scheduled(snakemake(workdir, "-n", "--cores", "1", target).stdout) == index
 
 
+def test_a_config_file_of_ones_own_replaces_the_default(tmp_path):
+    """--configfile mine.yaml runs mine alone (no digits); --config still overlays the default."""
+    workdir = copy_workflow(tmp_path / "dafusion")
+    write_config(workdir, "config.yaml", REDUCED)
+    (workdir / "photos/cat").mkdir(parents=True)
+    mine = {**REDUCED, "datasets": {"photos": {"kind": "imagefolder", "root": "photos"}}}
+    path = write_config(workdir, "mine.yaml", mine)
+    result = snakemake(workdir, "-n", "--cores", "1", "--configfile", path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outputs = {output for _, output in scheduled(result.stdout)}
+    assert any("results/photos/" in o for o in outputs)
+    assert not any("digits" in o for o in outputs)
+    result = snakemake(workdir, "-n", "--cores", "1", "--config", "results=elsewhere")
+    outputs = {output for _, output in scheduled(result.stdout)}
+    assert "elsewhere/digits/splits/pool.parquet" in outputs
+
+
 def test_train_declares_a_gpu_when_it_will_use_cuda(workdir):
     """So that --cores N cannot pile classifier jobs onto the GPU generation is using."""
     overlay = write_config(workdir, "o.yaml", {"classifier": {"device": "cuda"}})
