@@ -220,11 +220,16 @@ def _erasure_folder(components, names, tmp_path, assign):
     return str(folder / "check.parquet")
 
 
-def test_an_erased_generate_job_uses_each_class_own_delta(tiny_dir, digits, tmp_path):
-    split = _pool(digits, labels=(0, 1))
+def _split(digits, labels, tmp_path):
+    """A one-shot split of the digits `labels`, written to disk: (manifest, path, names)."""
+    split = _pool(digits, labels=labels)
     split_path = tmp_path / "split.parquet"
     write_parquet(split, split_path)
-    names = class_names(split)
+    return split, split_path, class_names(split)
+
+
+def test_an_erased_generate_job_uses_each_class_own_delta(tiny_dir, digits, tmp_path):
+    _, split_path, names = _split(digits, (0, 1), tmp_path)
     components = _fresh(tiny_dir)
     model = ModelSettings(pretrained="tiny", resolution=32)
     method = MethodSettings(
@@ -257,10 +262,7 @@ def test_an_erased_generate_job_uses_each_class_own_delta(tiny_dir, digits, tmp_
 
 
 def test_erased_inversion_learns_each_token_against_its_class_delta(tiny_dir, digits, tmp_path):
-    split = _pool(digits, labels=(3, 6))
-    split_path = tmp_path / "split.parquet"
-    write_parquet(split, split_path)
-    names = class_names(split)
+    split, split_path, names = _split(digits, (3, 6), tmp_path)
     components = _fresh(tiny_dir)
     erasure = _erasure_folder(components, names, tmp_path, {n: n for n in names})
     model = ModelSettings(pretrained="tiny", resolution=32)

@@ -108,12 +108,12 @@ def esd(
     trained = copy.deepcopy(frozen)
     if trained.dtype != torch.float32:  # master weights in float32 whatever model.dtype
         trained.to(torch.float32)
-    names = trained_names(trained, settings.train_method)
-    params = dict(trained.named_parameters())
-    for name in names:
-        params[name].requires_grad_(True)
+    wanted = set(trained_names(trained, settings.train_method))
+    params = {name: p for name, p in trained.named_parameters() if name in wanted}
+    for param in params.values():
+        param.requires_grad_(True)
     trained.train()
-    optimizer = torch.optim.Adam([params[n] for n in names], lr=settings.lr)
+    optimizer = torch.optim.Adam(list(params.values()), lr=settings.lr)
     sampler_unet = trained if settings.sampler == "trained" else frozen
     scheduler = DDIMScheduler.from_config(components.scheduler.config)
     scheduler.set_timesteps(settings.ddim_steps, device=device)
@@ -125,8 +125,7 @@ def esd(
     shape = (1, frozen.config.in_channels, latent, latent)
     generator = torch.Generator().manual_seed(derive_seed("esd", settings.seed, stream))
     losses = np.zeros(settings.iterations, dtype=np.float32)
-    checked = {n: params[n] for n in names}
-    start = checkpoint.load(checked, optimizer, [generator], losses) if checkpoint else 0
+    start = checkpoint.load(params, optimizer, [generator], losses) if checkpoint else 0
     every = settings.checkpoint_every
     bar = tqdm(
         range(start, settings.iterations), initial=start, total=settings.iterations,
@@ -159,8 +158,8 @@ def esd(
         bar.set_postfix(loss=f"{losses[step]:.4f}")
         done = step + 1
         if checkpoint and every and done % every == 0 and done < settings.iterations:
-            checkpoint.save(done, checked, optimizer, [generator], losses)
-    return {n: params[n].detach() for n in names}, losses
+            checkpoint.save(done, params, optimizer, [generator], losses)
+    return {name: param.detach() for name, param in params.items()}, losses
 
 
 def _last_token(components: Components, text: str) -> int:

@@ -140,7 +140,8 @@ def erase(
     names = class_names(pd.read_parquet(pool_path))
     # Training runs in float32 (or under bf16 autocast, erasure.precision) whatever
     # model.dtype is; the deltas are cast to the UNet's dtype when they are applied.
-    components = _load(model.replace(dtype="float32"), model_dir)
+    model = model.replace(dtype="float32")
+    components = _load(model, model_dir)
     folder = Path(output).parent
     folder.mkdir(parents=True, exist_ok=True)
     joint = settings.scope == "joint"
@@ -152,13 +153,11 @@ def erase(
     dtype = getattr(torch, settings.delta_dtype)
     fingerprints = {}
     for key, erased in units.items():
-        preserve = [n for n in names if n not in erased]
         prompts = [settings.prompt.format(name=n) for n in erased]
+        preserve = [settings.prompt.format(name=n) for n in names if n not in erased]
         fingerprints[key] = fingerprint(
-            model={"pretrained": model.pretrained, "resolution": model.resolution},
-            erasure=settings.result_params(), erase=prompts, code=dict(code or {}),
-            preserve=[settings.prompt.format(name=n) for n in preserve]
-            if settings.method == "uce" else None,
+            model=model.result_params(), erasure=settings.result_params(), erase=prompts,
+            code=dict(code or {}), preserve=preserve if settings.method == "uce" else None,
         )  # fmt: skip
         path = paths[key]
         if path.exists() and delta_meta(path).get("fingerprint") == fingerprints[key]:
@@ -166,8 +165,7 @@ def erase(
             continue
         start = time.perf_counter()
         if settings.method == "uce":
-            tensors = uce(components, prompts, [settings.prompt.format(name=n) for n in preserve],
-                          settings)  # fmt: skip
+            tensors = uce(components, prompts, preserve, settings)
         else:
             checkpoint = Checkpoint(
                 folder / f".{path.stem}.checkpoint.safetensors", fingerprints[key]
