@@ -244,6 +244,13 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
             jobs("invert") | jobs("invert_erased") | jobs("generate", TOKENS)
             | jobs("train", TOKENS) | END,
         ),
+        # A dataset setting: the dataset is read again, and everything downstream reruns.
+        (
+            {"datasets": {"digits": {"unevaluated_classes": "drop"}}},
+            {("index_dataset", "results/digits/splits/pool.parquet")} | ERASE
+            | jobs("few_shot_split") | jobs("invert") | jobs("invert_erased")
+            | jobs("generate", SYNTHETIC) | jobs("train", METHODS) | END,
+        ),
         # A new seed: its own jobs; the erasure is shared by every seed and shot count.
         (
             {"seeds": [0, 1]},
