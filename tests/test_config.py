@@ -1,3 +1,4 @@
+import shutil
 from pathlib import Path
 
 import pytest
@@ -214,7 +215,7 @@ def test_settings_that_would_fail_in_a_job_fail_at_start_up(change, key, message
         validate_config(config, SCHEMA)
 
 
-def test_the_model_is_checked_at_start_up(tmp_path, monkeypatch):
+def test_the_model_is_checked_at_start_up(tmp_path, monkeypatch, tiny_dir):
     import huggingface_hub.constants as constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -234,4 +235,56 @@ def test_the_model_is_checked_at_start_up(tmp_path, monkeypatch):
     (repo / "refs/main").write_text("abc123")
     (repo / "snapshots/abc123").mkdir(parents=True)
     (repo / "snapshots/abc123/model_index.json").write_text("{}")
+    with pytest.raises(ConfigError, match="'CompVis/stable-diffusion-v1-4' lacks tokenizer/"):
+        validate_config(config, SCHEMA)  # a half-downloaded cache
+    shutil.rmtree(repo / "snapshots/abc123")
+    shutil.copytree(tiny_dir, repo / "snapshots/abc123")
     assert validate_config(config, SCHEMA)["model"]["pretrained"] == config["model"]["pretrained"]
+
+
+def test_a_local_model_needs_every_component_as_safetensors(tmp_path, tiny_dir):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    config = default_config()
+    config["model"]["pretrained"] = str(model)
+    validate_config(config, SCHEMA)
+    config["generation"]["safety_checker"] = True
+    with pytest.raises(
+        ConfigError, match=r"lacks safety_checker/config.json \(generation.safety_checker is on"
+    ):
+        validate_config(config, SCHEMA)
+    config["generation"]["safety_checker"] = False
+    weights = model / "unet/diffusion_pytorch_model.safetensors"
+    weights.rename(model / "unet/diffusion_pytorch_model.bin")
+    with pytest.raises(
+        ConfigError,
+        match=r"'model.pretrained': '.*' lacks unet/diffusion_pytorch_model.safetensors; it "
+        r"holds only pickle weights \(diffusion_pytorch_model.bin\)",
+    ):
+        validate_config(config, SCHEMA)
+    (model / "unet/diffusion_pytorch_model.bin").unlink()
+    with pytest.raises(ConfigError, match="lacks unet/diffusion_pytorch_model.safetensors; copy"):
+        validate_config(config, SCHEMA)
+
+
+def test_a_kinds_optional_package_is_named_with_its_extra(tmp_path, monkeypatch):
+    import dataclasses
+
+    from dafusion import readers
+
+    for kind in ("coco", "leafy_spurge"):
+        absent = dataclasses.replace(readers.KINDS[kind], package="no_such_module_here")
+        monkeypatch.setitem(readers.KINDS, kind, absent)
+    config = default_config()
+    config["datasets"] = {"mine": {"kind": "coco", "root": str(tmp_path)}}
+    with pytest.raises(
+        ConfigError,
+        match=r"'datasets.mine.kind': reading .* as coco needs the no_such_module_here package; "
+        r"install it with `.venv/bin/pip install -e '.\[coco\]'`",
+    ):
+        validate_config(config, SCHEMA)
+    config["datasets"] = {"spurge": {"kind": "leafy_spurge", "root": str(tmp_path)}}
+    with pytest.raises(ConfigError, match=r"pip install -e '.\[leafy_spurge\]'"):
+        validate_config(config, SCHEMA)
+    (tmp_path / "absent").mkdir()  # the plain folder layout reads without the package
+    validate_config(config, SCHEMA)

@@ -146,7 +146,7 @@ def test_only_the_edited_pipeline_function_changes(library):
     before = {step: step_code(step, library) for step in STEPS}
     pipeline = library / "pipeline.py"
     source = pipeline.read_text()
-    pipeline.write_text(source.replace('"seed %d, %d shots: %d images"', '"%d/%d: %d images"'))
+    pipeline.write_text(source.replace('"seed %d, %s shots: %d images"', '"%d/%s: %d images"'))
     assert _changed(before, library) == {"few_shot_split"}
     pipeline.write_text(source.replace("def _model_source(", "def _model_source(  # edited\n"))
     assert _changed(before, library) == {"erase", "invert", "generate"}  # its callers

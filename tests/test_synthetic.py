@@ -31,9 +31,19 @@ def _engine(components, manifest, checker=None, batch_size=4, cls=Engine):
 def _meta(item):
     return {
         "source_key": item["key"][:-4],
+        "j": int(item["j"]),
         "label": 0,
+        "class_name": "zero",
+        "method": "m",
         "strength": item["strength"],
+        "prompt": "a photo of a 0",
+        "guidance_scale": 7.5,
+        "scheduler": "DDIMScheduler",
+        "steps": 4,
         "seed": int(item["seed"]),
+        "model_id": "tiny",
+        "token_hash": "",
+        "erasure": "",
     }
 
 

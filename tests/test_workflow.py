@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import webdataset as wds
 import yaml
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -331,10 +332,24 @@ def test_synthetic_tokens_and_erasure_targets(workdir):
             {"datasets": {"mine": {"kind": "imagefolder", "root": "no/such/dir"}}},
             "config key 'datasets.mine.root'",
         ),
+        (
+            {"methods": {"rg": {"kind": "sdedit", "prompt": "a {name}", "strengths": [1.5]}}},
+            "config key 'methods.rg.strengths.0'",
+        ),
+        (
+            {"methods": {"rg": {"kind": "sdedit", "prompt": "a {nmae}", "strengths": [0.5]}}},
+            "config key 'methods.rg.prompt': 'a {nmae}' may hold only {name} or {token}",
+        ),
+        (
+            {"model": {"pretrained": "half-copied", "resolution": 32}},
+            "config key 'model.pretrained': 'half-copied' lacks tokenizer/vocab.json",
+        ),
     ],
 )
 def test_bad_config_stops_before_any_job(tmp_path, change, message):
     workdir = copy_workflow(tmp_path / "dafusion")
+    (workdir / "half-copied").mkdir()
+    (workdir / "half-copied/model_index.json").write_text("{}")
     write_config(workdir, "config.yaml", {**REDUCED, **change})
     result = snakemake(workdir, "--cores", "1")
     assert result.returncode != 0
@@ -438,3 +453,77 @@ def test_a_bad_setting_stops_the_run_before_any_output_is_touched(workdir, overl
     assert result.returncode != 0
     assert f"config key '{key}'" in result.stdout + result.stderr
     assert _contents(workdir) == before
+
+
+def _photo_folder(root: Path) -> None:
+    """Class folders of odd sizes and modes; one class has a single image."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+
+    def noise(*shape):
+        return rng.integers(0, 255, shape, dtype=np.uint8)
+
+    images = {
+        "cat/a.jpg": Image.fromarray(noise(23, 37, 3)),
+        "cat/b.png": Image.fromarray(noise(40, 30)),  # grayscale
+        "dog/c.png": Image.fromarray(noise(17, 50, 4), "RGBA"),
+        "dog/d.gif": Image.fromarray(noise(33, 33, 3)).convert("P"),
+        "dog/e.png": Image.fromarray(noise(21, 19).astype(np.uint16) * 250),  # 16-bit
+        "red_fox/f.jpg": Image.fromarray(noise(20, 26, 3)).convert("CMYK"),
+    }
+    for name, image in images.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        image.save(root / name)
+
+
+def test_augment_a_folder_with_the_documented_command(tmp_path):
+    """The README's one command (plus an overlay for the tiny model): every image of every
+    class is the source of M synthetic images, in shards that webdataset and plain tar read;
+    the embedded default's digits do not run, and the all target is refused up front."""
+    workdir = copy_workflow(tmp_path / "dafusion")
+    (workdir / "config").mkdir()
+    shutil.copy(REPO / "config/augment.yaml", workdir / "config/augment.yaml")
+    photos = tmp_path / "my photos"
+    _photo_folder(photos)
+    tiny = {
+        "model": {"pretrained": "tiny", "resolution": 32, "dtype": "float32"},
+        "inversion": {"steps": 2, "batch_size": 2},
+        "generation": {"num_synthetic": 3, "num_inference_steps": 4, "batch_size": 8},
+    }
+    command = [
+        "--configfile", "config/augment.yaml", write_config(workdir, "tiny.yaml", tiny),
+        "--config", f"datasets={{photos: {{root: '{photos}'}}}}",
+    ]  # fmt: skip
+    refused = snakemake(workdir, "-n", "--cores", "2", *command)
+    assert refused.returncode != 0
+    assert "config key 'examples_per_class': 'all'" in refused.stdout + refused.stderr
+    result = snakemake(workdir, "--cores", "2", "synthetic", *command)
+    assert result.returncode == 0, result.stderr[-5000:]
+
+    results = workdir / "results"
+    assert sorted(p.name for p in results.iterdir() if p.is_dir()) == [
+        "benchmarks", "logs", "model", "photos",
+    ]  # fmt: skip
+    pool = pd.read_parquet(results / "photos/splits/pool.parquet")
+    assert len(pool) == 6 and len(pd.read_parquet(results / "photos/splits/val.parquet")) == 0
+    synthetic = results / "photos/synthetic/da-fusion/seed0-shotsall"
+    index = pd.read_parquet(synthetic / "index.parquet")
+    by_source = index.groupby("source_key")["key"].apply(sorted).to_dict()
+    assert by_source == {k: [f"{k}-{j:03d}" for j in range(3)] for k in pool["key"]}
+    assert set(index["class_name"]) == {"cat", "dog", "red fox"}
+
+    shards = sorted(str(p) for p in synthetic.glob("shard-*.tar"))
+    samples = list(wds.WebDataset(shards, shardshuffle=False).decode("pil"))
+    assert sorted(s["__key__"] for s in samples) == sorted(index["key"])
+    sizes = {row.key: Image.open(row.path).size for row in pool.itertuples()}
+    assert all(s["png"].size == sizes[s["json"]["source_key"]] for s in samples)
+
+    assert len(shards) == 1  # 18 images: one shard of shard_size
+    listed = subprocess.run(["tar", "tf", shards[0]], capture_output=True, text=True, check=True)
+    assert len(listed.stdout.split()) == 3 * len(index)  # png, cls, json per image
+    out = tmp_path / "extracted"
+    out.mkdir()
+    subprocess.run(["tar", "xf", shards[0], "-C", str(out)], check=True)
+    members = list(out.iterdir())
+    assert members and all(p.is_file() and os.access(p, os.W_OK) for p in members)

@@ -16,7 +16,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .readers import KINDS, original_split_kinds
+from .readers import KINDS, missing_package, original_split_kinds
 from .settings import SECTIONS
 
 # Named inversion recipes; keys a config sets explicitly win over the preset's.
@@ -93,6 +93,12 @@ def _check_dataset(name: str, spec: Mapping, explicit: set[str], base_dir: str |
                 f"config key 'datasets.{name}.root': directory '{root}' does not exist; "
                 "point it at the dataset on disk"
             )
+        if extra := missing_package(spec["kind"], root):
+            raise ConfigError(
+                f"config key 'datasets.{name}.kind': reading '{root}' as {spec['kind']} needs "
+                f"the {kind.package} package; install it with `.venv/bin/pip install -e "
+                f"'.[{extra}]'` (or `pip install {kind.package}`)"
+            )
 
 
 def _check_fields(key: str, text: str, allowed: set[str], exactly_one: bool = False) -> None:
@@ -138,10 +144,55 @@ def _check_erasure(config: Mapping) -> None:
         _check_fields(f"erasure.{key}", erasure[key], {"name"}, exactly_one=True)
 
 
-def _check_model(pretrained: str, base_dir: str | Path) -> None:
+# The files each component of a Stable Diffusion checkpoint is loaded from (diffusers'
+# save_pretrained layout), weights as safetensors only: any one of each tuple will do.
+TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+DIFFUSERS_WEIGHTS = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.safetensors.index.json",
+)
+MODEL_FILES = {
+    "tokenizer": [("vocab.json", "tokenizer.json"), ("merges.txt", "tokenizer.json")],
+    "text_encoder": [("config.json",), TRANSFORMERS_WEIGHTS],
+    "vae": [("config.json",), DIFFUSERS_WEIGHTS],
+    "unet": [("config.json",), DIFFUSERS_WEIGHTS],
+    "scheduler": [("scheduler_config.json",)],
+}
+SAFETY_FILES = {
+    "safety_checker": [("config.json",), TRANSFORMERS_WEIGHTS],
+    "feature_extractor": [("preprocessor_config.json",)],
+}
+
+
+def _check_model_files(folder: Path, pretrained: str, safety_checker: bool) -> None:
+    """Every file the stages load exists, weights as safetensors: a half-copied directory or
+    cache, or a checkpoint with only pickle weights, stops here and not in the first job."""
+    wanted = {**MODEL_FILES, **(SAFETY_FILES if safety_checker else {})}
+    for component, needs in wanted.items():
+        for options in needs:
+            if any((folder / component / name).is_file() for name in options):
+                continue
+            pickled = sorted(p.name for p in (folder / component).glob("*.bin"))
+            if pickled and options[0].endswith(".safetensors"):
+                fix = (
+                    f"it holds only pickle weights ({', '.join(pickled)}), which are never "
+                    "loaded here; convert the model to safetensors (diffusers: "
+                    "pipe.save_pretrained(path, safe_serialization=True))"
+                )
+            else:
+                fix = "copy the complete model (as save_pretrained or `hf download` writes it)"
+            why = " (generation.safety_checker is on)" if component in SAFETY_FILES else ""
+            raise ConfigError(
+                f"config key 'model.pretrained': '{pretrained}' lacks "
+                f"{component}/{options[0]}{why}; {fix}"
+            )
+
+
+def _check_model(pretrained: str, base_dir: str | Path, safety_checker: bool) -> None:
     """'tiny', a local diffusers directory, or a hub id already in the local Hugging Face
-    cache: checked before any job, since the jobs that load it would fail only after
-    Snakemake has deleted their previous outputs."""
+    cache, with the files of every component the stages load: checked before any job, since
+    the jobs that load it would fail only after Snakemake has deleted their previous
+    outputs."""
     if pretrained == "tiny":
         return
     path = Path(base_dir) / Path(pretrained).expanduser()
@@ -151,6 +202,7 @@ def _check_model(pretrained: str, base_dir: str | Path) -> None:
                 f"config key 'model.pretrained': directory '{path}' is not a diffusers model "
                 "(no model_index.json); point it at a directory written by save_pretrained"
             )
+        _check_model_files(path, pretrained, safety_checker)
         return
     looks_like_path = pretrained.startswith(("/", ".", "~")) or pretrained.count("/") != 1
     if not looks_like_path:
@@ -161,6 +213,8 @@ def _check_model(pretrained: str, base_dir: str | Path) -> None:
         except ValueError:  # not a valid repo id
             cached = None
         if isinstance(cached, str):
+            # The cache's snapshot folder has the save_pretrained layout (files link to blobs).
+            _check_model_files(Path(cached).parent, pretrained, safety_checker)
             return
         raise ConfigError(
             f"config key 'model.pretrained': '{pretrained}' is not in the local Hugging Face "
@@ -222,7 +276,7 @@ def validate_config(config: Mapping, schema_path: str | Path, base_dir: str | Pa
     if isinstance(config["inversion"]["templates"], list):
         for i, template in enumerate(config["inversion"]["templates"]):
             _check_fields(f"inversion.templates.{i}", template, {""}, exactly_one=True)
-    _check_model(config["model"]["pretrained"], base_dir)
+    _check_model(config["model"]["pretrained"], base_dir, config["generation"]["safety_checker"])
     _check_scheduler(config["generation"]["scheduler"])
     for section, cls in SECTIONS.items():
         entries = config[section].values() if section in PER_ENTRY else [config[section]]

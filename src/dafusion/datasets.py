@@ -259,15 +259,21 @@ def read_dataset(
     frame = frame[~wanted | frame.index.isin(readable.index)]
     per_class = spec.val_per_class
     has_val = (frame["split"] == "val").any()
-    if protocol == "default" and not has_val:
+    # val_fraction 0 holds nothing out: every image is a source (synthetic data only).
+    holds_out = protocol == "default" and not has_val and spec.val_fraction > 0
+    if holds_out:
         held = hold_out(frame[frame["split"] == "train"], spec.val_fraction, per_class)
         frame = pd.concat([held, frame[frame["split"] == "test"]])
     elif has_val and per_class is not None:
         val = _cap_per_class(frame[frame["split"] == "val"], per_class)
         frame = pd.concat([frame[frame["split"] != "val"], val])
+    evaluated = protocol != "default" or has_val or holds_out
+    if not evaluated:
+        log.info("no evaluation split: val_fraction is 0, every training image is a source")
     chosen = _check_every_class_remains(
-        frame, chosen, needs_val=protocol == "default", policy=spec.unevaluated_classes
-    )
+        frame, chosen, needs_val=protocol == "default" and evaluated,
+        policy=spec.unevaluated_classes,
+    )  # fmt: skip
     frame = select_classes(frame, chosen)
     frame = write_masks(frame, mask_dir, threads)
     pool, val, test = (
@@ -292,17 +298,20 @@ def halve_per_seed(pool: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.Data
     return tuple(pd.concat(part).sort_values("key").reset_index(drop=True) for part in (train, val))
 
 
-def few_shot(pool: pd.DataFrame, seed: int, shots: int, allow_fewer: bool = False) -> pd.DataFrame:
+def few_shot(
+    pool: pd.DataFrame, seed: int, shots: int | None, allow_fewer: bool = False
+) -> pd.DataFrame:
     """The first `shots` images of each class under a per-(seed, class) permutation.
 
     The permutation depends only on the seed and the class, so the k-shot subset is the
-    prefix of every larger subset (nested shots). A class with fewer images is an error, or
-    with `allow_fewer` keeps all it has.
+    prefix of every larger subset (nested shots), and `shots=None` (examples_per_class
+    'all') is the whole pool in that order. A class with fewer images is an error, or with
+    `allow_fewer` keeps all it has.
     """
     parts = []
     for label, group in pool.sort_values("key").groupby("label", sort=True):
         name = group["class_name"].iloc[0]
-        if len(group) < shots:
+        if shots is not None and len(group) < shots:
             if not allow_fewer:
                 raise ValueError(
                     f"class '{name}' has {len(group)} training images, fewer than "

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 
 @contextlib.contextmanager
@@ -42,10 +44,45 @@ def _umask() -> int:
     return mask
 
 
-def write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
-    """Write a table atomically."""
+def write_parquet(frame: pd.DataFrame, path: str | Path, schema: pa.Schema | None = None) -> None:
+    """Write a table atomically; with `schema`, in exactly its columns, order and types.
+
+    Types inferred from the values would depend on them: a column of only nulls, or a table
+    without rows, would be written as type null and differ between datasets.
+    """
     with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, index=False)
+        if schema is None:
+            frame.to_parquet(tmp, index=False)
+        else:
+            pq.write_table(_to_arrow(frame, schema, path), tmp)
+
+
+def _to_arrow(frame: pd.DataFrame, schema: pa.Schema, path: str | Path) -> pa.Table:
+    """`frame` as a table of `schema`, or an error naming the file and the column that does
+    not fit (pyarrow's own errors do not always name it)."""
+    missing = [name for name in schema.names if name not in frame.columns]
+    unknown = [str(name) for name in frame.columns if name not in schema.names]
+    if missing or unknown:
+        problems = [f"column '{name}' is missing" for name in missing]
+        problems += [f"column '{name}' is not in its schema" for name in unknown]
+        raise ValueError(
+            f"cannot write {path}: {'; '.join(problems)} (its columns: {', '.join(schema.names)})"
+        )
+    try:
+        return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+    except (pa.ArrowException, ValueError) as exc:
+        for field in schema:
+            try:
+                pa.Table.from_pandas(
+                    frame[[field.name]], schema=pa.schema([field]), preserve_index=False
+                )
+            except (pa.ArrowException, ValueError) as column_exc:
+                kind = f"{field.type}{'' if field.nullable else ' not null'}"
+                raise ValueError(
+                    f"cannot write {path}: column '{field.name}' does not fit its type "
+                    f"({kind}): {column_exc}"
+                ) from exc
+        raise
 
 
 def setup_job(log_path: str | Path | None, threads: int | None = None) -> None:

@@ -10,8 +10,23 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
+import pyarrow as pa
 
-MANIFEST_COLUMNS = ["key", "path", "image", "label", "class_name", "split"]
+# Written with this schema, a manifest has the same types for every dataset, also where
+# `path` or `image` is all null (images stored as bytes, or as files) or it has no rows.
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("path", pa.string()),
+        pa.field("image", pa.binary()),
+        pa.field("label", pa.int64(), nullable=False),
+        pa.field("class_name", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+    ]
+)
+MANIFEST_COLUMNS = MANIFEST_SCHEMA.names
+# Only datasets with object masks (pascal, coco) have this column.
+MASK_PATH = pa.field("mask_path", pa.string())
 SPLITS = ("train", "val", "test")
 
 
@@ -25,6 +40,12 @@ def manifest(rows: Iterable[Mapping]) -> pd.DataFrame:
     frame = frame[MANIFEST_COLUMNS + extra]
     frame["label"] = frame["label"].astype("int64")
     return frame
+
+
+def manifest_schema(columns: Iterable[str]) -> pa.Schema:
+    """The schema to write a manifest with these columns: `mask_path` is typed where the
+    dataset has object masks, and not added where it has none."""
+    return MANIFEST_SCHEMA.append(MASK_PATH) if MASK_PATH.name in columns else MANIFEST_SCHEMA
 
 
 def sanitize_key(text: str) -> str:

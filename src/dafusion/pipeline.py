@@ -79,6 +79,7 @@ def index_dataset(
     mask directory always exist (empty where the dataset has none): outputs are fixed per rule.
     """
     from .datasets import read_dataset
+    from .manifest import manifest_schema
 
     Path(mask_dir).mkdir(parents=True, exist_ok=True)
     pool, val, test = read_dataset(spec, base_dir, mask_dir=mask_dir, threads=threads)
@@ -86,31 +87,34 @@ def index_dataset(
         "%s: %d training, %d evaluation, %d test images, %d classes",
         spec.kind, len(pool), len(val), len(test), pool["label"].nunique(),
     )  # fmt: skip
-    write_parquet(test, test_path)
-    write_parquet(val, val_path)
-    write_parquet(pool, pool_path)
+    write_parquet(test, test_path, manifest_schema(test.columns))
+    write_parquet(val, val_path, manifest_schema(val.columns))
+    write_parquet(pool, pool_path, manifest_schema(pool.columns))
 
 
 def seed_split(pool_path: str, seed: int, pool_output: str, val_output: str) -> None:
     """Halve the pool per seed, as the original DA-Fusion code did (split_protocol:
     original-code): this seed's training pool and evaluation manifest."""
     from .datasets import halve_per_seed
+    from .manifest import manifest_schema
 
     pool, val = halve_per_seed(pd.read_parquet(pool_path), seed)
     log.info("seed %d: %d training, %d evaluation images", seed, len(pool), len(val))
-    write_parquet(val, val_output)
-    write_parquet(pool, pool_output)
+    write_parquet(val, val_output, manifest_schema(val.columns))
+    write_parquet(pool, pool_output, manifest_schema(pool.columns))
 
 
 def few_shot_split(
-    pool_path: str, seed: int, shots: int, output: str, allow_fewer: bool = False
+    pool_path: str, seed: int, shots: int | None, output: str, allow_fewer: bool = False
 ) -> None:
-    """The nested few-shot training manifest of one (seed, shots)."""
+    """The nested few-shot training manifest of one (seed, shots); every pool image with
+    `shots=None` (examples_per_class 'all')."""
     from .datasets import few_shot
+    from .manifest import manifest_schema
 
     subset = few_shot(pd.read_parquet(pool_path), seed, shots, allow_fewer=allow_fewer)
-    log.info("seed %d, %d shots: %d images", seed, shots, len(subset))
-    write_parquet(subset, output)
+    log.info("seed %d, %s shots: %d images", seed, shots or "all", len(subset))
+    write_parquet(subset, output, manifest_schema(subset.columns))
 
 
 def erase(

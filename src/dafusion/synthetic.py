@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 from tqdm.auto import tqdm
 
 from .generation import Engine
@@ -23,6 +24,31 @@ from .io import atomic_path, write_parquet
 from .shards import SHARD_PATTERN, encode_image, write_shard
 
 log = logging.getLogger(__name__)
+
+# The index's columns: the key, the `meta` of each image (its shard json), its shard, and
+# whether the safety checker dropped it (then without a shard). Explicit types keep an
+# index with no rows, or with every image dropped, typed like any other.
+INDEX_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("source_key", pa.string(), nullable=False),
+        pa.field("j", pa.int64(), nullable=False),
+        pa.field("label", pa.int64(), nullable=False),
+        pa.field("class_name", pa.string(), nullable=False),
+        pa.field("method", pa.string(), nullable=False),
+        pa.field("strength", pa.float64(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("guidance_scale", pa.float64(), nullable=False),
+        pa.field("scheduler", pa.string(), nullable=False),
+        pa.field("steps", pa.int64(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("token_hash", pa.string(), nullable=False),
+        pa.field("erasure", pa.string(), nullable=False),
+        pa.field("shard", pa.string()),
+        pa.field("dropped", pa.bool_(), nullable=False),
+    ]
+)
 
 
 def _sidecar(out_dir: Path, name: str) -> Path:
@@ -52,7 +78,11 @@ def build(
     workers: int = 2,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Generate (or reuse) every shard of `work`, then write the index atomically."""
+    """Generate (or reuse) every shard of `work`, then write the index atomically.
+
+    `meta(item)` is an image's shard json: the `INDEX_SCHEMA` columns other than `key`,
+    `shard` and `dropped`.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = [list(work[i : i + shard_size]) for i in range(0, len(work), shard_size)]
@@ -100,8 +130,9 @@ def build(
             rows += shard_rows
     if reused:
         log.info("reused %d finished shard(s) of %d", reused, len(shards))
-    index = pd.DataFrame(rows).sort_values("key").reset_index(drop=True)
-    write_parquet(index, index_path)
+    index = pd.DataFrame(rows) if rows else pd.DataFrame(columns=INDEX_SCHEMA.names)
+    index = index.sort_values("key").reset_index(drop=True)
+    write_parquet(index, index_path, INDEX_SCHEMA)
     for name in names:
         _sidecar(out_dir, name).unlink(missing_ok=True)
     return index

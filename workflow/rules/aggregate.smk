@@ -1,6 +1,6 @@
 rule aggregate:
     input:
-        runs=all_runs(),
+        runs=evaluated_runs,
     output:
         figure=res("figures/accuracy.png"),
         table=res("tables/summary.csv"),

@@ -22,7 +22,7 @@ wildcard_constraints:
     dataset="[A-Za-z0-9_-]+",
     method="[A-Za-z0-9_-]+",
     seed=r"\d+",
-    shots=r"\d+",
+    shots=r"\d+|all",
 
 
 RESULTS = config["results"]
@@ -151,7 +151,24 @@ def all_synthetic():
     )
 
 
-def all_runs():
+def evaluated_runs(wildcards):
+    """Every classifier run, for the aggregate (and so the `all` target). A config made for
+    augmenting data (config/augment.yaml) holds out no evaluation images or takes every
+    image as a source: stop before any job instead of failing in the first train job."""
+    if "all" in config["examples_per_class"]:
+        raise WorkflowError(
+            "config key 'examples_per_class': 'all' makes synthetic data from every image, "
+            "and the all target trains classifiers on few-shot subsets only. Run the "
+            "synthetic or tokens target (`snakemake --cores all synthetic --configfile ...`), "
+            "or list numbers of examples per class"
+        )
+    for name, spec in DATASETS.items():
+        if spec.val_fraction == 0:
+            raise WorkflowError(
+                f"config key 'datasets.{name}.val_fraction': 0 holds out no evaluation "
+                "images, so the all target, which evaluates classifiers, cannot run. Run the "
+                "synthetic or tokens target, or set val_fraction above 0"
+            )
     return grid(
         "{dataset}/runs/{method}/seed{seed}-shots{shots}.parquet", list(METHODS)
     )

@@ -54,6 +54,9 @@ rule few_shot_split:
         res("logs/{dataset}/few_shot_split/seed{seed}-shots{shots}.log"),
     benchmark:
         res("benchmarks/{dataset}/few_shot_split/seed{seed}-shots{shots}.tsv")
+    # Before any GPU job: a class with too few images for examples_per_class stops the
+    # run here (it needs the indexed dataset, so no start-up check can see it).
+    priority: 10
     conda:
         "../../envs/dafusion.yaml"
     threads: 1

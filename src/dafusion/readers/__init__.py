@@ -22,7 +22,7 @@ from .fine_grained import read_fgvc_aircraft, read_flowers102, read_stanford_car
 from .folders import read_caltech101, read_digits, read_imagefolder
 from .imagenet import read_imagenet
 from .segmentation import read_coco, read_pascal
-from .spurge import read_leafy_spurge
+from .spurge import has_folders, read_leafy_spurge
 
 
 @dataclass(frozen=True)
@@ -33,20 +33,40 @@ class DatasetKind:
     needs_root: bool = True  # every kind but digits reads a directory
     original_split: bool = False  # supports split_protocol: original-code
     keys: tuple[str, ...] = ()  # DatasetSettings fields only this kind reads
+    # A module outside the default install that the reader imports, installed by the pip
+    # extra named after the kind (pyproject.toml), and whether a given root needs it.
+    package: str | None = None
+    needs_package: Callable[[Path], bool] = lambda root: True
 
 
 KINDS: dict[str, DatasetKind] = {
     "digits": DatasetKind(read_digits, needs_root=False, keys=("image_size",)),
     "imagefolder": DatasetKind(read_imagefolder),
     "pascal": DatasetKind(read_pascal),
-    "coco": DatasetKind(read_coco),
+    "coco": DatasetKind(read_coco, package="pycocotools"),
     "caltech101": DatasetKind(read_caltech101, original_split=True),
     "flowers102": DatasetKind(read_flowers102, original_split=True),
     "fgvc_aircraft": DatasetKind(read_fgvc_aircraft, keys=("label_level",)),
     "stanford_cars": DatasetKind(read_stanford_cars),
-    "leafy_spurge": DatasetKind(read_leafy_spurge, original_split=True, keys=("hf_config",)),
+    "leafy_spurge": DatasetKind(
+        read_leafy_spurge,
+        original_split=True,
+        keys=("hf_config",),
+        package="datasets",  # for the Hugging Face copy; plain folders need nothing more
+        needs_package=lambda root: not has_folders(root),
+    ),
     "imagenet": DatasetKind(read_imagenet),
 }
+
+
+def missing_package(kind: str, root: Path | None) -> str | None:
+    """The pip extra to install when reading `root` as `kind` needs a module that is absent."""
+    import importlib.util
+
+    spec = KINDS[kind]
+    if spec.package is None or importlib.util.find_spec(spec.package) is not None:
+        return None
+    return kind if root is None or spec.needs_package(root) else None
 
 
 def original_split_kinds() -> list[str]:

@@ -36,6 +36,11 @@ def _row(key: str, label_name: str, split: str, **source) -> dict:
     }
 
 
+def has_folders(root: Path) -> bool:
+    """Whether `root` has the plain folder layout (read without the `datasets` package)."""
+    return any((root / name).is_dir() for name in (*LABEL_OF, "train", "test"))
+
+
 def _folder_rows(root: Path) -> list[dict]:
     """`root/{absent,apparent}/*`, or `root/{train,test}/{absent,present}/*` (the layout of
     the Hugging Face repository's files)."""

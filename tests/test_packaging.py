@@ -1,0 +1,79 @@
+"""Packaging metadata that cannot drift: every import declared, conda env = pyproject."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import sys
+from pathlib import Path
+
+import tomllib
+import yaml
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+
+def requirements(group: str | None = None) -> set[str]:
+    """The declared requirements (`name>=bound`, names normalized) of the dependencies or of
+    one extra."""
+    entries = PROJECT["dependencies"] if group is None else PROJECT["optional-dependencies"][group]
+    return {f"{canonicalize_name(r.name)}{r.specifier}" for r in map(Requirement, entries)}
+
+
+def runtime_requirements() -> set[str]:
+    """What a job may need: the dependencies and every dataset extra (all extras but dev)."""
+    extras = [name for name in PROJECT["optional-dependencies"] if name != "dev"]
+    return requirements().union(*(requirements(name) for name in extras))
+
+
+def imported_modules(folders: list[Path]) -> dict[str, Path]:
+    """Top-level modules imported by the code (absolute imports only), with one importer."""
+    found = {}
+    for folder in folders:
+        for path in sorted(folder.rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    found.setdefault(name.split(".")[0], path)
+    return found
+
+
+def test_every_imported_package_is_declared():
+    declared = {Requirement(r).name for r in runtime_requirements()}
+    distributions = importlib.metadata.packages_distributions()
+    folders = [REPO / "src/dafusion", REPO / "workflow/scripts", REPO / "benchmarks"]
+    undeclared = {}
+    for module, path in imported_modules(folders).items():
+        if module in sys.stdlib_module_names or module == "dafusion":
+            continue
+        names = {canonicalize_name(d) for d in distributions.get(module, [module])}
+        if not names & declared:
+            undeclared[module] = str(path.relative_to(REPO))
+    assert undeclared == {}, "declare these in pyproject.toml (dependencies or an extra)"
+
+
+def test_the_conda_environment_is_pyprojects():
+    """envs/dafusion.yaml (the rules' environment) lists exactly the runtime requirements,
+    bounds included; snakemake is the one exception, as it runs the jobs."""
+    env = yaml.safe_load((REPO / "envs/dafusion.yaml").read_text())
+    pip = next(item["pip"] for item in env["dependencies"] if isinstance(item, dict))
+    listed = {f"{canonicalize_name(r.name)}{r.specifier}" for r in map(Requirement, pip)}
+    expected = {r for r in runtime_requirements() if not r.startswith("snakemake")}
+    assert listed == expected
+    python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python="))
+    assert SpecifierSet(PROJECT["requires-python"]).contains(python.removeprefix("python="))
+
+
+def test_the_license_file_is_the_declared_license():
+    assert PROJECT["license"] == "MIT"
+    assert PROJECT["license-files"] == ["LICENSE"]
+    assert (REPO / "LICENSE").read_text().startswith("MIT License")
