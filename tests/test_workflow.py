@@ -519,6 +519,16 @@ def test_augment_a_folder_with_the_documented_command(tmp_path):
     sizes = {row.key: Image.open(row.path).size for row in pool.itertuples()}
     assert all(s["png"].size == sizes[s["json"]["source_key"]] for s in samples)
 
+    # The README's reading examples, as written, from the working directory.
+    examples = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    assert len(examples) == 2
+    for example in examples:
+        ran = subprocess.run(
+            [sys.executable, "-c", example], cwd=workdir, capture_output=True, text=True
+        )
+        assert ran.returncode == 0, ran.stderr
+        assert all(key in ran.stdout for key in pool["key"]) or str(photos) in ran.stdout
+
     assert len(shards) == 1  # 18 images: one shard of shard_size
     listed = subprocess.run(["tar", "tf", shards[0]], capture_output=True, text=True, check=True)
     assert len(listed.stdout.split()) == 3 * len(index)  # png, cls, json per image
@@ -527,3 +537,45 @@ def test_augment_a_folder_with_the_documented_command(tmp_path):
     subprocess.run(["tar", "xf", shards[0], "-C", str(out)], check=True)
     members = list(out.iterdir())
     assert members and all(p.is_file() and os.access(p, os.W_OK) for p in members)
+
+
+@pytest.mark.parametrize(
+    ("problem", "skip_corrupt", "message"),
+    [
+        ("truncated", False, r"cannot read image '.*/dog/d\.jpg'.*[Tt]runcated"),
+        ("case", False, r"'Cat', 'cat' give the same class token '<cat>'"),
+        ("unreadable", True, r"class 'dog' has no readable training images left"),
+    ],
+)
+def test_a_dataset_problem_stops_index_dataset_before_any_later_job(
+    tmp_path, problem, skip_corrupt, message
+):
+    workdir = copy_workflow(tmp_path / "dafusion")
+    photos = tmp_path / "photos"
+    for name in ("cat/a.png", "cat/b.png", "dog/c.png", "dog/d.jpg"):
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (24, 24), "red").save(photos / name)
+    if problem == "truncated":
+        (photos / "dog/d.jpg").write_bytes((photos / "dog/d.jpg").read_bytes()[:300])
+    elif problem == "case":
+        shutil.copytree(photos / "cat", photos / "Cat")
+    else:
+        for name in ("dog/c.png", "dog/d.jpg"):
+            (photos / name).write_bytes(b"not an image")
+    config = {
+        **REDUCED,
+        "datasets": {"photos": {"kind": "imagefolder", "root": str(photos),
+                                "val_fraction": 0, "skip_corrupt": skip_corrupt}},
+        "examples_per_class": ["all"],
+        "methods": {"rg": {"kind": "sdedit", "prompt": "a {name}", "strengths": [0.5]}},
+        "erasure": {"enabled": False},
+    }  # fmt: skip
+    path = write_config(workdir, "mine.yaml", config)
+    split = "results/photos/splits/seed0-shotsall.parquet"  # the first job after it
+    result = snakemake(workdir, "--cores", "1", split, "--configfile", path)
+    assert result.returncode != 0
+    assert "Error in rule index_dataset" in result.stdout + result.stderr
+    log = (workdir / "results/logs/photos/index_dataset.log").read_text()
+    assert re.search(message, log), log[-2000:]
+    assert not (workdir / "results/photos/splits/pool.parquet").exists()
+    assert not (workdir / split).exists()
