@@ -8,12 +8,20 @@ head trained with Adam.
 - original: PIL decode and torchvision transforms per draw in a DataLoader with 4 workers,
   the backbone forward every step (BatchNorm in training mode, as the original), and 6,400
   validation draws with replacement per evaluation.
-- this stage: images decoded once, the features of K augmented views cached, the head
-  trained on them, the whole validation split evaluated once per evaluation.
+- this stage (its defaults): images decoded once, a fresh augmentation of every batch on
+  the device and the backbone forward every step (as the paper), the whole validation split
+  evaluated once per evaluation.
+
+`--compare-cache` instead runs this stage twice with the same configuration, `--seeds`
+seeds each: a fresh augmentation every step (the default, the paper's) against
+`feature_cache: true` (the features of `cache_views` augmented views of every image computed
+once, the head trained on those fixed views), and prints the time, the mean best validation
+accuracy of both, the time ratio and the accuracy difference.
 
 Usage:
     python benchmarks/classifier.py                      # CPU, embedded scale (32 px)
     python benchmarks/classifier.py --classes 20 --image-size 256 --steps 10000  # GPU, paper scale
+    python benchmarks/classifier.py --compare-cache --seeds 3   # fresh views vs feature cache
 """
 
 from __future__ import annotations
@@ -152,15 +160,45 @@ def original(split, val, index, images, args, device) -> float:
     return best
 
 
-def ours(split, val, index, images, args, device) -> float:
+def ours(split, val, index, images, args, device, seed=0, **overrides) -> float:
     settings = ClassifierSettings(
         backbone="resnet50", pretrained=False, image_size=args.image_size, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, eval_interval=args.eval_interval,
-    )  # fmt: skip
+    ).replace(**overrides)  # fmt: skip
     names = [str(c) for c in range(split["label"].nunique())]
-    metrics = train_classifier(split, val, names, index, images, settings, 0, device,
+    metrics = train_classifier(split, val, names, index, images, settings, seed, device,
                                progress=False)  # fmt: skip
     return metrics[(metrics["split"] == "val") & (metrics["metric"] == "accuracy")]["value"].max()
+
+
+def compare_cache(split, val, index, images, args, device) -> None:
+    """The same configuration with a fresh augmentation every step and with the cache.
+
+    The two sides alternate seed by seed, so that a change in the machine's load falls on
+    both alike.
+    """
+    sides = {
+        "fresh": {"feature_cache": False},
+        "cache": {"feature_cache": True, "cache_views": args.cache_views},
+    }
+    times = {name: [] for name in sides}
+    accs = {name: [] for name in sides}
+    for seed in range(args.seeds):
+        for name, overrides in sides.items():
+            start = time.perf_counter()
+            accs[name].append(ours(split, val, index, images, args, device, seed, **overrides))
+            times[name].append(time.perf_counter() - start)
+    seconds = {name: float(np.mean(t)) for name, t in times.items()}
+    accuracy = {name: float(np.mean(a)) for name, a in accs.items()}
+    for name in sides:
+        print(
+            f"{name:>6}: {seconds[name]:8.1f} s per run, best val accuracy {accuracy[name]:.3f} "
+            f"(mean of {args.seeds} seeds: " + ", ".join(f"{a:.3f}" for a in accs[name]) + ")"
+        )
+    print(
+        f" ratio: {seconds['fresh'] / seconds['cache']:8.1f}x time (fresh / cache), "
+        f"accuracy {accuracy['cache'] - accuracy['fresh']:+.3f} (cache - fresh)"
+    )
 
 
 def main() -> None:
@@ -186,6 +224,15 @@ def main() -> None:
         help="BatchNorm mode of the original loop: train (faithful) or eval (same as this stage, "
         "to compare accuracies under one protocol)",
     )
+    parser.add_argument(
+        "--compare-cache",
+        action="store_true",
+        help="this stage only: a fresh augmentation every step (default) vs feature_cache: true",
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per side of --compare-cache")
+    parser.add_argument(
+        "--cache-views", type=int, default=8, help="cache_views for --compare-cache"
+    )
     args = parser.parse_args()
     device = resolve_device(args.device)
     if args.classes == 10:
@@ -201,6 +248,9 @@ def main() -> None:
         f"eval_interval={args.eval_interval} val={len(val)} original_bn={args.original_bn} "
         f"torch.threads={torch.get_num_threads()}"
     )
+    if args.compare_cache:
+        compare_cache(split, val, index, images, args, device)
+        return
     results = {}
     for name, fn in (("this stage", ours), ("original", original)):
         start = time.perf_counter()

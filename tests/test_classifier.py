@@ -26,6 +26,26 @@ def test_alpha_mixing_rate_and_variants():
     assert np.allclose(np.bincount(real, minlength=10) / 40000, 0.1, atol=0.01)
 
 
+def test_draw_batch_matches_per_element_definition():
+    """The vectorized draw gives exactly what a loop over batch elements gives (same seed)."""
+    from dafusion.classifier import VariantTable
+
+    variants = [torch.arange(10 * i, 10 * i + i % 4) for i in range(7)]  # M = 0..3 per image
+    g = torch.Generator().manual_seed(3)
+    real, syn = draw_batch(g, VariantTable(variants), alpha=0.6, batch_size=5000)
+    g = torch.Generator().manual_seed(3)
+    ref_real = torch.randint(len(variants), (5000,), generator=g)
+    swap = torch.rand(5000, generator=g) < 0.6
+    pick = torch.rand(5000, generator=g)
+    ref_syn = torch.full((5000,), -1, dtype=torch.long)
+    for b in torch.nonzero(swap).flatten().tolist():
+        options = variants[ref_real[b]]
+        if len(options):
+            ref_syn[b] = options[int(pick[b] * len(options))]
+    assert torch.equal(real, ref_real) and torch.equal(syn, ref_syn)
+    assert (syn >= 0).any() and set((syn[syn >= 0] % 10).tolist()) == {0, 1, 2}
+
+
 def test_real_images_without_variants_stay_real():
     variants = [torch.zeros(0, dtype=torch.long)] * 4
     _, syn = draw_batch(torch.Generator().manual_seed(0), variants, alpha=1.0, batch_size=100)
@@ -155,6 +175,51 @@ def test_feature_cache_matches_step_by_step_accuracy(digits, monkeypatch):
         accuracy[cache] = val_acc["value"].max()
     assert accuracy[True] > 0.5 and accuracy[False] > 0.5  # chance is 0.1
     assert abs(accuracy[True] - accuracy[False]) < 0.1
+
+
+def test_default_draws_a_fresh_augmentation_every_step(digits, monkeypatch):
+    """As the paper: by default the head never trains on a fixed set of cached views."""
+    import dafusion.classifier as clf
+
+    monkeypatch.setattr(clf, "build_backbone", _frozen_pixels)
+    seen = []
+
+    def record(module, args):
+        if module.training:  # training steps only, not evaluation
+            seen.append(args[0].detach().clone())
+
+    original_init = clf.Classifier.__init__
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.head.register_forward_pre_hook(record)
+
+    monkeypatch.setattr(clf.Classifier, "__init__", init)
+    pool, val = digits
+    subset = few_shot(pool, 0, 1)  # 10 images
+    distinct = {}
+    for name, settings in (
+        ("default", SMALL),
+        ("cache", SMALL.replace(feature_cache=True)),
+    ):
+        seen.clear()
+        clf.train_classifier(
+            subset,
+            val.iloc[:20],
+            [str(i) for i in range(10)],
+            None,
+            None,
+            settings.replace(steps=20, eval_interval=20),
+            seed=0,
+            device=torch.device("cpu"),
+            progress=False,
+        )
+        rows = torch.cat(seen)
+        assert len(rows) == 20 * SMALL.batch_size
+        distinct[name] = len(torch.unique(rows, dim=0))
+    views = len(subset) * SMALL.cache_views
+    assert distinct["cache"] <= views  # the cache: at most cache_views views per image
+    assert distinct["default"] > 2 * views  # fresh views: (almost) every draw is new
 
 
 def test_cutmix_without_its_dependency_is_an_error(monkeypatch):

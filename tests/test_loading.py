@@ -32,6 +32,10 @@ def test_hub_id_loads_from_the_local_cache(tiny_dir, tmp_path, monkeypatch):
     import huggingface_hub.constants as constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    import transformers.utils.hub as th
+
+    if hasattr(th, "TRANSFORMERS_CACHE"):
+        monkeypatch.setattr(th, "TRANSFORMERS_CACHE", str(tmp_path / "hub"))
     comp = load_components("CompVis/stable-diffusion-v1-4", torch.device("cpu"), torch.float32)
     local = load_components(tiny_dir, torch.device("cpu"), torch.float32)
     for a, b in zip(comp.unet.parameters(), local.unet.parameters(), strict=True):

@@ -252,6 +252,17 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
             | jobs("few_shot_split") | jobs("invert") | jobs("invert_erased")
             | jobs("generate", SYNTHETIC) | jobs("train", METHODS) | END,
         ),
+        # Overrides reach exactly the jobs of their dataset or method; labels reach none.
+        (
+            {"methods": {"real-guidance": {"generation": {"num_synthetic": 3}}}},
+            jobs("generate", ["real-guidance"]) | jobs("train", ["real-guidance"]) | END,
+        ),
+        (
+            {"methods": {"baseline": {"classifier": {"augmentation": "randaugment"}}}},
+            jobs("train", ["baseline"]) | END,
+        ),
+        ({"datasets": {"digits": {"classifier": {"lr": 0.01}}}}, jobs("train", METHODS) | END),
+        ({"methods": {"da-fusion": {"figures": [5, 9]}}}, set()),
         # A new seed: its own jobs; the erasure is shared by every seed and shot count.
         (
             {"seeds": [0, 1]},

@@ -2,11 +2,13 @@
 
 Each batch element is a uniformly drawn real image, replaced with probability alpha by one
 of that image's M synthetic variants (drawn uniformly). Images are decoded once and kept as
-uint8 tensors on the training device; augmentation runs on whole batches there.
+uint8 tensors on the training device; augmentation runs on whole batches there, and the
+per-step random draws (made on the CPU generator) reach the device without a stream sync.
 
-With a frozen pretrained backbone the default is a feature cache: the features of K
-augmented views of every real and synthetic image are computed once, and the linear head
-trains on them (`feature_cache: false` runs the backbone every step, as the original code).
+By default every step draws a fresh augmentation and runs the backbone on it, as the paper
+and the original code. `feature_cache: true` is a speed option that deviates from them:
+with a frozen backbone the features of `cache_views` augmented views of every real and
+synthetic image are computed once, and the linear head trains on those fixed views.
 The original code's evaluation flaws are fixed by default, each with a setting that
 restores it: BatchNorm of the frozen backbone in eval mode (`bn_mode: train` lets its
 statistics drift), the whole evaluation split once (`eval_samples: 6400` draws with
@@ -50,37 +52,64 @@ def synthetic_lookup(real_keys: Sequence[str], index: pd.DataFrame) -> list[torc
     return [torch.as_tensor(v, dtype=torch.long) for v in lookup]
 
 
+class VariantTable:
+    """Per real image, its synthetic positions padded with -1 to [N, max M], and their count."""
+
+    def __init__(self, variants: Sequence[torch.Tensor]):
+        self.counts = torch.tensor([len(v) for v in variants], dtype=torch.long)
+        width = max([len(v) for v in variants] + [1])
+        self.positions = torch.full((len(variants), width), -1, dtype=torch.long)
+        for i, v in enumerate(variants):
+            self.positions[i, : len(v)] = v
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+
 def draw_batch(
     generator: torch.Generator,
-    variants: Sequence[torch.Tensor],
+    variants: Sequence[torch.Tensor] | VariantTable,
     alpha: float,
     batch_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 6-7: real indices i ~ U{1..N}; with prob. alpha, a synthetic variant j of i.
 
-    Returns (real index, synthetic position or -1) per batch element.
+    Returns (real index, synthetic position or -1) per batch element. Pass a VariantTable
+    built once to draw without any per-element Python work.
     """
-    real = torch.randint(len(variants), (batch_size,), generator=generator)
+    table = variants if isinstance(variants, VariantTable) else VariantTable(variants)
+    real = torch.randint(len(table), (batch_size,), generator=generator)
     swap = torch.rand(batch_size, generator=generator) < alpha
     pick = torch.rand(batch_size, generator=generator)
-    synthetic = torch.full((batch_size,), -1, dtype=torch.long)
-    for b in torch.nonzero(swap).flatten().tolist():
-        options = variants[real[b]]
-        if len(options):
-            synthetic[b] = options[int(pick[b] * len(options))]
+    count = table.counts[real]
+    j = (pick * count.to(pick.dtype)).long()  # the same float32 product as pick[b] * M
+    chosen = table.positions[real, j.clamp(max=table.positions.shape[1] - 1)]
+    synthetic = torch.where(swap & (count > 0), chosen, torch.full_like(chosen, -1))
     return real, synthetic
+
+
+def to_device(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A small CPU tensor (per-step indices, random draws) on `device`.
+
+    On CUDA, through pinned memory without blocking: a plain `.to(device)` of pageable memory
+    synchronizes the stream, which would make the CPU wait for the previous step every step.
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or x.device.type != "cpu":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, degrees: float) -> torch.Tensor:
     """Standard augmentation per sample: horizontal flip and rotation up to `degrees`."""
     n = x.shape[0]
-    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    flip = to_device(torch.rand(n, generator=generator) < 0.5, x.device)
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(degrees)
     cos, sin = angle.cos(), angle.sin()
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
-    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    grid = F.affine_grid(to_device(theta, x.device).to(x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
 
 
@@ -257,11 +286,11 @@ def train_classifier(
     if synthetic_index is not None and len(synthetic_index):
         raw = [Image.open(io.BytesIO(synthetic_images[k][0])) for k in synthetic_index["key"]]
         synthetic = to_uint8(raw, size).to(device)
-        variants = synthetic_lookup(train_manifest["key"].tolist(), synthetic_index)
+        variants = VariantTable(synthetic_lookup(train_manifest["key"].tolist(), synthetic_index))
         alpha = settings.synthetic_probability
     else:
         synthetic = real[:0]
-        variants = [torch.zeros(0, dtype=torch.long)] * len(real)
+        variants = VariantTable([torch.zeros(0, dtype=torch.long)] * len(real))
         alpha = 0.0
     backbone = build_backbone(settings.backbone, settings.weights, settings.pretrained)
     model = Classifier(backbone, num_classes).to(device)
@@ -286,10 +315,12 @@ def train_classifier(
     bar = tqdm(range(1, settings.steps + 1), desc="classifier", disable=not progress)
     for step in bar:
         real_idx, syn_idx = draw_batch(generator, variants, alpha, settings.batch_size)
-        idx = torch.where(syn_idx >= 0, len(real) + syn_idx, real_idx).to(device)
-        labels = real_labels[real_idx.to(device)]
+        idx = to_device(torch.where(syn_idx >= 0, len(real) + syn_idx, real_idx), device)
+        labels = real_labels[to_device(real_idx, device)]
         if cached:
-            view = torch.randint(settings.cache_views, (len(idx),), generator=generator).to(device)
+            view = to_device(
+                torch.randint(settings.cache_views, (len(idx),), generator=generator), device
+            )
             logits = model.head(views[view, idx])
             targets = F.one_hot(labels, num_classes).float()
         else:

@@ -164,6 +164,33 @@ SAFETY_FILES = {
 }
 
 
+def _check_overrides(config: Mapping) -> None:
+    """Per-dataset and per-method overrides hold result settings of their section only (a
+    knob is one value for every job), a baseline has no generation to override, and a
+    method runs on datasets that exist."""
+    entries = [("datasets", name, spec) for name, spec in config["datasets"].items()]
+    entries += [("methods", name, spec) for name, spec in config["methods"].items()]
+    for entries_key, name, spec in entries:
+        for section in ("generation", "classifier"):
+            knobs = set(spec.get(section, {})) & set(SECTIONS[section].knob_keys())
+            if knobs:
+                raise ConfigError(
+                    f"config key '{entries_key}.{name}.{section}.{sorted(knobs)[0]}': an "
+                    f"execution knob cannot differ per entry; set it in {section}: instead"
+                )
+    for name, spec in config["methods"].items():
+        if spec["kind"] == "baseline" and spec.get("generation"):
+            raise ConfigError(
+                f"config key 'methods.{name}.generation': a baseline generates no images; remove it"
+            )
+        unknown = [d for d in spec.get("datasets") or [] if d not in config["datasets"]]
+        if unknown:
+            raise ConfigError(
+                f"config key 'methods.{name}.datasets': no dataset named '{unknown[0]}' (the "
+                f"datasets: {', '.join(config['datasets'])}); fix the name"
+            )
+
+
 def _check_model_files(folder: Path, pretrained: str, safety_checker: bool) -> None:
     """Every file the stages load exists, weights as safetensors: a half-copied directory or
     cache, or a checkpoint with only pickle weights, stops here and not in the first job."""
@@ -273,6 +300,7 @@ def validate_config(config: Mapping, schema_path: str | Path, base_dir: str | Pa
         if spec["kind"] == "sdedit":
             _check_fields(f"methods.{name}.prompt", spec["prompt"], {"name", "token"})
     _check_erasure(config)
+    _check_overrides(config)
     if isinstance(config["inversion"]["templates"], list):
         for i, template in enumerate(config["inversion"]["templates"]):
             _check_fields(f"inversion.templates.{i}", template, {""}, exactly_one=True)

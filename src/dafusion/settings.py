@@ -9,6 +9,11 @@ Every field is one of two kinds:
   batch sizes, workers, chunking, checkpoint interval, compile. Knobs never travel in
   `params:`; a job reads them from the config (`from_parts`), so changing one reruns nothing.
 
+A few fields of dataset and method entries shape other settings or the set of jobs instead
+(`layout(...)`): per-dataset and per-method overrides of `generation:` and `classifier:`,
+which `resolve` merges into those sections' params of exactly the jobs they concern, and
+which datasets a method runs on. They are never their own section's params.
+
 The defaults here equal the schema's (`workflow/schemas/config.schema.yaml`); a test compares
 every key. This module imports nothing heavy: the Snakefile uses it at start-up.
 """
@@ -28,6 +33,12 @@ def knob(default: Any) -> Any:
     return field(default=default, metadata={"knob": True})
 
 
+def layout(**default: Any) -> Any:
+    """A field that shapes other sections' settings or the set of jobs (module docstring):
+    `layout(default=x)` or `layout(default_factory=f)`."""
+    return field(**default, metadata={"layout": True})
+
+
 @dataclass(frozen=True)
 class Settings:
     """Base of every section's settings."""
@@ -38,12 +49,25 @@ class Settings:
 
     @classmethod
     def result_keys(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls) if not f.metadata.get("knob")]
+        return [
+            f.name
+            for f in dataclasses.fields(cls)
+            if not f.metadata.get("knob") and not f.metadata.get("layout")
+        ]
 
     @classmethod
     def from_config(cls: type[S], section: Mapping[str, Any]) -> S:
         """Settings from a validated config section (every key known)."""
         return cls(**section)
+
+    @classmethod
+    def resolve(cls: type[S], section: Mapping[str, Any], *overrides: Mapping[str, Any]) -> S:
+        """The settings of one job: the section, then a dataset's and a method's overrides
+        (later ones win; overrides hold result settings only, checked at start-up)."""
+        merged = dict(section)
+        for override in overrides:
+            merged.update(override)
+        return cls.from_config(merged)
 
     @classmethod
     def from_parts(cls: type[S], params: Mapping[str, Any], section: Mapping[str, Any]) -> S:
@@ -97,6 +121,8 @@ class DatasetSettings(Settings):
     val_fraction: float = 0.2
     val_per_class: int | None = None
     track_files: bool = knob(True)
+    generation: Mapping[str, Any] = layout(default_factory=dict)
+    classifier: Mapping[str, Any] = layout(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -132,6 +158,14 @@ class MethodSettings(Settings):
     mask: str = "none"
     mask_dilation: int = 16
     erased: bool = False
+    datasets: tuple[str, ...] | list[str] | None = layout(default=None)
+    figures: tuple[str | int, ...] | list[str | int] = layout(default=())
+    generation: Mapping[str, Any] = layout(default_factory=dict)
+    classifier: Mapping[str, Any] = layout(default_factory=dict)
+
+    def runs_on(self, dataset: str) -> bool:
+        """Whether the method's jobs exist for this dataset (`datasets:`, default all)."""
+        return self.datasets is None or dataset in self.datasets
 
     @property
     def uses_tokens(self) -> bool:
@@ -245,7 +279,7 @@ class ClassifierSettings(Settings):
     augmentation: str = "standard"
     rotation_degrees: float = 15.0
     bn_mode: str = "eval"
-    feature_cache: bool = True
+    feature_cache: bool = False
     cache_views: int = 8
     eval_samples: int | None = None
     absent_classes: str = "skip"

@@ -42,8 +42,28 @@ wildcard_constraints:
     eraser=re.escape(ERASURE.eraser),
 
 
-GENERATION = GenerationSettings.from_config(config["generation"])
 CLASSIFIER = ClassifierSettings.from_config(config["classifier"])
+
+
+def generation_for(wildcards):
+    """A generate job's settings: the section, the dataset's and the method's overrides."""
+    return GenerationSettings.resolve(
+        config["generation"],
+        DATASETS[wildcards.dataset].generation,
+        METHODS[wildcards.method].generation,
+    )
+
+
+def classifier_for(wildcards):
+    """A train job's settings: the section, the dataset's and the method's overrides (and a
+    baseline's alpha of 0)."""
+    method = METHODS[wildcards.method]
+    settings = ClassifierSettings.resolve(
+        config["classifier"], DATASETS[wildcards.dataset].classifier, method.classifier
+    )
+    return settings.for_method(method)
+
+
 AGGREGATE = AggregateSettings.from_config(config["aggregate"])
 
 
@@ -105,12 +125,14 @@ def model_input(wildcards=None):
     return res("model/tiny") if MODEL.pretrained == "tiny" else []
 
 
-def grid(pattern, methods=None):
-    """Expand a result pattern over datasets, seeds, shots (and methods)."""
+def grid(pattern, methods):
+    """Expand a result pattern over datasets, methods (those that run on the dataset),
+    seeds and shots."""
     return [
         res(pattern.format(dataset=d, method=m, seed=s, shots=k))
         for d in DATASETS
-        for m in (methods or [None])
+        for m in methods
+        if METHODS[m].runs_on(d)
         for s in config["seeds"]
         for k in config["examples_per_class"]
     ]
@@ -137,7 +159,7 @@ def all_tokens():
             tokens_path(d, m, s, k)
             for d in DATASETS
             for m, method in METHODS.items()
-            if method.uses_tokens
+            if method.uses_tokens and method.runs_on(d)
             for s in config["seeds"]
             for k in config["examples_per_class"]
         }
@@ -179,9 +201,18 @@ def erasure_check(dataset):
     return res(f"{dataset}/erasure/{ERASURE.eraser}/check.parquet")
 
 
+def erased_datasets():
+    """The datasets an erased method runs on; every dataset when no method is erased (the
+    stage is on for the erasure target alone); none when the stage is off."""
+    if not ERASURE.enabled:
+        return []
+    erased = [m for m in METHODS.values() if m.erased]
+    return [d for d in DATASETS if not erased or any(m.runs_on(d) for m in erased)]
+
+
 def all_erasure():
-    """The erasure of every dataset, when the stage is enabled."""
-    return [erasure_check(d) for d in DATASETS] if ERASURE.enabled else []
+    """The erasure of every dataset that needs one."""
+    return [erasure_check(d) for d in erased_datasets()]
 
 
 def method_erasure(wildcards):

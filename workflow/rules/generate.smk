@@ -20,7 +20,7 @@ rule generate:
     params:
         model=MODEL.result_params(),
         method=lambda w: METHODS[w.method].result_params(),
-        generation=GENERATION.result_params(),
+        generation=lambda w: generation_for(w).result_params(),
         code=code("generate"),
     script:
         "../scripts/generate.py"

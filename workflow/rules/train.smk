@@ -18,7 +18,7 @@ rule train:
         gpu=gpus(CLASSIFIER.device),
         runtime=4 * 60,
     params:
-        classifier=lambda w: CLASSIFIER.for_method(METHODS[w.method]).result_params(),
+        classifier=lambda w: classifier_for(w).result_params(),
         code=code("train"),
     script:
         "../scripts/train.py"
