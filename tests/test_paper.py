@@ -86,3 +86,20 @@ def test_the_paper_config_is_the_papers_grid(tmp_path, tiny_dir):
     assert result.returncode == 0, result.stderr[-3000:]
     synthetic = pd.read_parquet(workdir / index)
     assert synthetic.groupby("source_key").size().tolist() == [50, 50]  # 2 classes x 1 shot
+
+
+def test_every_deviation_names_settings_that_exist():
+    from dafusion.config import load_schema
+
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("## Where this workflow differs from the paper", 1)[1].split("\n\n")[2]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    schema = load_schema(REPO / "workflow/schemas/config.schema.yaml")["properties"]
+    assert len(rows) >= 10
+    for row in rows[1:]:
+        keys = re.findall(r"`([a-z_]+)\.(?:X\.)?([a-z_]+)`", row.split(" | ")[-1])
+        assert keys, row
+        for section, key in keys:
+            node = schema[section]
+            node = node.get("additionalProperties", node) if section == "datasets" else node
+            assert key in node["properties"], (section, key)

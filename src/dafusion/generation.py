@@ -296,5 +296,5 @@ class Engine:
     def _finish(self, item: Mapping, image: Image.Image) -> Image.Image:
         source = self.source(item["row"])
         if self.settings.resize_to_source and image.size != source.size:
-            image = image.resize(source.size, Image.BICUBIC)
+            image = image.resize(source.size, Image.BILINEAR)  # as the original code
         return image

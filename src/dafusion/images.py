@@ -71,7 +71,8 @@ def to_model_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
     """RGB image -> [3, R, R] float tensor in [-1, 1], the VAE's input range."""
     import torch
 
-    image = image.convert("RGB").resize((resolution, resolution), Image.BICUBIC)
+    # Bilinear, as the original DA-Fusion code resized its inputs.
+    image = image.convert("RGB").resize((resolution, resolution), Image.BILINEAR)
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1)
 
