@@ -1,3 +1,4 @@
+import re
 import shutil
 from pathlib import Path
 
@@ -288,3 +289,49 @@ def test_a_kinds_optional_package_is_named_with_its_extra(tmp_path, monkeypatch)
         validate_config(config, SCHEMA)
     (tmp_path / "absent").mkdir()  # the plain folder layout reads without the package
     validate_config(config, SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"datasets": {"digits": {"generation": {"batch_size": 4}}}},
+            "'datasets.digits.generation.batch_size': an execution knob cannot differ per entry",
+        ),
+        (
+            {"methods": {"baseline": {"generation": {"num_synthetic": 3}}}},
+            "'methods.baseline.generation': a baseline generates no images",
+        ),
+        (
+            {"methods": {"baseline": {"datasets": ["digitz"]}}},
+            "'methods.baseline.datasets': no dataset named 'digitz'",
+        ),
+        (
+            {"methods": {"baseline": {"classifier": {"lr": "fast"}}}},
+            "'methods.baseline.classifier.lr'",
+        ),
+    ],
+)
+def test_overrides_are_checked(change, message):
+    config = default_config()
+    for section, entries in change.items():
+        for name, extra in entries.items():
+            config[section][name] = {**config[section][name], **extra}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config(config, SCHEMA)
+
+
+def test_overrides_resolve_section_then_dataset_then_method():
+    from dafusion.settings import DatasetSettings, GenerationSettings, MethodSettings
+
+    config = validate_config(default_config(), SCHEMA)
+    dataset = DatasetSettings(kind="digits", generation={"num_synthetic": 50, "guidance_scale": 3})
+    method = MethodSettings(
+        kind="sdedit", prompt="a", strengths=[0.5], generation={"num_synthetic": 5}
+    )
+    settings = GenerationSettings.resolve(
+        config["generation"], dataset.generation, method.generation
+    )
+    assert (settings.num_synthetic, settings.guidance_scale) == (5, 3)
+    assert settings.num_inference_steps == config["generation"]["num_inference_steps"]
+    assert "generation" not in dataset.result_params() and "figures" not in method.result_params()
