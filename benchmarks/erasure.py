@@ -24,19 +24,18 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
+from contextlib import ExitStack
 from unittest import mock
 
 import torch
+from common import model_directory, sync
 
 from dafusion import erasure
 from dafusion.devices import resolve_device
 from dafusion.erasure import cross_attention_projections, esd, trained_names, uce
 from dafusion.models import Components, load_components
 from dafusion.settings import ErasureSettings
-from dafusion.tiny import save_random_sd_v1, save_tiny_model
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 ESD_TARGET_S = 300.0
@@ -46,11 +45,6 @@ DEVIATIONS = {
     "precision=bfloat16": {"precision": "bfloat16"},
     "frozen+bfloat16": {"sampler": "frozen", "precision": "bfloat16"},
 }
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def time_esd(
@@ -123,6 +117,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=10, help="UCE erases each, keeping the rest")
     parser.add_argument("--deviations", action="store_true", help="also time ESD's deviations")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--model-dir", help="diffusers model to time (random one written if empty)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     resolution = 512 if args.full_size else 32
@@ -130,9 +125,8 @@ def main() -> None:
     names = list(DIGITS[: args.classes]) + [f"class{c}" for c in range(10, args.classes)]
     esd_settings = ErasureSettings(method="esd")
     uce_settings = ErasureSettings(method="uce")
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = str(Path(tmp) / "model")
-        (save_random_sd_v1 if args.full_size else save_tiny_model)(model_dir)
+    with ExitStack() as stack:
+        model_dir = model_directory(args.model_dir, args.full_size, stack)
         components = load_components(model_dir, device, torch.float32)
     gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     print(

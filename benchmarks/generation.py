@@ -1,16 +1,19 @@
-"""This project's SDEdit engine against the per-image diffusers img2img loop.
+"""This project's SDEdit engine against the per-image loop and against batched diffusers.
 
-Same work both ways: the same real images, M variants each, the same t0 per variant, steps
-and guidance scale.
+Same work every way: the same real images, M variants each, the same t0 per variant, steps,
+guidance scale and dtype.
 
-- per-image (reference, as the original DA-Fusion code): one
-  `StableDiffusionImg2ImgPipeline` call per synthetic image, batch 1, the real image
-  VAE-encoded and the prompt text-encoded again on every call.
+- per-image (as the original DA-Fusion code): one `StableDiffusionImg2ImgPipeline` call per
+  synthetic image, batch 1, the real image VAE-encoded and the prompt text-encoded again on
+  every call.
+- batched diffusers (what a practitioner writes): one `StableDiffusionImg2ImgPipeline` call
+  per strength group and batch, with a list of images, prompts and per-image generators.
 - engine (this project): each real image encoded once, each prompt once, work grouped by
-  strength into batches.
+  strength into batches, PNG encoding overlapped with the next batch.
 
-On a GPU it also prints the achieved fraction of bf16 peak, counting 0.80 TFLOP per UNet
-sample-forward at 64x64 latents (SD v1.4), doubled by classifier-free guidance.
+On a GPU it also prints the achieved fraction of the bf16 matmul peak measured on the spot,
+counting 0.80 TFLOP per UNet sample-forward at 64x64 latents (SD v1.4), doubled by
+classifier-free guidance.
 
 Usage:
     python benchmarks/generation.py                                     # CPU, tiny model
@@ -22,13 +25,13 @@ from __future__ import annotations
 import argparse
 import copy
 import io
-import tempfile
 import time
-from pathlib import Path
+from contextlib import ExitStack
 
 import numpy as np
 import pandas as pd
 import torch
+from common import matmul_peak_tflops, model_directory, sync
 from PIL import Image
 
 from dafusion.devices import resolve_device, resolve_dtype
@@ -36,14 +39,8 @@ from dafusion.generation import Engine, denoising_timesteps, plan
 from dafusion.images import encode_png
 from dafusion.models import load_components
 from dafusion.settings import GenerationSettings
-from dafusion.tiny import save_random_sd_v1, save_tiny_model
 
 UNET_TFLOP_PER_SAMPLE_64 = 0.80
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def make_manifest(count: int, size: int) -> pd.DataFrame:
@@ -65,16 +62,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="H100 SXM dense bf16")
+    parser.add_argument("--model-dir", help="diffusers model to time (random one written if empty)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     resolution = 512 if args.full_size else 32
     strengths = [0.25, 0.5, 0.75, 1.0]
     guidance = 7.5
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = str(Path(tmp) / "model")
-        (save_random_sd_v1 if args.full_size else save_tiny_model)(model_dir)
+    with ExitStack() as stack:
+        model_dir = model_directory(args.model_dir, args.full_size, stack)
         manifest = make_manifest(args.images, resolution)
         prompts = {c: f"a photo of a class{c}" for c in range(4)}
         work = plan(manifest, 0, args.num_synthetic, strengths).to_dict("records")
@@ -83,7 +79,7 @@ def main() -> None:
             f"resolution={resolution} images={len(work)} steps={args.steps} "
             f"batch={args.batch_size} torch.threads={torch.get_num_threads()}"
         )
-        # UNet sample-forwards the work needs (the same both ways).
+        # UNet sample-forwards the work needs (the same every way).
         comp = load_components(model_dir, device, dtype)
         forwards = 0
         for w in work:
@@ -95,6 +91,7 @@ def main() -> None:
             num_synthetic=args.num_synthetic, guidance_scale=guidance,
             num_inference_steps=args.steps, batch_size=args.batch_size, resize_to_source=False,
         )  # fmt: skip
+        seconds = {}
         engine = Engine(comp, comp.scheduler, manifest, prompts, resolution, settings)
         warm = Engine(comp, comp.scheduler, manifest.iloc[:1], prompts, resolution, settings)
         list(warm.run(work[:1], 0))
@@ -102,7 +99,8 @@ def main() -> None:
         start = time.perf_counter()
         list(engine.run(work, 0))
         sync(device)
-        engine_s = time.perf_counter() - start
+        seconds["engine"] = time.perf_counter() - start
+        del comp, engine, warm
 
         from diffusers import StableDiffusionImg2ImgPipeline
 
@@ -112,28 +110,45 @@ def main() -> None:
         pipe.set_progress_bar_config(disable=True)
         images = [Image.open(io.BytesIO(b)).convert("RGB") for b in manifest["image"]]
         pipe(prompt=prompts[0], image=images[0], strength=0.5, num_inference_steps=args.steps)
-        sync(device)
-        start = time.perf_counter()
-        for w in work:
+
+        def call(batch: list[dict]) -> None:
             pipe(
-                prompt=prompts[int(manifest["label"][w["row"]])],
-                image=images[w["row"]],
-                strength=w["strength"],
+                prompt=[prompts[int(manifest["label"][w["row"]])] for w in batch],
+                image=[images[w["row"]] for w in batch],
+                strength=batch[0]["strength"],
                 guidance_scale=guidance,
                 num_inference_steps=args.steps,
-                generator=torch.Generator().manual_seed(int(w["variant_seed"])),
+                generator=[torch.Generator().manual_seed(int(w["variant_seed"])) for w in batch],
                 output_type="pil",
             )
+
+        groups = {}
+        for w in work:
+            groups.setdefault(w["strength"], []).append(w)
         sync(device)
-        loop_s = time.perf_counter() - start
+        start = time.perf_counter()
+        for group in groups.values():
+            for i in range(0, len(group), args.batch_size):
+                call(group[i : i + args.batch_size])
+        sync(device)
+        seconds["batched diffusers"] = time.perf_counter() - start
+        start = time.perf_counter()
+        for w in work:
+            call([w])
+        sync(device)
+        seconds["per-image loop"] = time.perf_counter() - start
     n = len(work)
-    print(f" per-image loop: {n / loop_s:8.2f} img/s ({loop_s:.1f} s)")
-    print(f"         engine: {n / engine_s:8.2f} img/s ({engine_s:.1f} s)")
-    print(f"          ratio: {loop_s / engine_s:8.2f}x (engine / per-image loop throughput)")
+    for name in ("per-image loop", "batched diffusers", "engine"):
+        print(f"{name:>17}: {n / seconds[name]:8.2f} img/s ({seconds[name]:.1f} s)")
+    for name in ("per-image loop", "batched diffusers"):
+        ratio = seconds[name] / seconds["engine"]
+        print(f"{'ratio':>17}: {ratio:8.2f}x (engine / {name} throughput)")
     if args.full_size and device.type == "cuda":
-        for name, seconds in (("per-image loop", loop_s), ("engine", engine_s)):
-            tflops = forwards * UNET_TFLOP_PER_SAMPLE_64 / seconds
-            print(f"{name:>15}: {tflops:7.1f} TFLOP/s = {tflops / args.peak_tflops:6.1%} of peak")
+        peak = matmul_peak_tflops(device)
+        print(f"{'bf16 matmul peak':>17}: {peak:7.1f} TFLOP/s (8192^3, measured now)")
+        for name, s in seconds.items():
+            tflops = forwards * UNET_TFLOP_PER_SAMPLE_64 / s
+            print(f"{name:>17}: {tflops:7.1f} TFLOP/s = {tflops / peak:6.1%} of the measured peak")
 
 
 if __name__ == "__main__":

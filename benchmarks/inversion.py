@@ -16,13 +16,13 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
+from contextlib import ExitStack
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import model_directory, sync
 from PIL import Image
 
 from dafusion.devices import resolve_device, resolve_dtype
@@ -30,7 +30,6 @@ from dafusion.images import to_model_tensor
 from dafusion.inversion import learn_tokens
 from dafusion.models import load_components
 from dafusion.settings import InversionSettings
-from dafusion.tiny import save_random_sd_v1, save_tiny_model
 
 
 def make_images(classes: int, per_class: int, size: int) -> tuple[list[Image.Image], list[int]]:
@@ -43,11 +42,6 @@ def make_images(classes: int, per_class: int, size: int) -> tuple[list[Image.Ima
             images.append(Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)))
             labels.append(c)
     return images, labels
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def per_class_reference(model_dir, images, label_list, names, settings, resolution, device, dtype):
@@ -119,14 +113,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--resolution", type=int, default=None)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--model-dir", help="diffusers model to time (random one written if empty)")
     parser.add_argument("--dtype", default="float16")
     args = parser.parse_args()
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     resolution = args.resolution or (512 if args.full_size else 32)
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = str(Path(tmp) / "model")
-        (save_random_sd_v1 if args.full_size else save_tiny_model)(model_dir)
+    with ExitStack() as stack:
+        model_dir = model_directory(args.model_dir, args.full_size, stack)
         images, labels = make_images(args.classes, args.images_per_class, resolution)
         names = [f"class{c}" for c in range(args.classes)]
         settings = InversionSettings(steps=args.steps, batch_size=args.batch_size, flip=True)

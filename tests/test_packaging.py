@@ -51,9 +51,10 @@ def test_every_imported_package_is_declared():
     declared = {Requirement(r).name for r in runtime_requirements()}
     distributions = importlib.metadata.packages_distributions()
     folders = [REPO / "src/dafusion", REPO / "workflow/scripts", REPO / "benchmarks"]
+    local = {"dafusion"} | {p.stem for folder in folders for p in folder.glob("*.py")}
     undeclared = {}
     for module, path in imported_modules(folders).items():
-        if module in sys.stdlib_module_names or module == "dafusion":
+        if module in sys.stdlib_module_names or module in local:
             continue
         names = {canonicalize_name(d) for d in distributions.get(module, [module])}
         if not names & declared:

@@ -1,0 +1,46 @@
+"""What the benchmarks share: the model they time, device sync, and the measured peak."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import torch
+
+from dafusion.tiny import save_random_sd_v1, save_tiny_model
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued device work, so wall-clock timers measure it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def model_directory(path: str | None, full_size: bool, stack: ExitStack) -> str:
+    """The diffusers directory to time: `path` when it holds a model, else a random one.
+
+    Building and saving the full-size random model costs about a minute, so several
+    benchmarks can share one `--model-dir` (written on first use); a directory holding a
+    real Stable Diffusion is timed as it is.
+    """
+    if path is None:
+        path = str(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "model")
+    if not (Path(path) / "model_index.json").is_file():
+        (save_random_sd_v1 if full_size else save_tiny_model)(path)
+    return path
+
+
+def matmul_peak_tflops(device: torch.device, size: int = 8192, repeats: int = 10) -> float:
+    """bf16 TFLOP/s of a large square matmul on `device`, measured now (not a datasheet)."""
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync(device)
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e12
