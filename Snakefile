@@ -1,6 +1,7 @@
 """DA-Fusion: few-shot data augmentation with diffusion models, as a Snakemake workflow.
 
-Targets: all (default), synthetic, tokens, erasure. See README.md.
+Targets: all (default: everything down to results/report.html), report, synthetic, tokens,
+erasure. See README.md.
 Reruns: profiles/default sets the rerun triggers (README, Reruns).
 """
 
@@ -47,6 +48,9 @@ config.clear()
 config.update(_validated)
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/prepare.smk"
@@ -64,7 +68,7 @@ onstart:
 rule all:
     default_target: True
     input:
-        rules.aggregate.output,
+        rules.report.output,
         all_erasure(),
 
 

@@ -1,7 +1,30 @@
+import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_hex
+from matplotlib.container import BarContainer
 
-from dafusion.aggregate import accuracy_figure, best_steps, plot, summarize
+from dafusion.aggregate import (
+    ablation_grid,
+    best_steps,
+    curve_areas,
+    markdown_table,
+    normalized_scores,
+    novelty_scores,
+    overall_scores,
+    paired_deltas,
+    summarize,
+)
+from dafusion.figures import (
+    OKABE_ITO,
+    accuracy_figure,
+    grid_figure,
+    method_styles,
+    novelty_figure,
+    paired_figure,
+    save_figure,
+    score_figure,
+)
 
 
 def _runs():
@@ -35,16 +58,25 @@ def _runs():
     return pd.DataFrame(rows)
 
 
-def test_best_step_per_run_and_68_interval(tmp_path):
+def _best(rows, split="test"):
+    """A `best` frame from (dataset, method, seed, shots, value) tuples."""
+    best = pd.DataFrame(rows, columns=["dataset", "method", "seed", "shots", "value"])
+    return best.assign(step=200, split=split)
+
+
+def test_best_step_per_run_and_68_interval():
     best = best_steps(_runs())
     assert best.set_index("seed")["step"].to_dict() == {0: 400, 1: 600}
     summary = summarize(best)
     row = summary.iloc[0]
     assert row["accuracy_mean"] == pytest.approx(0.7)
-    assert row["ci68_high"] - row["accuracy_mean"] == pytest.approx(0.1)  # std 0.1414 / sqrt(2)
+    # (0.6, 0.8): sample std 0.1414, standard error 0.1414 / sqrt(2) = 0.1
+    assert (row["ci68_low"], row["ci68_high"]) == pytest.approx((0.6, 0.8))
     assert row["num_seeds"] == 2
-    plot(summary, tmp_path / "fig.png", ["m"])
-    assert (tmp_path / "fig.png").stat().st_size > 1000
+    one_seed = summarize(best[best["seed"] == 0]).iloc[0]
+    assert one_seed[["accuracy_mean", "ci68_low", "ci68_high"]].tolist() == pytest.approx(
+        [0.6, 0.6, 0.6]
+    )
 
 
 def test_select_on_val_report_on_test():
@@ -63,10 +95,400 @@ def test_select_on_val_report_on_test():
     assert summarize(best)["split"].tolist() == ["test"]
 
 
-def test_figure_names_the_reported_split():
+# Dataset a spans 0.2 .. 1.0; every run of b scores 0.4; c is in no bin of NOVELTY_BINS.
+SCORED = _best(
+    [
+        ("a", "m1", 0, 1, 0.2),
+        ("a", "m1", 1, 1, 0.6),
+        ("a", "m2", 0, 1, 1.0),
+        ("a", "m2", 0, 2, 0.4),
+        ("b", "m1", 0, 1, 0.4),
+        ("b", "m2", 0, 1, 0.4),
+        ("c", "m1", 0, 1, 0.1),
+        ("c", "m2", 0, 1, 0.3),
+    ]
+)
+
+
+def test_normalized_scores_per_dataset_and_ties_at_one_half():
+    scores = normalized_scores(SCORED)
+    assert list(scores.columns) == ["dataset", "method", "seed", "shots", "score"]
+    by_run = scores.set_index(["dataset", "method", "seed", "shots"])["score"].to_dict()
+    assert by_run == pytest.approx(
+        {
+            ("a", "m1", 0, 1): 0.0,
+            ("a", "m1", 1, 1): 0.5,
+            ("a", "m2", 0, 1): 1.0,
+            ("a", "m2", 0, 2): 0.25,
+            ("b", "m1", 0, 1): 0.5,  # max == min
+            ("b", "m2", 0, 1): 0.5,
+            ("c", "m1", 0, 1): 0.0,
+            ("c", "m2", 0, 1): 1.0,
+        }
+    )
+    assert list(scores.index) == list(range(8))
+    assert list(zip(scores["dataset"], scores["method"], strict=True)) == sorted(
+        zip(scores["dataset"], scores["method"], strict=True)
+    )
+
+
+def test_overall_scores_average_every_trial():
+    overall = overall_scores(SCORED)
+    assert list(overall.columns) == ["method", "score_mean", "ci68_low", "ci68_high", "num_trials"]
+    assert overall["method"].tolist() == ["m1", "m2"]
+    m1 = [0.0, 0.5, 0.5, 0.0]  # a seed 0, a seed 1, b, c
+    m2 = [1.0, 0.25, 0.5, 1.0]
+    for row, scores in zip(overall.itertuples(), (m1, m2), strict=True):
+        se = np.std(scores, ddof=1) / 2
+        assert row.score_mean == pytest.approx(np.mean(scores))
+        assert (row.ci68_low, row.ci68_high) == pytest.approx(
+            (np.mean(scores) - se, np.mean(scores) + se)
+        )
+        assert row.num_trials == 4
+
+
+NOVELTY_BINS = {"new": ["b"], "absent": ["z"], "common": ["a"]}
+
+
+def test_novelty_bins_keep_their_order_and_leave_out_unbinned_datasets():
+    novelty = novelty_scores(SCORED, NOVELTY_BINS)
+    assert list(novelty.columns) == [
+        "bin",
+        "method",
+        "score_mean",
+        "ci68_low",
+        "ci68_high",
+        "num_trials",
+    ]
+    # "absent" has no dataset with runs; c is in no bin; "new" stays before "common".
+    assert list(zip(novelty["bin"], novelty["method"], strict=True)) == [
+        ("new", "m1"),
+        ("new", "m2"),
+        ("common", "m1"),
+        ("common", "m2"),
+    ]
+    assert novelty["score_mean"].tolist() == pytest.approx([0.5, 0.5, 0.25, 0.625])
+    assert novelty["num_trials"].tolist() == [1, 1, 2, 2]
+    common_m2 = novelty.iloc[3]  # scores 1.0 and 0.25: standard error 0.375
+    assert (common_m2["ci68_low"], common_m2["ci68_high"]) == pytest.approx((0.25, 1.0))
+    # Normalized over all of a's runs, not only the binned ones: c joining changes nothing.
+    again = novelty_scores(SCORED, {**NOVELTY_BINS, "fine": ["c"]})
+    assert again["score_mean"].tolist()[:4] == pytest.approx([0.5, 0.5, 0.25, 0.625])
+    assert again["bin"].tolist()[4:] == ["fine", "fine"]
+
+
+PAIRED = _best(
+    [
+        ("a", "base", 0, 1, 0.5),
+        ("a", "base", 1, 1, 0.4),
+        ("a", "base", 2, 1, 0.3),
+        ("a", "m", 0, 1, 0.7),
+        ("a", "m", 1, 1, 0.8),
+        ("a", "m", 3, 1, 0.9),  # no baseline seed 3: ignored
+        ("a", "m", 0, 4, 0.9),  # no baseline at 4 shots: no row
+        ("b", "base", 0, 2, 0.6),
+        ("b", "m", 0, 2, 0.5),
+        ("b", "n", 0, 2, 0.65),
+    ]
+)
+
+
+def test_paired_deltas_pair_runs_by_seed():
+    deltas = paired_deltas(PAIRED, "base")
+    assert list(deltas.columns) == [
+        "dataset",
+        "method",
+        "shots",
+        "delta_mean",
+        "ci68_low",
+        "ci68_high",
+        "num_pairs",
+    ]
+    assert deltas[["dataset", "method", "shots", "num_pairs"]].values.tolist() == [
+        ["a", "m", 1, 2],
+        ["b", "m", 2, 1],
+        ["b", "n", 2, 1],
+    ]
+    # Seeds 0 and 1: deltas 0.2 and 0.4, standard error 0.1.
+    assert deltas.iloc[0][["delta_mean", "ci68_low", "ci68_high"]].tolist() == pytest.approx(
+        [0.3, 0.2, 0.4]
+    )
+    assert deltas["delta_mean"].tolist()[1:] == pytest.approx([-0.1, 0.05])
+    assert (deltas["ci68_high"] - deltas["ci68_low"]).tolist()[1:] == pytest.approx([0, 0])
+    empty = paired_deltas(PAIRED, "missing")
+    assert empty.empty and list(empty.columns) == list(deltas.columns)
+
+
+def test_curve_areas_trapezoid_on_log2_shots():
+    best = _best(
+        [
+            ("a", "m", 0, 1, 0.2),
+            ("a", "m", 0, 4, 0.4),
+            ("a", "m", 0, 16, 0.8),
+            ("a", "m", 1, 1, 0.2),  # 16 shots missing: its own range, log2 0..2
+            ("a", "m", 1, 4, 0.6),
+            ("b", "m", 0, 8, 0.7),  # a single shot count: that accuracy
+        ]
+    )
+    areas = curve_areas(best)
+    assert list(areas.columns) == [
+        "dataset",
+        "method",
+        "auc_mean",
+        "ci68_low",
+        "ci68_high",
+        "num_seeds",
+    ]
+    seed0 = ((0.2 + 0.4) / 2 * 2 + (0.4 + 0.8) / 2 * 2) / 4  # 0.45
+    seed1 = (0.2 + 0.6) / 2 * 2 / 2  # 0.4
+    assert areas["auc_mean"].tolist() == pytest.approx([(seed0 + seed1) / 2, 0.7])
+    assert areas.iloc[0][["ci68_low", "ci68_high"]].tolist() == pytest.approx([0.4, 0.45])
+    assert areas.iloc[1][["ci68_low", "ci68_high"]].tolist() == pytest.approx([0.7, 0.7])
+    assert areas["num_seeds"].tolist() == [2, 1]
+
+
+LAYOUT = pd.DataFrame(
+    [
+        # dataset, method, figures, strengths, num_synthetic, synthetic_probability
+        ("a", "rg", [11], [0.5], 10, 0.5),
+        ("a", "df-a3-m5", [11], [0.5, 1.0], 5, 0.3),
+        ("b", "df-a3-m5", ["11"], [0.5, 1.0], 5, 0.3),
+        ("a", "df-a5-m10", [5, 9, 10, 11], [0.5, 1.0], 10, 0.5),
+        ("a", "df-a7-m5", ["11"], [0.5, 1.0], 5, 0.7),
+        ("a", "other", [5], [0.5], 20, 0.9),  # not in Figure 11
+    ],
+    columns=["dataset", "method", "figures", "strengths", "num_synthetic", "synthetic_probability"],
+)
+
+GRID_BEST = _best(
+    [
+        ("a", "rg", 0, 1, 0.5),
+        ("a", "rg", 1, 1, 0.6),
+        ("b", "rg", 0, 1, 0.4),
+        ("a", "df-a3-m5", 0, 1, 0.6),
+        ("a", "df-a3-m5", 1, 1, 0.8),
+        ("b", "df-a3-m5", 0, 1, 0.7),
+        ("b", "df-a3-m5", 1, 1, 0.9),  # no rg seed 1 on b: ignored
+        ("a", "df-a5-m10", 0, 1, 0.45),
+        ("a", "df-a7-m5", 0, 1, 0.55),
+        ("a", "df-a7-m5", 1, 1, 0.75),
+        ("a", "other", 0, 1, 0.9),
+    ]
+)
+
+
+def test_ablation_grid_pairs_each_cell_with_the_reference():
+    grid = ablation_grid(GRID_BEST, LAYOUT, "rg")
+    assert list(grid.columns) == [
+        "method",
+        "synthetic_probability",
+        "num_synthetic",
+        "delta_mean",
+        "ci68_low",
+        "ci68_high",
+        "num_pairs",
+    ]
+    assert grid[
+        ["method", "synthetic_probability", "num_synthetic", "num_pairs"]
+    ].values.tolist() == [
+        ["df-a3-m5", 0.3, 5, 3],
+        ["df-a5-m10", 0.5, 10, 1],
+        ["df-a7-m5", 0.7, 5, 2],
+    ]
+    # df-a3-m5: deltas 0.1 (a, 0), 0.2 (a, 1), 0.3 (b, 0); standard error 0.1 / sqrt(3).
+    se = 0.1 / np.sqrt(3)
+    assert grid.iloc[0][["delta_mean", "ci68_low", "ci68_high"]].tolist() == pytest.approx(
+        [0.2, 0.2 - se, 0.2 + se]
+    )
+    assert grid["delta_mean"].tolist()[1:] == pytest.approx([-0.05, 0.1])
+    assert grid.iloc[1]["ci68_low"] == grid.iloc[1]["ci68_high"]
+    assert ablation_grid(GRID_BEST, LAYOUT, "missing").empty
+
+
+def test_ablation_grid_refuses_a_method_with_two_cells():
+    layout = LAYOUT.copy()
+    layout.loc[2, "num_synthetic"] = 20
+    with pytest.raises(
+        ValueError, match=r"'df-a3-m5' has different .*a: \(0.3, 5\), b: \(0.3, 20\)"
+    ):
+        ablation_grid(GRID_BEST, layout, "rg")
+
+
+def test_markdown_table_text():
+    frame = pd.DataFrame(
+        {
+            "method": ["a|b", "c"],
+            "score": [0.123456, np.nan],
+            "n": [3, 4],
+        }
+    )
+    assert markdown_table(frame) == (
+        "| method | score | n |\n| --- | --- | --- |\n| a\\|b | 0.1235 | 3 |\n| c |  | 4 |\n"
+    )
+    assert markdown_table(frame[["score"]].head(1), "{:.1f}") == "| score |\n| --- |\n| 0.1 |\n"
+
+
+# Figures.
+
+METHODS = ["base", "m", "n"]
+
+
+def _summary():
+    best = _best(
+        [
+            ("a", "m", 0, 1, 0.4),
+            ("a", "m", 1, 1, 0.6),
+            ("a", "m", 0, 4, 0.7),
+            ("a", "m", 1, 4, 0.9),
+            ("a", "n", 0, 1, 0.3),
+            ("a", "n", 0, 4, 0.5),
+            ("b", "m", 0, 2, 0.8),  # one seed, one shot count
+        ]
+    )
+    return summarize(best)
+
+
+def test_method_styles_distinct_and_stable():
+    styles = method_styles([f"m{i}" for i in range(20)])
+    assert list(styles) == [f"m{i}" for i in range(20)]
+    pairs = {(s["color"], s["marker"]) for s in styles.values()}
+    assert len(pairs) == 20
+    assert styles["m0"]["color"] == OKABE_ITO[0] and styles["m1"]["color"] == OKABE_ITO[1]
+    assert method_styles(["x", "y"])["y"] == method_styles(["x", "y", "z"])["y"]
+
+
+def test_accuracy_figure_plots_the_summary():
+    summary = _summary()
+    fig = accuracy_figure(summary, ["missing", *METHODS], title="T")
+    ax_a, ax_b = fig.axes
+    styles = method_styles(["missing", *METHODS])
+    lines = {line.get_label(): line for line in ax_a.get_lines()}
+    assert set(lines) == {"m", "n"}  # absent methods skipped
+    m = summary[(summary["dataset"] == "a") & (summary["method"] == "m")]
+    assert lines["m"].get_xdata().tolist() == [1, 4]
+    assert lines["m"].get_ydata().tolist() == pytest.approx(m["accuracy_mean"].tolist())
+    assert lines["m"].get_color() == styles["m"]["color"]
+    assert lines["m"].get_marker() == styles["m"]["marker"]
+    # The band spans the 68% interval: (0.4, 0.6) at 1 shot and (0.7, 0.9) at 4.
+    band = ax_a.collections[0].get_paths()[0].vertices
+    assert band[:, 1].min() == pytest.approx(0.4) and band[:, 1].max() == pytest.approx(0.9)
+    assert sorted(set(band[:, 1].round(6))) == pytest.approx([0.4, 0.6, 0.7, 0.9])
+    assert [t.get_text() for t in ax_a.get_xticklabels()] == ["1", "4"]
+    assert ax_a.get_xscale() == "log"
+    assert ax_a.get_ylabel() == "accuracy (test)"
+    # One seed at one shot count: a point with a zero-length error bar, tick "2".
+    assert [t.get_text() for t in ax_b.get_xticklabels()] == ["2"]
+    (point,) = [line for line in ax_b.get_lines() if line.get_label() == "m"]
+    assert point.get_ydata().tolist() == pytest.approx([0.8])
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["m", "n"]
+    assert fig._suptitle.get_text() == "T"
+    assert fig.get_size_inches()[0] == pytest.approx(9.0)
+
+
+def test_accuracy_figure_names_the_reported_split():
     runs = _runs()
     test = runs[runs["metric"] == "accuracy"].assign(split="test")
     summary = summarize(best_steps(pd.concat([runs, test]), report_split="test"))
     assert accuracy_figure(summary, ["m"]).axes[0].get_ylabel() == "accuracy (test)"
     summary = summarize(best_steps(runs, report_split="test"))  # no test split: val
     assert accuracy_figure(summary, ["m"]).axes[0].get_ylabel() == "accuracy (val)"
+
+
+def _bars(ax):
+    """The axes' bar containers (errorbars have containers of their own)."""
+    return [c for c in ax.containers if isinstance(c, BarContainer)]
+
+
+def _error_extents(container, axis):
+    """(low, high) of each bar's error bar along `axis` (0: x, horizontal bars), in bar order."""
+    segments = container.errorbar.lines[2][0].get_segments()
+    return np.array([sorted(segment[:, axis]) for segment in segments])
+
+
+def test_score_figure_bars_and_intervals():
+    overall = overall_scores(SCORED)
+    fig = score_figure(overall)
+    (ax,) = fig.axes
+    (bars,) = _bars(ax)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["m1", "m2"]  # the frame's order
+    assert [bar.get_width() for bar in bars] == pytest.approx(overall["score_mean"].tolist())
+    expected = list(zip(overall["ci68_low"], overall["ci68_high"], strict=True))
+    assert _error_extents(bars, 0) == pytest.approx(np.array(expected))
+    assert [t.get_text() for t in ax.texts] == [f"{v:.3f}" for v in overall["score_mean"]]
+    # Given methods: their order and the colours every other figure gives them.
+    (ax,) = score_figure(overall, methods=["absent", "m2", "m1"]).axes
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["m2", "m1"]
+    (bars,) = _bars(ax)
+    assert [bar.get_width() for bar in bars] == pytest.approx(overall["score_mean"][::-1].tolist())
+    assert [to_hex(bar.get_facecolor()) for bar in bars] == [
+        OKABE_ITO[1].lower(),
+        OKABE_ITO[2].lower(),
+    ]
+
+
+def test_novelty_figure_groups_bars_by_bin():
+    novelty = novelty_scores(SCORED, NOVELTY_BINS)
+    fig = novelty_figure(novelty, ["m1", "m2"])
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["new", "common"]
+    for container, method in zip(_bars(ax), ["m1", "m2"], strict=True):
+        part = novelty[novelty["method"] == method]
+        assert [bar.get_height() for bar in container] == pytest.approx(part["score_mean"].tolist())
+        expected = list(zip(part["ci68_low"], part["ci68_high"], strict=True))
+        assert _error_extents(container, 1) == pytest.approx(np.array(expected))
+    m1_new, m2_new = (bars[0] for bars in _bars(ax))
+    assert m1_new.get_x() < m2_new.get_x() < 0.5  # side by side around the bin's tick
+
+
+def test_paired_figure_deltas_and_zero_line():
+    deltas = paired_deltas(PAIRED, "base")
+    fig = paired_figure(deltas, METHODS)
+    ax_a, ax_b = fig.axes
+    assert ax_a.get_ylabel() == "accuracy \N{MINUS SIGN} baseline"
+    zero = ax_a.get_lines()[0]
+    assert zero.get_linestyle() == "--" and list(zero.get_ydata()) == [0, 0]
+    lines_b = {line.get_label(): line for line in ax_b.get_lines()[1:]}
+    assert lines_b["m"].get_ydata().tolist() == pytest.approx([-0.1])
+    assert lines_b["n"].get_ydata().tolist() == pytest.approx([0.05])
+    assert lines_b["n"].get_color() == method_styles(METHODS)["n"]["color"]
+    assert [t.get_text() for t in ax_b.get_xticklabels()] == ["2"]
+
+
+def test_grid_figure_heatmap_of_deltas():
+    grid = ablation_grid(GRID_BEST, LAYOUT, "rg")
+    fig = grid_figure(grid, "rg")
+    ax = fig.axes[0]
+    array = ax.images[0].get_array()
+    # rows alpha 0.3, 0.5, 0.7; columns M 5, 10
+    expected = np.array([[0.2, np.nan], [np.nan, -0.05], [0.1, np.nan]])
+    assert np.ma.getmaskarray(array).tolist() == np.isnan(expected).tolist()
+    assert array.filled(np.nan) == pytest.approx(expected, nan_ok=True)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["5", "10"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0.3", "0.5", "0.7"]
+    norm = ax.images[0].norm
+    assert (norm.vmin, norm.vcenter, norm.vmax) == pytest.approx((-0.2, 0.0, 0.2))
+    se = 0.1 / np.sqrt(3)
+    assert [t.get_text() for t in ax.texts] == [
+        f"+0.200\n\N{PLUS-MINUS SIGN}{se:.3f}",
+        "-0.050\n\N{PLUS-MINUS SIGN}0.000",
+        "+0.100\n\N{PLUS-MINUS SIGN}0.050",  # deltas 0.05 and 0.15
+    ]
+    assert "relative to rg" in ax.get_title()
+    twice = pd.concat([grid, grid.iloc[[0]].assign(method="rg-a3-m5")])
+    with pytest.raises(ValueError, match=r"\['df-a3-m5', 'rg-a3-m5'\] share"):
+        grid_figure(twice, "rg")
+
+
+def test_save_figure_writes_png_and_pdf(tmp_path):
+    fig = accuracy_figure(_summary(), METHODS)
+    paths = save_figure(fig, tmp_path / "figures" / "accuracy.a0.5")
+    assert paths == [tmp_path / "figures/accuracy.a0.5.png", tmp_path / "figures/accuracy.a0.5.pdf"]
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert paths[1].read_bytes()[:5] == b"%PDF-"
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
+        "accuracy.a0.5.pdf",
+        "accuracy.a0.5.png",
+    ]  # no temporary file left
+    import matplotlib.pyplot as plt
+
+    assert not plt.fignum_exists(fig.number)

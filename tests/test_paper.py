@@ -36,6 +36,10 @@ def expected_jobs() -> Counter:
             "generate": synthetic * cells,
             "train": runs * cells,
             "aggregate": 1,
+            # the report: one gallery and one set of loss curves per dataset, one page
+            "gallery": SEVEN,
+            "inversion_curves": SEVEN,
+            "report": 1,
             "all": 1,
         }
     )
@@ -71,7 +75,7 @@ def test_the_paper_config_is_the_papers_grid(tmp_path, tiny_dir):
         }
     )
     assert counts == expected_jobs()
-    assert sum(counts.values()) == 3752  # the README's figure
+    assert sum(counts.values()) == 3767  # the README's figure
 
     # Leafy Spurge's generate jobs receive its M = 50 (Table 1): run one, small and fast.
     fast = {

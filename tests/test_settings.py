@@ -50,7 +50,12 @@ def test_every_schema_default_equals_its_settings_default(section):
     assert set(properties) - EXPANDED.get(section, set()) == set(fields)
     for key, field in fields.items():
         if "default" in properties[key]:
-            assert _plain(field.default) == properties[key]["default"], f"{section}.{key}"
+            default = (
+                field.default_factory()
+                if field.default_factory is not dataclasses.MISSING
+                else field.default
+            )
+            assert _plain(default) == properties[key]["default"], f"{section}.{key}"
         else:  # required in the schema, or absent meaning None
             assert field.default in (dataclasses.MISSING, None), f"{section}.{key}"
 

@@ -53,6 +53,7 @@ REDUCED = {
         "eval_interval": 5,
         "lr": 0.001,
     },
+    "aggregate": {"novelty": {"common": ["digits"]}},
 }
 
 
@@ -154,7 +155,12 @@ def test_outputs_at_the_contract_paths(workdir):
     assert "accuracy/seven" in set(run["metric"])
     summary = pd.read_csv(results / "tables/summary.csv")
     assert len(summary) == 4 * 2
-    assert (results / "figures/accuracy.png").stat().st_size > 10_000
+    for name in ("accuracy", "scores", "novelty", "paired", "gallery-digits"):
+        assert (results / f"figures/{name}.png").stat().st_size > 10_000, name
+        assert (results / f"figures/{name}.pdf").read_bytes()[:5] == b"%PDF-"
+    for name in ("summary", "scores", "novelty", "paired", "areas"):
+        assert len(pd.read_csv(results / f"tables/{name}.csv")) > 0, name
+    assert (results / "tables/summary.md").read_text().startswith("| dataset | method |")
     tokens = results / "digits/tokens"
     exported = sorted(p.name for p in (tokens / "seed0-shots1").glob("*.safetensors"))
     assert len(exported) == 10 and exported[:2] == ["eight.safetensors", "five.safetensors"]
@@ -164,6 +170,30 @@ def test_outputs_at_the_contract_paths(workdir):
     for log in ("logs/aggregate.log", "logs/digits/invert/seed0-shots1.log"):
         assert (results / log).exists()
     assert (results / "benchmarks/digits/generate/da-fusion/seed0-shots1.tsv").exists()
+
+
+def test_the_report_opens_in_a_browser_with_every_image_shown(workdir):
+    from browser import chromium_path, render
+
+    if chromium_path() is None:
+        pytest.skip(
+            "chromium is not installed (apt-get install chromium); the browser check did not run"
+        )
+    page = render(workdir / "results/report.html")
+    figures = ["accuracy", "scores", "novelty", "paired", "gallery-digits", "inversion-loss-digits"]
+    assert len(page["images"]) == len(figures)
+    assert all(image["natural_width"] > 0 for image in page["images"]), page["images"]
+    assert page["console_errors"] == [] and page["page_errors"] == []
+    html = (workdir / "results/report.html").read_text()
+    assert "Erasure check: digits" in html and "Time and memory per rule" in html
+
+
+def test_snakemakes_own_report_holds_the_figures(workdir, tmp_path):
+    result = snakemake(workdir, "--report", str(tmp_path / "report.html"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    page = (tmp_path / "report.html").read_text()
+    for name in ("accuracy.png", "scores.png", "paired.png", "gallery-digits.png"):
+        assert name in page, name
 
 
 def test_an_erased_method_uses_the_shared_per_class_deltas(workdir):
@@ -191,7 +221,10 @@ SHOTS = (1, 2)
 SYNTHETIC = ("real-guidance", "da-fusion", "da-fusion-erased")
 TOKENS = ["da-fusion", "da-fusion-erased"]
 METHODS = ("baseline", *SYNTHETIC)
-END = {("aggregate", "results/figures/accuracy.png"), ("all", "")}
+AGGREGATE = ("aggregate", "results/tables/summary.csv")
+END = {AGGREGATE, ("report", "results/report.html"), ("all", "")}
+GALLERY = {("gallery", "results/figures/gallery-digits.png")}
+CURVES = {("inversion_curves", "results/figures/inversion-loss-digits.png")}
 ERASE = {("erase", "results/digits/erasure/esd/check.parquet")}
 
 
@@ -234,35 +267,38 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
         (
             {"erasure": {"iterations": 3}},
             ERASE | jobs("invert_erased") | jobs("generate", ["da-fusion-erased"])
-            | jobs("train", ["da-fusion-erased"]) | END,
+            | jobs("train", ["da-fusion-erased"]) | END | GALLERY | CURVES,
         ),
         (
             {"generation": {"num_synthetic": 3}},
-            jobs("generate", SYNTHETIC) | jobs("train", SYNTHETIC) | END,
+            jobs("generate", SYNTHETIC) | jobs("train", SYNTHETIC) | END | GALLERY,
         ),
         (
             {"inversion": {"learning_rate": 0.01}},
             jobs("invert") | jobs("invert_erased") | jobs("generate", TOKENS)
-            | jobs("train", TOKENS) | END,
+            | jobs("train", TOKENS) | END | GALLERY | CURVES,
         ),
         # A dataset setting: the dataset is read again, and everything downstream reruns.
         (
             {"datasets": {"digits": {"unevaluated_classes": "drop"}}},
             {("index_dataset", "results/digits/splits/pool.parquet")} | ERASE
             | jobs("few_shot_split") | jobs("invert") | jobs("invert_erased")
-            | jobs("generate", SYNTHETIC) | jobs("train", METHODS) | END,
+            | jobs("generate", SYNTHETIC) | jobs("train", METHODS) | END | GALLERY | CURVES,
         ),
         # Overrides reach exactly the jobs of their dataset or method; labels reach none.
         (
             {"methods": {"real-guidance": {"generation": {"num_synthetic": 3}}}},
-            jobs("generate", ["real-guidance"]) | jobs("train", ["real-guidance"]) | END,
+            jobs("generate", ["real-guidance"]) | jobs("train", ["real-guidance"]) | END
+            | GALLERY,
         ),
         (
             {"methods": {"baseline": {"classifier": {"augmentation": "randaugment"}}}},
             jobs("train", ["baseline"]) | END,
         ),
         ({"datasets": {"digits": {"classifier": {"lr": 0.01}}}}, jobs("train", METHODS) | END),
-        ({"methods": {"da-fusion": {"figures": [5, 9]}}}, set()),
+        # Figure labels change only what the report draws.
+        ({"methods": {"da-fusion": {"figures": [5, 9]}}}, END),
+        ({"aggregate": {"gallery_variants": 1}}, GALLERY | END - {AGGREGATE}),
         # A new seed: its own jobs; the erasure is shared by every seed and shot count.
         (
             {"seeds": [0, 1]},
@@ -280,19 +316,19 @@ def test_a_setting_reruns_exactly_the_jobs_it_affects(workdir, overlay, expected
     [
         (
             "src/dafusion/generation.py", "", "\nEDITED = True\n",
-            jobs("generate", SYNTHETIC) | jobs("train", SYNTHETIC) | END,
+            jobs("generate", SYNTHETIC) | jobs("train", SYNTHETIC) | END | GALLERY,
         ),
         ("src/dafusion/aggregate.py", "", "\nEDITED = True\n", END),
         # pipeline.py: only the edited step's function counts.
         (
             "src/dafusion/pipeline.py", '"learned %d tokens', '"learned %d class tokens',
             jobs("invert") | jobs("invert_erased") | jobs("generate", TOKENS)
-            | jobs("train", TOKENS) | END,
+            | jobs("train", TOKENS) | END | GALLERY | CURVES,
         ),
         (
             "src/dafusion/erasure.py", "", "\nEDITED = True\n",
             ERASE | jobs("invert_erased") | jobs("generate", ["da-fusion-erased"])
-            | jobs("train", ["da-fusion-erased"]) | END,
+            | jobs("train", ["da-fusion-erased"]) | END | GALLERY | CURVES,
         ),
         ("src/dafusion/pipeline.py", "", "\nEDITED = True\n", set()),
         ("workflow/scripts/train.py", "", "\n# edited\n", jobs("train", METHODS) | END),

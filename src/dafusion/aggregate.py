@@ -1,9 +1,9 @@
-"""Aggregate classifier runs: best evaluation step per run, mean and 68% interval over seeds."""
+"""Aggregate classifier runs: best evaluation step per run, mean and 68% interval over seeds,
+and the paper's derived statistics (normalized scores, paired differences, curve areas)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -45,41 +45,155 @@ def summarize(best: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["dataset", "method", "shots"]).reset_index(drop=True)
 
 
-def plot(summary: pd.DataFrame, path: str | Path, methods: Sequence[str]) -> None:
-    """Write the accuracy figure (`accuracy_figure`) to `path`."""
-    import matplotlib.pyplot as plt
-
-    fig = accuracy_figure(summary, methods)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+RUN_KEYS = ["dataset", "method", "seed", "shots"]
 
 
-def accuracy_figure(summary: pd.DataFrame, methods: Sequence[str]):
-    """Accuracy against examples per class, one panel per dataset, one line per method; each
-    panel's y-axis names the split its accuracies are reported on."""
-    import matplotlib
+def _mean_interval(
+    frame: pd.DataFrame, keys: Sequence[str], column: str, mean_name: str, count_name: str
+) -> pd.DataFrame:
+    """Per group of `keys` (sorted): mean of `column` and its 68% interval, mean +- one
+    standard error (zero width for a single value), and the number of values."""
+    grouped = frame.groupby(list(keys), sort=True, observed=True)[column]
+    mean = grouped.mean()
+    count = grouped.count()
+    sem = (grouped.std(ddof=1) / np.sqrt(count)).fillna(0.0)
+    out = pd.DataFrame(
+        {
+            mean_name: mean,
+            "ci68_low": mean - sem,
+            "ci68_high": mean + sem,
+            count_name: count.astype(int),
+        }
+    )
+    return out.reset_index()
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    datasets = sorted(summary["dataset"].unique())
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.6), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets, strict=True):
-        part = summary[summary["dataset"] == dataset]
-        for method in methods:
-            line = part[part["method"] == method].sort_values("shots")
-            if line.empty:
-                continue
-            ax.plot(line["shots"], line["accuracy_mean"], marker="o", label=method)
-            ax.fill_between(line["shots"], line["ci68_low"], line["ci68_high"], alpha=0.2)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted(part["shots"].unique()))
-        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        ax.set_title(dataset)
-        ax.set_xlabel("examples per class")
-        ax.set_ylabel(f"accuracy ({'/'.join(sorted(set(part['split'])))})")
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(title="method", fontsize=8)
-    fig.suptitle("Few-shot accuracy, mean and 68% interval over seeds", fontsize=10)
-    fig.tight_layout()
-    return fig
+def normalized_scores(best: pd.DataFrame) -> pd.DataFrame:
+    """The paper's normalized score of every run, (y - y_min) / (y_max - y_min), with y_min and
+    y_max over all runs of the run's dataset (every method, seed and shot count), so that
+    datasets of different difficulty weigh the same in an average.
+
+    A dataset whose runs all score the same gets 0.5: no run is better than another there, and
+    the midpoint neither rewards nor penalizes any method (0/0 is undefined)."""
+    values = best.groupby("dataset")["value"]
+    low = values.transform("min")
+    span = values.transform("max") - low
+    score = ((best["value"] - low) / span.where(span > 0)).mask(span == 0, 0.5)
+    out = best[RUN_KEYS].assign(score=score)
+    return out.sort_values(RUN_KEYS).reset_index(drop=True)
+
+
+def overall_scores(best: pd.DataFrame) -> pd.DataFrame:
+    """The paper's overall score: per method, the mean normalized score over all its trials
+    (dataset, seed, shots), with its 68% interval over those trials."""
+    return _mean_interval(normalized_scores(best), ["method"], "score", "score_mean", "num_trials")
+
+
+def novelty_scores(best: pd.DataFrame, bins: Mapping[str, Sequence[str]]) -> pd.DataFrame:
+    """Figure 6: per bin of datasets (e.g. common, fine-grain, new concepts), the mean normalized
+    score of each method over the trials of the bin's datasets. Scores are normalized over all
+    runs of a dataset before binning; datasets in no bin are left out, bins keep the mapping's
+    order, and a bin none of whose datasets has runs is omitted."""
+    membership = pd.DataFrame(
+        [(name, dataset) for name, datasets in bins.items() for dataset in datasets],
+        columns=["bin", "dataset"],
+    ).drop_duplicates()
+    scores = normalized_scores(best).merge(membership, on="dataset")
+    scores["bin"] = pd.Categorical(scores["bin"], categories=list(bins))
+    out = _mean_interval(scores, ["bin", "method"], "score", "score_mean", "num_trials")
+    out["bin"] = out["bin"].astype(str)
+    return out
+
+
+def _paired(best: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Per run of every other method, its value minus the baseline's on the same dataset, seed
+    and shot count; runs without a baseline counterpart are dropped (unpaired)."""
+    keys = ["dataset", "seed", "shots"]
+    reference = best.loc[best["method"] == baseline, [*keys, "value"]]
+    pairs = best[best["method"] != baseline].merge(reference, on=keys, suffixes=("", "_baseline"))
+    pairs["delta"] = pairs["value"] - pairs["value_baseline"]
+    return pairs[[*RUN_KEYS, "delta"]]
+
+
+def paired_deltas(best: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Per dataset, method and shot count: the mean over seeds of value(method, seed) -
+    value(baseline, seed), over the seeds both ran. Pairing by seed removes the variance the
+    two share (the same few-shot subset), which an interval of the difference of means keeps."""
+    pairs = _paired(best, baseline)
+    keys = ["dataset", "method", "shots"]
+    return _mean_interval(pairs, keys, "delta", "delta_mean", "num_pairs")
+
+
+def _curve_area(run: pd.DataFrame) -> float:
+    """Trapezoid area under value against log2(shots), divided by the log2 range: the mean
+    value over the curve (the single value when the run has one shot count)."""
+    run = run.sort_values("shots")
+    x = np.log2(run["shots"].to_numpy(dtype=float))
+    y = run["value"].to_numpy(dtype=float)
+    if len(x) == 1:
+        return float(y[0])
+    return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / (x[-1] - x[0]))
+
+
+def curve_areas(best: pd.DataFrame) -> pd.DataFrame:
+    """One number per accuracy curve: per dataset, method and seed the normalized area under
+    accuracy against log2(examples per class) (a mean accuracy in [0, 1]; a seed missing some
+    shot counts uses those it has), then mean and 68% interval over seeds."""
+    keys = ["dataset", "method", "seed"]
+    areas = best.groupby(keys)[["shots", "value"]].apply(_curve_area).rename("auc").reset_index()
+    return _mean_interval(areas, ["dataset", "method"], "auc", "auc_mean", "num_seeds")
+
+
+def _figure_cells(layout: pd.DataFrame, figure: str) -> pd.DataFrame:
+    """(synthetic_probability, num_synthetic) per method of the layout labelled `figure`;
+    raises where a method has different values on different datasets (no single cell)."""
+    cell = ["synthetic_probability", "num_synthetic"]
+    labelled = layout["figures"].map(lambda labels: figure in {str(label) for label in labels})
+    rows = layout.loc[labelled, ["method", "dataset", *cell]]
+    for method, part in rows.groupby("method"):
+        if len(part[cell].drop_duplicates()) > 1:
+            values = ", ".join(
+                f"{r.dataset}: ({r.synthetic_probability}, {r.num_synthetic})"
+                for r in part.itertuples()
+            )
+            raise ValueError(
+                f"method {method!r} has different (synthetic_probability, num_synthetic) on "
+                f"different datasets ({values}); a figure {figure} cell needs one value per method"
+            )
+    return rows.drop_duplicates("method")[["method", *cell]]
+
+
+def ablation_grid(best: pd.DataFrame, layout: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Figure 11 (data balance): per method labelled 11 in `layout`, its synthetic probability
+    alpha and synthetic images per real image M, and the mean paired difference to `reference`
+    over the (dataset, seed, shots) both ran, with its 68% interval over those pairs."""
+    cells = _figure_cells(layout, "11")
+    pairs = _paired(best, reference)
+    pairs = pairs[pairs["method"].isin(cells["method"])]
+    stats = _mean_interval(pairs, ["method"], "delta", "delta_mean", "num_pairs")
+    out = cells.merge(stats, on="method")
+    order = ["synthetic_probability", "num_synthetic", "method"]
+    return out.sort_values(order).reset_index(drop=True)
+
+
+def _markdown_cell(value: object, float_format: str) -> str:
+    """One table cell: floats formatted, integers as integers, missing values empty."""
+    if pd.api.types.is_scalar(value) and pd.isna(value):
+        return ""
+    if isinstance(value, (float, np.floating)):
+        text = float_format.format(value)
+    elif isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        text = str(int(value))
+    else:
+        text = str(value)
+    return text.replace("|", "\\|")
+
+
+def markdown_table(frame: pd.DataFrame, float_format: str = "{:.4f}") -> str:
+    """`frame` as a GitHub-Markdown table (one line per row, ending in a newline); `|` in a cell
+    is escaped so it cannot split the cell."""
+    header = [_markdown_cell(str(column), float_format) for column in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(_markdown_cell(v, float_format) for v in row) + " |")
+    return "\n".join(lines) + "\n"

@@ -453,17 +453,229 @@ def train(
 def aggregate(
     run_paths: Sequence[str],
     methods: Sequence[str],
-    figure: str,
-    table: str,
+    layout: Sequence[Mapping],
+    figures: Mapping[str, str],
+    tables: Mapping[str, str],
     settings: AggregateSettings,
 ) -> None:
-    """Figure of accuracy against examples per class and the summary table."""
+    """The summary tables and the figures named in `figures` (name -> PNG path; a PDF is
+    written beside each). `layout` holds each (dataset, method)'s figure labels and
+    resolved alpha and M, which the figures group runs by."""
     from . import aggregate as agg
+    from . import figures as fig
 
     runs = pd.concat([pd.read_parquet(p) for p in run_paths], ignore_index=True)
-    summary = agg.summarize(agg.best_steps(runs, report_split=settings.report_split))
-    Path(table).parent.mkdir(parents=True, exist_ok=True)
-    summary.to_csv(table, index=False, float_format="%.6f")
-    Path(figure).parent.mkdir(parents=True, exist_ok=True)
-    agg.plot(summary, figure, methods)
+    best = agg.best_steps(runs, report_split=settings.report_split)
+    summary = agg.summarize(best)
+    frames = {
+        "summary": summary,
+        "scores": agg.overall_scores(best),
+        "novelty": agg.novelty_scores(best, settings.novelty),
+        "paired": agg.paired_deltas(best, settings.baseline),
+        "areas": agg.curve_areas(best),
+    }
+    for name, frame in frames.items():
+        Path(tables[name]).parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(tables[name], index=False, float_format="%.6f")
+    Path(tables["markdown"]).write_text(agg.markdown_table(summary))
+    layout = pd.DataFrame(list(layout))
+
+    def labelled(label: str) -> list[str]:
+        members = set(layout.loc[layout["figures"].map(lambda f: label in f), "method"])
+        return [m for m in methods if m in members]
+
+    def draw(name: str):
+        if name == "accuracy":
+            return fig.accuracy_figure(summary, methods)
+        if name == "scores":
+            return fig.score_figure(frames["scores"], methods)
+        if name == "novelty":
+            return fig.novelty_figure(frames["novelty"], methods)
+        if name == "paired":
+            return fig.paired_figure(frames["paired"], methods)
+        if name == "figure-11":
+            grid, reference = data_balance_grid(best, layout, settings.baseline)
+            return fig.grid_figure(grid, reference)
+        label = name.removeprefix("figure-")
+        members = labelled(label)
+        part = summary[summary["method"].isin(members)]
+        return fig.accuracy_figure(part, members, title=f"Figure {label}")
+
+    for name, path in figures.items():
+        fig.save_figure(draw(name), str(path).removesuffix(".png"))
     log.info("summary:\n%s", summary.to_string(index=False))
+
+
+def data_balance_grid(
+    best: pd.DataFrame, layout: pd.DataFrame, baseline: str
+) -> tuple[pd.DataFrame, str]:
+    """Figure 11's cells: each method labelled 11 against the method labelled
+    "11-reference" with the same alpha and M (the paper compares DA-Fusion with Real
+    Guidance at equal settings), or against the baseline when no method is so labelled."""
+    from . import aggregate as agg
+
+    def cells(label: str) -> pd.DataFrame:
+        rows = layout[layout["figures"].map(lambda f: label in f)]
+        return rows.drop_duplicates(["method", "synthetic_probability", "num_synthetic"])
+
+    treated, references = cells("11"), cells("11-reference")
+    if references.empty:
+        return agg.ablation_grid(best, layout, baseline), baseline
+    parts = []
+    for method, row in treated.set_index("method").iterrows():
+        same = references[
+            (references["synthetic_probability"] == row["synthetic_probability"])
+            & (references["num_synthetic"] == row["num_synthetic"])
+        ]["method"].unique()
+        if len(same) != 1:
+            raise ValueError(
+                f"method '{method}' (Figure 11, alpha={row['synthetic_probability']}, "
+                f"M={row['num_synthetic']}) needs exactly one method labelled '11-reference' "
+                f"with the same alpha and M; found {list(same) or 'none'}"
+            )
+        part = layout[(layout["method"] == method)]
+        parts.append(agg.ablation_grid(best, part, same[0]))
+    return pd.concat(parts, ignore_index=True), "the 11-reference method with the same alpha and M"
+
+
+def gallery(
+    split_path: str,
+    index_paths: Sequence[str],
+    methods: Sequence[str],
+    output: str,
+    settings: AggregateSettings,
+) -> None:
+    """A dataset's gallery from the shards and index of each method (never regenerated)."""
+    from .figures import save_figure
+    from .gallery import gallery_figure
+
+    synthetic = {
+        m: (pd.read_parquet(p), Path(p).parent) for m, p in zip(methods, index_paths, strict=True)
+    }
+    figure = gallery_figure(
+        pd.read_parquet(split_path),
+        synthetic,
+        images_per_class=settings.gallery_images_per_class,
+        max_classes=settings.gallery_classes,
+        variants=settings.gallery_variants,
+    )
+    save_figure(figure, output.removesuffix(".png"))
+
+
+def inversion_curves(loss_paths: Sequence[str], output: str) -> None:
+    """A dataset's textual-inversion loss curves, one panel per tokens file."""
+    from .diagnostics import loss_figure
+    from .figures import save_figure
+
+    curves = {}
+    for path in loss_paths:
+        path = Path(path)
+        run = path.name.removesuffix("-loss.parquet")
+        eraser = path.parent.name if path.parent.name != "tokens" else ""
+        curves[f"{eraser} {run}".strip()] = pd.read_parquet(path)
+    save_figure(loss_figure(curves), output.removesuffix(".png"))
+
+
+def report(
+    tables: Mapping[str, str],
+    figures: Mapping[str, str],
+    galleries: Sequence[str],
+    curves: Sequence[str],
+    checks: Sequence[str],
+    captions: Mapping[str, str],
+    benchmarks: str,
+    output: str,
+) -> None:
+    """results/report.html: every figure and table of the run, with captions, in one page."""
+    from .diagnostics import benchmark_table, erasure_summary
+    from .report import Figure, Section, Table, write_report
+
+    def caption(name: str) -> str:
+        key = {"figure-11": "grid"}.get(name, name)
+        return captions.get(key, captions["accuracy"])
+
+    def figure(name: str, title: str) -> Figure:
+        return Figure(Path(figures[name]), title, caption(name))
+
+    def table(name: str, title: str, text: str) -> Table:
+        return Table(pd.read_csv(tables[name]), title, text)
+
+    accuracy = [figure("accuracy", "Accuracy against examples per class")]
+    accuracy += [
+        figure(name, f"Figure {name.removeprefix('figure-')} of the paper")
+        for name in figures
+        if name.startswith("figure-") and name != "figure-11"
+    ]
+    accuracy.append(
+        table("summary", "Summary", "Per dataset, method and examples per class: the mean "
+              "best-step accuracy over seeds, its 68% interval (± one standard error) and the "
+              "number of seeds; tables/summary.csv and tables/summary.md hold it.")
+    )  # fmt: skip
+    scores = [figure("scores", "Overall normalized score")]
+    scores.append(table("scores", "Overall normalized score", captions["scores"]))
+    if "novelty" in figures:
+        scores += [figure("novelty", "Concept novelty")]
+        scores.append(table("novelty", "Concept novelty", captions["novelty"]))
+    paired = (
+        [figure("paired", "Paired improvement over the baseline")] if "paired" in figures else []
+    )
+    paired.append(table("paired", "Paired improvement over the baseline", captions["paired"]))
+    paired.append(
+        table("areas", "Area under the accuracy curve", "Per dataset and method: the area "
+              "under accuracy against log2 examples per class (trapezoid rule) divided by the "
+              "log2 range, so a mean accuracy over shot counts; mean ± one standard error "
+              "over seeds.")
+    )  # fmt: skip
+    ablations = [figure("figure-11", "Data balance (Figure 11)")] if "figure-11" in figures else []
+    images = [
+        Figure(Path(p), f"Gallery: {Path(p).stem.removeprefix('gallery-')}", captions["gallery"])
+        for p in galleries
+    ]
+    diagnostics = [
+        Figure(
+            Path(p),
+            f"Inversion loss: {Path(p).stem.removeprefix('inversion-loss-')}",
+            captions["inversion"],
+        )
+        for p in curves
+    ]
+    for path in checks:
+        dataset = Path(path).parts[-4]
+        diagnostics.append(
+            Table(
+                erasure_summary(pd.read_parquet(path)),
+                f"Erasure check: {dataset}",
+                "How far each delta moved each class prompt's noise prediction toward the "
+                "empty prompt's (1 = the class prompt now acts like the empty prompt, 0 = "
+                "untouched; ESD's target lies beyond 1): erased classes should be near or "
+                "above 1, the others near 0.",
+            )
+        )
+    root = Path(benchmarks)
+    timings = benchmark_table(sorted(root.rglob("*.tsv")), root)
+    diagnostics.append(
+        Table(
+            timings,
+            "Time and memory per rule",
+            "From Snakemake's benchmark files (results/benchmarks/): jobs per rule, their "
+            "summed and longest wall time, the largest peak resident memory (MB) and the "
+            "summed CPU time. This report's own job is not counted.",
+            float_format="{:.1f}",
+        )
+    )
+    sections = [
+        Section("Accuracy", accuracy, "Few-shot classification accuracy of every method."),
+        Section("Normalized scores", scores, "Scores comparable across datasets."),
+        Section("Improvement over the baseline", paired, "Per-seed paired differences."),
+        Section("Ablations", ablations, "Figure 11's alpha x M grid, where configured."),
+        Section("Synthetic images", images, "What the generated images look like."),
+        Section("Diagnostics", diagnostics, "Inversion, erasure, time and memory."),
+    ]
+    runs = pd.read_csv(tables["summary"])
+    meta = {
+        "datasets": ", ".join(sorted(runs["dataset"].unique())),
+        "methods": ", ".join(dict.fromkeys(runs["method"])),
+        "seeds per point": str(int(runs["num_seeds"].max())) if len(runs) else "0",
+        "generated": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    write_report(output, "DA-Fusion results", sections, meta)

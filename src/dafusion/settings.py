@@ -290,11 +290,25 @@ class ClassifierSettings(Settings):
         return self if method.synthetic else self.replace(synthetic_probability=0.0)
 
 
+# Section 6 / Figure 6 of the paper: its datasets binned by how familiar their concepts are
+# to Stable Diffusion (keys: the dataset names config/paper.yaml uses).
+NOVELTY_BINS = {
+    "common": ["coco", "pascal", "caltech101"],
+    "fine-grain": ["flowers102", "fgvc_aircraft", "stanford_cars"],
+    "novel": ["leafy_spurge"],
+}
+
+
 @dataclass(frozen=True)
 class AggregateSettings(Settings):
-    """`aggregate:` settings read only when the runs are summarized."""
+    """`aggregate:` settings read only when the runs are summarized and reported."""
 
     report_split: str = "test"
+    baseline: str = "baseline"
+    novelty: Mapping[str, list[str]] = field(default_factory=lambda: dict(NOVELTY_BINS))
+    gallery_images_per_class: int = 1
+    gallery_classes: int = 6
+    gallery_variants: int = 3
 
 
 # The config section each settings class reads (datasets and methods: each entry).

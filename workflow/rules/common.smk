@@ -1,4 +1,5 @@
 import re
+from types import SimpleNamespace
 
 from snakemake.exceptions import WorkflowError
 
@@ -294,3 +295,134 @@ def eval_split(wildcards):
     if per_seed_split(wildcards):
         return res(f"{wildcards.dataset}/splits/seed{wildcards.seed}-val.parquet")
     return res(f"{wildcards.dataset}/splits/val.parquet")
+
+
+# The report: which figures this config can draw. Figure labels come from the methods'
+# `figures:`; 11 is drawn as the alpha x M grid, paired with the "11-reference" methods (or
+# the baseline), and every other label as accuracy against examples per class.
+GRID_LABELS = ("11", "11-reference")
+
+
+def figure_labels():
+    labels = []
+    for method in METHODS.values():
+        for label in map(str, method.figures):
+            if label not in labels:
+                labels.append(label)
+    return labels
+
+
+def has_baseline():
+    return AGGREGATE.baseline in METHODS
+
+
+def aggregate_figures():
+    """Names of the figures the aggregate job draws (each as .png and .pdf)."""
+    labels = figure_labels()
+    names = ["accuracy", "scores"]
+    names += [f"figure-{label}" for label in labels if label not in GRID_LABELS]
+    binned = {d for bin_ in AGGREGATE.novelty.values() for d in bin_}
+    if binned & set(DATASETS):
+        names.append("novelty")
+    if has_baseline() and len(METHODS) > 1:
+        names.append("paired")
+    if "11" in labels and ("11-reference" in labels or has_baseline()):
+        names.append("figure-11")
+    return names
+
+
+def method_layout():
+    """Per (dataset, method) the resolved settings the figures group runs by."""
+    rows = []
+    for d in DATASETS:
+        for m, method in METHODS.items():
+            if not method.runs_on(d):
+                continue
+            w = SimpleNamespace(dataset=d, method=m)
+            classifier = classifier_for(w)
+            rows.append(
+                {
+                    "dataset": d,
+                    "method": m,
+                    "figures": [str(label) for label in method.figures],
+                    "strengths": list(method.strengths) if method.synthetic else [],
+                    "num_synthetic": (
+                        generation_for(w).num_synthetic if method.synthetic else 0
+                    ),
+                    "synthetic_probability": classifier.synthetic_probability,
+                }
+            )
+    return rows
+
+
+def gallery_split(dataset):
+    """The split a dataset's gallery shows: the first seed, the most examples per class."""
+    shots = max(k for k in config["examples_per_class"] if k != "all")
+    return config["seeds"][0], shots
+
+
+def gallery_methods(dataset):
+    return [m for m in synthetic_methods() if METHODS[m].runs_on(dataset)]
+
+
+def gallery_datasets():
+    return [d for d in DATASETS if gallery_methods(d)]
+
+
+def gallery_inputs(wildcards):
+    seed, shots = gallery_split(wildcards.dataset)
+    return {
+        "split": res(f"{wildcards.dataset}/splits/seed{seed}-shots{shots}.parquet"),
+        "indices": [
+            res(
+                f"{wildcards.dataset}/synthetic/{m}/seed{seed}-shots{shots}/index.parquet"
+            )
+            for m in gallery_methods(wildcards.dataset)
+        ],
+    }
+
+
+def loss_curves(dataset):
+    """The first seed's inversion loss tables of a dataset (plain and erased tokens)."""
+    seed = config["seeds"][0]
+    return sorted(
+        {
+            tokens_path(dataset, m, seed, k).replace(".safetensors", "-loss.parquet")
+            for m, method in METHODS.items()
+            if method.uses_tokens and method.runs_on(dataset)
+            for k in config["examples_per_class"]
+        }
+    )
+
+
+def report_inputs(wildcards):
+    """What the report shows: the aggregate's tables and figures, the galleries, the
+    inversion loss curves and the erasure checks."""
+    tables = ("summary", "scores", "novelty", "paired", "areas")
+    return {
+        **{name: res(f"tables/{name}.csv") for name in tables},
+        "figures": [res(f"figures/{name}.png") for name in aggregate_figures()],
+        "galleries": [res(f"figures/gallery-{d}.png") for d in gallery_datasets()],
+        "curves": [
+            res(f"figures/inversion-loss-{d}.png") for d in DATASETS if loss_curves(d)
+        ],
+        "erasure": all_erasure(),
+    }
+
+
+CAPTIONS = {
+    path.stem: path.read_text().strip()
+    for path in sorted(Path(workflow.basedir, "workflow/report").glob("*.rst"))
+}
+
+
+def caption(name):
+    """The caption file of a figure name (figure-5 and the like are accuracy figures)."""
+    key = {"figure-11": "grid"}.get(name, name)
+    return f"../report/{key if key in CAPTIONS else 'accuracy'}.rst"
+
+
+def aggregate_params(*keys):
+    """The aggregate settings a rule's outputs depend on (and no others)."""
+    params = AGGREGATE.result_params()
+    return {k: params[k] for k in keys}

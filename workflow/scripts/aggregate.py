@@ -1,14 +1,16 @@
-"""Figure and summary table over every classifier run."""
+"""Tables and figures over every classifier run."""
 
 from dafusion import pipeline
 from dafusion.io import setup_job
 from dafusion.settings import AggregateSettings
 
 setup_job(snakemake.log[0], snakemake.threads)
+tables = ("summary", "markdown", "scores", "novelty", "paired", "areas")
 pipeline.aggregate(
     snakemake.input.runs,
     methods=snakemake.params.methods,
-    figure=snakemake.output.figure,
-    table=snakemake.output.table,
+    layout=snakemake.params.layout,
+    figures=dict(zip(snakemake.params.figures, snakemake.output.figures, strict=True)),
+    tables={name: snakemake.output[name] for name in tables},
     settings=AggregateSettings(**snakemake.params.aggregate),
 )

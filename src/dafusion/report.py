@@ -1,0 +1,220 @@
+"""One self-contained HTML report: figures embedded as data URIs, tables as HTML, no scripts.
+
+The page must open anywhere (an e-mail attachment, an offline laptop, a CI artifact), so it
+carries everything inline and references nothing outside itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import numbers
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+MAX_FIGURE_WIDTH = 900
+EMPTY_SECTION = "Nothing to show for this configuration."
+MISSING_CELL = "\u2014"  # em dash: a gap in a pivot table, not an empty string
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; line-height: 1.5;
+  color: #1a1a1a; background: #fff; max-width: 1000px; margin: 0 auto; padding: 1rem 1.5rem; }
+header { border-bottom: 1px solid #ddd; margin-bottom: 1rem; }
+h1 { margin-bottom: 0.25rem; }
+h2 { border-bottom: 1px solid #eee; padding-bottom: 0.2rem; margin-top: 2rem; }
+dl.meta { display: grid; grid-template-columns: max-content auto; gap: 0.1rem 1rem;
+  font-size: 0.9rem; color: #444; }
+dl.meta dt { font-weight: 600; }
+dl.meta dd { margin: 0; font-family: ui-monospace, monospace; overflow-wrap: anywhere; }
+nav ol { padding-left: 1.5rem; }
+a { color: #0072B2; }
+figure { margin: 1.5rem 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption, caption { font-size: 0.9rem; color: #333; text-align: left; padding: 0.3rem 0; }
+.table-wrap { overflow-x: auto; margin: 1.5rem 0; }
+table { border-collapse: collapse; font-size: 0.9rem; }
+th, td { border: 1px solid #ddd; padding: 0.25rem 0.6rem; white-space: nowrap; }
+th { background: #f5f5f5; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+p.empty { color: #666; font-style: italic; }
+"""
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A PNG file shown at its own size (scaled down to fit the page)."""
+
+    path: Path
+    title: str
+    caption: str
+
+
+@dataclass(frozen=True)
+class Table:
+    """A data frame shown as an HTML table; floats formatted with `float_format`."""
+
+    frame: pd.DataFrame
+    title: str
+    caption: str
+    float_format: str = "{:.3f}"
+
+
+@dataclass(frozen=True)
+class Section:
+    """A titled part of the report, listed in the table of contents."""
+
+    title: str
+    items: Sequence[Figure | Table]
+    intro: str = ""
+
+
+def write_report(
+    path: str | Path,
+    title: str,
+    sections: Sequence[Section],
+    meta: Mapping[str, str] | None = None,
+) -> None:
+    """Write `sections` as one self-contained HTML page at `path`, atomically."""
+    ids = section_ids([section.title for section in sections])
+    body = [_render_header(title, meta or {}), _render_toc(sections, ids)]
+    body += [_render_section(section, id_) for section, id_ in zip(sections, ids, strict=True)]
+    page = (
+        "<!DOCTYPE html>\n"
+        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{_esc(title)}</title>\n<style>{CSS}</style>\n</head>\n"
+        "<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
+    )
+    _write_atomic(Path(path), page)
+
+
+def section_ids(titles: Sequence[str]) -> list[str]:
+    """Unique anchors from titles ("Main results" -> "main-results", then "main-results-2")."""
+    used: set[str] = set()
+    ids = []
+    for title in titles:
+        base = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "section"
+        candidate, n = base, 1
+        while candidate in used:
+            n += 1
+            candidate = f"{base}-{n}"
+        used.add(candidate)
+        ids.append(candidate)
+    return ids
+
+
+def _esc(text: object) -> str:
+    """HTML-escape any text, quotes included (it also goes into attributes)."""
+    return html.escape(str(text), quote=True)
+
+
+def _render_header(title: str, meta: Mapping[str, str]) -> str:
+    rows = "".join(f"<dt>{_esc(key)}</dt><dd>{_esc(value)}</dd>" for key, value in meta.items())
+    listing = f'\n<dl class="meta">{rows}</dl>' if rows else ""
+    return f"<header>\n<h1>{_esc(title)}</h1>{listing}\n</header>"
+
+
+def _render_toc(sections: Sequence[Section], ids: Sequence[str]) -> str:
+    links = "".join(
+        f'<li><a href="#{id_}">{_esc(section.title)}</a></li>'
+        for section, id_ in zip(sections, ids, strict=True)
+    )
+    return f"<nav>\n<h2>Contents</h2>\n<ol>{links}</ol>\n</nav>"
+
+
+def _render_section(section: Section, id_: str) -> str:
+    parts = [f'<section id="{id_}">', f"<h2>{_esc(section.title)}</h2>"]
+    parts += [f"<p>{_esc(p.strip())}</p>" for p in re.split(r"\n\s*\n", section.intro) if p.strip()]
+    if not section.items:
+        parts.append(f'<p class="empty">{EMPTY_SECTION}</p>')
+    for item in section.items:
+        if isinstance(item, Figure):
+            parts.append(_render_figure(item, section.title))
+        else:
+            parts.append(_render_table(item))
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _render_figure(figure: Figure, section_title: str) -> str:
+    """The PNG inline as base64, with its real size (at most MAX_FIGURE_WIDTH wide)."""
+    path = Path(figure.path)
+    if not path.is_file():
+        raise FileNotFoundError(f"figure {str(path)!r} of section {section_title!r} does not exist")
+    data = path.read_bytes()
+    with Image.open(io.BytesIO(data)) as image:
+        if image.format != "PNG":
+            raise ValueError(f"figure {str(path)!r} is {image.format}, not PNG")
+        width, height = image.size
+    if width > MAX_FIGURE_WIDTH:
+        width, height = MAX_FIGURE_WIDTH, max(1, round(height * MAX_FIGURE_WIDTH / width))
+    payload = base64.b64encode(data).decode("ascii")
+    return (
+        f'<figure>\n<img src="data:image/png;base64,{payload}" alt="{_esc(figure.title)}" '
+        f'width="{width}" height="{height}">\n'
+        f"<figcaption><b>{_esc(figure.title)}</b> {_esc(figure.caption)}</figcaption>\n</figure>"
+    )
+
+
+def _render_table(table: Table) -> str:
+    """A plain HTML table; a meaningful index (not 0..n-1) becomes leading columns."""
+    frame = table.frame
+    if not isinstance(frame.index, pd.RangeIndex):
+        frame = frame.reset_index()
+    header = "".join(f"<th>{_esc(_column_label(column))}</th>" for column in frame.columns)
+    rows = []
+    for values in frame.itertuples(index=False, name=None):
+        cells = "".join(_render_cell(value, table.float_format) for value in values)
+        rows.append(f"<tr>{cells}</tr>")
+    return (
+        f'<div class="table-wrap">\n<table>\n'
+        f"<caption><b>{_esc(table.title)}</b> {_esc(table.caption)}</caption>\n"
+        f"<thead><tr>{header}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n"
+        "</table>\n</div>"
+    )
+
+
+def _column_label(column: object) -> str:
+    """Flatten MultiIndex columns ("accuracy", "mean") to "accuracy / mean"."""
+    if isinstance(column, tuple):
+        return " / ".join(str(part) for part in column if str(part))
+    return str(column)
+
+
+def _render_cell(value: object, float_format: str) -> str:
+    """Numbers right-aligned (floats with `float_format`), gaps as a dash, the rest as text."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return f"<td>{MISSING_CELL}</td>"
+    if isinstance(value, (bool, np.bool_)):
+        return f"<td>{_esc(value)}</td>"
+    if isinstance(value, numbers.Integral):
+        return f'<td class="num">{int(value)}</td>'
+    if isinstance(value, numbers.Real):
+        if math.isnan(value):
+            return f"<td>{MISSING_CELL}</td>"
+        return f'<td class="num">{_esc(float_format.format(value))}</td>'
+    return f"<td>{_esc(value)}</td>"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Readers never see half a page: write a temporary file beside `path`, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a report is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,130 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from dafusion.diagnostics import benchmark_table, erasure_summary, loss_figure, rule_name
+
+HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time"
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def _curves(losses: dict[str, list[float]]) -> pd.DataFrame:
+    """A loss table as `invert` writes it: step-major, one row per class and step."""
+    names = list(losses)
+    steps = len(next(iter(losses.values())))
+    return pd.DataFrame(
+        {
+            "step": [s + 1 for s in range(steps) for _ in names],
+            "class_name": names * steps,
+            "token": [f"<{n}>" for n in names] * steps,
+            "loss": [losses[n][s] for s in range(steps) for n in names],
+        }
+    )
+
+
+def test_loss_figure_plots_the_moving_average():
+    curves = {
+        "digits seed0-shots1": _curves({"zero": [4, 2, 6, 0, 3], "one": [1, 3, 2, 2, 5]}),
+        "digits seed1-shots1": _curves({"zero": [2, 4]}),  # shorter than the window
+    }
+    fig = loss_figure(curves, smooth=3)
+    first, second = fig.axes
+    assert first.get_title() == "digits seed0-shots1"
+    assert (first.get_xlabel(), first.get_ylabel()) == ("step", "textual-inversion loss")
+    raw_zero, smooth_zero, raw_one, smooth_one = first.lines
+    np.testing.assert_array_equal(raw_zero.get_xdata(), [1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(raw_zero.get_ydata(), [4, 2, 6, 0, 3])
+    assert raw_zero.get_alpha() < 0.5 and smooth_zero.get_alpha() is None
+    np.testing.assert_allclose(smooth_zero.get_ydata(), [4, 3, 4, 8 / 3, 3])
+    np.testing.assert_allclose(smooth_one.get_ydata(), [1, 2, 2, 7 / 3, 3])
+    assert smooth_zero.get_color() != smooth_one.get_color()
+    assert [t.get_text() for t in first.get_legend().get_texts()] == ["zero", "one"]
+    np.testing.assert_allclose(second.lines[1].get_ydata(), [2, 3])
+
+
+def test_loss_figure_layout_and_legend_limit():
+    many = {f"class {i:02d}": [float(i), 1.0] for i in range(12)}
+    curves = {f"run {n}": _curves({"a": [1.0, 2.0]}) for n in range(4)}
+    curves["crowded"] = _curves(many)
+    fig = loss_figure(curves, smooth=1)
+    assert len(fig.axes) == 8  # two rows of four panels
+    assert [ax.axison for ax in fig.axes] == [True] * 5 + [False] * 3
+    crowded = fig.axes[4]
+    assert crowded.get_title() == "crowded (+2 more)"
+    legend = [t.get_text() for t in crowded.get_legend().get_texts()]
+    assert legend == [f"class {i:02d}" for i in range(10)]
+    assert len(crowded.lines) == 24
+    np.testing.assert_array_equal(crowded.lines[23].get_ydata(), [11.0, 1.0])  # smooth=1: raw
+    with pytest.raises(ValueError, match="smooth must be at least 1"):
+        loss_figure(curves, smooth=0)
+
+
+def test_erasure_summary_sorts_and_keeps_the_numbers():
+    check = pd.DataFrame(
+        {
+            "delta": ["one", "one", "one", "zero", "zero", "zero"],
+            "file": ["one.safetensors"] * 3 + ["zero.safetensors"] * 3,
+            "fingerprint": ["f1"] * 3 + ["f0"] * 3,
+            "class_name": ["two", "zero", "one", "zero", "one", "two"],
+            "erased": [False, False, True, True, False, False],
+            "erased_fraction": [0.125, -0.03, 0.91, 1.7, 0.2, 0.05],
+        }
+    )
+    summary = erasure_summary(check)
+    assert list(summary.columns) == ["delta", "class_name", "erased", "erased_fraction"]
+    assert summary.values.tolist() == [
+        ["one", "one", True, 0.91],
+        ["one", "two", False, 0.125],
+        ["one", "zero", False, -0.03],
+        ["zero", "zero", True, 1.7],
+        ["zero", "one", False, 0.2],
+        ["zero", "two", False, 0.05],
+    ]
+    assert summary["erased"].dtype == bool
+    with pytest.raises(ValueError, match="no column erased_fraction"):
+        erasure_summary(check.drop(columns="erased_fraction"))
+
+
+def _write(path, *rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join([HEADER, *("\t".join(map(str, r)) for r in rows)]) + "\n")
+    return path
+
+
+def _row(seconds, rss, cpu):
+    return [seconds, "0:00:01", rss, 200.5, "NA", "-", 1.0, 2.0, 50.0, cpu]
+
+
+def test_benchmark_table(tmp_path):
+    root = tmp_path / "benchmarks"
+    files = [
+        _write(root / "digits/generate/da-fusion/seed0-shots1.tsv", _row(10.5, 100.0, 20.0)),
+        _write(root / "digits/generate/real-guidance/seed0-shots1.tsv", _row(4.5, "NA", "-")),
+        # Repeated benchmark: the mean of its rows.
+        _write(root / "digits/invert/esd/seed0-shots1.tsv", _row(3, 50, 1.0), _row(5, 70, 3.0)),
+        _write(root / "digits/invert/seed0-shots1.tsv", _row(6, 30, 4.0)),
+        _write(root / "aggregate.tsv", _row(0.5, 80, "NA")),
+        _write(root / "model/build_tiny_model.tsv", _row(2, 300, 1.5)),
+        _write(root / "digits/index_dataset.tsv", _row(1, 90, 0.5)),
+    ]
+    table = benchmark_table(files, root)
+    assert list(table.columns) == [
+        "rule", "jobs", "wall_s_total", "wall_s_max", "max_rss_mb_max", "cpu_s_total",
+    ]  # fmt: skip
+    expected = [
+        ["generate", 2, 15.0, 10.5, 100.0, 20.0],
+        ["invert", 2, 10.0, 6.0, 60.0, 6.0],
+        ["build_tiny_model", 1, 2.0, 2.0, 300.0, 1.5],
+        ["index_dataset", 1, 1.0, 1.0, 90.0, 0.5],
+        ["aggregate", 1, 0.5, 0.5, 80.0, np.nan],
+    ]
+    pd.testing.assert_frame_equal(table, pd.DataFrame(expected, columns=table.columns))
+    assert rule_name(root / "digits/erase/esd.tsv", root) == "erase"
+    assert benchmark_table([], root).empty

@@ -1,0 +1,216 @@
+from __future__ import annotations
+
+import base64
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from browser import chromium_path, render
+from PIL import Image
+
+from dafusion.report import EMPTY_SECTION, Figure, Section, Table, section_ids, write_report
+
+NASTY = '<b>&"'  # must reach the reader as text, never as markup
+
+
+class Page(HTMLParser):
+    """The parts of a report the tests look at: every tag's attributes, text, table rows."""
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.texts: dict[str, list[str]] = {}  # tag -> text of each element (leaf tags only)
+        self.rows: list[list[str]] = []
+        self.open: list[str] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag == "tr":
+            self.rows.append([])
+        if tag in ("td", "th"):
+            self.rows[-1].append("")
+        if tag not in ("img", "meta"):
+            self.open.append(tag)
+            self.texts.setdefault(tag, []).append("")
+
+    def handle_endtag(self, tag):
+        self.open.pop()
+
+    def handle_data(self, data):
+        for tag in self.open:  # the text counts for every enclosing element
+            self.texts[tag][-1] += data
+        if self.open and self.open[-1] in ("td", "th"):
+            self.rows[-1][-1] += data
+
+    def attrs(self, tag: str) -> list[dict[str, str | None]]:
+        return [attrs for name, attrs in self.tags if name == tag]
+
+
+@pytest.fixture
+def figures(tmp_path) -> dict[str, Path]:
+    """A small PNG and one wider than the page (1800 x 600 -> shown at 900 x 300)."""
+    small = np.zeros((80, 120, 3), dtype=np.uint8)
+    small[:, :60, 0] = 230
+    wide = np.full((600, 1800, 3), 86, dtype=np.uint8)
+    wide[::7, :, 2] = 233
+    paths = {"small": tmp_path / "small.png", "wide": tmp_path / "wide.png"}
+    Image.fromarray(small).save(paths["small"])
+    Image.fromarray(wide).save(paths["wide"])
+    return paths
+
+
+@pytest.fixture
+def table() -> Table:
+    frame = pd.DataFrame(
+        {
+            "method": ["baseline", NASTY],
+            "accuracy": [0.51234, float("nan")],
+            "num_seeds": [5, 3],
+        }
+    )
+    return Table(
+        frame, title="Summary & more", caption=f"Cell {NASTY} stays text.", float_format="{:.2f}"
+    )
+
+
+@pytest.fixture
+def report(tmp_path, figures, table) -> Path:
+    sections = [
+        Section(
+            "Accuracy",
+            [
+                Figure(figures["small"], title=f"Small {NASTY}", caption="Caption a < b."),
+                Figure(figures["wide"], title="Wide", caption='Quotes "here".'),
+            ],
+            intro="First paragraph.\n\nSecond & last.",
+        ),
+        Section("Accuracy", [table]),
+        Section("Concept novelty", [], intro="Needs the embeddings."),
+    ]
+    path = tmp_path / "out" / "nested" / "report.html"
+    meta = {"config": f"configs/{NASTY}.yaml", "date": "2024-05-01"}
+    write_report(path, title=f"DA-Fusion {NASTY}", sections=sections, meta=meta)
+    return path
+
+
+def test_figures_embed_the_exact_png_bytes_at_their_size(report, figures):
+    images = Page(report.read_text(encoding="utf-8")).attrs("img")
+    prefix = "data:image/png;base64,"
+    assert [image["src"][: len(prefix)] for image in images] == [prefix, prefix]
+    assert base64.b64decode(images[0]["src"][len(prefix) :]) == figures["small"].read_bytes()
+    assert base64.b64decode(images[1]["src"][len(prefix) :]) == figures["wide"].read_bytes()
+    assert [(image["width"], image["height"]) for image in images] == [
+        ("120", "80"),
+        ("900", "300"),
+    ]
+    assert [image["alt"] for image in images] == [f"Small {NASTY}", "Wide"]
+
+
+def test_all_text_is_escaped(report):
+    text = report.read_text(encoding="utf-8")
+    page = Page(text)
+    assert NASTY not in text
+    assert "<b>&amp;" not in text  # the NASTY cell, half escaped
+    assert page.texts["title"] == [f"DA-Fusion {NASTY}"]
+    assert page.texts["h1"] == [f"DA-Fusion {NASTY}"]
+    assert page.texts["dd"] == [f"configs/{NASTY}.yaml", "2024-05-01"]
+    assert page.texts["figcaption"] == [f"Small {NASTY} Caption a < b.", 'Wide Quotes "here".']
+    assert page.texts["caption"] == [f"Summary & more Cell {NASTY} stays text."]
+    # the figure and table titles are the only <b> elements, in document order
+    assert page.texts["b"] == [f"Small {NASTY}", "Wide", "Summary & more"]
+
+
+def test_table_cells_are_formatted(report):
+    rows = Page(report.read_text(encoding="utf-8")).rows
+    assert rows == [
+        ["method", "accuracy", "num_seeds"],
+        ["baseline", "0.51", "5"],
+        [NASTY, "\u2014", "3"],
+    ]
+
+
+def test_page_is_self_contained(report):
+    text = report.read_text(encoding="utf-8")
+    page = Page(text)
+    assert text.startswith("<!DOCTYPE html>")
+    assert page.attrs("meta")[0] == {"charset": "utf-8"}
+    assert "http://" not in text and "https://" not in text and "url(" not in text
+    assert [name for name, _ in page.tags if name in ("script", "link", "iframe", "object")] == []
+    assert re.findall(r'src="(?!data:image/png;base64,)', text) == []
+    assert all(attrs["href"].startswith("#") for attrs in page.attrs("a"))
+
+
+def test_toc_links_every_section_by_a_unique_id(report):
+    page = Page(report.read_text(encoding="utf-8"))
+    assert [attrs["href"] for attrs in page.attrs("a")] == [
+        "#accuracy",
+        "#accuracy-2",
+        "#concept-novelty",
+    ]
+    assert [attrs["id"] for attrs in page.attrs("section")] == [
+        "accuracy",
+        "accuracy-2",
+        "concept-novelty",
+    ]
+    assert page.texts["a"] == ["Accuracy", "Accuracy", "Concept novelty"]
+
+
+def test_section_ids():
+    titles = ["Main results", "Main results", "Main results 2", "§", " Figure 6: novelty! "]
+    assert section_ids(titles) == [
+        "main-results",
+        "main-results-2",
+        "main-results-2-2",
+        "section",
+        "figure-6-novelty",
+    ]
+
+
+def test_empty_section_says_so(report):
+    page = Page(report.read_text(encoding="utf-8"))
+    assert EMPTY_SECTION == "Nothing to show for this configuration."
+    # the intro paragraphs, then the empty section's intro and sentence
+    assert page.texts["p"] == [
+        "First paragraph.",
+        "Second & last.",
+        "Needs the embeddings.",
+        EMPTY_SECTION,
+    ]
+
+
+def test_missing_figure_names_file_and_section(tmp_path):
+    missing = tmp_path / "figures" / "novelty.png"
+    out = tmp_path / "report.html"
+    sections = [Section("Concept novelty", [Figure(missing, title="Novelty", caption="")])]
+    with pytest.raises(FileNotFoundError) as error:
+        write_report(out, "Report", sections)
+    assert (
+        str(error.value) == f"figure {str(missing)!r} of section 'Concept novelty' does not exist"
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
+def test_write_is_atomic_and_replaces(report, figures):
+    assert sorted(path.name for path in report.parent.iterdir()) == ["report.html"]
+    write_report(report, "Second", [Section("Only", [Figure(figures["small"], "Small", "")])])
+    assert sorted(path.name for path in report.parent.iterdir()) == ["report.html"]
+    assert Page(report.read_text(encoding="utf-8")).texts["title"] == ["Second"]
+    assert report.stat().st_mode & 0o777 == 0o644
+
+
+def test_report_renders_in_chromium(report, figures):
+    if chromium_path() is None:
+        pytest.skip(
+            "chromium is not installed (apt-get install chromium); the browser check did not run"
+        )
+    result = render(report)
+    assert result["images"] == [
+        {"alt": f"Small {NASTY}", "natural_width": 120, "complete": True},
+        {"alt": "Wide", "natural_width": 1800, "complete": True},
+    ]
+    assert result["console_errors"] == []
+    assert result["page_errors"] == []
