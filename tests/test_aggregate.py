@@ -492,3 +492,50 @@ def test_save_figure_writes_png_and_pdf(tmp_path):
     import matplotlib.pyplot as plt
 
     assert not plt.fignum_exists(fig.number)
+
+
+def _cell(method, alpha, m, label):
+    return {
+        "dataset": "a",
+        "method": method,
+        "figures": [label],
+        "strengths": [0.5],
+        "num_synthetic": m,
+        "synthetic_probability": alpha,
+    }
+
+
+def test_figure_11_pairs_each_cell_with_the_reference_of_the_same_alpha_and_m():
+    from dafusion.pipeline import data_balance_grid
+
+    layout = pd.DataFrame(
+        [
+            _cell("df-a3-m5", 0.3, 5, "11"),
+            _cell("df-a7-m5", 0.7, 5, "11"),
+            _cell("rg-a3-m5", 0.3, 5, "11-reference"),
+            _cell("rg-a7-m5", 0.7, 5, "11-reference"),
+            _cell("baseline", 0.0, 0, "10"),
+        ]
+    )
+    best = _best(
+        [
+            ("a", "df-a3-m5", 0, 1, 0.6), ("a", "df-a3-m5", 1, 1, 0.8),
+            ("a", "rg-a3-m5", 0, 1, 0.5), ("a", "rg-a3-m5", 1, 1, 0.5),
+            ("a", "df-a7-m5", 0, 1, 0.4), ("a", "rg-a7-m5", 0, 1, 0.7),
+            ("a", "baseline", 0, 1, 0.0), ("a", "baseline", 1, 1, 0.0),
+        ]
+    )  # fmt: skip
+    grid, reference = data_balance_grid(best, layout, "baseline")
+    assert "same alpha and M" in reference
+    assert grid["method"].tolist() == ["df-a3-m5", "df-a7-m5"]
+    # df-a3-m5 - rg-a3-m5: 0.1 and 0.3 (mean 0.2, SE 0.1); df-a7-m5 - rg-a7-m5: -0.3.
+    assert grid["delta_mean"].tolist() == pytest.approx([0.2, -0.3])
+    assert grid["ci68_high"].tolist() == pytest.approx([0.3, -0.3])
+    # Without references the cells are compared with the baseline.
+    plain = layout[layout["figures"].map(lambda f: f != ["11-reference"])]
+    grid, reference = data_balance_grid(best, plain, "baseline")
+    assert reference == "baseline"
+    assert grid["delta_mean"].tolist() == pytest.approx([0.7, 0.4])
+    # A cell without its reference is named.
+    with pytest.raises(ValueError, match=r"'df-a7-m5' \(Figure 11, alpha=0.7, M=5\) needs"):
+        data_balance_grid(best, layout.drop(index=3), "baseline")
