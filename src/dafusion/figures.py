@@ -64,7 +64,7 @@ def _curves(ax, part: pd.DataFrame, column: str, methods: Sequence[str], styles:
 
 
 def _legend(fig: Figure) -> None:
-    """One legend for the figure, outside the panels so it hides no data."""
+    """One legend for the figure, below the panels so it hides neither data nor the title."""
     handles, labels = fig.axes[0].get_legend_handles_labels()
     for ax in fig.axes[1:]:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
@@ -72,7 +72,10 @@ def _legend(fig: Figure) -> None:
                 handles.append(handle)
                 labels.append(label)
     if handles:
-        fig.legend(handles, labels, title="method", fontsize=SMALL, loc="outside right upper")
+        fig.legend(
+            handles, labels, fontsize=SMALL, loc="outside lower center",
+            ncols=min(len(labels), 2 * len(fig.axes)), frameon=False,
+        )  # fmt: skip
 
 
 def _panels(count: int) -> tuple[Figure, list]:
@@ -101,7 +104,7 @@ def accuracy_figure(
         ax.set_ylabel(f"accuracy ({'/'.join(sorted(set(part['split'])))})")
         ax.grid(alpha=0.3)
     _legend(fig)
-    fig.suptitle(title or "Few-shot accuracy, mean and 68% interval over seeds")
+    fig.suptitle(title or "Few-shot accuracy\nmean and 68% interval over seeds", fontsize=10)
     return fig
 
 
@@ -121,7 +124,7 @@ def paired_figure(deltas: pd.DataFrame, methods: Sequence[str]) -> Figure:
         ax.set_ylabel("accuracy \N{MINUS SIGN} baseline")
         ax.grid(alpha=0.3)
     _legend(fig)
-    fig.suptitle("Paired difference to the baseline, mean and 68% interval over seeds")
+    fig.suptitle("Paired difference to the baseline\nmean and 68% interval over seeds", fontsize=10)
     return fig
 
 

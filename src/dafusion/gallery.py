@@ -118,7 +118,15 @@ def gallery_figure(
     )
     if sources.empty:
         raise ValueError(f"no image of the split has synthetic images in method '{first}'")
-    ncols = 1 + len(synthetic) * variants
+    # Each method gets as many columns as it has variants to show (at most `variants`).
+    chosen = {}
+    for method, rows in present.items():
+        mine = rows[rows["source_key"].isin(sources["key"])].sort_values(["source_key", "j"])
+        chosen[method] = mine.groupby("source_key").head(variants)
+    widths = [max(1, int(c.groupby("source_key").size().max())) if len(c) else 1
+              for c in chosen.values()]  # fmt: skip
+    starts = [1 + sum(widths[:m]) for m in range(len(widths))]
+    ncols = 1 + sum(widths)
     fig, axes = plt.subplots(
         len(sources), ncols, squeeze=False,
         figsize=(CELL_INCHES * ncols, (CELL_INCHES + TITLE_INCHES) * len(sources)),
@@ -128,18 +136,16 @@ def gallery_figure(
     for row, source in zip(axes, sources.to_dict("records"), strict=True):
         row[0].axis("on")
         _show(row[0], load_image(source), f"real: {source['class_name']}")
-    for m, (method, rows) in enumerate(present.items()):
-        if rows.empty:  # say so where its columns start, rather than leave them unexplained
-            ax = axes[0][1 + m * variants]
+    for (method, rows), start in zip(chosen.items(), starts, strict=True):
+        if present[method].empty:  # say so where its column is, rather than leave it blank
+            ax = axes[0][start]
             ax.text(0.5, 0.5, f"{method}:\nno images", ha="center", va="center", fontsize=FONTSIZE)
             continue
-        chosen = rows[rows["source_key"].isin(sources["key"])].sort_values(["source_key", "j"])
-        chosen = chosen.groupby("source_key").head(variants)
-        images = read_synthetic(chosen, synthetic[method][1], chosen["key"])
+        images = read_synthetic(rows, synthetic[method][1], rows["key"])
         for r, source_key in enumerate(sources["key"]):
-            mine = chosen[chosen["source_key"] == source_key]
+            mine = rows[rows["source_key"] == source_key]
             for v, image_row in enumerate(mine.itertuples(index=False)):
-                ax = axes[r][1 + m * variants + v]
+                ax = axes[r][start + v]
                 ax.axis("on")
                 _show(ax, images[image_row.key], f"{method}\nt0={image_row.strength:g}")
     fig.tight_layout()
