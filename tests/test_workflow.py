@@ -471,7 +471,7 @@ def _contents(workdir: Path) -> dict[str, bytes]:
 
 
 def test_resources_without_a_gpu_limit_stop_before_any_gpu_job(workdir):
-    """Any --resources replaces the profile's gpu=1: GPU jobs would share one device."""
+    """Any --resources replaces the profile's gpu=1: every GPU job would start at once."""
     before = _contents(workdir)
     overlay = write_config(workdir, "o.yaml", {"classifier": {"device": "cuda"}})
     result = snakemake(

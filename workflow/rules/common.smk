@@ -85,10 +85,12 @@ def code(rule):
 
 
 def check_gpu_limit():
-    """GPU jobs compute on the first CUDA device and queue for the `gpu` resource (the
-    profile's gpu=1). Any --resources on the command line replaces the profile's list, and
-    without a gpu limit every GPU job would start at once on that one device: stop first.
-    Run in onstart, when the executor is known (a cluster gives each job its own GPU).
+    """GPU jobs queue for the `gpu` resource (the profile's gpu=1) and each claims a GPU of
+    its own (dafusion.devices.claim_device), waiting while every GPU is taken. Any
+    --resources on the command line replaces the profile's list, and without a gpu limit
+    every GPU job would start at once, holding cores and memory while it waits for a GPU:
+    stop first. Run in onstart, when the executor is known (a cluster gives each job its
+    own GPU).
     """
     if not workflow.local_exec or "gpu" in workflow.global_resources:
         return
@@ -99,14 +101,15 @@ def check_gpu_limit():
     ]
     if keys:
         raise WorkflowError(
-            f"GPU jobs ({', '.join(keys)}) would all run at once on one GPU: --resources "
-            "replaced the profile's gpu=1. Add gpu=1 to --resources (one GPU job at a time), "
-            "or gpu=N to let N jobs share the device"
+            f"GPU jobs ({', '.join(keys)}) would all start at once: --resources replaced "
+            "the profile's gpu=1. Add gpu=1 to --resources (one GPU job at a time), or "
+            "gpu=N on a machine with N GPUs (each GPU job claims one of its own)"
         )
 
 
 def gpus(device):
-    """1 for a job that will compute on CUDA (GPU jobs then queue for --resources gpu=N)."""
+    """1 for a job that will compute on CUDA (GPU jobs then queue for --resources gpu=N,
+    and each claims a GPU of its own when it starts)."""
     return int(will_use_cuda(device))
 
 

@@ -1,10 +1,13 @@
 """Erase each class name of a dataset from the UNet: deltas and the erasure check table."""
 
 from dafusion import pipeline
+from dafusion.devices import claim_device
 from dafusion.io import setup_job
 from dafusion.settings import ErasureSettings, ModelSettings
 
 setup_job(snakemake.log[0], snakemake.threads)
+# A GPU of the job's own when several GPU jobs run at once (before CUDA starts).
+claim_device(snakemake.resources.gpu, snakemake.config["model"]["device"])
 # Result settings come from params; execution knobs (device, checkpoints) from the config.
 pipeline.erase(
     snakemake.input.pool,

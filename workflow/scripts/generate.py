@@ -1,10 +1,13 @@
 """SDEdit M synthetic images per real image into WebDataset shards."""
 
 from dafusion import pipeline
+from dafusion.devices import claim_device
 from dafusion.io import setup_job
 from dafusion.settings import GenerationSettings, MethodSettings, ModelSettings
 
 setup_job(snakemake.log[0], snakemake.threads)
+# A GPU of the job's own when several GPU jobs run at once (before CUDA starts).
+claim_device(snakemake.resources.gpu, snakemake.config["model"]["device"])
 # Result settings come from params; execution knobs (device, batch size, ...) from the config.
 pipeline.generate(
     snakemake.input.split,

@@ -1,10 +1,13 @@
 """Learn one textual-inversion token per class of a split, all classes in one job."""
 
 from dafusion import pipeline
+from dafusion.devices import claim_device
 from dafusion.io import setup_job
 from dafusion.settings import InversionSettings, ModelSettings
 
 setup_job(snakemake.log[0], snakemake.threads)
+# A GPU of the job's own when several GPU jobs run at once (before CUDA starts).
+claim_device(snakemake.resources.gpu, snakemake.config["model"]["device"])
 # Result settings come from params; execution knobs (device, chunking, ...) from the config.
 pipeline.invert(
     snakemake.input.split,

@@ -1,10 +1,13 @@
 """Train one classifier (method, seed, shots) and write its metrics table."""
 
 from dafusion import pipeline
+from dafusion.devices import claim_device
 from dafusion.io import setup_job
 from dafusion.settings import ClassifierSettings
 
 setup_job(snakemake.log[0], snakemake.threads)
+# A GPU of the job's own when several GPU jobs run at once (before CUDA starts).
+claim_device(snakemake.resources.gpu, snakemake.config["classifier"]["device"])
 # Result settings come from params; the device (an execution knob) from the config.
 pipeline.train(
     snakemake.input.split,
