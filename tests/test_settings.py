@@ -169,3 +169,21 @@ def test_a_job_counts_as_a_gpu_job_only_when_it_will_use_cuda(monkeypatch):
     assert not will_use_cuda("cpu")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert not will_use_cuda("auto")  # every GPU hidden
+
+
+def test_code_fingerprints_cut_source_exactly_as_ast_does():
+    """step_code splits each file's lines once; its segments must equal
+    ast.get_source_segment's, or every fingerprint (and so every job) would change."""
+    import ast
+
+    from dafusion.provenance import _LINE, ROOT, _segment
+
+    for path in sorted(ROOT.rglob("*.py")):
+        source = path.read_text()
+        lines = _LINE.findall(source)
+        for node in ast.parse(source).body:  # the statements step_code cuts out
+            assert _segment(lines, node) == ast.get_source_segment(source, node), path
+    source = "x = 1\r\ny = 'é'; z = (\r  2)\nw = 3"
+    lines = _LINE.findall(source)
+    for node in ast.parse(source).body:
+        assert _segment(lines, node) == ast.get_source_segment(source, node)

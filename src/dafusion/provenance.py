@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -85,13 +86,36 @@ def _parse_version(path: Path, mtime_ns: int) -> tuple[str, ast.Module]:
 
 
 def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
-    """module -> the library modules it imports, for every module of the library."""
+    """module -> the library modules it imports, for every module of the library.
+
+    Built once per version of the library's files (every rule asks at start-up)."""
+    paths = sorted(root.rglob("*.py"))
+    return _import_graph(root, tuple((p, p.stat().st_mtime_ns) for p in paths))
+
+
+@functools.cache
+def _import_graph(root: Path, versions: tuple[tuple[Path, int], ...]) -> dict[str, set[str]]:
     graph = {}
-    for path in sorted(root.rglob("*.py")):
+    for path, _ in versions:
         module = _module_name(path, root)
         tree = _parse(path)[1]
         graph[module] = imports_in([tree], module, path.name == "__init__.py", root) - {module}
     return graph
+
+
+# A line with its end, as `ast.get_source_segment` splits lines (\r\n, \r or \n only).
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
+
+
+def _segment(lines: list[str], node: ast.AST) -> str:
+    """`ast.get_source_segment(source, node)` from the source's lines split once (that
+    function splits the whole source again on every call)."""
+    first, last = node.lineno - 1, node.end_lineno - 1
+    if first == last:
+        return lines[first].encode()[node.col_offset : node.end_col_offset].decode()
+    head = lines[first].encode()[node.col_offset :].decode()
+    tail = lines[last].encode()[: node.end_col_offset].decode()
+    return "".join([head, *lines[first + 1 : last], tail])
 
 
 def closure(modules: Iterable[str], graph: dict[str, set[str]]) -> set[str]:
@@ -142,7 +166,8 @@ def step_code(step: str, root: Path = ROOT) -> dict[str, str]:
         used.append(node)
         stack += [n.id for n in ast.walk(node) if isinstance(n, ast.Name) and n.id in top]
     used.sort(key=lambda n: n.lineno)
-    segments = "\n".join(ast.get_source_segment(source, n) or "" for n in used)
+    lines = _LINE.findall(source)
+    segments = "\n".join(_segment(lines, n) for n in used)
     modules = closure(imports_in(used, f"{PACKAGE}.pipeline", False, root), import_graph(root))
     code = {f"pipeline.{step}": digest(segments.encode())}
     for module in sorted(modules):
