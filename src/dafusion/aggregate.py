@@ -29,19 +29,10 @@ def best_steps(
 
 def summarize(best: pd.DataFrame) -> pd.DataFrame:
     """Mean and 68% interval (mean +- one standard error) over seeds."""
-
-    def stats(values: pd.Series) -> pd.Series:
-        n = len(values)
-        mean = values.mean()
-        sem = values.std(ddof=1) / np.sqrt(n) if n > 1 else 0.0
-        return pd.Series(
-            {"accuracy_mean": mean, "ci68_low": mean - sem, "ci68_high": mean + sem, "num_seeds": n}
-        )
-
-    grouped = best.groupby(["dataset", "method", "shots"])
-    out = grouped["value"].apply(stats).unstack().reset_index()
-    out["split"] = grouped["split"].agg(lambda s: "/".join(sorted(set(s)))).to_numpy()
-    out["num_seeds"] = out["num_seeds"].astype(int)
+    keys = ["dataset", "method", "shots"]
+    out = _mean_interval(best, keys, "value", "accuracy_mean", "num_seeds")
+    split = best.groupby(keys)["split"].agg(lambda s: "/".join(sorted(set(s))))
+    out["split"] = split.to_numpy()
     return out.sort_values(["dataset", "method", "shots"]).reset_index(drop=True)
 
 

@@ -4,14 +4,14 @@ colour-blind readers) and one marker in every figure, given the same list of met
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 import pandas as pd
+
+from .io import atomic_path
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -234,21 +234,14 @@ def save_figure(fig: Figure, stem: str | Path) -> list[Path]:
     """Write `fig` to `stem`.png (150 dpi) and `stem`.pdf, each through a temporary file in the
     same folder renamed into place (a crash leaves no half-written figure), then close it."""
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     try:
         for fmt in ("png", "pdf"):
             path = stem.with_name(f"{stem.name}.{fmt}")
-            fd, tmp = tempfile.mkstemp(dir=stem.parent, prefix=f".{path.name}.", suffix=".tmp")
-            os.close(fd)
-            try:
+            with atomic_path(path) as tmp:
                 # No creation date in the PDF: the same figure gives the same bytes.
                 metadata = {"CreationDate": None} if fmt == "pdf" else None
                 fig.savefig(tmp, format=fmt, dpi=150, metadata=metadata)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
             paths.append(path)
     finally:
         plt.close(fig)

@@ -590,12 +590,8 @@ def report(
     from .diagnostics import benchmark_table, erasure_summary
     from .report import Figure, Section, Table, write_report
 
-    def caption(name: str) -> str:
-        key = {"figure-11": "grid"}.get(name, name)
-        return captions.get(key, captions["accuracy"])
-
     def figure(name: str, title: str) -> Figure:
-        return Figure(Path(figures[name]), title, caption(name))
+        return Figure(Path(figures[name]), title, captions[name])
 
     def table(name: str, title: str, text: str) -> Table:
         return Table(pd.read_csv(tables[name]), title, text)

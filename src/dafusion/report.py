@@ -11,9 +11,7 @@ import html
 import io
 import math
 import numbers
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
+
+from .io import atomic_path
 
 MAX_FIGURE_WIDTH = 900
 EMPTY_SECTION = "Nothing to show for this configuration."
@@ -207,14 +207,6 @@ def _render_cell(value: object, float_format: str) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Readers never see half a page: write a temporary file beside `path`, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Readers never see half a page: written beside `path`, then renamed into place."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

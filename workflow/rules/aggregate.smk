@@ -113,7 +113,7 @@ rule report:
         runtime=10,
     params:
         figures=aggregate_figures(),
-        captions=CAPTIONS,
+        captions=report_captions(),
         benchmarks=res("benchmarks"),
         code=code("report"),
     script:

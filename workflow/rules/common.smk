@@ -419,10 +419,19 @@ CAPTIONS = {
 }
 
 
-def caption(name):
-    """The caption file of a figure name (figure-5 and the like are accuracy figures)."""
+def caption_key(name):
+    """The caption of a figure name (figure-5 and the like are accuracy figures)."""
     key = {"figure-11": "grid"}.get(name, name)
-    return f"../report/{key if key in CAPTIONS else 'accuracy'}.rst"
+    return key if key in CAPTIONS else "accuracy"
+
+
+def caption(name):
+    return f"../report/{caption_key(name)}.rst"
+
+
+def report_captions():
+    """Caption texts by figure name, and by name for the report's other items."""
+    return {name: CAPTIONS[caption_key(name)] for name in aggregate_figures()} | CAPTIONS
 
 
 def aggregate_params(*keys):
