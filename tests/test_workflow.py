@@ -299,6 +299,8 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
         # Figure labels change only what the report draws.
         ({"methods": {"da-fusion": {"figures": [5, 9]}}}, END),
         ({"aggregate": {"gallery_variants": 1}}, GALLERY | END - {AGGREGATE}),
+        ({"aggregate": {"baseline": "real-guidance"}}, END),
+        ({"aggregate": {"novelty": {"fine-grain": ["digits"]}}}, END),
         # A new seed: its own jobs; the erasure is shared by every seed and shot count.
         (
             {"seeds": [0, 1]},
