@@ -431,7 +431,9 @@ def caption(name):
 
 def report_captions():
     """Caption texts by figure name, and by name for the report's other items."""
-    return {name: CAPTIONS[caption_key(name)] for name in aggregate_figures()} | CAPTIONS
+    return {
+        name: CAPTIONS[caption_key(name)] for name in aggregate_figures()
+    } | CAPTIONS
 
 
 def aggregate_params(*keys):
