@@ -165,7 +165,8 @@ def test_strengths_are_drawn_uniformly():
 def test_matches_diffusers_img2img(components, tiny_dir, manifest, stochastic):
     """Faithfulness: one batched call equals diffusers' img2img called per image.
 
-    With a stochastic scheduler each image's step noise comes from its own generator, as in
+    The batch mixes strengths (in no particular order), as the engine's batches do. With a
+    stochastic scheduler each image's step noise comes from its own generator, as in
     diffusers with one generator per image.
     """
     from diffusers import StableDiffusionImg2ImgPipeline
@@ -179,7 +180,7 @@ def test_matches_diffusers_img2img(components, tiny_dir, manifest, stochastic):
     images = [load_image(r) for r in manifest.to_dict("records")]
     prompts = [f"a photo of a {n}" for n in manifest["class_name"]]
     seeds = [11, 22, 33]
-    S, t0, scale = 10, 0.5, 7.5
+    S, t0s, scale = 10, [0.5, 0.3, 1.0], 7.5
     expected = np.stack(
         [
             pipe(
@@ -191,7 +192,7 @@ def test_matches_diffusers_img2img(components, tiny_dir, manifest, stochastic):
                 generator=torch.Generator().manual_seed(s),
                 output_type="np",
             ).images[0]
-            for p, im, s in zip(prompts, images, seeds, strict=True)
+            for p, im, s, t0 in zip(prompts, images, seeds, t0s, strict=True)
         ]
     )
     means, stds = encode_images(components, images, 32, 8)
@@ -203,7 +204,7 @@ def test_matches_diffusers_img2img(components, tiny_dir, manifest, stochastic):
         encode_text(components, prompts),
         encode_text(components, [""]).expand(3, -1, -1),
         [torch.Generator().manual_seed(s) for s in seeds],
-        t0,
+        t0s,
         GenerationSettings(num_inference_steps=S, guidance_scale=scale),
     )
     ours = ((out.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
@@ -292,3 +293,30 @@ def test_unseedable_stochastic_scheduler_is_refused(components):
     assert type(scheduler_from_name("fast", components.scheduler)).__name__ == (
         "DPMSolverMultistepScheduler"
     )
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_a_masked_batch_of_mixed_strengths_equals_each_sample_alone(
+    components, manifest, stochastic
+):
+    """Masked samples of t0 = 1 (pure noise start) and t0 < 1 share one batch exactly."""
+    scheduler = _euler_ancestral(components) if stochastic else components.scheduler
+    images = [load_image(r) for r in manifest.to_dict("records")]
+    means, stds = encode_images(components, images, 32, 8)
+    cond = encode_text(components, [f"a photo of a {n}" for n in manifest["class_name"]])
+    uncond = encode_text(components, [""]).expand(3, -1, -1)
+    masks = torch.zeros(3, 1, 16, 16)
+    masks[:, :, 4:12, 2:10] = 1
+    t0s, seeds = [0.5, 1.0, 0.25], [7, 8, 9]
+    settings = GenerationSettings(num_inference_steps=8, guidance_scale=7.5)
+    batch = sdedit(
+        components, scheduler, means, stds, cond, uncond,
+        [torch.Generator().manual_seed(s) for s in seeds], t0s, settings, masks,
+    )  # fmt: skip
+    for i in range(3):
+        alone = sdedit(
+            components, scheduler, means[i : i + 1], stds[i : i + 1], cond[i : i + 1],
+            uncond[i : i + 1], [torch.Generator().manual_seed(seeds[i])], t0s[i], settings,
+            masks[i : i + 1],
+        )  # fmt: skip
+        torch.testing.assert_close(batch[i : i + 1], alone, atol=1e-5, rtol=1e-5)

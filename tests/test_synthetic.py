@@ -162,11 +162,11 @@ def test_out_of_memory_halves_the_batch(components, manifest, monkeypatch):
     engine = _engine(components, manifest, batch_size=8)
     original, sizes = Engine._batch, []
 
-    def small_memory(self, chunk, strength):
+    def small_memory(self, chunk):
         sizes.append(len(chunk))
         if len(chunk) > 2:
             raise torch.cuda.OutOfMemoryError("fake")
-        return original(self, chunk, strength)
+        return original(self, chunk)
 
     monkeypatch.setattr(Engine, "_batch", small_memory)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)

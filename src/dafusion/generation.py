@@ -15,6 +15,8 @@ import copy
 import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -67,6 +69,16 @@ def encode_images(
     return torch.cat(means), torch.cat(stds)
 
 
+@dataclass
+class _Start:
+    """The samples [lo, hi) of a batch that share a strength, and their scheduler state."""
+
+    lo: int
+    hi: int
+    offset: int  # index in the full schedule of their first denoising step
+    scheduler: Any
+
+
 @torch.no_grad()
 def sdedit(
     components: Components,
@@ -76,11 +88,19 @@ def sdedit(
     cond: torch.Tensor,
     uncond: torch.Tensor,
     generators: Sequence[torch.Generator],
-    strength: float,
+    strength: float | Sequence[float],
     settings: GenerationSettings,
     masks: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Denoise one batch that shares a strength; returns images in [-1, 1].
+    """Denoise one batch; returns images in [-1, 1], in the order of the inputs.
+
+    `strength` is one t0 for the batch or one per sample. Samples of different strengths
+    share the batch: every t0 uses the last floor(S * t0) steps of the same S-step schedule
+    (eq. 5), so at each step all samples already started are at the same timestep and go
+    through the UNet in one call, and a batch costs as many UNet calls as its largest t0
+    needs, not the sum over its strengths. Each strength keeps its own copy of the
+    scheduler (multistep history, step index), so every sample's arithmetic is the one of
+    a batch of its strength alone.
 
     With `masks` ([B, 1, h, w] at latent size, 1 = regenerate), the inpainting pipeline's
     semantics for a 4-channel UNet: after every step the kept region is reset to the real
@@ -89,41 +109,69 @@ def sdedit(
     A stochastic scheduler gets the list of per-image generators, as the diffusers pipelines
     pass theirs: it draws each image's step noise from that image's own generator.
     """
+    n = len(generators)
+    strengths = [float(s) for s in strength] if isinstance(strength, Sequence) else [strength] * n
+    # Largest t0 first: the samples started at any step are then a prefix of the batch.
+    order = sorted(range(n), key=lambda i: -strengths[i])
+    means, stds, cond, uncond = (x[order] for x in (means, stds, cond, uncond))
+    generators = [generators[i] for i in order]
+    masks = masks[order] if masks is not None else None
     unet, vae = components.unet, components.vae
     device, dtype = unet.device, unet.dtype
-    scheduler = copy.deepcopy(scheduler)
-    scheduler.set_timesteps(settings.num_inference_steps, device=device)
-    timesteps = denoising_timesteps(scheduler, settings.num_inference_steps, strength)
+    S = settings.num_inference_steps
+    starts: list[_Start] = []
+    for i in order:
+        if starts and strengths[order[starts[-1].lo]] == strengths[i]:
+            starts[-1].hi += 1
+            continue
+        copy_ = copy.deepcopy(scheduler)
+        copy_.set_timesteps(S, device=device)
+        steps = denoising_timesteps(copy_, S, strengths[i])
+        lo = starts[-1].hi if starts else 0
+        starts.append(_Start(lo, lo + 1, len(copy_.timesteps) - len(steps), copy_))
+    timesteps = starts[0].scheduler.timesteps  # every start's steps are a suffix of these
     shape = means.shape[1:]
     # Per-sample draws in img2img's order: the latent sample, then the inserted noise.
     eps = torch.stack([torch.randn(shape, generator=g, dtype=means.dtype) for g in generators])
     noise = torch.stack([torch.randn(shape, generator=g, dtype=means.dtype) for g in generators])
     noise = noise.to(means.device)
     image_latents = (means + stds * eps.to(means.device)) * vae.config.scaling_factor
-    t0 = timesteps[:1].repeat(len(generators))
-    if masks is not None and strength == 1.0:
-        latents = noise * scheduler.init_noise_sigma
-    else:
-        latents = scheduler.add_noise(image_latents, noise, t0)
+    latents = []
+    for s in starts:
+        part = slice(s.lo, s.hi)
+        if masks is not None and strengths[order[s.lo]] == 1.0:
+            latents.append(noise[part] * s.scheduler.init_noise_sigma)
+        else:
+            t0 = timesteps[s.offset : s.offset + 1].repeat(s.hi - s.lo)
+            latents.append(s.scheduler.add_noise(image_latents[part], noise[part], t0))
+    latents = torch.cat(latents)
     guided = settings.guidance_scale > 1.0
-    context = torch.cat([uncond, cond]) if guided else cond
-    step_kwargs = {}
-    if "generator" in inspect.signature(scheduler.step).parameters:
-        step_kwargs["generator"] = list(generators)
-    for i, t in enumerate(timesteps):
-        model_input = torch.cat([latents] * 2) if guided else latents
-        model_input = scheduler.scale_model_input(model_input, t)
+    stochastic = "generator" in inspect.signature(scheduler.step).parameters
+    for g in range(starts[0].offset, len(timesteps)):
+        t = timesteps[g]
+        active = [s for s in starts if s.offset <= g]
+        m = active[-1].hi
+        scaled = torch.cat([s.scheduler.scale_model_input(latents[s.lo : s.hi], t) for s in active])
+        model_input = torch.cat([scaled] * 2) if guided else scaled
+        context = torch.cat([uncond[:m], cond[:m]]) if guided else cond[:m]
         pred = unet(model_input.to(dtype), t, encoder_hidden_states=context.to(dtype)).sample
         if guided:
             pred_uncond, pred_text = pred.chunk(2)
             pred = pred_uncond + settings.guidance_scale * (pred_text - pred_uncond)
-        latents = scheduler.step(pred, t, latents, **step_kwargs).prev_sample
-        if masks is not None:
-            kept = image_latents
-            if i < len(timesteps) - 1:
-                kept = scheduler.add_noise(image_latents, noise, timesteps[i + 1 : i + 2])
-            latents = (1 - masks) * kept + masks * latents
-    return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+        stepped = []
+        for s in active:
+            part = slice(s.lo, s.hi)
+            kwargs = {"generator": generators[part]} if stochastic else {}
+            x = s.scheduler.step(pred[part], t, latents[part], **kwargs).prev_sample
+            if masks is not None:
+                kept = image_latents[part]
+                if g < len(timesteps) - 1:
+                    kept = s.scheduler.add_noise(kept, noise[part], timesteps[g + 1 : g + 2])
+                x = (1 - masks[part]) * kept + masks[part] * x
+            stepped.append(x)
+        latents = torch.cat([*stepped, latents[m:]])
+    images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+    return images[torch.tensor(order).argsort()]
 
 
 def load_mask(
@@ -170,7 +218,8 @@ def plan(
 class Engine:
     """Batched SDEdit over plan rows, with latents and prompt embeddings computed once.
 
-    Rows are grouped by strength into chunks of the batch size; on CUDA out-of-memory a
+    Rows are sorted by strength (largest first) into chunks of the batch size, a chunk
+    mixing strengths where one ends (`sdedit`); on CUDA out-of-memory a
     chunk is generated again in halved sub-batches, and the batch size that worked is kept.
     An optional safety checker flags images, which are re-drawn with a derived seed up to
     `settings.safety_retries` times and then dropped. With `on_class` (an erased method:
@@ -234,7 +283,7 @@ class Engine:
                         self.mask_dilation,
                     ).to(m.device, m.dtype)  # fmt: skip
 
-    def _batch(self, chunk: list[dict], strength: float) -> list[Image.Image]:
+    def _batch(self, chunk: list[dict]) -> list[Image.Image]:
         rows = [w["row"] for w in chunk]
         means = torch.stack([self.latents[r][0] for r in rows])
         stds = torch.stack([self.latents[r][1] for r in rows])
@@ -242,20 +291,21 @@ class Engine:
         generators = [torch.Generator().manual_seed(int(w["seed"])) for w in chunk]
         uncond = self.uncond.expand(len(rows), -1, -1)
         masks = torch.stack([self.masks[r] for r in rows]) if self.masks else None
+        strengths = [float(w["strength"]) for w in chunk]
         images = sdedit(
-            self.c, self.scheduler, means, stds, cond, uncond, generators, strength, self.settings,
-            masks,
+            self.c, self.scheduler, means, stds, cond, uncond, generators, strengths,
+            self.settings, masks,
         )  # fmt: skip
         return to_pil(images)
 
-    def _safe_batch(self, chunk: list[dict], strength: float) -> list[Image.Image]:
+    def _safe_batch(self, chunk: list[dict]) -> list[Image.Image]:
         """`chunk` in sub-batches of the batch size, halved on out-of-memory."""
 
         def run(size: int) -> list[Image.Image]:
             return [
                 image
                 for start in range(0, len(chunk), size)
-                for image in self._batch(chunk[start : start + size], strength)
+                for image in self._batch(chunk[start : start + size])
             ]
 
         images, self.batch_size = halve_on_oom(run, self.batch_size, "generation batch size")
@@ -264,18 +314,20 @@ class Engine:
     def run(self, work: Sequence[Mapping], seed: int, bar=None):
         """Yield (plan row, image or None if dropped by the safety checker) for `work`."""
         self._encode([w["row"] for w in work])
-        groups: dict[tuple[int, float], list[dict]] = {}
+        groups: dict[int, list[dict]] = {}
         for w in work:
             item = {**w, "seed": int(w["variant_seed"]), "attempt": 0}
             label = int(self.records[w["row"]]["label"]) if self.on_class else 0
-            groups.setdefault((label, float(w["strength"])), []).append(item)
-        for label, strength in sorted(groups):
+            groups.setdefault(label, []).append(item)
+        for label in sorted(groups):
             if self.on_class:
                 self.on_class(label)
-            queue = groups[label, strength]
+            # Largest t0 first: a batch costs the UNet calls of its largest t0, so batches
+            # of neighbouring strengths waste the fewest.
+            queue = sorted(groups[label], key=lambda w: -w["strength"])
             while queue:
                 chunk, queue = queue[: self.batch_size], queue[self.batch_size :]
-                images = self._safe_batch(chunk, strength)
+                images = self._safe_batch(chunk)
                 flags = self.checker(images) if self.checker else [False] * len(images)
                 for item, image, flagged in zip(chunk, images, flags, strict=True):
                     if not flagged:
