@@ -23,3 +23,24 @@ def test_a_failed_write_leaves_nothing(tmp_path):
         tmp.write_text("half")
         raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_job_caps_torch_threads_without_importing_torch(tmp_path):
+    """setup_job limits torch to the job's threads, yet a job that never uses torch (the
+    splits, the report) does not pay for importing it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from dafusion.io import setup_job\n"
+        f"setup_job({str(tmp_path / 'job.log')!r}, threads=1)\n"
+        "print('torch' in sys.modules)\n"
+        "import torch\n"
+        "print(torch.get_num_threads())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["False", "1"]
+    assert "dafusion from" in (tmp_path / "job.log").read_text()

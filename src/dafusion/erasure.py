@@ -146,9 +146,10 @@ def esd(
             z = sample_until(
                 sampler_unet, scheduler, noise, i, emb_p, emb_0, settings.start_guidance
             )
-            with torch.no_grad():
-                e_0 = frozen(z.to(frozen.dtype), t, emb_0.to(frozen.dtype)).sample.float()
-                e_p = frozen(z.to(frozen.dtype), t, emb_p.to(frozen.dtype)).sample.float()
+            with torch.no_grad():  # the base model's two predictions in one call
+                pair = torch.cat([z, z]).to(frozen.dtype)
+                context = torch.cat([emb_0, emb_p]).to(frozen.dtype)
+                e_0, e_p = frozen(pair, t, context).sample.float().chunk(2)
             e_n = trained(z, t, emb_p).sample.float()
         loss = F.mse_loss(e_n, e_0 - eta * (e_p - e_0))
         optimizer.zero_grad(set_to_none=True)

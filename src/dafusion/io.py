@@ -93,9 +93,12 @@ def setup_job(log_path: str | Path | None, threads: int | None = None) -> None:
     starts with the library's location and content hash, so a log shows which code ran.
     """
     if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+        # Through the environment, so a job that never needs torch does not pay its import
+        # (torch reads these when it starts); a torch already imported is told directly.
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = str(threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         sys.stderr = open(log_path, "w", buffering=1)  # noqa: SIM115 - lives as long as the job
