@@ -8,7 +8,7 @@ from dafusion.datasets import few_shot
 from dafusion.generation import Engine, plan
 from dafusion.seeds import derive_seed
 from dafusion.settings import GenerationSettings
-from dafusion.synthetic import build
+from dafusion.synthetic import build, shard_ranges, write_index, write_shards
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,40 @@ def _build(engine, manifest, out, fingerprint="job"):
         workers=2,
         progress=False,
     )
+
+
+def test_shard_ranges_are_contiguous_and_even():
+    assert shard_ranges(3, 1) == [range(0, 3)]
+    assert shard_ranges(7, 3) == [range(0, 3), range(3, 5), range(5, 7)]
+    assert shard_ranges(2, 4) == [range(0, 1), range(1, 2), range(2, 2), range(2, 2)]
+    with pytest.raises(ValueError, match="generation.parts"):
+        shard_ranges(3, 0)
+
+
+@pytest.mark.parametrize("parts", [3, 5])
+def test_a_set_in_parts_is_the_same_bytes_as_in_one_job(components, manifest, tmp_path, parts):
+    """Each part in its own engine (its own job), in reverse order; 5 parts of 3 shards
+    leaves two parts without shards. A part never deletes shards; the index step does."""
+    whole = tmp_path / "whole"
+    _build(_engine(components, manifest), manifest, whole)
+    out = tmp_path / "parts"
+    out.mkdir()
+    (out / "shard-000009.tar").write_bytes(b"left by an earlier, larger set")
+    work = plan(manifest, 0, 2, [0.25, 0.5, 0.75, 1.0]).to_dict("records")
+    rows = []
+    for shards in reversed(shard_ranges(3, parts)):
+        rows += write_shards(
+            _engine(components, manifest), work, out, seed=0, shard_size=3,
+            image_format="png", fingerprint="job", meta=_meta, shards=shards, workers=1,
+            progress=False,
+        )  # fmt: skip
+        assert (out / "shard-000009.tar").exists()
+    write_index(rows, out, out / "index.parquet", shard_size=3)
+    names = sorted(p.name for p in whole.iterdir())
+    assert names == ["index.parquet", "shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    assert sorted(p.name for p in out.iterdir()) == names  # no sidecars, no stale shard
+    for name in names:
+        assert (out / name).read_bytes() == (whole / name).read_bytes(), name
 
 
 class Counting(Engine):

@@ -258,7 +258,9 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
                     "checkpoint_every": 1, "classes_per_chunk": 3, "gradient_checkpointing": True,
                 },
                 "erasure": {"checkpoint_every": 1, "batch_size": 3, "lamb": 0.1},
-                "generation": {"batch_size": 3, "workers": 1, "compile": True, "safety_retries": 5},
+                "generation": {
+                    "batch_size": 3, "workers": 1, "compile": True, "safety_retries": 5, "parts": 2,
+                },
                 "classifier": {"device": "cpu"},
             },
             set(),
@@ -628,3 +630,39 @@ def test_a_dataset_problem_stops_index_dataset_before_any_later_job(
     assert re.search(message, log), log[-2000:]
     assert not (workdir / "results/photos/splits/pool.parquet").exists()
     assert not (workdir / split).exists()
+
+
+def test_a_set_in_parts_is_the_same_bytes_and_changing_parts_reruns_nothing(tmp_path):
+    """generation.parts: 3 (5 shards: parts of 2, 2 and 1) writes the bytes one job writes;
+    after either run, any other number of parts schedules nothing."""
+    workdir = copy_workflow(tmp_path / "dafusion")
+    config = {
+        **REDUCED,
+        "examples_per_class": [1],
+        "methods": {"rg": {"kind": "sdedit", "prompt": "a photo of a {name}", "strengths": [0.5]}},
+        "erasure": {"enabled": False},
+        "generation": {"num_synthetic": 2, "num_inference_steps": 2, "shard_size": 4},
+    }
+    path = write_config(workdir, "config.yaml", config)
+    folder = workdir / "results/digits/synthetic/rg/seed0-shots1"
+    target = str((folder / "index.parquet").relative_to(workdir))
+
+    def run(parts, *args):
+        overlay = write_config(workdir, "parts.yaml", {"generation": {"parts": parts}})
+        result = snakemake(workdir, *args, "--cores", "2", target, "--configfile", path, overlay)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return scheduled(result.stdout)
+
+    run(3)
+    in_parts = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert sorted(in_parts) == ["index.parquet", *(f"shard-{n:06d}.tar" for n in range(5))]
+    made = sorted(p.name for p in (folder.parent / ".parts/seed0-shots1").iterdir())
+    assert made == [f"part-{p}-of-3.json" for p in range(3)]
+    assert run(1, "-n") == run(2, "-n") == set()
+
+    shutil.rmtree(folder)
+    assert run(1, "-n") == {("generate", target)}
+    run(1)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == in_parts
+    assert not (folder.parent / ".parts").exists()
+    assert run(3, "-n") == set()

@@ -302,29 +302,23 @@ def invert(
         stale.unlink()
 
 
-def generate(
+def _synthetic_job(
     split_path: str,
     model: ModelSettings,
     method_name: str,
     method: MethodSettings,
     settings: GenerationSettings,
     seed: int,
-    output: str,
-    model_dir: str | None = None,
-    tokens_path: str | None = None,
-    threads: int = 2,
-    erasure_path: str | None = None,
-) -> None:
-    """SDEdit M images per real image into WebDataset shards beside `output` (index.parquet).
-
-    Finished shards of a killed run of the same job are reused. With `erasure_path` (an
-    eraser's check table) class c's images come from the UNet with class c erased.
-    """
+    model_dir: str | None,
+    tokens_path: str | None,
+    erasure_path: str | None,
+) -> dict:
+    """What every job writing shards of a synthetic set shares: the loaded engine, the plan
+    (`work`), each image's shard json (`meta`) and the job's fingerprint (the sidecars')."""
     from .deltas import DeltaSwitch, class_deltas
     from .generation import Engine, plan
     from .manifest import class_names, class_token
     from .models import load_safety_checker, scheduler_from_name
-    from .synthetic import build
     from .tokens import expand, file_hash, load_into
 
     manifest = pd.read_parquet(split_path)
@@ -390,17 +384,133 @@ def generate(
         seed=seed, generation=settings.result_params(), model=model.result_params(),
         token_hash=token_hash, erasure={k: v[1] for k, v in erasure.items()},
     )  # fmt: skip
+    return {"engine": engine, "work": work, "meta": meta, "fingerprint": job}
+
+
+def _log_speed(rows: Sequence[Mapping], start: float) -> None:
+    elapsed = time.perf_counter() - start
+    dropped = sum(bool(r["dropped"]) for r in rows)
+    log.info(
+        "%d images (%d dropped) in %.1fs (%.2f img/s)", len(rows), dropped, elapsed,
+        len(rows) / max(elapsed, 1e-9),
+    )  # fmt: skip
+
+
+def _gather(
+    parts: Sequence[str],
+    split_path: str,
+    method: MethodSettings,
+    settings: GenerationSettings,
+    seed: int,
+) -> list[dict]:
+    """The index rows of every part of a set, checked against the set's plan."""
+    import json
+
+    from .generation import plan
+
+    records = [json.loads(Path(part).read_text()) for part in parts]
+    fingerprints = {r["fingerprint"] for r in records if r["rows"]}
+    if len(fingerprints) > 1:
+        raise ValueError(
+            f"the parts {', '.join(parts)} were written by jobs with different settings: "
+            "delete them and rerun"
+        )
+    rows = [row for record in records for row in record["rows"]]
+    manifest = pd.read_parquet(split_path)
+    planned = plan(manifest, seed, settings.num_synthetic, method.strengths)["key"]
+    keys = [row["key"] for row in rows]
+    if sorted(keys) != sorted(planned):
+        raise ValueError(
+            f"the parts {', '.join(parts)} hold {len(keys)} images, not the {len(planned)} "
+            f"planned for {split_path}: delete them and rerun"
+        )
+    return rows
+
+
+def generate(
+    split_path: str,
+    model: ModelSettings,
+    method_name: str,
+    method: MethodSettings,
+    settings: GenerationSettings,
+    seed: int,
+    output: str,
+    model_dir: str | None = None,
+    tokens_path: str | None = None,
+    threads: int = 2,
+    erasure_path: str | None = None,
+    parts: Sequence[str] = (),
+) -> None:
+    """SDEdit M images per real image into WebDataset shards beside `output` (index.parquet).
+
+    Finished shards of a killed run of the same job are reused. With `erasure_path` (an
+    eraser's check table) class c's images come from the UNet with class c erased. With
+    `parts` (the files `generate_part` jobs wrote, `generation.parts` > 1) the shards are
+    written already: only the index is. Part files of this set other than `parts` are
+    deleted (`synthetic.parts_dir`): the workflow reads which parts made a set from them.
+    """
+    from .synthetic import build, clear_parts, write_index
+
+    if parts:
+        rows = _gather(parts, split_path, method, settings, seed)
+        write_index(rows, Path(output).parent, output, shard_size=settings.shard_size)
+        clear_parts(output, keep=parts)
+        return
+    job = _synthetic_job(
+        split_path, model, method_name, method, settings, seed, model_dir, tokens_path,
+        erasure_path,
+    )  # fmt: skip
     start = time.perf_counter()
     index = build(
-        engine, work, Path(output).parent, output, seed=seed, shard_size=settings.shard_size,
-        image_format=settings.image_format, fingerprint=job, meta=meta,
+        job["engine"], job["work"], Path(output).parent, output, seed=seed,
+        shard_size=settings.shard_size, image_format=settings.image_format,
+        fingerprint=job["fingerprint"], meta=job["meta"], workers=settings.workers or threads,
+    )  # fmt: skip
+    clear_parts(output)
+    _log_speed(index.to_dict("records"), start)
+
+
+def generate_part(
+    split_path: str,
+    model: ModelSettings,
+    method_name: str,
+    method: MethodSettings,
+    settings: GenerationSettings,
+    seed: int,
+    part: int,
+    parts: int,
+    output: str,
+    index: str,
+    model_dir: str | None = None,
+    tokens_path: str | None = None,
+    threads: int = 2,
+    erasure_path: str | None = None,
+) -> None:
+    """Part `part` of `parts` of a synthetic set: the shards of its run of the plan
+    (`synthetic.shard_ranges`), written beside `index` (the set's index.parquet, which
+    `generate` writes from every part's `output`). Finished shards are reused, also those
+    a job with another number of parts wrote."""
+    import json
+
+    from .io import atomic_path
+    from .synthetic import num_shards, shard_ranges, write_shards
+
+    job = _synthetic_job(
+        split_path, model, method_name, method, settings, seed, model_dir, tokens_path,
+        erasure_path,
+    )  # fmt: skip
+    shards = shard_ranges(num_shards(len(job["work"]), settings.shard_size), parts)[part]
+    log.info("part %d of %d: shards %d to %d", part + 1, parts, shards.start, shards.stop - 1)
+    start = time.perf_counter()
+    rows = write_shards(
+        job["engine"], job["work"], Path(index).parent, seed=seed,
+        shard_size=settings.shard_size, image_format=settings.image_format,
+        fingerprint=job["fingerprint"], meta=job["meta"], shards=shards,
         workers=settings.workers or threads,
     )  # fmt: skip
-    elapsed = time.perf_counter() - start
-    log.info(
-        "%d images (%d dropped) in %.1fs (%.2f img/s)", len(index), int(index["dropped"].sum()),
-        elapsed, len(index) / max(elapsed, 1e-9),
-    )  # fmt: skip
+    with atomic_path(output) as tmp:
+        tmp.write_text(json.dumps({"fingerprint": job["fingerprint"], "rows": rows}))
+    _log_speed(rows, start)
 
 
 def train(

@@ -255,6 +255,7 @@ class GenerationSettings(Settings):
     batch_size: int = knob(8)
     workers: int | None = knob(None)
     compile: bool = knob(False)
+    parts: int = knob(1)
 
     def result_params(self) -> dict[str, Any]:
         params = super().result_params()

@@ -5,10 +5,16 @@ finished shard is renamed into place and gets a small sidecar recording the job'
 fingerprint and the shard's index rows, so a rerun after a kill reuses finished shards and
 regenerates only the rest; outputs do not depend on where the job stopped. Images are
 encoded in worker threads while the generator computes the next batches.
+
+A set can also be made by several jobs (`generation.parts`): each writes a contiguous run
+of whole shards (`shard_ranges`, `write_shards`) and the last step writes the index from
+their rows (`write_index`). A shard's bytes depend only on its images, whose seeds derive
+from the image keys, so the set is the same for any number of parts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -55,6 +61,27 @@ def _sidecar(out_dir: Path, name: str) -> Path:
     return out_dir / f".{name}.json"
 
 
+def parts_dir(index_path: str | Path) -> Path:
+    """Where the part jobs of the set of `index_path` write their rows: a hidden folder
+    beside the set's (`{method}/.parts/seed{seed}-shots{shots}/`, workflow/rules/common.smk).
+    The files stay after the index is written: they tell the workflow which parts made it."""
+    folder = Path(index_path).parent
+    return folder.parent / ".parts" / folder.name
+
+
+def clear_parts(index_path: str | Path, keep: Sequence[str | Path] = ()) -> None:
+    """Delete the part files of the set of `index_path` other than `keep` (those of an
+    earlier, different number of parts)."""
+    folder = parts_dir(index_path)
+    keep = {Path(p).resolve() for p in keep}
+    for path in folder.glob("part-*"):
+        if path.resolve() not in keep:
+            path.unlink()
+    for empty in (folder, folder.parent):  # a folder another job writes in stays
+        with contextlib.suppress(OSError):
+            empty.rmdir()
+
+
 def _finished(out_dir: Path, name: str, fingerprint: str) -> list[dict] | None:
     """The index rows of a finished shard of this same job, or None."""
     sidecar = _sidecar(out_dir, name)
@@ -64,40 +91,52 @@ def _finished(out_dir: Path, name: str, fingerprint: str) -> list[dict] | None:
     return record["rows"] if record.get("fingerprint") == fingerprint else None
 
 
-def build(
+def shard_ranges(num_shards: int, parts: int) -> list[range]:
+    """The shards each of `parts` jobs writes: contiguous runs, as even as possible (the
+    first ones one shard longer); a part gets none when there are fewer shards than parts."""
+    if parts < 1:
+        raise ValueError(f"generation.parts must be at least 1, not {parts}")
+    size, extra = divmod(num_shards, parts)
+    starts = [p * size + min(p, extra) for p in range(parts + 1)]
+    return [range(starts[p], starts[p + 1]) for p in range(parts)]
+
+
+def num_shards(num_images: int, shard_size: int) -> int:
+    return -(-num_images // shard_size)
+
+
+def write_shards(
     engine: Engine,
     work: Sequence[Mapping],
     out_dir: str | Path,
-    index_path: str | Path,
     *,
     seed: int,
     shard_size: int,
     image_format: str,
     fingerprint: str,
     meta: Callable[[Mapping], dict],
+    shards: range | None = None,
     workers: int = 2,
     progress: bool = True,
-) -> pd.DataFrame:
-    """Generate (or reuse) every shard of `work`, then write the index atomically.
-
-    `meta(item)` is an image's shard json: the `INDEX_SCHEMA` columns other than `key`,
-    `shard` and `dropped`.
+) -> list[dict]:
+    """Generate (or reuse) the shards `shards` of `work` (default: all) and return their
+    index rows. Each finished shard keeps its sidecar until the index is written
+    (`write_index`), so that a killed job, or another part of the set, can reuse it.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    shards = [list(work[i : i + shard_size]) for i in range(0, len(work), shard_size)]
-    names = [SHARD_PATTERN.format(n) for n in range(len(shards))]
-    for stale in out_dir.glob(SHARD_PATTERN.replace("{:06d}", "*")):
-        if stale.name not in names:
-            stale.unlink()
-            _sidecar(out_dir, stale.name).unlink(missing_ok=True)
+    if shards is None:
+        shards = range(num_shards(len(work), shard_size))
     rows: list[dict] = []
     reused = 0
+    images = sum(len(work[n * shard_size : (n + 1) * shard_size]) for n in shards)
     with (
         ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
-        tqdm(total=len(work), desc="SDEdit", unit="img", disable=not progress) as bar,
+        tqdm(total=images, desc="SDEdit", unit="img", disable=not progress) as bar,
     ):
-        for name, shard in zip(names, shards, strict=True):
+        for n in shards:
+            name = SHARD_PATTERN.format(n)
+            shard = list(work[n * shard_size : (n + 1) * shard_size])
             done = _finished(out_dir, name, fingerprint)
             if done is not None:
                 rows += done
@@ -130,9 +169,49 @@ def build(
             rows += shard_rows
     if reused:
         log.info("reused %d finished shard(s) of %d", reused, len(shards))
+    return rows
+
+
+def write_index(
+    rows: Sequence[Mapping], out_dir: str | Path, index_path: str | Path, *, shard_size: int
+) -> pd.DataFrame:
+    """Write the index of every shard's rows atomically, then delete the sidecars and any
+    shard beyond the set's (left by an earlier, larger set)."""
+    out_dir = Path(out_dir)
     index = pd.DataFrame(rows) if rows else pd.DataFrame(columns=INDEX_SCHEMA.names)
     index = index.sort_values("key").reset_index(drop=True)
     write_parquet(index, index_path, INDEX_SCHEMA)
-    for name in names:
-        _sidecar(out_dir, name).unlink(missing_ok=True)
+    names = {SHARD_PATTERN.format(n) for n in range(num_shards(len(rows), shard_size))}
+    pattern = SHARD_PATTERN.replace("{:06d}", "*")
+    for path in out_dir.glob(pattern):
+        if path.name not in names:
+            path.unlink()
+    for sidecar in out_dir.glob(_sidecar(out_dir, pattern).name):
+        sidecar.unlink()
     return index
+
+
+def build(
+    engine: Engine,
+    work: Sequence[Mapping],
+    out_dir: str | Path,
+    index_path: str | Path,
+    *,
+    seed: int,
+    shard_size: int,
+    image_format: str,
+    fingerprint: str,
+    meta: Callable[[Mapping], dict],
+    workers: int = 2,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Generate (or reuse) every shard of `work`, then write the index atomically.
+
+    `meta(item)` is an image's shard json: the `INDEX_SCHEMA` columns other than `key`,
+    `shard` and `dropped`.
+    """
+    rows = write_shards(
+        engine, work, out_dir, seed=seed, shard_size=shard_size, image_format=image_format,
+        fingerprint=fingerprint, meta=meta, workers=workers, progress=progress,
+    )  # fmt: skip
+    return write_index(rows, out_dir, index_path, shard_size=shard_size)

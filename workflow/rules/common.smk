@@ -55,6 +55,50 @@ def generation_for(wildcards):
     )
 
 
+# generation.parts > 1: the rows each part of a set writes, beside the set's folder (the
+# library's dafusion.synthetic.parts_dir). They stay after the index is written.
+PART = "{dataset}/synthetic/{method}/.parts/seed{seed}-shots{shots}/part-{part}-of-{parts}.json"
+
+
+wildcard_constraints:
+    part=r"\d+",
+    parts=r"\d+",
+
+
+def synthetic_index(wildcards):
+    w = wildcards
+    return res(
+        f"{w.dataset}/synthetic/{w.method}/seed{w.seed}-shots{w.shots}/index.parquet"
+    )
+
+
+def generate_parts(wildcards):
+    """The part files a set's generate job gathers: none with generation.parts: 1 (the
+    job writes the shards itself). An execution knob, so changing it reruns nothing: for a
+    set whose index exists these are the parts that made it (the files its job left, the
+    inputs Snakemake recorded for it), whatever `parts` is now; a set made by one job has
+    none. A set without an index is made with the configured number of parts."""
+    w = wildcards
+    parts = config["generation"]["parts"]
+    pattern = res(
+        PART.format(
+            dataset=w.dataset, method=w.method, seed=w.seed, shots=w.shots,
+            part="{}", parts="{}",
+        )
+    )  # fmt: skip
+    if Path(synthetic_index(w)).exists():
+        folder = pattern.rsplit("/", 1)[0]
+        return [
+            f"{folder}/{p.name}" for p in sorted(Path(folder).glob("part-*-of-*.json"))
+        ]
+    return [pattern.format(p, parts) for p in range(parts)] if parts > 1 else []
+
+
+def generate_gpus(wildcards):
+    """A generate job that gathers parts computes nothing on a GPU."""
+    return 0 if generate_parts(wildcards) else gpus(MODEL.device)
+
+
 def classifier_for(wildcards):
     """A train job's settings: the section, the dataset's and the method's overrides (and a
     baseline's alpha of 0)."""

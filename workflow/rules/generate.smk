@@ -4,6 +4,7 @@ rule generate:
         model=model_input,
         tokens=generate_tokens,
         erasure=method_erasure,
+        parts=generate_parts,
     output:
         res("{dataset}/synthetic/{method}/seed{seed}-shots{shots}/index.parquet"),
     log:
@@ -15,7 +16,7 @@ rule generate:
     threads: 2
     resources:
         mem_mb=8000,
-        gpu=gpus(MODEL.device),
+        gpu=generate_gpus,
         runtime=24 * 60,
     params:
         model=MODEL.result_params(),
@@ -24,3 +25,37 @@ rule generate:
         code=code("generate"),
     script:
         "../scripts/generate.py"
+
+
+# generation.parts > 1: each part writes a run of the set's shards (common.smk, generate_parts).
+rule generate_part:
+    input:
+        split=split_path,
+        model=model_input,
+        tokens=generate_tokens,
+        erasure=method_erasure,
+    output:
+        res(PART),
+    log:
+        res(
+            "logs/{dataset}/generate_part/{method}/seed{seed}-shots{shots}/part-{part}-of-{parts}.log"
+        ),
+    benchmark:
+        res(
+            "benchmarks/{dataset}/generate_part/{method}/seed{seed}-shots{shots}/part-{part}-of-{parts}.tsv"
+        )
+    conda:
+        "../../envs/dafusion.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        gpu=gpus(MODEL.device),
+        runtime=24 * 60,
+    params:
+        model=MODEL.result_params(),
+        method=lambda w: METHODS[w.method].result_params(),
+        generation=lambda w: generation_for(w).result_params(),
+        index=synthetic_index,
+        code=code("generate_part"),
+    script:
+        "../scripts/generate_part.py"

@@ -1,4 +1,5 @@
-"""SDEdit M synthetic images per real image into WebDataset shards."""
+"""SDEdit M synthetic images per real image into WebDataset shards (or, with
+generation.parts > 1, the index of the shards the generate_part jobs wrote)."""
 
 from dafusion import pipeline
 from dafusion.devices import claim_device
@@ -23,4 +24,5 @@ pipeline.generate(
     tokens_path=snakemake.input.tokens or None,
     threads=snakemake.threads,
     erasure_path=snakemake.input.erasure or None,
+    parts=list(snakemake.input.parts),
 )

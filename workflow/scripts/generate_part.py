@@ -1,0 +1,29 @@
+"""One part of a synthetic set (generation.parts > 1): the shards of its run of the plan."""
+
+from dafusion import pipeline
+from dafusion.devices import claim_device
+from dafusion.io import setup_job
+from dafusion.settings import GenerationSettings, MethodSettings, ModelSettings
+
+setup_job(snakemake.log[0], snakemake.threads)
+# A GPU of the job's own when several GPU jobs run at once (before CUDA starts).
+claim_device(snakemake.resources.gpu, snakemake.config["model"]["device"])
+# Result settings come from params; execution knobs (device, batch size, ...) from the config.
+pipeline.generate_part(
+    snakemake.input.split,
+    model=ModelSettings.from_parts(snakemake.params.model, snakemake.config["model"]),
+    method_name=snakemake.wildcards.method,
+    method=MethodSettings(**snakemake.params.method),
+    settings=GenerationSettings.from_parts(
+        snakemake.params.generation, snakemake.config["generation"]
+    ),
+    seed=int(snakemake.wildcards.seed),
+    part=int(snakemake.wildcards.part),
+    parts=int(snakemake.wildcards.parts),
+    output=snakemake.output[0],
+    index=snakemake.params.index,
+    model_dir=snakemake.input.model or None,
+    tokens_path=snakemake.input.tokens or None,
+    threads=snakemake.threads,
+    erasure_path=snakemake.input.erasure or None,
+)
