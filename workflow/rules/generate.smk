@@ -14,9 +14,9 @@ rule generate:
         "../../envs/dafusion.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
+        mem_mb=model_mem_mb(8000),
         gpu=gpus(MODEL.device),
-        runtime=24 * 60,
+        runtime=generate_runtime,
     params:
         model=MODEL.result_params(),
         method=lambda w: METHODS[w.method].result_params(),
