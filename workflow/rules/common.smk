@@ -1,3 +1,6 @@
+import errno
+import math
+import os
 import re
 from types import SimpleNamespace
 
@@ -155,6 +158,102 @@ def gpus(device):
     """1 for a job that will compute on CUDA (GPU jobs then queue for --resources gpu=N,
     and each claims a GPU of its own when it starts)."""
     return int(will_use_cuda(device))
+
+
+# Wall times for a cluster (README, Running on a cluster): every rule's `runtime`, in minutes
+# (Slurm's unit), is an estimate that scales with the job's work. Per-unit costs measured on
+# one H200 with Stable Diffusion v1.4's full-size architecture (README, Benchmarks), times
+# RUNTIME_MARGIN for slower GPUs, plus RUNTIME_START_MIN for start-up and model loading; the
+# tiny model on a CPU costs about as much per unit. Never below RUNTIME_START_MIN. A retry
+# (profiles/slurm: retries) asks for `attempt` times the estimate, so a job killed at its
+# time limit gets more the next time.
+RUNTIME_MARGIN = 4
+RUNTIME_START_MIN = 10
+# 3.57 images/s at 50 denoising steps (bfloat16, batch 32)
+GENERATE_S_PER_IMAGE_STEP = 0.0056
+# 20 steps x 4 classes x batch 4 in 3.7 s (float16)
+INVERT_S_PER_SAMPLE_STEP = 0.0116
+# faithful ESD: 1,257 s per class for 1000 iterations at 50 DDIM steps
+ESD_S_PER_ITERATION = 1.26
+# ResNet-50, 256 px, 20 classes: 400 steps in 5.2 s
+TRAIN_S_PER_STEP = 0.013
+# not measured: a ResNet-50 forward of one 256 px image, with margin
+EVAL_S_PER_IMAGE = 0.002
+
+
+def rows(path):
+    """The number of rows of a parquet file (a FileNotFoundError naming it while the file is
+    yet to be made, which Snakemake takes as 'resources to be determined')."""
+    import pyarrow.parquet as pq
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(errno.ENOENT, "not made yet", str(path))
+    return pq.read_metadata(path).num_rows
+
+
+def class_count(path):
+    """The number of classes (labels) in a manifest (as `rows`)."""
+    import pyarrow.parquet as pq
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(errno.ENOENT, "not made yet", str(path))
+    return len(pq.read_table(path, columns=["label"]).column("label").unique())
+
+
+def minutes(seconds, attempt):
+    estimate = RUNTIME_START_MIN + RUNTIME_MARGIN * seconds / 60
+    return math.ceil(estimate) * attempt
+
+
+def generate_seconds(wildcards, split):
+    """Images x M x denoising steps."""
+    generation = generation_for(wildcards)
+    work = rows(split) * generation.num_synthetic * generation.num_inference_steps
+    return work * GENERATE_S_PER_IMAGE_STEP
+
+
+def generate_runtime(wildcards, input, attempt):
+    """A set's images; none when the job only gathers the parts (generation.parts)."""
+    if input.parts:
+        return minutes(0, attempt)
+    return minutes(generate_seconds(wildcards, input.split), attempt)
+
+
+def generate_part_runtime(wildcards, input, attempt):
+    """Its share of the set's images."""
+    seconds = generate_seconds(wildcards, input.split) / int(wildcards.parts)
+    return minutes(seconds, attempt)
+
+
+def invert_runtime(wildcards, input, attempt):
+    """Steps x classes x batch size (one joint inversion trains every class each step)."""
+    work = INVERSION.steps * class_count(input.split) * INVERSION.batch_size
+    return minutes(work * INVERT_S_PER_SAMPLE_STEP, attempt)
+
+
+def erase_runtime(wildcards, input, attempt):
+    """ESD: iterations x classes (one delta per class; one for `scope: joint`), scaled by the
+    DDIM steps it samples with; UCE is closed form (seconds)."""
+    if ERASURE.method != "esd":
+        return minutes(0, attempt)
+    deltas = class_count(input.pool) if ERASURE.scope == "class" else 1
+    per_iteration = ESD_S_PER_ITERATION * ERASURE.ddim_steps / 50
+    return minutes(ERASURE.iterations * deltas * per_iteration, attempt)
+
+
+def train_runtime(wildcards, input, attempt):
+    """Steps, plus an evaluation of the validation (and test) images every eval_interval."""
+    classifier = classifier_for(wildcards)
+    evaluations = classifier.steps // classifier.eval_interval + 1
+    images = rows(input.val) + rows(input.test)
+    work = classifier.steps * TRAIN_S_PER_STEP + evaluations * images * EVAL_S_PER_IMAGE
+    return minutes(work, attempt)
+
+
+def model_mem_mb(full_size):
+    """Memory of a job that loads the diffusion model: the tiny model's jobs peak at 1.2 GB
+    (the embedded default's benchmark files), a full-size model's at `full_size`."""
+    return 2000 if MODEL.pretrained == "tiny" else full_size
 
 
 def erase_model_params():

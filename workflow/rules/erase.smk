@@ -12,9 +12,9 @@ rule erase:
         "../../envs/dafusion.yaml"
     threads: 2
     resources:
-        mem_mb=16000,
+        mem_mb=model_mem_mb(16000),
         gpu=gpus(MODEL.device),
-        runtime=24 * 60,
+        runtime=erase_runtime,
     params:
         model=erase_model_params(),
         erasure=ERASURE.result_params(),

@@ -15,9 +15,9 @@ rule generate:
         "../../envs/dafusion.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
+        mem_mb=model_mem_mb(8000),
         gpu=generate_gpus,
-        runtime=24 * 60,
+        runtime=generate_runtime,
     params:
         model=MODEL.result_params(),
         method=lambda w: METHODS[w.method].result_params(),
@@ -48,9 +48,9 @@ rule generate_part:
         "../../envs/dafusion.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
+        mem_mb=model_mem_mb(8000),
         gpu=gpus(MODEL.device),
-        runtime=24 * 60,
+        runtime=generate_part_runtime,
     params:
         model=MODEL.result_params(),
         method=lambda w: METHODS[w.method].result_params(),

@@ -14,9 +14,9 @@ rule invert:
         "../../envs/dafusion.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
+        mem_mb=model_mem_mb(8000),
         gpu=gpus(MODEL.device),
-        runtime=24 * 60,
+        runtime=invert_runtime,
     params:
         model=MODEL.result_params(),
         inversion=INVERSION.result_params(),

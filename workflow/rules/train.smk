@@ -16,7 +16,7 @@ rule train:
     resources:
         mem_mb=4000,
         gpu=gpus(CLASSIFIER.device),
-        runtime=4 * 60,
+        runtime=train_runtime,
     params:
         classifier=lambda w: classifier_for(w).result_params(),
         code=code("train"),

@@ -1,0 +1,119 @@
+"""The embedded default, reduced, through `--profile profiles/slurm` on a real single-node
+Slurm (tests/slurm.py), gives the results of a local run.
+
+Slurm is installed when missing (Debian's slurm-wlm and munge, as root); where it cannot be,
+the test skips and says why in the test summary.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+import pandas as pd
+import pytest
+import slurm
+from test_workflow import REDUCED, SNAKEMAKE, copy_workflow, snakemake, write_config
+
+# Two methods, one seed, one shot count, no erasure: every rule but erase, in few jobs.
+SLURM_REDUCED = {
+    **REDUCED,
+    "examples_per_class": [1],
+    "methods": {k: v for k, v in REDUCED["methods"].items() if k in ("baseline", "da-fusion")},
+    "erasure": {"enabled": False},
+}
+# The node is this machine (2 CPUs in CI): cap threads as the local run's --cores 2 does.
+# No accounting: job status from squeue (finished jobs stay listed, MinJobAge); the first
+# status check after 2 s instead of 40 s to keep the test short.
+SLURM_ARGS = (
+    "--max-threads", "2",
+    "--slurm-status-command", "squeue",
+    "--slurm-init-seconds-before-status-checks", "2",
+    "--slurm-keep-successful-logs",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    reason = slurm.install()
+    if reason is not None:
+        pytest.skip(f"no Slurm to test profiles/slurm on: {reason}")
+    node = slurm.SingleNodeSlurm(tmp_path_factory.mktemp("slurm"))
+    try:
+        node.start()
+    except Exception:
+        node.stop()
+        raise
+    yield node
+    node.stop()
+
+
+def results(workdir) -> tuple[pd.DataFrame, dict[str, bytes]]:
+    root = workdir / "results/digits"
+    runs = pd.concat(
+        [pd.read_parquet(p).assign(file=p.name) for p in sorted(root.glob("runs/*/*.parquet"))]
+    )
+    synthetic = {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted((root / "synthetic").rglob("*"))
+        if p.is_file()
+    }
+    return runs.reset_index(drop=True), synthetic
+
+
+def submitted_jobs(stderr: str) -> dict[str, dict[str, str]]:
+    """Slurm's record of every job the run submitted (squeue keeps them: MinJobAge), by
+    rule and wildcards (the job's comment)."""
+    jobs = {}
+    for job_id in re.findall(r"has been submitted with SLURM jobid (\d+)", stderr):
+        out = subprocess.run(
+            ["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, check=True
+        ).stdout
+        fields = dict(re.findall(r"(\S+?)=(\S*)", out))
+        jobs[fields["Comment"]] = fields
+    return jobs
+
+
+def test_the_slurm_profile_runs_the_workflow_with_a_local_runs_results(tmp_path, cluster):
+    local = copy_workflow(tmp_path / "local")
+    on_slurm = copy_workflow(tmp_path / "slurm")
+    for workdir in (local, on_slurm):
+        write_config(workdir, "config.yaml", SLURM_REDUCED)
+
+    # Both at once (the results do not depend on timing): the local run stops at the runs.
+    slurm_run = subprocess.Popen(
+        [*SNAKEMAKE, "--profile", "profiles/slurm", *SLURM_ARGS],
+        cwd=on_slurm, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    try:
+        runs = [f"results/digits/runs/{m}/seed0-shots1.parquet" for m in SLURM_REDUCED["methods"]]
+        result = snakemake(local, "--cores", "2", *runs)
+        assert result.returncode == 0, result.stderr[-5000:]
+        stdout, stderr = slurm_run.communicate(timeout=900)
+    finally:
+        slurm_run.kill()
+    assert slurm_run.returncode == 0, stderr[-5000:] + cluster.logs()
+    assert (on_slurm / "results/report.html").exists()
+
+    # Every job but the `all` target ran on Slurm, with its rule's declarations.
+    jobs = submitted_jobs(stderr)
+    steps = int(re.search(r"(\d+) of \1 steps \(100%\) done", stderr).group(1))
+    assert len(jobs) == steps - 1
+    assert all(job["JobState"] == "COMPLETED" for job in jobs.values())
+    generate = jobs["rule_generate_wildcards_digits_da-fusion_0_1"]
+    assert (generate["MinMemoryNode"], generate["CPUs/Task"]) == ("2000M", "2")
+    # runtime: 10 minutes of start-up plus the images x M x steps estimate, rounded up.
+    assert generate["TimeLimit"] == "00:11:00"
+    index = jobs["rule_index_dataset_wildcards_digits"]
+    assert (index["MinMemoryNode"], index["TimeLimit"]) == ("4000M", "02:00:00")
+    # On a CPU device no job asks for a GPU.
+    assert not [c for c, job in jobs.items() if "gpu" in job["TRES"] + job.get("TresPerJob", "")]
+
+    local_runs, local_synthetic = results(local)
+    slurm_runs, slurm_synthetic = results(on_slurm)
+    pd.testing.assert_frame_equal(slurm_runs, local_runs)
+    assert len(local_runs) and any(name.endswith(".tar") for name in local_synthetic)
+    assert set(slurm_synthetic) == set(local_synthetic)
+    assert slurm_synthetic == local_synthetic
