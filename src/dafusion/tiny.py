@@ -5,17 +5,26 @@ CLIPTextModel with a byte-level BPE CLIPTokenizer, the v1 PNDM scheduler), small
 run every stage on a CPU in seconds. It is saved as an ordinary diffusers directory, so
 every later stage loads it through the same `from_pretrained` path as a real checkpoint.
 Its images are noise: results obtained with it test the plumbing, not the method.
+
+Its weights are a function of (seed, component, parameter name, shape) only, not of the
+libraries' own init code (which differs between diffusers and transformers releases): every
+parameter is overwritten with draws from a generator seeded by its name (`reinitialize`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import re
 import tempfile
 from collections import Counter
 from pathlib import Path
 
 import torch
+from torch import nn
+
+from .seeds import derive_seed
 
 # Words the tiny tokenizer learns as single tokens: the prompt templates, the digits'
 # class names and the initializer word. Anything else still tokenizes, into smaller pieces.
@@ -95,8 +104,97 @@ def build_tokenizer(workdir: Path):
     return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
 
 
+def canonical_name(component: str, name: str) -> str:
+    """A parameter's name as every library version spells it: transformers 5 dropped the
+    `text_model.` level of CLIPTextModel, so the text encoder's names are taken without it."""
+    return name.removeprefix("text_model.") if component == "text_encoder" else name
+
+
+def _uniform(seed: int, shape: torch.Size, bound: float) -> torch.Tensor:
+    """Uniform draws on [-bound, bound) from a CPU generator seeded with `seed`.
+
+    Uniform rather than normal: torch's CPU normal sampler has a vectorized (AVX2) path whose
+    transcendental approximations may differ in the last bit from the scalar one; `rand`
+    plus float64 arithmetic is exact, so the values are the same on every CPU and release.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.rand(shape, generator=generator, dtype=torch.float64)
+    return ((2 * draws - 1) * bound).to(torch.float32)
+
+
+def reinitialize(model: nn.Module, component: str, seed: int) -> None:
+    """Overwrite every parameter of `model` with values that depend only on (seed, component,
+    canonical parameter name, shape), in init families that keep the model sane.
+
+    Linear and convolution weights: uniform with PyTorch's default bound 1/sqrt(fan_in);
+    embeddings: uniform with std 0.02 (CLIP's); norm weights: ones; every bias: zeros.
+    Buffers are left as the library made them; a floating-point tensor in the state dict
+    that is not a parameter (one a new library release might randomize) is an error.
+    """
+    done = set()
+    with torch.no_grad():
+        for module_name, module in model.named_modules():
+            for param_name, param in module.named_parameters(recurse=False):
+                name = f"{module_name}.{param_name}" if module_name else param_name
+                key = canonical_name(component, name)
+                if param_name == "bias":
+                    values = torch.zeros(param.shape)
+                elif isinstance(module, nn.GroupNorm | nn.LayerNorm):
+                    values = torch.ones(param.shape)
+                elif isinstance(module, nn.Embedding):
+                    values = _uniform(
+                        derive_seed("tiny", seed, component, key), param.shape, 0.02 * math.sqrt(3)
+                    )
+                elif isinstance(module, nn.Linear | nn.Conv2d):
+                    fan_in = param[0].numel()
+                    values = _uniform(
+                        derive_seed("tiny", seed, component, key),
+                        param.shape,
+                        1 / math.sqrt(fan_in),
+                    )
+                else:
+                    raise TypeError(
+                        f"tiny model: no init family for {component} parameter {name} "
+                        f"({type(module).__name__}); add one to dafusion.tiny.reinitialize"
+                    )
+                param.copy_(values)
+                done.add(name)
+    for name, tensor in model.state_dict().items():
+        if name not in done and tensor.is_floating_point():
+            raise TypeError(
+                f"tiny model: {component} state tensor {name} is not a parameter and would "
+                "keep the library's own init; give it a value in dafusion.tiny.reinitialize"
+            )
+
+
+def weights_digest(model_dir: str | Path) -> str:
+    """sha256 of a saved tiny model's tensors (canonical name, dtype, shape, bytes), the same
+    whichever library version wrote the files."""
+    from safetensors.torch import load_file
+
+    digest = hashlib.sha256()
+    for component, file in (
+        ("unet", "unet/diffusion_pytorch_model.safetensors"),
+        ("vae", "vae/diffusion_pytorch_model.safetensors"),
+        ("text_encoder", "text_encoder/model.safetensors"),
+    ):
+        tensors = {
+            canonical_name(component, name): tensor
+            for name, tensor in load_file(Path(model_dir) / file).items()
+        }
+        for name in sorted(tensors):
+            tensor = tensors[name].contiguous()
+            header = f"{component}/{name}/{tensor.dtype}/{tuple(tensor.shape)}\n"
+            digest.update(header.encode())
+            digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
 def build_tiny_pipeline(seed: int = 0, resolution: int = 32):
-    """Assemble the tiny StableDiffusionPipeline with weights drawn from `seed`."""
+    """Assemble the tiny StableDiffusionPipeline with weights drawn from `seed`.
+
+    The libraries' own init runs on the global generator and is then overwritten whole, so
+    nothing of it survives (tests/test_tiny.py checks two builds are byte-identical)."""
     from diffusers import (
         AutoencoderKL,
         PNDMScheduler,
@@ -108,7 +206,6 @@ def build_tiny_pipeline(seed: int = 0, resolution: int = 32):
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = build_tokenizer(Path(tmp))
     hidden = 32
-    torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=resolution // 2,
         in_channels=4,
@@ -121,7 +218,6 @@ def build_tiny_pipeline(seed: int = 0, resolution: int = 32):
         attention_head_dim=8,
         norm_num_groups=32,
     )
-    torch.manual_seed(seed + 1)
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -132,7 +228,6 @@ def build_tiny_pipeline(seed: int = 0, resolution: int = 32):
         sample_size=resolution,
         norm_num_groups=32,
     )
-    torch.manual_seed(seed + 2)
     text_config = CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
@@ -146,6 +241,8 @@ def build_tiny_pipeline(seed: int = 0, resolution: int = 32):
         pad_token_id=tokenizer.pad_token_id,
     )
     text_encoder = CLIPTextModel(text_config)
+    for component, model in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
+        reinitialize(model, component, seed)
     # Stable Diffusion v1-4's own scheduler configuration.
     scheduler = PNDMScheduler(
         beta_start=0.00085,
