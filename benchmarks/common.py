@@ -32,6 +32,12 @@ def model_directory(path: str | None, full_size: bool, stack: ExitStack) -> str:
     return path
 
 
+# Stable Diffusion v1's UNet, one sample at 512 px (64 x 64 latents): about 0.80 TFLOP per
+# forward (multiply-adds counted as 2), for the fractions of the measured peak the GPU
+# modes print.
+UNET_TFLOP_PER_SAMPLE_64 = 0.80
+
+
 def matmul_peak_tflops(device: torch.device, size: int = 8192, repeats: int = 10) -> float:
     """bf16 TFLOP/s of a large square matmul on `device`, measured now (not a datasheet)."""
     a = torch.randn(size, size, device=device, dtype=torch.bfloat16)

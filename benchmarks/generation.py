@@ -31,7 +31,7 @@ from contextlib import ExitStack
 import numpy as np
 import pandas as pd
 import torch
-from common import matmul_peak_tflops, model_directory, sync
+from common import UNET_TFLOP_PER_SAMPLE_64, matmul_peak_tflops, model_directory, sync
 from PIL import Image
 
 from dafusion.devices import resolve_device, resolve_dtype
@@ -39,8 +39,6 @@ from dafusion.generation import Engine, denoising_timesteps, plan
 from dafusion.images import encode_png
 from dafusion.models import load_components
 from dafusion.settings import GenerationSettings
-
-UNET_TFLOP_PER_SAMPLE_64 = 0.80
 
 
 def make_manifest(count: int, size: int) -> pd.DataFrame:

@@ -22,7 +22,7 @@ from contextlib import ExitStack
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import model_directory, sync
+from common import UNET_TFLOP_PER_SAMPLE_64, matmul_peak_tflops, model_directory, sync
 from PIL import Image
 
 from dafusion.devices import resolve_device, resolve_dtype
@@ -141,6 +141,17 @@ def main() -> None:
             timings[name] = time.perf_counter() - start
             print(f"{name:>10}: {timings[name]:8.1f} s")
         print(f"     ratio: {timings['per-class'] / timings['joint']:8.2f}x (per-class / joint)")
+        if args.full_size and device.type == "cuda":
+            # UNet work per sample and step: a forward and a backward to its inputs (the UNet
+            # is frozen, so no weight gradients): about two forwards. The reference's extra
+            # VAE encodes are not counted.
+            samples = args.steps * args.classes * args.batch_size
+            work = samples * 2 * UNET_TFLOP_PER_SAMPLE_64
+            peak = matmul_peak_tflops(device)
+            print(f"bf16 matmul peak: {peak:7.1f} TFLOP/s (8192^3, measured now)")
+            for name, seconds in timings.items():
+                tflops = work / seconds
+                print(f"{name:>10}: {tflops:7.1f} TFLOP/s = {tflops / peak:6.1%} of the peak")
 
 
 if __name__ == "__main__":

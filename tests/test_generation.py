@@ -319,4 +319,4 @@ def test_a_masked_batch_of_mixed_strengths_equals_each_sample_alone(
             uncond[i : i + 1], [torch.Generator().manual_seed(seeds[i])], t0s[i], settings,
             masks[i : i + 1],
         )  # fmt: skip
-        torch.testing.assert_close(batch[i : i + 1], alone, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(batch[i : i + 1], alone, atol=1e-4, rtol=0)

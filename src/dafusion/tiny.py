@@ -211,7 +211,7 @@ def build_tiny_pipeline(seed: int = 0, resolution: int = 32):
         in_channels=4,
         out_channels=4,
         block_out_channels=(32, 64),
-        layers_per_block=2,
+        layers_per_block=1,  # one block per level: half the UNet work of two
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=hidden,
