@@ -269,3 +269,52 @@ def test_original_evaluation_protocol():
         Identity(), images, labels, 3, samples=6400, generator=torch.Generator().manual_seed(0)
     )
     assert drawn["accuracy"] == 1.0
+
+
+def _benchmark(monkeypatch):
+    """benchmarks/classifier.py as a module (it imports its sibling `common`)."""
+    import importlib.util
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(folder))
+    spec = importlib.util.spec_from_file_location("benchmark_classifier", folder / "classifier.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_dataloader_baseline_draws_as_eq_6_7(monkeypatch):
+    """The plain DataLoader baseline mixes at rate alpha, only variants of the drawn image."""
+    bench = _benchmark(monkeypatch)
+    variants = [["0a", "0b"], [], ["2a"], ["3a", "3b", "3c"]]
+    data = bench.PlainTrainSet(["0", "1", "2", "3"], [0, 1, 2, 3], variants, 0.3, lambda x: x)
+    torch.manual_seed(0)
+    draws = [(i, *data[i]) for i in range(4) for _ in range(3000)]
+    assert all(label == i and image[0] == str(i) for i, image, label in draws)
+    assert all(image == "1" for i, image, _ in draws if i == 1)  # no variants: stays real
+    swapped = [image for i, image, _ in draws if i != 1 and image != str(i)]
+    assert abs(len(swapped) / 9000 - 0.3) < 0.02
+    picks = [image for image in swapped if image[0] == "3"]
+    assert np.allclose([picks.count(f"3{c}") / len(picks) for c in "abc"], 1 / 3, atol=0.04)
+
+
+def test_benchmark_dataloader_baseline_sees_this_stages_pixels(monkeypatch, digits):
+    """Its images decoded once and normalized per item equal this stage's network input."""
+    from PIL import Image
+
+    from dafusion.backbones import IMAGENET_MEAN, IMAGENET_STD
+    from dafusion.classifier import Normalize, to_uint8
+    from dafusion.images import load_image
+
+    bench = _benchmark(monkeypatch)
+    _, val = digits
+    pil = [load_image(r) for r in val.iloc[:8].to_dict("records")]
+    pil[0] = pil[0].resize((20, 20), Image.NEAREST)  # a resize in the decode, too
+    val_tf = bench.transforms.Compose(
+        [bench.transforms.ToTensor(), bench.transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    )
+    theirs = torch.stack([val_tf(im) for im in bench.decoded(pil, 32)])
+    ours = Normalize(IMAGENET_MEAN, IMAGENET_STD)(to_uint8(pil, 32).float() / 255.0)
+    assert theirs.shape == (8, 3, 32, 32)
+    assert torch.allclose(theirs, ours, atol=1e-5)
