@@ -99,7 +99,22 @@ def test_training_learns_digits_and_reports_per_class_metrics(digits):
 
 
 def test_small_cnn_features():
-    assert SmallCNN()(torch.zeros(2, 3, 32, 32)).shape == (2, 128)
+    assert SmallCNN()(torch.zeros(2, 3, 32, 32)).shape == (2, 64)  # 4 x its width of 16
+
+
+def test_channels_last_features_equal_the_plain_layout():
+    """The classifier runs its convolutions channels-last for speed: same features."""
+    import copy
+
+    from dafusion.backbones import build_backbone
+    from dafusion.classifier import Classifier
+
+    torch.manual_seed(0)
+    model = Classifier(build_backbone("small-cnn"), 10).eval()
+    plain = copy.deepcopy(model.features).to(memory_format=torch.contiguous_format)
+    x = torch.rand(4, 3, 32, 32)
+    assert model.features.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(model.embed(x), plain(model.normalize(x)), atol=1e-5, rtol=1e-5)
 
 
 def _frozen_small_cnn(*args, **kwargs):

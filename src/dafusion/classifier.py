@@ -189,15 +189,18 @@ class Classifier(torch.nn.Module):
         super().__init__()
         self.backbone = backbone
         self.normalize = Normalize(backbone.mean, backbone.std)
-        self.features = backbone.module
+        # Channels-last convolutions: faster on CPUs (oneDNN) and on GPUs' tensor cores,
+        # the same arithmetic up to rounding.
+        self.features = backbone.module.to(memory_format=torch.channels_last)
         self.head = torch.nn.Linear(backbone.dim, num_classes)
         if backbone.frozen:
             self.features.requires_grad_(False)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Features of images in [0, 1]; no gradient through a frozen backbone."""
+        x = self.normalize(x).contiguous(memory_format=torch.channels_last)
         with torch.set_grad_enabled(not self.backbone.frozen and torch.is_grad_enabled()):
-            return self.features(self.normalize(x))
+            return self.features(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(x))

@@ -8,6 +8,9 @@ rule erase:
         res("logs/{dataset}/erase/{eraser}.log"),
     benchmark:
         res("benchmarks/{dataset}/erase/{eraser}.tsv")
+    # The longest chain of the workflow starts here (erase, invert_erased, generate,
+    # train): start it first.
+    priority: 20
     conda:
         "../../envs/dafusion.yaml"
     threads: 2

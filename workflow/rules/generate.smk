@@ -11,6 +11,8 @@ rule generate:
         res("logs/{dataset}/generate/{method}/seed{seed}-shots{shots}.log"),
     benchmark:
         res("benchmarks/{dataset}/generate/{method}/seed{seed}-shots{shots}.tsv")
+    # Before the training jobs that wait for its images.
+    priority: 3
     conda:
         "../../envs/dafusion.yaml"
     threads: 2

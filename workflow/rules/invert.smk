@@ -10,6 +10,8 @@ rule invert:
         res("logs/{dataset}/invert/seed{seed}-shots{shots}.log"),
     benchmark:
         res("benchmarks/{dataset}/invert/seed{seed}-shots{shots}.tsv")
+    # Before the generation and training jobs that wait for its tokens.
+    priority: 5
     conda:
         "../../envs/dafusion.yaml"
     threads: 2
