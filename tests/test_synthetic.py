@@ -145,6 +145,32 @@ def test_killed_run_reuses_finished_shards(components, manifest, tmp_path):
     assert not list(out.glob(".*"))  # sidecars and temporaries are gone
 
 
+def test_images_are_encoded_in_the_same_batches_whichever_shard_asks_first(
+    components, manifest, monkeypatch
+):
+    """Batch composition changes a latent's last bits (and so, at times, a pixel), so the VAE
+    sees fixed blocks of rows: a resumed job's shards are then a whole run's."""
+    from dafusion import generation
+
+    batches = []
+
+    def spy(c, images, resolution, batch_size):
+        batches.append(len(images))
+        return encode(c, images, resolution, batch_size)
+
+    encode = generation.encode_images
+    monkeypatch.setattr(generation, "encode_images", spy)
+    first = _engine(components, manifest, batch_size=2)  # 4 rows: blocks {0, 1} and {2, 3}
+    first._encode([3])
+    first._encode([0, 1, 2])
+    second = _engine(components, manifest, batch_size=2)
+    second._encode([0, 1, 2, 3])
+    assert batches == [2, 2, 2, 2]
+    for row in range(4):
+        assert torch.equal(first.latents[row][0], second.latents[row][0])
+        assert torch.equal(first.latents[row][1], second.latents[row][1])
+
+
 def test_a_different_job_does_not_reuse_shards(components, manifest, tmp_path):
     out = tmp_path / "set"
     _build(_engine(components, manifest), manifest, out)

@@ -270,9 +270,15 @@ class Engine:
         return self.sources[row]
 
     def _encode(self, rows: Sequence[int]) -> None:
-        """VAE-encode the real images not encoded yet (once per image for all variants)."""
-        todo = sorted({r for r in rows if r not in self.latents})
-        if todo:
+        """VAE-encode the real images not encoded yet (once per image for all variants).
+
+        Images are encoded in fixed blocks of rows (row // batch size, a whole block at a
+        time), so an image's latent comes from the same VAE batch whichever shard needs it
+        first: batch composition changes the last bits, and a resumed job's shards must
+        equal a whole run's byte for byte."""
+        size = self.settings.batch_size
+        for block in sorted({r // size for r in rows if r not in self.latents}):
+            todo = range(block * size, min((block + 1) * size, len(self.records)))
             images = [self.source(r) for r in todo]
             means, stds = encode_images(self.c, images, self.resolution, self.batch_size)
             for r, m, s in zip(todo, means, stds, strict=True):
