@@ -103,7 +103,8 @@ def test_the_slurm_profile_runs_the_workflow_with_a_local_runs_results(tmp_path,
     assert len(jobs) == steps - 1
     assert all(job["JobState"] == "COMPLETED" for job in jobs.values())
     generate = jobs["rule_generate_wildcards_digits_da-fusion_0_1"]
-    assert (generate["MinMemoryNode"], generate["CPUs/Task"]) == ("2000M", "2")
+    # The tiny model's jobs: 2 GB and one thread (common.smk, model_mem_mb and model_threads).
+    assert (generate["MinMemoryNode"], generate["CPUs/Task"]) == ("2000M", "1")
     # runtime: 10 minutes of start-up plus the images x M x steps estimate, rounded up.
     assert generate["TimeLimit"] == "00:11:00"
     index = jobs["rule_index_dataset_wildcards_digits"]

@@ -250,6 +250,13 @@ def train_runtime(wildcards, input, attempt):
     return minutes(work, attempt)
 
 
+def model_threads(wildcards):
+    """Threads of a job that runs the diffusion model: the tiny model's operations are too
+    small to share across threads, and most of its jobs' time is single-threaded start-up
+    (imports, loading), so one thread each lets two of them run at once on two cores."""
+    return 1 if MODEL.pretrained == "tiny" else 2
+
+
 def model_mem_mb(full_size):
     """Memory of a job that loads the diffusion model: the tiny model's jobs peak at 1.2 GB
     (the embedded default's benchmark files), a full-size model's at `full_size`."""

@@ -13,7 +13,7 @@ rule erase:
     priority: 20
     conda:
         "../../envs/dafusion.yaml"
-    threads: 2
+    threads: model_threads
     resources:
         mem_mb=model_mem_mb(16000),
         gpu=gpus(MODEL.device),

@@ -15,7 +15,7 @@ rule generate:
     priority: 3
     conda:
         "../../envs/dafusion.yaml"
-    threads: 2
+    threads: model_threads
     resources:
         mem_mb=model_mem_mb(8000),
         gpu=generate_gpus,
@@ -48,7 +48,7 @@ rule generate_part:
         )
     conda:
         "../../envs/dafusion.yaml"
-    threads: 2
+    threads: model_threads
     resources:
         mem_mb=model_mem_mb(8000),
         gpu=gpus(MODEL.device),

@@ -14,7 +14,7 @@ rule invert:
     priority: 5
     conda:
         "../../envs/dafusion.yaml"
-    threads: 2
+    threads: model_threads
     resources:
         mem_mb=model_mem_mb(8000),
         gpu=gpus(MODEL.device),
