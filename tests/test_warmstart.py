@@ -169,13 +169,26 @@ def test_the_server_refuses_another_user(tmp_path):
 
 
 def test_a_server_of_the_same_identity_already_up_makes_a_second_leave():
-    key = f"test-{os.urandom(6).hex()}"
+    env = {**os.environ, "WARM_TEST": os.urandom(6).hex()}  # an identity of its own
+    key = warmstart.identity(env)
     holder = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         holder.bind(warmstart.address(key))
         holder.listen(1)
         start = time.monotonic()
-        subprocess.run([sys.executable, "-m", "dafusion.warmstart", key], check=True, timeout=60)
+        server = [sys.executable, "-m", "dafusion.warmstart", key]
+        subprocess.run(server, check=True, timeout=60, env=env)
         assert time.monotonic() - start < 30  # left at once, without loading the libraries
     finally:
         holder.close()
+
+
+def test_a_server_of_another_library_copy_refuses_to_serve():
+    """The key is the job's identity: a server that would import another copy (another
+    path or content) leaves, and the job runs cold."""
+    key = warmstart.identity({**os.environ, "WARM_TEST": "another environment"})
+    result = subprocess.run(
+        [sys.executable, "-m", "dafusion.warmstart", key], capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert "does not match the job: jobs run cold" in result.stderr

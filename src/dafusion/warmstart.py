@@ -200,6 +200,9 @@ def preload() -> list[str]:
 
 def serve(key: str) -> None:
     """Listen for jobs until none came for IDLE_SECONDS; fork one process per job."""
+    if identity() != key:  # another library copy on the path, or another environment
+        logger.error("this server (library %s) does not match the job: jobs run cold", _LIBRARY)
+        sys.exit(1)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         sock.bind(address(key))
