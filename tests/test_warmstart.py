@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -134,6 +135,30 @@ def test_the_fork_stops_when_the_job_process_is_stopped(tmp_path, stop):
     finally:
         process.kill()
         process.stdout.close()
+
+
+def test_a_server_that_leaves_as_the_job_comes_is_replaced(tmp_path):
+    """A server closes its socket when idle: a job that connected just then starts another."""
+    env = {**job_env(), "WARM_TEST": os.urandom(6).hex()}  # an identity of its own
+    leaving = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    leaving.bind(warmstart.address(warmstart.identity(env)))
+    leaving.listen(1)
+
+    def leave():  # take one connection, then close it and stop listening
+        conn, _ = leaving.accept()
+        conn.close()
+        leaving.close()
+
+    taker = threading.Thread(target=leave)
+    taker.start()
+    script = write_job(tmp_path)
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    taker.join(timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["child"] == "1"  # ran warm, in a new server's fork
+    assert "running cold" not in result.stderr
 
 
 def test_identity_ignores_per_job_variables_only():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import atexit
+import contextlib
 import hashlib
 import importlib
 import json
@@ -59,6 +60,8 @@ _PER_JOB = {
 _SCHEDULER_JOB = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID")
 _LIBRARY = Path(__file__).resolve().parent
 _MESSAGE = 1 << 20
+# A server that closed as the job connected (it had just been idle for IDLE_SECONDS).
+_GONE = object()
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +75,13 @@ def hand_over(snakemake) -> None:
     """
     if os.environ.get(CHILD) or not applies(snakemake):
         return
-    status = _run_warm(os.path.abspath(sys.argv[0]))
-    if status is not None:
+    script = os.path.abspath(sys.argv[0])
+    status = _run_warm(script)
+    if status is _GONE:  # the server left (idle) as the job came: once more, with a new one
+        status = _run_warm(script)
+    if status is _GONE:
+        print("warm start: the server ended before taking the job; running cold", file=sys.stderr)
+    elif status is not None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
@@ -135,8 +143,9 @@ def _start_server(key: str) -> subprocess.Popen:
         )
 
 
-def _run_warm(script: str) -> int | None:
-    """The job's exit status, or None where no server took the job (it then runs cold)."""
+def _run_warm(script: str) -> int | object | None:
+    """The job's exit status; _GONE where the server left before taking the job; None where
+    no server could start (the job then runs cold)."""
     key = identity()
     sock = _connect(key)
     if sock is None:
@@ -157,16 +166,21 @@ def _run_warm(script: str) -> int | None:
             return None
     request = {"script": script, "argv": sys.argv, "cwd": os.getcwd(), "env": dict(os.environ)}
     with sock:
-        socket.send_fds(sock, [json.dumps(request).encode()], [0, 1, 2])
-        started = sock.recv(_MESSAGE)
+        try:
+            socket.send_fds(sock, [json.dumps(request).encode()], [0, 1, 2])
+            started = sock.recv(_MESSAGE)
+        except OSError:
+            started = b""
         if not started:  # the server ended before it forked: nothing of the job ran
-            print(
-                "warm start: the server ended before taking the job; running cold", file=sys.stderr
-            )
-            return None
+            return _GONE
         pid = json.loads(started)["pid"]
+
+        def pass_on(number, frame):
+            with contextlib.suppress(ProcessLookupError):  # the fork has just ended
+                os.kill(pid, number)
+
         for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-            signal.signal(number, lambda number, frame: os.kill(pid, number))
+            signal.signal(number, pass_on)
         finished = sock.recv(_MESSAGE)  # resumed after a signal passed on
     if not finished:
         print(f"warm start: the job's process {pid} ended without a status", file=sys.stderr)
