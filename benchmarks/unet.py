@@ -26,21 +26,7 @@ import torch
 from common import UNET_TFLOP_PER_SAMPLE_64, matmul_peak_tflops, sync
 
 from dafusion.devices import resolve_device, resolve_dtype
-from dafusion.tiny import build_tiny_pipeline
-
-
-def sd_v1_unet():
-    """Stable Diffusion v1.4's UNet architecture with random weights (dafusion.tiny)."""
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=64,
-        cross_attention_dim=768,
-        attention_head_dim=8,
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    )
+from dafusion.tiny import build_tiny_pipeline, sd_v1_unet
 
 
 def forward_ms(unet, batch: int, size: int, device, dtype, channels_last: bool, repeats: int):

@@ -16,6 +16,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import provenance
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -109,12 +111,8 @@ def setup_job(log_path: str | Path | None, threads: int | None = None) -> None:
         force=True,
     )
     logging.captureWarnings(True)
-    library = Path(__file__).resolve().parent
-    content = hashlib.sha256()
-    for path in sorted(library.rglob("*.py")):
-        content.update(path.relative_to(library).as_posix().encode() + path.read_bytes())
     logging.getLogger("dafusion").info(
-        "dafusion from %s (sha256 %s)", library, content.hexdigest()[:16]
+        "dafusion from %s (sha256 %s)", provenance.ROOT, provenance.library_hash()[:16]
     )
 
 

@@ -27,6 +27,15 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
+def library_hash(root: Path = ROOT) -> str:
+    """The content hash of the whole library (every module's path and bytes): which code a
+    job's log names, and which code a warm-start server has loaded."""
+    content = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        content.update(path.relative_to(root).as_posix().encode() + path.read_bytes())
+    return content.hexdigest()
+
+
 def module_path(module: str, root: Path = ROOT) -> Path | None:
     """The file of a library module (`dafusion.readers.common`), or None if there is none."""
     parts = module.split(".")[1:]

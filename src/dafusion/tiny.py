@@ -270,19 +270,11 @@ def save_tiny_model(output_dir: str | Path, seed: int = 0, resolution: int = 32)
     build_tiny_pipeline(seed, resolution).save_pretrained(str(output_dir), safe_serialization=True)
 
 
-def save_random_sd_v1(output_dir: str | Path, seed: int = 0) -> None:
-    """Stable Diffusion v1.4's full-size architecture with random weights, for benchmarks.
+def sd_v1_unet():
+    """Stable Diffusion v1.4's UNet architecture (64x64 latents), random weights."""
+    from diffusers import UNet2DConditionModel
 
-    Same shapes as CompVis/stable-diffusion-v1-4 (UNet 320-640-1280-1280, cross-attention
-    768, VAE 128-256-512-512, CLIP ViT-L/14 text encoder with a 49,408-row vocabulary), so
-    its speed and memory are the real model's; the tiny BPE tokenizer stands in for CLIP's.
-    """
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    tiny = build_tiny_pipeline(seed)
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         sample_size=64,
         cross_attention_dim=768,
         attention_head_dim=8,
@@ -290,6 +282,21 @@ def save_random_sd_v1(output_dir: str | Path, seed: int = 0) -> None:
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
     )
+
+
+def save_random_sd_v1(output_dir: str | Path, seed: int = 0) -> None:
+    """Stable Diffusion v1.4's full-size architecture with random weights, for benchmarks.
+
+    Same shapes as CompVis/stable-diffusion-v1-4 (UNet 320-640-1280-1280, cross-attention
+    768, VAE 128-256-512-512, CLIP ViT-L/14 text encoder with a 49,408-row vocabulary), so
+    its speed and memory are the real model's; the tiny BPE tokenizer stands in for CLIP's.
+    """
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tiny = build_tiny_pipeline(seed)
+    torch.manual_seed(seed)
+    unet = sd_v1_unet()
     vae = AutoencoderKL(
         block_out_channels=(128, 256, 512, 512),
         down_block_types=("DownEncoderBlock2D",) * 4,

@@ -38,6 +38,8 @@ import time
 import traceback
 from pathlib import Path
 
+from dafusion import provenance
+
 IDLE_SECONDS = 60
 # How long a job waits for a server it started to listen (Python's start-up, not the imports).
 CONNECT_SECONDS = 60
@@ -58,7 +60,7 @@ _PER_JOB = {
 }
 # A batch scheduler's job: a server it started would die with it, or outlive it unaccounted.
 _SCHEDULER_JOB = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID")
-_LIBRARY = Path(__file__).resolve().parent
+_LIBRARY = provenance.ROOT
 _MESSAGE = 1 << 20
 # A server that closed as the job connected (it had just been idle for IDLE_SECONDS).
 _GONE = object()
@@ -101,14 +103,11 @@ def identity(environ: dict[str, str] | None = None) -> str:
     """What a server is shared by: the user, the Python, the library's content and the
     environment (modules read some variables when imported, e.g. HF_HOME)."""
     environ = os.environ if environ is None else environ
-    content = hashlib.sha256()
-    for path in sorted(_LIBRARY.rglob("*.py")):
-        content.update(path.relative_to(_LIBRARY).as_posix().encode() + path.read_bytes())
     key = {
         "uid": os.getuid(),
         "python": sys.executable,
         "library": str(_LIBRARY),
-        "content": content.hexdigest(),
+        "content": provenance.library_hash(),
         "environment": sorted((k, v) for k, v in environ.items() if k not in _PER_JOB),
     }
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
