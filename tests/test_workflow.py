@@ -262,6 +262,7 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
                     "batch_size": 3, "workers": 1, "compile": True, "safety_retries": 5, "parts": 2,
                 },
                 "classifier": {"device": "cpu"},
+                "warm_start": False,
             },
             set(),
         ),
