@@ -19,7 +19,7 @@ def test_default_config_is_valid_and_defaults_are_filled():
     config = validate_config(default_config(), SCHEMA)
     assert config["results"] == "results"
     assert config["generation"]["shard_size"] == 1000
-    assert config["inversion"]["templates"] == ["a photo of a {}"]
+    assert config["inversion"]["templates"] == "imagenet_small"  # the original code's set
     assert config["datasets"]["digits"]["val_per_class"] is None
 
 
@@ -181,6 +181,21 @@ def test_a_moved_key_says_where_it_went():
             r"not \{name.foo\}",
         ),
         (
+            lambda c: c["methods"]["real-guidance"].update(dataset_prompts={"cifar": "a {name}"}),
+            "methods.real-guidance.dataset_prompts.cifar",
+            "does not run on a dataset named 'cifar'",
+        ),
+        (
+            lambda c: c["methods"]["real-guidance"].update(dataset_prompts={"digits": "{nam}"}),
+            "methods.real-guidance.dataset_prompts.digits",
+            r"only \{name\} or \{token\}",
+        ),
+        (
+            lambda c: c["methods"]["baseline"].update(dataset_prompts={"digits": "a photo"}),
+            "methods.baseline.dataset_prompts.digits",
+            "a baseline has no prompt",
+        ),
+        (
             lambda c: c["generation"].update(scheduler="NoSuchScheduler"),
             "generation.scheduler",
             "not a diffusers scheduler class",
@@ -335,3 +350,20 @@ def test_overrides_resolve_section_then_dataset_then_method():
     assert (settings.num_synthetic, settings.guidance_scale) == (5, 3)
     assert settings.num_inference_steps == config["generation"]["num_inference_steps"]
     assert "generation" not in dataset.result_params() and "figures" not in method.result_params()
+
+
+def test_a_dataset_prompt_replaces_the_methods_prompt_on_that_dataset_only():
+    """The original's Real Guidance on Leafy Spurge: scripts/real_guidance/
+    launch_real_guidance=0.5_spurge.sh passes --prompt "a woodland seen from a drone"; its
+    other datasets' scripts pass "a photo of a {name}"."""
+    from dafusion.settings import MethodSettings
+
+    spurge = "a woodland seen from a drone"
+    method = MethodSettings(
+        kind="sdedit", prompt="a photo of a {name}", strengths=[0.5],
+        dataset_prompts={"leafy_spurge": spurge},
+    )  # fmt: skip
+    assert method.for_dataset("leafy_spurge").result_params()["prompt"] == spurge
+    assert method.for_dataset("pascal").result_params()["prompt"] == "a photo of a {name}"
+    assert "dataset_prompts" not in method.result_params()
+    assert not method.for_dataset("leafy_spurge").uses_tokens

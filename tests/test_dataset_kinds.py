@@ -152,6 +152,18 @@ def test_pascal_labels_the_largest_instance_and_keeps_its_mask(voc):
     _assert_deterministic(spec, voc, (pool, val, test))
 
 
+def test_pascal_class_names_are_the_original_codes():
+    """semantic_aug/datasets/pascal.py lines 28-31 of the original DA-Fusion code, in VOC's
+    label order: the names its Real Guidance prompts and ESD erasures used."""
+    from dafusion.readers.segmentation import VOC_CLASSES
+
+    assert VOC_CLASSES == [
+        "airplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+        "dining table", "dog", "horse", "motorcycle", "person", "potted plant", "sheep",
+        "sofa", "train", "television",
+    ]  # fmt: skip
+
+
 def test_pascal_index_step_writes_every_manifest_and_the_masks(voc):
     out = voc / "results/voc/splits"
     paths = [out / f"{name}.parquet" for name in ("pool", "val", "test")]

@@ -142,10 +142,45 @@ def test_multi_vector_tokens_and_class_name_initializer(components, digits):
 
 
 def test_template_set_and_scaled_lr():
+    """The default set is the original's: fine_tune.py lines 276-304 (imagenet_templates_small)
+    of brandontrabucco/da-fusion, transcribed here in its order."""
+    original = [
+        "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}",
+        "the photo of a {}", "a photo of a clean {}", "a photo of a dirty {}",
+        "a dark photo of the {}", "a photo of my {}", "a photo of the cool {}",
+        "a close-up photo of a {}", "a bright photo of the {}", "a cropped photo of a {}",
+        "a photo of the {}", "a good photo of the {}", "a photo of one {}",
+        "a close-up photo of the {}", "a rendition of the {}", "a photo of the clean {}",
+        "a rendition of a {}", "a photo of a nice {}", "a good photo of a {}",
+        "a photo of the nice {}", "a photo of the small {}", "a photo of the weird {}",
+        "a photo of the large {}", "a photo of a cool {}", "a photo of a small {}",
+    ]  # fmt: skip
+    assert template_list(InversionSettings()) == original
     settings = InversionSettings(templates="imagenet_small", batch_size=8, scale_lr=True)
-    templates = template_list(settings)
-    assert len(templates) == 27 and "a photo of a {}" in templates
     assert settings.effective_lr == pytest.approx(8 * 5e-4)
+
+
+def test_each_example_draws_its_own_template_reproducibly(components, digits):
+    """fine_tune.py line 380 (TextualInversionDataset.__getitem__): every training example
+    draws its prompt with `random.choice(self.templates)`, independently of the others in its
+    batch. Here each class's draws come from its own seeded stream, so a rerun draws the same."""
+    from dafusion.inversion import SplicedEmbedding, _Trainer
+
+    images, labels, names = _split(digits, [3])
+    settings = InversionSettings(batch_size=16)
+    base = components.text_encoder.get_input_embeddings()
+
+    def prompts(seed: int) -> list[list[str]]:
+        spliced = SplicedEmbedding(base, torch.zeros(1, base.weight.shape[1]))
+        trainer = _Trainer(components, spliced, images, labels, ["<three>"], settings, seed, 32)
+        return [trainer.draw(0)["prompts"] for _ in range(4)]
+
+    drawn = prompts(seed=0)
+    assert drawn == prompts(seed=0)
+    assert drawn != prompts(seed=1)
+    assert all(len(set(batch)) > 4 for batch in drawn)  # per example, not one per batch
+    allowed = {t.format("<three>") for t in template_list(settings)}
+    assert {p for batch in drawn for p in batch} <= allowed
 
 
 def test_tokens_load_into_a_diffusers_pipeline(tiny_dir, tmp_path, components):

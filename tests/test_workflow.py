@@ -295,6 +295,16 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
             | GALLERY,
         ),
         (
+            {"methods": {"real-guidance": {"dataset_prompts": {"digits": "a drawing"}}}},
+            jobs("generate", ["real-guidance"]) | jobs("train", ["real-guidance"]) | END
+            | GALLERY,
+        ),
+        (
+            {"inversion": {"templates": ["a photo of a {}"]}},
+            jobs("invert") | jobs("invert_erased") | jobs("generate", TOKENS)
+            | jobs("train", TOKENS) | END | GALLERY | CURVES,
+        ),
+        (
             {"methods": {"baseline": {"classifier": {"augmentation": "randaugment"}}}},
             jobs("train", ["baseline"]) | END,
         ),

@@ -23,8 +23,15 @@ from .settings import SECTIONS
 INVERSION_PRESETS = {
     # Table 1 of the paper (also the schema defaults).
     "table1": {"num_vectors": 1, "initializer": "the", "batch_size": 4, "steps": 1000},
-    # The author's stated recipe for the published results.
-    "published": {"num_vectors": 4, "initializer": "class_name", "batch_size": 8, "steps": 2000},
+    # The author's stated recipe for the published results, with the --scale_lr of the
+    # author's launch command (scripts/fine_tuning/fine_tune_*.sh of the original code).
+    "published": {
+        "num_vectors": 4,
+        "initializer": "class_name",
+        "batch_size": 8,
+        "steps": 2000,
+        "scale_lr": True,
+    },
 }
 # Sections holding one entry per name (a dataset, a method) rather than one settings object.
 PER_ENTRY = ("datasets", "methods")
@@ -299,6 +306,17 @@ def validate_config(config: Mapping, schema_path: str | Path, base_dir: str | Pa
     for name, spec in config["methods"].items():
         if spec["kind"] == "sdedit":
             _check_fields(f"methods.{name}.prompt", spec["prompt"], {"name", "token"})
+        for dataset, prompt in spec["dataset_prompts"].items():
+            key = f"methods.{name}.dataset_prompts.{dataset}"
+            if spec["kind"] == "baseline":
+                raise ConfigError(f"config key '{key}': a baseline has no prompt; remove it")
+            runs_on = spec.get("datasets") or list(config["datasets"])
+            if dataset not in runs_on:
+                raise ConfigError(
+                    f"config key '{key}': the method does not run on a dataset named "
+                    f"'{dataset}'; fix the name or the method's datasets:"
+                )
+            _check_fields(key, prompt, {"name", "token"})
     _check_erasure(config)
     _check_overrides(config)
     if isinstance(config["inversion"]["templates"], list):

@@ -137,7 +137,7 @@ class InversionSettings(Settings):
     initializer: str = "the"
     num_vectors: int = 1
     flip: bool = True
-    templates: tuple[str, ...] | list[str] | str = ("a photo of a {}",)
+    templates: tuple[str, ...] | list[str] | str = "imagenet_small"
     classes_per_chunk: int = knob(0)
     gradient_checkpointing: bool = knob(False)
     checkpoint_every: int = knob(100)
@@ -159,9 +159,16 @@ class MethodSettings(Settings):
     mask_dilation: int = 16
     erased: bool = False
     datasets: tuple[str, ...] | list[str] | None = layout(default=None)
+    dataset_prompts: Mapping[str, str] = layout(default_factory=dict)
     figures: tuple[str | int, ...] | list[str | int] = layout(default=())
     generation: Mapping[str, Any] = layout(default_factory=dict)
     classifier: Mapping[str, Any] = layout(default_factory=dict)
+
+    def for_dataset(self, dataset: str) -> MethodSettings:
+        """The method as one dataset's jobs run it: its prompt there (`dataset_prompts`, e.g.
+        the original's Real Guidance prompt for Leafy Spurge), or the method's own."""
+        prompt = self.dataset_prompts.get(dataset, self.prompt)
+        return self.replace(prompt=prompt, dataset_prompts={})
 
     def runs_on(self, dataset: str) -> bool:
         """Whether the method's jobs exist for this dataset (`datasets:`, default all)."""

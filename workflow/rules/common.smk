@@ -313,7 +313,7 @@ def all_tokens():
             tokens_path(d, m, s, k)
             for d in DATASETS
             for m, method in METHODS.items()
-            if method.uses_tokens and method.runs_on(d)
+            if method.runs_on(d) and method.for_dataset(d).uses_tokens
             for s in config["seeds"]
             for k in config["examples_per_class"]
         }
@@ -376,7 +376,7 @@ def method_erasure(wildcards):
 
 def generate_tokens(wildcards):
     """The class tokens, for methods whose prompt uses them."""
-    if METHODS[wildcards.method].uses_tokens:
+    if METHODS[wildcards.method].for_dataset(wildcards.dataset).uses_tokens:
         w = wildcards
         return tokens_path(w.dataset, w.method, w.seed, w.shots)
     return []
@@ -542,7 +542,7 @@ def loss_curves(dataset):
         {
             tokens_path(dataset, m, seed, k).replace(".safetensors", "-loss.parquet")
             for m, method in METHODS.items()
-            if method.uses_tokens and method.runs_on(dataset)
+            if method.runs_on(dataset) and method.for_dataset(dataset).uses_tokens
             for k in config["examples_per_class"]
         }
     )

@@ -22,7 +22,7 @@ rule generate:
         runtime=generate_runtime,
     params:
         model=MODEL.result_params(),
-        method=lambda w: METHODS[w.method].result_params(),
+        method=lambda w: METHODS[w.method].for_dataset(w.dataset).result_params(),
         generation=lambda w: generation_for(w).result_params(),
         code=code("generate"),
     script:
@@ -55,7 +55,7 @@ rule generate_part:
         runtime=generate_part_runtime,
     params:
         model=MODEL.result_params(),
-        method=lambda w: METHODS[w.method].result_params(),
+        method=lambda w: METHODS[w.method].for_dataset(w.dataset).result_params(),
         generation=lambda w: generation_for(w).result_params(),
         index=synthetic_index,
         code=code("generate_part"),

@@ -21,11 +21,14 @@ from .common import dataset_root, locate, read_lines
 
 log = logging.getLogger(__name__)
 
-# Index i + 1 in VOC's SegmentationClass PNGs; VOC's own words, with spaces added.
+# Index i + 1 in VOC's SegmentationClass PNGs, named as the original DA-Fusion code names
+# them (semantic_aug/datasets/pascal.py, class_names): VOC's aeroplane, motorbike and
+# tvmonitor are airplane, motorcycle and television there. The names reach Real Guidance's
+# prompts, the erased prompts and the class tokens.
 VOC_CLASSES = [
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "dining table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa",
-    "train", "tv monitor",
+    "airplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "dining table", "dog", "horse", "motorcycle", "person", "potted plant", "sheep", "sofa",
+    "train", "television",
 ]  # fmt: skip
 VOC_BACKGROUND, VOC_VOID = 0, 255
 
