@@ -2,7 +2,7 @@
 
 - faithful ESD (the paper's): `iterations` (1000) Adam steps, each sampling x_t by i DDIM
   steps with the model being trained, i drawn uniformly from [0, `ddim_steps`). A smaller
-  number of iterations is timed after one warm-up iteration. The cost of an iteration
+  number of iterations is timed after one untimed iteration. The cost of an iteration
   depends on its drawn i, so the DDIM sampling is timed apart (the cost per DDIM step) and
   the extrapolation to `iterations` counts the expected (`ddim_steps` - 1) / 2 steps per
   iteration, not the few drawn. One-off set-up (copying the UNet) counts in the
@@ -10,7 +10,7 @@
   deviations `sampler: frozen` and `precision: bfloat16`, alone and together; every row
   draws the same i.
 - UCE: one closed-form edit per class, erasing its name and preserving the other classes';
-  after a warm-up call, the mean over every class.
+  after an untimed first call, the mean over every class.
 
 Also printed: each delta's size per class (ESD `full` and `xattn`, UCE) in float32 and
 float16. Targets (issue): on an H100 with the full-size model, faithful ESD <= 300 s per
@@ -60,7 +60,7 @@ def time_esd(
     Seconds per class: `settings.iterations` x (the rest of an iteration + the seconds per
     DDIM step x the expected steps per iteration).
     """
-    esd(components, [prompt], settings.replace(iterations=1), resolution, "warm-up", progress=False)
+    esd(components, [prompt], settings.replace(iterations=1), resolution, "untimed", progress=False)
     sample_until = erasure.sample_until
     sampled = {"seconds": 0.0, "steps": 0}
 

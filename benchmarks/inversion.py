@@ -131,9 +131,9 @@ def main() -> None:
         )
         timings = {}
         for name, fn in (("joint", joint), ("per-class", per_class_reference)):
-            # One untimed step first: CUDA kernels and allocator warm-up count for neither.
-            warm = settings.replace(steps=1)
-            fn(model_dir, images, labels, names, warm, resolution, device, dtype)
+            # One untimed step first: CUDA kernels and the allocator's first use count for neither.
+            one_step = settings.replace(steps=1)
+            fn(model_dir, images, labels, names, one_step, resolution, device, dtype)
             sync(device)
             start = time.perf_counter()
             fn(model_dir, images, labels, names, settings, resolution, device, dtype)

@@ -30,7 +30,7 @@ from dafusion.tiny import build_tiny_pipeline, sd_v1_unet
 
 
 def forward_ms(unet, batch: int, size: int, device, dtype, channels_last: bool, repeats: int):
-    """Milliseconds per forward after 3 warm-up forwards (the first ones compile, if any)."""
+    """Milliseconds per forward after 3 untimed forwards (the first ones compile, if any)."""
     config = unet.config
     latents = torch.randn(batch, config.in_channels, size, size, device=device, dtype=dtype)
     if channels_last:
@@ -83,8 +83,8 @@ def main() -> None:
             line = f"{name:>14} batch {batch:4d}: {ms:8.1f} ms per forward, "
             line += f"{ms / batch:6.2f} ms/sample"
             if name == "compiled":
-                warm_up = time.perf_counter() - start - ms * args.repeats / 1e3
-                line += f" (compile and warm-up {warm_up:.0f} s)"
+                first_calls = time.perf_counter() - start - ms * args.repeats / 1e3
+                line += f" (compile and first calls {first_calls:.0f} s)"
             if peak and args.full_size:
                 tflops = batch * UNET_TFLOP_PER_SAMPLE_64 / (ms / 1e3)
                 line += f", {tflops / peak:6.1%} of the peak"

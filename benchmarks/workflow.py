@@ -1,40 +1,47 @@
-"""The embedded default end to end, jobs started cold against jobs started warm.
+"""The embedded default end to end, one process per job, and where its time goes.
 
-Each side runs `snakemake --cores N` in a fresh copy of the workflow (setup excluded, as a
-user's second command would), then a no-op `snakemake -n`. It prints the wall time, the CPU
-time of the whole machine while it ran (from /proc/stat: it counts the warm-start server and
-its forks, which are not Snakemake's children), the ratios, and whether both sides wrote the
-same results: the bytes of every parquet file and shard, and the tensors of every safetensors
-file under results/ (an erasure delta's metadata records its own run time).
+Runs `snakemake --cores N` in a fresh copy of the workflow (setup excluded, as a user's
+first command after installing), then a no-op `snakemake -n`, and prints the wall time and
+the CPU time of the whole machine while it ran (from /proc/stat).
 
-- cold: `--config warm_start=False`: every job is a new Python process importing what it
-  needs (torch, diffusers, transformers), as plain Snakemake runs a script.
-- warm (the default): jobs without a GPU run in forks of one server that imported the
-  library once (README, Warm start).
+Then, per rule, where the jobs' time went, from their own files: wall time and peak memory
+from Snakemake's benchmark files; from each job's log, the seconds before the job's
+`setup_job` (interpreter, Snakemake's script preamble, the script's imports: the log's
+"job started ... s ago" line) and the imports after it (the run sets
+PYTHONPROFILEIMPORTTIME=1, so every job's Python writes `-X importtime` lines, which
+`setup_job` sends to the log); the rest is the job's work. Last, the packages whose import
+cost the most over all jobs.
 
 Run it on an otherwise idle machine: the CPU figures are the whole machine's.
 
 Usage:
-    python benchmarks/workflow.py                 # both sides, the embedded default
-    python benchmarks/workflow.py --sides warm    # one side
+    python benchmarks/workflow.py
+    python benchmarks/workflow.py --cores 2 --keep /tmp/run   # keep the run's results
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
-from safetensors.numpy import load_file
+import pandas as pd
+
+from dafusion.diagnostics import benchmark_table, rule_name
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-COMPARED = ("*.parquet", "*.tar", "*.safetensors")
+# `-X importtime`: "import time: self [us] | cumulative | <indent>package"; two spaces of
+# indent per level of nesting, so an unindented line is an import the job's code started.
+IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+(\d+) \| (\s*)(\S+)$", re.M)
+STARTED = re.compile(r"job started ([\d.]+) s ago")
 
 
 def machine_cpu_seconds() -> float:
@@ -55,66 +62,81 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
-def timed(command: list[str], cwd: Path) -> tuple[float, float]:
+def timed(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
     """Wall and machine CPU seconds of a command that must succeed."""
     cpu, start = machine_cpu_seconds(), time.perf_counter()
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
     wall, cpu = time.perf_counter() - start, machine_cpu_seconds() - cpu
     if result.returncode != 0:
         sys.exit(f"{' '.join(command)} failed in {cwd}:\n{result.stderr[-3000:]}")
     return wall, cpu
 
 
-def contents(workdir: Path) -> dict[str, bytes]:
-    """Each result file's bytes (a safetensors file's tensors, by name)."""
-    results = workdir / "results"
-    found = {}
-    for pattern in COMPARED:
-        for path in sorted(results.rglob(pattern)):
-            if path.suffix == ".safetensors":
-                tensors = load_file(path)
-                found[str(path.relative_to(results))] = b"".join(
-                    name.encode() + tensors[name].tobytes() for name in sorted(tensors)
-                )
-            else:
-                found[str(path.relative_to(results))] = path.read_bytes()
-    return found
+def job_imports(log: str) -> Counter:
+    """Seconds of each import a job's code started after `setup_job` (unindented lines)."""
+    seconds: Counter = Counter()
+    for cumulative, indent, package in IMPORT_LINE.findall(log):
+        if not indent:
+            seconds[package] += int(cumulative) / 1e6
+    return seconds
+
+
+def breakdown(results: Path) -> tuple[pd.DataFrame, Counter]:
+    """Per rule: jobs, wall, start-up, imports and work seconds (sums), peak memory; and the
+    import seconds of each package over all jobs."""
+    root = results / "benchmarks"
+    files = sorted(root.rglob("*.tsv"))
+    table = benchmark_table(files, root).set_index("rule")
+    startup: Counter = Counter()
+    imports: Counter = Counter()
+    packages: Counter = Counter()
+    for path in files:
+        log = results / "logs" / path.relative_to(root).with_suffix(".log")
+        if not log.is_file():
+            continue
+        text = log.read_text(errors="replace")
+        rule = rule_name(path, root)
+        found = STARTED.search(text)
+        startup[rule] += float(found.group(1)) if found else 0.0
+        job = job_imports(text)
+        imports[rule] += sum(job.values())
+        packages.update(job)
+    out = pd.DataFrame(
+        {
+            "jobs": table["jobs"],
+            "wall_s": table["wall_s_total"],
+            "startup_s": pd.Series(startup),
+            "imports_s": pd.Series(imports),
+            "max_rss_mb": table["max_rss_mb_max"],
+        }
+    ).fillna({"startup_s": 0.0, "imports_s": 0.0})
+    out["work_s"] = out["wall_s"] - out["startup_s"] - out["imports_s"]
+    out = out[["jobs", "wall_s", "startup_s", "imports_s", "work_s", "max_rss_mb"]]
+    return out.sort_values("wall_s", ascending=False), packages
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cores", default="all")
-    parser.add_argument("--sides", nargs="+", choices=["cold", "warm"], default=["cold", "warm"])
+    parser.add_argument("--keep", type=Path, help="run here and keep it (a new folder)")
     args = parser.parse_args()
-    knobs = {"cold": ["--config", "warm_start=False"], "warm": []}
+    env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1")
     print(f"embedded default, snakemake --cores {args.cores}, {os.cpu_count()} CPUs", flush=True)
-    figures, written = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for side in args.sides:
-            workdir = copy_workflow(Path(tmp) / side)
-            run = timed([SNAKEMAKE, "--cores", args.cores, *knobs[side]], workdir)
-            noop = timed([SNAKEMAKE, "-n", "--cores", args.cores, *knobs[side]], workdir)
-            figures[side] = (*run, noop[0])
-            written[side] = contents(workdir)
-            print(
-                f"{side:>5}: {run[0]:7.1f} s wall, {run[1]:7.1f} s machine CPU; "
-                f"no-op dry run {noop[0]:.1f} s",
-                flush=True,
-            )
-    if len(figures) == 2:
-        (cold_wall, cold_cpu, _), (warm_wall, warm_cpu, _) = figures["cold"], figures["warm"]
-        print(
-            f"ratio: {cold_wall / warm_wall:5.2f}x wall, "
-            f"{cold_cpu / warm_cpu:5.2f}x CPU (cold / warm)"
-        )
-        cold, warm = written["cold"], written["warm"]
-        differ = sorted(
-            name for name in cold.keys() | warm.keys() if cold.get(name) != warm.get(name)
-        )
-        print(
-            f"outputs: {len(warm)} parquet, shard and safetensors files, "
-            + (f"{len(differ)} DIFFERENT: {differ}" if differ else "the same")
-        )
+        workdir = copy_workflow(args.keep or Path(tmp) / "run")
+        wall, cpu = timed([SNAKEMAKE, "--cores", args.cores], workdir, env)
+        noop, _ = timed([SNAKEMAKE, "-n", "--cores", args.cores], workdir, env)
+        print(f"{wall:.1f} s wall, {cpu:.1f} s machine CPU; no-op dry run {noop:.1f} s")
+        table, packages = breakdown(workdir / "results")
+    total = table.sum(numeric_only=True)
+    print(
+        f"\nper rule (sums over jobs, s): start-up = before the job's setup_job (interpreter, "
+        f"script preamble, script imports); imports = after it\n{table.round(1).to_string()}"
+        f"\nall {int(total['jobs'])} jobs: {total['wall_s']:.1f} s wall, start-up "
+        f"{total['startup_s']:.1f}, imports {total['imports_s']:.1f}, work {total['work_s']:.1f}"
+    )
+    heaviest = ", ".join(f"{name} {seconds:.1f}" for name, seconds in packages.most_common(8))
+    print(f"heaviest imports after setup_job, over all jobs (s): {heaviest}")
 
 
 if __name__ == "__main__":

@@ -151,6 +151,12 @@ def test_every_disk_kind_needs_its_root(kind):
         validate_config(config, SCHEMA)
 
 
+def test_the_removed_warm_start_key_says_it_is_gone():
+    config = default_config() | {"warm_start": True}
+    with pytest.raises(ConfigError, match="'warm_start': the warm-start fork server was removed"):
+        validate_config(config, SCHEMA)
+
+
 def test_a_moved_key_says_where_it_went():
     config = default_config()
     config["classifier"]["report_split"] = "val"

@@ -128,3 +128,50 @@ def test_benchmark_table(tmp_path):
     pd.testing.assert_frame_equal(table, pd.DataFrame(expected, columns=table.columns))
     assert rule_name(root / "digits/erase/esd.tsv", root) == "erase"
     assert benchmark_table([], root).empty
+
+
+def test_the_time_and_memory_table_measures_the_jobs_own_process(tmp_path):
+    """One process per job: Snakemake's benchmark of a job, and so the report's table, holds
+    the memory and CPU time of the job's own process (a job that holds 400 MB for a second and
+    computes for a second shows both)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    (tmp_path / "job.py").write_text(
+        textwrap.dedent(
+            """
+            import time
+            import numpy as np
+            from dafusion.io import setup_job
+
+            setup_job(snakemake.log[0])
+            held = np.ones(400 * 2**20 // 8)
+            end = time.process_time() + 1.0
+            while time.process_time() < end:
+                held[:1000] += 1
+            time.sleep(1.0)
+            open(snakemake.output[0], "w").write(str(held[0]))
+            """
+        )
+    )
+    (tmp_path / "Snakefile").write_text(
+        textwrap.dedent(
+            """
+            rule allocate:
+                output: "out.txt"
+                log: "logs/allocate.log"
+                benchmark: "benchmarks/allocate.tsv"
+                script: "job.py"
+            """
+        )
+    )
+    subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "1", "--quiet"],
+        cwd=tmp_path, check=True, capture_output=True,
+    )  # fmt: skip
+    table = benchmark_table([tmp_path / "benchmarks/allocate.tsv"], tmp_path / "benchmarks")
+    row = table.iloc[0]
+    assert row["rule"] == "allocate" and row["jobs"] == 1
+    assert 400 <= row["max_rss_mb_max"] < 2000
+    assert row["cpu_s_total"] >= 0.9

@@ -44,3 +44,24 @@ def test_a_job_caps_torch_threads_without_importing_torch(tmp_path):
     ).stdout.split()
     assert out == ["False", "1"]
     assert "dafusion from" in (tmp_path / "job.log").read_text()
+
+
+def test_a_jobs_native_stderr_and_start_up_time_reach_its_log(tmp_path):
+    """What native code writes to file descriptor 2 (CUDA, a crash) lands in the job's log,
+    and the log says how long the job took to start (benchmarks/workflow.py reads it)."""
+    import re
+    import subprocess
+    import sys
+
+    code = (
+        "import os, time\n"
+        "time.sleep(0.3)\n"
+        "from dafusion.io import setup_job\n"
+        f"setup_job({str(tmp_path / 'job.log')!r})\n"
+        "os.write(2, b'native message\\n')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    log = (tmp_path / "job.log").read_text()
+    assert "native message" in log
+    started = float(re.search(r"job started ([\d.]+) s ago", log).group(1))
+    assert 0.3 <= started < 60

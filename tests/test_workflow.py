@@ -262,7 +262,6 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
                     "batch_size": 3, "workers": 1, "compile": True, "safety_retries": 5, "parts": 2,
                 },
                 "classifier": {"device": "cpu"},
-                "warm_start": False,
             },
             set(),
         ),
@@ -378,31 +377,6 @@ def test_jobs_run_the_workflows_own_library(workdir):
     """Not another copy installed in the environment (this repository's, in the tests)."""
     log = (workdir / "results/logs/aggregate.log").read_text()
     assert f"dafusion from {workdir / 'src' / 'dafusion'} (sha256 " in log
-
-
-def test_warm_jobs_write_what_cold_jobs_write(workdir, tmp_path):
-    """The module's run started its jobs warm (README, Warm start); the same jobs started
-    cold in a copy (`warm_start: false`, each job its own Python process) write the same
-    bytes."""
-    cold = copy_workflow(tmp_path / "cold")
-    shutil.copytree(workdir / "config", cold / "config")
-    run = "results/digits/runs/da-fusion/seed0-shots1.parquet"
-    result = snakemake(cold, "--cores", "2", run, "--config", "warm_start=False")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    synthetic = "results/digits/synthetic/da-fusion/seed0-shots1"
-    compared = [
-        "results/digits/splits/seed0-shots1.parquet",
-        "results/digits/tokens/seed0-shots1.safetensors",
-        f"{synthetic}/index.parquet",
-        *(str(p.relative_to(workdir)) for p in (workdir / synthetic).glob("shard-*.tar")),
-        run,
-    ]
-    assert len(compared) > 4
-    for name in compared:
-        assert (cold / name).read_bytes() == (workdir / name).read_bytes(), name
-    log = "results/logs/digits/train/da-fusion/seed0-shots1.log"
-    assert "warm start: ran in process" in (workdir / log).read_text()
-    assert "warm start" not in (cold / log).read_text()
 
 
 def test_synthetic_tokens_and_erasure_targets(workdir):

@@ -37,6 +37,13 @@ INVERSION_PRESETS = {
 PER_ENTRY = ("datasets", "methods")
 # Keys that moved: old place -> new place (an old config gets told where, not just "unknown").
 MOVED = {("classifier", "report_split"): ("aggregate", "report_split")}
+# Top-level keys that are gone: key -> why, and what to do (a config that sets one is told).
+REMOVED = {
+    "warm_start": (
+        "the warm-start fork server was removed in 0.2.0: every job is its own process, as "
+        "Snakemake runs it (CHANGELOG.md); delete the key"
+    ),
+}
 
 
 class ConfigError(ValueError):
@@ -281,6 +288,9 @@ def validate_config(config: Mapping, schema_path: str | Path, base_dir: str | Pa
     """
     schema = load_schema(schema_path)
     config = copy.deepcopy(dict(config))
+    for key, why in REMOVED.items():
+        if key in config:
+            raise ConfigError(f"config key '{key}': {why}")
     for (section, key), new in MOVED.items():
         if isinstance(config.get(section), Mapping) and key in config[section]:
             raise ConfigError(

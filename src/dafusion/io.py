@@ -87,12 +87,27 @@ def _to_arrow(frame: pd.DataFrame, schema: pa.Schema, path: str | Path) -> pa.Ta
         raise
 
 
+def seconds_since_start() -> float | None:
+    """Wall seconds since this process started (Linux's /proc; None elsewhere): what the
+    interpreter, Snakemake's script preamble and the script's imports took before now."""
+    try:
+        with open("/proc/self/stat") as stat:
+            started = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22: start time
+        with open("/proc/uptime") as uptime:
+            now = float(uptime.read().split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+    return now - started / os.sysconf("SC_CLK_TCK")
+
+
 def setup_job(log_path: str | Path | None, threads: int | None = None) -> None:
     """Prepare a workflow job: its log file, and torch limited to the job's threads.
 
-    Logging, warnings and progress bars (stderr) go to the log file. Without the thread
+    Logging, warnings, progress bars and what native code writes to stderr (file descriptor
+    2: CUDA and library messages, a crash's traceback) go to the log file. Without the thread
     cap, every job would use all cores and parallel jobs would oversubscribe them. The log
-    starts with the library's location and content hash, so a log shows which code ran.
+    starts with the library's location and content hash, so a log shows which code ran, and
+    with the seconds the job took to start (`benchmarks/workflow.py` reads them).
     """
     if threads:
         # Through the environment, so a job that never needs torch does not pay its import
@@ -104,6 +119,7 @@ def setup_job(log_path: str | Path | None, threads: int | None = None) -> None:
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         sys.stderr = open(log_path, "w", buffering=1)  # noqa: SIM115 - lives as long as the job
+        os.dup2(sys.stderr.fileno(), 2)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -111,9 +127,11 @@ def setup_job(log_path: str | Path | None, threads: int | None = None) -> None:
         force=True,
     )
     logging.captureWarnings(True)
-    logging.getLogger("dafusion").info(
-        "dafusion from %s (sha256 %s)", provenance.ROOT, provenance.library_hash()[:16]
-    )
+    log = logging.getLogger("dafusion")
+    log.info("dafusion from %s (sha256 %s)", provenance.ROOT, provenance.library_hash()[:16])
+    started = seconds_since_start()
+    if started is not None:
+        log.info("job started %.2f s ago (interpreter, script preamble and imports)", started)
 
 
 def fingerprint(**parts) -> str:

@@ -29,7 +29,7 @@ def digest(data: bytes) -> str:
 
 def library_hash(root: Path = ROOT) -> str:
     """The content hash of the whole library (every module's path and bytes): which code a
-    job's log names, and which code a warm-start server has loaded."""
+    job's log names."""
     content = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         content.update(path.relative_to(root).as_posix().encode() + path.read_bytes())

@@ -1,9 +1,5 @@
 """Erase each class name of a dataset from the UNet: deltas and the erasure check table."""
 
-from dafusion.warmstart import hand_over
-
-hand_over(snakemake)  # in a fork of a process with the libraries loaded (README, Warm start)
-
 from dafusion import pipeline
 from dafusion.devices import claim_device
 from dafusion.io import setup_job

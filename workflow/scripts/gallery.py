@@ -1,9 +1,5 @@
 """One dataset's gallery: real images beside their synthetic variants, read from the shards."""
 
-from dafusion.warmstart import hand_over
-
-hand_over(snakemake)  # in a fork of a process with the libraries loaded (README, Warm start)
-
 from dafusion import pipeline
 from dafusion.io import setup_job
 from dafusion.settings import AggregateSettings

@@ -1,10 +1,6 @@
 """SDEdit M synthetic images per real image into WebDataset shards (or, with
 generation.parts > 1, the index of the shards the generate_part jobs wrote)."""
 
-from dafusion.warmstart import hand_over
-
-hand_over(snakemake)  # in a fork of a process with the libraries loaded (README, Warm start)
-
 from dafusion import pipeline
 from dafusion.devices import claim_device
 from dafusion.io import setup_job

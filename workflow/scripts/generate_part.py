@@ -1,9 +1,5 @@
 """One part of a synthetic set (generation.parts > 1): the shards of its run of the plan."""
 
-from dafusion.warmstart import hand_over
-
-hand_over(snakemake)  # in a fork of a process with the libraries loaded (README, Warm start)
-
 from dafusion import pipeline
 from dafusion.devices import claim_device
 from dafusion.io import setup_job

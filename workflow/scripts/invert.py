@@ -1,9 +1,5 @@
 """Learn one textual-inversion token per class of a split, all classes in one job."""
 
-from dafusion.warmstart import hand_over
-
-hand_over(snakemake)  # in a fork of a process with the libraries loaded (README, Warm start)
-
 from dafusion import pipeline
 from dafusion.devices import claim_device
 from dafusion.io import setup_job
