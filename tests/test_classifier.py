@@ -321,7 +321,7 @@ def test_benchmark_dataloader_baseline_sees_this_stages_pixels(monkeypatch, digi
     """Its images decoded once and normalized per item equal this stage's network input."""
     from PIL import Image
 
-    from dafusion.backbones import IMAGENET_MEAN, IMAGENET_STD
+    from dafusion.backbones import ORIGINAL_MEAN, ORIGINAL_STD
     from dafusion.classifier import Normalize, to_uint8
     from dafusion.images import load_image
 
@@ -330,10 +330,10 @@ def test_benchmark_dataloader_baseline_sees_this_stages_pixels(monkeypatch, digi
     pil = [load_image(r) for r in val.iloc[:8].to_dict("records")]
     pil[0] = pil[0].resize((20, 20), Image.NEAREST)  # a resize in the decode, too
     val_tf = bench.transforms.Compose(
-        [bench.transforms.ToTensor(), bench.transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+        [bench.transforms.ToTensor(), bench.transforms.Normalize(ORIGINAL_MEAN, ORIGINAL_STD)]
     )
     theirs = torch.stack([val_tf(im) for im in bench.decoded(pil, 32)])
-    ours = Normalize(IMAGENET_MEAN, IMAGENET_STD)(to_uint8(pil, 32).float() / 255.0)
+    ours = Normalize(ORIGINAL_MEAN, ORIGINAL_STD)(to_uint8(pil, 32).float() / 255.0)
     assert theirs.shape == (8, 3, 32, 32)
     assert torch.allclose(theirs, ours, atol=1e-5)
 
