@@ -56,7 +56,7 @@ from common import matmul_peak_tflops, sync
 from PIL import Image
 from torchvision import transforms
 
-from dafusion.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
+from dafusion.backbones import ORIGINAL_MEAN, ORIGINAL_STD, build_backbone
 from dafusion.classifier import train_classifier
 from dafusion.datasets import few_shot, read_dataset
 from dafusion.devices import resolve_device
@@ -118,7 +118,7 @@ class OriginalTrainSet(torch.utils.data.Dataset):
             transforms.RandomHorizontalFlip(),
             transforms.RandomRotation(15),
             transforms.ToTensor(),
-            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            transforms.Normalize(ORIGINAL_MEAN, ORIGINAL_STD),
         ])  # fmt: skip
 
     def __len__(self):
@@ -139,7 +139,7 @@ class OriginalValSet(torch.utils.data.Dataset):
         self.transform = transforms.Compose([
             transforms.Resize((size, size)),
             transforms.ToTensor(),
-            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            transforms.Normalize(ORIGINAL_MEAN, ORIGINAL_STD),
         ])  # fmt: skip
 
     def __len__(self):
@@ -226,7 +226,7 @@ def dataloader(split, val, index, images, args, device, seed=0, workers=0) -> fl
     head = torch.nn.Linear(backbone.dim, split["label"].nunique()).to(device)
     optimizer = torch.optim.Adam(head.parameters(), lr=args.lr)
     size = args.image_size
-    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    normalize = transforms.Normalize(ORIGINAL_MEAN, ORIGINAL_STD)
     train_tf = transforms.Compose([
         transforms.RandomHorizontalFlip(), transforms.RandomRotation(15),
         transforms.ToTensor(), normalize,

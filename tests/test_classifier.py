@@ -1,7 +1,10 @@
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dafusion.backbones import Backbone, SmallCNN
 from dafusion.classifier import augment, draw_batch, evaluate, synthetic_lookup, train_classifier
@@ -110,7 +113,7 @@ def test_channels_last_features_equal_the_plain_layout():
     from dafusion.classifier import Classifier
 
     torch.manual_seed(0)
-    model = Classifier(build_backbone("small-cnn"), 10).eval()
+    model = Classifier(build_backbone("small-cnn"), 10, "original").eval()
     plain = copy.deepcopy(model.features).to(memory_format=torch.contiguous_format)
     x = torch.rand(4, 3, 32, 32)
     assert model.features.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
@@ -244,22 +247,22 @@ def test_cutmix_without_its_dependency_is_an_error(monkeypatch):
 
     assert cutmix_transform(3) is not None
     monkeypatch.delattr(v2, "CutMix")
-    with pytest.raises(ImportError, match="classifier.augmentation.*cutmix"):
+    with pytest.raises(ImportError, match="classifier.cutmix_mode.*batch"):
         cutmix_transform(3)
 
 
-def test_cutmix_and_randaugment_baselines_produce_valid_batches():
-    from dafusion.classifier import Augmenter
+def test_randaugment_and_batch_cutmix_produce_valid_batches():
+    from dafusion.classifier import Augmenter, BatchCutMix
 
     x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
     labels = torch.arange(16) % 4
-    for name in ("randaugment", "cutmix"):
-        settings = SMALL.replace(augmentation=name)
-        augmenter = Augmenter(settings, 4, torch.Generator().manual_seed(1))
-        outs = [augmenter(x, labels) for _ in range(6)]
-        for images, targets in outs:
-            assert images.shape == (16, 3, 32, 32) and images.min() >= 0 and images.max() <= 1
-            assert torch.allclose(targets.sum(dim=1), torch.ones(16))
+    images = Augmenter(SMALL.replace(augmentation="randaugment"), torch.Generator())(x)
+    assert images.shape == (16, 3, 32, 32) and images.min() >= 0 and images.max() <= 1
+    mix = BatchCutMix(4, torch.Generator().manual_seed(1))
+    outs = [mix(x.float() / 255, labels) for _ in range(6)]
+    for images, targets in outs:
+        assert images.shape == (16, 3, 32, 32) and images.min() >= 0 and images.max() <= 1
+        assert torch.allclose(targets.sum(dim=1), torch.ones(16))
     assert any((t.max(dim=1).values < 1).any() for _, t in outs)  # some batches are mixed
 
 
@@ -318,7 +321,7 @@ def test_benchmark_dataloader_baseline_sees_this_stages_pixels(monkeypatch, digi
     """Its images decoded once and normalized per item equal this stage's network input."""
     from PIL import Image
 
-    from dafusion.backbones import IMAGENET_MEAN, IMAGENET_STD
+    from dafusion.backbones import ORIGINAL_MEAN, ORIGINAL_STD
     from dafusion.classifier import Normalize, to_uint8
     from dafusion.images import load_image
 
@@ -327,9 +330,327 @@ def test_benchmark_dataloader_baseline_sees_this_stages_pixels(monkeypatch, digi
     pil = [load_image(r) for r in val.iloc[:8].to_dict("records")]
     pil[0] = pil[0].resize((20, 20), Image.NEAREST)  # a resize in the decode, too
     val_tf = bench.transforms.Compose(
-        [bench.transforms.ToTensor(), bench.transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+        [bench.transforms.ToTensor(), bench.transforms.Normalize(ORIGINAL_MEAN, ORIGINAL_STD)]
     )
     theirs = torch.stack([val_tf(im) for im in bench.decoded(pil, 32)])
-    ours = Normalize(IMAGENET_MEAN, IMAGENET_STD)(to_uint8(pil, 32).float() / 255.0)
+    ours = Normalize(ORIGINAL_MEAN, ORIGINAL_STD)(to_uint8(pil, 32).float() / 255.0)
     assert theirs.shape == (8, 3, 32, 32)
     assert torch.allclose(theirs, ours, atol=1e-5)
+
+
+# --- Faithfulness to the original code (train_classifier.py and semantic_aug/ of the
+# DA-Fusion repository; the `cutmix` package 0.1 it imports, github.com/ildoonet/cutmix).
+
+
+def test_default_resnet50_weights_are_torchvision_imagenet1k_v2(tmp_path, monkeypatch):
+    """train_classifier.py:331 loads `resnet50(weights=ResNet50_Weights.DEFAULT)`, which is
+    torchvision's IMAGENET1K_V2, republished as timm/resnet50.tv2_in1k; V1 is tv_in1k."""
+    import huggingface_hub
+    from safetensors.torch import save_file
+    from torchvision.models import ResNet50_Weights, resnet50
+
+    from dafusion.backbones import build_backbone
+
+    assert ResNet50_Weights.DEFAULT == ResNet50_Weights.IMAGENET1K_V2
+    torch.manual_seed(0)
+    # torchvision's key names, as timm's files have them; without BatchNorm's batch counters
+    # (files written before they existed lack them), which load as zeros.
+    state = {
+        k: v.contiguous()
+        for k, v in resnet50().state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
+    path = tmp_path / "model.safetensors"
+    save_file(state, str(path))
+    requested = []
+
+    def download(repo, filename, **kwargs):
+        requested.append((repo, filename, kwargs.get("local_files_only")))
+        return str(path)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    loaded = build_backbone("resnet50").module.state_dict()
+    build_backbone("resnet50", weights="timm/resnet50.tv_in1k")
+    assert requested == [
+        ("timm/resnet50.tv2_in1k", "model.safetensors", True),
+        ("timm/resnet50.tv_in1k", "model.safetensors", True),
+    ]
+    for key in ("conv1.weight", "layer3.0.downsample.0.weight", "layer4.2.bn3.running_var"):
+        assert torch.equal(loaded[key], state[key])
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"stem.conv.weight": torch.zeros(1)}, str(wrong))
+    with pytest.raises(ValueError, match="classifier.weights.*torchvision-layout"):
+        build_backbone("resnet50", weights=str(wrong))
+
+
+def test_deit_features_are_the_class_token():
+    """train_classifier.py:365: `self.base_model(x)[0][:, 0, :]`, the class token of the last
+    hidden state, not the distillation token."""
+    from transformers import DeiTConfig, DeiTModel
+
+    from dafusion.backbones import _DeiTFeatures
+
+    torch.manual_seed(0)
+    config = DeiTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+        image_size=32, patch_size=16,
+    )  # fmt: skip
+    model = DeiTModel(config, add_pooling_layer=False).eval()
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(_DeiTFeatures(model)(x), model(x)[0][:, 0, :])
+
+
+@pytest.mark.parametrize(
+    ("normalization", "mean", "std"),
+    [("original", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), ("backbone", None, None)],
+)
+def test_input_normalization(digits, monkeypatch, normalization, mean, std):
+    """original: semantic_aug/few_shot_dataset.py:34-39 (and every dataset's transforms, e.g.
+    pascal.py:124-128): ToTensor then Normalize(mean=0.5, std=0.5), whatever the backbone;
+    backbone: the statistics the backbone's weights were trained with (ImageNet's here)."""
+    from torchvision.transforms import Normalize
+
+    import dafusion.classifier as clf
+    from dafusion.backbones import IMAGENET_MEAN, IMAGENET_STD
+
+    mean, std = mean or IMAGENET_MEAN, std or IMAGENET_STD
+    assert ClassifierSettings().normalization == "original"
+
+    def imagenet_pixels(*args, **kwargs):
+        net = torch.nn.Sequential(torch.nn.AvgPool2d(4), torch.nn.Flatten())
+        return Backbone(net, 3 * 8 * 8, IMAGENET_MEAN, IMAGENET_STD, frozen=True)
+
+    built = []
+
+    class Recorded(clf.Classifier):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(clf, "build_backbone", imagenet_pixels)
+    monkeypatch.setattr(clf, "Classifier", Recorded)
+    pool, val = digits
+    settings = SMALL.replace(steps=1, eval_interval=1, normalization=normalization)
+    names = [str(i) for i in range(10)]
+    clf.train_classifier(
+        few_shot(pool, 0, 1), val.iloc[:10], names, None, None, settings, seed=0,
+        device=torch.device("cpu"), progress=False,
+    )  # fmt: skip
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(built[0].normalize(x), Normalize(mean, std)(x))
+
+
+def test_randaugment_replaces_flip_and_rotation():
+    """pascal.py:110-118 (the same in coco.py, caltech101.py, flowers102.py, imagenet.py and
+    spurge.py:62-70): with use_randaugment the training transform is Resize, RandAugment,
+    ToTensor, Normalize; the flip and rotation are in the other branch only (pascal.py:120-129)."""
+    from torchvision.transforms import v2
+
+    from dafusion.classifier import Augmenter
+
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    settings = SMALL.replace(augmentation="randaugment", vertical_flip=True, rotation_degrees=45)
+    torch.manual_seed(0)  # v2.RandAugment draws from torch's global generator
+    ours = Augmenter(settings, torch.Generator().manual_seed(0))(x)
+    torch.manual_seed(0)
+    reference = torch.stack([v2.RandAugment()(image) for image in x]).float() / 255.0
+    assert torch.equal(ours, reference)
+
+
+def test_leafy_spurge_flips_both_ways_and_rotates_45_degrees():
+    """spurge.py:72-81: RandomHorizontalFlip, RandomVerticalFlip, RandomRotation(45) for Leafy
+    Spurge, against RandomHorizontalFlip and RandomRotation(15) elsewhere (pascal.py:120-123);
+    config/paper.yaml sets its dataset entry so."""
+    from pathlib import Path
+
+    import yaml
+
+    x = torch.zeros(400, 1, 9, 9)
+    x[:, :, :3, :3] = 1.0  # a square in the top-left corner
+
+    def corners(out):
+        lit = out[:, 0, [1, 1, 7, 7], [1, 7, 1, 7]] > 0.5  # top-left, top-right, bottom-...
+        return lit.float().mean(dim=0)
+
+    both = corners(augment(x, torch.Generator().manual_seed(0), 0.0, vertical_flip=True))
+    assert torch.allclose(both, torch.full((4,), 0.25), atol=0.07)  # independent flips
+    horizontal = corners(augment(x, torch.Generator().manual_seed(0), 0.0))
+    assert horizontal[2:].sum() == 0 and torch.allclose(horizontal[:2], torch.tensor(0.5), atol=0.1)
+
+    paper = yaml.safe_load((Path(__file__).parents[1] / "config/paper.yaml").read_text())
+    entries = paper["datasets"]
+    spurge = ClassifierSettings.resolve(paper["classifier"], entries["leafy_spurge"]["classifier"])
+    pascal = ClassifierSettings.resolve(
+        paper["classifier"], entries["pascal"].get("classifier", {})
+    )
+    assert (spurge.vertical_flip, spurge.rotation_degrees) == (True, 45)
+    assert (pascal.vertical_flip, pascal.rotation_degrees) == (False, 15)
+
+
+def test_flip_rotation_and_cutmix_settings_reach_only_runs_that_read_them():
+    """RandAugment replaces flip and rotation, so their settings rerun no RandAugment run;
+    cutmix_mode reruns only CutMix runs."""
+    standard = ClassifierSettings().result_params()
+    assert {"normalization", "rotation_degrees", "vertical_flip"} <= set(standard)
+    assert "cutmix_mode" not in standard
+    for augmentation in ("randaugment", "none"):
+        params = ClassifierSettings(augmentation=augmentation).result_params()
+        assert not {"rotation_degrees", "vertical_flip", "cutmix_mode"} & set(params)
+    cutmix = ClassifierSettings(augmentation="cutmix").result_params()
+    assert {"rotation_degrees", "vertical_flip", "cutmix_mode"} <= set(cutmix)
+
+
+def _package_rand_bbox(size, lam, cx, cy):
+    """cutmix/utils.py:48-71 (rand_bbox) with its two np.random.randint draws given: for a
+    CHW image its W and H are size[1] and size[2], the rows and the columns."""
+    w, h = size[1], size[2]
+    cut_rat = math.sqrt(1.0 - lam)
+    cut_w, cut_h = int(w * cut_rat), int(h * cut_rat)
+    clip = lambda v, top: min(max(v, 0), top)  # noqa: E731 - np.clip(v, 0, top)
+    return (
+        clip(cx - cut_w // 2, w), clip(cy - cut_h // 2, h),
+        clip(cx + cut_w // 2, w), clip(cy + cut_h // 2, h),
+    )  # fmt: skip
+
+
+def test_cutmix_boxes_are_the_packages():
+    """The box geometry of cutmix/utils.py:48-71 on fixed draws, a non-square image."""
+    from dafusion.classifier import cutmix_boxes
+
+    g = torch.Generator().manual_seed(0)
+    rows, cols = 12, 20
+    lam = torch.cat([torch.rand(500, generator=g, dtype=torch.float64), torch.tensor([0.0])])
+    cx = torch.randint(rows, (len(lam),), generator=g)
+    cy = torch.randint(cols, (len(lam),), generator=g)
+    ours = cutmix_boxes(rows, cols, lam, cx, cy)
+    for i in range(len(lam)):
+        expected = _package_rand_bbox((3, rows, cols), lam[i].item(), cx[i].item(), cy[i].item())
+        assert tuple(ours[i].tolist()) == expected
+
+
+class _Partners:
+    """A `draw` for SampleCutMix: random images and labels, each call recorded."""
+
+    def __init__(self, shape, num_classes):
+        self.generator = torch.Generator().manual_seed(99)
+        self.shape, self.num_classes, self.calls = shape, num_classes, []
+
+    def __call__(self, n):
+        images = torch.rand(n, *self.shape, generator=self.generator)
+        labels = torch.randint(self.num_classes, (n,), generator=self.generator)
+        self.calls.append((images, labels))
+        return images, labels
+
+
+def test_sample_cutmix_is_the_packages_on_fixed_draws():
+    """CutMix.__getitem__ (cutmix/cutmix.py:16-37) as train_classifier.py:134-136 builds it
+    (beta 1, prob 0.5, num_mix 2), per example, replayed on the same draws: each round, r
+    (skip when r > prob), lam ~ Beta(1, 1), a partner, rand_bbox's centre; the partner's box
+    pasted; lam recomputed from the clipped box; the one-hot labels mixed by it."""
+    from dafusion.classifier import SampleCutMix
+
+    n, shape, classes = 64, (3, 10, 14), 5
+    x = torch.rand(n, *shape, generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(classes, (n,), generator=torch.Generator().manual_seed(2))
+    partners = _Partners(shape, classes)
+    ours, targets = SampleCutMix(partners, classes, torch.Generator().manual_seed(3))(x, labels)
+
+    g = torch.Generator().manual_seed(3)  # replay the draws, per example as the package
+    images = [x[i].clone() for i in range(n)]
+    onehots = [F.one_hot(labels[i], classes).float() for i in range(n)]
+    calls = iter(partners.calls)
+    for _ in range(2):  # num_mix
+        r = torch.rand(n, generator=g)
+        chosen = [i for i in range(n) if not r[i] > 0.5]  # `if r > self.prob: continue`
+        lam = torch.rand(len(chosen), generator=g, dtype=torch.float64)
+        partner_images, partner_labels = next(calls)
+        cx = torch.randint(shape[1], (len(chosen),), generator=g)
+        cy = torch.randint(shape[2], (len(chosen),), generator=g)
+        for k, i in enumerate(chosen):
+            img, img2 = images[i], partner_images[k]
+            x1, y1, x2, y2 = _package_rand_bbox(
+                img.shape, lam[k].item(), cx[k].item(), cy[k].item()
+            )
+            img[:, x1:x2, y1:y2] = img2[:, x1:x2, y1:y2]
+            mixed = 1 - ((x2 - x1) * (y2 - y1) / (img.shape[-1] * img.shape[-2]))
+            lb2 = F.one_hot(partner_labels[k], classes).float()
+            onehots[i] = onehots[i] * mixed + lb2 * (1.0 - mixed)
+    assert torch.equal(ours, torch.stack(images))
+    torch.testing.assert_close(targets, torch.stack(onehots))
+    assert 0 < (targets.max(dim=1).values < 1).sum() < n  # some examples mixed, some not
+
+
+def test_sample_cutmix_labels_sum_to_one_and_match_the_pasted_area():
+    """cutmix/cutmix.py:34-35: the partner's label weight is the area of its pasted box."""
+    from dafusion.classifier import SampleCutMix
+
+    n = 2000
+    x = torch.zeros(n, 3, 16, 16)  # class 0, black; every partner class 1, white
+    labels = torch.zeros(n, dtype=torch.long)
+
+    def white(m):
+        return torch.ones(m, 3, 16, 16), torch.ones(m, dtype=torch.long)
+
+    g = torch.Generator().manual_seed(0)
+    mixed, targets = SampleCutMix(white, 2, g, rounds=1, prob=1.0)(x, labels)
+    pasted = mixed[:, 0].mean(dim=(1, 2))
+    torch.testing.assert_close(targets[:, 1], pasted)
+    torch.testing.assert_close(targets.sum(dim=1), torch.ones(n))
+    # E[1 - lam] = 0.5 before the box is clipped at the image's edges; 0.277 after at 16 px
+    # (the package's rand_bbox, Monte Carlo over 200,000 draws)
+    assert abs(pasted.mean().item() - 0.277) < 0.02
+
+    _, targets = SampleCutMix(white, 2, torch.Generator().manual_seed(1))(x, labels)
+    torch.testing.assert_close(targets.sum(dim=1), torch.ones(n))
+    untouched = (targets[:, 0] == 1).float().mean().item()
+    assert abs(untouched - 0.25) < 0.04  # two rounds at probability 0.5 (and empty boxes)
+
+
+def test_training_set_draws_as_eq_6_7_then_augments():
+    """The partners of SampleCutMix come from here, as the original's CutMix calls the
+    dataset's __getitem__ for them (cutmix/cutmix.py:29; few_shot_dataset.py:82-95)."""
+    from dafusion.classifier import Augmenter, TrainingSet, VariantTable
+
+    real = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    synthetic = torch.full((4, 3, 8, 8), 255, dtype=torch.uint8)
+    variants = VariantTable([torch.tensor([i]) for i in range(4)])
+    labels = torch.tensor([3, 2, 1, 0])
+    g = torch.Generator().manual_seed(0)
+    augmenter = Augmenter(SMALL.replace(augmentation="none"), g)
+    for alpha, value in ((1.0, 1.0), (0.0, 0.0)):
+        data = TrainingSet(real, labels, synthetic, variants, alpha, augmenter, g)
+        images, drawn = data(50)
+        assert (images == value).all() and set(drawn.tolist()) <= {0, 1, 2, 3}
+
+
+def _digits_run(digits, settings):
+    import dafusion.classifier as clf  # build_backbone as the test patched it
+
+    pool, val = digits
+    names = [str(i) for i in range(10)]
+    return clf.train_classifier(
+        few_shot(pool, 0, 2), val.iloc[:20], names, None, None, settings, seed=0,
+        device=torch.device("cpu"), progress=False,
+    )  # fmt: skip
+
+
+def test_cutmix_runs_are_reproducible_and_run_the_backbone_every_step(digits, monkeypatch):
+    """CutMix mixes pixels: even with feature_cache the frozen backbone runs every step; the
+    job's generator draws everything, so a run repeats exactly."""
+    import dafusion.classifier as clf
+
+    sample = SMALL.replace(steps=6, eval_interval=3, augmentation="cutmix")
+    pd.testing.assert_frame_equal(_digits_run(digits, sample), _digits_run(digits, sample))
+    calls = []
+
+    def counted(*args, **kwargs):
+        backbone = _frozen_pixels()
+        backbone.module.register_forward_pre_hook(lambda _, inputs: calls.append(len(inputs[0])))
+        return backbone
+
+    monkeypatch.setattr(clf, "build_backbone", counted)
+    for mode in ("sample", "batch"):
+        calls.clear()
+        _digits_run(digits, sample.replace(cutmix_mode=mode, feature_cache=True, batch_size=7))
+        assert calls.count(7) == 6  # one backbone pass per training step, none cached

@@ -62,7 +62,7 @@ def test_resnet50_weights_from_a_file_and_from_the_cache(tmp_path, monkeypatch):
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(OSError, match="classifier.weights.*hf download timm/resnet50.tv_in1k"):
+    with pytest.raises(OSError, match="classifier.weights.*hf download timm/resnet50.tv2_in1k"):
         build_backbone("resnet50")
     _hub_cache(tmp_path / "hub", RESNET50_HUB, {"model.safetensors": path})
     cached = build_backbone("resnet50").module.state_dict()

@@ -250,6 +250,8 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
         ({"aggregate": {"report_split": "val"}}, END),
         ({"classifier": {"lr": 0.01}}, jobs("train", METHODS) | END),
         ({"classifier": {"synthetic_probability": 0.3}}, jobs("train", SYNTHETIC) | END),
+        ({"classifier": {"normalization": "backbone"}}, jobs("train", METHODS) | END),
+        ({"classifier": {"vertical_flip": True}}, jobs("train", METHODS) | END),
         # Every execution knob at once (and settings read only in a mode that is off).
         (
             {
@@ -261,7 +263,8 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
                 "generation": {
                     "batch_size": 3, "workers": 1, "compile": True, "safety_retries": 5, "parts": 2,
                 },
-                "classifier": {"device": "cpu"},
+                # cutmix_mode is read only by CutMix runs (the embedded default: standard)
+                "classifier": {"device": "cpu", "cutmix_mode": "batch"},
             },
             set(),
         ),
@@ -305,6 +308,10 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
         ),
         (
             {"methods": {"baseline": {"classifier": {"augmentation": "randaugment"}}}},
+            jobs("train", ["baseline"]) | END,
+        ),
+        (
+            {"methods": {"baseline": {"classifier": {"augmentation": "cutmix"}}}},
             jobs("train", ["baseline"]) | END,
         ),
         ({"datasets": {"digits": {"classifier": {"lr": 0.01}}}}, jobs("train", METHODS) | END),

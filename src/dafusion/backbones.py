@@ -1,9 +1,14 @@
 """Classifier backbones: the paper's frozen ImageNet ResNet-50, DeiT, and a small CNN.
 
 Pretrained weights are read from safetensors files only, offline: ResNet-50 from a file
-path or the local Hugging Face cache (`timm/resnet50.tv_in1k`, torchvision's ImageNet
-weights republished as safetensors with torchvision's key names), DeiT from the local
-Hugging Face cache (`facebook/deit-base-distilled-patch16-224`).
+path or the local Hugging Face cache, DeiT from the local Hugging Face cache
+(`facebook/deit-base-distilled-patch16-224`, the original code's). The default ResNet-50
+weights are torchvision's IMAGENET1K_V2, what the original code's
+`resnet50(weights=ResNet50_Weights.DEFAULT)` loads (train_classifier.py:331), as timm
+republished them in safetensors (`timm/resnet50.tv2_in1k`); torchvision's first weights,
+IMAGENET1K_V1, are `timm/resnet50.tv_in1k`. timm's ResNet names its modules as torchvision's
+does (conv1, bn1, layer1-4 of Bottlenecks with conv1-3/bn1-3 and downsample.0/.1, fc), so
+those files load into torchvision's resnet50 as they are.
 """
 
 from __future__ import annotations
@@ -15,13 +20,18 @@ import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-RESNET50_HUB = "timm/resnet50.tv_in1k"
+# The original code normalizes every image with mean = std = 0.5 whatever the backbone
+# (semantic_aug/few_shot_dataset.py:34-39 and each dataset's transforms).
+ORIGINAL_MEAN = (0.5, 0.5, 0.5)
+ORIGINAL_STD = (0.5, 0.5, 0.5)
+RESNET50_HUB = "timm/resnet50.tv2_in1k"
 DEIT_HUB = "facebook/deit-base-distilled-patch16-224"
 
 
 @dataclass
 class Backbone:
-    """A feature extractor, the size of its features, its input normalization."""
+    """A feature extractor, the size of its features, the input statistics its weights were
+    trained with (used with `classifier.normalization: backbone`), whether it is frozen."""
 
     module: torch.nn.Module
     dim: int
@@ -58,13 +68,16 @@ class SmallCNN(torch.nn.Module):
 
 
 class _DeiTFeatures(torch.nn.Module):
+    """The class token's last hidden state, as the original code's
+    `self.base_model(x)[0][:, 0, :]` (train_classifier.py:365); not the distillation token."""
+
     def __init__(self, model):
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.model(pixel_values=x, interpolate_pos_encoding=True).last_hidden_state
-        return (hidden[:, 0] + hidden[:, 1]) / 2  # class and distillation tokens
+        return hidden[:, 0]
 
 
 def _resnet50_weights(weights: str | None) -> dict[str, torch.Tensor]:
@@ -81,7 +94,8 @@ def _resnet50_weights(weights: str | None) -> dict[str, torch.Tensor]:
         raise OSError(
             f"config key 'classifier.weights': ImageNet ResNet-50 weights not found offline "
             f"('{repo}'). Put them in the Hugging Face cache on a machine with internet "
-            f"(`hf download {RESNET50_HUB}`), or point classifier.weights at a "
+            f"(`hf download {RESNET50_HUB}`: torchvision's IMAGENET1K_V2, the original code's; "
+            "`timm/resnet50.tv_in1k` is IMAGENET1K_V1), or point classifier.weights at a "
             "torchvision-layout resnet50 .safetensors file."
         ) from exc
     return load_file(path)
@@ -102,8 +116,9 @@ def build_backbone(name: str, weights: str | None = None, pretrained: bool = Tru
             missing, unexpected = net.load_state_dict(state, strict=False)
             if [k for k in missing if not k.startswith("fc.")] or unexpected:
                 raise ValueError(
-                    "config key 'classifier.weights': not torchvision resnet50 weights "
-                    f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+                    "config key 'classifier.weights': not torchvision-layout resnet50 weights "
+                    "(keys conv1.weight, bn1.*, layer1.0.conv1.weight, ..., as torchvision's and "
+                    f"timm's resnet50; missing {missing[:3]}, unexpected {unexpected[:3]})"
                 )
         dim = net.fc.in_features
         net.fc = torch.nn.Identity()

@@ -1,9 +1,15 @@
 """Classifier stage: train on real images mixed with synthetic ones (eq. 6-7), evaluate.
 
-Each batch element is a uniformly drawn real image, replaced with probability alpha by one
-of that image's M synthetic variants (drawn uniformly). Images are decoded once and kept as
-uint8 tensors on the training device; augmentation runs on whole batches there, and the
-per-step random draws (made on the CPU generator) reach the device without a stream sync.
+Each training example is a uniformly drawn real image, replaced with probability alpha by one
+of that image's M synthetic variants (drawn uniformly), then augmented as the original code's
+datasets do (semantic_aug/datasets/*.py): a horizontal flip and a rotation (Leafy Spurge: a
+vertical flip too, and 45 degrees), or RandAugment instead of them. CutMix, when on, pastes
+boxes of other training examples, drawn and augmented the same way, into each example, as
+the original's `cutmix` package. Inputs are normalized with mean = std = 0.5 for every
+backbone, as the original (`normalization: backbone`: the backbone's own statistics).
+Images are decoded once and kept as uint8 tensors on the training device; augmentation runs
+on whole batches there, and the per-step random draws (made on the CPU generator) reach the
+device without a stream sync.
 
 By default every step draws a fresh augmentation and runs the backbone on it, as the paper
 and the original code. `feature_cache: true` is a speed option that deviates from them:
@@ -19,7 +25,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,7 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .backbones import Backbone, build_backbone
+from .backbones import ORIGINAL_MEAN, ORIGINAL_STD, Backbone, build_backbone
 from .images import load_image
 from .settings import ClassifierSettings
 
@@ -100,11 +106,17 @@ def to_device(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     return x.pin_memory().to(device, non_blocking=True)
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, degrees: float) -> torch.Tensor:
-    """Standard augmentation per sample: horizontal flip and rotation up to `degrees`."""
+def augment(
+    x: torch.Tensor, generator: torch.Generator, degrees: float, vertical_flip: bool = False
+) -> torch.Tensor:
+    """Per sample, as the original's RandomHorizontalFlip, (RandomVerticalFlip,)
+    RandomRotation(degrees): flips with probability 0.5 each, an angle uniform in
+    [-degrees, degrees] about the centre, zeros outside the image (bilinear here; the
+    original's rotation of a PIL image samples the nearest pixel)."""
     n = x.shape[0]
-    flip = to_device(torch.rand(n, generator=generator) < 0.5, x.device)
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    for dim in (-1, -2) if vertical_flip else (-1,):
+        flip = to_device(torch.rand(n, generator=generator) < 0.5, x.device)
+        x = torch.where(flip[:, None, None, None], x.flip(dim), x)
     angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(degrees)
     cos, sin = angle.cos(), angle.sin()
     theta = torch.zeros(n, 2, 3)
@@ -113,44 +125,173 @@ def augment(x: torch.Tensor, generator: torch.Generator, degrees: float) -> torc
     return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
 
 
+class Augmenter:
+    """The configured per-image augmentation: a uint8 batch -> a float batch in [0, 1].
+
+    As the original's datasets: `standard` (and `cutmix`, which adds CutMix after it) flips
+    and rotates; `randaugment` is RandAugment instead of them, on the uint8 image
+    (semantic_aug/datasets/pascal.py:110-128).
+    """
+
+    def __init__(self, settings: ClassifierSettings, generator: torch.Generator):
+        self.settings = settings
+        self.generator = generator
+        self.randaugment = None
+        if settings.augmentation == "randaugment":
+            from torchvision.transforms import v2
+
+            self.randaugment = v2.RandAugment()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.randaugment is not None:  # per image: v2 would give a batch one shared op
+            return torch.stack([self.randaugment(img) for img in x]).float() / 255.0
+        x = x.float() / 255.0
+        if self.settings.augmentation in ("standard", "cutmix"):
+            x = augment(
+                x, self.generator, self.settings.rotation_degrees, self.settings.vertical_flip
+            )
+        return x
+
+
+class TrainingSet:
+    """The real and synthetic images on the device, drawn as the original dataset's
+    `__getitem__` draws an example (eq. 6-7) and augmented."""
+
+    def __init__(
+        self,
+        real: torch.Tensor,
+        labels: torch.Tensor,
+        synthetic: torch.Tensor,
+        variants: VariantTable,
+        alpha: float,
+        augmenter: Augmenter,
+        generator: torch.Generator,
+    ):
+        self.pool = torch.cat([real, synthetic])
+        self.num_real = len(real)
+        self.labels = labels
+        self.variants = variants
+        self.alpha = alpha
+        self.augmenter = augmenter
+        self.generator = generator
+
+    def indices(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions in `pool` of n drawn examples and their labels, on the device."""
+        real, synthetic = draw_batch(self.generator, self.variants, self.alpha, n)
+        position = torch.where(synthetic >= 0, self.num_real + synthetic, real)
+        device = self.pool.device
+        return to_device(position, device), self.labels[to_device(real, device)]
+
+    def __call__(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """n drawn and augmented examples (float in [0, 1]) and their labels."""
+        position, labels = self.indices(n)
+        return self.augmenter(self.pool[position]), labels
+
+
+def cutmix_boxes(
+    rows: int, cols: int, lam: torch.Tensor, row_centre: torch.Tensor, col_centre: torch.Tensor
+) -> torch.Tensor:
+    """The cutmix package's box (rand_bbox, cutmix/utils.py:48-71) around given centres.
+
+    Its sides are int(side * sqrt(1 - lam)), halved with floor division on either side of
+    the centre and clipped to the image. [n, 4]: top, left, bottom, right (exclusive).
+    """
+    ratio = (1.0 - lam.double()).sqrt()
+    half_rows = (rows * ratio).long() // 2
+    half_cols = (cols * ratio).long() // 2
+    return torch.stack(
+        [
+            (row_centre - half_rows).clamp(0, rows),
+            (col_centre - half_cols).clamp(0, cols),
+            (row_centre + half_rows).clamp(0, rows),
+            (col_centre + half_cols).clamp(0, cols),
+        ],
+        dim=1,
+    )
+
+
+def box_masks(boxes: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """[n, 1, rows, cols]: True inside each box (top, left, bottom, right; exclusive ends)."""
+    r = torch.arange(rows, device=boxes.device)
+    c = torch.arange(cols, device=boxes.device)
+    in_rows = (r >= boxes[:, 0:1]) & (r < boxes[:, 2:3])
+    in_cols = (c >= boxes[:, 1:2]) & (c < boxes[:, 3:4])
+    return (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
+
+
+class SampleCutMix:
+    """The original code's CutMix, per example: the `cutmix` package's dataset wrapper as
+    train_classifier.py:132-136 builds it, CutMix(beta=1.0, prob=0.5, num_mix=2).
+
+    For each example, each of `rounds` rounds with probability `prob` (cutmix/cutmix.py:20-35):
+    lam ~ Beta(1, 1), a partner drawn as any training example (eq. 6-7 and augmentation, by
+    `draw`), its pixels pasted in the package's box, and the labels mixed by the box's
+    clipped area: y <- y * (1 - area) + y_partner * area.
+    """
+
+    def __init__(
+        self,
+        draw: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+        num_classes: int,
+        generator: torch.Generator,
+        rounds: int = 2,
+        prob: float = 0.5,
+    ):
+        self.draw = draw
+        self.num_classes = num_classes
+        self.generator = generator
+        self.rounds = rounds
+        self.prob = prob
+
+    def __call__(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        targets = F.one_hot(labels, self.num_classes).float()
+        n, rows, cols = x.shape[0], x.shape[-2], x.shape[-1]
+        for _ in range(self.rounds):
+            mixed = torch.nonzero(torch.rand(n, generator=self.generator) < self.prob).flatten()
+            if not len(mixed):
+                continue
+            lam = torch.rand(len(mixed), generator=self.generator, dtype=torch.float64)
+            partner, partner_labels = self.draw(len(mixed))
+            row_centre = torch.randint(rows, (len(mixed),), generator=self.generator)
+            col_centre = torch.randint(cols, (len(mixed),), generator=self.generator)
+            boxes = cutmix_boxes(rows, cols, lam, row_centre, col_centre)
+            area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            lam = 1 - area.double() / (rows * cols)  # recomputed from the clipped box
+            where = to_device(mixed, x.device)
+            inside = box_masks(to_device(boxes, x.device), rows, cols)
+            x = x.index_put((where,), torch.where(inside, partner, x[where]))
+            weights = to_device(torch.stack([lam, 1 - lam], dim=1).float(), x.device)
+            partner_targets = F.one_hot(partner_labels, self.num_classes).float()
+            mixed_targets = targets[where] * weights[:, :1] + partner_targets * weights[:, 1:]
+            targets = targets.index_put((where,), mixed_targets)
+        return x, targets
+
+
 def cutmix_transform(num_classes: int):
     """torchvision's CutMix (beta 1); an error, never a silent no-op, when unavailable."""
     from torchvision.transforms import v2
 
     if not hasattr(v2, "CutMix"):
         raise ImportError(
-            "config key 'classifier.augmentation': 'cutmix' needs torchvision >= 0.16 "
-            "(torchvision.transforms.v2.CutMix); upgrade torchvision or pick another baseline"
+            "config key 'classifier.cutmix_mode': 'batch' needs torchvision >= 0.16 "
+            "(torchvision.transforms.v2.CutMix); upgrade torchvision or use cutmix_mode: sample"
         )
     return v2.CutMix(alpha=1.0, num_classes=num_classes)
 
 
-class Augmenter:
-    """The configured baseline on a uint8 batch -> float batch in [0, 1] (and labels)."""
+class BatchCutMix:
+    """`cutmix_mode: batch`: torchvision's CutMix on half of the batches, one box and lam per
+    batch, the batch's own examples (rolled by one) as partners."""
 
-    def __init__(self, settings: ClassifierSettings, num_classes: int, generator: torch.Generator):
-        self.settings = settings
-        self.generator = generator
+    def __init__(self, num_classes: int, generator: torch.Generator):
+        self.cutmix = cutmix_transform(num_classes)
         self.num_classes = num_classes
-        self.randaugment = None
-        self.cutmix = None
-        if settings.augmentation == "randaugment":
-            from torchvision.transforms import v2
-
-            self.randaugment = v2.RandAugment()
-        elif settings.augmentation == "cutmix":
-            self.cutmix = cutmix_transform(num_classes)
+        self.generator = generator
 
     def __call__(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.randaugment is not None:  # per image: v2 would give a batch one shared op
-            x = torch.stack([self.randaugment(img) for img in x])
-        x = x.float() / 255.0
-        if self.settings.augmentation != "none":
-            x = augment(x, self.generator, self.settings.rotation_degrees)
-        targets = F.one_hot(labels, self.num_classes).float()
-        if self.cutmix is not None and torch.rand(1, generator=self.generator).item() < 0.5:
-            x, targets = self.cutmix(x, labels)
-        return x, targets
+        if torch.rand(1, generator=self.generator).item() < 0.5:
+            return self.cutmix(x, labels)
+        return x, F.one_hot(labels, self.num_classes).float()
 
 
 class Normalize(torch.nn.Module):
@@ -183,12 +324,19 @@ def metrics_from_logits(
 
 
 class Classifier(torch.nn.Module):
-    """Normalization, backbone and a linear head."""
+    """Normalization, backbone and a linear head.
 
-    def __init__(self, backbone: Backbone, num_classes: int):
+    `normalization`: original is mean = std = 0.5 for every backbone, as the original code
+    (semantic_aug/few_shot_dataset.py:34-39); backbone is the backbone's own statistics.
+    """
+
+    def __init__(self, backbone: Backbone, num_classes: int, normalization: str):
         super().__init__()
         self.backbone = backbone
-        self.normalize = Normalize(backbone.mean, backbone.std)
+        if normalization == "backbone":
+            self.normalize = Normalize(backbone.mean, backbone.std)
+        else:
+            self.normalize = Normalize(ORIGINAL_MEAN, ORIGINAL_STD)
         # Channels-last convolutions: faster on CPUs (oneDNN) and on GPUs' tensor cores,
         # the same arithmetic up to rounding.
         self.features = backbone.module.to(memory_format=torch.channels_last)
@@ -275,7 +423,6 @@ def train_classifier(
     torch.manual_seed(seed)
     num_classes = len(class_names)
     size = settings.image_size
-    cached = settings.feature_cache and settings.augmentation != "cutmix"
 
     def decode(frame: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
         images = to_uint8([load_image(r) for r in frame.to_dict("records")], size).to(device)
@@ -296,38 +443,47 @@ def train_classifier(
         variants = VariantTable([torch.zeros(0, dtype=torch.long)] * len(real))
         alpha = 0.0
     backbone = build_backbone(settings.backbone, settings.weights, settings.pretrained)
-    model = Classifier(backbone, num_classes).to(device)
-    cached = cached and backbone.frozen and settings.bn_mode == "eval"
+    model = Classifier(backbone, num_classes, settings.normalization).to(device)
+    # Fixed features of a view need a frozen backbone whose BatchNorm statistics stay put;
+    # CutMix mixes pixels, so with it the backbone runs on every batch.
+    cached = (
+        settings.feature_cache and settings.augmentation != "cutmix"
+        and backbone.frozen and settings.bn_mode == "eval"
+    )  # fmt: skip
     generator = torch.Generator().manual_seed(seed)
-    augmenter = Augmenter(settings, num_classes, generator)
+    augmenter = Augmenter(settings, generator)
+    data = TrainingSet(real, real_labels, synthetic, variants, alpha, augmenter, generator)
+    mix: SampleCutMix | BatchCutMix | None = None
+    if settings.augmentation == "cutmix" and settings.cutmix_mode == "sample":
+        mix = SampleCutMix(data, num_classes, generator)  # partners drawn as any example
+    elif settings.augmentation == "cutmix":
+        mix = BatchCutMix(num_classes, generator)
     _set_mode(model, settings.bn_mode)
     params = model.head.parameters() if backbone.frozen else model.parameters()
     optimizer = torch.optim.Adam(params, lr=settings.lr)
-    pool = torch.cat([real, synthetic])
     if cached:
         # K augmented views of every real and synthetic image, embedded once.
-        def view(x: torch.Tensor) -> torch.Tensor:
-            return augmenter(x, torch.zeros(len(x), dtype=torch.long, device=device))[0]
-
         views = torch.stack(
-            [embed_all(model, pool, views=view) for _ in range(settings.cache_views)]
+            [embed_all(model, data.pool, views=augmenter) for _ in range(settings.cache_views)]
         )
         eval_features = {name: embed_all(model, images) for name, (images, _) in splits.items()}
     eval_generator = torch.Generator().manual_seed(seed + 1)
     rows = []
     bar = tqdm(range(1, settings.steps + 1), desc="classifier", disable=not progress)
     for step in bar:
-        real_idx, syn_idx = draw_batch(generator, variants, alpha, settings.batch_size)
-        idx = to_device(torch.where(syn_idx >= 0, len(real) + syn_idx, real_idx), device)
-        labels = real_labels[to_device(real_idx, device)]
         if cached:
+            idx, labels = data.indices(settings.batch_size)
             view = to_device(
                 torch.randint(settings.cache_views, (len(idx),), generator=generator), device
             )
             logits = model.head(views[view, idx])
             targets = F.one_hot(labels, num_classes).float()
         else:
-            x, targets = augmenter(pool[idx], labels)
+            x, labels = data(settings.batch_size)
+            if mix is None:
+                targets = F.one_hot(labels, num_classes).float()
+            else:
+                x, targets = mix(x, labels)
             logits = model(x)
         loss = F.cross_entropy(logits, targets)
         optimizer.zero_grad(set_to_none=True)

@@ -284,8 +284,11 @@ class ClassifierSettings(Settings):
     lr: float = 1e-4
     eval_interval: int = 200
     synthetic_probability: float = 0.5
+    normalization: str = "original"
     augmentation: str = "standard"
     rotation_degrees: float = 15.0
+    vertical_flip: bool = False
+    cutmix_mode: str = "sample"
     bn_mode: str = "eval"
     feature_cache: bool = False
     cache_views: int = 8
@@ -296,6 +299,14 @@ class ClassifierSettings(Settings):
     def for_method(self, method: MethodSettings) -> ClassifierSettings:
         """A baseline mixes in no synthetic images, so alpha cannot change its result."""
         return self if method.synthetic else self.replace(synthetic_probability=0.0)
+
+    def result_params(self) -> dict[str, Any]:
+        params = super().result_params()
+        if self.augmentation not in ("standard", "cutmix"):
+            del params["rotation_degrees"], params["vertical_flip"]  # read by flip + rotation
+        if self.augmentation != "cutmix":
+            del params["cutmix_mode"]
+        return params
 
 
 # Section 6 / Figure 6 of the paper: its datasets binned by how familiar their concepts are
