@@ -304,6 +304,8 @@ NOVELTY_BINS = {
 class AggregateSettings(Settings):
     """`aggregate:` settings read only when the runs are summarized and reported."""
 
+    metric: str = "mean_class_accuracy"
+    selection: str = "seed_mean"
     report_split: str = "test"
     baseline: str = "baseline"
     novelty: Mapping[str, list[str]] = field(default_factory=lambda: dict(NOVELTY_BINS))

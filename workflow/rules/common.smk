@@ -4,8 +4,10 @@ import os
 import re
 from types import SimpleNamespace
 
+import jinja2
 from snakemake.exceptions import WorkflowError
 
+from dafusion.aggregate import REPORT_SPLIT_NAMES, measure_names
 from dafusion.devices import will_use_cuda
 from dafusion.listing import listing_digest
 from dafusion.provenance import digest, step_code
@@ -567,6 +569,16 @@ CAPTIONS = {
     path.stem: path.read_text().strip()
     for path in sorted(Path(workflow.basedir, "workflow/report").glob("*.rst"))
 }
+# What the aggregate's values are, e.g. "mean per-class accuracy (test where a dataset has
+# one, else val), step best on the seed mean": the aggregate rule's params.measure, which
+# its captions show.
+MEASURE = ", ".join(
+    measure_names(
+        AGGREGATE.metric,
+        AGGREGATE.selection,
+        REPORT_SPLIT_NAMES[AGGREGATE.report_split],
+    )
+)
 
 
 def caption_key(name):
@@ -579,11 +591,20 @@ def caption(name):
     return f"../report/{caption_key(name)}.rst"
 
 
+def render_caption(text):
+    """A caption as Snakemake's report renders it (Jinja2, the aggregate job's params): the
+    same text in results/report.html as in `snakemake --report`."""
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+    params = SimpleNamespace(measure=MEASURE)
+    return env.from_string(text).render(snakemake=SimpleNamespace(params=params))
+
+
 def report_captions():
     """Caption texts by figure name, and by name for the report's other items."""
+    captions = {key: render_caption(text) for key, text in CAPTIONS.items()}
     return {
-        name: CAPTIONS[caption_key(name)] for name in aggregate_figures()
-    } | CAPTIONS
+        name: captions[caption_key(name)] for name in aggregate_figures()
+    } | captions
 
 
 def aggregate_params(*keys):
