@@ -11,8 +11,6 @@ from dafusion.aggregate import (
     best_steps,
     curve_areas,
     markdown_table,
-    measure,
-    measure_names,
     normalized_scores,
     novelty_scores,
     overall_scores,
@@ -23,12 +21,14 @@ from dafusion.figures import (
     OKABE_ITO,
     accuracy_figure,
     grid_figure,
+    measure,
     method_styles,
     novelty_figure,
     paired_figure,
     save_figure,
     score_figure,
 )
+from dafusion.settings import AggregateSettings, measure_names
 
 
 def _runs():
@@ -238,8 +238,15 @@ def test_every_table_and_caption_names_the_metric_and_selection():
         ]
         assert ", ".join(measure(table)) == label
     assert measure_names("accuracy", "run", "test") == ("accuracy (test)", "step best per run")
+    assert AggregateSettings().measure() == (
+        "mean per-class accuracy (test where a dataset has one, else val), step best on the "
+        "seed mean"
+    )
+    assert AggregateSettings(metric="accuracy", selection="run", report_split="val").measure() == (
+        "accuracy (val), step best per run"
+    )
     # The captions of the aggregate's figures (workflow/report/) show the rule's
-    # params.measure: measure_names of the aggregate settings, joined (workflow/rules).
+    # params.measure: AggregateSettings.measure (workflow/rules/common.smk).
     for name in ("accuracy", "scores", "novelty", "paired", "grid"):
         text = (REPO / "workflow/report" / f"{name}.rst").read_text()
         assert text.startswith("Values: {{ snakemake.params.measure }}"), name

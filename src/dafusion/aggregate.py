@@ -2,7 +2,7 @@
 and the paper's derived statistics (normalized scores, paired differences, curve areas).
 
 Every table carries what its values are (`LABELS`: the split reported, the metric and the
-step selection), so a table, figure or caption never names them from memory."""
+step selection), so a figure drawn from it names them from the data (`figures.measure`)."""
 
 from __future__ import annotations
 
@@ -14,24 +14,6 @@ import pandas as pd
 RUN_KEYS = ["dataset", "method", "seed", "shots"]
 # Columns naming what a table's values are; every table keeps those its input has.
 LABELS = ["split", "metric", "selection"]
-METRIC_NAMES = {"accuracy": "accuracy", "mean_class_accuracy": "mean per-class accuracy"}
-SELECTION_NAMES = {"run": "step best per run", "seed_mean": "step best on the seed mean"}
-# aggregate.report_split as a caption written before the runs exist names it.
-REPORT_SPLIT_NAMES = {"test": "test where a dataset has one, else val", "val": "val"}
-
-
-def measure_names(metric: str, selection: str, split: str) -> tuple[str, str]:
-    """What a value is, in words: the metric with the split it is reported on, "mean
-    per-class accuracy (test)", and the step selection, "step best on the seed mean". Figure
-    labels show both; captions and the report join them with ", "."""
-    return f"{METRIC_NAMES[metric]} ({split})", SELECTION_NAMES[selection]
-
-
-def measure(frame: pd.DataFrame) -> tuple[str, str]:
-    """`measure_names` of a table, from its `LABELS` columns (split: every split it holds)."""
-    splits = sorted({split for joined in frame["split"] for split in str(joined).split("/")})
-    metric, selection = _joined(frame["metric"]), _joined(frame["selection"])
-    return measure_names(metric, selection, "/".join(splits))
 
 
 def best_steps(

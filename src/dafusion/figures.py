@@ -12,8 +12,8 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from .aggregate import measure
 from .io import atomic_path
+from .settings import measure_names
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -28,6 +28,17 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">")
 PANEL_WIDTH = 4.5  # inches per panel: text at 8 pt and more stays legible at print size
 PANEL_HEIGHT = 3.4
 SMALL = 8  # the smallest font size used
+
+
+def measure(table: pd.DataFrame) -> tuple[str, str]:
+    """`settings.measure_names` of an aggregate table, read from its split, metric and
+    selection columns (`aggregate.LABELS`; a table pooling datasets may hold several splits)."""
+
+    def joined(column: str) -> str:
+        parts = {part for value in table[column] for part in str(value).split("/")}
+        return "/".join(sorted(parts))
+
+    return measure_names(joined("metric"), joined("selection"), joined("split"))
 
 
 def method_styles(methods: Sequence[str]) -> dict[str, dict]:

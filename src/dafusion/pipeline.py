@@ -699,8 +699,8 @@ def report(
     """results/report.html: every figure and table of the run, with captions, in one page;
     its header says what the values are (metric, split, step selection), read from the
     summary table."""
-    from .aggregate import measure
     from .diagnostics import benchmark_table, erasure_summary
+    from .figures import measure
     from .report import Figure, Section, Table, write_report
 
     def figure(name: str, title: str) -> Figure:

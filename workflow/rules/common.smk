@@ -7,7 +7,6 @@ from types import SimpleNamespace
 import jinja2
 from snakemake.exceptions import WorkflowError
 
-from dafusion.aggregate import REPORT_SPLIT_NAMES, measure_names
 from dafusion.devices import will_use_cuda
 from dafusion.listing import listing_digest
 from dafusion.provenance import digest, step_code
@@ -569,16 +568,9 @@ CAPTIONS = {
     path.stem: path.read_text().strip()
     for path in sorted(Path(workflow.basedir, "workflow/report").glob("*.rst"))
 }
-# What the aggregate's values are, e.g. "mean per-class accuracy (test where a dataset has
-# one, else val), step best on the seed mean": the aggregate rule's params.measure, which
-# its captions show.
-MEASURE = ", ".join(
-    measure_names(
-        AGGREGATE.metric,
-        AGGREGATE.selection,
-        REPORT_SPLIT_NAMES[AGGREGATE.report_split],
-    )
-)
+# What the aggregate reports, in words: the aggregate rule's params.measure, which its
+# figures' captions show.
+MEASURE = AGGREGATE.measure()
 
 
 def caption_key(name):
