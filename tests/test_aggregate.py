@@ -104,10 +104,11 @@ def test_select_on_val_report_on_test():
     assert summarize(best)["split"].tolist() == ["test"]
 
 
-# The original code's records (train_classifier.py, lines 243-317): per seed, examples per
-# class and epoch, "Accuracy" is the mean of the per-class accuracies (lines 228-241; a class
-# absent from the draw counts 0). Hand-made: 3 seeds, 2 shot counts, 3 epochs, where each
-# run's own best epoch is not the epoch of the best seed mean.
+# The original code's records (train_classifier.py of the DA-Fusion repository, a copy at
+# /tmp/orig/dafusion/train_classifier.py, lines 243-317): per seed, examples per class and
+# epoch, "Accuracy" is the mean of the per-class accuracies (lines 210-241; a class absent
+# from the draw counts 0). Hand-made: 3 seeds, 2 shot counts, 3 epochs, where each run's own
+# best epoch is not the epoch of the best seed mean.
 ORIGINAL_ACCURACY = {  # (shots, seed) -> "Accuracy" per epoch
     (1, 0): [0.2, 0.9, 0.3],
     (1, 1): [0.5, 0.4, 0.6],
@@ -182,7 +183,9 @@ def _workflow_runs(records: pd.DataFrame) -> pd.DataFrame:
 
 def test_seed_mean_selection_is_the_original_plot_py():
     """The default (`metric: mean_class_accuracy`, `selection: seed_mean`) with the original's
-    split (`report_split: val`) reports exactly the rows plot.py plots."""
+    split (`report_split: val`) reports exactly the rows the original plot.py plots
+    (/tmp/orig/dafusion/plot.py, lines 78-91 and 120-126) from train_classifier.py's
+    records (lines 243-317), and per-run selection reports other numbers."""
     records = _original_records()
     original = _plot_py_selection(records)
     best = best_steps(_workflow_runs(records), report_split="val")
