@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,12 +21,14 @@ from dafusion.figures import (
     OKABE_ITO,
     accuracy_figure,
     grid_figure,
+    measure,
     method_styles,
     novelty_figure,
     paired_figure,
     save_figure,
     score_figure,
 )
+from dafusion.settings import AggregateSettings, measure_names
 
 
 def _runs():
@@ -58,14 +62,19 @@ def _runs():
     return pd.DataFrame(rows)
 
 
+REPO = Path(__file__).resolve().parents[1]
+# What every table says its values are (dafusion.aggregate.LABELS), after its own columns.
+LABELS = ["split", "metric", "selection"]
+
+
 def _best(rows, split="test"):
     """A `best` frame from (dataset, method, seed, shots, value) tuples."""
     best = pd.DataFrame(rows, columns=["dataset", "method", "seed", "shots", "value"])
-    return best.assign(step=200, split=split)
+    return best.assign(step=200, split=split, metric="accuracy", selection="run")
 
 
 def test_best_step_per_run_and_68_interval():
-    best = best_steps(_runs())
+    best = best_steps(_runs(), metric="accuracy", selection="run")
     assert best.set_index("seed")["step"].to_dict() == {0: 400, 1: 600}
     summary = summarize(best)
     row = summary.iloc[0]
@@ -84,15 +93,166 @@ def test_select_on_val_report_on_test():
     test = runs[runs["metric"] == "accuracy"].assign(split="test")
     test["value"] = test["value"] / 2
     runs = pd.concat([runs, test])
-    best = best_steps(runs, report_split="test")
+    best = best_steps(runs, "accuracy", "run", report_split="test")
     assert best.set_index("seed")["step"].to_dict() == {0: 400, 1: 600}  # chosen on val
     assert best.set_index("seed")["value"].to_dict() == pytest.approx({0: 0.3, 1: 0.4})
     assert set(best["split"]) == {"test"}
-    original = best_steps(runs, report_split="val")
+    original = best_steps(runs, "accuracy", "run", report_split="val")
     assert original.set_index("seed")["value"].to_dict() == pytest.approx({0: 0.6, 1: 0.8})
     # A dataset without a test split reports val.
-    assert set(best_steps(_runs(), report_split="test")["split"]) == {"val"}
+    assert set(best_steps(_runs(), "accuracy", "run", report_split="test")["split"]) == {"val"}
     assert summarize(best)["split"].tolist() == ["test"]
+
+
+# The original code's records (train_classifier.py of the DA-Fusion repository, a copy at
+# /tmp/orig/dafusion/train_classifier.py, lines 243-317): per seed, examples per class and
+# epoch, "Accuracy" is the mean of the per-class accuracies (lines 210-241; a class absent
+# from the draw counts 0). Hand-made: 3 seeds, 2 shot counts, 3 epochs, where each run's own
+# best epoch is not the epoch of the best seed mean.
+ORIGINAL_ACCURACY = {  # (shots, seed) -> "Accuracy" per epoch
+    (1, 0): [0.2, 0.9, 0.3],
+    (1, 1): [0.5, 0.4, 0.6],
+    (1, 2): [0.4, 0.5, 0.7],  # seed means 0.367, 0.6, 0.533: epoch 1
+    (2, 0): [0.6, 0.7, 0.8],
+    (2, 1): [0.9, 0.5, 0.6],
+    (2, 2): [0.5, 0.6, 0.7],  # seed means 0.667, 0.6, 0.7: epoch 2
+}
+EVAL_INTERVAL = 200  # epoch e is this workflow's evaluation step (e + 1) * 200
+
+
+def _original_records() -> pd.DataFrame:
+    """The records train_classifier.py writes for one method: "Accuracy" and "Loss" on
+    "Training" and "Validation" (only validation "Accuracy" may be selected on)."""
+    rows = []
+    for (shots, seed), values in ORIGINAL_ACCURACY.items():
+        for epoch, value in enumerate(values):
+            for metric, split, v in (
+                ("Accuracy", "Validation", value),
+                ("Accuracy", "Training", 1.0),
+                ("Loss", "Validation", -value),
+            ):
+                rows.append(
+                    dict(
+                        seed=seed, examples_per_class=shots, epoch=epoch, value=v,
+                        metric=metric, split=split,
+                    )
+                )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _plot_py_selection(data: pd.DataFrame) -> pd.DataFrame:
+    """/tmp/orig/dafusion/plot.py, lines 78-91, for one method's records: the validation
+    "Accuracy" rows, averaged over seeds per (examples_per_class, epoch); per
+    examples_per_class the epoch of the highest mean, and every seed's row at that epoch
+    (lines 120-126 then plot them with seaborn's 68% interval). The groupby-apply of line 89
+    is written as a loop (pandas deprecates applying to the grouping columns)."""
+    data = data[(data["metric"] == "Accuracy") & (data["split"] == "Validation")]
+
+    def select_by_epoch(df):
+        selected_row = df.loc[df["value"].idxmax()]
+        return data[
+            (data["epoch"] == selected_row["epoch"])
+            & (data["examples_per_class"] == selected_row["examples_per_class"])
+        ]
+
+    best = data.groupby(["examples_per_class", "epoch"])
+    best = best["value"].mean().to_frame("value").reset_index()
+    return pd.concat(select_by_epoch(df) for _, df in best.groupby("examples_per_class"))
+
+
+def _workflow_runs(records: pd.DataFrame) -> pd.DataFrame:
+    """The same numbers as this workflow's run rows: "Accuracy" on "Validation" is
+    mean_class_accuracy on val; plain accuracy gets other values (1 - it), so a test can
+    tell which metric was read."""
+    val = records[(records["metric"] == "Accuracy") & (records["split"] == "Validation")]
+    runs = pd.DataFrame(
+        {
+            "dataset": "d",
+            "method": "m",
+            "seed": val["seed"],
+            "shots": val["examples_per_class"],
+            "step": (val["epoch"] + 1) * EVAL_INTERVAL,
+            "split": "val",
+            "metric": "mean_class_accuracy",
+            "value": val["value"],
+        }
+    )
+    accuracy = runs.assign(metric="accuracy", value=1.0 - runs["value"])
+    return pd.concat([runs, accuracy], ignore_index=True)
+
+
+def test_seed_mean_selection_is_the_original_plot_py():
+    """The default (`metric: mean_class_accuracy`, `selection: seed_mean`) with the original's
+    split (`report_split: val`) reports exactly the rows the original plot.py plots
+    (/tmp/orig/dafusion/plot.py, lines 78-91 and 120-126) from train_classifier.py's
+    records (lines 243-317), and per-run selection reports other numbers."""
+    records = _original_records()
+    original = _plot_py_selection(records)
+    best = best_steps(_workflow_runs(records), report_split="val")
+    expected = sorted(
+        (r.examples_per_class, r.seed, (r.epoch + 1) * EVAL_INTERVAL, r.value)
+        for r in original.itertuples()
+    )
+    rows = best[["shots", "seed", "step", "value"]].itertuples(index=False, name=None)
+    assert sorted(rows) == expected
+    assert best.groupby("shots")["step"].unique().map(list).to_dict() == {1: [400], 2: [600]}
+    assert set(best["metric"]) == {"mean_class_accuracy"}
+    assert set(best["selection"]) == {"seed_mean"}
+    assert summarize(best)["accuracy_mean"].tolist() == pytest.approx([0.6, 0.7])
+    # Each run's own best step is another number: 0.9, 0.6, 0.7 and 0.8, 0.9, 0.7.
+    per_run = best_steps(_workflow_runs(records), selection="run", report_split="val")
+    assert per_run.set_index(["shots", "seed"])["step"].to_dict() == {
+        (1, 0): 400, (1, 1): 600, (1, 2): 600, (2, 0): 600, (2, 1): 200, (2, 2): 600,
+    }  # fmt: skip
+    assert summarize(per_run)["accuracy_mean"].tolist() == pytest.approx([2.2 / 3, 0.8])
+
+
+def test_the_metric_switch_selects_and_reports_the_named_metric():
+    runs = _workflow_runs(_original_records())
+    best = best_steps(runs, metric="accuracy", report_split="val")
+    # 1 - the values above: seed means 0.633, 0.4, 0.467 (1 shot), 0.333, 0.4, 0.3 (2 shots).
+    assert best.groupby("shots")["step"].unique().map(list).to_dict() == {1: [200], 2: [400]}
+    assert sorted(best.loc[best["shots"] == 1, "value"]) == pytest.approx([0.5, 0.6, 0.8])
+    assert set(best["metric"]) == {"accuracy"}
+    with pytest.raises(ValueError, match="no val rows of metric 'top5'"):
+        best_steps(runs, metric="top5")
+
+
+def test_seed_mean_selects_on_val_and_reports_the_report_split():
+    runs = _workflow_runs(_original_records())
+    test = runs.assign(split="test", value=runs["value"] / 2)
+    best = best_steps(pd.concat([runs, test]), report_split="test")
+    assert best.groupby("shots")["step"].unique().map(list).to_dict() == {1: [400], 2: [600]}
+    assert summarize(best)["accuracy_mean"].tolist() == pytest.approx([0.3, 0.35])
+    assert set(best["split"]) == {"test"}
+
+
+def test_every_table_and_caption_names_the_metric_and_selection():
+    best = best_steps(_workflow_runs(_original_records()), report_split="val")
+    label = ", ".join(measure_names("mean_class_accuracy", "seed_mean", "val"))
+    assert label == "mean per-class accuracy (val), step best on the seed mean"
+    tables = [
+        summarize(best), overall_scores(best), novelty_scores(best, {"bin": ["d"]}),
+        curve_areas(best),
+    ]  # fmt: skip
+    for table in tables:
+        assert table[LABELS].drop_duplicates().values.tolist() == [
+            ["val", "mean_class_accuracy", "seed_mean"]
+        ]
+        assert ", ".join(measure(table)) == label
+    assert measure_names("accuracy", "run", "test") == ("accuracy (test)", "step best per run")
+    assert AggregateSettings().measure() == (
+        "mean per-class accuracy (test where a dataset has one, else val), step best on the "
+        "seed mean"
+    )
+    assert AggregateSettings(metric="accuracy", selection="run", report_split="val").measure() == (
+        "accuracy (val), step best per run"
+    )
+    # The captions of the aggregate's figures (workflow/report/) show the rule's
+    # params.measure: AggregateSettings.measure (workflow/rules/common.smk).
+    for name in ("accuracy", "scores", "novelty", "paired", "grid"):
+        text = (REPO / "workflow/report" / f"{name}.rst").read_text()
+        assert text.startswith("Values: {{ snakemake.params.measure }}"), name
 
 
 # Dataset a spans 0.2 .. 1.0; every run of b scores 0.4; c is in no bin of NOVELTY_BINS.
@@ -112,7 +272,7 @@ SCORED = _best(
 
 def test_normalized_scores_per_dataset_and_ties_at_one_half():
     scores = normalized_scores(SCORED)
-    assert list(scores.columns) == ["dataset", "method", "seed", "shots", "score"]
+    assert list(scores.columns) == ["dataset", "method", "seed", "shots", "score", *LABELS]
     by_run = scores.set_index(["dataset", "method", "seed", "shots"])["score"].to_dict()
     assert by_run == pytest.approx(
         {
@@ -134,7 +294,9 @@ def test_normalized_scores_per_dataset_and_ties_at_one_half():
 
 def test_overall_scores_average_every_trial():
     overall = overall_scores(SCORED)
-    assert list(overall.columns) == ["method", "score_mean", "ci68_low", "ci68_high", "num_trials"]
+    assert list(overall.columns) == [
+        "method", "score_mean", "ci68_low", "ci68_high", "num_trials", *LABELS,
+    ]  # fmt: skip
     assert overall["method"].tolist() == ["m1", "m2"]
     m1 = [0.0, 0.5, 0.5, 0.0]  # a seed 0, a seed 1, b, c
     m2 = [1.0, 0.25, 0.5, 1.0]
@@ -159,6 +321,7 @@ def test_novelty_bins_keep_their_order_and_leave_out_unbinned_datasets():
         "ci68_low",
         "ci68_high",
         "num_trials",
+        *LABELS,
     ]
     # "absent" has no dataset with runs; c is in no bin; "new" stays before "common".
     assert list(zip(novelty["bin"], novelty["method"], strict=True)) == [
@@ -203,6 +366,7 @@ def test_paired_deltas_pair_runs_by_seed():
         "ci68_low",
         "ci68_high",
         "num_pairs",
+        *LABELS,
     ]
     assert deltas[["dataset", "method", "shots", "num_pairs"]].values.tolist() == [
         ["a", "m", 1, 2],
@@ -238,6 +402,7 @@ def test_curve_areas_trapezoid_on_log2_shots():
         "ci68_low",
         "ci68_high",
         "num_seeds",
+        *LABELS,
     ]
     seed0 = ((0.2 + 0.4) / 2 * 2 + (0.4 + 0.8) / 2 * 2) / 4  # 0.45
     seed1 = (0.2 + 0.6) / 2 * 2 / 2  # 0.4
@@ -287,6 +452,7 @@ def test_ablation_grid_pairs_each_cell_with_the_reference():
         "ci68_low",
         "ci68_high",
         "num_pairs",
+        *LABELS,
     ]
     assert grid[
         ["method", "synthetic_probability", "num_synthetic", "num_pairs"]
@@ -375,7 +541,7 @@ def test_accuracy_figure_plots_the_summary():
     assert sorted(set(band[:, 1].round(6))) == pytest.approx([0.4, 0.6, 0.7, 0.9])
     assert [t.get_text() for t in ax_a.get_xticklabels()] == ["1", "4"]
     assert ax_a.get_xscale() == "log"
-    assert ax_a.get_ylabel() == "accuracy (test)"
+    assert ax_a.get_ylabel() == "accuracy (test)\nstep best per run"
     # One seed at one shot count: a point with a zero-length error bar, tick "2".
     assert [t.get_text() for t in ax_b.get_xticklabels()] == ["2"]
     (point,) = [line for line in ax_b.get_lines() if line.get_label() == "m"]
@@ -385,13 +551,17 @@ def test_accuracy_figure_plots_the_summary():
     assert fig.get_size_inches()[0] == pytest.approx(9.0)
 
 
-def test_accuracy_figure_names_the_reported_split():
+def test_accuracy_figure_names_the_metric_reported_split_and_selection():
     runs = _runs()
     test = runs[runs["metric"] == "accuracy"].assign(split="test")
-    summary = summarize(best_steps(pd.concat([runs, test]), report_split="test"))
-    assert accuracy_figure(summary, ["m"]).axes[0].get_ylabel() == "accuracy (test)"
-    summary = summarize(best_steps(runs, report_split="test"))  # no test split: val
-    assert accuracy_figure(summary, ["m"]).axes[0].get_ylabel() == "accuracy (val)"
+    summary = summarize(best_steps(pd.concat([runs, test]), "accuracy", "run", "test"))
+    assert accuracy_figure(summary, ["m"]).axes[0].get_ylabel() == (
+        "accuracy (test)\nstep best per run"
+    )
+    summary = summarize(best_steps(runs, "accuracy", "seed_mean", "test"))  # no test split: val
+    assert accuracy_figure(summary, ["m"]).axes[0].get_ylabel() == (
+        "accuracy (val)\nstep best on the seed mean"
+    )
 
 
 def _bars(ax):
@@ -415,6 +585,7 @@ def test_score_figure_bars_and_intervals():
     expected = list(zip(overall["ci68_low"], overall["ci68_high"], strict=True))
     assert _error_extents(bars, 0) == pytest.approx(np.array(expected))
     assert [t.get_text() for t in ax.texts] == [f"{v:.3f}" for v in overall["score_mean"]]
+    assert ax.get_xlabel() == "normalized score of accuracy (test)\nstep best per run"
     # Given methods: their order and the colours every other figure gives them.
     (ax,) = score_figure(overall, methods=["absent", "m2", "m1"]).axes
     assert [t.get_text() for t in ax.get_yticklabels()] == ["m2", "m1"]
@@ -431,6 +602,7 @@ def test_novelty_figure_groups_bars_by_bin():
     fig = novelty_figure(novelty, ["m1", "m2"])
     (ax,) = fig.axes
     assert [t.get_text() for t in ax.get_xticklabels()] == ["new", "common"]
+    assert ax.get_ylabel() == "normalized score of accuracy (test)\nstep best per run"
     for container, method in zip(_bars(ax), ["m1", "m2"], strict=True):
         part = novelty[novelty["method"] == method]
         assert [bar.get_height() for bar in container] == pytest.approx(part["score_mean"].tolist())
@@ -444,7 +616,7 @@ def test_paired_figure_deltas_and_zero_line():
     deltas = paired_deltas(PAIRED, "base")
     fig = paired_figure(deltas, METHODS)
     ax_a, ax_b = fig.axes
-    assert ax_a.get_ylabel() == "accuracy \N{MINUS SIGN} baseline"
+    assert ax_a.get_ylabel() == "accuracy (test) \N{MINUS SIGN} baseline\nstep best per run"
     zero = ax_a.get_lines()[0]
     assert zero.get_linestyle() == "--" and list(zero.get_ydata()) == [0, 0]
     lines_b = {line.get_label(): line for line in ax_b.get_lines()[1:]}
@@ -473,7 +645,11 @@ def test_grid_figure_heatmap_of_deltas():
         "-0.050\n\N{PLUS-MINUS SIGN}0.000",
         "+0.100\n\N{PLUS-MINUS SIGN}0.050",  # deltas 0.05 and 0.15
     ]
-    assert "relative to rg" in ax.get_title()
+    assert ax.get_title().split("\n") == [
+        "accuracy (test), step best per run", "relative to rg",
+        "mean \N{PLUS-MINUS SIGN} standard error",
+    ]  # fmt: skip
+    assert fig.axes[1].get_ylabel() == "accuracy (test) difference"  # the colour bar
     twice = pd.concat([grid, grid.iloc[[0]].assign(method="rg-a3-m5")])
     with pytest.raises(ValueError, match=r"\['df-a3-m5', 'rg-a3-m5'\] share"):
         grid_figure(twice, "rg")

@@ -194,6 +194,26 @@ def test_snakemakes_own_report_holds_the_figures(workdir, tmp_path):
     page = (tmp_path / "report.html").read_text()
     for name in ("accuracy.png", "scores.png", "paired.png", "gallery-digits.png"):
         assert name in page, name
+    assert CAPTION_VALUES in page
+
+
+# The defaults report the original code's number (README, Where this workflow differs).
+CAPTION_VALUES = (
+    "Values: mean per-class accuracy (test where a dataset has one, else val), step best on "
+    "the seed mean"
+)
+
+
+def test_tables_and_captions_name_the_metric_and_selection(workdir):
+    results = workdir / "results"
+    for name in ("summary", "scores", "novelty", "paired", "areas"):
+        table = pd.read_csv(results / f"tables/{name}.csv")
+        assert set(zip(table["split"], table["metric"], table["selection"], strict=True)) == {
+            ("val", "mean_class_accuracy", "seed_mean")  # digits has no test split
+        }, name
+    html = (results / "report.html").read_text()
+    assert "<dd>mean per-class accuracy (val), step best on the seed mean</dd>" in html
+    assert CAPTION_VALUES in html
 
 
 def test_an_erased_method_uses_the_shared_per_class_deltas(workdir):
@@ -248,6 +268,8 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
     ("overlay", "expected"),
     [
         ({"aggregate": {"report_split": "val"}}, END),
+        ({"aggregate": {"metric": "accuracy"}}, END),
+        ({"aggregate": {"selection": "run"}}, END),
         ({"classifier": {"lr": 0.01}}, jobs("train", METHODS) | END),
         ({"classifier": {"synthetic_probability": 0.3}}, jobs("train", SYNTHETIC) | END),
         ({"classifier": {"normalization": "backbone"}}, jobs("train", METHODS) | END),

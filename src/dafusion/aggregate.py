@@ -1,5 +1,8 @@
-"""Aggregate classifier runs: best evaluation step per run, mean and 68% interval over seeds,
-and the paper's derived statistics (normalized scores, paired differences, curve areas)."""
+"""Aggregate classifier runs: one evaluation step per run, mean and 68% interval over seeds,
+and the paper's derived statistics (normalized scores, paired differences, curve areas).
+
+Every table carries what its values are (`LABELS`: the split reported, the metric and the
+step selection), so a figure drawn from it names them from the data (`figures.measure`)."""
 
 from __future__ import annotations
 
@@ -8,46 +11,69 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+RUN_KEYS = ["dataset", "method", "seed", "shots"]
+# Columns naming what a table's values are; every table keeps those its input has.
+LABELS = ["split", "metric", "selection"]
+
 
 def best_steps(
-    runs: pd.DataFrame, metric: str = "accuracy", report_split: str = "test"
+    runs: pd.DataFrame,
+    metric: str = "mean_class_accuracy",
+    selection: str = "seed_mean",
+    report_split: str = "test",
 ) -> pd.DataFrame:
-    """One row per run: the evaluation step with the highest val `metric` (the paper's
-    protocol), reporting `report_split`'s value at that step where the run has that split
-    (the original code selects and reports on val: `report_split: val`)."""
-    keys = ["dataset", "method", "seed", "shots"]
+    """One row per run: its value of `metric` at the evaluation step selected on val, reported
+    on `report_split` where the run has that split (val otherwise).
+
+    `selection: run` takes each run's own best val step. `seed_mean` takes, per dataset,
+    method and shot count, the step whose val value averaged over seeds is highest, and every
+    seed's value there: the original code's plot.py, which selects and reports the epoch of
+    the best seed-mean validation "Accuracy" (the mean per-class accuracy). Ties go to the
+    earliest step in both."""
+    group = ["dataset", "method", "shots"]
     val = runs[(runs["split"] == "val") & (runs["metric"] == metric)]
-    best = val.loc[val.groupby(keys)["value"].idxmax(), [*keys, "step", "value"]]
-    best = best.rename(columns={"value": "val_value"}).reset_index(drop=True)
+    if val.empty:
+        raise ValueError(f"no val rows of metric {metric!r} in the runs")
+    if selection == "run":
+        val = val.sort_values([*RUN_KEYS, "step"])
+        best = val.loc[val.groupby(RUN_KEYS)["value"].idxmax()]
+    elif selection == "seed_mean":
+        curve = val.groupby([*group, "step"], as_index=False)["value"].mean()
+        steps = curve.loc[curve.groupby(group)["value"].idxmax(), [*group, "step"]]
+        best = val.merge(steps, on=[*group, "step"])
+    else:
+        raise ValueError(f"unknown selection {selection!r}: run or seed_mean")
+    best = best[[*RUN_KEYS, "step", "value"]].rename(columns={"value": "val_value"})
     report = runs[(runs["split"] == report_split) & (runs["metric"] == metric)]
-    report = report[[*keys, "step", "value"]]
-    best = best.merge(report, on=[*keys, "step"], how="left")
+    best = best.merge(report[[*RUN_KEYS, "step", "value"]], on=[*RUN_KEYS, "step"], how="left")
     best["split"] = best["value"].notna().map({True: report_split, False: "val"})
     best["value"] = best["value"].fillna(best["val_value"])
-    return best.drop(columns="val_value")
+    best = best.drop(columns="val_value").assign(metric=metric, selection=selection)
+    return best.sort_values(RUN_KEYS).reset_index(drop=True)
 
 
 def summarize(best: pd.DataFrame) -> pd.DataFrame:
     """Mean and 68% interval (mean +- one standard error) over seeds."""
     keys = ["dataset", "method", "shots"]
-    out = _mean_interval(best, keys, "value", "accuracy_mean", "num_seeds")
-    split = best.groupby(keys)["split"].agg(lambda s: "/".join(sorted(set(s))))
-    out["split"] = split.to_numpy()
-    return out.sort_values(["dataset", "method", "shots"]).reset_index(drop=True)
+    return _mean_interval(best, keys, "value", "accuracy_mean", "num_seeds")
 
 
-RUN_KEYS = ["dataset", "method", "seed", "shots"]
+def _joined(values: pd.Series) -> str:
+    """The distinct values of a label column, sorted and joined ("test/val")."""
+    return "/".join(sorted(set(map(str, values))))
 
 
 def _mean_interval(
     frame: pd.DataFrame, keys: Sequence[str], column: str, mean_name: str, count_name: str
 ) -> pd.DataFrame:
     """Per group of `keys` (sorted): mean of `column` and its 68% interval, mean +- one
-    standard error (zero width for a single value), and the number of values."""
-    grouped = frame.groupby(list(keys), sort=True, observed=True)[column]
-    mean = grouped.mean()
-    count = grouped.count()
-    sem = (grouped.std(ddof=1) / np.sqrt(count)).fillna(0.0)
+    standard error (zero width for a single value), the number of values, and the group's
+    `LABELS` columns (those `frame` has)."""
+    grouped = frame.groupby(list(keys), sort=True, observed=True)
+    values = grouped[column]
+    mean = values.mean()
+    count = values.count()
+    sem = (values.std(ddof=1) / np.sqrt(count)).fillna(0.0)
     out = pd.DataFrame(
         {
             mean_name: mean,
@@ -56,7 +82,13 @@ def _mean_interval(
             count_name: count.astype(int),
         }
     )
+    for label in _labels(frame):
+        out[label] = grouped[label].agg(_joined)
     return out.reset_index()
+
+
+def _labels(frame: pd.DataFrame) -> list[str]:
+    return [label for label in LABELS if label in frame.columns]
 
 
 def normalized_scores(best: pd.DataFrame) -> pd.DataFrame:
@@ -70,7 +102,7 @@ def normalized_scores(best: pd.DataFrame) -> pd.DataFrame:
     low = values.transform("min")
     span = values.transform("max") - low
     score = ((best["value"] - low) / span.where(span > 0)).mask(span == 0, 0.5)
-    out = best[RUN_KEYS].assign(score=score)
+    out = best[RUN_KEYS].assign(score=score, **{label: best[label] for label in _labels(best)})
     return out.sort_values(RUN_KEYS).reset_index(drop=True)
 
 
@@ -103,7 +135,7 @@ def _paired(best: pd.DataFrame, baseline: str) -> pd.DataFrame:
     reference = best.loc[best["method"] == baseline, [*keys, "value"]]
     pairs = best[best["method"] != baseline].merge(reference, on=keys, suffixes=("", "_baseline"))
     pairs["delta"] = pairs["value"] - pairs["value_baseline"]
-    return pairs[[*RUN_KEYS, "delta"]]
+    return pairs[[*RUN_KEYS, "delta", *_labels(best)]]
 
 
 def paired_deltas(best: pd.DataFrame, baseline: str) -> pd.DataFrame:
@@ -131,7 +163,11 @@ def curve_areas(best: pd.DataFrame) -> pd.DataFrame:
     accuracy against log2(examples per class) (a mean accuracy in [0, 1]; a seed missing some
     shot counts uses those it has), then mean and 68% interval over seeds."""
     keys = ["dataset", "method", "seed"]
-    areas = best.groupby(keys)[["shots", "value"]].apply(_curve_area).rename("auc").reset_index()
+    grouped = best.groupby(keys)
+    areas = grouped[["shots", "value"]].apply(_curve_area).rename("auc").to_frame()
+    for label in _labels(best):
+        areas[label] = grouped[label].agg(_joined)
+    areas = areas.reset_index()
     return _mean_interval(areas, ["dataset", "method"], "auc", "auc_mean", "num_seeds")
 
 

@@ -1,6 +1,7 @@
 """Figures of run statistics (`dafusion.aggregate`): accuracy curves, normalized scores, paired
 differences and the data-balance grid. Every method keeps one colour (Okabe-Ito, safe for
-colour-blind readers) and one marker in every figure, given the same list of methods."""
+colour-blind readers) and one marker in every figure, given the same list of methods. Every
+figure names its metric, split and step selection, read from the table it draws."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .io import atomic_path
+from .settings import measure_names
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -26,6 +28,17 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">")
 PANEL_WIDTH = 4.5  # inches per panel: text at 8 pt and more stays legible at print size
 PANEL_HEIGHT = 3.4
 SMALL = 8  # the smallest font size used
+
+
+def measure(table: pd.DataFrame) -> tuple[str, str]:
+    """`settings.measure_names` of an aggregate table, read from its split, metric and
+    selection columns (`aggregate.LABELS`; a table pooling datasets may hold several splits)."""
+
+    def joined(column: str) -> str:
+        parts = {part for value in table[column] for part in str(value).split("/")}
+        return "/".join(sorted(parts))
+
+    return measure_names(joined("metric"), joined("selection"), joined("split"))
 
 
 def method_styles(methods: Sequence[str]) -> dict[str, dict]:
@@ -91,8 +104,9 @@ def accuracy_figure(
     summary: pd.DataFrame, methods: Sequence[str], title: str | None = None
 ) -> Figure:
     """Accuracy against examples per class (`aggregate.summarize`), one panel per dataset, one
-    line per method with its 68% interval over seeds; each panel's y-axis names the split its
-    accuracies are reported on. Methods absent from `summary` are skipped."""
+    line per method with its 68% interval over seeds; each panel's y-axis names the metric, the
+    split it is reported on and the step selection. Methods absent from `summary` are
+    skipped."""
     styles = method_styles(methods)
     datasets = sorted(summary["dataset"].unique())
     fig, axes = _panels(len(datasets))
@@ -101,7 +115,7 @@ def accuracy_figure(
         _curves(ax, part, "accuracy_mean", methods, styles)
         _log2_shots(ax, part["shots"])
         ax.set_title(dataset)
-        ax.set_ylabel(f"accuracy ({'/'.join(sorted(set(part['split'])))})")
+        ax.set_ylabel("\n".join(measure(part)))
         ax.grid(alpha=0.3)
     _legend(fig)
     fig.suptitle(title or "Few-shot accuracy\nmean and 68% interval over seeds", fontsize=10)
@@ -121,7 +135,8 @@ def paired_figure(deltas: pd.DataFrame, methods: Sequence[str]) -> Figure:
         _curves(ax, part, "delta_mean", methods, styles)
         _log2_shots(ax, part["shots"])
         ax.set_title(dataset)
-        ax.set_ylabel("accuracy \N{MINUS SIGN} baseline")
+        what, selection = measure(part)
+        ax.set_ylabel(f"{what} \N{MINUS SIGN} baseline\n{selection}")
         ax.grid(alpha=0.3)
     _legend(fig)
     fig.suptitle("Paired difference to the baseline\nmean and 68% interval over seeds", fontsize=10)
@@ -156,7 +171,7 @@ def score_figure(overall: pd.DataFrame, methods: Sequence[str] | None = None) ->
     ax.set_yticks(y, labels=list(overall["method"]))
     ax.invert_yaxis()
     ax.set_xlim(0.0, max(1.15, float(np.max(high, initial=0.0)) + 0.15))
-    ax.set_xlabel("normalized score")
+    ax.set_xlabel("normalized score of {}\n{}".format(*measure(overall)))
     ax.set_title("Overall normalized score\nmean and 68% interval over trials", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     return fig
@@ -180,7 +195,7 @@ def novelty_figure(novelty: pd.DataFrame, methods: Sequence[str]) -> Figure:
         yerr = [mean - part["ci68_low"].to_numpy(), part["ci68_high"].to_numpy() - mean]
         ax.bar(x, mean, width, yerr=yerr, label=method, color=styles[method]["color"], capsize=2)
     ax.set_xticks(range(len(bins)), labels=bins)
-    ax.set_ylabel("normalized score")
+    ax.set_ylabel("normalized score of {}\n{}".format(*measure(novelty)))
     ax.set_ylim(bottom=0.0)
     ax.set_title("Normalized score by concept novelty\nmean and 68% interval", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
@@ -223,10 +238,12 @@ def grid_figure(grid: pd.DataFrame, reference: str) -> Figure:
     ax.set_yticks(range(len(alphas)), labels=[f"{a:g}" for a in alphas])
     ax.set_xlabel("synthetic images per real image M")
     ax.set_ylabel("synthetic probability \N{GREEK SMALL LETTER ALPHA}")
+    what, selection = measure(grid)
     ax.set_title(
-        f"Accuracy relative to {reference}\nmean \N{PLUS-MINUS SIGN} standard error", fontsize=9
+        f"{what}, {selection}\nrelative to {reference}\nmean \N{PLUS-MINUS SIGN} standard error",
+        fontsize=9,
     )
-    fig.colorbar(image, ax=ax, label=f"accuracy \N{MINUS SIGN} {reference}")
+    fig.colorbar(image, ax=ax, label=f"{what} difference")
     return fig
 
 

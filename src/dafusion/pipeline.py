@@ -575,7 +575,7 @@ def aggregate(
     from . import figures as fig
 
     runs = pd.concat([pd.read_parquet(p) for p in run_paths], ignore_index=True)
-    best = agg.best_steps(runs, report_split=settings.report_split)
+    best = agg.best_steps(runs, settings.metric, settings.selection, settings.report_split)
     summary = agg.summarize(best)
     frames = {
         "summary": summary,
@@ -696,8 +696,11 @@ def report(
     benchmarks: str,
     output: str,
 ) -> None:
-    """results/report.html: every figure and table of the run, with captions, in one page."""
+    """results/report.html: every figure and table of the run, with captions, in one page;
+    its header says what the values are (metric, split, step selection), read from the
+    summary table."""
     from .diagnostics import benchmark_table, erasure_summary
+    from .figures import measure
     from .report import Figure, Section, Table, write_report
 
     def figure(name: str, title: str) -> Figure:
@@ -706,6 +709,8 @@ def report(
     def table(name: str, title: str, text: str) -> Table:
         return Table(pd.read_csv(tables[name]), title, text)
 
+    runs = pd.read_csv(tables["summary"])
+    values = ", ".join(measure(runs)) if len(runs) else "none"
     accuracy = [figure("accuracy", "Accuracy against examples per class")]
     accuracy += [
         figure(name, f"Figure {name.removeprefix('figure-')} of the paper")
@@ -713,9 +718,10 @@ def report(
         if name.startswith("figure-") and name != "figure-11"
     ]
     accuracy.append(
-        table("summary", "Summary", "Per dataset, method and examples per class: the mean "
-              "best-step accuracy over seeds, its 68% interval (± one standard error) and the "
-              "number of seeds; tables/summary.csv and tables/summary.md hold it.")
+        table("summary", "Summary", f"Values: {values}. Per dataset, method and examples per "
+              "class: the mean over seeds, its 68% interval (± one standard error) and the "
+              "number of seeds; the split, metric and selection columns say what was averaged. "
+              "tables/summary.csv and tables/summary.md hold it.")
     )  # fmt: skip
     scores = [figure("scores", "Overall normalized score")]
     scores.append(table("scores", "Overall normalized score", captions["scores"]))
@@ -727,10 +733,10 @@ def report(
     )
     paired.append(table("paired", "Paired improvement over the baseline", captions["paired"]))
     paired.append(
-        table("areas", "Area under the accuracy curve", "Per dataset and method: the area "
-              "under accuracy against log2 examples per class (trapezoid rule) divided by the "
-              "log2 range, so a mean accuracy over shot counts; mean ± one standard error "
-              "over seeds.")
+        table("areas", "Area under the accuracy curve", f"Values: {values}. Per dataset and "
+              "method: the area under the value against log2 examples per class (trapezoid "
+              "rule) divided by the log2 range, so a mean value over shot counts; mean ± one "
+              "standard error over seeds.")
     )  # fmt: skip
     ablations = [figure("figure-11", "Data balance (Figure 11)")] if "figure-11" in figures else []
     images = [
@@ -777,8 +783,8 @@ def report(
         Section("Synthetic images", images, "What the generated images look like."),
         Section("Diagnostics", diagnostics, "Inversion, erasure, time and memory."),
     ]
-    runs = pd.read_csv(tables["summary"])
     meta = {
+        "values": values,
         "datasets": ", ".join(sorted(runs["dataset"].unique())),
         "methods": ", ".join(dict.fromkeys(runs["method"])),
         "seeds per point": str(int(runs["num_seeds"].max())) if len(runs) else "0",

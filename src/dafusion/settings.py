@@ -318,16 +318,39 @@ NOVELTY_BINS = {
 }
 
 
+# How figures, tables and captions name the aggregate's settings.
+METRIC_NAMES = {"accuracy": "accuracy", "mean_class_accuracy": "mean per-class accuracy"}
+SELECTION_NAMES = {"run": "step best per run", "seed_mean": "step best on the seed mean"}
+# report_split as a caption written before the runs exist names it.
+REPORT_SPLIT_NAMES = {"test": "test where a dataset has one, else val", "val": "val"}
+
+
+def measure_names(metric: str, selection: str, split: str) -> tuple[str, str]:
+    """What a reported value is, in words: the metric with the split it is read on, "mean
+    per-class accuracy (test)", and the step selection, "step best on the seed mean". Figure
+    labels show both; captions and the report join them with ", "."""
+    return f"{METRIC_NAMES[metric]} ({split})", SELECTION_NAMES[selection]
+
+
 @dataclass(frozen=True)
 class AggregateSettings(Settings):
     """`aggregate:` settings read only when the runs are summarized and reported."""
 
+    metric: str = "mean_class_accuracy"
+    selection: str = "seed_mean"
     report_split: str = "test"
     baseline: str = "baseline"
     novelty: Mapping[str, list[str]] = field(default_factory=lambda: dict(NOVELTY_BINS))
     gallery_images_per_class: int = 1
     gallery_classes: int = 6
     gallery_variants: int = 3
+
+    def measure(self) -> str:
+        """What the aggregate reports, for captions written before the runs exist: "mean
+        per-class accuracy (test where a dataset has one, else val), step best on the seed
+        mean"."""
+        split = REPORT_SPLIT_NAMES[self.report_split]
+        return ", ".join(measure_names(self.metric, self.selection, split))
 
 
 # The config section each settings class reads (datasets and methods: each entry).

@@ -32,7 +32,10 @@ rule aggregate:
         methods=list(METHODS),
         layout=method_layout(),
         figures=aggregate_figures(),
-        aggregate=aggregate_params("report_split", "baseline", "novelty"),
+        aggregate=aggregate_params(
+            "metric", "selection", "report_split", "baseline", "novelty"
+        ),
+        measure=MEASURE,  # shown by the figures' captions (workflow/report/*.rst)
         code=code("aggregate"),
     script:
         "../scripts/aggregate.py"

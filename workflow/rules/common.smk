@@ -4,6 +4,7 @@ import os
 import re
 from types import SimpleNamespace
 
+import jinja2
 from snakemake.exceptions import WorkflowError
 
 from dafusion.devices import will_use_cuda
@@ -567,6 +568,9 @@ CAPTIONS = {
     path.stem: path.read_text().strip()
     for path in sorted(Path(workflow.basedir, "workflow/report").glob("*.rst"))
 }
+# What the aggregate reports, in words: the aggregate rule's params.measure, which its
+# figures' captions show.
+MEASURE = AGGREGATE.measure()
 
 
 def caption_key(name):
@@ -579,11 +583,20 @@ def caption(name):
     return f"../report/{caption_key(name)}.rst"
 
 
+def render_caption(text):
+    """A caption as Snakemake's report renders it (Jinja2, the aggregate job's params): the
+    same text in results/report.html as in `snakemake --report`."""
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+    params = SimpleNamespace(measure=MEASURE)
+    return env.from_string(text).render(snakemake=SimpleNamespace(params=params))
+
+
 def report_captions():
     """Caption texts by figure name, and by name for the report's other items."""
+    captions = {key: render_caption(text) for key, text in CAPTIONS.items()}
     return {
-        name: CAPTIONS[caption_key(name)] for name in aggregate_figures()
-    } | CAPTIONS
+        name: captions[caption_key(name)] for name in aggregate_figures()
+    } | captions
 
 
 def aggregate_params(*keys):
