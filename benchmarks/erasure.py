@@ -1,11 +1,12 @@
 """Seconds per class of the two erasure methods, on one model, from one run.
 
-- faithful ESD (the paper's): `iterations` (1000) Adam steps, each sampling x_t by i DDIM
-  steps with the model being trained, i drawn uniformly from [0, `ddim_steps`). A smaller
+- faithful ESD (the paper's): `iterations` (1000) Adam steps, each sampling x_t by DDIM
+  steps with the model being trained, as many as ESD's loop runs for a t_enc drawn
+  uniformly from [0, `ddim_steps`) (S - t_enc, S - 1 for t_enc 0, at S = 50). A smaller
   number of iterations is timed after one untimed iteration. The cost of an iteration
-  depends on its drawn i, so the DDIM sampling is timed apart (the cost per DDIM step) and
-  the extrapolation to `iterations` counts the expected (`ddim_steps` - 1) / 2 steps per
-  iteration, not the few drawn. One-off set-up (copying the UNet) counts in the
+  depends on its draw, so the DDIM sampling is timed apart (the cost per DDIM step) and
+  the extrapolation to `iterations` counts the expected steps per iteration (25.48 at
+  S = 50), not the few drawn. One-off set-up (copying the UNet) counts in the
   per-iteration rest, so the extrapolation errs high. `--deviations` also times the named
   deviations `sampler: frozen` and `precision: bfloat16`, alone and together; every row
   draws the same i.
@@ -33,7 +34,7 @@ from common import model_directory, sync
 
 from dafusion import erasure
 from dafusion.devices import resolve_device
-from dafusion.erasure import cross_attention_projections, esd, trained_names, uce
+from dafusion.erasure import cross_attention_projections, ddim_indices, esd, trained_names, uce
 from dafusion.models import Components, load_components
 from dafusion.settings import ErasureSettings
 
@@ -64,13 +65,13 @@ def time_esd(
     sample_until = erasure.sample_until
     sampled = {"seconds": 0.0, "steps": 0}
 
-    def timed_sampling(unet, scheduler, latents, steps, *rest):
+    def timed_sampling(unet, alphas_cumprod, latents, t_enc, ddim_steps, *rest):
         sync(device)
         start = time.perf_counter()
-        out = sample_until(unet, scheduler, latents, steps, *rest)
+        out = sample_until(unet, alphas_cumprod, latents, t_enc, ddim_steps, *rest)
         sync(device)
         sampled["seconds"] += time.perf_counter() - start
-        sampled["steps"] += steps
+        sampled["steps"] += len(ddim_indices(t_enc, ddim_steps, len(alphas_cumprod)))
         return out
 
     with mock.patch.object(erasure, "sample_until", timed_sampling):
@@ -82,12 +83,19 @@ def time_esd(
         )  # fmt: skip
         sync(device)
         total = time.perf_counter() - start
-    if not sampled["steps"]:
-        raise SystemExit(f"no DDIM step drawn in {iterations} iterations: raise --iterations")
     per_step = sampled["seconds"] / sampled["steps"]
     rest = (total - sampled["seconds"]) / iterations
-    per_class = settings.iterations * (rest + per_step * (settings.ddim_steps - 1) / 2)
+    per_class = settings.iterations * (rest + per_step * expected_steps(settings, components))
     return total / iterations, sampled["steps"] / iterations, per_class
+
+
+def expected_steps(settings: ErasureSettings, components: Components) -> float:
+    """ESD's mean DDIM steps per iteration over the uniform draw of t_enc."""
+    num_train = len(components.scheduler.alphas_cumprod)
+    steps = [
+        len(ddim_indices(t, settings.ddim_steps, num_train)) for t in range(settings.ddim_steps)
+    ]
+    return sum(steps) / len(steps)
 
 
 def time_uce(
@@ -137,12 +145,12 @@ def main() -> None:
         f"torch.threads={torch.get_num_threads()}"
     )
     variants = {"faithful": {}} | (DEVIATIONS if args.deviations else {})
-    expected = (esd_settings.ddim_steps - 1) / 2
+    expected = expected_steps(esd_settings, components)
     print(
-        f"ESD: mean i = DDIM steps drawn per iteration (the same draws in every row); s/class "
-        f"= {esd_settings.iterations} iterations at the expected mean i = {expected:g}"
+        f"ESD: steps = mean DDIM steps per iteration as drawn (the same draws in every row); "
+        f"s/class = {esd_settings.iterations} iterations at the expected mean {expected:g}"
     )
-    print(f"{'ESD':>18}  {'s/iter':>8}  {'mean i':>6}  {'s/class':>9}")
+    print(f"{'ESD':>18}  {'s/iter':>8}  {'steps':>6}  {'s/class':>9}")
     esd_s = {}
     prompt = esd_settings.prompt.format(name=names[0])
     for label, changes in variants.items():

@@ -3,6 +3,11 @@ ESD job resumes, and erased inversion and generation use each class's own delta.
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -10,12 +15,18 @@ from safetensors.torch import load_file as load_tokens
 
 from dafusion import pipeline
 from dafusion.checkpoint import Checkpoint
+from dafusion.config import load_schema
 from dafusion.datasets import few_shot
 from dafusion.deltas import DeltaSwitch, delta_path, load_delta, save_delta
 from dafusion.erasure import (
+    TRAIN_METHODS,
     cross_attention_projections,
+    ddim_indices,
+    ddim_timesteps,
     erasure_scores,
     esd,
+    sample_until,
+    timestep_range,
     trained_names,
     uce,
 )
@@ -24,6 +35,7 @@ from dafusion.inversion import learn_tokens
 from dafusion.io import write_parquet
 from dafusion.manifest import class_names, class_token
 from dafusion.models import load_components
+from dafusion.seeds import derive_seed
 from dafusion.settings import (
     ErasureSettings,
     GenerationSettings,
@@ -32,6 +44,7 @@ from dafusion.settings import (
     ModelSettings,
 )
 from dafusion.shards import read_images
+from dafusion.tiny import sd_v1_unet
 
 NAMES = ["zero", "one", "two", "three", "four"]
 
@@ -56,7 +69,7 @@ def _scores(components, path, settings, erased="zero"):
 
 def _short_esd(**changes) -> ErasureSettings:
     settings = ErasureSettings(
-        method="esd", iterations=10, lr=2e-3, train_method="xattn", ddim_steps=10,
+        method="esd", iterations=20, lr=5e-4, train_method="xattn", ddim_steps=10,
         prompt="{name}", check_prompt="{name}",
     )  # fmt: skip
     return settings.replace(**changes)
@@ -70,13 +83,15 @@ def test_esd_erases_its_class_far_more_than_the_others(tiny_dir, tmp_path):
     assert torch.equal(torch.as_tensor(base["conv_in.weight"]), components.unet.conv_in.weight)
     assert sorted(tensors) == sorted(trained_names(components.unet, "xattn"))
     assert all(".attn2." in name for name in tensors)
-    assert losses.shape == (10,) and (losses > 0).all()
+    assert losses.shape == (20,) and (losses > 0).all()
     path = tmp_path / "zero.safetensors"
     save_delta(path, tensors, torch.float32, {})
     scores = _scores(components, path, settings)
     others = scores.drop("zero")
     assert scores["zero"] > 0.5, scores
-    assert others.abs().max() < scores["zero"] / 3, scores
+    # A random text encoder and 20 steps: some collateral is inherent. With ESD seeds 0-3 zero
+    # moved 2.1-2.3 (the target is 1 + eta = 2), 2.3-5.1 times the largest other.
+    assert others.abs().max() < scores["zero"] / 2, scores
 
 
 def test_uce_erases_its_class_and_preserves_the_others(tiny_dir, tmp_path):
@@ -91,9 +106,10 @@ def test_uce_erases_its_class_and_preserves_the_others(tiny_dir, tmp_path):
     scores = _scores(components, path, settings)
     assert scores["zero"] > 0.5, scores
     # The prompts differ in one token of a random text encoder, so some leakage is inherent:
-    # on tiny models of seeds 0-3 zero's score was 2.0-11.6 times the largest other (2.4 at
-    # the embedded default's seed 0, whose weights tests/test_tiny.py pins).
-    assert scores.drop("zero").abs().max() < scores["zero"] / 2, scores
+    # on tiny models of seeds 0-3 zero's score was 1.8-11.4 times the largest other (1.8 at
+    # the embedded default's seed 0, whose weights tests/test_tiny.py pins), with the UCE
+    # code's preservation (the empty prompt too, preserve_scale 1/5).
+    assert scores.drop("zero").abs().max() < scores["zero"] / 1.5, scores
     # Without the preserve term's pull the other classes move more: preservation works.
     free = uce(components, prompts[:1], [], settings.replace(preserve_scale=0.0))
     save_delta(path, free, torch.float32, {})
@@ -101,14 +117,348 @@ def test_uce_erases_its_class_and_preserves_the_others(tiny_dir, tmp_path):
     assert unpreserved.drop("zero").abs().sum() > scores.drop("zero").abs().sum()
 
 
-def test_the_trained_parameter_sets_follow_the_esd_code(components):
-    unet = components.unet
-    every = [n for n, _ in unet.named_parameters()]
-    assert trained_names(unet, "full") == every
-    noxattn = trained_names(unet, "noxattn")
-    assert not any(".attn2." in n or n.startswith("time_embedding.") for n in noxattn)
-    assert "conv_out.weight" not in noxattn and "conv_in.weight" in noxattn
-    assert set(noxattn) | set(trained_names(unet, "xattn")) < set(every)
+@pytest.fixture(scope="module")
+def sd_v1_names():
+    """Stable Diffusion v1's UNet parameter names (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        unet = sd_v1_unet()
+    return unet, [n for n, _ in unet.named_parameters()]
+
+
+def _attention(prefix: str, kind: str) -> set[str]:
+    tensors = ("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight", "to_out.0.bias")
+    return {f"{prefix}.transformer_blocks.0.{kind}.{t}" for t in tensors}
+
+
+def test_the_schema_offers_every_esd_train_method():
+    schema = load_schema(Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml")
+    erasure = schema["properties"]["erasure"]["properties"]
+    assert erasure["train_method"]["enum"] == list(TRAIN_METHODS)
+
+
+@pytest.mark.parametrize("method", TRAIN_METHODS)
+def test_each_train_method_selects_the_esd_code_parameters_of_sd_v1(sd_v1_names, method):
+    """ESD's train_method rules (erasing train-scripts/train-esd.py:164-201) on CompVis names,
+    in diffusers' names: `out.` is conv_norm_out / conv_out, `time_embed` time_embedding;
+    CompVis input_blocks.4 and .7 are down_blocks.1/2.attentions.0 and output_blocks.6 and .8
+    up_blocks.2.attentions.0/2 (diffusers pipelines/stable_diffusion/convert_from_ckpt.py:
+    495-521 and 542-588, layers_per_block 2)."""
+    unet, every = sd_v1_names
+    assert len(every) == 686
+    outer = {f"{m}.{p}" for m in ("conv_norm_out", "conv_out") for p in ("weight", "bias")}
+    outer |= {f"time_embedding.linear_{i}.{p}" for i in (1, 2) for p in ("weight", "bias")}
+    blocks = [f"down_blocks.{b}.attentions.{a}" for b in range(3) for a in range(2)]
+    blocks += ["mid_block.attentions.0"]
+    blocks += [f"up_blocks.{b}.attentions.{a}" for b in range(1, 4) for a in range(3)]
+    cross = set().union(*(_attention(b, "attn2") for b in blocks))
+    self_ = set().union(*(_attention(b, "attn1") for b in blocks))
+    expected = {
+        "full": set(every),
+        "xattn": cross,
+        "noxattn": set(every) - cross - outer,
+        "selfattn": self_,
+        "notime": set(every) - outer,
+        "xlayer": _attention("up_blocks.2.attentions.0", "attn2")
+        | _attention("up_blocks.2.attentions.2", "attn2"),
+        "selflayer": _attention("down_blocks.1.attentions.0", "attn1")
+        | _attention("down_blocks.2.attentions.0", "attn1"),
+    }[method]
+    assert expected <= set(every)
+    chosen = trained_names(unet, method)
+    assert set(chosen) == expected and len(chosen) == len(expected)
+
+
+def test_a_train_method_that_selects_nothing_names_its_config_key(components):
+    every = [n for n, _ in components.unet.named_parameters()]
+    assert trained_names(components.unet, "full") == every
+    for method in ("xlayer", "selflayer"):  # the tiny UNet has no such CompVis blocks
+        with pytest.raises(ValueError, match="'erasure.train_method': '.*' selects no param"):
+            trained_names(components.unet, method)
+    with pytest.raises(ValueError, match="'erasure.train_method': unknown 'attn'"):
+        trained_names(components.unet, "attn")
+
+
+class _FakeUNet(torch.nn.Module):
+    """A UNet stand-in: eps = w x + the mean of the text context, in microseconds."""
+
+    def __init__(self, w: float = 0.5):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(w))
+        self.config = SimpleNamespace(in_channels=4)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.w.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.w.device
+
+    def forward(self, x, t, context):
+        return SimpleNamespace(sample=self.w * x + context.mean(dim=(1, 2)).view(-1, 1, 1, 1))
+
+
+def _record(unet: torch.nn.Module) -> list[tuple[torch.nn.Module, int, int]]:
+    """(module, timestep, batch) of each call of `unet` and of its deep copies (which copy
+    the hook; the log it appends to is shared)."""
+    calls = []
+
+    def hook(module, args):
+        x, t = args[:2]
+        calls.append((module, int(t), len(x)))
+
+    unet.register_forward_pre_hook(hook)
+    return calls
+
+
+def _ldm_ddim_run(ddim_steps: int, t_enc: int, num_ddpm: int = 1000) -> list[tuple[int, int]]:
+    """Transcription of ESD's quick_sample_till_t (erasing train-scripts/train-esd.py:205-207,
+    237; sample_model 40-62): DDIMSampler.sample(S=ddim_steps, t_start=-1, till_T=t_enc),
+    eta 0. Returns (timestep, index of the cumulative alpha it steps to) per step run.
+
+    make_ddim_timesteps 'uniform' (ldm/modules/diffusionmodules/util.py:46-57),
+    alphas_prev = [alphacums[0]] + alphacums[ddim_timesteps[:-1]] (util.py:63-66), the loop
+    of ddim_sampling (ldm/models/diffusion/ddim.py:149-195).
+    """
+    c = num_ddpm // ddim_steps
+    ddim_timesteps = np.asarray(list(range(0, num_ddpm, c))) + 1
+    alphas_prev = [0] + list(ddim_timesteps[:-1])
+    timesteps = ddim_timesteps[:-1]  # timesteps[:t_start], t_start = -1
+    total_steps = timesteps.shape[0]
+    till = t_enc  # till_T is an int, never None
+    run = []
+    for i, step in enumerate(np.flip(timesteps)):
+        index = total_steps - i - 1
+        assert ddim_timesteps[index] == step  # a_t = ddim_alphas[index] is step's own alpha
+        run.append((int(step), int(alphas_prev[index])))
+        if index + 1 == till:
+            break
+    return run
+
+
+def _esd_t_range(ddim_steps: int, t_enc: int) -> tuple[int, int]:
+    """ESD's og_num, og_num_lim (train-esd.py:228-229): t_enc_ddpm is drawn in [low, high)."""
+    return round((int(t_enc) / ddim_steps) * 1000), round((int(t_enc + 1) / ddim_steps) * 1000)
+
+
+@pytest.mark.parametrize("ddim_steps", [50, 30, 7, 2, 1])
+def test_x_t_is_sampled_down_the_esd_code_ddim_steps_for_every_t_enc(components, ddim_steps):
+    """For every t_enc ESD can draw (train-esd.py:226): the timesteps sample_until runs, their
+    count and the noise level it ends at follow _ldm_ddim_run; the query range follows
+    train-esd.py:228-229. With eps = 0, DDIM scales x by sqrt(a_prev / a_t) per step, so the
+    result is x sqrt(alpha[last a_prev] / alpha[first timestep])."""
+    alphas = components.scheduler.alphas_cumprod
+    unet = _FakeUNet(w=0.0)
+    calls = _record(unet)
+    zero = torch.zeros(1, 77, 8)
+    x = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    counts = set()
+    for t_enc in range(ddim_steps):
+        calls.clear()
+        z = sample_until(unet, alphas, x, t_enc, ddim_steps, zero, zero, 3.0)
+        run = _ldm_ddim_run(ddim_steps, t_enc)
+        assert [(t, batch) for _, t, batch in calls] == [(t, 2) for t, _ in run], t_enc
+        assert len(calls) == len(ddim_indices(t_enc, ddim_steps, 1000))
+        counts.add(len(run))
+        if run:
+            scale = (alphas[run[-1][1]] / alphas[run[0][0]]).sqrt()
+            torch.testing.assert_close(z, x * scale, rtol=1e-5, atol=0)
+        else:  # S = 1: one DDIM timestep, dropped by t_start = -1: x_t is the noise
+            assert torch.equal(z, x)
+        low, high = timestep_range(t_enc, ddim_steps, 1000)
+        assert (low, high) == _esd_t_range(ddim_steps, t_enc) and low < high
+    timesteps = len(ddim_timesteps(ddim_steps, 1000))
+    assert timesteps == len(range(0, 1000, 1000 // ddim_steps))  # 31 for S = 30, 8 for S = 7
+    # t_enc 0 and 1 both run every timestep but the largest; t_enc = k > 0 runs S' - k.
+    assert counts == {timesteps - max(k, 1) for k in range(ddim_steps)}
+
+
+@pytest.mark.parametrize(
+    ("ddim_steps", "sampler"), [(50, "trained"), (7, "trained"), (30, "frozen")]
+)
+def test_esd_queries_the_models_as_the_esd_code_over_many_iterations(
+    components, ddim_steps, sampler
+):
+    """Over ESD iterations of several seeds: the draws in the order t_enc, t_enc_ddpm, start
+    code (train-esd.py:226-233); x_t sampled by the model being trained (train-esd.py:205-207,
+    `sampler: frozen` the named deviation) down _ldm_ddim_run with guidance (ddim.py:205-230:
+    uncond and cond in one batch of 2); then the frozen model at t_enc_ddpm for e_0 and e_p
+    (one batch of 2, train-esd.py:239-240) and the trained one for e_n (243)."""
+    frozen = _FakeUNet()
+    calls = _record(frozen)
+    components = dataclasses.replace(components, unet=frozen)
+    settings = _short_esd(iterations=6, ddim_steps=ddim_steps, train_method="full", sampler=sampler)
+    for seed in range(3):
+        calls.clear()
+        esd(components, ["zero"], settings.replace(seed=seed), 32, "zero", progress=False)
+        g = torch.Generator().manual_seed(derive_seed("esd", seed, "zero"))
+        expected = []
+        for _ in range(settings.iterations):
+            t_enc = int(torch.randint(ddim_steps, (1,), generator=g))
+            t = int(torch.randint(*_esd_t_range(ddim_steps, t_enc), (1,), generator=g))
+            torch.randn((1, 4, 16, 16), generator=g)
+            expected += [(sampler, step, 2) for step, _ in _ldm_ddim_run(ddim_steps, t_enc)]
+            expected += [("frozen", t, 2), ("trained", t, 1)]
+        got = [("frozen" if m is frozen else "trained", t, b) for m, t, b in calls]
+        assert got == expected, seed
+
+
+def _ldm_p_sample_ddim(x, eps_pair, guidance, alphacums, ddim_timesteps, index):
+    """p_sample_ddim with eta 0 (ddim.py:229-259; sampling parameters util.py:63-69)."""
+    e_t_uncond, e_t = eps_pair
+    e_t = e_t_uncond + guidance * (e_t - e_t_uncond)
+    ddim_alphas = alphacums[ddim_timesteps]
+    ddim_alphas_prev = np.asarray([alphacums[0]] + alphacums[ddim_timesteps[:-1]].tolist())
+    ddim_sigmas = 0.0 * np.sqrt(
+        (1 - ddim_alphas_prev) / (1 - ddim_alphas) * (1 - ddim_alphas / ddim_alphas_prev)
+    )
+    a_t = torch.full((1, 1, 1, 1), float(ddim_alphas[index]))
+    a_prev = torch.full((1, 1, 1, 1), float(ddim_alphas_prev[index]))
+    sigma_t = torch.full((1, 1, 1, 1), float(ddim_sigmas[index]))
+    sqrt_one_minus_at = torch.full((1, 1, 1, 1), float(np.sqrt(1.0 - ddim_alphas[index])))
+    pred_x0 = (x - sqrt_one_minus_at * e_t) / a_t.sqrt()
+    dir_xt = (1.0 - a_prev - sigma_t**2).sqrt() * e_t
+    return a_prev.sqrt() * pred_x0 + dir_xt + sigma_t * torch.randn_like(x)
+
+
+def _ldm_alphas_cumprod() -> np.ndarray:
+    """LDM's 'linear' schedule as SD v1's config sets it (CompVis stable-diffusion
+    configs/stable-diffusion/v1-inference.yaml:5-9; util.py:21-25; ddpm.py:131-146)."""
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    return torch.tensor(np.cumprod(1.0 - betas.numpy(), axis=0), dtype=torch.float32).numpy()
+
+
+@pytest.mark.parametrize(
+    ("ddim_steps", "t_enc", "guidance"), [(50, 49, 3.0), (2, 1, 3.0), (20, 19, 1.0)]
+)
+def test_one_ddim_step_is_the_ldm_update(components, ddim_steps, t_enc, guidance):
+    """One step of sample_until against p_sample_ddim at eta 0, with LDM's own alphas (equal
+    to the checkpoint scheduler's scaled_linear ones to float32 rounding). (50, 49): the
+    first step from noise, index 48; (2, 1): index 0, whose a_prev is alphacums[0]; guidance
+    1: LDM calls the model on the conditional prompt alone (ddim.py:205-206)."""
+    alphacums = _ldm_alphas_cumprod()
+    torch.testing.assert_close(
+        components.scheduler.alphas_cumprod, torch.from_numpy(alphacums), rtol=2e-6, atol=0
+    )
+    unet = _FakeUNet()
+    calls = _record(unet)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 4, 3, 3, generator=g)
+    cond, uncond = torch.randn(1, 77, 8, generator=g), torch.randn(1, 77, 8, generator=g)
+    z = sample_until(
+        unet, components.scheduler.alphas_cumprod, x, t_enc, ddim_steps, cond, uncond, guidance
+    )
+    assert len(calls) == 1 and calls[0][2] == (1 if guidance == 1 else 2)
+    ddim = np.asarray(list(range(0, 1000, 1000 // ddim_steps))) + 1
+    index = len(ddim) - 2
+    assert calls[0][1] == ddim[index]
+    with torch.no_grad():
+        eps_pair = (unet(x, 0, uncond).sample, unet(x, 0, cond).sample)
+    expected = _ldm_p_sample_ddim(x, eps_pair, guidance, alphacums, ddim, index)
+    torch.testing.assert_close(z, expected, rtol=1e-5, atol=1e-6)
+
+
+def _uce_edit_model(components, old_texts, new_texts, retain_texts, lamb, erase_scale,
+                    preserve_scale, dtype) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Transcription of UCE's edit_model (unified-concept-editing train-scripts/
+    train_erase.py:172-315) with its defaults: technique 'replace', with_to_k True, every
+    layer edited, torch.inverse. The text encoder runs in float32; the products and the
+    inverse in `dtype` (UCE: float32). Returns the edited weights."""
+    unet, tokenizer, encoder = components.unet, components.tokenizer, components.text_encoder
+    ca_layers, names = [], []  # lines 175-187: attn2 of the Cross* up/down blocks and mid
+    for net_name, net in unet.named_children():
+        if "up" in net_name or "down" in net_name:
+            for b, block in enumerate(net):
+                if "Cross" in block.__class__.__name__:
+                    for a, attn in enumerate(block.attentions):
+                        for k, transformer in enumerate(attn.transformer_blocks):
+                            ca_layers.append(transformer.attn2)
+                            names.append(f"{net_name}.{b}.attentions.{a}.transformer_blocks.{k}")
+        if "mid" in net_name:
+            for a, attn in enumerate(net.attentions):
+                for k, transformer in enumerate(attn.transformer_blocks):
+                    ca_layers.append(transformer.attn2)
+                    names.append(f"{net_name}.attentions.{a}.transformer_blocks.{k}")
+    projections = [layer.to_v for layer in ca_layers] + [layer.to_k for layer in ca_layers]
+    keys = [f"{n}.attn2.to_v.weight" for n in names] + [f"{n}.attn2.to_k.weight" for n in names]
+    new_texts = [" " if text == "" else text for text in new_texts]  # lines 212-217
+
+    def embed(texts):
+        tokens = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,
+                           truncation=True, return_tensors="pt")  # fmt: skip
+        return tokens, encoder(tokens.input_ids)[0].to(dtype)
+
+    edited = {}
+    with torch.no_grad():
+        for layer_num, module in enumerate(projections):  # lines 227-312
+            weight = module.weight.to(dtype)
+
+            def projection(x, weight=weight):
+                return x @ weight.T  # the bias-free nn.Linear
+
+            mat1 = lamb * weight
+            mat2 = lamb * torch.eye(weight.shape[1], dtype=dtype)
+            for old_text, new_text in zip(old_texts, new_texts, strict=True):  # lines 239-287
+                tokens, embeddings = embed([old_text, new_text])
+                final_token_idx = tokens.attention_mask[0].sum().item() - 2
+                final_token_idx_new = tokens.attention_mask[1].sum().item() - 2
+                farthest = max([final_token_idx_new, final_token_idx])
+                old_emb = embeddings[0]
+                old_emb = old_emb[
+                    final_token_idx : len(old_emb) - max(0, farthest - final_token_idx)
+                ]
+                new_emb = embeddings[1]
+                new_emb = new_emb[
+                    final_token_idx_new : len(new_emb) - max(0, farthest - final_token_idx_new)
+                ]
+                context = old_emb.detach()
+                value = projection(new_emb).detach()
+                context_vector = context.reshape(context.shape[0], context.shape[1], 1)
+                context_vector_t = context.reshape(context.shape[0], 1, context.shape[1])
+                value_vector = value.reshape(value.shape[0], value.shape[1], 1)
+                mat1 += erase_scale * (value_vector @ context_vector_t).sum(dim=0)
+                mat2 += erase_scale * (context_vector @ context_vector_t).sum(dim=0)
+            for old_text, new_text in zip(retain_texts, retain_texts, strict=True):  # 289-310
+                _, (old_emb, new_emb) = embed([old_text, new_text])
+                context = old_emb.detach()
+                value = projection(new_emb[:]).detach()
+                context_vector = context.reshape(context.shape[0], context.shape[1], 1)
+                context_vector_t = context.reshape(context.shape[0], 1, context.shape[1])
+                value_vector = value.reshape(value.shape[0], value.shape[1], 1)
+                mat1 += preserve_scale * (value_vector @ context_vector_t).sum(dim=0)
+                mat2 += preserve_scale * (context_vector @ context_vector_t).sum(dim=0)
+            edited[keys[layer_num]] = mat1 @ torch.inverse(mat2)  # line 312
+    return edited
+
+
+@pytest.mark.parametrize(
+    ("erase", "preserve", "changes"),
+    [
+        (["zero"], ["one", "two", "three"], {}),
+        (["a photo of a zero", "four"], [], {"guide": "a photo"}),
+        (["zero", "one"], ["two"], {"preserve_scale": 0.3, "lamb": 0.1, "erase_scale": 2.0}),
+    ],
+)
+def test_uce_is_the_uce_code(components, erase, preserve, changes):
+    """uce() against _uce_edit_model as UCE's script calls it (train_erase.py:390-442):
+    guide ' ' for the empty prompt (391) or the one guided concept (395-396); retained texts
+    always [''] + the preserved (422), preserve_scale max(0.1, 1 / their count) unless given
+    (427-428); lamb 0.5 (442) and erase_scale 1 (329) by default."""
+    settings = ErasureSettings(method="uce").replace(**changes)
+    retain = ["", *preserve]
+    scale = settings.preserve_scale
+    scale = max(0.1, 1 / len(retain)) if scale is None else scale
+    args = (erase, [settings.guide] * len(erase), retain, settings.lamb, settings.erase_scale)
+    exact = _uce_edit_model(components, *args, scale, torch.float64)
+    original = _uce_edit_model(components, *args, scale, torch.float32)
+    edited = uce(components, erase, preserve, settings)
+    assert sorted(edited) == sorted(exact) == sorted(original)
+    for name, weight in exact.items():
+        torch.testing.assert_close(edited[name], weight.float(), rtol=0, atol=2e-6)
+        # The UCE code's float32 inverse (condition number ~5e3 on the tiny model at lamb
+        # 0.5, more at 0.1) is off by up to ~6e-4 of weights ~0.2; the float64 solve here
+        # is the exact edit.
+        torch.testing.assert_close(edited[name], original[name], rtol=0, atol=2e-3)
 
 
 def test_base_plus_delta_is_the_edited_unet_and_swaps_restore_the_base(tiny_dir, tmp_path):

@@ -4,16 +4,19 @@ Two methods, each returning only the tensors it changed (a delta, see `dafusion.
 
 - **ESD** (Gandikota et al. 2023, eq. 8 of the paper), faithful to the ESD code the paper
   used: fine-tune the UNet so that eps_theta(x_t, t, c) matches
-  eps*(x_t, t) - eta (eps*(x_t, t, c) - eps*(x_t, t)) for the frozen base eps*. x_t comes
-  from running DDIM (eta 0) from noise for i of `ddim_steps` steps with guidance
-  `start_guidance`, using the model being trained; t is drawn in [N i / S, N (i + 1) / S)
-  as that code does. Adam, batch 1, `iterations` steps. Named deviations: `sampler: frozen`
-  samples x_t with the base model, `precision: bfloat16` runs the UNets under autocast.
+  eps*(x_t, t) - eta (eps*(x_t, t, c) - eps*(x_t, t)) for the frozen base eps*. Each step
+  draws i in [0, S) (S = `ddim_steps`, N = 1000 training steps) and samples x_t as that
+  code does: LDM's DDIM (eta 0, guidance `start_guidance`, the model being trained) from
+  pure noise down its uniform timesteps, stopping after index i - 1, so x_t sits at the
+  noise level of DDPM step about N (i - 2) / S (step 0 for i <= 1): a small i gives a nearly
+  clean latent. t is drawn in [N i / S, N (i + 1) / S), two to three DDIM intervals above.
+  Adam, batch 1, `iterations` steps. Named deviations: `sampler: frozen` samples x_t with
+  the base model, `precision: bfloat16` runs the UNets under autocast.
 - **UCE** (Gandikota et al. 2024): a closed-form edit of every cross-attention key/value
   projection W, minimizing sum_erase |W' k - W k_guide|^2 (erase_scale) +
   sum_preserve |W' k - W k|^2 (preserve_scale) + lamb |W' - W|^2, so that the class name's
-  text embeddings map to the guide's (the empty prompt) while the preserved prompts keep
-  their outputs. Seconds, not hours.
+  text embeddings map to the guide's (the empty prompt) while the preserved prompts (always
+  the empty prompt, plus the other classes') keep their outputs. Seconds, not hours.
 
 `erasure_scores` measures the result: how far eps(x_t, t, "a photo of a {c}") moved toward
 the base model's eps(x_t, t, "") for the erased class and for every other class.
@@ -40,43 +43,126 @@ from .settings import ErasureSettings
 
 log = logging.getLogger(__name__)
 
-TRAIN_METHODS = ("full", "xattn", "noxattn")
+TRAIN_METHODS = ("full", "xattn", "noxattn", "selfattn", "notime", "xlayer", "selflayer")
+# ESD's layer-specific methods: the attention they train (attn1 self-, attn2 cross-) in which
+# CompVis UNet blocks, (input_blocks, output_blocks).
+LAYER_METHODS = {"xlayer": ("attn2", (), (6, 8)), "selflayer": ("attn1", (4, 7), ())}
+# CompVis `out.` (final norm and convolution) and `time_embed`, in diffusers' names.
+OUTER = ("conv_norm_out.", "conv_out.", "time_embedding.")
 # Fixed probes of the erasure check: Gaussian latents and timesteps (fractions of the
 # training schedule), the same for the base and every edited UNet.
 CHECK_PROBES = 2
 CHECK_TIMESTEPS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
+def compvis_attentions(
+    unet: torch.nn.Module, input_blocks: Sequence[int] = (), output_blocks: Sequence[int] = ()
+) -> tuple[str, ...]:
+    """diffusers' name prefixes of CompVis `input_blocks.k` / `output_blocks.k` attentions.
+
+    As diffusers' checkpoint conversion maps them (convert_ldm_unet_checkpoint): input block
+    k >= 1 is level (k - 1) // (L + 1), position (k - 1) % (L + 1) of the down path, output
+    block k level k // (L + 1), position k % (L + 1) of the up path, L = layers_per_block.
+    """
+    per_level = int(unet.config.layers_per_block) + 1
+    down = [
+        f"down_blocks.{(k - 1) // per_level}.attentions.{(k - 1) % per_level}."
+        for k in input_blocks
+    ]
+    up = [f"up_blocks.{k // per_level}.attentions.{k % per_level}." for k in output_blocks]
+    return tuple(down + up)
+
+
 def trained_names(unet: torch.nn.Module, train_method: str) -> list[str]:
     """The parameters ESD trains, by the ESD code's rules on diffusers' names.
 
-    full: every parameter; xattn: cross-attention only (attn2); noxattn: everything but
-    cross-attention, the time embedding and the output layers.
+    full: every parameter; xattn: cross-attention (attn2); selfattn: self-attention (attn1);
+    noxattn: all but cross-attention, the time embedding and the output layers; notime: all
+    but the time embedding and the output layers; xlayer: the cross-attention of CompVis
+    output_blocks 6 and 8; selflayer: the self-attention of CompVis input_blocks 4 and 7.
     """
-    names = [name for name, _ in unet.named_parameters()]
-    if train_method == "full":
-        return names
-    if train_method == "xattn":
-        return [n for n in names if ".attn2." in n]
-    if train_method == "noxattn":
-        skip = ("conv_out.", "conv_norm_out.", "time_embedding.")
-        return [n for n in names if ".attn2." not in n and not n.startswith(skip)]
-    raise ValueError(f"config key 'erasure.train_method': unknown '{train_method}'")
+    rules = {
+        "full": lambda n: True,
+        "xattn": lambda n: ".attn2." in n,
+        "noxattn": lambda n: ".attn2." not in n and not n.startswith(OUTER),
+        "selfattn": lambda n: ".attn1." in n,
+        "notime": lambda n: not n.startswith(OUTER),
+    }
+    if train_method in LAYER_METHODS:
+        kind, inputs, outputs = LAYER_METHODS[train_method]
+        blocks = compvis_attentions(unet, inputs, outputs)
+        rules[train_method] = lambda n: f".{kind}." in n and n.startswith(blocks)
+    if train_method not in rules:
+        raise ValueError(f"config key 'erasure.train_method': unknown '{train_method}'")
+    names = [name for name, _ in unet.named_parameters() if rules[train_method](name)]
+    if not names:
+        raise ValueError(
+            f"config key 'erasure.train_method': '{train_method}' selects no parameter of this "
+            "UNet (xlayer and selflayer name Stable Diffusion v1's blocks)"
+        )
+    return names
 
 
 def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
 
 
+def ddim_timesteps(ddim_steps: int, num_train: int) -> np.ndarray:
+    """LDM's uniform DDIM timesteps: every (N // S)-th training step, plus one.
+
+    More than S of them when S does not divide N (S = 30: 31 timesteps, 1 to 991).
+    """
+    return np.arange(0, num_train, num_train // ddim_steps) + 1
+
+
+def ddim_indices(t_enc: int, ddim_steps: int, num_train: int) -> range:
+    """The indices into `ddim_timesteps` that ESD's x_t sampler runs, in order.
+
+    LDM's sampler with t_start -1 drops the largest timestep, runs down from the next one and,
+    with till_T = t_enc, stops after index t_enc - 1 (t_enc = 0 never stops: all of them).
+    """
+    count = len(ddim_timesteps(ddim_steps, num_train))
+    return range(count - 2, max(t_enc - 1, 0) - 1, -1)
+
+
+def timestep_range(t_enc: int, ddim_steps: int, num_train: int) -> tuple[int, int]:
+    """ESD's [low, high) for the timestep at which the models are queried, given t_enc."""
+    return round(t_enc / ddim_steps * num_train), round((t_enc + 1) / ddim_steps * num_train)
+
+
 @torch.no_grad()
-def sample_until(unet, scheduler, latents, steps, cond, uncond, guidance) -> torch.Tensor:
-    """ESD's x_t: `steps` DDIM steps from `latents` with classifier-free guidance."""
-    context = torch.cat([uncond, cond]).to(unet.dtype)
-    for t in scheduler.timesteps[:steps]:
-        pred = unet(torch.cat([latents] * 2).to(unet.dtype), t, context).sample.float()
-        pred_uncond, pred_text = pred.chunk(2)
-        pred = pred_uncond + guidance * (pred_text - pred_uncond)
-        latents = scheduler.step(pred, t, latents).prev_sample
+def sample_until(
+    unet: torch.nn.Module,
+    alphas_cumprod: torch.Tensor,
+    latents: torch.Tensor,
+    t_enc: int,
+    ddim_steps: int,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    guidance: float,
+) -> torch.Tensor:
+    """ESD's x_t (quick_sample_till_t): DDIM with eta 0 from `latents` to t_enc.
+
+    The steps of `ddim_indices`, each x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev) eps with
+    x0 = (x - sqrt(1 - a_t) eps) / sqrt(a_t), a_t the cumulative alpha at the step's timestep
+    and a_prev at the previous DDIM timestep's (at step 0 for index 0). eps is guided by
+    `guidance` against `uncond`; at guidance 1 LDM's sampler makes the conditional call only.
+    """
+    num_train = len(alphas_cumprod)
+    timesteps = ddim_timesteps(ddim_steps, num_train)
+    guided = guidance != 1
+    context = (torch.cat([uncond, cond]) if guided else cond).to(unet.dtype)
+    for index in ddim_indices(t_enc, ddim_steps, num_train):
+        t = int(timesteps[index])
+        x = torch.cat([latents] * 2) if guided else latents
+        eps = unet(x.to(unet.dtype), t, context).sample.float()
+        if guided:
+            eps_uncond, eps_cond = eps.chunk(2)
+            eps = eps_uncond + guidance * (eps_cond - eps_uncond)
+        a_t = alphas_cumprod[t]
+        a_prev = alphas_cumprod[timesteps[index - 1] if index else 0]
+        x0 = (latents - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        latents = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
     return latents
 
 
@@ -97,27 +183,26 @@ def esd(
     `stream` names the random stream (with `settings.seed`): the draws depend on it only,
     so a resumed run draws exactly what an uninterrupted one does.
     """
-    from diffusers import DDIMScheduler
-
     if settings.sampler not in ("trained", "frozen"):
         raise ValueError(f"config key 'erasure.sampler': unknown '{settings.sampler}'")
     if settings.precision not in ("float32", "bfloat16"):
         raise ValueError(f"config key 'erasure.precision': unknown '{settings.precision}'")
     frozen = components.unet
     device = frozen.device
+    alphas_cumprod = components.scheduler.alphas_cumprod.to(device)
+    num_train = len(alphas_cumprod)
+    if settings.ddim_steps > num_train:  # LDM's timesteps are every (N // S)-th step
+        raise ValueError(f"config key 'erasure.ddim_steps': above the model's {num_train} steps")
+    wanted = set(trained_names(frozen, settings.train_method))
     trained = copy.deepcopy(frozen)
     if trained.dtype != torch.float32:  # master weights in float32 whatever model.dtype
         trained.to(torch.float32)
-    wanted = set(trained_names(trained, settings.train_method))
     params = {name: p for name, p in trained.named_parameters() if name in wanted}
     for param in params.values():
         param.requires_grad_(True)
     trained.train()
     optimizer = torch.optim.Adam(list(params.values()), lr=settings.lr)
     sampler_unet = trained if settings.sampler == "trained" else frozen
-    scheduler = DDIMScheduler.from_config(components.scheduler.config)
-    scheduler.set_timesteps(settings.ddim_steps, device=device)
-    num_train = scheduler.config.num_train_timesteps
     with torch.no_grad():
         embeddings = encode_text(components, list(prompts)).to(device)
         emb_0 = encode_text(components, [""]).to(device)
@@ -137,15 +222,15 @@ def esd(
     for step in bar:
         which = int(torch.randint(len(prompts), (1,), generator=generator)) if joint else 0
         emb_p = embeddings[which : which + 1]
-        i = int(torch.randint(settings.ddim_steps, (1,), generator=generator))
-        low = round(i / settings.ddim_steps * num_train)
-        high = max(round((i + 1) / settings.ddim_steps * num_train), low + 1)
+        t_enc = int(torch.randint(settings.ddim_steps, (1,), generator=generator))
+        low, high = timestep_range(t_enc, settings.ddim_steps, num_train)
         t = torch.randint(low, high, (1,), generator=generator).to(device)
         noise = torch.randn(shape, generator=generator).to(device)
         with _autocast(device, settings.precision):
             z = sample_until(
-                sampler_unet, scheduler, noise, i, emb_p, emb_0, settings.start_guidance
-            )
+                sampler_unet, alphas_cumprod, noise, t_enc, settings.ddim_steps, emb_p, emb_0,
+                settings.start_guidance,
+            )  # fmt: skip
             with torch.no_grad():  # the base model's two predictions in one call
                 pair = torch.cat([z, z]).to(frozen.dtype)
                 context = torch.cat([emb_0, emb_p]).to(frozen.dtype)
@@ -165,7 +250,7 @@ def esd(
 
 def _last_token(components: Components, text: str) -> int:
     """Index of a prompt's last word token in the padded sequence (BOS is 0)."""
-    return len(components.tokenizer(text).input_ids) - 2
+    return len(components.tokenizer(text, truncation=True).input_ids) - 2
 
 
 def cross_attention_projections(unet: torch.nn.Module, edit_keys: bool) -> list[str]:
@@ -189,10 +274,11 @@ def uce(
     """Erase `erase` (prompts) toward `settings.guide`, preserving `preserve`, in closed form.
 
     As the UCE code: each erased prompt contributes its embeddings from its last word token
-    to the end of the padded sequence, aligned with the guide's from its last token; each
-    preserved prompt all its positions. Solved in float64.
+    to the end of the padded sequence, aligned with the guide's from its last token; the
+    empty prompt and each preserved prompt all their positions, weighted by preserve_scale
+    (default max(0.1, 1 / their count, the empty prompt included)). Solved in float64.
     """
-    preserve = list(preserve) or [""]
+    preserve = ["", *preserve]
     preserve_scale = settings.preserve_scale
     if preserve_scale is None:
         preserve_scale = max(0.1, 1 / len(preserve))
