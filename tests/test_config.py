@@ -373,3 +373,43 @@ def test_a_dataset_prompt_replaces_the_methods_prompt_on_that_dataset_only():
     assert method.for_dataset("pascal").result_params()["prompt"] == "a photo of a {name}"
     assert "dataset_prompts" not in method.result_params()
     assert not method.for_dataset("leafy_spurge").uses_tokens
+
+
+def test_the_paper_config_follows_the_original_code(tmp_path):
+    """config/paper.yaml resolves to the original code's choices (README, deviations table):
+    the metric and selection of plot.py lines 75-95, reported on val; the 27 templates of
+    fine_tune.py lines 276-304; Real Guidance's Leafy Spurge prompt of scripts/real_guidance/
+    launch_real_guidance=0.5_spurge.sh; mean = std = 0.5 (few_shot_dataset.py lines 34-39);
+    Leafy Spurge's flips and 45 degrees (spurge.py lines 72-81); ESD `full`
+    (scripts/erase_classes/*.sh)."""
+    from dafusion.settings import ClassifierSettings, MethodSettings
+
+    paper = yaml.safe_load((REPO / "config/paper.yaml").read_text())
+    for spec in paper["datasets"].values():
+        spec["root"] = str(tmp_path)
+    paper["model"]["pretrained"] = "tiny"
+    config = validate_config(paper, SCHEMA)
+    aggregate = config["aggregate"]
+    assert (aggregate["metric"], aggregate["selection"], aggregate["report_split"]) == (
+        "mean_class_accuracy", "seed_mean", "val",
+    )  # fmt: skip
+    assert config["inversion"]["templates"] == "imagenet_small"
+    assert not config["inversion"]["scale_lr"] and config["inversion"]["initializer"] == "the"
+    woodland = "a woodland seen from a drone"
+    for name in ("real-guidance", "real-guidance-erased"):
+        method = MethodSettings.from_config(config["methods"][name])
+        assert method.for_dataset("leafy_spurge").prompt == woodland
+        assert method.for_dataset("pascal").prompt == "a photo of a {name}"
+    agnostic = MethodSettings.from_config(config["methods"]["real-guidance-agnostic"])
+    assert agnostic.for_dataset("leafy_spurge").prompt == "a photo"
+    spurge = ClassifierSettings.resolve(
+        config["classifier"], config["datasets"]["leafy_spurge"]["classifier"]
+    )
+    assert (spurge.vertical_flip, spurge.rotation_degrees) == (True, 45)
+    pascal = ClassifierSettings.resolve(
+        config["classifier"], config["datasets"]["pascal"].get("classifier", {})
+    )
+    assert (pascal.vertical_flip, pascal.rotation_degrees, pascal.normalization) == (
+        False, 15, "original",
+    )  # fmt: skip
+    assert config["erasure"]["train_method"] == "full" and config["erasure"]["sampler"] == "trained"
