@@ -239,3 +239,34 @@ def test_skipped_images_are_as_if_they_never_existed(tmp_path, caplog):
     absent = _read(spec, tmp_path / "b")
     for got, expected in zip(skipped, absent, strict=True):
         assert got["key"].tolist() == expected["key"].tolist()
+
+
+@pytest.mark.parametrize("junk", [".thumbs", ".ipynb_checkpoints", "__MACOSX", "@eaDir"])
+def test_hidden_and_system_folders_and_files_are_no_data(tmp_path, junk, caplog):
+    """What file managers, archivers and notebooks leave beside images is skipped, named in
+    the log: as a class folder, inside a class folder, and as AppleDouble `._` files."""
+    _write_images(tmp_path / "data/cat", 3, (1, 2, 3))
+    _write_images(tmp_path / "data/dog", 3, (3, 2, 1))
+    _write_images(tmp_path / "data" / junk, 2, (9, 9, 9))
+    _write_images(tmp_path / "data/cat" / junk, 2, (9, 9, 9))
+    (tmp_path / "data/dog/._img.0.jpg").write_bytes(b"\x00\x05\x16\x07 not an image")
+    with caplog.at_level("WARNING"):
+        pool, val, _ = _read(
+            {"kind": "imagefolder", "root": "data", "val_fraction": 0.34}, tmp_path
+        )
+    assert class_names(pool) == ["cat", "dog"]
+    assert len(pool) + len(val) == 6
+    assert f"skipped folder '{tmp_path / 'data' / junk}': hidden or system" in caplog.text
+    assert "skipped 2 hidden or system files under" in caplog.text
+    assert "skipped 1 hidden or system files under" in caplog.text
+
+
+def test_an_empty_test_folder_counts_as_absent(tmp_path, caplog):
+    for split in ("train", "val"):
+        _write_images(tmp_path / f"data/{split}/cat", 2, (1, 2, 3))
+        _write_images(tmp_path / f"data/{split}/dog", 2, (3, 2, 1))
+    (tmp_path / "data/test").mkdir()
+    with caplog.at_level("WARNING"):
+        pool, val, test = _read({"kind": "imagefolder", "root": "data"}, tmp_path)
+    assert (len(pool), len(val), len(test)) == (4, 4, 0)
+    assert f"'{tmp_path / 'data/test'}' holds no images: read as if it were absent" in caplog.text

@@ -12,6 +12,15 @@ from ..settings import DatasetSettings
 
 log = logging.getLogger(__name__)
 
+# Folders and files that file managers, archivers and notebooks leave beside data: never a
+# class or an image (besides any name starting with a dot, e.g. .ipynb_checkpoints, ._x.jpg).
+SYSTEM_NAMES = frozenset({"__MACOSX", "@eaDir", "Thumbs.db", "desktop.ini", "$RECYCLE.BIN"})
+
+
+def is_hidden(name: str) -> bool:
+    """A hidden or system file or folder name, which no reader takes as data."""
+    return name.startswith(".") or name in SYSTEM_NAMES
+
 
 def dataset_root(spec: DatasetSettings, base_dir: Path) -> Path:
     """The entry's `root`, absolute (resolved once, so image paths need no per-file resolve)."""
@@ -39,24 +48,39 @@ def read_lines(path: Path) -> list[str]:
 
 
 def list_images(folder: Path, recursive: bool = False) -> list[Path]:
-    """Image files in a folder, sorted by name."""
+    """Image files in a folder, sorted by name; hidden and system files and folders
+    (`is_hidden`) are skipped and named in the log."""
     if recursive:
-        files = (p for p in folder.rglob("*") if p.is_file())
+        files = [p for p in folder.rglob("*") if p.is_file()]
     else:
-        files = (Path(e.path) for e in os.scandir(folder) if e.is_file())
-    return sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = [Path(e.path) for e in os.scandir(folder) if e.is_file()]
+    hidden = {p for p in files if any(is_hidden(part) for part in p.relative_to(folder).parts)}
+    if hidden:
+        shown = ", ".join(str(p.relative_to(folder)) for p in sorted(hidden)[:5])
+        more = f" and {len(hidden) - 5} more" if len(hidden) > 5 else ""
+        log.warning(
+            "skipped %d hidden or system files under '%s': %s%s", len(hidden), folder, shown, more
+        )
+    return sorted(p for p in files if p not in hidden and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def class_folders(root: Path, exclude: Sequence[str] = ()) -> dict[str, list[Path]]:
+def class_folders(
+    root: Path, exclude: Sequence[str] = (), allow_empty: bool = False
+) -> dict[str, list[Path]]:
     """`root/<class>/...` image folders (recursive), by folder name, sorted.
 
-    Empty folders are dropped and symlinked folders are not followed (a link to the root
-    would make a class of every image); both are logged by name.
+    Empty folders are dropped, hidden and system folders (`.thumbs`, `__MACOSX`, `@eaDir`)
+    are no classes, and symlinked folders are not followed (a link to the root would make a
+    class of every image); each is logged by name. No class folder with images is an error,
+    or with `allow_empty` an empty result.
     """
     if not root.is_dir():
         raise FileNotFoundError(f"directory '{root}' does not exist; check root")
     classes = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in exclude):
+        if is_hidden(folder.name):
+            log.warning("skipped folder '%s': hidden or system, not a class", folder)
+            continue
         if folder.is_symlink():
             log.warning("skipped class folder '%s': a symlink (not followed)", folder)
             continue
@@ -65,7 +89,7 @@ def class_folders(root: Path, exclude: Sequence[str] = ()) -> dict[str, list[Pat
             classes[folder.name] = files
         else:
             log.warning("skipped class folder '%s': no images in it", folder)
-    if not classes:
+    if not classes and not allow_empty:
         raise ValueError(
             f"no class folders with images under '{root}'; expected root/<class>/*.jpg"
         )

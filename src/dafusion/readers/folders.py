@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ from ..images import encode_png
 from ..manifest import manifest, sanitize_key
 from ..settings import DatasetSettings
 from .common import class_folders, dataset_root, locate
+
+log = logging.getLogger(__name__)
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -86,7 +89,10 @@ def read_imagefolder(spec: DatasetSettings, base_dir: Path) -> pd.DataFrame:
     rows = _folder_rows(root, train, labels, names, "train")
     for split in ("val", "test"):
         if has_splits and (root / split).is_dir():
-            rows += _folder_rows(root, class_folders(root / split), labels, names, split)
+            folders = class_folders(root / split, allow_empty=True)
+            if not folders:
+                log.warning("'%s' holds no images: read as if it were absent", root / split)
+            rows += _folder_rows(root, folders, labels, names, split)
     return manifest(rows)
 
 
