@@ -413,3 +413,51 @@ def test_the_paper_config_follows_the_original_code(tmp_path):
         False, 15, "original",
     )  # fmt: skip
     assert config["erasure"]["train_method"] == "full" and config["erasure"]["sampler"] == "trained"
+
+
+def test_a_strength_that_runs_no_denoising_step_stops_at_start_up():
+    """img2img runs floor(steps x t0) steps: t0 = 0.01 with 25 steps would return the image
+    unchanged, and the generate job would fail only after its old outputs were deleted. A
+    dataset's own steps count: 0.02 passes with 50 steps, not with the 25 of an override."""
+    config = default_config()
+    config["generation"]["num_inference_steps"] = 50
+    config["methods"]["real-guidance"]["strengths"] = [0.02]
+    validate_config(config, SCHEMA)
+    config["datasets"]["digits"]["generation"] = {"num_inference_steps": 25}
+    message = (
+        "config key 'methods.real-guidance.strengths': t0 = 0.02 with "
+        "generation.num_inference_steps 25 (dataset digits) runs no denoising step"
+    )
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config(config, SCHEMA)
+
+
+def test_backbone_weights_must_be_on_this_machine(tmp_path, monkeypatch):
+    """Where train jobs would fail to load them: the default ResNet-50 repo not in the cache
+    (the message gives the download command), a weights file that does not exist; a file that
+    exists, random weights, or the small CNN need nothing."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    config = default_config()
+    config["classifier"]["backbone"] = "resnet50"
+    with pytest.raises(ConfigError, match=r"hf download timm/resnet50\.tv2_in1k"):
+        validate_config(config, SCHEMA)
+    config["classifier"]["weights"] = "missing.safetensors"
+    with pytest.raises(ConfigError, match="'classifier.weights': file .*missing.safetensors"):
+        validate_config(config, SCHEMA, base_dir=tmp_path)
+    (tmp_path / "missing.safetensors").write_bytes(b"")
+    validate_config(config, SCHEMA, base_dir=tmp_path)
+    config["classifier"].update(weights=None, pretrained=False)
+    validate_config(config, SCHEMA)
+    config["classifier"]["pretrained"] = True
+    config["methods"]["baseline"]["classifier"] = {"backbone": "deit"}
+    with pytest.raises(ConfigError, match="deit weights 'facebook/deit-base-distilled"):
+        validate_config(config, SCHEMA)
+
+
+def test_an_empty_initializer_stops_at_start_up():
+    config = default_config()
+    config["inversion"]["initializer"] = " "
+    with pytest.raises(ConfigError, match="config key 'inversion.initializer'"):
+        validate_config(config, SCHEMA)

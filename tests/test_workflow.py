@@ -531,6 +531,11 @@ def test_resources_without_a_gpu_limit_stop_before_any_gpu_job(workdir):
     [
         ({"model": {"pretrained": "models/missing"}}, "model.pretrained"),
         ({"generation": {"scheduler": "NoSuchScheduler"}}, "generation.scheduler"),
+        # issue 30: settings that failed only in a job, after its outputs were deleted
+        ({"methods": {"real-guidance": {"strengths": [0.01]}}}, "methods.real-guidance.strengths"),
+        ({"classifier": {"backbone": "resnet50"}}, "classifier.weights"),
+        ({"classifier": {"weights": "missing/resnet50.safetensors"}}, "classifier.weights"),
+        ({"inversion": {"initializer": ""}}, "inversion.initializer"),
     ],
 )
 def test_a_bad_setting_stops_the_run_before_any_output_is_touched(workdir, overlay, key):

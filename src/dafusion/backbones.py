@@ -18,14 +18,16 @@ from pathlib import Path
 
 import torch
 
+from .settings import BACKBONE_WEIGHTS
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # The original code normalizes every image with mean = std = 0.5 whatever the backbone
 # (semantic_aug/few_shot_dataset.py:34-39 and each dataset's transforms).
 ORIGINAL_MEAN = (0.5, 0.5, 0.5)
 ORIGINAL_STD = (0.5, 0.5, 0.5)
-RESNET50_HUB = "timm/resnet50.tv2_in1k"
-DEIT_HUB = "facebook/deit-base-distilled-patch16-224"
+RESNET50_HUB = BACKBONE_WEIGHTS["resnet50"]
+DEIT_HUB = BACKBONE_WEIGHTS["deit"]
 
 
 @dataclass

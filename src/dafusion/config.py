@@ -17,7 +17,13 @@ import jsonschema
 import yaml
 
 from .readers import KINDS, missing_package, original_split_kinds
-from .settings import SECTIONS
+from .settings import (
+    BACKBONE_WEIGHTS,
+    SECTIONS,
+    ClassifierSettings,
+    GenerationSettings,
+    denoising_steps,
+)
 
 # Named inversion recipes; keys a config sets explicitly win over the preset's.
 INVERSION_PRESETS = {
@@ -156,6 +162,65 @@ def _check_erasure(config: Mapping) -> None:
             )
     for key in ("prompt", "check_prompt"):
         _check_fields(f"erasure.{key}", erasure[key], {"name"}, exactly_one=True)
+
+
+def _job_settings(config: Mapping, section: str, kind: str | None = None):
+    """(dataset, method, settings) of every (dataset, method) pair whose jobs exist: the
+    section resolved with the dataset's and the method's overrides, as the jobs get it."""
+    cls = {"generation": GenerationSettings, "classifier": ClassifierSettings}[section]
+    for dataset, entry in config["datasets"].items():
+        for method, spec in config["methods"].items():
+            if spec.get("datasets") and dataset not in spec["datasets"]:
+                continue
+            if kind is None or spec["kind"] == kind:
+                overrides = (entry.get(section, {}), spec.get(section, {}))
+                yield dataset, method, cls.resolve(config[section], *overrides)
+
+
+def _check_strengths(config: Mapping) -> None:
+    """Every t0 runs at least one denoising step with the steps its jobs get (img2img runs
+    floor(steps * t0)); found here, not by a generate job after its old outputs are gone."""
+    for dataset, method, settings in _job_settings(config, "generation", kind="sdedit"):
+        steps = settings.num_inference_steps
+        for strength in config["methods"][method]["strengths"]:
+            if denoising_steps(steps, strength) < 1:
+                raise ConfigError(
+                    f"config key 'methods.{method}.strengths': t0 = {strength} with "
+                    f"generation.num_inference_steps {steps} (dataset {dataset}) runs no "
+                    f"denoising step (floor({steps} x {strength}) = 0); raise the strength to at "
+                    f"least {1 / steps:.3g} or the steps"
+                )
+
+
+def _check_classifier_weights(config: Mapping, base_dir: str | Path) -> None:
+    """The backbone weights every train job loads are on this machine (a file, or a repo in
+    the local Hugging Face cache): found here, not by train jobs after their old outputs are
+    gone."""
+    seen = set()
+    for _, method, settings in _job_settings(config, "classifier"):
+        if settings.backbone not in BACKBONE_WEIGHTS or not settings.pretrained:
+            continue
+        if (settings.backbone, settings.weights) in seen:
+            continue
+        seen.add((settings.backbone, settings.weights))
+        weights = settings.weights or BACKBONE_WEIGHTS[settings.backbone]
+        path = Path(base_dir) / Path(weights).expanduser()
+        if path.exists():  # a file (resnet50) or a model directory (deit)
+            continue
+        if weights.endswith(".safetensors"):
+            raise ConfigError(
+                f"config key 'classifier.weights': file '{path}' does not exist (method "
+                f"{method}); point it at a torchvision-layout resnet50 .safetensors file"
+            )
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(weights, "model.safetensors"), str):
+            raise ConfigError(
+                f"config key 'classifier.weights': the {settings.backbone} weights '{weights}' "
+                f"(method {method}) are not in the local Hugging Face cache; on a machine with "
+                f"internet run `hf download {weights}` (then copy the cache here), point "
+                "classifier.weights at a local file, or set classifier.pretrained: false"
+            )
 
 
 # The files each component of a Stable Diffusion checkpoint is loaded from (diffusers'
@@ -329,6 +394,8 @@ def validate_config(config: Mapping, schema_path: str | Path, base_dir: str | Pa
             _check_fields(key, prompt, {"name", "token"})
     _check_erasure(config)
     _check_overrides(config)
+    _check_strengths(config)
+    _check_classifier_weights(config, base_dir)
     if isinstance(config["inversion"]["templates"], list):
         for i, template in enumerate(config["inversion"]["templates"]):
             _check_fields(f"inversion.templates.{i}", template, {""}, exactly_one=True)

@@ -28,7 +28,7 @@ from .devices import halve_on_oom
 from .images import load_image, to_model_tensor, to_pil
 from .models import Components, encode_text
 from .seeds import derive_seed
-from .settings import GenerationSettings
+from .settings import GenerationSettings, denoising_steps
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def draw_strength(variant: int, strengths: Sequence[float]) -> float:
 
 def denoising_timesteps(scheduler, num_inference_steps: int, strength: float) -> torch.Tensor:
     """The img2img schedule: the last floor(S * t0) steps of an S-step schedule."""
-    init = min(int(num_inference_steps * strength), num_inference_steps)
+    init = denoising_steps(num_inference_steps, strength)
     if init < 1:
         raise ValueError(
             f"strength {strength} with {num_inference_steps} steps runs no denoising step; "

@@ -246,6 +246,12 @@ class ErasureSettings(Settings):
         return params
 
 
+def denoising_steps(num_inference_steps: int, strength: float) -> int:
+    """SDEdit's denoising steps at strength t0: the last floor(S * t0) of S (img2img's rule);
+    0 means the image is returned unchanged, which the workflow refuses at start-up."""
+    return min(int(num_inference_steps * strength), num_inference_steps)
+
+
 @dataclass(frozen=True)
 class GenerationSettings(Settings):
     """`generation:` SDEdit sampling (Table 1) and how the synthetic set is stored."""
@@ -269,6 +275,15 @@ class GenerationSettings(Settings):
         if not self.safety_checker:
             del params["safety_retries"]  # read only when the safety checker runs
         return params
+
+
+# The weights a pretrained backbone loads when classifier.weights is null (Hugging Face repo
+# ids, read from the local cache): torchvision's IMAGENET1K_V2 ResNet-50 as the original code
+# loads it, republished as safetensors, and the distilled DeiT-B of the paper's Appendix F.
+BACKBONE_WEIGHTS = {
+    "resnet50": "timm/resnet50.tv2_in1k",
+    "deit": "facebook/deit-base-distilled-patch16-224",
+}
 
 
 @dataclass(frozen=True)
