@@ -248,3 +248,29 @@ def test_pipeline_step_exports_per_class_files_and_loss_curves(tiny_dir, digits,
         pipe.tokenizer.convert_tokens_to_ids("<one>")
     ]
     torch.testing.assert_close(row, expected[0])
+
+
+def test_a_tokens_file_is_the_same_bytes_wherever_the_results_are(tiny_dir, digits, tmp_path):
+    """Portability: the token file records the configured model name, not the folder the
+    model or the results live in, so the same run elsewhere writes the same bytes (and the
+    synthetic images that record its hash stay the same)."""
+    import shutil
+
+    from dafusion import pipeline
+    from dafusion.settings import ModelSettings
+
+    split = few_shot(digits[0][digits[0]["label"] < 2], seed=0, shots=1)
+    model = ModelSettings(pretrained="tiny", resolution=32, device="cpu")
+    written = []
+    for place in ("here", "there/deeper"):
+        folder = tmp_path / place
+        folder.mkdir(parents=True)
+        split.to_parquet(folder / "split.parquet")
+        shutil.copytree(tiny_dir, folder / "model")
+        pipeline.invert(
+            str(folder / "split.parquet"), model, InversionSettings(steps=2, batch_size=1),
+            seed=0, output=str(folder / "tokens.safetensors"), model_dir=str(folder / "model"),
+        )  # fmt: skip
+        written.append((folder / "tokens.safetensors").read_bytes())
+    assert written[0] == written[1]
+    assert str(tmp_path).encode() not in written[0]

@@ -27,7 +27,6 @@ class Components:
     vae: torch.nn.Module
     unet: torch.nn.Module
     scheduler: object
-    model_id: str
 
     @property
     def vae_scale_factor(self) -> int:
@@ -89,7 +88,7 @@ def load_components(pretrained: str, device: torch.device, dtype: torch.dtype) -
         module.requires_grad_(False)
         module.eval()
         module.to(device=device, dtype=dtype)
-    return Components(tokenizer, text_encoder, vae, unet, scheduler, model_id=str(pretrained))
+    return Components(tokenizer, text_encoder, vae, unet, scheduler)
 
 
 def load_safety_checker(pretrained: str, device: torch.device, dtype: torch.dtype):

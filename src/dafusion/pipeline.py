@@ -280,7 +280,8 @@ def invert(
             resolution=model.resolution, checkpoint=checkpoint,
         )  # fmt: skip
     log.info("learned %d tokens in %.1fs", len(result.tokens), time.perf_counter() - start)
-    meta = {"classes": names, "model": components.model_id, "seed": seed}
+    # The configured model name, never the folder it was read from: results are portable.
+    meta = {"classes": names, "model": str(model.pretrained), "seed": seed}
     if export_dir:
         folder = Path(export_dir)
         folder.mkdir(parents=True, exist_ok=True)
