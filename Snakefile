@@ -69,19 +69,19 @@ rule all:
     default_target: True
     input:
         rules.report.output,
-        all_erasure(),
+        PLAN.all_erasure(),
 
 
 rule synthetic:
     input:
-        all_synthetic(),
+        PLAN.all_synthetic(),
 
 
 rule tokens:
     input:
-        all_tokens(),
+        PLAN.all_tokens(),
 
 
 rule erasure:
     input:
-        all_erasure(),
+        PLAN.all_erasure(),

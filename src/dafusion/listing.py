@@ -4,13 +4,31 @@ Names, sizes and modification times of every file (symlinked directories are not
 followed, as the readers do not follow them): adding, removing, renaming or rewriting a
 file changes the digest; reading the files' contents is not needed. Imports nothing heavy:
 the Snakefile calls it when it builds the DAG.
+
+The digest reaches index_dataset's jobs as an entry of their `code` param (`files_entry`),
+so Snakemake's params rerun trigger reruns the job when the files change, and nothing is
+written when the workflow is parsed (a dry run leaves the results folder as it is). With
+`track_files: false` the root is not listed and the entry keeps the value Snakemake recorded
+when the outputs were made, so switching it reruns nothing.
+
+Results folders made by version 0.2.0 and earlier hold the digest in a file beside the
+splits (`paths.LEGACY_LISTING`), written when the workflow started, and index_dataset's
+outputs were recorded with that file as their input and without the entry. While the files
+are as listed there, the entry stays out and the file stays an input, so upgrading reruns
+nothing; once they differ, the entry goes in and the job reruns.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+# The listing of a dataset entry that is not listed (`track_files: false`) and has none
+# recorded.
+UNTRACKED = "untracked"
 
 
 def listing_digest(root: str | Path) -> str:
@@ -34,3 +52,60 @@ def _walk(folder: str, prefix: str, digest) -> None:
             digest.update(f"{rel}\0-\n".encode())
             continue
         digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+
+
+def listing_key(root: str) -> str:
+    """The entry's key in index_dataset's `code` param: every file under the root."""
+    return f"{root.rstrip('/')}/**"
+
+
+def recorded_listing(params: Iterable[str] | None, root: str) -> str | None:
+    """The listing among the params Snakemake recorded for index_dataset's outputs (each
+    param's repr), or None when they hold none for this root."""
+    key = listing_key(root)
+    for text in params or ():
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+        if isinstance(value, dict) and isinstance(value.get(key), str):
+            return value[key]
+    return None
+
+
+def read_legacy(path: str | Path) -> str | None:
+    """The listing a results folder of version 0.2.0 or earlier recorded, if any."""
+    path = Path(path)
+    return path.read_text().strip() if path.is_file() else None
+
+
+def legacy_input(path: str | Path) -> list[str]:
+    """index_dataset's input in a results folder of version 0.2.0 or earlier: the listing
+    file its outputs were recorded with (so that their set of inputs stays the same); no
+    input elsewhere. The file is never written again."""
+    return [str(path)] if Path(path).is_file() else []
+
+
+def files_entry(
+    root: str | None,
+    track_files: bool,
+    *,
+    recorded: Callable[[], Iterable[str] | None],
+    legacy: str | None,
+    lister: Callable[[Path], str] = listing_digest,
+) -> dict[str, str]:
+    """The entry index_dataset's `code` param carries for a dataset's files: {key: listing}.
+
+    `recorded()`: the params Snakemake recorded for the job's outputs (read only with
+    `track_files: false`); `legacy`: the listing file of an older results folder
+    (`read_legacy`), whose outputs were recorded without the entry. No entry for a dataset
+    without a root (nothing to list), nor while the listing is the legacy file's."""
+    if not root:
+        return {}
+    if track_files:
+        listing = lister(Path(root).expanduser())
+    else:
+        listing = recorded_listing(recorded(), root) or legacy or UNTRACKED
+    if listing == legacy:
+        return {}
+    return {listing_key(root): listing}

@@ -2,22 +2,24 @@ rule aggregate:
     input:
         runs=evaluated_runs,
     output:
-        summary=res("tables/summary.csv"),
-        markdown=res("tables/summary.md"),
-        scores=res("tables/scores.csv"),
-        novelty=res("tables/novelty.csv"),
-        paired=res("tables/paired.csv"),
-        areas=res("tables/areas.csv"),
+        summary=PLAN.path(paths.TABLE, name="summary"),
+        markdown=res(paths.SUMMARY_MARKDOWN),
+        scores=PLAN.path(paths.TABLE, name="scores"),
+        novelty=PLAN.path(paths.TABLE, name="novelty"),
+        paired=PLAN.path(paths.TABLE, name="paired"),
+        areas=PLAN.path(paths.TABLE, name="areas"),
         figures=[
             report(
-                res(f"figures/{name}.png"),
+                PLAN.path(paths.FIGURE, name=name),
                 caption=caption(name),
                 category="Accuracy",
                 labels={"figure": name},
             )
-            for name in aggregate_figures()
+            for name in PLAN.aggregate_figures()
         ],
-        pdfs=[res(f"figures/{name}.pdf") for name in aggregate_figures()],
+        pdfs=[
+            PLAN.path(paths.FIGURE_PDF, name=name) for name in PLAN.aggregate_figures()
+        ],
     log:
         res("logs/aggregate.log"),
     benchmark:
@@ -30,9 +32,9 @@ rule aggregate:
         runtime=30,
     params:
         methods=list(METHODS),
-        layout=method_layout(),
-        figures=aggregate_figures(),
-        aggregate=aggregate_params(
+        layout=PLAN.method_layout(),
+        figures=PLAN.aggregate_figures(),
+        aggregate=PLAN.aggregate_params(
             "metric", "selection", "report_split", "baseline", "novelty"
         ),
         measure=MEASURE,  # shown by the figures' captions (workflow/report/*.rst)
@@ -46,12 +48,12 @@ rule gallery:
         unpack(gallery_inputs),
     output:
         png=report(
-            res("figures/gallery-{dataset}.png"),
+            res(paths.GALLERY),
             caption="../report/gallery.rst",
             category="Synthetic images",
             labels={"dataset": "{dataset}"},
         ),
-        pdf=res("figures/gallery-{dataset}.pdf"),
+        pdf=res(paths.GALLERY_PDF),
     log:
         res("logs/{dataset}/gallery.log"),
     benchmark:
@@ -63,8 +65,8 @@ rule gallery:
         mem_mb=2000,
         runtime=10,
     params:
-        methods=lambda w: gallery_methods(w.dataset),
-        gallery=aggregate_params(
+        methods=lambda w: PLAN.gallery_methods(w.dataset),
+        gallery=PLAN.aggregate_params(
             "gallery_images_per_class", "gallery_classes", "gallery_variants"
         ),
         code=code("gallery"),
@@ -74,15 +76,15 @@ rule gallery:
 
 rule inversion_curves:
     input:
-        losses=lambda w: loss_curves(w.dataset),
+        losses=lambda w: PLAN.loss_curves(w.dataset),
     output:
         png=report(
-            res("figures/inversion-loss-{dataset}.png"),
+            res(paths.INVERSION_CURVES),
             caption="../report/inversion.rst",
             category="Diagnostics",
             labels={"dataset": "{dataset}"},
         ),
-        pdf=res("figures/inversion-loss-{dataset}.pdf"),
+        pdf=res(paths.INVERSION_CURVES_PDF),
     log:
         res("logs/{dataset}/inversion_curves.log"),
     benchmark:
@@ -103,7 +105,7 @@ rule report:
     input:
         unpack(report_inputs),
     output:
-        res("report.html"),
+        res(paths.REPORT),
     log:
         res("logs/report.log"),
     benchmark:
@@ -115,9 +117,9 @@ rule report:
         mem_mb=2000,
         runtime=10,
     params:
-        figures=aggregate_figures(),
-        captions=report_captions(),
-        benchmarks=res("benchmarks"),
+        figures=PLAN.aggregate_figures(),
+        captions=PLAN.report_captions(CAPTIONS),
+        benchmarks=res(paths.BENCHMARKS),
         code=code("report"),
     script:
         "../scripts/report.py"

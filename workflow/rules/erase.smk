@@ -1,9 +1,9 @@
 rule erase:
     input:
-        pool=res("{dataset}/splits/pool.parquet"),
+        pool=res(paths.POOL),
         model=model_input,
     output:
-        res("{dataset}/erasure/{eraser}/check.parquet"),
+        res(paths.ERASURE),
     log:
         res("logs/{dataset}/erase/{eraser}.log"),
     benchmark:
@@ -15,11 +15,11 @@ rule erase:
         "../../envs/dafusion.yaml"
     threads: model_threads
     resources:
-        mem_mb=model_mem_mb(16000),
+        mem_mb=PLAN.model_mem_mb(16000),
         gpu=gpus(MODEL.device),
         runtime=erase_runtime,
     params:
-        model=erase_model_params(),
+        model=PLAN.erase_model_params(),
         erasure=ERASURE.result_params(),
         code=code("erase"),
     script:

@@ -6,7 +6,7 @@ rule generate:
         erasure=method_erasure,
         parts=generate_parts,
     output:
-        res("{dataset}/synthetic/{method}/seed{seed}-shots{shots}/index.parquet"),
+        res(paths.SYNTHETIC),
     log:
         res("logs/{dataset}/generate/{method}/seed{seed}-shots{shots}.log"),
     benchmark:
@@ -17,19 +17,19 @@ rule generate:
         "../../envs/dafusion.yaml"
     threads: model_threads
     resources:
-        mem_mb=model_mem_mb(8000),
+        mem_mb=PLAN.model_mem_mb(8000),
         gpu=generate_gpus,
         runtime=generate_runtime,
     params:
         model=MODEL.result_params(),
-        method=lambda w: METHODS[w.method].for_dataset(w.dataset).result_params(),
+        method=lambda w: PLAN.method_params(w.dataset, w.method),
         generation=lambda w: generation_for(w).result_params(),
         code=code("generate"),
     script:
         "../scripts/generate.py"
 
 
-# generation.parts > 1: each part writes a run of the set's shards (common.smk, generate_parts).
+# generation.parts > 1: each part writes a run of the set's shards (Plan.generate_parts).
 rule generate_part:
     input:
         split=split_path,
@@ -37,7 +37,7 @@ rule generate_part:
         tokens=generate_tokens,
         erasure=method_erasure,
     output:
-        res(PART),
+        res(paths.PART),
     log:
         res(
             "logs/{dataset}/generate_part/{method}/seed{seed}-shots{shots}/part-{part}-of-{parts}.log"
@@ -50,12 +50,12 @@ rule generate_part:
         "../../envs/dafusion.yaml"
     threads: model_threads
     resources:
-        mem_mb=model_mem_mb(8000),
+        mem_mb=PLAN.model_mem_mb(8000),
         gpu=gpus(MODEL.device),
         runtime=generate_part_runtime,
     params:
         model=MODEL.result_params(),
-        method=lambda w: METHODS[w.method].for_dataset(w.dataset).result_params(),
+        method=lambda w: PLAN.method_params(w.dataset, w.method),
         generation=lambda w: generation_for(w).result_params(),
         index=synthetic_index,
         code=code("generate_part"),

@@ -3,9 +3,9 @@ rule invert:
         split=split_path,
         model=model_input,
     output:
-        tokens=res("{dataset}/tokens/seed{seed}-shots{shots}.safetensors"),
-        export=directory(res("{dataset}/tokens/seed{seed}-shots{shots}")),
-        losses=res("{dataset}/tokens/seed{seed}-shots{shots}-loss.parquet"),
+        tokens=res(paths.TOKENS),
+        export=directory(res(paths.TOKENS_EXPORT)),
+        losses=res(paths.TOKEN_LOSSES),
     log:
         res("logs/{dataset}/invert/seed{seed}-shots{shots}.log"),
     benchmark:
@@ -16,7 +16,7 @@ rule invert:
         "../../envs/dafusion.yaml"
     threads: model_threads
     resources:
-        mem_mb=model_mem_mb(8000),
+        mem_mb=PLAN.model_mem_mb(8000),
         gpu=gpus(MODEL.device),
         runtime=invert_runtime,
     params:
@@ -31,11 +31,11 @@ use rule invert as invert_erased with:
     input:
         split=split_path,
         model=model_input,
-        erasure=lambda w: erasure_check(w.dataset),
+        erasure=lambda w: PLAN.erasure_check(w.dataset),
     output:
-        tokens=res("{dataset}/tokens/{eraser}/seed{seed}-shots{shots}.safetensors"),
-        export=directory(res("{dataset}/tokens/{eraser}/seed{seed}-shots{shots}")),
-        losses=res("{dataset}/tokens/{eraser}/seed{seed}-shots{shots}-loss.parquet"),
+        tokens=res(paths.ERASED_TOKENS),
+        export=directory(res(paths.ERASED_TOKENS_EXPORT)),
+        losses=res(paths.ERASED_TOKEN_LOSSES),
     log:
         res("logs/{dataset}/invert/{eraser}/seed{seed}-shots{shots}.log"),
     benchmark:

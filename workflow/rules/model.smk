@@ -1,6 +1,6 @@
 rule build_tiny_model:
     output:
-        directory(res("model/tiny")),
+        directory(res(paths.TINY_MODEL)),
     log:
         res("logs/model/build_tiny_model.log"),
     benchmark:

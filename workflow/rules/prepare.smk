@@ -1,11 +1,12 @@
 rule index_dataset:
     input:
-        files=lambda w: LISTINGS[w.dataset],
+        # Only in a results folder of version 0.2.0 or earlier (dafusion.listing).
+        listing=legacy_listing,
     output:
-        pool=res("{dataset}/splits/pool.parquet"),
-        val=res("{dataset}/splits/val.parquet"),
-        test=res("{dataset}/splits/test.parquet"),
-        masks=directory(res("{dataset}/splits/masks")),
+        pool=res(paths.POOL),
+        val=res(paths.VAL),
+        test=res(paths.TEST),
+        masks=directory(res(paths.MASKS)),
     log:
         res("logs/{dataset}/index_dataset.log"),
     benchmark:
@@ -18,17 +19,19 @@ rule index_dataset:
         runtime=120,
     params:
         spec=index_params,
-        code=code("index_dataset"),
+        # The code's fingerprint and the listing of the dataset's files: an added, removed
+        # or rewritten file reruns the job (common.smk, index_code).
+        code=index_code,
     script:
         "../scripts/index_dataset.py"
 
 
 rule seed_split:
     input:
-        pool=res("{dataset}/splits/pool.parquet"),
+        pool=res(paths.POOL),
     output:
-        pool=res("{dataset}/splits/seed{seed}-pool.parquet"),
-        val=res("{dataset}/splits/seed{seed}-val.parquet"),
+        pool=res(paths.SEED_POOL),
+        val=res(paths.SEED_VAL),
     log:
         res("logs/{dataset}/seed_split/seed{seed}.log"),
     benchmark:
@@ -49,7 +52,7 @@ rule few_shot_split:
     input:
         pool=training_pool,
     output:
-        res("{dataset}/splits/seed{seed}-shots{shots}.parquet"),
+        res(paths.SPLIT),
     log:
         res("logs/{dataset}/few_shot_split/seed{seed}-shots{shots}.log"),
     benchmark:

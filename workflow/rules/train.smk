@@ -2,10 +2,10 @@ rule train:
     input:
         split=split_path,
         val=eval_split,
-        test=res("{dataset}/splits/test.parquet"),
+        test=res(paths.TEST),
         synthetic=train_synthetic,
     output:
-        res("{dataset}/runs/{method}/seed{seed}-shots{shots}.parquet"),
+        res(paths.RUN),
     log:
         res("logs/{dataset}/train/{method}/seed{seed}-shots{shots}.log"),
     benchmark:

@@ -1,0 +1,72 @@
+"""Where the workflow writes each result: one pattern per kind of file, relative to the
+results root (`config["results"]`).
+
+The rules' outputs (workflow/rules/*.smk) and the plan's target lists (`dafusion.plan`) both
+use these patterns, so a job's output and the path another job or target asks for cannot
+drift apart. Wildcards: {dataset}, {method}, {seed}, {shots}, {eraser} (the erasure's
+folder, `ErasureSettings.eraser`), {part}/{parts} (`generation.parts`) and {name} (a table
+or figure).
+
+No workflow step imports this module: the jobs receive their paths from Snakemake, so
+editing it changes no job's code fingerprint (`dafusion.provenance`). The part folder's
+layout is also `dafusion.synthetic.parts_dir` (what the generate jobs read); a test keeps
+the two equal.
+"""
+
+from __future__ import annotations
+
+# The tiny model, built once (model.pretrained: tiny).
+TINY_MODEL = "model/tiny"
+
+# index_dataset: a dataset read once.
+SPLITS = "{dataset}/splits"
+POOL = SPLITS + "/pool.parquet"
+VAL = SPLITS + "/val.parquet"
+TEST = SPLITS + "/test.parquet"
+MASKS = SPLITS + "/masks"
+# Written at start-up by version 0.2.0 and earlier (the digest of the dataset root's file
+# listing); now only read, for results folders made then (dafusion.listing).
+LEGACY_LISTING = SPLITS + "/.files.sha256"
+# seed_split (split_protocol: original-code): this seed's half of the pool.
+SEED_POOL = SPLITS + "/seed{seed}-pool.parquet"
+SEED_VAL = SPLITS + "/seed{seed}-val.parquet"
+# few_shot_split.
+SPLIT = SPLITS + "/seed{seed}-shots{shots}.parquet"
+
+# erase: one per dataset; the deltas lie beside the check table.
+ERASURE = "{dataset}/erasure/{eraser}/check.parquet"
+
+# invert (plain tokens) and invert_erased (tokens learned against the erased UNet).
+_TOKENS = "{dataset}/tokens/seed{seed}-shots{shots}"
+_ERASED_TOKENS = "{dataset}/tokens/{eraser}/seed{seed}-shots{shots}"
+TOKENS = _TOKENS + ".safetensors"
+TOKENS_EXPORT = _TOKENS
+TOKEN_LOSSES = _TOKENS + "-loss.parquet"
+ERASED_TOKENS = _ERASED_TOKENS + ".safetensors"
+ERASED_TOKENS_EXPORT = _ERASED_TOKENS
+ERASED_TOKEN_LOSSES = _ERASED_TOKENS + "-loss.parquet"
+
+# generate: a synthetic set (its shards lie beside the index), and with generation.parts
+# > 1 the rows each generate_part job wrote, in a hidden folder beside the set's.
+SYNTHETIC = "{dataset}/synthetic/{method}/seed{seed}-shots{shots}/index.parquet"
+PART = "{dataset}/synthetic/{method}/.parts/seed{seed}-shots{shots}/part-{part}-of-{parts}.json"
+
+# train: one classifier run.
+RUN = "{dataset}/runs/{method}/seed{seed}-shots{shots}.parquet"
+
+# aggregate, gallery, inversion_curves, report.
+TABLE = "tables/{name}.csv"
+SUMMARY_MARKDOWN = "tables/summary.md"
+FIGURE = "figures/{name}.png"
+FIGURE_PDF = "figures/{name}.pdf"
+GALLERY = "figures/gallery-{dataset}.png"
+GALLERY_PDF = "figures/gallery-{dataset}.pdf"
+INVERSION_CURVES = "figures/inversion-loss-{dataset}.png"
+INVERSION_CURVES_PDF = "figures/inversion-loss-{dataset}.pdf"
+REPORT = "report.html"
+BENCHMARKS = "benchmarks"
+
+
+def tokens_losses(tokens: str) -> str:
+    """The inversion loss table beside a tokens file."""
+    return tokens.removesuffix(".safetensors") + "-loss.parquet"

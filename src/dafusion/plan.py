@@ -1,0 +1,508 @@
+"""The workflow's plan for one config: which jobs exist, what each reads, and what the report
+shows.
+
+`Plan.from_config` takes the validated config; the Snakefile builds one and its rules call it
+(workflow/rules/common.smk holds only the glue: wildcard constraints and functions of a job's
+wildcards). Everything here is a function of the typed settings (`dafusion.settings`) and,
+where noted, of which result files exist: target lists over datasets x methods x seeds x
+shots, a job's input paths and result params, its resources (`dafusion.runtime` for wall
+times), the aggregate's figures and the report's contents and captions. Paths come from
+`dafusion.paths`, the patterns the rules' outputs use.
+
+No workflow step imports this module, so editing it changes no job's code fingerprint
+(`dafusion.provenance`): it reruns only the jobs whose params or inputs it changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from . import paths, runtime
+from .devices import will_use_cuda
+from .provenance import digest, step_code
+from .readers import index_keys
+from .settings import (
+    AggregateSettings,
+    ClassifierSettings,
+    DatasetSettings,
+    ErasureSettings,
+    GenerationSettings,
+    InversionSettings,
+    MethodSettings,
+    ModelSettings,
+)
+
+# Figure labels drawn as the alpha x M grid (Figure 11) rather than as accuracy against
+# examples per class: "11" and the methods it is paired with.
+GRID_LABELS = ("11", "11-reference")
+# The aggregate's tables (each a csv under tables/).
+TABLES = ("summary", "scores", "novelty", "paired", "areas")
+
+
+class PlanError(ValueError):
+    """The config cannot make the requested target; the message names the key and what to
+    run instead."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The typed settings of every section, plus the raw `generation:` and `classifier:`
+    sections (a job's settings resolve them with its dataset's and method's overrides)."""
+
+    results: str
+    model: ModelSettings
+    datasets: Mapping[str, DatasetSettings]
+    inversion: InversionSettings
+    methods: Mapping[str, MethodSettings]
+    erasure: ErasureSettings
+    classifier: ClassifierSettings
+    aggregate: AggregateSettings
+    generation_section: Mapping[str, Any]
+    classifier_section: Mapping[str, Any]
+    seeds: Sequence[int]
+    shots: Sequence[int | str]
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Plan:
+        """The plan of a validated config (`dafusion.config.validate_config`)."""
+        return cls(
+            results=config["results"],
+            model=ModelSettings.from_config(config["model"]),
+            datasets={
+                name: DatasetSettings.from_config(s) for name, s in config["datasets"].items()
+            },
+            inversion=InversionSettings.from_config(config["inversion"]),
+            methods={name: MethodSettings.from_config(s) for name, s in config["methods"].items()},
+            erasure=ErasureSettings.from_config(config["erasure"]),
+            classifier=ClassifierSettings.from_config(config["classifier"]),
+            aggregate=AggregateSettings.from_config(config["aggregate"]),
+            generation_section=config["generation"],
+            classifier_section=config["classifier"],
+            seeds=list(config["seeds"]),
+            shots=list(config["examples_per_class"]),
+        )
+
+    # Paths ---------------------------------------------------------------------------
+
+    def res(self, path: str) -> str:
+        """A path under the results root."""
+        return f"{self.results}/{path}"
+
+    def path(self, pattern: str, **wildcards: Any) -> str:
+        """A `dafusion.paths` pattern filled in, under the results root."""
+        return self.res(pattern.format(**wildcards))
+
+    # One job's settings --------------------------------------------------------------
+
+    def generation_for(self, dataset: str, method: str) -> GenerationSettings:
+        """A generate job's settings: the section, the dataset's and the method's overrides."""
+        return GenerationSettings.resolve(
+            self.generation_section,
+            self.datasets[dataset].generation,
+            self.methods[method].generation,
+        )
+
+    def classifier_for(self, dataset: str, method: str) -> ClassifierSettings:
+        """A train job's settings: the section, the dataset's and the method's overrides (and
+        a baseline's alpha of 0)."""
+        spec = self.methods[method]
+        settings = ClassifierSettings.resolve(
+            self.classifier_section, self.datasets[dataset].classifier, spec.classifier
+        )
+        return settings.for_method(spec)
+
+    def method_params(self, dataset: str, method: str) -> dict[str, Any]:
+        """A generate job's method params: the method as its dataset runs it (its prompt)."""
+        return self.methods[method].for_dataset(dataset).result_params()
+
+    def uses_tokens(self, dataset: str, method: str) -> bool:
+        """Whether the method's prompt on this dataset needs the learned class tokens."""
+        return self.methods[method].for_dataset(dataset).uses_tokens
+
+    def index_params(self, dataset: str) -> dict[str, Any]:
+        """What index_dataset's outputs depend on: the entry's keys its kind reads, without
+        allow_fewer (only few_shot_split reads it, so changing it does not reread the
+        dataset)."""
+        spec = self.datasets[dataset]
+        keys = index_keys(spec)
+        return {k: v for k, v in spec.result_params().items() if k in keys}
+
+    def erase_model_params(self) -> dict[str, Any]:
+        """The model settings an erasure depends on (it trains in float32 whatever the
+        dtype)."""
+        return {k: v for k, v in self.model.result_params().items() if k != "dtype"}
+
+    def aggregate_params(self, *keys: str) -> dict[str, Any]:
+        """The aggregate settings a rule's outputs depend on (and no others)."""
+        params = self.aggregate.result_params()
+        return {k: params[k] for k in keys}
+
+    # Targets -------------------------------------------------------------------------
+
+    def grid(self, pattern: str, methods: Sequence[str]) -> list[str]:
+        """A result pattern over datasets, methods (those that run on the dataset), seeds and
+        shots."""
+        return [
+            self.path(pattern, dataset=d, method=m, seed=s, shots=k)
+            for d in self.datasets
+            for m in methods
+            if self.methods[m].runs_on(d)
+            for s in self.seeds
+            for k in self.shots
+        ]
+
+    def synthetic_methods(self) -> list[str]:
+        return [name for name, method in self.methods.items() if method.synthetic]
+
+    def tokens_path(self, dataset: str, method: str, seed: int | str, shots: int | str) -> str:
+        """A method's class tokens: learned against the erased UNet for an erased method."""
+        pattern = paths.ERASED_TOKENS if self.methods[method].erased else paths.TOKENS
+        eraser = self.erasure.eraser
+        return self.path(pattern, dataset=dataset, eraser=eraser, seed=seed, shots=shots)
+
+    def token_methods(self, dataset: str) -> list[str]:
+        """The methods that run on a dataset with a prompt that needs the class tokens."""
+        return [
+            m
+            for m, method in self.methods.items()
+            if method.runs_on(dataset) and self.uses_tokens(dataset, m)
+        ]
+
+    def all_tokens(self) -> list[str]:
+        """Every tokens file a method's prompt needs (erased and plain ones differ)."""
+        return sorted(
+            {
+                self.tokens_path(d, m, s, k)
+                for d in self.datasets
+                for m in self.token_methods(d)
+                for s in self.seeds
+                for k in self.shots
+            }
+        )
+
+    def all_synthetic(self) -> list[str]:
+        return self.grid(paths.SYNTHETIC, self.synthetic_methods())
+
+    def evaluated_runs(self) -> list[str]:
+        """Every classifier run, for the aggregate (and so the `all` target). A config made for
+        augmenting data (config/augment.yaml) holds out no evaluation images or takes every
+        image as a source: a PlanError, to stop before any job instead of failing in the first
+        train job."""
+        if "all" in self.shots:
+            raise PlanError(
+                "config key 'examples_per_class': 'all' makes synthetic data from every image, "
+                "and the all target trains classifiers on few-shot subsets only. Run the "
+                "synthetic or tokens target (`snakemake --cores all synthetic --configfile "
+                "...`), or list numbers of examples per class"
+            )
+        for name, spec in self.datasets.items():
+            if spec.val_fraction == 0:
+                raise PlanError(
+                    f"config key 'datasets.{name}.val_fraction': 0 holds out no evaluation "
+                    "images, so the all target, which evaluates classifiers, cannot run. Run the "
+                    "synthetic or tokens target, or set val_fraction above 0"
+                )
+        return self.grid(paths.RUN, list(self.methods))
+
+    def erasure_check(self, dataset: str) -> str:
+        """An eraser's check table; it also lists the delta files beside it."""
+        return self.path(paths.ERASURE, dataset=dataset, eraser=self.erasure.eraser)
+
+    def erased_datasets(self) -> list[str]:
+        """The datasets an erased method runs on; every dataset when no method is erased (the
+        stage is on for the erasure target alone); none when the stage is off."""
+        if not self.erasure.enabled:
+            return []
+        erased = [m for m in self.methods.values() if m.erased]
+        return [d for d in self.datasets if not erased or any(m.runs_on(d) for m in erased)]
+
+    def all_erasure(self) -> list[str]:
+        """The erasure of every dataset that needs one."""
+        return [self.erasure_check(d) for d in self.erased_datasets()]
+
+    # One job's inputs ----------------------------------------------------------------
+
+    def model_input(self) -> str | list[str]:
+        """The built tiny model directory, or nothing for a hub id / local directory."""
+        return self.res(paths.TINY_MODEL) if self.model.pretrained == "tiny" else []
+
+    def split_path(self, dataset: str, seed: int | str, shots: int | str) -> str:
+        return self.path(paths.SPLIT, dataset=dataset, seed=seed, shots=shots)
+
+    def per_seed_split(self, dataset: str) -> bool:
+        """Whether the dataset is halved per seed (split_protocol: original-code)."""
+        return self.datasets[dataset].split_protocol == "original-code"
+
+    def training_pool(self, dataset: str, seed: int | str) -> str:
+        """The manifest few-shot subsets are drawn from: the pool, or this seed's half."""
+        if self.per_seed_split(dataset):
+            return self.path(paths.SEED_POOL, dataset=dataset, seed=seed)
+        return self.path(paths.POOL, dataset=dataset)
+
+    def eval_split(self, dataset: str, seed: int | str) -> str:
+        """The evaluation manifest of a run: the dataset's, or this seed's other half."""
+        if self.per_seed_split(dataset):
+            return self.path(paths.SEED_VAL, dataset=dataset, seed=seed)
+        return self.path(paths.VAL, dataset=dataset)
+
+    def method_erasure(self, dataset: str, method: str) -> str | list[str]:
+        """The erasure an erased method's jobs use; none for the others."""
+        return self.erasure_check(dataset) if self.methods[method].erased else []
+
+    def generate_tokens(
+        self, dataset: str, method: str, seed: int | str, shots: int | str
+    ) -> str | list[str]:
+        """The class tokens, for methods whose prompt uses them."""
+        if self.uses_tokens(dataset, method):
+            return self.tokens_path(dataset, method, seed, shots)
+        return []
+
+    def synthetic_index(self, dataset: str, method: str, seed: int | str, shots: int | str) -> str:
+        return self.path(paths.SYNTHETIC, dataset=dataset, method=method, seed=seed, shots=shots)
+
+    def train_synthetic(
+        self, dataset: str, method: str, seed: int | str, shots: int | str
+    ) -> str | list[str]:
+        """The synthetic set a run mixes in; a baseline run uses none."""
+        if not self.methods[method].synthetic:
+            return []
+        return self.synthetic_index(dataset, method, seed, shots)
+
+    def generate_parts(
+        self, dataset: str, method: str, seed: int | str, shots: int | str
+    ) -> list[str]:
+        """The part files a set's generate job gathers: none with generation.parts: 1 (the
+        job writes the shards itself). An execution knob, so changing it reruns nothing: for a
+        set whose index exists these are the parts that made it (the files its job left, the
+        inputs Snakemake recorded for it), whatever `parts` is now; a set made by one job has
+        none. A set without an index is made with the configured number of parts."""
+        parts = self.generation_section["parts"]
+        wildcards = {"dataset": dataset, "method": method, "seed": seed, "shots": shots}
+        pattern = self.path(paths.PART, **wildcards, part="{}", parts="{}")
+        if Path(self.synthetic_index(**wildcards)).exists():
+            folder = pattern.rsplit("/", 1)[0]
+            return [f"{folder}/{p.name}" for p in sorted(Path(folder).glob("part-*-of-*.json"))]
+        return [pattern.format(p, parts) for p in range(parts)] if parts > 1 else []
+
+    # One job's resources -------------------------------------------------------------
+
+    def gpus(self, device: str) -> int:
+        """1 for a job that will compute on CUDA (GPU jobs then queue for --resources gpu=N,
+        and each claims a GPU of its own when it starts)."""
+        return int(will_use_cuda(device))
+
+    def generate_gpus(self, dataset: str, method: str, seed: int | str, shots: int | str) -> int:
+        """A generate job that gathers parts computes nothing on a GPU."""
+        gathers = self.generate_parts(dataset, method, seed, shots)
+        return 0 if gathers else self.gpus(self.model.device)
+
+    def model_threads(self) -> int:
+        """Threads of a job that runs the diffusion model: the tiny model's operations are too
+        small to share across threads, and most of its jobs' time is single-threaded start-up
+        (imports, loading), so one thread each lets two of them run at once on two cores."""
+        return 1 if self.model.pretrained == "tiny" else 2
+
+    def model_mem_mb(self, full_size: int) -> int:
+        """Memory of a job that loads the diffusion model: the tiny model's jobs peak at 1.2
+        GB (the embedded default's benchmark files), a full-size model's at `full_size`."""
+        return 2000 if self.model.pretrained == "tiny" else full_size
+
+    def index_mem_mb(self, dataset: str) -> int:
+        """COCO's annotation files and ImageNet's file lists need more memory than the rest."""
+        return 16000 if self.datasets[dataset].kind in ("coco", "imagenet") else 4000
+
+    def gpu_jobs(self) -> list[str]:
+        """The sections whose jobs will compute on CUDA, as `section.device (value)`."""
+        return [
+            f"{section}.device ({settings.device})"
+            for section, settings in (("model", self.model), ("classifier", self.classifier))
+            if will_use_cuda(settings.device)
+        ]
+
+    def gpu_limit_error(self, local: bool, resources: Mapping[str, Any]) -> str | None:
+        """Why the run must stop before any job, or None. GPU jobs queue for the `gpu`
+        resource (the profile's gpu=1) and each claims a GPU of its own
+        (dafusion.devices.claim_device), waiting while every GPU is taken. Any --resources on
+        the command line replaces the profile's list, and without a gpu limit every GPU job
+        would start at once, holding cores and memory while it waits for a GPU. A cluster
+        (`local` false) gives each job its own GPU."""
+        if not local or "gpu" in resources:
+            return None
+        keys = self.gpu_jobs()
+        if not keys:
+            return None
+        return (
+            f"GPU jobs ({', '.join(keys)}) would all start at once: --resources replaced "
+            "the profile's gpu=1. Add gpu=1 to --resources (one GPU job at a time), or "
+            "gpu=N on a machine with N GPUs (each GPU job claims one of its own)"
+        )
+
+    # Wall times (dafusion.runtime), from the job's input manifests.
+
+    def generate_minutes(
+        self, dataset: str, method: str, split: str, attempt: int, *, parts: int = 1
+    ) -> int:
+        """A set's images (`parts` > 1: a generate_part job's share of them)."""
+        generation = self.generation_for(dataset, method)
+        seconds = runtime.generate_seconds(generation, runtime.rows(split)) / parts
+        return runtime.minutes(seconds, attempt)
+
+    def gather_minutes(self, attempt: int) -> int:
+        """A generate job that only gathers the parts (generation.parts)."""
+        return runtime.minutes(0, attempt)
+
+    def invert_minutes(self, split: str, attempt: int) -> int:
+        seconds = runtime.invert_seconds(self.inversion, runtime.class_count(split))
+        return runtime.minutes(seconds, attempt)
+
+    def erase_minutes(self, pool: str, attempt: int) -> int:
+        # UCE needs no class count (and so no pool) for its estimate.
+        classes = runtime.class_count(pool) if self.erasure.method == "esd" else 0
+        return runtime.minutes(runtime.erase_seconds(self.erasure, classes), attempt)
+
+    def train_minutes(self, dataset: str, method: str, val: str, test: str, attempt: int) -> int:
+        images = runtime.rows(val) + runtime.rows(test)
+        seconds = runtime.train_seconds(self.classifier_for(dataset, method), images)
+        return runtime.minutes(seconds, attempt)
+
+    # The aggregate and the report ----------------------------------------------------
+
+    def figure_labels(self) -> list[str]:
+        """The methods' figure labels (`figures:`), in order of first appearance."""
+        labels: list[str] = []
+        for method in self.methods.values():
+            for label in map(str, method.figures):
+                if label not in labels:
+                    labels.append(label)
+        return labels
+
+    def has_baseline(self) -> bool:
+        return self.aggregate.baseline in self.methods
+
+    def aggregate_figures(self) -> list[str]:
+        """Names of the figures the aggregate job draws (each as .png and .pdf): every label
+        but the grid's as accuracy against examples per class; "11" as the alpha x M grid,
+        paired with the "11-reference" methods (or the baseline)."""
+        labels = self.figure_labels()
+        names = ["accuracy", "scores"]
+        names += [f"figure-{label}" for label in labels if label not in GRID_LABELS]
+        binned = {d for bin_ in self.aggregate.novelty.values() for d in bin_}
+        if binned & set(self.datasets):
+            names.append("novelty")
+        if self.has_baseline() and len(self.methods) > 1:
+            names.append("paired")
+        if "11" in labels and ("11-reference" in labels or self.has_baseline()):
+            names.append("figure-11")
+        return names
+
+    def method_layout(self) -> list[dict[str, Any]]:
+        """Per (dataset, method) the resolved settings the figures group runs by."""
+        rows = []
+        for d in self.datasets:
+            for m, method in self.methods.items():
+                if not method.runs_on(d):
+                    continue
+                classifier = self.classifier_for(d, m)
+                rows.append(
+                    {
+                        "dataset": d,
+                        "method": m,
+                        "figures": [str(label) for label in method.figures],
+                        "strengths": list(method.strengths) if method.synthetic else [],
+                        "num_synthetic": (
+                            self.generation_for(d, m).num_synthetic if method.synthetic else 0
+                        ),
+                        "synthetic_probability": classifier.synthetic_probability,
+                    }
+                )
+        return rows
+
+    def gallery_split(self) -> tuple[int, int]:
+        """The split a dataset's gallery shows: the first seed, the most examples per
+        class."""
+        return self.seeds[0], max(k for k in self.shots if k != "all")
+
+    def gallery_methods(self, dataset: str) -> list[str]:
+        return [m for m in self.synthetic_methods() if self.methods[m].runs_on(dataset)]
+
+    def gallery_datasets(self) -> list[str]:
+        return [d for d in self.datasets if self.gallery_methods(d)]
+
+    def gallery_inputs(self, dataset: str) -> dict[str, Any]:
+        seed, shots = self.gallery_split()
+        return {
+            "split": self.split_path(dataset, seed, shots),
+            "indices": [
+                self.synthetic_index(dataset, m, seed, shots) for m in self.gallery_methods(dataset)
+            ],
+        }
+
+    def loss_curves(self, dataset: str) -> list[str]:
+        """The first seed's inversion loss tables of a dataset (plain and erased tokens)."""
+        seed = self.seeds[0]
+        return sorted(
+            {
+                paths.tokens_losses(self.tokens_path(dataset, m, seed, k))
+                for m in self.token_methods(dataset)
+                for k in self.shots
+            }
+        )
+
+    def report_inputs(self) -> dict[str, Any]:
+        """What the report shows: the aggregate's tables and figures, the galleries, the
+        inversion loss curves and the erasure checks."""
+        return {
+            **{name: self.path(paths.TABLE, name=name) for name in TABLES},
+            "figures": [self.path(paths.FIGURE, name=name) for name in self.aggregate_figures()],
+            "galleries": [self.path(paths.GALLERY, dataset=d) for d in self.gallery_datasets()],
+            "curves": [
+                self.path(paths.INVERSION_CURVES, dataset=d)
+                for d in self.datasets
+                if self.loss_curves(d)
+            ],
+            "erasure": self.all_erasure(),
+        }
+
+    def report_captions(self, captions: Mapping[str, str]) -> dict[str, str]:
+        """Caption texts by figure name, and by name for the report's other items, rendered
+        as Snakemake's report renders them (`render_caption`)."""
+        rendered = {
+            key: render_caption(text, self.aggregate.measure()) for key, text in captions.items()
+        }
+        return {
+            name: rendered[caption_key(name, captions)] for name in self.aggregate_figures()
+        } | rendered
+
+
+def rule_code(rule: str, basedir: str | Path) -> dict[str, str]:
+    """Content hashes of the code a rule's jobs run: its script (under `basedir`, the
+    workflow's root), its pipeline function and the library modules those import
+    (dafusion.provenance). An edit reruns exactly the jobs that run the edited code; touch or
+    a fresh clone reruns nothing."""
+    script = f"workflow/scripts/{rule}.py"
+    return {**step_code(rule), script: digest((Path(basedir) / script).read_bytes())}
+
+
+def read_captions(folder: str | Path) -> dict[str, str]:
+    """The caption texts (workflow/report/*.rst) by name."""
+    return {path.stem: path.read_text().strip() for path in sorted(Path(folder).glob("*.rst"))}
+
+
+def caption_key(name: str, captions: Mapping[str, str]) -> str:
+    """The caption of a figure name (figure-5 and the like are accuracy figures)."""
+    key = {"figure-11": "grid"}.get(name, name)
+    return key if key in captions else "accuracy"
+
+
+def render_caption(text: str, measure: str) -> str:
+    """A caption as Snakemake's report renders it (Jinja2, with the aggregate job's
+    params.measure): the same text in results/report.html as in `snakemake --report`."""
+    import jinja2
+
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+    params = SimpleNamespace(measure=measure)
+    return env.from_string(text).render(snakemake=SimpleNamespace(params=params))

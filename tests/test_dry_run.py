@@ -1,0 +1,101 @@
+"""Parsing the workflow writes nothing: a dry run leaves the results folder as it is, on a
+fresh and on a finished workdir, also after the dataset's files changed (which reruns
+index_dataset through its params, tests/test_plan.py and test_workflow.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from test_workflow import REDUCED, SNAKEMAKE, copy_workflow, scheduled, snakemake, write_config
+
+
+def tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file and folder under `root`: (size, mtime in ns); empty when there is none."""
+    if not root.exists():
+        return {}
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in [root, *root.rglob("*")]
+    }
+
+
+@pytest.fixture(scope="module")
+def photos_workdir(tmp_path_factory) -> Path:
+    """A fresh workdir of a dataset with a root (the one kind of entry that is listed)."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("dry") / "dafusion")
+    for name, color in (("cat", (200, 0, 0)), ("dog", (0, 0, 200))):
+        (workdir / "photos" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (16, 16), color).save(workdir / "photos" / name / f"{i}.png")
+    config = {
+        **REDUCED,
+        "datasets": {"photos": {"kind": "imagefolder", "root": "photos", "val_fraction": 0.5}},
+        "examples_per_class": [1],
+        "methods": {"baseline": {"kind": "baseline"}},
+        "erasure": {"enabled": False},
+    }
+    write_config(workdir, "config.yaml", config)
+    return workdir
+
+
+def dry_run(workdir: Path) -> set[tuple[str, str]]:
+    result = snakemake(workdir, "-n", "--cores", "1")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return scheduled(result.stdout)
+
+
+def test_a_dry_run_writes_nothing_on_a_fresh_then_a_finished_workdir(photos_workdir):
+    workdir, results = photos_workdir, photos_workdir / "results"
+    jobs = dry_run(workdir)
+    assert ("index_dataset", "results/photos/splits/pool.parquet") in jobs
+    assert not results.exists()
+
+    finished = snakemake(workdir, "--cores", "2")
+    assert finished.returncode == 0, finished.stderr[-5000:]
+    assert not (results / "photos/splits/.files.sha256").exists()  # no listing file
+    before = tree(results)
+    assert dry_run(workdir) == set()
+    assert tree(results) == before
+
+    # A changed dataset: index_dataset (and all after it) would rerun; still nothing written
+    Image.new("RGB", (16, 16), (0, 0, 150)).save(workdir / "photos/dog/new.png")
+    assert ("index_dataset", "results/photos/splits/pool.parquet") in dry_run(workdir)
+    assert tree(results) == before
+    (workdir / "photos/dog/new.png").unlink()
+    assert dry_run(workdir) == set()
+
+
+def read_only(workdir: Path, *command: str) -> subprocess.CompletedProcess:
+    """`command` run in `workdir` with results/ mounted read-only (a private mount namespace:
+    also read-only for root)."""
+    mount = 'mount --bind results results && mount -o remount,bind,ro results && exec "$@"'
+    return subprocess.run(
+        ["unshare", "--map-root-user", "--mount", "sh", "-c", mount, "sh", *command],
+        cwd=workdir, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=900,
+    )  # fmt: skip
+
+
+def test_a_read_only_results_folder_parses_for_a_dry_run(photos_workdir):
+    finished = snakemake(photos_workdir, "--cores", "2")  # (done by the test before)
+    assert finished.returncode == 0, finished.stderr[-5000:]
+    probe = read_only(photos_workdir, "touch", "results/probe")
+    if shutil.which("unshare") is None or "Read-only file system" not in probe.stderr:
+        pytest.skip(f"no read-only mount here: {probe.stderr.strip()[-300:]}")
+    result = read_only(photos_workdir, *SNAKEMAKE, "-n", "--cores", "1")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert scheduled(result.stdout) == set()
+    # Also when the dataset's files changed (version 0.2.0 wrote their listing then)
+    added = photos_workdir / "photos/cat/added.png"
+    Image.new("RGB", (16, 16), (90, 0, 0)).save(added)
+    try:
+        result = read_only(photos_workdir, *SNAKEMAKE, "-n", "--cores", "1")
+    finally:
+        added.unlink()
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert ("index_dataset", "results/photos/splits/pool.parquet") in scheduled(result.stdout)

@@ -1,0 +1,494 @@
+"""The workflow's plan (dafusion.plan, paths, runtime, listing) without running Snakemake:
+which jobs and paths a config makes, what each job reads, its resources, the report's layout,
+and the dataset listing index_dataset reruns on."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from dafusion import listing, paths, plan, runtime
+from dafusion.config import validate_config
+from dafusion.provenance import step_code
+from dafusion.settings import ErasureSettings, GenerationSettings, InversionSettings
+from dafusion.synthetic import parts_dir
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
+RULES = REPO / "workflow/rules"
+
+SMALL = {
+    "results": "out",
+    "datasets": {"digits": {"kind": "digits"}, "more": {"kind": "digits", "image_size": 16}},
+    "seeds": [0, 1],
+    "examples_per_class": [1, 4],
+    "model": {"pretrained": "tiny", "resolution": 32},
+    "methods": {
+        "baseline": {"kind": "baseline"},
+        "rg": {
+            "kind": "sdedit",
+            "prompt": "a photo of a {name}",
+            "strengths": [0.5],
+            "dataset_prompts": {"more": "a {token} drawing"},
+        },
+        "daf": {"kind": "sdedit", "prompt": "a photo of a {token}", "strengths": [0.5]},
+        "daf-erased": {
+            "kind": "sdedit",
+            "prompt": "a photo of a {token}",
+            "strengths": [0.5],
+            "erased": True,
+            "datasets": ["digits"],
+        },
+    },
+    "erasure": {"enabled": True},
+}
+
+
+def make_plan(config: dict, base_dir: Path | str = ".") -> plan.Plan:
+    return plan.Plan.from_config(validate_config(config, SCHEMA, base_dir))
+
+
+def changed(config: dict, **sections) -> dict:
+    config = copy.deepcopy(config)
+    config.update(sections)
+    return config
+
+
+@pytest.fixture
+def small() -> plan.Plan:
+    return make_plan(SMALL)
+
+
+# Target grids ------------------------------------------------------------------------
+
+
+def test_grids_run_each_method_on_its_datasets_for_every_seed_and_shot_count(small):
+    synthetic = small.all_synthetic()
+    assert synthetic[:2] == [
+        "out/digits/synthetic/rg/seed0-shots1/index.parquet",
+        "out/digits/synthetic/rg/seed0-shots4/index.parquet",
+    ]
+    # 2 cells per seed, 2 seeds: rg and daf on both datasets, daf-erased on digits only
+    assert len(synthetic) == 4 * (2 + 2 + 1)
+    assert not any("/baseline/" in p for p in synthetic)
+    assert not any(p.startswith("out/more/synthetic/daf-erased/") for p in synthetic)
+    runs = small.evaluated_runs()
+    assert len(runs) == 4 * (2 + 2 + 2 + 1)
+    assert "out/more/runs/baseline/seed1-shots4.parquet" in runs
+
+
+def test_tokens_are_plain_or_erased_and_follow_each_datasets_prompt(small):
+    # rg's prompt has no token, except on `more` (dataset_prompts); daf-erased's are its own
+    assert small.uses_tokens("more", "rg") and not small.uses_tokens("digits", "rg")
+    assert small.tokens_path("digits", "daf", 0, 1) == "out/digits/tokens/seed0-shots1.safetensors"
+    assert small.tokens_path("digits", "daf-erased", 0, 1) == (
+        "out/digits/tokens/esd/seed0-shots1.safetensors"
+    )
+    assert small.token_methods("digits") == ["daf", "daf-erased"]
+    assert small.token_methods("more") == ["rg", "daf"]
+    tokens = small.all_tokens()
+    # one plain inversion per (dataset, seed, shots), shared by rg and daf on `more`
+    assert len(tokens) == 4 * 2 + 4
+    assert sum("/tokens/esd/" in t for t in tokens) == 4
+    assert small.generate_tokens("digits", "rg", 0, 1) == []
+    assert small.generate_tokens("more", "rg", 1, 4) == "out/more/tokens/seed1-shots4.safetensors"
+    assert small.method_params("more", "rg")["prompt"] == "a {token} drawing"
+    assert small.method_params("digits", "rg")["prompt"] == "a photo of a {name}"
+    assert small.loss_curves("digits") == [
+        "out/digits/tokens/esd/seed0-shots1-loss.parquet",
+        "out/digits/tokens/esd/seed0-shots4-loss.parquet",
+        "out/digits/tokens/seed0-shots1-loss.parquet",
+        "out/digits/tokens/seed0-shots4-loss.parquet",
+    ]
+
+
+def test_the_erasure_stage_runs_where_an_erased_method_does(small):
+    assert small.all_erasure() == ["out/digits/erasure/esd/check.parquet"]
+    assert small.method_erasure("digits", "daf-erased") == "out/digits/erasure/esd/check.parquet"
+    assert small.method_erasure("digits", "daf") == []
+    methods = {k: v for k, v in SMALL["methods"].items() if k != "daf-erased"}
+    unerased = make_plan(changed(SMALL, methods=methods))
+    assert unerased.erased_datasets() == ["digits", "more"]  # the erasure target alone
+    off = make_plan(changed(SMALL, methods=methods, erasure={"enabled": False}))
+    assert off.all_erasure() == []
+    joint = make_plan(changed(SMALL, erasure={"enabled": True, "scope": "joint"}))
+    assert joint.tokens_path("digits", "daf-erased", 0, 1).startswith(
+        "out/digits/tokens/esd-joint/"
+    )
+
+
+def test_the_all_target_refuses_configs_made_for_augmenting():
+    with pytest.raises(plan.PlanError, match="'examples_per_class': 'all'"):
+        make_plan(changed(SMALL, examples_per_class=["all"])).evaluated_runs()
+    datasets = {"digits": {"kind": "digits", "val_fraction": 0}}
+    with pytest.raises(plan.PlanError, match="'datasets.digits.val_fraction': 0"):
+        make_plan(changed(SMALL, datasets=datasets, methods={"b": {"kind": "baseline"}}))\
+            .evaluated_runs()  # fmt: skip
+
+
+def test_the_paper_config_makes_the_papers_grid(tmp_path):
+    """The counts tests/test_paper.py checks in Snakemake's DAG, from the plan alone."""
+    config = yaml.safe_load((REPO / "config/paper.yaml").read_text())
+    for name in config["datasets"]:
+        (tmp_path / name / "train").mkdir(parents=True)
+        config["datasets"][name]["root"] = name
+    config["model"] = {"pretrained": "tiny"}  # the hub's model is not needed for the grid
+    config["datasets"]["caltech101"]["split_protocol"] = "original-code"
+    paper = make_plan(config, tmp_path)
+    cells = 4 * 5
+    assert len(paper.all_synthetic()) == (7 * 2 + 3 * (4 + 2 * 9)) * cells
+    assert len(paper.evaluated_runs()) == (7 * 3 + 3 * (5 + 2 * 9)) * cells
+    tokens = paper.all_tokens()
+    assert sum("/tokens/esd/" in t for t in tokens) == 3 * cells
+    assert len(tokens) == (7 + 3) * cells
+    assert len(paper.all_erasure()) == 3
+    assert paper.gallery_datasets() == list(config["datasets"])
+    # Leafy Spurge: M = 50, the original's Real Guidance prompt, and flips in training
+    assert paper.generation_for("leafy_spurge", "real-guidance").num_synthetic == 50
+    assert paper.generation_for("leafy_spurge", "da-fusion-a30-m5").num_synthetic == 5
+    assert paper.method_params("leafy_spurge", "real-guidance")["prompt"] == (
+        "a woodland seen from a drone"
+    )
+    assert paper.classifier_for("leafy_spurge", "baseline").vertical_flip
+    assert (
+        paper.training_pool("caltech101", 2) == "results-paper/caltech101/splits/seed2-pool.parquet"
+    )
+    assert paper.eval_split("caltech101", 2) == "results-paper/caltech101/splits/seed2-val.parquet"
+    assert paper.eval_split("pascal", 2) == "results-paper/pascal/splits/val.parquet"
+    assert paper.index_mem_mb("coco") == 16000 and paper.index_mem_mb("pascal") == 4000
+    assert paper.aggregate_figures() == [
+        "accuracy", "scores", "figure-5", "figure-9", "figure-10", "figure-8", "novelty",
+        "paired", "figure-11",
+    ]  # fmt: skip
+
+
+# Inputs and params of one job --------------------------------------------------------
+
+
+def test_a_baseline_run_mixes_in_nothing_and_has_no_alpha(small):
+    assert small.train_synthetic("digits", "baseline", 0, 1) == []
+    assert small.train_synthetic("digits", "rg", 0, 1) == (
+        "out/digits/synthetic/rg/seed0-shots1/index.parquet"
+    )
+    assert small.classifier_for("digits", "baseline").synthetic_probability == 0
+    assert small.classifier_for("digits", "rg").synthetic_probability == 0.5
+
+
+def test_overrides_reach_their_own_datasets_and_methods():
+    datasets = {
+        "digits": {"kind": "digits", "generation": {"num_synthetic": 7}},
+        "more": {"kind": "digits"},
+    }
+    methods = copy.deepcopy(SMALL["methods"])
+    methods["daf"]["generation"] = {"num_synthetic": 3}
+    p = make_plan(changed(SMALL, datasets=datasets, methods=methods))
+    assert p.generation_for("digits", "rg").num_synthetic == 7
+    assert p.generation_for("more", "rg").num_synthetic == 10
+    assert p.generation_for("digits", "daf").num_synthetic == 3  # the method's wins
+
+
+def test_index_params_hold_what_the_kind_reads_without_allow_fewer(tmp_path):
+    (tmp_path / "photos").mkdir()
+    datasets = {
+        "digits": {"kind": "digits", "allow_fewer": True},
+        "photos": {"kind": "imagefolder", "root": "photos", "track_files": False},
+    }
+    p = make_plan(changed(SMALL, datasets=datasets, methods={"b": {"kind": "baseline"}}), tmp_path)
+    assert "allow_fewer" not in p.index_params("digits")
+    assert p.index_params("digits")["image_size"] == 32
+    photos = p.index_params("photos")
+    assert photos["root"] == "photos" and "image_size" not in photos
+    assert "track_files" not in photos  # an execution knob
+
+
+def test_model_inputs_and_resources_follow_the_model(small):
+    assert small.model_input() == "out/model/tiny"
+    assert (small.model_threads(), small.model_mem_mb(8000)) == (1, 2000)
+    hub = dataclasses.replace(small, model=small.model.replace(pretrained="models/sd-v1-4"))
+    assert hub.model_input() == []
+    assert (hub.model_threads(), hub.model_mem_mb(8000)) == (2, 8000)
+    assert "dtype" not in small.erase_model_params() and "dtype" in small.model.result_params()
+
+
+def test_generation_parts_follow_the_config_until_the_set_exists(tmp_path):
+    config = changed(SMALL, results=str(tmp_path), generation={"parts": 3})
+    p = make_plan(config)
+    folder = f"{tmp_path}/digits/synthetic/rg/.parts/seed0-shots1"
+    assert p.generate_parts("digits", "rg", 0, 1) == [
+        f"{folder}/part-{i}-of-3.json" for i in range(3)
+    ]
+    assert p.generate_gpus("digits", "rg", 0, 1) == 0  # gathers only
+    assert (
+        make_plan(changed(config, generation={"parts": 1})).generate_parts("digits", "rg", 0, 1)
+        == []
+    )
+    # The set exists: the parts that made it, whatever parts is now (a knob)
+    index = Path(p.synthetic_index("digits", "rg", 0, 1))
+    index.parent.mkdir(parents=True)
+    index.touch()
+    assert p.generate_parts("digits", "rg", 0, 1) == []
+    Path(folder).mkdir(parents=True)
+    for i in range(2):
+        (Path(folder) / f"part-{i}-of-2.json").touch()
+    assert p.generate_parts("digits", "rg", 0, 1) == [
+        f"{folder}/part-{i}-of-2.json" for i in range(2)
+    ]
+
+
+def test_gpus_and_the_gpu_limit(small, monkeypatch):
+    monkeypatch.setattr(plan, "will_use_cuda", lambda device: device == "cuda")
+    assert small.gpus("cuda") == 1 and small.gpus("cpu") == 0
+    assert small.gpu_limit_error(True, {"gpu": 1}) is None
+    assert small.gpu_limit_error(True, {"mem_mb": 1000}) is None  # auto here: no CUDA
+    cuda = make_plan(changed(SMALL, classifier={"device": "cuda"}))
+    message = cuda.gpu_limit_error(True, {"mem_mb": 1000})
+    assert message.startswith("GPU jobs (classifier.device (cuda)) would all start at once")
+    assert "Add gpu=1 to --resources" in message
+    assert cuda.gpu_limit_error(False, {}) is None  # a cluster gives each job its own GPU
+    assert cuda.gpu_limit_error(True, {"gpu": 2}) is None
+    assert cuda.generate_gpus("digits", "rg", 0, 1) == 0  # the model's device is auto (cpu)
+
+
+# The path registry ---------------------------------------------------------------------
+
+
+def test_the_part_folder_is_where_the_generate_jobs_look():
+    w = {"dataset": "d", "method": "m", "seed": 3, "shots": 8}
+    part = Path(paths.PART.format(**w, part=0, parts=2))
+    assert part.parent == parts_dir(paths.SYNTHETIC.format(**w))
+
+
+def test_rules_take_result_paths_from_the_registry():
+    """A result pattern is written once, in dafusion.paths (logs and benchmarks aside)."""
+    sources = [REPO / "Snakefile", *sorted(RULES.glob("*.smk"))]
+    for source in sources:
+        for line in source.read_text().splitlines():
+            if re.search(r'"(logs|benchmarks)/', line):
+                continue
+            assert not re.search(r'res\(f?"', line), (source.name, line)
+            assert "synthetic/" not in line and "splits/" not in line, (source.name, line)
+
+
+def test_token_losses_lie_beside_the_tokens():
+    w = {"dataset": "d", "eraser": "esd", "seed": 0, "shots": 1}
+    assert paths.tokens_losses(paths.TOKENS.format(**w)) == paths.TOKEN_LOSSES.format(**w)
+    erased = paths.ERASED_TOKENS.format(**w)
+    assert paths.tokens_losses(erased) == paths.ERASED_TOKEN_LOSSES.format(**w)
+
+
+# Figures and the report ------------------------------------------------------------------
+
+
+def test_aggregate_figures_follow_labels_baseline_and_novelty_bins(small):
+    assert small.aggregate_figures() == ["accuracy", "scores", "paired"]
+    methods = copy.deepcopy(SMALL["methods"])
+    methods["rg"]["figures"] = [5, "11-reference"]
+    methods["daf"]["figures"] = [11, 5, 9]
+    p = make_plan(changed(SMALL, methods=methods, aggregate={"novelty": {"x": ["digits"]}}))
+    assert p.figure_labels() == ["5", "11-reference", "11", "9"]
+    assert p.aggregate_figures() == [
+        "accuracy", "scores", "figure-5", "figure-9", "novelty", "paired", "figure-11",
+    ]  # fmt: skip
+    # 11 without its reference draws the grid against the baseline; without either, none
+    methods["rg"]["figures"] = []
+    assert "figure-11" in make_plan(changed(SMALL, methods=methods)).aggregate_figures()
+    del methods["baseline"]
+    alone = make_plan(changed(SMALL, methods=methods)).aggregate_figures()
+    assert "figure-11" not in alone and "paired" not in alone
+
+
+def test_the_layout_gives_each_runs_resolved_settings(small):
+    layout = {(r["dataset"], r["method"]): r for r in small.method_layout()}
+    assert len(layout) == 7
+    assert layout["digits", "baseline"] == {
+        "dataset": "digits", "method": "baseline", "figures": [], "strengths": [],
+        "num_synthetic": 0, "synthetic_probability": 0.0,
+    }  # fmt: skip
+    assert layout["more", "rg"]["strengths"] == [0.5]
+    assert layout["more", "rg"]["num_synthetic"] == 10
+
+
+def test_the_report_shows_the_tables_figures_galleries_curves_and_checks(small):
+    inputs = small.report_inputs()
+    assert inputs["summary"] == "out/tables/summary.csv"
+    assert inputs["figures"] == [f"out/figures/{n}.png" for n in ("accuracy", "scores", "paired")]
+    assert inputs["galleries"] == ["out/figures/gallery-digits.png", "out/figures/gallery-more.png"]
+    assert inputs["curves"] == [
+        "out/figures/inversion-loss-digits.png", "out/figures/inversion-loss-more.png",
+    ]  # fmt: skip
+    assert inputs["erasure"] == ["out/digits/erasure/esd/check.parquet"]
+    assert small.gallery_inputs("more") == {
+        "split": "out/more/splits/seed0-shots4.parquet",
+        "indices": [
+            "out/more/synthetic/rg/seed0-shots4/index.parquet",
+            "out/more/synthetic/daf/seed0-shots4/index.parquet",
+        ],
+    }
+    baseline_only = make_plan(changed(SMALL, methods={"b": {"kind": "baseline"}}))
+    assert baseline_only.report_inputs()["galleries"] == []
+    assert baseline_only.report_inputs()["curves"] == []
+
+
+def test_captions_are_rendered_with_the_measure(small):
+    captions = plan.read_captions(REPO / "workflow/report")
+    assert {"accuracy", "grid", "gallery", "inversion"} <= set(captions)
+    assert plan.caption_key("figure-11", captions) == "grid"
+    assert plan.caption_key("figure-5", captions) == "accuracy"
+    assert plan.caption_key("paired", captions) == (
+        "paired" if "paired" in captions else "accuracy"
+    )
+    rendered = small.report_captions(captions)
+    assert set(small.aggregate_figures()) <= set(rendered)
+    assert "{{" not in rendered["accuracy"]
+    assert small.aggregate.measure() in rendered["accuracy"]
+    assert plan.render_caption("a {{ snakemake.params.measure }}.", "b") == "a b."
+
+
+# Wall times ---------------------------------------------------------------------------
+
+
+def _manifest(path: Path, labels: list[int]) -> str:
+    pd.DataFrame({"label": labels}).to_parquet(path)
+    return str(path)
+
+
+def test_runtimes_scale_with_the_work_and_the_attempt(tmp_path, small):
+    split = _manifest(tmp_path / "split.parquet", [0, 1, 2, 2])
+    assert runtime.rows(split) == 4 and runtime.class_count(split) == 3
+    with pytest.raises(FileNotFoundError, match="missing.parquet"):
+        runtime.rows(tmp_path / "missing.parquet")
+    assert runtime.minutes(0, 1) == runtime.RUNTIME_START_MIN
+    assert runtime.minutes(60, 2) == 2 * (runtime.RUNTIME_START_MIN + runtime.RUNTIME_MARGIN)
+    assert runtime.minutes(1, 1) == runtime.RUNTIME_START_MIN + 1  # rounded up
+    generation = GenerationSettings(num_synthetic=10, num_inference_steps=50)
+    assert runtime.generate_seconds(generation, 100) == pytest.approx(
+        100 * 10 * 50 * runtime.GENERATE_S_PER_IMAGE_STEP
+    )
+    # the embedded default's tiny jobs: start-up plus seconds
+    seconds = runtime.generate_seconds(small.generation_for("digits", "rg"), 4)
+    assert small.generate_minutes("digits", "rg", split, 1) == runtime.minutes(seconds, 1)
+    share = small.generate_minutes("digits", "rg", split, 1, parts=3)
+    assert share == runtime.minutes(seconds / 3, 1)
+    assert small.gather_minutes(3) == 3 * runtime.RUNTIME_START_MIN
+    inversion = InversionSettings(steps=1000, batch_size=4)
+    assert runtime.invert_seconds(inversion, 20) == pytest.approx(
+        1000 * 20 * 4 * runtime.INVERT_S_PER_SAMPLE_STEP
+    )
+    assert small.invert_minutes(split, 1) == runtime.minutes(
+        runtime.invert_seconds(small.inversion, 3), 1
+    )
+
+
+def test_erasure_runtime_counts_esd_deltas_and_not_uce(tmp_path):
+    esd = ErasureSettings(enabled=True, iterations=1000, ddim_steps=50)
+    assert runtime.erase_seconds(esd, 20) == pytest.approx(20 * 1000 * 1.26)
+    assert runtime.erase_seconds(esd.replace(scope="joint"), 20) == pytest.approx(1000 * 1.26)
+    assert runtime.erase_seconds(esd.replace(ddim_steps=25), 1) == pytest.approx(500 * 1.26)
+    assert runtime.erase_seconds(esd.replace(method="uce"), 20) == 0
+    uce = make_plan(changed(SMALL, erasure={"enabled": True, "method": "uce"}))
+    # UCE's estimate needs no pool (known before index_dataset ran)
+    assert uce.erase_minutes(str(tmp_path / "missing.parquet"), 2) == 2 * runtime.RUNTIME_START_MIN
+    with pytest.raises(FileNotFoundError):
+        make_plan(SMALL).erase_minutes(str(tmp_path / "missing.parquet"), 1)
+
+
+def test_train_runtime_counts_steps_and_evaluations(tmp_path, small):
+    val = _manifest(tmp_path / "val.parquet", [0] * 30)
+    test = _manifest(tmp_path / "test.parquet", [0] * 10)
+    classifier = small.classifier_for("digits", "rg")
+    evaluations = classifier.steps // classifier.eval_interval + 1
+    seconds = (
+        classifier.steps * runtime.TRAIN_S_PER_STEP + evaluations * 40 * runtime.EVAL_S_PER_IMAGE
+    )
+    assert runtime.train_seconds(classifier, 40) == pytest.approx(seconds)
+    assert small.train_minutes("digits", "rg", val, test, 1) == runtime.minutes(seconds, 1)
+
+
+# Code fingerprints ---------------------------------------------------------------------
+
+STEPS = [p.stem for p in sorted((REPO / "workflow/scripts").glob("*.py"))]
+SNAKEFILE_ONLY = (
+    "dafusion/plan.py",
+    "dafusion/paths.py",
+    "dafusion/runtime.py",
+    "dafusion/listing.py",
+)
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_no_job_runs_the_workflows_own_plan(step):
+    """The modules only the Snakefile imports are in no job's fingerprint: editing them
+    reruns only the jobs whose params or inputs change."""
+    assert not set(step_code(step)) & set(SNAKEFILE_ONLY)
+
+
+def test_a_rules_code_is_its_step_and_its_script():
+    code = plan.rule_code("train", REPO)
+    script = "workflow/scripts/train.py"
+    assert code == {**step_code("train"), script: code[script]}
+    assert re.fullmatch(r"[0-9a-f]{16}", code[script])
+
+
+# The dataset listing ------------------------------------------------------------------
+
+
+def _no_record():
+    raise AssertionError("the recorded params are read only with track_files: false")
+
+
+def test_a_datasets_listing_reaches_index_dataset_as_its_files_entry(tmp_path):
+    root = tmp_path / "photos"
+    (root / "cat").mkdir(parents=True)
+    (root / "cat/a.png").write_bytes(b"a")
+    key = listing.listing_key(str(root))
+    entry = listing.files_entry(str(root), True, recorded=_no_record, legacy=None)
+    assert entry == {key: listing.listing_digest(root)}
+    (root / "cat/b.png").write_bytes(b"b")
+    added = listing.files_entry(str(root), True, recorded=_no_record, legacy=None)
+    assert added[key] != entry[key]
+    assert listing.files_entry(None, True, recorded=_no_record, legacy=None) == {}
+
+
+def test_untracked_files_keep_the_recorded_listing(tmp_path):
+    root = str(tmp_path)
+    key = listing.listing_key(root)
+    recorded = [repr({"a": 1}), repr({"pipeline.index_dataset": "x", key: "abc"}), "<junk"]
+    entry = listing.files_entry(root, False, recorded=lambda: recorded, legacy=None)
+    assert entry == {key: "abc"}
+    # nothing recorded (a new results folder): untracked, until track_files is switched on
+    assert listing.files_entry(root, False, recorded=lambda: None, legacy=None) == {
+        key: listing.UNTRACKED
+    }
+    # another root's listing is not this one's
+    assert listing.recorded_listing(recorded, str(tmp_path / "other")) is None
+
+
+def test_a_results_folder_of_version_0_2_reruns_nothing_until_its_files_change(tmp_path):
+    """Its outputs were recorded without the entry and with the legacy file as input."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    legacy_file = tmp_path / "results/photos/splits/.files.sha256"
+    assert listing.legacy_input(legacy_file) == [] and listing.read_legacy(legacy_file) is None
+    legacy_file.parent.mkdir(parents=True)
+    legacy_file.write_text(listing.listing_digest(root))
+    legacy = listing.read_legacy(legacy_file)
+    assert listing.legacy_input(legacy_file) == [str(legacy_file)]
+    assert listing.files_entry(str(root), True, recorded=_no_record, legacy=legacy) == {}
+    assert listing.files_entry(str(root), False, recorded=lambda: [], legacy=legacy) == {}
+    (root / "new.png").write_bytes(b"n")
+    changed_entry = listing.files_entry(str(root), True, recorded=_no_record, legacy=legacy)
+    assert changed_entry == {listing.listing_key(str(root)): listing.listing_digest(root)}
+    # after that rerun, untracked keeps what the rerun recorded
+    recorded = [repr(changed_entry)]
+    assert (
+        listing.files_entry(str(root), False, recorded=lambda: recorded, legacy=legacy)
+        == changed_entry
+    )
+    # a legacy folder made with track_files: false
+    assert listing.files_entry(str(root), False, recorded=lambda: [], legacy="untracked") == {}
