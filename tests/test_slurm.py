@@ -14,7 +14,9 @@ import subprocess
 import pandas as pd
 import pytest
 import slurm
-from test_workflow import REDUCED, SNAKEMAKE, copy_workflow, snakemake, write_config
+from helpers import REDUCED, SNAKEMAKE, copy_workflow, snakemake, write_config
+
+pytestmark = pytest.mark.cluster
 
 # Two methods, one seed, one shot count, no erasure: every rule but erase, in few jobs.
 SLURM_REDUCED = {
