@@ -24,7 +24,10 @@ from helpers import (
 from scipy.io import savemat
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(2)
+# One thread: the tiny model's tensors are too small to gain from a second, and an op whose
+# second thread waits for a busy core takes several times as long (three 10-step img2img
+# calls of the tiny model: 2.1-2.7 s with one thread, 12-14 s with two, on 2 shared cores).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
