@@ -1,7 +1,8 @@
 """A real single-node Slurm on this machine, for tests: Debian's `slurm-wlm` and `munge`,
 `slurmctld` and `slurmd` on localhost, no accounting daemon.
 
-Needs root (CI runs as root). `install()` installs the packages with apt-get when they are
+It changes the machine, so it runs only when asked: DAFUSION_TEST_SLURM=1 in the environment
+(.ci/run sets it), as root. `install()` installs the packages with apt-get when they are
 missing; `SingleNodeSlurm` writes /etc/slurm/slurm.conf (where `srun` inside a job looks for
 it), starts munged (unless one already answers), slurmctld and slurmd, and `stop()` ends
 exactly the daemons it started and removes the config it wrote.
@@ -23,6 +24,20 @@ CONF = Path("/etc/slurm/slurm.conf")
 MARKER = "# written by the dafusion tests (tests/slurm.py)"
 MUNGE_RUN = Path("/run/munge")
 START_TIMEOUT_S = 60
+ENABLE = "DAFUSION_TEST_SLURM"
+
+
+def not_enabled() -> str | None:
+    """None when this machine may be changed for a Slurm (DAFUSION_TEST_SLURM=1, as root);
+    else why not, and how to enable it."""
+    if os.environ.get(ENABLE) != "1":
+        return (
+            f"it installs slurm-wlm and munge with apt-get and writes {CONF}: set {ENABLE}=1 "
+            "to run it (as root; .ci/run does)"
+        )
+    if os.geteuid() != 0:
+        return f"{ENABLE}=1, but starting a Slurm needs root (it writes {CONF})"
+    return None
 
 
 def missing_commands() -> list[str]:
@@ -31,10 +46,11 @@ def missing_commands() -> list[str]:
 
 def install() -> str | None:
     """Install slurm-wlm and munge where missing; None when ready, else why not."""
+    reason = not_enabled()
+    if reason is not None:
+        return reason
     if not missing_commands():
         return None
-    if os.geteuid() != 0:
-        return f"Slurm is not installed and installing {' '.join(PACKAGES)} needs root"
     if shutil.which("apt-get") is None:
         return f"Slurm is not installed and there is no apt-get to install {' '.join(PACKAGES)}"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -111,6 +127,9 @@ class SingleNodeSlurm:
         )
 
     def start(self) -> None:
+        reason = not_enabled()
+        if reason is not None:
+            raise RuntimeError(f"not starting a Slurm: {reason}")
         if CONF.exists() and MARKER not in CONF.read_text():
             raise RuntimeError(f"{CONF} exists and is not ours: this machine has a Slurm")
         for folder in ("state", "spool"):

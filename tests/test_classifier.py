@@ -87,6 +87,7 @@ def test_augment_flips_and_rotates_per_sample():
     assert set(unrotated.unique().tolist()) <= {0.0, 1.0}
 
 
+@pytest.mark.workflow  # a whole training run
 def test_training_learns_digits_and_reports_per_class_metrics(digits):
     pool, val = digits
     subset = few_shot(pool, seed=0, shots=8)

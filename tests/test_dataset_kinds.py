@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import CARS, spurge_images, write_image
 from PIL import Image
-from scipy.io import savemat
 
 from dafusion import pipeline
 from dafusion.datasets import few_shot, halve_per_seed, read_dataset
@@ -22,11 +22,6 @@ from dafusion.settings import DatasetSettings
 
 # pycocotools' own numpy-2 deprecation, raised inside its RLE decoder.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-
-
-def _image(path: Path, color=(120, 60, 30), size=(16, 16)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, color).save(path)
 
 
 def _read(spec: dict, root: Path, **kwargs):
@@ -51,76 +46,6 @@ def _assert_deterministic(spec: dict, root: Path, first: tuple) -> None:
 
 
 # PASCAL VOC ---------------------------------------------------------------------------
-
-
-def _voc_palette() -> list[int]:
-    """VOC's color map: the bits of the index spread over R, G and B."""
-    palette = []
-    for index in range(256):
-        r = g = b = 0
-        c = index
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
-
-
-def _palette_png(path: Path, indices: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = Image.frombytes("P", indices.shape[::-1], indices.astype(np.uint8).tobytes())
-    image.putpalette(_voc_palette())
-    image.save(path)
-
-
-DOG, CAT, PERSON = 12, 8, 15  # VOC class indices
-
-
-def _voc_image(root: Path, image_id: str, objects: list[tuple[int, slice, slice]]) -> None:
-    """objects: (class index, rows, cols); instance i + 1 each, with a void border."""
-    instances = np.zeros((16, 16), np.uint8)
-    classes = np.zeros((16, 16), np.uint8)
-    for i, (cls, rows, cols) in enumerate(objects):
-        grown = (
-            slice(max(rows.start - 1, 0), rows.stop + 1),
-            slice(max(cols.start - 1, 0), cols.stop + 1),
-        )
-        instances[grown] = classes[grown] = 255
-        instances[rows, cols], classes[rows, cols] = i + 1, cls
-    _palette_png(root / "SegmentationObject" / f"{image_id}.png", instances)
-    _palette_png(root / "SegmentationClass" / f"{image_id}.png", classes)
-    _image(root / "JPEGImages" / f"{image_id}.jpg")
-
-
-@pytest.fixture
-def voc(tmp_path) -> Path:
-    root = tmp_path / "VOCdevkit/VOC2012"
-    big, small = (slice(2, 10), slice(2, 10)), (slice(12, 14), slice(12, 14))
-    train = {
-        # a small person and a large dog: dog. Void borders (255) outnumber small objects.
-        "2007_000001": [(PERSON, *small), (DOG, *big)],
-        "2007_000002": [(DOG, *big)],
-        "2007_000003": [(DOG, *small)],
-        "2007_000004": [(CAT, *big), (DOG, *small)],
-        "2007_000005": [(CAT, *small)],
-        "2007_000006": [(PERSON, *big)],
-        "2007_000007": [(PERSON, *small)],
-        "2007_000008": [],  # no object: left out
-    }
-    val = {
-        "2008_000001": [(CAT, *big)],
-        "2008_000002": [(PERSON, *small), (DOG, *big)],
-        "2008_000003": [(PERSON, *big)],
-    }
-    for image_id, objects in {**train, **val}.items():
-        _voc_image(root, image_id, objects)
-    sets = root / "ImageSets/Segmentation"
-    sets.mkdir(parents=True)
-    (sets / "train.txt").write_text("\n".join(train) + "\n")
-    (sets / "val.txt").write_text("\n".join(val) + "\n")
-    return tmp_path
 
 
 def test_pascal_labels_the_largest_instance_and_keeps_its_mask(voc):
@@ -182,74 +107,6 @@ def test_pascal_index_step_writes_every_manifest_and_the_masks(voc):
 # COCO ---------------------------------------------------------------------------------
 
 
-def _rle(mask: np.ndarray) -> dict:
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": rle["size"], "counts": rle["counts"].decode()}
-
-
-def _coco_split(root: Path, name: str, images: dict[int, list[dict]]) -> None:
-    entries, annotations = [], []
-    for image_id, anns in images.items():
-        file_name = f"{image_id:012d}.jpg"
-        _image(root / name / file_name)
-        entries.append({"id": image_id, "file_name": file_name, "height": 16, "width": 16})
-        for ann in anns:
-            annotations.append(
-                {"id": len(annotations) + 1, "image_id": image_id, "iscrowd": 0, **ann}
-            )
-    categories = [{"id": 1, "name": "person"}, {"id": 17, "name": "cat"}, {"id": 18, "name": "dog"}]
-    (root / "annotations").mkdir(parents=True, exist_ok=True)
-    instances = {"images": entries, "annotations": annotations, "categories": categories}
-    (root / "annotations" / f"instances_{name}.json").write_text(json.dumps(instances))
-
-
-def _polygon(category: int, x0: int, y0: int, side: int) -> dict:
-    x1, y1 = x0 + side, y0 + side
-    return {
-        "category_id": category,
-        "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]],
-        "area": float(side * side),
-        "bbox": [x0, y0, side, side],
-    }
-
-
-@pytest.fixture
-def coco(tmp_path) -> Path:
-    root = tmp_path / "coco"
-    block = np.zeros((16, 16), bool)
-    block[4:12, 3:11] = True
-    large_rle = {
-        "category_id": 18,
-        "segmentation": _rle(block),
-        "area": 64.0,
-        "bbox": [3, 4, 8, 8],
-        "iscrowd": 1,
-    }
-    _coco_split(
-        root,
-        "train2017",
-        {
-            1: [_polygon(1, 0, 0, 3), large_rle],  # small person polygon, large dog RLE: dog
-            2: [_polygon(18, 2, 2, 6)],
-            3: [_polygon(17, 2, 2, 8), _polygon(1, 0, 0, 2)],
-            4: [_polygon(17, 1, 1, 5)],
-            5: [],  # no annotation: left out
-        },
-    )
-    _coco_split(
-        root,
-        "val2017",
-        {
-            10: [_polygon(17, 2, 2, 6)],
-            11: [_polygon(18, 2, 2, 6), _polygon(1, 0, 0, 9)],
-            12: [_polygon(18, 1, 1, 7)],
-        },
-    )
-    return tmp_path
-
-
 def test_coco_labels_the_largest_annotation_polygon_or_rle(coco):
     spec = {"kind": "coco", "root": "coco"}
     pool, val, test = _read(spec, coco)
@@ -278,20 +135,6 @@ def test_coco_labels_the_largest_annotation_polygon_or_rle(coco):
 
 
 # Caltech101 ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def caltech(tmp_path) -> Path:
-    root = tmp_path / "caltech101/101_ObjectCategories"
-    for folder, count in (
-        ("accordion", 6),
-        ("Faces_easy", 5),
-        ("Leopards", 4),
-        ("BACKGROUND_Google", 3),
-    ):
-        for i in range(count):
-            _image(root / folder / f"image_{i + 1:04d}.jpg", (10 * i, 0, 0))
-    return tmp_path
 
 
 def test_caltech101_names_and_held_out_split(caltech):
@@ -401,24 +244,6 @@ def test_corrupt_image_is_named_or_skipped(caltech, caplog):
 # Flowers102 ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def flowers(tmp_path) -> Path:
-    root = tmp_path / "flowers-102"
-    labels = [1, 1, 1, 1, 2, 2, 2, 2, 20, 20, 20, 20]
-    for i in range(1, len(labels) + 1):
-        _image(root / "jpg" / f"image_{i:05d}.jpg", (20 * i, 0, 0))
-    savemat(root / "imagelabels.mat", {"labels": np.array([labels])})
-    savemat(
-        root / "setid.mat",
-        {
-            "trnid": np.array([[1, 2, 5, 6, 9, 10]]),
-            "valid": np.array([[3, 7, 11]]),
-            "tstid": np.array([[4, 8, 12]]),
-        },
-    )
-    return tmp_path
-
-
 def test_flowers102_uses_setid_splits_and_the_oxford_names(flowers):
     assert len(FLOWERS102_CLASSES) == len(set(FLOWERS102_CLASSES)) == 102
     spec = {"kind": "flowers102", "root": "."}
@@ -448,36 +273,6 @@ def test_flowers102_uses_setid_splits_and_the_oxford_names(flowers):
 # FGVC Aircraft ------------------------------------------------------------------------
 
 
-@pytest.fixture
-def aircraft(tmp_path) -> Path:
-    data = tmp_path / "fgvc-aircraft-2013b/data"
-    hierarchy = {  # variant: (family, manufacturer)
-        "707-320": ("Boeing 707", "Boeing"),
-        "A300B4": ("A300", "Airbus"),
-        "F/A-18": ("F/A-18", "McDonnell Douglas"),
-    }
-    data.mkdir(parents=True)
-    (data / "variants.txt").write_text("\n".join(hierarchy) + "\n")
-    (data / "families.txt").write_text("\n".join(f for f, _ in hierarchy.values()) + "\n")
-    (data / "manufacturers.txt").write_text("\n".join(m for _, m in hierarchy.values()) + "\n")
-    image_id = 1000000
-    for split, per_class in (("train", 2), ("val", 1), ("test", 1)):
-        lines = {"variant": [], "family": [], "manufacturer": []}
-        for variant, (family, maker) in hierarchy.items():
-            for _ in range(per_class):
-                image_id += 1
-                _image(data / "images" / f"{image_id}.jpg")
-                for level, name in (
-                    ("variant", variant),
-                    ("family", family),
-                    ("manufacturer", maker),
-                ):
-                    lines[level].append(f"{image_id} {name}")
-        for level, rows in lines.items():
-            (data / f"images_{level}_{split}.txt").write_text("\n".join(rows) + "\n")
-    return tmp_path
-
-
 def test_fgvc_aircraft_levels_and_own_splits(aircraft):
     spec = {"kind": "fgvc_aircraft", "root": "fgvc-aircraft-2013b"}
     pool, val, test = _read(spec, aircraft)
@@ -492,28 +287,6 @@ def test_fgvc_aircraft_levels_and_own_splits(aircraft):
 
 
 # Stanford Cars ------------------------------------------------------------------------
-
-CARS = ["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Audi R8 Coupe 2012"]
-
-
-def _cars_annotations(path: Path, folder: Path, labels: list[int]) -> None:
-    fields = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname"]
-    records = np.zeros((1, len(labels)), dtype=[(f, "O") for f in fields])
-    for i, label in enumerate(labels):
-        fname = f"{i + 1:05d}.jpg"
-        _image(folder / fname, (40 * label, 0, 0))
-        records[0, i] = (1, 1, 15, 15, label, fname)
-    savemat(path, {"annotations": records})
-
-
-@pytest.fixture
-def cars(tmp_path) -> Path:
-    root = tmp_path / "stanford_cars"
-    (root / "devkit").mkdir(parents=True)
-    savemat(root / "devkit/cars_meta.mat", {"class_names": np.array([CARS], dtype=object)})
-    _cars_annotations(root / "devkit/cars_train_annos.mat", root / "cars_train", [1, 2, 3] * 4)
-    _cars_annotations(root / "cars_test_annos_withlabels.mat", root / "cars_test", [3, 2, 1])
-    return tmp_path
 
 
 def test_stanford_cars_torchvision_layout(cars):
@@ -534,14 +307,8 @@ def test_stanford_cars_torchvision_layout(cars):
 # Leafy Spurge -------------------------------------------------------------------------
 
 
-def _spurge_images(root: Path, layout: dict[str, int]) -> None:
-    for folder, count in layout.items():
-        for i in range(count):
-            _image(root / folder / f"{Path(folder).name}_{i}.png", (0, 20 * i, 0))
-
-
 def test_leafy_spurge_from_folders(tmp_path):
-    _spurge_images(tmp_path / "spurge", {"absent": 6, "apparent": 4})
+    spurge_images(tmp_path / "spurge", {"absent": 6, "apparent": 4})
     spec = {"kind": "leafy_spurge", "root": "spurge"}
     pool, val, test = _read(spec, tmp_path)
     assert class_names(pool) == ["no spurge", "leafy spurge"]
@@ -581,7 +348,7 @@ def test_leafy_spurge_from_the_datasets_cache(tmp_path):
     """The cache `load_dataset('mpg-ranch/leafy_spurge', 'crop')` leaves, read offline."""
     import datasets
 
-    _spurge_images(
+    spurge_images(
         tmp_path / "files",
         {"train/absent": 3, "train/present": 3, "test/absent": 1, "test/present": 1},
     )
@@ -605,28 +372,6 @@ def test_leafy_spurge_from_the_datasets_cache(tmp_path):
 # ImageNet -----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def imagenet(tmp_path) -> Path:
-    root = tmp_path / "imagenet"
-    synsets = {
-        "n01440764": "tench, Tinca tinca",
-        "n01443537": "goldfish, Carassius auratus",
-        "n02012849": "crane",
-        "n03126707": "crane",
-    }
-    root.mkdir()
-    (root / "LOC_synset_mapping.txt").write_text("".join(f"{k} {v}\n" for k, v in synsets.items()))
-    solution = ["ImageId,PredictionString"]
-    for n, wnid in enumerate(synsets):
-        for i in range(3):
-            _image(root / f"ILSVRC/Data/CLS-LOC/train/{wnid}/{wnid}_{i}.JPEG")
-        image_id = f"ILSVRC2012_val_{n + 1:08d}"
-        _image(root / f"ILSVRC/Data/CLS-LOC/val/{image_id}.JPEG")
-        solution.append(f"{image_id},{wnid} 1 2 10 12 {wnid} 0 0 5 5")
-    (root / "LOC_val_solution.csv").write_text("\n".join(solution) + "\n")
-    return tmp_path
-
-
 def test_imagenet_names_ids_and_val_solution(imagenet):
     spec = {"kind": "imagenet", "root": "imagenet"}
     pool, val, test = _read(spec, imagenet)
@@ -646,9 +391,9 @@ def test_imagenet_names_ids_and_val_solution(imagenet):
 
 
 def test_keys_that_collide_are_an_error(tmp_path):
-    _image(tmp_path / "photos/cat/a.b.jpg")
-    _image(tmp_path / "photos/cat/a_b.jpg")
-    _image(tmp_path / "photos/dog/c.jpg")
+    write_image(tmp_path / "photos/cat/a.b.jpg")
+    write_image(tmp_path / "photos/cat/a_b.jpg")
+    write_image(tmp_path / "photos/dog/c.jpg")
     with pytest.raises(ValueError, match="same key 'cat_a_b'"):
         _read({"kind": "imagefolder", "root": "photos"}, tmp_path)
 

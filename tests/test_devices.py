@@ -211,6 +211,7 @@ with open(snakemake.output[0], "w") as out:
 """
 
 
+@pytest.mark.workflow
 def test_two_gpu_jobs_at_once_under_resources_gpu_2_claim_different_devices(tmp_path):
     (tmp_path / "Snakefile").write_text(SNAKEFILE)
     (tmp_path / "job.py").write_text(JOB)

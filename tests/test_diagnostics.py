@@ -130,6 +130,7 @@ def test_benchmark_table(tmp_path):
     assert benchmark_table([], root).empty
 
 
+@pytest.mark.workflow
 def test_the_time_and_memory_table_measures_the_jobs_own_process(tmp_path):
     """One process per job: Snakemake's benchmark of a job, and so the report's table, holds
     the memory and CPU time of the job's own process (a job that holds 400 MB for a second and

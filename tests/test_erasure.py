@@ -75,6 +75,7 @@ def _short_esd(**changes) -> ErasureSettings:
     return settings.replace(**changes)
 
 
+@pytest.mark.workflow  # a whole ESD erasure and its check
 def test_esd_erases_its_class_far_more_than_the_others(tiny_dir, tmp_path):
     components = _fresh(tiny_dir)
     base = _state(components.unet)
@@ -94,6 +95,7 @@ def test_esd_erases_its_class_far_more_than_the_others(tiny_dir, tmp_path):
     assert others.abs().max() < scores["zero"] / 2, scores
 
 
+@pytest.mark.workflow  # whole UCE erasures and their check
 def test_uce_erases_its_class_and_preserves_the_others(tiny_dir, tmp_path):
     components = _fresh(tiny_dir)
     settings = ErasureSettings(method="uce", prompt="a photo of a {name}")
@@ -498,6 +500,7 @@ def test_a_float16_delta_is_stored_in_half_precision(tmp_path):
     assert load_delta(path)["w"].dtype == torch.float16
 
 
+@pytest.mark.workflow  # a whole job, killed and resumed
 def test_a_killed_esd_job_resumes_to_the_same_delta(tiny_dir, tmp_path, monkeypatch):
     settings = _short_esd(iterations=5, checkpoint_every=2)
     whole, whole_losses = esd(_fresh(tiny_dir), ["one"], settings, 32, "one", progress=False)
@@ -524,6 +527,7 @@ def _pool(digits, labels=(0, 1, 2)):
     return subset.assign(label=subset["label"].map({c: i for i, c in enumerate(labels)}))
 
 
+@pytest.mark.workflow  # whole erase jobs
 def test_erase_job_writes_deltas_and_check_and_reuses_them(tiny_dir, digits, tmp_path, caplog):
     pool = tmp_path / "pool.parquet"
     write_parquet(_pool(digits), pool)
@@ -581,6 +585,7 @@ def _split(digits, labels, tmp_path):
     return split, split_path, class_names(split)
 
 
+@pytest.mark.workflow  # a whole generate job
 def test_an_erased_generate_job_uses_each_class_own_delta(tiny_dir, digits, tmp_path):
     _, split_path, names = _split(digits, (0, 1), tmp_path)
     components = _fresh(tiny_dir)
@@ -614,6 +619,7 @@ def test_an_erased_generate_job_uses_each_class_own_delta(tiny_dir, digits, tmp_
                 assert image != every_one[key], key  # ... and not another class's delta
 
 
+@pytest.mark.workflow  # a whole invert job
 def test_erased_inversion_learns_each_token_against_its_class_delta(tiny_dir, digits, tmp_path):
     split, split_path, names = _split(digits, (3, 6), tmp_path)
     components = _fresh(tiny_dir)

@@ -39,6 +39,7 @@ def manifests(tmp_path_factory) -> dict[str, str]:
     return paths
 
 
+@pytest.mark.workflow  # a train job in a fresh interpreter
 @pytest.mark.parametrize("backbone", ["small-cnn", "resnet50"])
 def test_a_train_job_imports_no_diffusion_library(manifests, backbone):
     code = (

@@ -46,6 +46,7 @@ def test_only_new_rows_are_learned(components, digits):
         assert not torch.allclose(rows[0], before[the[0]])  # moved away from the initializer
 
 
+@pytest.mark.workflow  # whole inversion runs
 @pytest.mark.parametrize("chunk", [0, 2])
 def test_joint_run_equals_separate_runs(tiny_dir, digits, chunk):
     """The sum of per-class mean losses gives each class exactly its separate-run gradient."""
@@ -71,6 +72,7 @@ def test_joint_run_equals_separate_runs(tiny_dir, digits, chunk):
         torch.testing.assert_close(joint.losses[:, c], alone.losses[:, 0], atol=1e-5, rtol=0)
 
 
+@pytest.mark.workflow  # a whole job, killed and resumed
 def test_killed_job_resumes_to_the_same_tokens(tiny_dir, digits, tmp_path, monkeypatch):
     images, labels, names = _split(digits, [1, 8])
     settings = InversionSettings(steps=5, batch_size=2, learning_rate=1e-2, checkpoint_every=2)

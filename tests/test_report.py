@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from browser import chromium_path, render
+from helpers import NO_CHROMIUM, chromium_path, render
 from PIL import Image
 
 from dafusion.report import EMPTY_SECTION, Figure, Section, Table, section_ids, write_report
@@ -202,11 +202,10 @@ def test_write_is_atomic_and_replaces(report, figures):
     assert report.stat().st_mode & 0o777 == 0o644
 
 
+@pytest.mark.browser
 def test_report_renders_in_chromium(report, figures):
     if chromium_path() is None:
-        pytest.skip(
-            "chromium is not installed (apt-get install chromium); the browser check did not run"
-        )
+        pytest.skip(NO_CHROMIUM)
     result = render(report)
     assert result["images"] == [
         {"alt": f"Small {NASTY}", "natural_width": 120, "complete": True},

@@ -1,8 +1,9 @@
 """The embedded default, reduced, through `--profile profiles/slurm` on a real single-node
 Slurm (tests/slurm.py), gives the results of a local run.
 
-Slurm is installed when missing (Debian's slurm-wlm and munge, as root); where it cannot be,
-the test skips and says why in the test summary.
+It runs only when asked (DAFUSION_TEST_SLURM=1, as root; .ci/run sets it): it installs
+Debian's slurm-wlm and munge when missing and writes /etc/slurm. Otherwise, or where Slurm
+cannot be installed, the test skips and says why in the test summary.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import subprocess
 import pandas as pd
 import pytest
 import slurm
-from test_workflow import REDUCED, SNAKEMAKE, copy_workflow, snakemake, write_config
+from helpers import REDUCED, SNAKEMAKE, copy_workflow, snakemake, write_config
+
+pytestmark = pytest.mark.cluster
 
 # Two methods, one seed, one shot count, no erasure: every rule but erase, in few jobs.
 SLURM_REDUCED = {
@@ -36,6 +39,9 @@ SLURM_ARGS = (
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
+    reason = slurm.not_enabled()
+    if reason is not None:
+        pytest.skip(f"the Slurm test did not run: {reason}")
     reason = slurm.install()
     if reason is not None:
         pytest.skip(f"no Slurm to test profiles/slurm on: {reason}")

@@ -16,91 +16,21 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import webdataset as wds
-import yaml
+from helpers import (
+    NO_CHROMIUM,
+    REDUCED,
+    REPO,
+    chromium_path,
+    copy_workflow,
+    dry_run_jobs,
+    render,
+    scheduled,
+    snakemake,
+    write_config,
+)
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-REDUCED = {
-    "results": "results",
-    "datasets": {"digits": {"kind": "digits", "image_size": 32, "val_per_class": 4}},
-    "seeds": [0],
-    "examples_per_class": [1, 2],
-    "model": {"pretrained": "tiny", "resolution": 32},
-    "inversion": {"steps": 2, "batch_size": 2},
-    "methods": {
-        "baseline": {"kind": "baseline"},
-        "real-guidance": {"kind": "sdedit", "prompt": "a photo of a {name}", "strengths": [0.5]},
-        "da-fusion": {
-            "kind": "sdedit",
-            "prompt": "a photo of a {token}",
-            "strengths": [0.25, 0.5, 0.75, 1.0],
-        },
-        "da-fusion-erased": {
-            "kind": "sdedit",
-            "prompt": "a photo of a {token}",
-            "strengths": [0.5],
-            "erased": True,
-        },
-    },
-    "erasure": {"enabled": True, "method": "esd", "iterations": 2, "ddim_steps": 4},
-    "generation": {"num_synthetic": 2, "num_inference_steps": 4, "batch_size": 8},
-    "classifier": {
-        "backbone": "small-cnn",
-        "image_size": 32,
-        "steps": 10,
-        "eval_interval": 5,
-        "lr": 0.001,
-    },
-    "aggregate": {"novelty": {"common": ["digits"]}},
-}
-
-
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [*SNAKEMAKE, *args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
-
-
-def copy_workflow(dest: Path) -> Path:
-    """The workflow's files as a user's checkout has them, without results."""
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "Snakefile", dest / "Snakefile")
-    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
-    for folder in ("workflow", "profiles", "src", "envs"):
-        shutil.copytree(REPO / folder, dest / folder, ignore=ignore)
-    return dest
-
-
-def scheduled(output: str) -> set[tuple[str, str]]:
-    """(rule, first output) of every job a dry run schedules; ('all', '') for the target."""
-    jobs, rule = set(), None
-    for line in output.splitlines():
-        match = re.fullmatch(r"(?:local)?rule (\S+):", line.strip())
-        if match:
-            if rule is not None:
-                jobs.add((rule, ""))
-            rule = match.group(1)
-        elif rule is not None and line.strip().startswith("output: "):
-            jobs.add((rule, line.strip()[len("output: ") :].split(",")[0]))
-            rule = None
-    if rule is not None:
-        jobs.add((rule, ""))
-    return jobs
-
-
-def write_config(workdir: Path, name: str, config: dict) -> str:
-    path = workdir / "config" / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config))
-    return f"config/{name}"
+pytestmark = pytest.mark.workflow
 
 
 @pytest.fixture(scope="module")
@@ -113,12 +43,10 @@ def workdir(tmp_path_factory):
 
 
 def dry_run(workdir: Path, overlay: dict | None = None) -> set[tuple[str, str]]:
-    args = ["-n", "--cores", "2"]
+    args = ["--cores", "2"]
     if overlay is not None:
         args += ["--configfile", "config/config.yaml", write_config(workdir, "o.yaml", overlay)]
-    result = snakemake(workdir, *args)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return scheduled(result.stdout)
+    return scheduled(workdir, *args)
 
 
 def test_outputs_at_the_contract_paths(workdir):
@@ -172,13 +100,10 @@ def test_outputs_at_the_contract_paths(workdir):
     assert (results / "benchmarks/digits/generate/da-fusion/seed0-shots1.tsv").exists()
 
 
+@pytest.mark.browser
 def test_the_report_opens_in_a_browser_with_every_image_shown(workdir):
-    from browser import chromium_path, render
-
     if chromium_path() is None:
-        pytest.skip(
-            "chromium is not installed (apt-get install chromium); the browser check did not run"
-        )
+        pytest.skip(NO_CHROMIUM)
     page = render(workdir / "results/report.html")
     figures = ["accuracy", "scores", "novelty", "paired", "gallery-digits", "inversion-loss-digits"]
     assert len(page["images"]) == len(figures)
@@ -409,8 +334,7 @@ def test_jobs_run_the_workflows_own_library(workdir):
 
 
 def test_synthetic_tokens_and_erasure_targets(workdir):
-    result = snakemake(workdir, "-n", "--cores", "2", "synthetic", "tokens", "erasure")
-    assert "Nothing to be done" in result.stdout + result.stderr
+    assert scheduled(workdir, "--cores", "2", "synthetic", "tokens", "erasure") == set()
 
 
 @pytest.mark.parametrize(
@@ -465,18 +389,18 @@ def test_a_changed_dataset_root_reruns_index_dataset(tmp_path):
     target = "results/photos/splits/pool.parquet"
     assert snakemake(workdir, "--cores", "1", target).returncode == 0
     index = {("index_dataset", target)}
-    assert scheduled(snakemake(workdir, "-n", "--cores", "1", target).stdout) == set()
+    assert scheduled(workdir, "--cores", "1", target) == set()
     Image.new("RGB", (16, 16), (0, 0, 150)).save(workdir / "photos/dog/new.png")
-    assert scheduled(snakemake(workdir, "-n", "--cores", "1", target).stdout) == index
+    assert scheduled(workdir, "--cores", "1", target) == index
     (workdir / "photos/dog/new.png").unlink()
-    assert scheduled(snakemake(workdir, "-n", "--cores", "1", target).stdout) == set()
+    assert scheduled(workdir, "--cores", "1", target) == set()
     overlay = write_config(workdir, "o.yaml", {"datasets": {"photos": {"track_files": False}}})
     (workdir / "photos/cat/0.png").write_bytes((workdir / "photos/dog/0.png").read_bytes())
-    result = snakemake(
-        workdir, "-n", "--cores", "1", target, "--configfile", "config/config.yaml", overlay
+    untracked = scheduled(
+        workdir, "--cores", "1", target, "--configfile", "config/config.yaml", overlay
     )
-    assert scheduled(result.stdout) == set()  # not listed: the change goes unnoticed
-    assert scheduled(snakemake(workdir, "-n", "--cores", "1", target).stdout) == index
+    assert untracked == set()  # not listed: the change goes unnoticed
+    assert scheduled(workdir, "--cores", "1", target) == index
 
 
 def test_a_config_file_of_ones_own_replaces_the_default(tmp_path):
@@ -486,26 +410,22 @@ def test_a_config_file_of_ones_own_replaces_the_default(tmp_path):
     (workdir / "photos/cat").mkdir(parents=True)
     mine = {**REDUCED, "datasets": {"photos": {"kind": "imagefolder", "root": "photos"}}}
     path = write_config(workdir, "mine.yaml", mine)
-    result = snakemake(workdir, "-n", "--cores", "1", "--configfile", path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    outputs = {output for _, output in scheduled(result.stdout)}
+    outputs = {output for _, output in scheduled(workdir, "--cores", "1", "--configfile", path)}
     assert any("results/photos/" in o for o in outputs)
     assert not any("digits" in o for o in outputs)
-    result = snakemake(workdir, "-n", "--cores", "1", "--config", "results=elsewhere")
-    outputs = {output for _, output in scheduled(result.stdout)}
-    assert "elsewhere/digits/splits/pool.parquet" in outputs
+    overlaid = scheduled(workdir, "--cores", "1", "--config", "results=elsewhere")
+    assert "elsewhere/digits/splits/pool.parquet" in {output for _, output in overlaid}
 
 
 def test_train_declares_a_gpu_when_it_will_use_cuda(workdir):
     """So that --cores N cannot pile classifier jobs onto the GPU generation is using."""
     overlay = write_config(workdir, "o.yaml", {"classifier": {"device": "cuda"}})
-    result = snakemake(
-        workdir, "-n", "--cores", "2", "--forcerun", "train",
+    jobs = dry_run_jobs(
+        workdir, "--cores", "2", "--forcerun", "train",
         "--configfile", "config/config.yaml", overlay,
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    resources = re.findall(r"rule train:\n(?:    .*\n)*?    resources: (.*)", result.stdout)
-    assert len(resources) == 8 and all("gpu=1" in line for line in resources)
+    trains = [job for job in jobs if job["rule"] == "train"]
+    assert len(trains) == 8 and all(job["resources"].get("gpu") == 1 for job in trains)
 
 
 def _contents(workdir: Path) -> dict[str, bytes]:
@@ -691,22 +611,27 @@ def test_a_set_in_parts_is_the_same_bytes_and_changing_parts_reruns_nothing(tmp_
     folder = workdir / "results/digits/synthetic/rg/seed0-shots1"
     target = str((folder / "index.parquet").relative_to(workdir))
 
-    def run(parts, *args):
+    def args(parts):
         overlay = write_config(workdir, "parts.yaml", {"generation": {"parts": parts}})
-        result = snakemake(workdir, *args, "--cores", "2", target, "--configfile", path, overlay)
+        return ["--cores", "2", target, "--configfile", path, overlay]
+
+    def run(parts):
+        result = snakemake(workdir, *args(parts))
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        return scheduled(result.stdout)
+
+    def dry_run(parts):
+        return scheduled(workdir, *args(parts))
 
     run(3)
     in_parts = {p.name: p.read_bytes() for p in folder.iterdir()}
     assert sorted(in_parts) == ["index.parquet", *(f"shard-{n:06d}.tar" for n in range(5))]
     made = sorted(p.name for p in (folder.parent / ".parts/seed0-shots1").iterdir())
     assert made == [f"part-{p}-of-3.json" for p in range(3)]
-    assert run(1, "-n") == run(2, "-n") == set()
+    assert dry_run(1) == dry_run(2) == set()
 
     shutil.rmtree(folder)
-    assert run(1, "-n") == {("generate", target)}
+    assert dry_run(1) == {("generate", target)}
     run(1)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == in_parts
     assert not (folder.parent / ".parts").exists()
-    assert run(3, "-n") == set()
+    assert dry_run(3) == set()
