@@ -10,8 +10,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import REDUCED, SNAKEMAKE, copy_workflow, scheduled, snakemake, write_config
 from PIL import Image
-from test_workflow import REDUCED, SNAKEMAKE, copy_workflow, scheduled, snakemake, write_config
+
+pytestmark = pytest.mark.workflow  # runs Snakemake on the workflow
 
 
 def tree(root: Path) -> dict[str, tuple[int, int]]:
@@ -44,9 +46,7 @@ def photos_workdir(tmp_path_factory) -> Path:
 
 
 def dry_run(workdir: Path) -> set[tuple[str, str]]:
-    result = snakemake(workdir, "-n", "--cores", "1")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return scheduled(result.stdout)
+    return scheduled(workdir, "--cores", "1")
 
 
 def test_a_dry_run_writes_nothing_on_a_fresh_then_a_finished_workdir(photos_workdir):
@@ -89,7 +89,7 @@ def test_a_read_only_results_folder_parses_for_a_dry_run(photos_workdir):
         pytest.skip(f"no read-only mount here: {probe.stderr.strip()[-300:]}")
     result = read_only(photos_workdir, *SNAKEMAKE, "-n", "--cores", "1")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert scheduled(result.stdout) == set()
+    assert "Nothing to be done" in result.stdout + result.stderr
     # Also when the dataset's files changed (version 0.2.0 wrote their listing then)
     added = photos_workdir / "photos/cat/added.png"
     Image.new("RGB", (16, 16), (90, 0, 0)).save(added)
@@ -98,4 +98,4 @@ def test_a_read_only_results_folder_parses_for_a_dry_run(photos_workdir):
     finally:
         added.unlink()
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert ("index_dataset", "results/photos/splits/pool.parquet") in scheduled(result.stdout)
+    assert "rule index_dataset:" in result.stdout + result.stderr
