@@ -11,7 +11,7 @@ written when the workflow is parsed (a dry run leaves the results folder as it i
 `track_files: false` the root is not listed and the entry keeps the value Snakemake recorded
 when the outputs were made, so switching it reruns nothing.
 
-Results folders made by version 0.2.0 and earlier hold the digest in a file beside the
+Results folders made by version 0.1.0 hold the digest in a file beside the
 splits (`paths.LEGACY_LISTING`), written when the workflow started, and index_dataset's
 outputs were recorded with that file as their input and without the entry. While the files
 are as listed there, the entry stays out and the file stays an input, so upgrading reruns
@@ -74,13 +74,13 @@ def recorded_listing(params: Iterable[str] | None, root: str) -> str | None:
 
 
 def read_legacy(path: str | Path) -> str | None:
-    """The listing a results folder of version 0.2.0 or earlier recorded, if any."""
+    """The listing a results folder of version 0.1.0 recorded, if any."""
     path = Path(path)
     return path.read_text().strip() if path.is_file() else None
 
 
 def legacy_input(path: str | Path) -> list[str]:
-    """index_dataset's input in a results folder of version 0.2.0 or earlier: the listing
+    """index_dataset's input in a results folder of version 0.1.0: the listing
     file its outputs were recorded with (so that their set of inputs stays the same); no
     input elsewhere. The file is never written again."""
     return [str(path)] if Path(path).is_file() else []

@@ -24,7 +24,7 @@ POOL = SPLITS + "/pool.parquet"
 VAL = SPLITS + "/val.parquet"
 TEST = SPLITS + "/test.parquet"
 MASKS = SPLITS + "/masks"
-# Written at start-up by version 0.2.0 and earlier (the digest of the dataset root's file
+# Written at start-up by version 0.1.0 (the digest of the dataset root's file
 # listing); now only read, for results folders made then (dafusion.listing).
 LEGACY_LISTING = SPLITS + "/.files.sha256"
 # seed_split (split_protocol: original-code): this seed's half of the pool.

@@ -1,6 +1,6 @@
 rule index_dataset:
     input:
-        # Only in a results folder of version 0.2.0 or earlier (dafusion.listing).
+        # Only in a results folder of version 0.1.0 (dafusion.listing).
         listing=legacy_listing,
     output:
         pool=res(paths.POOL),
