@@ -97,8 +97,8 @@ def test_a_read_only_results_folder_parses_for_a_dry_run(photos_workdir):
         result = read_only(photos_workdir, *SNAKEMAKE, "-n", "--cores", "1")
     finally:
         added.unlink()
-    # The dataset changed, so index_dataset would rewrite outputs it cannot: Snakemake says
-    # so, naming the rule (no traceback from the workflow's own parsing).
+    # The dataset changed, so index_dataset and what follows would rewrite outputs they
+    # cannot: Snakemake says so, naming a rule (no traceback from the workflow's parsing).
     assert result.returncode != 0
-    assert "Write-protected output files for rule index_dataset" in result.stdout + result.stderr
+    assert "Write-protected output files for rule " in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr

@@ -70,7 +70,7 @@ def test_the_paper_config_is_the_papers_grid(tmp_path, tiny_dir):
     # Leafy Spurge's generate jobs receive its M = 50 (Table 1): run one, small and fast.
     fast = {
         "model": {"pretrained": tiny_dir, "resolution": 32, "dtype": "float32"},
-        "generation": {"num_inference_steps": 2, "batch_size": 64},
+        "generation": {"num_inference_steps": 4, "batch_size": 64},  # t0 0.25: one step
     }
     index = "results-paper/leafy_spurge/synthetic/real-guidance/seed0-shots1/index.parquet"
     result = snakemake(
