@@ -453,8 +453,14 @@ def test_resources_without_a_gpu_limit_stop_before_any_gpu_job(workdir):
         ({"generation": {"scheduler": "NoSuchScheduler"}}, "generation.scheduler"),
         # issue 30: settings that failed only in a job, after its outputs were deleted
         ({"methods": {"real-guidance": {"strengths": [0.01]}}}, "methods.real-guidance.strengths"),
-        ({"classifier": {"backbone": "resnet50"}}, "classifier.weights"),
-        ({"classifier": {"weights": "missing/resnet50.safetensors"}}, "classifier.weights"),
+        (
+            {"classifier": {"backbone": "resnet50", "weights": "someone/not-cached"}},
+            "classifier.weights",
+        ),
+        (
+            {"classifier": {"backbone": "resnet50", "weights": "missing/resnet50.safetensors"}},
+            "classifier.weights",
+        ),
         ({"inversion": {"initializer": ""}}, "inversion.initializer"),
     ],
 )
