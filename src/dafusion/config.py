@@ -22,6 +22,7 @@ from .settings import (
     SECTIONS,
     ClassifierSettings,
     GenerationSettings,
+    MethodSettings,
     denoising_steps,
 )
 
@@ -170,7 +171,7 @@ def _job_settings(config: Mapping, section: str, kind: str | None = None):
     cls = {"generation": GenerationSettings, "classifier": ClassifierSettings}[section]
     for dataset, entry in config["datasets"].items():
         for method, spec in config["methods"].items():
-            if spec.get("datasets") and dataset not in spec["datasets"]:
+            if not MethodSettings.from_config(spec).runs_on(dataset):
                 continue
             if kind is None or spec["kind"] == kind:
                 overrides = (entry.get(section, {}), spec.get(section, {}))
@@ -385,8 +386,8 @@ def validate_config(config: Mapping, schema_path: str | Path, base_dir: str | Pa
             key = f"methods.{name}.dataset_prompts.{dataset}"
             if spec["kind"] == "baseline":
                 raise ConfigError(f"config key '{key}': a baseline has no prompt; remove it")
-            runs_on = spec.get("datasets") or list(config["datasets"])
-            if dataset not in runs_on:
+            method = MethodSettings.from_config(spec)
+            if dataset not in config["datasets"] or not method.runs_on(dataset):
                 raise ConfigError(
                     f"config key '{key}': the method does not run on a dataset named "
                     f"'{dataset}'; fix the name or the method's datasets:"
