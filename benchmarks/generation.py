@@ -35,10 +35,11 @@ from common import UNET_TFLOP_PER_SAMPLE_64, matmul_peak_tflops, model_directory
 from PIL import Image
 
 from dafusion.devices import resolve_device, resolve_dtype
-from dafusion.generation import Engine, denoising_timesteps, plan
+from dafusion.generation import Engine, denoising_timesteps
 from dafusion.images import encode_png
 from dafusion.models import load_components
 from dafusion.settings import GenerationSettings
+from dafusion.synthetic import plan
 
 
 def make_manifest(count: int, size: int) -> pd.DataFrame:

@@ -8,11 +8,12 @@ import torch
 from PIL import Image
 
 from dafusion.datasets import few_shot
-from dafusion.generation import Engine, denoising_timesteps, encode_images, plan, sdedit
+from dafusion.generation import Engine, denoising_timesteps, encode_images, sdedit
 from dafusion.images import encode_png, load_image
 from dafusion.models import encode_text, scheduler_from_name
 from dafusion.seeds import derive_seed
 from dafusion.settings import GenerationSettings
+from dafusion.synthetic import plan
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 HEAVY = ("torch", "torchvision", "diffusers", "transformers", "matplotlib")
@@ -61,3 +62,28 @@ def test_a_split_job_imports_no_torch(manifests):
         f"pipeline.few_shot_split({manifests['pool']!r}, 0, 2, {manifests['out'] + '.p'!r})\n"
     )
     assert _imported_after(code) == set()
+
+
+def test_a_gather_job_imports_no_torch(manifests, tmp_path):
+    """gather_synthetic is the light job of every synthetic set: no model library."""
+    from dafusion.synthetic import plan
+
+    split = manifests["split"]
+    keys = plan(pd.read_parquet(split), 0, 1, [0.5])["key"].tolist()
+    part = tmp_path / "part-0-of-1.json"
+    meta = {"source_key": "s", "j": 0, "label": 0, "class_name": "zero", "method": "m"}
+    meta |= {"strength": 0.5, "prompt": "p", "guidance_scale": 7.5, "scheduler": "DDIM"}
+    meta |= {"steps": 2, "seed": 0, "model_id": "tiny", "token_hash": "", "erasure": ""}
+    rows = [{"key": key, **meta, "shard": None, "dropped": True} for key in keys]
+    part.write_text(json.dumps({"fingerprint": "job", "rows": rows}))
+    index = tmp_path / "set" / "index.parquet"
+    index.parent.mkdir()
+    code = (
+        "from dafusion import pipeline\n"
+        "from dafusion.settings import GenerationSettings, MethodSettings\n"
+        "pipeline.gather_synthetic(\n"
+        f"    {split!r}, MethodSettings(kind='sdedit', strengths=[0.5]),\n"
+        f"    GenerationSettings(num_synthetic=1), 0, [{str(part)!r}], {str(index)!r})\n"
+    )
+    assert _imported_after(code) == set()
+    assert len(pd.read_parquet(index)) == len(keys)

@@ -17,7 +17,7 @@ from dafusion import listing, paths, plan, runtime
 from dafusion.config import validate_config
 from dafusion.provenance import step_code
 from dafusion.settings import ErasureSettings, GenerationSettings, InversionSettings
-from dafusion.synthetic import parts_dir
+from dafusion.synthetic import write_index
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
@@ -219,25 +219,26 @@ def test_model_inputs_and_resources_follow_the_model(small):
 def test_generation_parts_follow_the_config_until_the_set_exists(tmp_path):
     config = changed(SMALL, results=str(tmp_path), generation={"parts": 3})
     p = make_plan(config)
-    folder = f"{tmp_path}/digits/synthetic/rg/.parts/seed0-shots1"
+    folder = f"{tmp_path}/digits/synthetic/rg/seed0-shots1"
     assert p.generate_parts("digits", "rg", 0, 1) == [
         f"{folder}/part-{i}-of-3.json" for i in range(3)
     ]
-    assert p.generate_gpus("digits", "rg", 0, 1) == 0  # gathers only
-    assert (
-        make_plan(changed(config, generation={"parts": 1})).generate_parts("digits", "rg", 0, 1)
-        == []
-    )
-    # The set exists: the parts that made it, whatever parts is now (a knob)
+    one = make_plan(changed(config, generation={"parts": 1}))
+    assert one.generate_parts("digits", "rg", 0, 1) == [f"{folder}/part-0-of-1.json"]
+    # Once the split exists: no more parts than shards (2 rows x M 2 = 4 images, shards of 3)
+    split = Path(p.split_path("digits", 0, 1))
+    split.parent.mkdir(parents=True)
+    pd.DataFrame({"key": ["a", "b"]}).to_parquet(split)
+    few = make_plan(changed(config, generation={"parts": 3, "num_synthetic": 2, "shard_size": 3}))
+    assert few.generate_parts("digits", "rg", 0, 1) == [
+        f"{folder}/part-{i}-of-2.json" for i in range(2)
+    ]
+    # The set exists: the parts that made it, as its index records, whatever parts is now
     index = Path(p.synthetic_index("digits", "rg", 0, 1))
     index.parent.mkdir(parents=True)
-    index.touch()
-    assert p.generate_parts("digits", "rg", 0, 1) == []
-    Path(folder).mkdir(parents=True)
-    for i in range(2):
-        (Path(folder) / f"part-{i}-of-2.json").touch()
+    write_index([], index.parent, index, shard_size=3, parts=4)
     assert p.generate_parts("digits", "rg", 0, 1) == [
-        f"{folder}/part-{i}-of-2.json" for i in range(2)
+        f"{folder}/part-{i}-of-4.json" for i in range(4)
     ]
 
 
@@ -252,16 +253,9 @@ def test_gpus_and_the_gpu_limit(small, monkeypatch):
     assert "Add gpu=1 to --resources" in message
     assert cuda.gpu_limit_error(False, {}) is None  # a cluster gives each job its own GPU
     assert cuda.gpu_limit_error(True, {"gpu": 2}) is None
-    assert cuda.generate_gpus("digits", "rg", 0, 1) == 0  # the model's device is auto (cpu)
 
 
 # The path registry ---------------------------------------------------------------------
-
-
-def test_the_part_folder_is_where_the_generate_jobs_look():
-    w = {"dataset": "d", "method": "m", "seed": 3, "shots": 8}
-    part = Path(paths.PART.format(**w, part=0, parts=2))
-    assert part.parent == parts_dir(paths.SYNTHETIC.format(**w))
 
 
 def test_rules_take_result_paths_from_the_registry():
@@ -372,7 +366,7 @@ def test_runtimes_scale_with_the_work_and_the_attempt(tmp_path, small):
     )
     # the embedded default's tiny jobs: start-up plus seconds
     seconds = runtime.generate_seconds(small.generation_for("digits", "rg"), 4)
-    assert small.generate_minutes("digits", "rg", split, 1) == runtime.minutes(seconds, 1)
+    assert small.generate_minutes("digits", "rg", split, 1, parts=1) == runtime.minutes(seconds, 1)
     share = small.generate_minutes("digits", "rg", split, 1, parts=3)
     assert share == runtime.minutes(seconds / 3, 1)
     assert small.gather_minutes(3) == 3 * runtime.RUNTIME_START_MIN

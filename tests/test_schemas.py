@@ -12,7 +12,7 @@ from dafusion import pipeline
 from dafusion.io import write_parquet
 from dafusion.manifest import MANIFEST_SCHEMA, manifest, manifest_schema
 from dafusion.settings import DatasetSettings
-from dafusion.synthetic import INDEX_SCHEMA, build
+from dafusion.synthetic import INDEX_SCHEMA, write_index, write_shards
 
 MANIFEST_TYPES = {
     "key": pa.string(),
@@ -172,10 +172,11 @@ class DropsAll:
 
 
 def _build(work, out: Path) -> pd.DataFrame:
-    return build(
-        DropsAll(), work, out, out / "index.parquet", seed=0, shard_size=2,
-        image_format="png", fingerprint="job", meta=_meta, progress=False,
+    rows = write_shards(
+        DropsAll(), work, out, seed=0, shard_size=2, image_format="png", fingerprint="job",
+        meta=_meta, progress=False,
     )  # fmt: skip
+    return write_index(rows, out, out / "index.parquet", shard_size=2, parts=1)
 
 
 def test_an_empty_synthetic_index_has_every_column_typed(tmp_path):

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 STEPS = [
     "build_tiny_model", "index_dataset", "seed_split", "few_shot_split", "erase", "invert",
-    "generate", "train", "aggregate",
+    "generate", "gather_synthetic", "train", "aggregate",
 ]  # fmt: skip
 # Keys the schema accepts that validation expands into other keys and removes.
 EXPANDED = {"inversion": {"preset"}}
@@ -187,3 +187,11 @@ def test_code_fingerprints_cut_source_exactly_as_ast_does():
     lines = _LINE.findall(source)
     for node in ast.parse(source).body:
         assert _segment(lines, node) == ast.get_source_segment(source, node)
+
+
+def test_an_import_for_type_checkers_only_is_not_code_a_step_runs(library):
+    """synthetic.py names generation.Engine only under `if TYPE_CHECKING:`: editing
+    generation.py changes the code of generate, not of gather_synthetic."""
+    assert "from .generation import Engine" in (library / "synthetic.py").read_text()
+    gather = step_code("gather_synthetic", library)
+    assert "dafusion/synthetic.py" in gather and "dafusion/generation.py" not in gather

@@ -1,14 +1,16 @@
 """Resumable shards, safety-checker re-draws and out-of-memory halving."""
 
+import json
+
 import pandas as pd
 import pytest
 import torch
 
 from dafusion.datasets import few_shot
-from dafusion.generation import Engine, plan
+from dafusion.generation import Engine
 from dafusion.seeds import derive_seed
 from dafusion.settings import GenerationSettings
-from dafusion.synthetic import build, shard_ranges, write_index, write_shards
+from dafusion.synthetic import plan, recorded_parts, shard_ranges, write_index, write_shards
 
 
 @pytest.fixture(scope="module")
@@ -48,20 +50,13 @@ def _meta(item):
 
 
 def _build(engine, manifest, out, fingerprint="job"):
+    """A set made by one job: every shard, then the index."""
     work = plan(manifest, 0, 2, [0.25, 0.5, 0.75, 1.0]).to_dict("records")
-    return build(
-        engine,
-        work,
-        out,
-        out / "index.parquet",
-        seed=0,
-        shard_size=3,
-        image_format="png",
-        fingerprint=fingerprint,
-        meta=_meta,
-        workers=2,
-        progress=False,
-    )
+    rows = write_shards(
+        engine, work, out, seed=0, shard_size=3, image_format="png", fingerprint=fingerprint,
+        meta=_meta, workers=2, progress=False,
+    )  # fmt: skip
+    return write_index(rows, out, out / "index.parquet", shard_size=3, parts=1)
 
 
 def test_shard_ranges_are_contiguous_and_even():
@@ -90,12 +85,20 @@ def test_a_set_in_parts_is_the_same_bytes_as_in_one_job(components, manifest, tm
             progress=False,
         )  # fmt: skip
         assert (out / "shard-000009.tar").exists()
-    write_index(rows, out, out / "index.parquet", shard_size=3)
-    names = sorted(p.name for p in whole.iterdir())
-    assert names == ["index.parquet", "shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
-    assert sorted(p.name for p in out.iterdir()) == names  # no sidecars, no stale shard
-    for name in names:
+    write_index(rows, out, out / "index.parquet", shard_size=3, parts=parts)
+    shards = ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    assert sorted(p.name for p in whole.iterdir()) == ["index.parquet", *shards]
+    assert sorted(p.name for p in out.iterdir()) == ["index.parquet", *shards]  # no sidecar
+    for name in shards:
         assert (out / name).read_bytes() == (whole / name).read_bytes(), name
+    # The index holds the same rows and records how many jobs made the set
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out / "index.parquet"), pd.read_parquet(whole / "index.parquet")
+    )
+    assert (recorded_parts(whole / "index.parquet"), recorded_parts(out / "index.parquet")) == (
+        1,
+        parts,
+    )
 
 
 class Counting(Engine):
@@ -236,3 +239,24 @@ def test_out_of_memory_halves_the_batch(components, manifest, monkeypatch):
     assert out.keys() == reference.keys()
     for key in out:
         assert (out[key] - reference[key]).abs().max() <= 1
+
+
+def test_a_part_beyond_the_shards_writes_no_rows_and_loads_no_model(manifest, tmp_path, caplog):
+    """generation.parts above the set's shards: the extra part says so and loads nothing (the
+    model named here does not exist)."""
+    from dafusion import pipeline
+    from dafusion.settings import MethodSettings, ModelSettings
+
+    split = tmp_path / "split.parquet"
+    manifest.to_parquet(split)  # 4 images x M 2 = 8 images: 3 shards of 3
+    output = tmp_path / "set" / "part-3-of-4.json"
+    output.parent.mkdir()
+    with caplog.at_level("INFO", logger="dafusion"):
+        pipeline.generate(
+            str(split), model=ModelSettings(pretrained=str(tmp_path / "no-model")),
+            method_name="m", method=MethodSettings(kind="sdedit", strengths=[0.5]),
+            settings=GenerationSettings(num_synthetic=2, shard_size=3), seed=0, part=3,
+            parts=4, output=str(output),
+        )  # fmt: skip
+    assert json.loads(output.read_text()) == {"fingerprint": "", "rows": []}
+    assert "part 4 of 4 has nothing to do: the set has 3 shard(s)" in caplog.text

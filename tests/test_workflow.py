@@ -30,6 +30,8 @@ from helpers import (
 )
 from PIL import Image
 
+from dafusion.synthetic import recorded_parts
+
 pytestmark = pytest.mark.workflow
 
 
@@ -97,7 +99,8 @@ def test_outputs_at_the_contract_paths(workdir):
     assert not list(tokens.glob(".*checkpoint*"))
     for log in ("logs/aggregate.log", "logs/digits/invert/seed0-shots1.log"):
         assert (results / log).exists()
-    assert (results / "benchmarks/digits/generate/da-fusion/seed0-shots1.tsv").exists()
+    assert (results / "benchmarks/digits/generate/da-fusion/seed0-shots1/part-0-of-1.tsv").exists()
+    assert not list((results / "digits/synthetic").rglob("part-*.json"))  # temporary
 
 
 @pytest.mark.browser
@@ -174,16 +177,21 @@ ERASE = {("erase", "results/digits/erasure/esd/check.parquet")}
 
 
 def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
-    """The jobs of `rule` for every shot count (and method) of one seed of the digits."""
-    pattern = {
-        "few_shot_split": "splits/seed{seed}-shots{k}.parquet",
-        "invert": "tokens/seed{seed}-shots{k}.safetensors",
-        "invert_erased": "tokens/esd/seed{seed}-shots{k}.safetensors",
-        "generate": "synthetic/{m}/seed{seed}-shots{k}/index.parquet",
-        "train": "runs/{m}/seed{seed}-shots{k}.parquet",
+    """The jobs of `rule` for every shot count (and method) of one seed of the digits; for
+    `generate`, with the `gather_synthetic` job of each set."""
+    patterns = {
+        "few_shot_split": {rule: "splits/seed{seed}-shots{k}.parquet"},
+        "invert": {rule: "tokens/seed{seed}-shots{k}.safetensors"},
+        "invert_erased": {rule: "tokens/esd/seed{seed}-shots{k}.safetensors"},
+        "generate": {
+            "generate": "synthetic/{m}/seed{seed}-shots{k}/part-0-of-1.json",
+            "gather_synthetic": "synthetic/{m}/seed{seed}-shots{k}/index.parquet",
+        },
+        "train": {rule: "runs/{m}/seed{seed}-shots{k}.parquet"},
     }[rule]
     return {
-        (rule, "results/digits/" + pattern.format(seed=seed, k=k, m=m))
+        (name, "results/digits/" + pattern.format(seed=seed, k=k, m=m))
+        for name, pattern in patterns.items()
         for k in SHOTS
         for m in methods
     }
@@ -603,8 +611,10 @@ def test_a_dataset_problem_stops_index_dataset_before_any_later_job(
 
 
 def test_a_set_in_parts_is_the_same_bytes_and_changing_parts_reruns_nothing(tmp_path):
-    """generation.parts: 3 (5 shards: parts of 2, 2 and 1) writes the bytes one job writes;
-    after either run, any other number of parts schedules nothing."""
+    """generation.parts: 3 (5 shards: parts of 2, 2 and 1) writes the shards one job writes;
+    the index records the parts, whose row files are temporary. After either run, any other
+    number of parts schedules nothing. Parts above the shards (8 for 5) are clamped once the
+    split exists."""
     workdir = copy_workflow(tmp_path / "dafusion")
     config = {
         **REDUCED,
@@ -628,16 +638,22 @@ def test_a_set_in_parts_is_the_same_bytes_and_changing_parts_reruns_nothing(tmp_
     def dry_run(parts):
         return scheduled(workdir, *args(parts))
 
+    def part(p, parts):
+        return f"{target.rsplit('/', 1)[0]}/part-{p}-of-{parts}.json"
+
     run(3)
-    in_parts = {p.name: p.read_bytes() for p in folder.iterdir()}
-    assert sorted(in_parts) == ["index.parquet", *(f"shard-{n:06d}.tar" for n in range(5))]
-    made = sorted(p.name for p in (folder.parent / ".parts/seed0-shots1").iterdir())
-    assert made == [f"part-{p}-of-3.json" for p in range(3)]
+    shards = [f"shard-{n:06d}.tar" for n in range(5)]
+    assert sorted(p.name for p in folder.iterdir()) == ["index.parquet", *shards]
+    in_parts = {name: (folder / name).read_bytes() for name in shards}
+    rows = pd.read_parquet(folder / "index.parquet")
+    assert recorded_parts(folder / "index.parquet") == 3
     assert dry_run(1) == dry_run(2) == set()
 
     shutil.rmtree(folder)
-    assert dry_run(1) == {("generate", target)}
+    assert dry_run(1) == {("generate", part(0, 1)), ("gather_synthetic", target)}
+    assert ("generate", part(4, 5)) in dry_run(8)  # 20 images in shards of 4: 5 parts
     run(1)
-    assert {p.name: p.read_bytes() for p in folder.iterdir()} == in_parts
-    assert not (folder.parent / ".parts").exists()
+    assert {name: (folder / name).read_bytes() for name in shards} == in_parts
+    pd.testing.assert_frame_equal(pd.read_parquet(folder / "index.parquet"), rows)
+    assert recorded_parts(folder / "index.parquet") == 1
     assert dry_run(3) == set()

@@ -33,11 +33,6 @@ from .settings import GenerationSettings, denoising_steps
 log = logging.getLogger(__name__)
 
 
-def draw_strength(variant: int, strengths: Sequence[float]) -> float:
-    """t0 drawn uniformly from `strengths`, from the variant's own seed."""
-    return float(strengths[np.random.default_rng(variant).integers(len(strengths))])
-
-
 def denoising_timesteps(scheduler, num_inference_steps: int, strength: float) -> torch.Tensor:
     """The img2img schedule: the last floor(S * t0) steps of an S-step schedule."""
     init = denoising_steps(num_inference_steps, strength)
@@ -193,26 +188,6 @@ def load_mask(
         mask = ~mask
     tensor = torch.from_numpy(mask.astype(np.float32))[None, None]
     return F.interpolate(tensor, size=(latent_size, latent_size))[0]
-
-
-def plan(
-    manifest: pd.DataFrame, seed: int, num_synthetic: int, strengths: Sequence[float]
-) -> pd.DataFrame:
-    """One row per synthetic image, in key order: source row, j, its seed and its t0."""
-    rows = []
-    for i, key in enumerate(manifest["key"]):
-        for j in range(num_synthetic):
-            variant = derive_seed(seed, key, j)
-            rows.append(
-                {
-                    "row": i,
-                    "j": j,
-                    "key": f"{key}-{j:03d}",
-                    "variant_seed": variant,
-                    "strength": draw_strength(variant, strengths),
-                }
-            )
-    return pd.DataFrame(rows)
 
 
 class Engine:

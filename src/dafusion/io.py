@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -46,8 +46,14 @@ def _umask() -> int:
     return mask
 
 
-def write_parquet(frame: pd.DataFrame, path: str | Path, schema: pa.Schema | None = None) -> None:
-    """Write a table atomically; with `schema`, in exactly its columns, order and types.
+def write_parquet(
+    frame: pd.DataFrame,
+    path: str | Path,
+    schema: pa.Schema | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Write a table atomically; with `schema`, in exactly its columns, order and types, and
+    with `metadata` added to the file's schema metadata.
 
     Types inferred from the values would depend on them: a column of only nulls, or a table
     without rows, would be written as type null and differ between datasets.
@@ -56,7 +62,10 @@ def write_parquet(frame: pd.DataFrame, path: str | Path, schema: pa.Schema | Non
         if schema is None:
             frame.to_parquet(tmp, index=False)
         else:
-            pq.write_table(_to_arrow(frame, schema, path), tmp)
+            table = _to_arrow(frame, schema, path)
+            if metadata:
+                table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+            pq.write_table(table, tmp)
 
 
 def _to_arrow(frame: pd.DataFrame, schema: pa.Schema, path: str | Path) -> pa.Table:

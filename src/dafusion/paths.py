@@ -8,9 +8,7 @@ folder, `ErasureSettings.eraser`), {part}/{parts} (`generation.parts`) and {name
 or figure).
 
 No workflow step imports this module: the jobs receive their paths from Snakemake, so
-editing it changes no job's code fingerprint (`dafusion.provenance`). The part folder's
-layout is also `dafusion.synthetic.parts_dir` (what the generate jobs read); a test keeps
-the two equal.
+editing it changes no job's code fingerprint (`dafusion.provenance`).
 """
 
 from __future__ import annotations
@@ -46,10 +44,10 @@ ERASED_TOKENS = _ERASED_TOKENS + ".safetensors"
 ERASED_TOKENS_EXPORT = _ERASED_TOKENS
 ERASED_TOKEN_LOSSES = _ERASED_TOKENS + "-loss.parquet"
 
-# generate: a synthetic set (its shards lie beside the index), and with generation.parts
-# > 1 the rows each generate_part job wrote, in a hidden folder beside the set's.
+# generate: the rows of one of a set's `generation.parts` parts (its shards lie beside it;
+# temporary: gather_synthetic reads them); gather_synthetic: the set's index.
 SYNTHETIC = "{dataset}/synthetic/{method}/seed{seed}-shots{shots}/index.parquet"
-PART = "{dataset}/synthetic/{method}/.parts/seed{seed}-shots{shots}/part-{part}-of-{parts}.json"
+PART = "{dataset}/synthetic/{method}/seed{seed}-shots{shots}/part-{part}-of-{parts}.json"
 
 # train: one classifier run.
 RUN = "{dataset}/runs/{method}/seed{seed}-shots{shots}.parquet"

@@ -317,9 +317,10 @@ def _synthetic_job(
     """What every job writing shards of a synthetic set shares: the loaded engine, the plan
     (`work`), each image's shard json (`meta`) and the job's fingerprint (the sidecars')."""
     from .deltas import DeltaSwitch, class_deltas
-    from .generation import Engine, plan
+    from .generation import Engine
     from .manifest import class_names, class_token
     from .models import load_safety_checker, scheduler_from_name
+    from .synthetic import plan
     from .tokens import expand, file_hash, load_into
 
     manifest = pd.read_parquet(split_path)
@@ -397,17 +398,78 @@ def _log_speed(rows: Sequence[Mapping], start: float) -> None:
     )  # fmt: skip
 
 
-def _gather(
-    parts: Sequence[str],
+def generate(
+    split_path: str,
+    model: ModelSettings,
+    method_name: str,
+    method: MethodSettings,
+    settings: GenerationSettings,
+    seed: int,
+    part: int,
+    parts: int,
+    output: str,
+    model_dir: str | None = None,
+    tokens_path: str | None = None,
+    threads: int = 2,
+    erasure_path: str | None = None,
+) -> None:
+    """SDEdit part `part` of `parts` of a synthetic set: the WebDataset shards of its run of
+    the plan (`synthetic.shard_ranges`), written beside `output` (the part's rows, which
+    `gather_synthetic` turns into the set's index).
+
+    Finished shards of a killed run are reused, also those a job with another number of
+    parts wrote. With `erasure_path` (an eraser's check table) class c's images come from
+    the UNet with class c erased. A part beyond the set's shards (more parts than shards)
+    writes no rows and loads no model.
+    """
+    import json
+
+    from .io import atomic_path
+    from .synthetic import num_shards, plan, shard_ranges, write_shards
+
+    manifest = pd.read_parquet(split_path)
+    images = len(plan(manifest, seed, settings.num_synthetic, method.strengths))
+    total = num_shards(images, settings.shard_size)
+    shards = shard_ranges(total, parts)[part]
+    if not shards:
+        log.info(
+            "part %d of %d has nothing to do: the set has %d shard(s), fewer than "
+            "generation.parts (%d); the parts beyond them write no rows",
+            part + 1, parts, total, parts,
+        )  # fmt: skip
+        rows, job_fingerprint = [], ""
+    else:
+        log.info("part %d of %d: shards %d to %d", part + 1, parts, shards.start, shards.stop - 1)
+        job = _synthetic_job(
+            split_path, model, method_name, method, settings, seed, model_dir, tokens_path,
+            erasure_path,
+        )  # fmt: skip
+        start = time.perf_counter()
+        rows = write_shards(
+            job["engine"], job["work"], Path(output).parent, seed=seed,
+            shard_size=settings.shard_size, image_format=settings.image_format,
+            fingerprint=job["fingerprint"], meta=job["meta"], shards=shards,
+            workers=settings.workers or threads,
+        )  # fmt: skip
+        _log_speed(rows, start)
+        job_fingerprint = job["fingerprint"]
+    with atomic_path(output) as tmp:
+        tmp.write_text(json.dumps({"fingerprint": job_fingerprint, "rows": rows}))
+
+
+def gather_synthetic(
     split_path: str,
     method: MethodSettings,
     settings: GenerationSettings,
     seed: int,
-) -> list[dict]:
-    """The index rows of every part of a set, checked against the set's plan."""
+    parts: Sequence[str],
+    output: str,
+) -> None:
+    """The index of a synthetic set (`output`) from the rows its `generate` parts wrote,
+    checked against the set's plan; it records how many parts made the set."""
     import json
 
-    from .generation import plan
+    from .synthetic import plan, write_index
 
     records = [json.loads(Path(part).read_text()) for part in parts]
     fingerprints = {r["fingerprint"] for r in records if r["rows"]}
@@ -425,93 +487,10 @@ def _gather(
             f"the parts {', '.join(parts)} hold {len(keys)} images, not the {len(planned)} "
             f"planned for {split_path}: delete them and rerun"
         )
-    return rows
-
-
-def generate(
-    split_path: str,
-    model: ModelSettings,
-    method_name: str,
-    method: MethodSettings,
-    settings: GenerationSettings,
-    seed: int,
-    output: str,
-    model_dir: str | None = None,
-    tokens_path: str | None = None,
-    threads: int = 2,
-    erasure_path: str | None = None,
-    parts: Sequence[str] = (),
-) -> None:
-    """SDEdit M images per real image into WebDataset shards beside `output` (index.parquet).
-
-    Finished shards of a killed run of the same job are reused. With `erasure_path` (an
-    eraser's check table) class c's images come from the UNet with class c erased. With
-    `parts` (the files `generate_part` jobs wrote, `generation.parts` > 1) the shards are
-    written already: only the index is. Part files of this set other than `parts` are
-    deleted (`synthetic.parts_dir`): the workflow reads which parts made a set from them.
-    """
-    from .synthetic import build, clear_parts, write_index
-
-    if parts:
-        rows = _gather(parts, split_path, method, settings, seed)
-        write_index(rows, Path(output).parent, output, shard_size=settings.shard_size)
-        clear_parts(output, keep=parts)
-        return
-    job = _synthetic_job(
-        split_path, model, method_name, method, settings, seed, model_dir, tokens_path,
-        erasure_path,
-    )  # fmt: skip
-    start = time.perf_counter()
-    index = build(
-        job["engine"], job["work"], Path(output).parent, output, seed=seed,
-        shard_size=settings.shard_size, image_format=settings.image_format,
-        fingerprint=job["fingerprint"], meta=job["meta"], workers=settings.workers or threads,
-    )  # fmt: skip
-    clear_parts(output)
-    _log_speed(index.to_dict("records"), start)
-
-
-def generate_part(
-    split_path: str,
-    model: ModelSettings,
-    method_name: str,
-    method: MethodSettings,
-    settings: GenerationSettings,
-    seed: int,
-    part: int,
-    parts: int,
-    output: str,
-    index: str,
-    model_dir: str | None = None,
-    tokens_path: str | None = None,
-    threads: int = 2,
-    erasure_path: str | None = None,
-) -> None:
-    """Part `part` of `parts` of a synthetic set: the shards of its run of the plan
-    (`synthetic.shard_ranges`), written beside `index` (the set's index.parquet, which
-    `generate` writes from every part's `output`). Finished shards are reused, also those
-    a job with another number of parts wrote."""
-    import json
-
-    from .io import atomic_path
-    from .synthetic import num_shards, shard_ranges, write_shards
-
-    job = _synthetic_job(
-        split_path, model, method_name, method, settings, seed, model_dir, tokens_path,
-        erasure_path,
-    )  # fmt: skip
-    shards = shard_ranges(num_shards(len(job["work"]), settings.shard_size), parts)[part]
-    log.info("part %d of %d: shards %d to %d", part + 1, parts, shards.start, shards.stop - 1)
-    start = time.perf_counter()
-    rows = write_shards(
-        job["engine"], job["work"], Path(index).parent, seed=seed,
-        shard_size=settings.shard_size, image_format=settings.image_format,
-        fingerprint=job["fingerprint"], meta=job["meta"], shards=shards,
-        workers=settings.workers or threads,
-    )  # fmt: skip
-    with atomic_path(output) as tmp:
-        tmp.write_text(json.dumps({"fingerprint": job["fingerprint"], "rows": rows}))
-    _log_speed(rows, start)
+    index = write_index(
+        rows, Path(output).parent, output, shard_size=settings.shard_size, parts=len(parts)
+    )
+    log.info("%d images from %d part(s) in %s", len(index), len(parts), output)
 
 
 def train(

@@ -275,18 +275,27 @@ class Plan:
     def generate_parts(
         self, dataset: str, method: str, seed: int | str, shots: int | str
     ) -> list[str]:
-        """The part files a set's generate job gathers: none with generation.parts: 1 (the
-        job writes the shards itself). An execution knob, so changing it reruns nothing: for a
-        set whose index exists these are the parts that made it (the files its job left, the
-        inputs Snakemake recorded for it), whatever `parts` is now; a set made by one job has
-        none. A set without an index is made with the configured number of parts."""
-        parts = self.generation_section["parts"]
+        """The part files (`generate` jobs) a set's `gather_synthetic` job gathers.
+
+        `generation.parts` is an execution knob, so changing it reruns nothing: a set whose
+        index exists lists the parts that made it (the index records how many, and
+        Snakemake compares a job's inputs with those it recorded); the files are temporary,
+        so their absence reruns nothing either. A new set is made in the configured number
+        of parts, clamped to its number of shards once its split exists.
+        """
+        from .synthetic import num_shards, recorded_parts
+
         wildcards = {"dataset": dataset, "method": method, "seed": seed, "shots": shots}
-        pattern = self.path(paths.PART, **wildcards, part="{}", parts="{}")
-        if Path(self.synthetic_index(**wildcards)).exists():
-            folder = pattern.rsplit("/", 1)[0]
-            return [f"{folder}/{p.name}" for p in sorted(Path(folder).glob("part-*-of-*.json"))]
-        return [pattern.format(p, parts) for p in range(parts)] if parts > 1 else []
+        index = Path(self.synthetic_index(**wildcards))
+        parts = recorded_parts(index) if index.exists() else None
+        if parts is None:
+            parts = self.generation_section["parts"]
+            split = Path(self.split_path(dataset, seed, shots))
+            if split.exists():
+                generation = self.generation_for(dataset, method)
+                images = runtime.rows(split) * generation.num_synthetic
+                parts = max(1, min(parts, num_shards(images, generation.shard_size)))
+        return [self.path(paths.PART, **wildcards, part=p, parts=parts) for p in range(parts)]
 
     # One job's resources -------------------------------------------------------------
 
@@ -294,11 +303,6 @@ class Plan:
         """1 for a job that will compute on CUDA (GPU jobs then queue for --resources gpu=N,
         and each claims a GPU of its own when it starts)."""
         return int(will_use_cuda(device))
-
-    def generate_gpus(self, dataset: str, method: str, seed: int | str, shots: int | str) -> int:
-        """A generate job that gathers parts computes nothing on a GPU."""
-        gathers = self.generate_parts(dataset, method, seed, shots)
-        return 0 if gathers else self.gpus(self.model.device)
 
     def model_threads(self) -> int:
         """Threads of a job that runs the diffusion model: the tiny model's operations are too
@@ -344,15 +348,15 @@ class Plan:
     # Wall times (dafusion.runtime), from the job's input manifests.
 
     def generate_minutes(
-        self, dataset: str, method: str, split: str, attempt: int, *, parts: int = 1
+        self, dataset: str, method: str, split: str, attempt: int, *, parts: int
     ) -> int:
-        """A set's images (`parts` > 1: a generate_part job's share of them)."""
+        """A generate job: its share of a set's images."""
         generation = self.generation_for(dataset, method)
         seconds = runtime.generate_seconds(generation, runtime.rows(split)) / parts
         return runtime.minutes(seconds, attempt)
 
     def gather_minutes(self, attempt: int) -> int:
-        """A generate job that only gathers the parts (generation.parts)."""
+        """A gather_synthetic job: it reads the parts' rows and writes the index."""
         return runtime.minutes(0, attempt)
 
     def invert_minutes(self, split: str, attempt: int) -> int:

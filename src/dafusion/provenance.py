@@ -14,7 +14,7 @@ import ast
 import functools
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 PACKAGE = "dafusion"
@@ -78,9 +78,26 @@ def imports_in(nodes: Iterable[ast.AST], module: str, is_package: bool, root: Pa
     """Library modules imported anywhere in `nodes`, function-local imports included."""
     found: set[str] = set()
     for node in nodes:
-        for sub in ast.walk(node):
+        for sub in _run_time_nodes(node):
             found |= _imported(sub, module, is_package, root)
     return found
+
+
+def _run_time_nodes(node: ast.AST) -> Iterator[ast.AST]:
+    """`node` and the nodes below it, except `if TYPE_CHECKING:` blocks: an import only
+    type checkers read runs no code of the module it names."""
+    yield node
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.If) and _is_type_checking(child.test):
+            for other in child.orelse:
+                yield from _run_time_nodes(other)
+        else:
+            yield from _run_time_nodes(child)
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    name = test.attr if isinstance(test, ast.Attribute) else getattr(test, "id", None)
+    return name == "TYPE_CHECKING"
 
 
 def _parse(path: Path) -> tuple[str, ast.Module]:

@@ -13,7 +13,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
-import webdataset as wds
 
 from .io import atomic_path
 
@@ -26,6 +25,8 @@ def write_shard(out_dir: Path, name: str, samples: Iterable[Mapping], image_ext:
 
     Returns the shard's index rows.
     """
+    import webdataset as wds  # it imports torch: only jobs that run a model load it
+
     rows = []
     with (
         atomic_path(out_dir / name) as tmp,
@@ -54,6 +55,8 @@ def read_images(index_path: str | Path) -> dict[str, tuple[bytes, int]]:
     index = index[index["shard"].notna()]
     if index.empty:
         return {}
+    import webdataset as wds
+
     urls = [str(index_path.parent / s) for s in sorted(index["shard"].unique())]
     out = {}
     for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):

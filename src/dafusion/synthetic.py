@@ -6,30 +6,61 @@ fingerprint and the shard's index rows, so a rerun after a kill reuses finished 
 regenerates only the rest; outputs do not depend on where the job stopped. Images are
 encoded in worker threads while the generator computes the next batches.
 
-A set can also be made by several jobs (`generation.parts`): each writes a contiguous run
-of whole shards (`shard_ranges`, `write_shards`) and the last step writes the index from
-their rows (`write_index`). A shard's bytes depend only on its images, whose seeds derive
-from the image keys, so the set is the same for any number of parts.
+A set is made by N >= 1 jobs (`generation.parts`): each writes a contiguous run of whole
+shards (`shard_ranges`, `write_shards`), and one light job writes the index from their rows
+(`write_index`), recording N in it (`recorded_parts`). A shard's bytes depend only on its
+images, whose seeds derive from the image keys, so the set is the same for any N.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from .generation import Engine
 from .io import atomic_path, write_parquet
+from .seeds import derive_seed
 from .shards import SHARD_PATTERN, encode_image, write_shard
 
+if TYPE_CHECKING:
+    from .generation import Engine
+
 log = logging.getLogger(__name__)
+
+
+def draw_strength(variant: int, strengths: Sequence[float]) -> float:
+    """t0 drawn uniformly from `strengths`, from the variant's own seed."""
+    return float(strengths[np.random.default_rng(variant).integers(len(strengths))])
+
+
+def plan(
+    manifest: pd.DataFrame, seed: int, num_synthetic: int, strengths: Sequence[float]
+) -> pd.DataFrame:
+    """One row per synthetic image, in key order: source row, j, its seed and its t0."""
+    rows = []
+    for i, key in enumerate(manifest["key"]):
+        for j in range(num_synthetic):
+            variant = derive_seed(seed, key, j)
+            rows.append(
+                {
+                    "row": i,
+                    "j": j,
+                    "key": f"{key}-{j:03d}",
+                    "variant_seed": variant,
+                    "strength": draw_strength(variant, strengths),
+                }
+            )
+    return pd.DataFrame(rows)
+
 
 # The index's columns: the key, the `meta` of each image (its shard json), its shard, and
 # whether the safety checker dropped it (then without a shard). Explicit types keep an
@@ -57,29 +88,21 @@ INDEX_SCHEMA = pa.schema(
 )
 
 
+# The index's schema metadata: how many jobs made the set. The workflow reads it to list
+# the jobs a finished set came from (`generation.parts` may have changed since: a knob).
+PARTS_KEY = "dafusion.parts"
+
+
+def recorded_parts(index_path: str | Path) -> int | None:
+    """How many jobs made the set of `index_path`; None for an index written before 0.3.0,
+    which did not record it."""
+    metadata = pq.read_schema(index_path).metadata or {}
+    value = metadata.get(PARTS_KEY.encode())
+    return int(value) if value is not None else None
+
+
 def _sidecar(out_dir: Path, name: str) -> Path:
     return out_dir / f".{name}.json"
-
-
-def parts_dir(index_path: str | Path) -> Path:
-    """Where the part jobs of the set of `index_path` write their rows: a hidden folder
-    beside the set's (`{method}/.parts/seed{seed}-shots{shots}/`, workflow/rules/common.smk).
-    The files stay after the index is written: they tell the workflow which parts made it."""
-    folder = Path(index_path).parent
-    return folder.parent / ".parts" / folder.name
-
-
-def clear_parts(index_path: str | Path, keep: Sequence[str | Path] = ()) -> None:
-    """Delete the part files of the set of `index_path` other than `keep` (those of an
-    earlier, different number of parts)."""
-    folder = parts_dir(index_path)
-    keep = {Path(p).resolve() for p in keep}
-    for path in folder.glob("part-*"):
-        if path.resolve() not in keep:
-            path.unlink()
-    for empty in (folder, folder.parent):  # a folder another job writes in stays
-        with contextlib.suppress(OSError):
-            empty.rmdir()
 
 
 def _finished(out_dir: Path, name: str, fingerprint: str) -> list[dict] | None:
@@ -173,14 +196,20 @@ def write_shards(
 
 
 def write_index(
-    rows: Sequence[Mapping], out_dir: str | Path, index_path: str | Path, *, shard_size: int
+    rows: Sequence[Mapping],
+    out_dir: str | Path,
+    index_path: str | Path,
+    *,
+    shard_size: int,
+    parts: int,
 ) -> pd.DataFrame:
-    """Write the index of every shard's rows atomically, then delete the sidecars and any
-    shard beyond the set's (left by an earlier, larger set)."""
+    """Write the index of every shard's rows atomically, recording that `parts` jobs made
+    the set, then delete the sidecars and any shard beyond the set's (left by an earlier,
+    larger set)."""
     out_dir = Path(out_dir)
     index = pd.DataFrame(rows) if rows else pd.DataFrame(columns=INDEX_SCHEMA.names)
     index = index.sort_values("key").reset_index(drop=True)
-    write_parquet(index, index_path, INDEX_SCHEMA)
+    write_parquet(index, index_path, INDEX_SCHEMA, metadata={PARTS_KEY: str(parts)})
     names = {SHARD_PATTERN.format(n) for n in range(num_shards(len(rows), shard_size))}
     pattern = SHARD_PATTERN.replace("{:06d}", "*")
     for path in out_dir.glob(pattern):
@@ -189,29 +218,3 @@ def write_index(
     for sidecar in out_dir.glob(_sidecar(out_dir, pattern).name):
         sidecar.unlink()
     return index
-
-
-def build(
-    engine: Engine,
-    work: Sequence[Mapping],
-    out_dir: str | Path,
-    index_path: str | Path,
-    *,
-    seed: int,
-    shard_size: int,
-    image_format: str,
-    fingerprint: str,
-    meta: Callable[[Mapping], dict],
-    workers: int = 2,
-    progress: bool = True,
-) -> pd.DataFrame:
-    """Generate (or reuse) every shard of `work`, then write the index atomically.
-
-    `meta(item)` is an image's shard json: the `INDEX_SCHEMA` columns other than `key`,
-    `shard` and `dropped`.
-    """
-    rows = write_shards(
-        engine, work, out_dir, seed=seed, shard_size=shard_size, image_format=image_format,
-        fingerprint=fingerprint, meta=meta, workers=workers, progress=progress,
-    )  # fmt: skip
-    return write_index(rows, out_dir, index_path, shard_size=shard_size)

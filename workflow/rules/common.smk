@@ -100,29 +100,17 @@ def generate_parts(w):
     return PLAN.generate_parts(w.dataset, w.method, w.seed, w.shots)
 
 
-def generate_gpus(w):
-    return PLAN.generate_gpus(w.dataset, w.method, w.seed, w.shots)
-
-
-def synthetic_index(w):
-    return PLAN.synthetic_index(w.dataset, w.method, w.seed, w.shots)
-
-
 def train_synthetic(w):
     return PLAN.train_synthetic(w.dataset, w.method, w.seed, w.shots)
 
 
 def generate_runtime(wildcards, input, attempt):
-    if input.parts:
-        return PLAN.gather_minutes(attempt)
-    return PLAN.generate_minutes(
-        wildcards.dataset, wildcards.method, input.split, attempt
-    )
-
-
-def generate_part_runtime(wildcards, input, attempt):
     w, parts = wildcards, int(wildcards.parts)
     return PLAN.generate_minutes(w.dataset, w.method, input.split, attempt, parts=parts)
+
+
+def gather_runtime(wildcards, attempt):
+    return PLAN.gather_minutes(attempt)
 
 
 def invert_runtime(wildcards, input, attempt):

@@ -1,16 +1,21 @@
+# One synthetic set: generation.parts `generate` jobs each write a run of its shards
+# (Plan.generate_parts), and one light `gather_synthetic` job writes its index.
 rule generate:
     input:
         split=split_path,
         model=model_input,
         tokens=generate_tokens,
         erasure=method_erasure,
-        parts=generate_parts,
     output:
-        res(paths.SYNTHETIC),
+        temp(res(paths.PART)),
     log:
-        res("logs/{dataset}/generate/{method}/seed{seed}-shots{shots}.log"),
+        res(
+            "logs/{dataset}/generate/{method}/seed{seed}-shots{shots}/part-{part}-of-{parts}.log"
+        ),
     benchmark:
-        res("benchmarks/{dataset}/generate/{method}/seed{seed}-shots{shots}.tsv")
+        res(
+            "benchmarks/{dataset}/generate/{method}/seed{seed}-shots{shots}/part-{part}-of-{parts}.tsv"
+        )
     # Before the training jobs that wait for its images.
     priority: 3
     conda:
@@ -18,7 +23,7 @@ rule generate:
     threads: model_threads
     resources:
         mem_mb=PLAN.model_mem_mb(8000),
-        gpu=generate_gpus,
+        gpu=gpus(MODEL.device),
         runtime=generate_runtime,
     params:
         model=MODEL.result_params(),
@@ -29,35 +34,29 @@ rule generate:
         "../scripts/generate.py"
 
 
-# generation.parts > 1: each part writes a run of the set's shards (Plan.generate_parts).
-rule generate_part:
+rule gather_synthetic:
     input:
         split=split_path,
-        model=model_input,
-        tokens=generate_tokens,
-        erasure=method_erasure,
+        parts=generate_parts,
     output:
-        res(paths.PART),
+        res(paths.SYNTHETIC),
     log:
-        res(
-            "logs/{dataset}/generate_part/{method}/seed{seed}-shots{shots}/part-{part}-of-{parts}.log"
-        ),
+        res("logs/{dataset}/gather_synthetic/{method}/seed{seed}-shots{shots}.log"),
     benchmark:
-        res(
-            "benchmarks/{dataset}/generate_part/{method}/seed{seed}-shots{shots}/part-{part}-of-{parts}.tsv"
-        )
+        res("benchmarks/{dataset}/gather_synthetic/{method}/seed{seed}-shots{shots}.tsv")
+    priority: 3
     conda:
         "../../envs/dafusion.yaml"
-    threads: model_threads
+    threads: 1
     resources:
-        mem_mb=PLAN.model_mem_mb(8000),
-        gpu=gpus(MODEL.device),
-        runtime=generate_part_runtime,
+        mem_mb=2000,
+        runtime=gather_runtime,
+    # The parts are temporary: the set's result settings and the generate code are this
+    # job's params too, so that a change reruns it (and, through it, the parts).
     params:
         model=MODEL.result_params(),
         method=lambda w: PLAN.method_params(w.dataset, w.method),
         generation=lambda w: generation_for(w).result_params(),
-        index=synthetic_index,
-        code=code("generate_part"),
+        code={**code("generate"), **code("gather_synthetic")},
     script:
-        "../scripts/generate_part.py"
+        "../scripts/gather_synthetic.py"

@@ -1,5 +1,4 @@
-"""SDEdit M synthetic images per real image into WebDataset shards (or, with
-generation.parts > 1, the index of the shards the generate_part jobs wrote)."""
+"""SDEdit one part of a synthetic set: M synthetic images per real image, as WebDataset shards."""
 
 from dafusion import pipeline
 from dafusion.devices import claim_device
@@ -19,10 +18,11 @@ pipeline.generate(
         snakemake.params.generation, snakemake.config["generation"]
     ),
     seed=int(snakemake.wildcards.seed),
+    part=int(snakemake.wildcards.part),
+    parts=int(snakemake.wildcards.parts),
     output=snakemake.output[0],
     model_dir=snakemake.input.model or None,
     tokens_path=snakemake.input.tokens or None,
     threads=snakemake.threads,
     erasure_path=snakemake.input.erasure or None,
-    parts=list(snakemake.input.parts),
 )
