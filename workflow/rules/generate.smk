@@ -43,7 +43,9 @@ rule gather_synthetic:
     log:
         res("logs/{dataset}/gather_synthetic/{method}/seed{seed}-shots{shots}.log"),
     benchmark:
-        res("benchmarks/{dataset}/gather_synthetic/{method}/seed{seed}-shots{shots}.tsv")
+        res(
+            "benchmarks/{dataset}/gather_synthetic/{method}/seed{seed}-shots{shots}.tsv"
+        )
     priority: 3
     conda:
         "../../envs/dafusion.yaml"
