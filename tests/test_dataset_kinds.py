@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import shutil
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -421,6 +422,25 @@ def test_keys_of_paths_in_other_scripts_are_unique_and_ascii_keys_are_kept(tmp_p
     index = pd.DataFrame({"key": list(keys.values()), "shard": "shard-000000.tar"})
     index.to_parquet(tmp_path / "index.parquet")
     assert sorted(read_images(tmp_path / "index.parquet")) == sorted(keys.values())
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (("a.jpg", "a.jpg"), r"map to the same key 'cafe_a-[0-9a-f]{16}': their paths are one"),
+        (("a.jpg", "b.jpg"), r"give the same class token '<cafe-850f7dc4>': they are one text"),
+    ],
+)
+def test_a_name_in_two_unicode_forms_is_named_as_such(tmp_path, files, message):
+    """Folders 'café' composed and decomposed look the same: the error says how they differ."""
+    for form, file in zip(("NFC", "NFD"), files, strict=True):
+        write_image(tmp_path / "photos" / unicodedata.normalize(form, "café") / file)
+    if len(list((tmp_path / "photos").iterdir())) < 2:
+        pytest.skip("this file system stores one Unicode form of a name")
+    with pytest.raises(ValueError, match=message) as error:
+        _read({"kind": "imagefolder", "root": "photos", "val_fraction": 0}, tmp_path)
+    assert "in two Unicode forms" in str(error.value)
+    assert "caf\\xe9" in str(error.value) and "cafe\\u0301" in str(error.value)
 
 
 def test_val_per_class_caps_a_datasets_own_val_split(aircraft):
