@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from dafusion.images import load_image
 from dafusion.manifest import MANIFEST_COLUMNS, class_names
 from dafusion.readers.fine_grained import FLOWERS102_CLASSES
 from dafusion.settings import DatasetSettings
+from dafusion.shards import encode_image, read_images, write_shard
 
 # pycocotools' own numpy-2 deprecation, raised inside its RLE decoder.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -396,6 +399,48 @@ def test_keys_that_collide_are_an_error(tmp_path):
     write_image(tmp_path / "photos/dog/c.jpg")
     with pytest.raises(ValueError, match="same key 'cat_a_b'"):
         _read({"kind": "imagefolder", "root": "photos"}, tmp_path)
+
+
+def test_keys_of_paths_in_other_scripts_are_unique_and_ascii_keys_are_kept(tmp_path):
+    """猫/0.jpg and 犬/0.jpg gave one key; the keys go into parquet and WebDataset shards."""
+    files = ["猫/0.jpg", "犬/0.jpg", "قطة/0.jpg", "🐶/0.jpg", "café/img.0.jpg", "cat/a.b.jpg"]
+    files += ["red_fox/img.0.jpg"]
+    for name in files:
+        write_image(tmp_path / "photos" / name)
+    pool = _read({"kind": "imagefolder", "root": "photos", "val_fraction": 0}, tmp_path)[0]
+    root = (tmp_path / "photos").resolve()
+    keys = {str(Path(row.path).relative_to(root)): row.key for row in pool.itertuples()}
+    assert len(set(keys.values())) == len(files)
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", key) for key in keys.values())
+    assert keys["cat/a.b.jpg"] == "cat_a_b"
+    assert keys["red_fox/img.0.jpg"] == "red_fox_img_0"
+    assert keys["café/img.0.jpg"] == "cafe_img_0-b8977c0a0dcd0ccc"
+    assert keys["猫/0.jpg"] == "0-90c34542666e88a9"
+    image = encode_image(Image.new("RGB", (4, 4)), "png")
+    samples = [{"key": k, "image": image, "label": 0, "meta": {}} for k in keys.values()]
+    write_shard(tmp_path, "shard-000000.tar", samples, "png")
+    index = pd.DataFrame({"key": list(keys.values()), "shard": "shard-000000.tar"})
+    index.to_parquet(tmp_path / "index.parquet")
+    assert sorted(read_images(tmp_path / "index.parquet")) == sorted(keys.values())
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (("a.jpg", "a.jpg"), r"map to the same key 'cafe_a-[0-9a-f]{16}': their paths are one"),
+        (("a.jpg", "b.jpg"), r"give the same class token '<cafe-850f7dc4>': they are one text"),
+    ],
+)
+def test_a_name_in_two_unicode_forms_is_named_as_such(tmp_path, files, message):
+    """Folders 'café' composed and decomposed look the same: the error says how they differ."""
+    for form, file in zip(("NFC", "NFD"), files, strict=True):
+        write_image(tmp_path / "photos" / unicodedata.normalize(form, "café") / file)
+    if len(list((tmp_path / "photos").iterdir())) < 2:
+        pytest.skip("this file system stores one Unicode form of a name")
+    with pytest.raises(ValueError, match=message) as error:
+        _read({"kind": "imagefolder", "root": "photos", "val_fraction": 0}, tmp_path)
+    assert "in two Unicode forms" in str(error.value)
+    assert "caf\\xe9" in str(error.value) and "cafe\\u0301" in str(error.value)
 
 
 def test_val_per_class_caps_a_datasets_own_val_split(aircraft):

@@ -1,3 +1,5 @@
+import unicodedata
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -5,9 +7,10 @@ from PIL import Image
 
 from dafusion.datasets import few_shot, read_dataset
 from dafusion.images import load_image
-from dafusion.manifest import MANIFEST_COLUMNS, class_names
+from dafusion.manifest import MANIFEST_COLUMNS, class_names, class_token, sanitize_key
 from dafusion.readers import index_keys
 from dafusion.settings import DatasetSettings
+from dafusion.tokens import add_to_tokenizer, expand
 
 
 def _read(spec: dict, base_dir=".") -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -157,8 +160,55 @@ def test_folders_with_the_same_class_name_are_an_error(tmp_path):
 def test_classes_with_the_same_token_are_an_error(tmp_path):
     _write_images(tmp_path / "data/Cat", 3, (200, 0, 0))
     _write_images(tmp_path / "data/cat", 3, (190, 0, 0))
-    with pytest.raises(ValueError, match="'Cat', 'cat' give the same class token '<cat>'"):
+    message = "'Cat', 'cat' give the same class token '<cat>' .*; rename one, or merge them"
+    with pytest.raises(ValueError, match=message):
         _read({"kind": "imagefolder", "root": "data"}, tmp_path)
+
+
+def test_class_tokens_of_ascii_names_are_kept_and_other_names_gain_a_hash():
+    """ASCII names keep their tokens, and so their delta files and learned embeddings."""
+    names = ["giant white arum lily", "Cat", "red-fox 2", "???", "café", "Ölbaum", "猫"]
+    assert [class_token(name) for name in names] == [
+        "<giant-white-arum-lily>",
+        "<cat>",
+        "<red-fox-2>",
+        "<class>",
+        "<cafe-850f7dc4>",
+        "<olbaum-b4a70ae7>",
+        "<class-a810bf84>",
+    ]
+
+
+# Cat and dog in Chinese, Japanese and Arabic, and as emoji.
+OTHER_SCRIPTS = ["猫", "狗", "ねこ", "いぬ", "قطة", "كلب", "🐱", "🐶"]
+
+
+def test_names_in_other_scripts_give_distinct_single_tokens(components):
+    tokens = [class_token(name) for name in OTHER_SCRIPTS]
+    assert len(set(tokens)) == len(tokens)
+    tokenizer = components.tokenizer
+    ids = add_to_tokenizer(tokenizer, tokens, num_vectors=2)
+    for c, token in enumerate(tokens):
+        prompt = expand(f"a photo of a {token}", token, 2)
+        assert tokenizer(prompt, add_special_tokens=False).input_ids[-2:] == ids[2 * c : 2 * c + 2]
+
+
+def test_a_name_gives_one_token_and_key_in_either_unicode_form():
+    for text in ["café", "Ölbaum/Blätter 1", "がっこう"]:
+        composed, decomposed = (unicodedata.normalize(form, text) for form in ("NFC", "NFD"))
+        assert composed != decomposed
+        assert class_token(decomposed) == class_token(composed)
+        assert sanitize_key(decomposed) == sanitize_key(composed)
+
+
+def test_accents_and_case_tell_names_outside_ascii_apart(tmp_path):
+    for name in ("cafe", "café", "Café", "CAFÉ"):
+        _write_images(tmp_path / "data" / name, 3, (200, 0, 0))
+    pool, val, _ = _read({"kind": "imagefolder", "root": "data"}, tmp_path)
+    names = class_names(pool)
+    assert sorted(names) == ["CAFÉ", "Café", "cafe", "café"]
+    assert len({class_token(name) for name in names}) == 4
+    assert len(set(pd.concat([pool, val])["key"])) == 12
 
 
 def test_empty_and_symlinked_folders_are_skipped_by_name(tmp_path, caplog):

@@ -29,6 +29,9 @@ from helpers import (
     write_config,
 )
 from PIL import Image
+from safetensors import safe_open
+
+from dafusion.manifest import class_token
 
 from dafusion.synthetic import recorded_parts
 
@@ -566,6 +569,40 @@ def test_augment_a_folder_with_the_documented_command(tmp_path):
     subprocess.run(["tar", "xf", shards[0], "-C", str(out)], check=True)
     members = list(out.iterdir())
     assert members and all(p.is_file() and os.access(p, os.W_OK) for p in members)
+
+
+def test_classes_named_in_other_scripts_get_their_own_tokens_and_train(tmp_path):
+    """Cat and dog in Chinese, cat in Arabic and a dog emoji once shared the token '<class>'
+    (and their 0.png one key): now each class's own token is learned, used and trained on."""
+    workdir = copy_workflow(tmp_path / "dafusion")
+    names = ["猫", "犬", "قطة", "🐶"]
+    for c, name in enumerate(names):
+        (tmp_path / "pets" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (16, 16), (60 * c, 20 * i, 100)).save(
+                tmp_path / "pets" / name / f"{i}.png"
+            )
+    config = {
+        **REDUCED,
+        "datasets": {"pets": {"kind": "imagefolder", "root": str(tmp_path / "pets")}},
+        "examples_per_class": [1],
+        "methods": {
+            "da-fusion": {"kind": "sdedit", "prompt": "a photo of a {token}", "strengths": [0.5]}
+        },
+        "erasure": {"enabled": False},
+        "generation": {"num_synthetic": 1, "num_inference_steps": 2, "batch_size": 8},
+        "classifier": {**REDUCED["classifier"], "steps": 2, "eval_interval": 1},
+    }
+    path = write_config(workdir, "mine.yaml", config)
+    run = "results/pets/runs/da-fusion/seed0-shots1.parquet"
+    result = snakemake(workdir, "--cores", "2", run, "--configfile", path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    with safe_open(workdir / "results/pets/tokens/seed0-shots1.safetensors", "pt") as tokens:
+        assert sorted(tokens.keys()) == sorted(class_token(name) for name in names)
+    assert len({class_token(name) for name in names}) == 4
+    metrics = set(pd.read_parquet(workdir / run)["metric"])
+    assert {f"accuracy/{name}" for name in names} <= metrics
 
 
 @pytest.mark.parametrize(

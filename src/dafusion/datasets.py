@@ -11,6 +11,7 @@ drawn from the resulting training pool.
 from __future__ import annotations
 
 import logging
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -67,11 +68,30 @@ def _cap_per_class(frame: pd.DataFrame, per_class: int) -> pd.DataFrame:
     return pd.concat(parts) if parts else frame
 
 
+def _unicode_forms(texts: Sequence[str]) -> bool:
+    """Whether distinct texts are one text in different Unicode forms: they look the same,
+    so an error naming them must say how they differ."""
+    return len(set(texts)) > 1 and len({unicodedata.normalize("NFC", t) for t in texts}) == 1
+
+
+# Why two names that look the same clash, for the errors of both kinds of clash.
+UNICODE_FORMS = (
+    "one text in two Unicode forms (an accent composed, as in 'é', or written as a separate "
+    "mark after its letter, as macOS and some archivers write it), which count as one"
+)
+
+
 def _check_keys(frame: pd.DataFrame, kind: str) -> None:
     duplicated = frame["key"][frame["key"].duplicated(keep=False)]
     if len(duplicated):
         key = duplicated.iloc[0]
         sources = frame.loc[frame["key"] == key, "path"].fillna("<bytes>").tolist()
+        if _unicode_forms(sources):
+            raise ValueError(
+                f"dataset kind '{kind}': images {', '.join(map(ascii, sources))} map to the "
+                f"same key '{key}': their paths are {UNICODE_FORMS}; merge the two folders, "
+                "or remove one of the files"
+            )
         raise ValueError(
             f"dataset kind '{kind}': images {sources} map to the same key '{key}' (keys drop "
             "dots and other punctuation); rename one of the files"
@@ -120,6 +140,11 @@ def _check_tokens(names: Sequence[str]) -> None:
     for name in names:
         by_token.setdefault(class_token(name), []).append(name)
     for token, group in by_token.items():
+        if len(group) > 1 and _unicode_forms(group):
+            raise ValueError(
+                f"classes {', '.join(map(ascii, group))} give the same class token '{token}': "
+                f"they are {UNICODE_FORMS}; merge them into one class (one folder)"
+            )
         if len(group) > 1:
             raise ValueError(
                 f"classes {', '.join(map(repr, group))} give the same class token '{token}' "

@@ -6,7 +6,9 @@ readers, the stages, the workflow's scripts) can import it cheaply and without a
 
 from __future__ import annotations
 
+import hashlib
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
@@ -48,15 +50,50 @@ def manifest_schema(columns: Iterable[str]) -> pa.Schema:
     return MANIFEST_SCHEMA.append(MASK_PATH) if MASK_PATH.name in columns else MANIFEST_SCHEMA
 
 
+def _fold_accents(text: str) -> str:
+    """'café' -> 'cafe' (NFKD, combining marks dropped): the readable ASCII part of a name in
+    another script; characters with no ASCII form (猫, قطة, 🐶) stay, for the slug to drop."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def _nfc_hash(text: str, digits: int) -> str:
+    """Hex digits of the sha256 of the text's NFC form: one value for the composed and the
+    decomposed spelling of the same text (macOS and some archivers write the latter)."""
+    return hashlib.sha256(unicodedata.normalize("NFC", text).encode()).hexdigest()[:digits]
+
+
 def sanitize_key(text: str) -> str:
-    """Make a WebDataset-safe key: the reader splits extensions at the first dot."""
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", text)
+    """Make a WebDataset-safe key: the reader splits extensions at the first dot.
+
+    ASCII text keeps its punctuation-to-'_' key. Other text, e.g. '猫/0' and '犬/0', which
+    would both give '_0', gets its accent-folded key plus 16 hex of its NFC hash
+    ('0-<hash>'): 16, not 8, as a dataset can hold 10^5 images named in another script,
+    where 8 hex would make two equal keys likely.
+    """
+    if text.isascii():
+        return re.sub(r"[^A-Za-z0-9_-]+", "_", text)
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", _fold_accents(text)).strip("_")
+    return "-".join(filter(None, [slug, _nfc_hash(text, 16)]))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 def class_token(class_name: str) -> str:
-    """The pseudo-word of a class, e.g. 'giant white arum lily' -> '<giant-white-arum-lily>'."""
-    slug = re.sub(r"[^a-z0-9]+", "-", class_name.lower()).strip("-")
-    return f"<{slug or 'class'}>"
+    """The pseudo-word of a class, e.g. 'giant white arum lily' -> '<giant-white-arum-lily>'.
+
+    A name with a character outside ASCII gets the slug of its accent-folded form ('class'
+    where none is left) plus 8 hex of its NFC hash: 'café' -> '<cafe-850f7dc4>', '猫' ->
+    '<class-a810bf84>'. Such names are told apart by every character, accents and case
+    included, but not by Unicode normal form; the token stays lowercase ASCII letters, digits
+    and hyphens, which CLIP's tokenizer adds as one token. ASCII names keep their tokens (and
+    so their delta files and trained embeddings).
+    """
+    if class_name.isascii():
+        return f"<{_slug(class_name) or 'class'}>"
+    return f"<{_slug(_fold_accents(class_name)) or 'class'}-{_nfc_hash(class_name, 8)}>"
 
 
 def class_names(frame: pd.DataFrame) -> list[str]:
