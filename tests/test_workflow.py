@@ -32,7 +32,6 @@ from PIL import Image
 from safetensors import safe_open
 
 from dafusion.manifest import class_token
-
 from dafusion.synthetic import recorded_parts
 
 pytestmark = pytest.mark.workflow

@@ -85,15 +85,17 @@ def class_token(class_name: str) -> str:
     """The pseudo-word of a class, e.g. 'giant white arum lily' -> '<giant-white-arum-lily>'.
 
     A name with a character outside ASCII gets the slug of its accent-folded form ('class'
-    where none is left) plus 8 hex of its NFC hash: 'café' -> '<cafe-850f7dc4>', '猫' ->
-    '<class-a810bf84>'. Such names are told apart by every character, accents and case
-    included, but not by Unicode normal form; the token stays lowercase ASCII letters, digits
+    where none is left) plus 8 hex of the NFC hash of its case-folded form: 'café' ->
+    '<cafe-850f7dc4>', '猫' -> '<class-a810bf84>'. Such names are told apart by accents, as
+    words are, but, like ASCII names, not by case ('Café' and 'café' clash, as 'Cat' and
+    'cat' do) nor by Unicode normal form; the token stays lowercase ASCII letters, digits
     and hyphens, which CLIP's tokenizer adds as one token. ASCII names keep their tokens (and
     so their delta files and trained embeddings).
     """
     if class_name.isascii():
         return f"<{_slug(class_name) or 'class'}>"
-    return f"<{_slug(_fold_accents(class_name)) or 'class'}-{_nfc_hash(class_name, 8)}>"
+    folded = unicodedata.normalize("NFC", class_name).casefold()
+    return f"<{_slug(_fold_accents(class_name)) or 'class'}-{_nfc_hash(folded, 8)}>"
 
 
 def class_names(frame: pd.DataFrame) -> list[str]:
