@@ -286,3 +286,25 @@ def render(html: Path) -> dict:
         finally:
             browser.close()
     return {"images": images, "console_errors": console_errors, "page_errors": page_errors}
+
+
+# A synthetic set made as the workflow makes it ------------------------------------------
+
+
+def make_set(split: str, out_dir: Path, model, method, settings, seed: int = 0, **inputs) -> Path:
+    """A set of one generate part and its gather (model_dir=, tokens_path=, erasure_path= as
+    `dafusion.pipeline.generate` takes them): the set's index path."""
+    from dafusion import pipeline
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    part = out_dir / "part-0-of-1.json"
+    pipeline.generate(
+        split, model, "set", method, settings, seed=seed, part=0, parts=1, output=str(part),
+        **inputs,
+    )  # fmt: skip
+    index = out_dir / "index.parquet"
+    pipeline.gather_synthetic(
+        split, {}, method, settings, seed=seed, parts=[str(part)], output=str(index)
+    )
+    part.unlink()
+    return index

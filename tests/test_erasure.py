@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import make_set
 from safetensors.torch import load_file as load_tokens
 
 from dafusion import pipeline
@@ -597,9 +598,8 @@ def test_an_erased_generate_job_uses_each_class_own_delta(tiny_dir, digits, tmp_
 
     def run(tag, assign):
         erasure = _erasure_folder(components, names, tmp_path / tag, assign) if assign else None
-        out = tmp_path / tag / "synthetic/index.parquet"
-        pipeline.generate(
-            str(split_path), model, "m", method, settings, seed=0, output=str(out),
+        out = make_set(
+            str(split_path), tmp_path / tag / "synthetic", model, method, settings,
             model_dir=tiny_dir, erasure_path=erasure,
         )  # fmt: skip
         index = pd.read_parquet(out)

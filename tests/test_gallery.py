@@ -56,7 +56,7 @@ def _meta(method, source, j, strength):
     label = SOURCES[source]
     return {
         "source_key": source, "j": j, "label": label, "class_name": CLASSES[label],
-        "method": method, "strength": strength, "prompt": f"a photo of a {CLASSES[label]}",
+        "set": method, "strength": strength, "prompt": f"a photo of a {CLASSES[label]}",
         "guidance_scale": 7.5, "scheduler": "ddim", "steps": 5, "seed": 7 * j,
         "model_id": "tiny", "token_hash": "", "erasure": "",
     }  # fmt: skip

@@ -71,7 +71,7 @@ def test_a_gather_job_imports_no_torch(manifests, tmp_path):
     split = manifests["split"]
     keys = plan(pd.read_parquet(split), 0, 1, [0.5])["key"].tolist()
     part = tmp_path / "part-0-of-1.json"
-    meta = {"source_key": "s", "j": 0, "label": 0, "class_name": "zero", "method": "m"}
+    meta = {"source_key": "s", "j": 0, "label": 0, "class_name": "zero", "set": "m"}
     meta |= {"strength": 0.5, "prompt": "p", "guidance_scale": 7.5, "scheduler": "DDIM"}
     meta |= {"steps": 2, "seed": 0, "model_id": "tiny", "token_hash": "", "erasure": ""}
     rows = [{"key": key, **meta, "shard": None, "dropped": True} for key in keys]
@@ -82,7 +82,7 @@ def test_a_gather_job_imports_no_torch(manifests, tmp_path):
         "from dafusion import pipeline\n"
         "from dafusion.settings import GenerationSettings, MethodSettings\n"
         "pipeline.gather_synthetic(\n"
-        f"    {split!r}, MethodSettings(kind='sdedit', strengths=[0.5]),\n"
+        f"    {split!r}, {{}}, MethodSettings(kind='sdedit', strengths=[0.5]),\n"
         f"    GenerationSettings(num_synthetic=1), 0, [{str(part)!r}], {str(index)!r})\n"
     )
     assert _imported_after(code) == set()

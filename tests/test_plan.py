@@ -70,14 +70,14 @@ def small() -> plan.Plan:
 
 def test_grids_run_each_method_on_its_datasets_for_every_seed_and_shot_count(small):
     synthetic = small.all_synthetic()
+    rg = small.set_name("digits", "rg")
     assert synthetic[:2] == [
-        "out/digits/synthetic/rg/seed0-shots1/index.parquet",
-        "out/digits/synthetic/rg/seed0-shots4/index.parquet",
+        f"out/digits/synthetic/{rg}/seed0-shots1/index.parquet",
+        f"out/digits/synthetic/{rg}/seed0-shots4/index.parquet",
     ]
     # 2 cells per seed, 2 seeds: rg and daf on both datasets, daf-erased on digits only
-    assert len(synthetic) == 4 * (2 + 2 + 1)
-    assert not any("/baseline/" in p for p in synthetic)
-    assert not any(p.startswith("out/more/synthetic/daf-erased/") for p in synthetic)
+    assert len(synthetic) == len(set(synthetic)) == 4 * (2 + 2 + 1)
+    assert list(small.synthetic_sets("more").values()) == [["rg"], ["daf"]]
     runs = small.evaluated_runs()
     assert len(runs) == 4 * (2 + 2 + 2 + 1)
     assert "out/more/runs/baseline/seed1-shots4.parquet" in runs
@@ -96,8 +96,10 @@ def test_tokens_are_plain_or_erased_and_follow_each_datasets_prompt(small):
     # one plain inversion per (dataset, seed, shots), shared by rg and daf on `more`
     assert len(tokens) == 4 * 2 + 4
     assert sum("/tokens/esd/" in t for t in tokens) == 4
-    assert small.generate_tokens("digits", "rg", 0, 1) == []
-    assert small.generate_tokens("more", "rg", 1, 4) == "out/more/tokens/seed1-shots4.safetensors"
+    assert small.generate_tokens("digits", small.set_name("digits", "rg"), 0, 1) == []
+    assert small.generate_tokens("more", small.set_name("more", "rg"), 1, 4) == (
+        "out/more/tokens/seed1-shots4.safetensors"
+    )
     assert small.method_params("more", "rg")["prompt"] == "a {token} drawing"
     assert small.method_params("digits", "rg")["prompt"] == "a photo of a {name}"
     assert small.loss_curves("digits") == [
@@ -142,7 +144,17 @@ def test_the_paper_config_makes_the_papers_grid(tmp_path):
     config["datasets"]["caltech101"]["split_protocol"] = "original-code"
     paper = make_plan(config, tmp_path)
     cells = 4 * 5
-    assert len(paper.all_synthetic()) == (7 * 2 + 3 * (4 + 2 * 9)) * cells
+    # Sets, not methods: Figure 11's DA-Fusion cells share Figure 5's set, and its Real
+    # Guidance cells Figure 9's class-agnostic one (22 synthetic methods on those 3 datasets)
+    assert len(paper.all_synthetic()) == (7 * 2 + 3 * 4) * cells
+    spurge = paper.synthetic_sets("leafy_spurge")
+    shared = spurge[paper.set_name("leafy_spurge", "da-fusion")]
+    assert shared == [
+        "da-fusion",
+        *(f"da-fusion-a{a}-m{m}" for a in (30, 50, 70) for m in (5, 10, 20)),
+    ]
+    assert paper.set_size("leafy_spurge", paper.set_name("leafy_spurge", "da-fusion")) == 50
+    assert paper.set_size("pascal", paper.set_name("pascal", "da-fusion")) == 20
     assert len(paper.evaluated_runs()) == (7 * 3 + 3 * (5 + 2 * 9)) * cells
     tokens = paper.all_tokens()
     assert sum("/tokens/esd/" in t for t in tokens) == 3 * cells
@@ -174,8 +186,9 @@ def test_the_paper_config_makes_the_papers_grid(tmp_path):
 def test_a_baseline_run_mixes_in_nothing_and_has_no_alpha(small):
     assert small.train_synthetic("digits", "baseline", 0, 1) == []
     assert small.train_synthetic("digits", "rg", 0, 1) == (
-        "out/digits/synthetic/rg/seed0-shots1/index.parquet"
+        f"out/digits/synthetic/{small.set_name('digits', 'rg')}/seed0-shots1/index.parquet"
     )
+    assert small.run_synthetic_params("digits", "baseline", {}) == {}
     assert small.classifier_for("digits", "baseline").synthetic_probability == 0
     assert small.classifier_for("digits", "rg").synthetic_probability == 0.5
 
@@ -219,25 +232,27 @@ def test_model_inputs_and_resources_follow_the_model(small):
 def test_generation_parts_follow_the_config_until_the_set_exists(tmp_path):
     config = changed(SMALL, results=str(tmp_path), generation={"parts": 3})
     p = make_plan(config)
-    folder = f"{tmp_path}/digits/synthetic/rg/seed0-shots1"
-    assert p.generate_parts("digits", "rg", 0, 1) == [
+    rg = p.set_name("digits", "rg")
+    folder = f"{tmp_path}/digits/synthetic/{rg}/seed0-shots1"
+    assert p.generate_parts("digits", rg, 0, 1) == [
         f"{folder}/part-{i}-of-3.json" for i in range(3)
     ]
     one = make_plan(changed(config, generation={"parts": 1}))
-    assert one.generate_parts("digits", "rg", 0, 1) == [f"{folder}/part-0-of-1.json"]
+    assert one.generate_parts("digits", rg, 0, 1) == [f"{folder}/part-0-of-1.json"]
     # Once the split exists: no more parts than shards (2 rows x M 2 = 4 images, shards of 3)
     split = Path(p.split_path("digits", 0, 1))
     split.parent.mkdir(parents=True)
     pd.DataFrame({"key": ["a", "b"]}).to_parquet(split)
     few = make_plan(changed(config, generation={"parts": 3, "num_synthetic": 2, "shard_size": 3}))
-    assert few.generate_parts("digits", "rg", 0, 1) == [
-        f"{folder}/part-{i}-of-2.json" for i in range(2)
+    small_set = few.set_name("digits", "rg")
+    assert few.generate_parts("digits", small_set, 0, 1) == [
+        f"{tmp_path}/digits/synthetic/{small_set}/seed0-shots1/part-{i}-of-2.json" for i in range(2)
     ]
     # The set exists: the parts that made it, as its index records, whatever parts is now
     index = Path(p.synthetic_index("digits", "rg", 0, 1))
     index.parent.mkdir(parents=True)
-    write_index([], index.parent, index, shard_size=3, parts=4)
-    assert p.generate_parts("digits", "rg", 0, 1) == [
+    write_index([], index.parent, index, shard_size=3, parts=4, identity={})
+    assert p.generate_parts("digits", rg, 0, 1) == [
         f"{folder}/part-{i}-of-4.json" for i in range(4)
     ]
 
@@ -320,8 +335,8 @@ def test_the_report_shows_the_tables_figures_galleries_curves_and_checks(small):
     assert small.gallery_inputs("more") == {
         "split": "out/more/splits/seed0-shots4.parquet",
         "indices": [
-            "out/more/synthetic/rg/seed0-shots4/index.parquet",
-            "out/more/synthetic/daf/seed0-shots4/index.parquet",
+            f"out/more/synthetic/{small.set_name('more', m)}/seed0-shots4/index.parquet"
+            for m in ("rg", "daf")
         ],
     }
     baseline_only = make_plan(changed(SMALL, methods={"b": {"kind": "baseline"}}))
@@ -366,8 +381,10 @@ def test_runtimes_scale_with_the_work_and_the_attempt(tmp_path, small):
     )
     # the embedded default's tiny jobs: start-up plus seconds
     seconds = runtime.generate_seconds(small.generation_for("digits", "rg"), 4)
-    assert small.generate_minutes("digits", "rg", split, 1, parts=1) == runtime.minutes(seconds, 1)
-    share = small.generate_minutes("digits", "rg", split, 1, parts=3)
+    assert small.generate_minutes(
+        "digits", small.set_name("digits", "rg"), split, 1, parts=1
+    ) == runtime.minutes(seconds, 1)
+    share = small.generate_minutes("digits", small.set_name("digits", "rg"), split, 1, parts=3)
     assert share == runtime.minutes(seconds / 3, 1)
     assert small.gather_minutes(3) == 3 * runtime.RUNTIME_START_MIN
     inversion = InversionSettings(steps=1000, batch_size=4)
@@ -486,3 +503,88 @@ def test_a_results_folder_of_version_0_2_reruns_nothing_until_its_files_change(t
     )
     # a legacy folder made with track_files: false
     assert listing.files_entry(str(root), False, recorded=lambda: [], legacy="untracked") == {}
+
+
+# Synthetic sets shared by identity ---------------------------------------------------
+
+SHARED = {
+    "daf": {"kind": "sdedit", "prompt": "a photo of a {token}", "strengths": [0.5, 1.0]},
+    # Figure 11's cells: alpha and M are not what determines the images
+    "daf-a30-m20": {
+        "kind": "sdedit", "prompt": "a photo of a {token}", "strengths": [0.5, 1.0],
+        "generation": {"num_synthetic": 20},
+        "classifier": {"synthetic_probability": 0.3}, "figures": [11],
+    },
+    "daf-m5": {
+        "kind": "sdedit", "prompt": "a photo of a {token}", "strengths": [0.5, 1.0],
+        "generation": {"num_synthetic": 5},
+    },
+    # Each of these differs in one thing that determines the images
+    "daf-fixed": {"kind": "sdedit", "prompt": "a photo of a {token}", "strengths": [0.5]},
+    "daf-guided": {
+        "kind": "sdedit", "prompt": "a photo of a {token}", "strengths": [0.5, 1.0],
+        "generation": {"guidance_scale": 4.0},
+    },
+    "daf-erased": {
+        "kind": "sdedit", "prompt": "a photo of a {token}", "strengths": [0.5, 1.0],
+        "erased": True,
+    },
+    "rg": {"kind": "sdedit", "prompt": "a photo of a {name}", "strengths": [0.5, 1.0]},
+}  # fmt: skip
+
+
+def test_methods_with_one_identity_share_one_set_of_their_largest_m():
+    p = make_plan(changed(SMALL, methods=SHARED, erasure={"enabled": True}))
+    sets = p.synthetic_sets("digits")
+    assert sorted(sets.values()) == sorted(
+        [["daf", "daf-a30-m20", "daf-m5"], ["daf-fixed"], ["daf-guided"], ["daf-erased"], ["rg"]]
+    )
+    shared = p.set_name("digits", "daf")
+    assert p.set_name("digits", "daf-a30-m20") == p.set_name("digits", "daf-m5") == shared
+    assert len(shared) == plan.SET_NAME_DIGITS and set(shared) <= set("0123456789abcdef")
+    assert p.set_size("digits", shared) == 20  # the default M is 10
+    assert p.set_params("digits", shared) == {
+        "identity": p.set_identity("digits", "daf"), "num_synthetic": 20,
+    }  # fmt: skip
+    identity = p.set_identity("digits", "daf")
+    assert "num_synthetic" not in identity["generation"]
+    assert "batch_size" not in identity["generation"]  # an execution knob
+    assert "inversion" in identity and "erasure" not in identity
+    assert "erasure" in p.set_identity("digits", "daf-erased")
+    assert "inversion" not in p.set_identity("digits", "rg")
+    # One set: one target per cell, one generate job in the workflow
+    assert len(p.all_synthetic()) == 2 * 2 * 2 * 5  # datasets x seeds x shots x sets
+    # Each run reads its own M of the shared set, and the code that made it
+    m5 = p.run_synthetic_params("digits", "daf-m5", CODE)
+    assert m5 == {
+        "set": shared, "num_synthetic": 5,
+        "code": {r: CODE[r] for r in CODE if r != "erase"},
+    }  # fmt: skip
+    assert p.run_synthetic_params("digits", "daf", CODE)["num_synthetic"] == 10
+    assert set(p.run_synthetic_params("digits", "daf-erased", CODE)["code"]) == set(CODE)
+    assert "invert" not in p.run_synthetic_params("digits", "rg", CODE)["code"]
+
+
+CODE = {
+    r: {r: "0"} for r in ("generate", "gather_synthetic", "invert", "erase", "build_tiny_model")
+}
+
+
+def test_a_set_follows_each_datasets_prompt_and_settings():
+    methods = {
+        "rg": {
+            "kind": "sdedit", "prompt": "a photo of a {name}", "strengths": [0.5],
+            "dataset_prompts": {"more": "a drawing"},
+        },
+        "rg-2": {"kind": "sdedit", "prompt": "a photo of a {name}", "strengths": [0.5]},
+    }  # fmt: skip
+    datasets = {
+        "digits": {"kind": "digits"},
+        "more": {"kind": "digits", "generation": {"num_inference_steps": 10}},
+    }
+    p = make_plan(changed(SMALL, methods=methods, datasets=datasets))
+    assert list(p.synthetic_sets("digits").values()) == [["rg", "rg-2"]]
+    assert list(p.synthetic_sets("more").values()) == [["rg"], ["rg-2"]]
+    assert p.set_name("digits", "rg") != p.set_name("more", "rg-2")  # 10 steps there
+    with pytest.raises(plan.PlanError, match="no method of the config makes the set digits/0"):
+        p.set_size("digits", "000000000000")

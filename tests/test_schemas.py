@@ -150,7 +150,7 @@ def _meta(item) -> dict:
         "j": item["j"],
         "label": 1,
         "class_name": "one",
-        "method": "da-fusion",
+        "set": "0123456789ab",
         "strength": 0.5,
         "prompt": "a photo of a <one>",
         "guidance_scale": 7.5,
@@ -176,7 +176,7 @@ def _build(work, out: Path) -> pd.DataFrame:
         DropsAll(), work, out, seed=0, shard_size=2, image_format="png", fingerprint="job",
         meta=_meta, progress=False,
     )  # fmt: skip
-    return write_index(rows, out, out / "index.parquet", shard_size=2, parts=1)
+    return write_index(rows, out, out / "index.parquet", shard_size=2, parts=1, identity={})
 
 
 def test_an_empty_synthetic_index_has_every_column_typed(tmp_path):

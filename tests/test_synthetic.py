@@ -36,7 +36,7 @@ def _meta(item):
         "j": int(item["j"]),
         "label": 0,
         "class_name": "zero",
-        "method": "m",
+        "set": "m",
         "strength": item["strength"],
         "prompt": "a photo of a 0",
         "guidance_scale": 7.5,
@@ -56,7 +56,7 @@ def _build(engine, manifest, out, fingerprint="job"):
         engine, work, out, seed=0, shard_size=3, image_format="png", fingerprint=fingerprint,
         meta=_meta, workers=2, progress=False,
     )  # fmt: skip
-    return write_index(rows, out, out / "index.parquet", shard_size=3, parts=1)
+    return write_index(rows, out, out / "index.parquet", shard_size=3, parts=1, identity={})
 
 
 def test_shard_ranges_are_contiguous_and_even():
@@ -85,7 +85,7 @@ def test_a_set_in_parts_is_the_same_bytes_as_in_one_job(components, manifest, tm
             progress=False,
         )  # fmt: skip
         assert (out / "shard-000009.tar").exists()
-    write_index(rows, out, out / "index.parquet", shard_size=3, parts=parts)
+    write_index(rows, out, out / "index.parquet", shard_size=3, parts=parts, identity={})
     shards = ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
     assert sorted(p.name for p in whole.iterdir()) == ["index.parquet", *shards]
     assert sorted(p.name for p in out.iterdir()) == ["index.parquet", *shards]  # no sidecar
@@ -254,7 +254,7 @@ def test_a_part_beyond_the_shards_writes_no_rows_and_loads_no_model(manifest, tm
     with caplog.at_level("INFO", logger="dafusion"):
         pipeline.generate(
             str(split), model=ModelSettings(pretrained=str(tmp_path / "no-model")),
-            method_name="m", method=MethodSettings(kind="sdedit", strengths=[0.5]),
+            set_name="m", method=MethodSettings(kind="sdedit", strengths=[0.5]),
             settings=GenerationSettings(num_synthetic=2, shard_size=3), seed=0, part=3,
             parts=4, output=str(output),
         )  # fmt: skip

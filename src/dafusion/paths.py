@@ -3,9 +3,9 @@ results root (`config["results"]`).
 
 The rules' outputs (workflow/rules/*.smk) and the plan's target lists (`dafusion.plan`) both
 use these patterns, so a job's output and the path another job or target asks for cannot
-drift apart. Wildcards: {dataset}, {method}, {seed}, {shots}, {eraser} (the erasure's
-folder, `ErasureSettings.eraser`), {part}/{parts} (`generation.parts`) and {name} (a table
-or figure).
+drift apart. Wildcards: {dataset}, {method}, {set} (a synthetic set, `Plan.set_name`),
+{seed}, {shots}, {eraser} (the erasure's folder, `ErasureSettings.eraser`), {part}/{parts}
+(`generation.parts`) and {name} (a table or figure).
 
 No workflow step imports this module: the jobs receive their paths from Snakemake, so
 editing it changes no job's code fingerprint (`dafusion.provenance`).
@@ -46,8 +46,8 @@ ERASED_TOKEN_LOSSES = _ERASED_TOKENS + "-loss.parquet"
 
 # generate: the rows of one of a set's `generation.parts` parts (its shards lie beside it;
 # temporary: gather_synthetic reads them); gather_synthetic: the set's index.
-SYNTHETIC = "{dataset}/synthetic/{method}/seed{seed}-shots{shots}/index.parquet"
-PART = "{dataset}/synthetic/{method}/seed{seed}-shots{shots}/part-{part}-of-{parts}.json"
+SYNTHETIC = "{dataset}/synthetic/{set}/seed{seed}-shots{shots}/index.parquet"
+PART = "{dataset}/synthetic/{set}/seed{seed}-shots{shots}/part-{part}-of-{parts}.json"
 
 # train: one classifier run.
 RUN = "{dataset}/runs/{method}/seed{seed}-shots{shots}.parquet"

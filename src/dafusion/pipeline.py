@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -306,7 +307,7 @@ def invert(
 def _synthetic_job(
     split_path: str,
     model: ModelSettings,
-    method_name: str,
+    set_name: str,
     method: MethodSettings,
     settings: GenerationSettings,
     seed: int,
@@ -368,7 +369,7 @@ def _synthetic_job(
             "j": int(item["j"]),
             "label": int(source["label"]),
             "class_name": source["class_name"],
-            "method": method_name,
+            "set": set_name,
             "strength": float(item["strength"]),
             "prompt": prompts[int(source["label"])],
             "guidance_scale": float(settings.guidance_scale),
@@ -401,7 +402,7 @@ def _log_speed(rows: Sequence[Mapping], start: float) -> None:
 def generate(
     split_path: str,
     model: ModelSettings,
-    method_name: str,
+    set_name: str,
     method: MethodSettings,
     settings: GenerationSettings,
     seed: int,
@@ -441,7 +442,7 @@ def generate(
     else:
         log.info("part %d of %d: shards %d to %d", part + 1, parts, shards.start, shards.stop - 1)
         job = _synthetic_job(
-            split_path, model, method_name, method, settings, seed, model_dir, tokens_path,
+            split_path, model, set_name, method, settings, seed, model_dir, tokens_path,
             erasure_path,
         )  # fmt: skip
         start = time.perf_counter()
@@ -459,6 +460,7 @@ def generate(
 
 def gather_synthetic(
     split_path: str,
+    identity: Mapping[str, Any],
     method: MethodSettings,
     settings: GenerationSettings,
     seed: int,
@@ -466,7 +468,8 @@ def gather_synthetic(
     output: str,
 ) -> None:
     """The index of a synthetic set (`output`) from the rows its `generate` parts wrote,
-    checked against the set's plan; it records how many parts made the set."""
+    checked against the set's plan; it records the set's identity (`Plan.set_identity`) and
+    how many parts made it."""
     import json
 
     from .synthetic import plan, write_index
@@ -488,8 +491,9 @@ def gather_synthetic(
             f"planned for {split_path}: delete them and rerun"
         )
     index = write_index(
-        rows, Path(output).parent, output, shard_size=settings.shard_size, parts=len(parts)
-    )
+        rows, Path(output).parent, output, shard_size=settings.shard_size, parts=len(parts),
+        identity=identity,
+    )  # fmt: skip
     log.info("%d images from %d part(s) in %s", len(index), len(parts), output)
 
 
@@ -503,9 +507,13 @@ def train(
     shots: int,
     output: str,
     synthetic_index: str | None = None,
+    num_synthetic: int | None = None,
     test_path: str | None = None,
 ) -> None:
-    """Train one classifier and write its metrics per evaluation step (val, and test)."""
+    """Train one classifier and write its metrics per evaluation step (val, and test).
+
+    A run of M = `num_synthetic` reads the first M variants of each image of its set (a set
+    shared with methods of a larger M holds more)."""
     from .classifier import train_classifier
     from .devices import resolve_device
     from .manifest import class_names
@@ -517,7 +525,7 @@ def train(
     index = images = None
     if synthetic_index:
         index = pd.read_parquet(synthetic_index)
-        index = index[~index["dropped"]].reset_index(drop=True)
+        index = index[~index["dropped"] & (index["j"] < num_synthetic)].reset_index(drop=True)
         images = read_images(synthetic_index)
         log.info("%d synthetic images from %s", len(index), synthetic_index)
     metrics = train_classifier(

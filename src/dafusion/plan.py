@@ -16,6 +16,7 @@ No workflow step imports this module, so editing it changes no job's code finger
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -41,6 +42,8 @@ from .settings import (
 GRID_LABELS = ("11", "11-reference")
 # The aggregate's tables (each a csv under tables/).
 TABLES = ("summary", "scores", "novelty", "paired", "areas")
+# Hex digits of a synthetic set's name (Plan.set_name): 48 bits tell a grid's sets apart.
+SET_NAME_DIGITS = 12
 
 
 class PlanError(ValueError):
@@ -185,7 +188,14 @@ class Plan:
         )
 
     def all_synthetic(self) -> list[str]:
-        return self.grid(paths.SYNTHETIC, self.synthetic_methods())
+        """Every synthetic set, once however many methods share it."""
+        return [
+            self.set_index(d, name, s, k)
+            for d in self.datasets
+            for name in self.synthetic_sets(d)
+            for s in self.seeds
+            for k in self.shots
+        ]
 
     def evaluated_runs(self) -> list[str]:
         """Every classifier run, for the aggregate (and so the `all` target). A config made for
@@ -224,6 +234,92 @@ class Plan:
         """The erasure of every dataset that needs one."""
         return [self.erasure_check(d) for d in self.erased_datasets()]
 
+    # Synthetic sets ------------------------------------------------------------------
+
+    def set_identity(self, dataset: str, method: str) -> dict[str, Any]:
+        """What determines a method's synthetic images on a dataset (with the split its seed
+        and shots give): the method as the dataset runs it (prompt, strengths, mask,
+        erased), the generation's result settings but M, the model, and the inversion and
+        erasure settings where its prompt uses tokens or its UNet is erased. The per-image
+        seeds come from (seed, image, j) alone, so methods with one identity get the same
+        images: they share one set, of the largest M they ask for, and each run reads its
+        first M variants per image."""
+        spec = self.methods[method].for_dataset(dataset)
+        generation = self.generation_for(dataset, method).result_params()
+        del generation["num_synthetic"]
+        identity = {
+            "method": spec.result_params(),
+            "generation": generation,
+            "model": self.model.result_params(),
+        }
+        if spec.uses_tokens:
+            identity["inversion"] = self.inversion.result_params()
+        if spec.erased:
+            identity["erasure"] = self.erasure.result_params()
+        return identity
+
+    def set_name(self, dataset: str, method: str) -> str:
+        """A set's folder: a digest of its identity, so equal identities are one folder."""
+        identity = json.dumps(self.set_identity(dataset, method), sort_keys=True)
+        return digest(identity.encode())[:SET_NAME_DIGITS]
+
+    def synthetic_sets(self, dataset: str) -> dict[str, list[str]]:
+        """The dataset's sets by name, each with the methods that read it (config order)."""
+        sets: dict[str, list[str]] = {}
+        for method in self.synthetic_methods():
+            if self.methods[method].runs_on(dataset):
+                sets.setdefault(self.set_name(dataset, method), []).append(method)
+        return sets
+
+    def set_methods(self, dataset: str, name: str) -> list[str]:
+        try:
+            return self.synthetic_sets(dataset)[name]
+        except KeyError:
+            raise PlanError(f"no method of the config makes the set {dataset}/{name}") from None
+
+    def set_size(self, dataset: str, name: str) -> int:
+        """A set's M: the largest its methods ask for."""
+        methods = self.set_methods(dataset, name)
+        return max(self.generation_for(dataset, m).num_synthetic for m in methods)
+
+    def set_generation(self, dataset: str, name: str) -> GenerationSettings:
+        """A set's generation settings: its methods' (equal but for M), at the set's M."""
+        method = self.set_methods(dataset, name)[0]
+        generation = self.generation_for(dataset, method)
+        return generation.replace(num_synthetic=self.set_size(dataset, name))
+
+    def set_params(self, dataset: str, name: str) -> dict[str, Any]:
+        """A set's jobs' params: its identity and its M."""
+        method = self.set_methods(dataset, name)[0]
+        return {
+            "identity": self.set_identity(dataset, method),
+            "num_synthetic": self.set_size(dataset, name),
+        }
+
+    def set_index(self, dataset: str, name: str, seed: int | str, shots: int | str) -> str:
+        return self.path(paths.SYNTHETIC, dataset=dataset, set=name, seed=seed, shots=shots)
+
+    def run_synthetic_params(
+        self, dataset: str, method: str, code: Mapping[str, Mapping[str, str]]
+    ) -> dict[str, Any]:
+        """What a run reads of its set, as the train job's params: the set, its own M, and
+        the code that made the set (`code`: rule -> fingerprint). A run reads its set as
+        `ancient`: a set's first M variants are a function of its name (its identity), its
+        split (an input of the run too) and that code, so a set regenerated for a larger M,
+        or anew after it was deleted, reruns no run."""
+        spec = self.methods[method]
+        if not spec.synthetic:
+            return {}
+        rules = ["generate", "gather_synthetic"]
+        rules += ["invert"] if self.uses_tokens(dataset, method) else []
+        rules += ["erase"] if spec.erased else []
+        rules += ["build_tiny_model"] if self.model.pretrained == "tiny" else []
+        return {
+            "set": self.set_name(dataset, method),
+            "num_synthetic": self.generation_for(dataset, method).num_synthetic,
+            "code": {rule: code[rule] for rule in rules},
+        }
+
     # One job's inputs ----------------------------------------------------------------
 
     def model_input(self) -> str | list[str]:
@@ -254,15 +350,21 @@ class Plan:
         return self.erasure_check(dataset) if self.methods[method].erased else []
 
     def generate_tokens(
-        self, dataset: str, method: str, seed: int | str, shots: int | str
+        self, dataset: str, name: str, seed: int | str, shots: int | str
     ) -> str | list[str]:
-        """The class tokens, for methods whose prompt uses them."""
+        """A set's class tokens, for sets whose prompt uses them."""
+        method = self.set_methods(dataset, name)[0]
         if self.uses_tokens(dataset, method):
             return self.tokens_path(dataset, method, seed, shots)
         return []
 
+    def set_erasure(self, dataset: str, name: str) -> str | list[str]:
+        """The erasure an erased set's jobs use; none for the others."""
+        return self.method_erasure(dataset, self.set_methods(dataset, name)[0])
+
     def synthetic_index(self, dataset: str, method: str, seed: int | str, shots: int | str) -> str:
-        return self.path(paths.SYNTHETIC, dataset=dataset, method=method, seed=seed, shots=shots)
+        """The index of the set a method reads."""
+        return self.set_index(dataset, self.set_name(dataset, method), seed, shots)
 
     def train_synthetic(
         self, dataset: str, method: str, seed: int | str, shots: int | str
@@ -273,7 +375,7 @@ class Plan:
         return self.synthetic_index(dataset, method, seed, shots)
 
     def generate_parts(
-        self, dataset: str, method: str, seed: int | str, shots: int | str
+        self, dataset: str, name: str, seed: int | str, shots: int | str
     ) -> list[str]:
         """The part files (`generate` jobs) a set's `gather_synthetic` job gathers.
 
@@ -285,14 +387,14 @@ class Plan:
         """
         from .synthetic import num_shards, recorded_parts
 
-        wildcards = {"dataset": dataset, "method": method, "seed": seed, "shots": shots}
-        index = Path(self.synthetic_index(**wildcards))
+        wildcards = {"dataset": dataset, "set": name, "seed": seed, "shots": shots}
+        index = Path(self.path(paths.SYNTHETIC, **wildcards))
         parts = recorded_parts(index) if index.exists() else None
         if parts is None:
             parts = self.generation_section["parts"]
             split = Path(self.split_path(dataset, seed, shots))
             if split.exists():
-                generation = self.generation_for(dataset, method)
+                generation = self.set_generation(dataset, name)
                 images = runtime.rows(split) * generation.num_synthetic
                 parts = max(1, min(parts, num_shards(images, generation.shard_size)))
         return [self.path(paths.PART, **wildcards, part=p, parts=parts) for p in range(parts)]
@@ -348,10 +450,10 @@ class Plan:
     # Wall times (dafusion.runtime), from the job's input manifests.
 
     def generate_minutes(
-        self, dataset: str, method: str, split: str, attempt: int, *, parts: int
+        self, dataset: str, name: str, split: str, attempt: int, *, parts: int
     ) -> int:
         """A generate job: its share of a set's images."""
-        generation = self.generation_for(dataset, method)
+        generation = self.set_generation(dataset, name)
         seconds = runtime.generate_seconds(generation, runtime.rows(split)) / parts
         return runtime.minutes(seconds, attempt)
 

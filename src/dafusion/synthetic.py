@@ -72,7 +72,7 @@ INDEX_SCHEMA = pa.schema(
         pa.field("j", pa.int64(), nullable=False),
         pa.field("label", pa.int64(), nullable=False),
         pa.field("class_name", pa.string(), nullable=False),
-        pa.field("method", pa.string(), nullable=False),
+        pa.field("set", pa.string(), nullable=False),
         pa.field("strength", pa.float64(), nullable=False),
         pa.field("prompt", pa.string(), nullable=False),
         pa.field("guidance_scale", pa.float64(), nullable=False),
@@ -88,9 +88,11 @@ INDEX_SCHEMA = pa.schema(
 )
 
 
-# The index's schema metadata: how many jobs made the set. The workflow reads it to list
-# the jobs a finished set came from (`generation.parts` may have changed since: a knob).
+# The index's schema metadata: how many jobs made the set (the workflow reads it to list
+# the jobs a finished set came from: `generation.parts` may have changed since, a knob), and
+# the set's identity as JSON (what determines its images, `Plan.set_identity`).
 PARTS_KEY = "dafusion.parts"
+IDENTITY_KEY = "dafusion.set"
 
 
 def recorded_parts(index_path: str | Path) -> int | None:
@@ -202,14 +204,16 @@ def write_index(
     *,
     shard_size: int,
     parts: int,
+    identity: Mapping,
 ) -> pd.DataFrame:
-    """Write the index of every shard's rows atomically, recording that `parts` jobs made
-    the set, then delete the sidecars and any shard beyond the set's (left by an earlier,
-    larger set)."""
+    """Write the index of every shard's rows atomically, recording the set's `identity` and
+    that `parts` jobs made it, then delete the sidecars and any shard beyond the set's (left
+    by an earlier, larger set)."""
     out_dir = Path(out_dir)
     index = pd.DataFrame(rows) if rows else pd.DataFrame(columns=INDEX_SCHEMA.names)
     index = index.sort_values("key").reset_index(drop=True)
-    write_parquet(index, index_path, INDEX_SCHEMA, metadata={PARTS_KEY: str(parts)})
+    metadata = {PARTS_KEY: str(parts), IDENTITY_KEY: json.dumps(identity, sort_keys=True)}
+    write_parquet(index, index_path, INDEX_SCHEMA, metadata=metadata)
     names = {SHARD_PATTERN.format(n) for n in range(num_shards(len(rows), shard_size))}
     pattern = SHARD_PATTERN.replace("{:06d}", "*")
     for path in out_dir.glob(pattern):

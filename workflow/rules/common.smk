@@ -14,6 +14,7 @@ wildcard_constraints:
     seed=r"\d+",
     shots=r"\d+|all",
     part=r"\d+",
+    set=r"[0-9a-f]+",
     parts=r"\d+",
 
 
@@ -37,6 +38,13 @@ def code(rule):
     return rule_code(rule, workflow.basedir)
 
 
+# The code that makes a synthetic set, for the runs that read it (Plan.run_synthetic_params).
+SET_CODE = {
+    step: code(step)
+    for step in ("generate", "gather_synthetic", "invert", "erase", "build_tiny_model")
+}
+
+
 def check_gpu_limit():
     """Stop before any job when every GPU job would start at once (Plan.gpu_limit_error).
     Run in onstart, when the executor is known."""
@@ -50,10 +58,6 @@ def gpus(device):
 
 
 # Functions of a job's wildcards, for the rules' inputs, params and resources.
-
-
-def generation_for(w):
-    return PLAN.generation_for(w.dataset, w.method)
 
 
 def classifier_for(w):
@@ -88,25 +92,35 @@ def index_mem_mb(w):
     return PLAN.index_mem_mb(w.dataset)
 
 
-def method_erasure(w):
-    return PLAN.method_erasure(w.dataset, w.method)
+def set_erasure(w):
+    return PLAN.set_erasure(w.dataset, w.set)
+
+
+def set_params(w):
+    return PLAN.set_params(w.dataset, w.set)
 
 
 def generate_tokens(w):
-    return PLAN.generate_tokens(w.dataset, w.method, w.seed, w.shots)
+    return PLAN.generate_tokens(w.dataset, w.set, w.seed, w.shots)
 
 
 def generate_parts(w):
-    return PLAN.generate_parts(w.dataset, w.method, w.seed, w.shots)
+    return PLAN.generate_parts(w.dataset, w.set, w.seed, w.shots)
 
 
 def train_synthetic(w):
-    return PLAN.train_synthetic(w.dataset, w.method, w.seed, w.shots)
+    """A run's set, read as ancient (Plan.run_synthetic_params says why)."""
+    index = PLAN.train_synthetic(w.dataset, w.method, w.seed, w.shots)
+    return ancient(index) if index else []
+
+
+def run_synthetic_params(w):
+    return PLAN.run_synthetic_params(w.dataset, w.method, SET_CODE)
 
 
 def generate_runtime(wildcards, input, attempt):
     w, parts = wildcards, int(wildcards.parts)
-    return PLAN.generate_minutes(w.dataset, w.method, input.split, attempt, parts=parts)
+    return PLAN.generate_minutes(w.dataset, w.set, input.split, attempt, parts=parts)
 
 
 def gather_runtime(wildcards, attempt):

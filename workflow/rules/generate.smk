@@ -1,20 +1,21 @@
-# One synthetic set: generation.parts `generate` jobs each write a run of its shards
-# (Plan.generate_parts), and one light `gather_synthetic` job writes its index.
+# One synthetic set (shared by the methods with its identity, Plan.set_identity):
+# generation.parts `generate` jobs each write a run of its shards (Plan.generate_parts), and
+# one light `gather_synthetic` job writes its index.
 rule generate:
     input:
         split=split_path,
         model=model_input,
         tokens=generate_tokens,
-        erasure=method_erasure,
+        erasure=set_erasure,
     output:
         temp(res(paths.PART)),
     log:
         res(
-            "logs/{dataset}/generate/{method}/seed{seed}-shots{shots}/part-{part}-of-{parts}.log"
+            "logs/{dataset}/generate/{set}/seed{seed}-shots{shots}/part-{part}-of-{parts}.log"
         ),
     benchmark:
         res(
-            "benchmarks/{dataset}/generate/{method}/seed{seed}-shots{shots}/part-{part}-of-{parts}.tsv"
+            "benchmarks/{dataset}/generate/{set}/seed{seed}-shots{shots}/part-{part}-of-{parts}.tsv"
         )
     # Before the training jobs that wait for its images.
     priority: 3
@@ -26,9 +27,7 @@ rule generate:
         gpu=gpus(MODEL.device),
         runtime=generate_runtime,
     params:
-        model=MODEL.result_params(),
-        method=lambda w: PLAN.method_params(w.dataset, w.method),
-        generation=lambda w: generation_for(w).result_params(),
+        synthetic=set_params,
         code=code("generate"),
     script:
         "../scripts/generate.py"
@@ -41,10 +40,10 @@ rule gather_synthetic:
     output:
         res(paths.SYNTHETIC),
     log:
-        res("logs/{dataset}/gather_synthetic/{method}/seed{seed}-shots{shots}.log"),
+        res("logs/{dataset}/gather_synthetic/{set}/seed{seed}-shots{shots}.log"),
     benchmark:
         res(
-            "benchmarks/{dataset}/gather_synthetic/{method}/seed{seed}-shots{shots}.tsv"
+            "benchmarks/{dataset}/gather_synthetic/{set}/seed{seed}-shots{shots}.tsv"
         )
     priority: 3
     conda:
@@ -53,12 +52,10 @@ rule gather_synthetic:
     resources:
         mem_mb=2000,
         runtime=gather_runtime,
-    # The parts are temporary: the set's result settings and the generate code are this
+    # The parts are temporary: the set's identity, its M and the generate code are this
     # job's params too, so that a change reruns it (and, through it, the parts).
     params:
-        model=MODEL.result_params(),
-        method=lambda w: PLAN.method_params(w.dataset, w.method),
-        generation=lambda w: generation_for(w).result_params(),
+        synthetic=set_params,
         code={**code("generate"), **code("gather_synthetic")},
     script:
         "../scripts/gather_synthetic.py"

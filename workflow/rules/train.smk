@@ -19,6 +19,7 @@ rule train:
         runtime=train_runtime,
     params:
         classifier=lambda w: classifier_for(w).result_params(),
+        synthetic=run_synthetic_params,
         code=code("train"),
     script:
         "../scripts/train.py"

@@ -5,11 +5,13 @@ from dafusion.io import setup_job
 from dafusion.settings import GenerationSettings, MethodSettings
 
 setup_job(snakemake.log[0], snakemake.threads)
+identity, size = snakemake.params.synthetic["identity"], snakemake.params.synthetic["num_synthetic"]
 pipeline.gather_synthetic(
     snakemake.input.split,
-    method=MethodSettings(**snakemake.params.method),
+    identity=identity,
+    method=MethodSettings(**identity["method"]),
     settings=GenerationSettings.from_parts(
-        snakemake.params.generation, snakemake.config["generation"]
+        {**identity["generation"], "num_synthetic": size}, snakemake.config["generation"]
     ),
     seed=int(snakemake.wildcards.seed),
     parts=list(snakemake.input.parts),

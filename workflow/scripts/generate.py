@@ -1,4 +1,4 @@
-"""SDEdit one part of a synthetic set: M synthetic images per real image, as WebDataset shards."""
+"""SDEdit one part of a synthetic set: M images per real image, as WebDataset shards."""
 
 from dafusion import pipeline
 from dafusion.devices import claim_device
@@ -8,14 +8,16 @@ from dafusion.settings import GenerationSettings, MethodSettings, ModelSettings
 setup_job(snakemake.log[0], snakemake.threads)
 # A GPU of the job's own when several GPU jobs run at once (before CUDA starts).
 claim_device(snakemake.resources.gpu, snakemake.config["model"]["device"])
-# Result settings come from params; execution knobs (device, batch size, ...) from the config.
+# Result settings come from params (the set's identity and M); execution knobs (device,
+# batch size, ...) from the config.
+identity, size = snakemake.params.synthetic["identity"], snakemake.params.synthetic["num_synthetic"]
 pipeline.generate(
     snakemake.input.split,
-    model=ModelSettings.from_parts(snakemake.params.model, snakemake.config["model"]),
-    method_name=snakemake.wildcards.method,
-    method=MethodSettings(**snakemake.params.method),
+    model=ModelSettings.from_parts(identity["model"], snakemake.config["model"]),
+    set_name=snakemake.wildcards.set,
+    method=MethodSettings(**identity["method"]),
     settings=GenerationSettings.from_parts(
-        snakemake.params.generation, snakemake.config["generation"]
+        {**identity["generation"], "num_synthetic": size}, snakemake.config["generation"]
     ),
     seed=int(snakemake.wildcards.seed),
     part=int(snakemake.wildcards.part),

@@ -21,5 +21,6 @@ pipeline.train(
     shots=int(snakemake.wildcards.shots),
     output=snakemake.output[0],
     synthetic_index=snakemake.input.synthetic or None,
+    num_synthetic=snakemake.params.synthetic.get("num_synthetic"),
     test_path=snakemake.input.test,
 )
