@@ -7,9 +7,11 @@ Test modules import from here, never from one another.
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +23,10 @@ import yaml
 from packaging.version import Version
 from PIL import Image
 from scipy.io import savemat
+from snakemake.utils import update_config
+
+from dafusion.config import validate_config
+from dafusion.plan import Plan
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -125,6 +131,32 @@ def dry_run_jobs(workdir: Path, *args: str) -> list[dict]:
         assert lines and lines.pop() == {"closed": True}, result.stderr[-3000:]
     # Snakemake 8 calls a handler script once per time it was registered: once per job, by id.
     return list({job["jobid"]: job for job in lines}.values())
+
+
+def workflow_plan(*configs: dict, base_dir: Path | str = ".") -> Plan:
+    """The plan of config files merged as Snakemake merges `--configfile a b`."""
+    merged: dict = {}
+    for config in configs:
+        update_config(merged, copy.deepcopy(config))
+    return Plan.from_config(
+        validate_config(merged, REPO / "workflow/schemas/config.schema.yaml", base_dir)
+    )
+
+
+def set_labels(*configs: dict) -> dict[str, str]:
+    """Each synthetic set's folder name -> its methods joined by '+' (Plan.synthetic_sets)."""
+    plan = workflow_plan(*configs)
+    return {
+        name: "+".join(methods)
+        for dataset in plan.datasets
+        for name, methods in plan.synthetic_sets(dataset).items()
+    }
+
+
+def label_sets(jobs: set[tuple[str, str]], labels: dict[str, str]) -> set[tuple[str, str]]:
+    """Jobs with each set's folder shown by its methods' names (`set_labels`)."""
+    pattern = re.compile(r"/synthetic/([0-9a-f]+)/")
+    return {(rule, pattern.sub(lambda m: f"/synthetic/{labels[m[1]]}/", out)) for rule, out in jobs}
 
 
 def scheduled(workdir: Path, *args: str) -> set[tuple[str, str]]:

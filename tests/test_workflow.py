@@ -23,9 +23,12 @@ from helpers import (
     chromium_path,
     copy_workflow,
     dry_run_jobs,
+    label_sets,
     render,
     scheduled,
+    set_labels,
     snakemake,
+    workflow_plan,
     write_config,
 )
 from PIL import Image
@@ -47,10 +50,17 @@ def workdir(tmp_path_factory):
 
 
 def dry_run(workdir: Path, overlay: dict | None = None) -> set[tuple[str, str]]:
+    """The jobs a dry run schedules, each synthetic set shown by its methods' names."""
     args = ["--cores", "2"]
     if overlay is not None:
         args += ["--configfile", "config/config.yaml", write_config(workdir, "o.yaml", overlay)]
-    return scheduled(workdir, *args)
+    return label_sets(scheduled(workdir, *args), set_labels(REDUCED, overlay or {}))
+
+
+def set_dir(results: Path, method: str, seed: int, shots: int, config: dict = REDUCED) -> Path:
+    """The folder of the synthetic set a method of the digits reads."""
+    index = workflow_plan(config).synthetic_index("digits", method, seed, shots)
+    return results.parent / index.removesuffix("/index.parquet")
 
 
 def test_outputs_at_the_contract_paths(workdir):
@@ -58,7 +68,7 @@ def test_outputs_at_the_contract_paths(workdir):
     split = pd.read_parquet(results / "digits/splits/seed0-shots2.parquet")
     assert {"key", "image", "label", "class_name", "split"} <= set(split.columns)
     assert (split.groupby("label").size() == 2).all()
-    synthetic = results / "digits/synthetic/da-fusion/seed0-shots2"
+    synthetic = set_dir(results, "da-fusion", 0, 2)
     index = pd.read_parquet(synthetic / "index.parquet")
     assert len(index) == len(split) * 2
     assert set(index["source_key"]) == set(split["key"])
@@ -68,8 +78,8 @@ def test_outputs_at_the_contract_paths(workdir):
     samples = list(wds.WebDataset(shards, shardshuffle=False).decode("pil"))
     assert sorted(s["__key__"] for s in samples) == sorted(index["key"])
     assert samples[0]["png"].size == (32, 32)
-    assert samples[0]["json"]["method"] == "da-fusion"
-    rg = pd.read_parquet(results / "digits/synthetic/real-guidance/seed0-shots1/index.parquet")
+    assert samples[0]["json"]["set"] == synthetic.parent.name
+    rg = pd.read_parquet(set_dir(results, "real-guidance", 0, 1) / "index.parquet")
     assert set(rg["strength"]) == {0.5}
     assert rg["prompt"].iloc[0].startswith("a photo of a ")
     run = pd.read_parquet(results / "digits/runs/da-fusion/seed0-shots1.parquet")
@@ -158,12 +168,12 @@ def test_an_erased_method_uses_the_shared_per_class_deltas(workdir):
     assert not list((results / "erasure/esd").glob(".*checkpoint*"))
     for shots in SHOTS:
         index = pd.read_parquet(
-            results / f"synthetic/da-fusion-erased/seed0-shots{shots}/index.parquet"
+            set_dir(workdir / "results", "da-fusion-erased", 0, shots) / "index.parquet"
         )
         fingerprint = dict(zip(own["class_name"], own["fingerprint"], strict=True))
         assert (index["erasure"] == index["class_name"].map(fingerprint)).all()
         assert (results / f"tokens/esd/seed0-shots{shots}.safetensors").exists()
-    plain = pd.read_parquet(results / "synthetic/da-fusion/seed0-shots1/index.parquet")
+    plain = pd.read_parquet(set_dir(workdir / "results", "da-fusion", 0, 1) / "index.parquet")
     assert (plain["erasure"] == "").all()
 
 
@@ -538,7 +548,7 @@ def test_augment_a_folder_with_the_documented_command(tmp_path):
     ]  # fmt: skip
     pool = pd.read_parquet(results / "photos/splits/pool.parquet")
     assert len(pool) == 6 and len(pd.read_parquet(results / "photos/splits/val.parquet")) == 0
-    synthetic = results / "photos/synthetic/da-fusion/seed0-shotsall"
+    (synthetic,) = (results / "photos/synthetic").glob("*/seed0-shotsall")  # one set
     index = pd.read_parquet(synthetic / "index.parquet")
     by_source = index.groupby("source_key")["key"].apply(sorted).to_dict()
     assert by_source == {k: [f"{k}-{j:03d}" for j in range(3)] for k in pool["key"]}
@@ -660,7 +670,7 @@ def test_a_set_in_parts_is_the_same_bytes_and_changing_parts_reruns_nothing(tmp_
         "generation": {"num_synthetic": 2, "num_inference_steps": 2, "shard_size": 4},
     }
     path = write_config(workdir, "config.yaml", config)
-    folder = workdir / "results/digits/synthetic/rg/seed0-shots1"
+    folder = set_dir(workdir / "results", "rg", 0, 1, config)
     target = str((folder / "index.parquet").relative_to(workdir))
 
     def args(parts):

@@ -86,8 +86,11 @@ def _fill_defaults(instance: Any, schema: Mapping) -> None:
                 _fill_defaults(value, extra)
 
 
-def _check_dataset(name: str, spec: Mapping, explicit: set[str], base_dir: str | Path) -> None:
-    """Checks of a `datasets:` entry that depend on its kind."""
+def _check_dataset(
+    name: str, spec: Mapping, explicit: set[str], base_dir: str | Path, check_files: bool
+) -> None:
+    """Checks of a `datasets:` entry that depend on its kind (its root on disk with
+    `check_files`)."""
     kind = KINDS[spec["kind"]]
     for other_name, other in KINDS.items():
         for key in set(other.keys) & explicit:
@@ -102,7 +105,7 @@ def _check_dataset(name: str, spec: Mapping, explicit: set[str], base_dir: str |
             f"config key 'datasets.{name}.split_protocol': 'original-code' applies to "
             f"{supported}, not '{spec['kind']}'; use 'default'"
         )
-    if kind.needs_root:
+    if kind.needs_root and check_files:
         if "root" not in spec:
             raise ConfigError(
                 f"config key 'datasets.{name}.root': kind '{spec['kind']}' needs the directory "
@@ -347,10 +350,14 @@ def _check_scheduler(name: str) -> None:
         raise ConfigError(str(exc)) from None
 
 
-def validate_config(config: Mapping, schema_path: str | Path, base_dir: str | Path = ".") -> dict:
+def validate_config(
+    config: Mapping, schema_path: str | Path, base_dir: str | Path = ".", check_files: bool = True
+) -> dict:
     """Return a validated copy of `config` with defaults filled in.
 
-    Raises ConfigError naming the first offending key (as a dotted path).
+    Raises ConfigError naming the first offending key (as a dotted path). Without
+    `check_files`, the datasets, model and classifier weights on disk are not checked (a
+    plan of a grid on a machine without them: `dafusion.estimate`).
     """
     schema = load_schema(schema_path)
     config = copy.deepcopy(dict(config))
@@ -378,7 +385,7 @@ def validate_config(config: Mapping, schema_path: str | Path, base_dir: str | Pa
     explicit = {name: set(spec) for name, spec in config["datasets"].items()}
     _fill_defaults(config, schema)
     for name, spec in config["datasets"].items():
-        _check_dataset(name, spec, explicit[name], base_dir)
+        _check_dataset(name, spec, explicit[name], base_dir, check_files)
     for name, spec in config["methods"].items():
         if spec["kind"] == "sdedit":
             _check_fields(f"methods.{name}.prompt", spec["prompt"], {"name", "token"})
@@ -396,11 +403,15 @@ def validate_config(config: Mapping, schema_path: str | Path, base_dir: str | Pa
     _check_erasure(config)
     _check_overrides(config)
     _check_strengths(config)
-    _check_classifier_weights(config, base_dir)
+    if check_files:
+        _check_classifier_weights(config, base_dir)
     if isinstance(config["inversion"]["templates"], list):
         for i, template in enumerate(config["inversion"]["templates"]):
             _check_fields(f"inversion.templates.{i}", template, {""}, exactly_one=True)
-    _check_model(config["model"]["pretrained"], base_dir, config["generation"]["safety_checker"])
+    if check_files:
+        _check_model(
+            config["model"]["pretrained"], base_dir, config["generation"]["safety_checker"]
+        )
     _check_scheduler(config["generation"]["scheduler"])
     for section, cls in SECTIONS.items():
         entries = config[section].values() if section in PER_ENTRY else [config[section]]
