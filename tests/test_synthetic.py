@@ -1,6 +1,7 @@
 """Resumable shards, safety-checker re-draws and out-of-memory halving."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -10,6 +11,7 @@ from dafusion.datasets import few_shot
 from dafusion.generation import Engine
 from dafusion.seeds import derive_seed
 from dafusion.settings import GenerationSettings
+from dafusion.shards import read_images
 from dafusion.synthetic import plan, recorded_parts, shard_ranges, write_index, write_shards
 
 
@@ -260,3 +262,47 @@ def test_a_part_beyond_the_shards_writes_no_rows_and_loads_no_model(manifest, tm
         )  # fmt: skip
     assert json.loads(output.read_text()) == {"fingerprint": "", "rows": []}
     assert "part 4 of 4 has nothing to do: the set has 3 shard(s)" in caplog.text
+
+
+def test_a_shared_set_gives_each_m_the_images_and_draws_of_its_own_set(tiny_dir, digits, tmp_path):
+    """Figure 11's sharing: a set of M 4 read at M 2 is a set of M 2 made alone (the same
+    images for the same per-image seeds), and a run reading either draws the same batches.
+    Batches of one image make the images bitwise equal: batch composition alone moves a
+    pixel by at most 1 (test_generation.py), which would blur the runs' comparison."""
+    from helpers import make_set
+
+    from dafusion import pipeline
+    from dafusion.settings import ClassifierSettings, MethodSettings, ModelSettings
+
+    split = tmp_path / "split.parquet"
+    few_shot(digits[0], seed=0, shots=1).to_parquet(split)  # every class, for training
+    model = ModelSettings(pretrained="tiny", resolution=32)
+    method = MethodSettings(kind="sdedit", prompt="a photo of a {name}", strengths=[0.5, 1.0])
+
+    def made(m: int) -> Path:
+        settings = GenerationSettings(num_synthetic=m, num_inference_steps=4, batch_size=1)
+        return make_set(str(split), tmp_path / f"m{m}", model, method, settings, model_dir=tiny_dir)
+
+    shared, alone = made(4), made(2)
+    images = {m: read_images(path) for m, path in (("shared", shared), ("alone", alone))}
+    first = pd.read_parquet(shared).query("j < 2").reset_index(drop=True)
+    pd.testing.assert_frame_equal(
+        first.drop(columns="shard"), pd.read_parquet(alone).drop(columns="shard")
+    )
+    assert {k: images["shared"][k] for k in first["key"]} == images["alone"]
+
+    val = tmp_path / "val.parquet"
+    digits[1].groupby("label").head(1).to_parquet(val)
+    settings = ClassifierSettings(
+        backbone="small-cnn", pretrained=False, image_size=32, steps=4, batch_size=4,
+        eval_interval=2, device="cpu",
+    )  # fmt: skip
+    runs = []
+    for name, index in (("shared", shared), ("alone", alone)):
+        out = tmp_path / f"run-{name}.parquet"
+        pipeline.train(
+            str(split), str(val), settings, "digits", "daf", 0, 1, str(out),
+            synthetic_index=str(index), num_synthetic=2,
+        )  # fmt: skip
+        runs.append(pd.read_parquet(out))
+    pd.testing.assert_frame_equal(*runs)

@@ -178,6 +178,7 @@ def test_an_erased_method_uses_the_shared_per_class_deltas(workdir):
 
 
 SHOTS = (1, 2)
+DA_FUSION = REDUCED["methods"]["da-fusion"]
 SYNTHETIC = ("real-guidance", "da-fusion", "da-fusion-erased")
 TOKENS = ["da-fusion", "da-fusion-erased"]
 METHODS = ("baseline", *SYNTHETIC)
@@ -287,6 +288,19 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
         ({"aggregate": {"gallery_variants": 1}}, GALLERY | END - {AGGREGATE}),
         ({"aggregate": {"baseline": "real-guidance"}}, END),
         ({"aggregate": {"novelty": {"fine-grain": ["digits"]}}}, END),
+        # Synthetic sets shared by identity (Figure 11): a method that differs from
+        # da-fusion only in alpha and a smaller M reads da-fusion's set, which stays; one of a
+        # larger M regenerates that set with its M, and da-fusion's runs (M 2) stay.
+        (
+            {"methods": {"da-fusion-m1": {**DA_FUSION, "generation": {"num_synthetic": 1},
+                                          "classifier": {"synthetic_probability": 0.3}}}},
+            jobs("train", ["da-fusion-m1"]) | END | GALLERY,
+        ),
+        (
+            {"methods": {"da-fusion-m3": {**DA_FUSION, "generation": {"num_synthetic": 3}}}},
+            jobs("generate", ["da-fusion+da-fusion-m3"]) | jobs("train", ["da-fusion-m3"])
+            | END | GALLERY,
+        ),
         # A new seed: its own jobs; the erasure is shared by every seed and shot count.
         (
             {"seeds": [0, 1]},
