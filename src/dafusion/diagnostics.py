@@ -100,8 +100,8 @@ def erasure_summary(check: pd.DataFrame) -> pd.DataFrame:
 
 def rule_name(path: Path, root: Path) -> str:
     """The rule of a benchmark file, from its path under the benchmarks folder: the folder
-    after the dataset (`{dataset}/generate/{method}/seed0-shots1.tsv` -> generate), or the
-    file's stem for shallower files (`aggregate.tsv`, `digits/index_dataset.tsv`)."""
+    after the dataset (`{dataset}/generate/{set}/seed0-shots1/part-0-of-1.tsv` -> generate),
+    or the file's stem for shallower files (`aggregate.tsv`, `digits/index_dataset.tsv`)."""
     parts = Path(path).relative_to(root).parts
     return parts[1] if len(parts) >= 3 else Path(path).stem
 
