@@ -293,7 +293,7 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
         ({"aggregate": {"novelty": {"fine-grain": ["digits"]}}}, END),
         # Synthetic sets shared by identity (Figure 11): a method that differs from
         # da-fusion only in alpha and a smaller M reads da-fusion's set, which stays; one of a
-        # larger M regenerates that set with its M, and da-fusion's runs (M 2) stay.
+        # larger M regenerates that set with its M (and da-fusion's runs, which read it).
         (
             {"methods": {"da-fusion-m1": {**DA_FUSION, "generation": {"num_synthetic": 1},
                                           "classifier": {"synthetic_probability": 0.3}}}},
@@ -301,8 +301,8 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
         ),
         (
             {"methods": {"da-fusion-m3": {**DA_FUSION, "generation": {"num_synthetic": 3}}}},
-            jobs("generate", ["da-fusion+da-fusion-m3"]) | jobs("train", ["da-fusion-m3"])
-            | END | GALLERY,
+            jobs("generate", ["da-fusion+da-fusion-m3"])
+            | jobs("train", ["da-fusion", "da-fusion-m3"]) | END | GALLERY,
         ),
         # A new seed: its own jobs; the erasure is shared by every seed and shot count.
         (

@@ -299,26 +299,18 @@ class Plan:
     def set_index(self, dataset: str, name: str, seed: int | str, shots: int | str) -> str:
         return self.path(paths.SYNTHETIC, dataset=dataset, set=name, seed=seed, shots=shots)
 
-    def run_synthetic_params(
-        self, dataset: str, method: str, code: Mapping[str, Mapping[str, str]]
-    ) -> dict[str, Any]:
-        """What a run reads of its set, as the train job's params: the set, its own M, and
-        the code that made the set (`code`: rule -> fingerprint). A run reads its set as
-        `ancient`: a set's first M variants are a function of its name (its identity), its
-        split (an input of the run too) and that code, so a set regenerated for a larger M,
-        or anew after it was deleted, reruns no run."""
-        spec = self.methods[method]
-        if not spec.synthetic:
+    def run_synthetic_params(self, dataset: str, method: str) -> dict[str, Any]:
+        """What a run reads of its set, as the train job's params: its own M (the set holds
+        the largest M of the methods sharing it).
+
+        A set regenerated for a larger M reruns every run that reads it, although their
+        first M variants are the same images: Snakemake reruns the jobs after a job that
+        reruns, and its `ancient()`, which would stop that, also skips the params check of
+        such a job (snakemake/snakemake#4166), so a run's own changed settings could go
+        unseen."""
+        if not self.methods[method].synthetic:
             return {}
-        rules = ["generate", "gather_synthetic"]
-        rules += ["invert"] if self.uses_tokens(dataset, method) else []
-        rules += ["erase"] if spec.erased else []
-        rules += ["build_tiny_model"] if self.model.pretrained == "tiny" else []
-        return {
-            "set": self.set_name(dataset, method),
-            "num_synthetic": self.generation_for(dataset, method).num_synthetic,
-            "code": {rule: code[rule] for rule in rules},
-        }
+        return {"num_synthetic": self.generation_for(dataset, method).num_synthetic}
 
     # One job's inputs ----------------------------------------------------------------
 

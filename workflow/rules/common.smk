@@ -38,13 +38,6 @@ def code(rule):
     return rule_code(rule, workflow.basedir)
 
 
-# The code that makes a synthetic set, for the runs that read it (Plan.run_synthetic_params).
-SET_CODE = {
-    step: code(step)
-    for step in ("generate", "gather_synthetic", "invert", "erase", "build_tiny_model")
-}
-
-
 def check_gpu_limit():
     """Stop before any job when every GPU job would start at once (Plan.gpu_limit_error).
     Run in onstart, when the executor is known."""
@@ -109,13 +102,11 @@ def generate_parts(w):
 
 
 def train_synthetic(w):
-    """A run's set, read as ancient (Plan.run_synthetic_params says why)."""
-    index = PLAN.train_synthetic(w.dataset, w.method, w.seed, w.shots)
-    return ancient(index) if index else []
+    return PLAN.train_synthetic(w.dataset, w.method, w.seed, w.shots)
 
 
 def run_synthetic_params(w):
-    return PLAN.run_synthetic_params(w.dataset, w.method, SET_CODE)
+    return PLAN.run_synthetic_params(w.dataset, w.method)
 
 
 def generate_runtime(wildcards, input, attempt):
