@@ -318,12 +318,12 @@ def _synthetic_job(
     (`work`), each image's shard json (`meta`) and the job's fingerprint (the sidecars')."""
     from .deltas import DeltaSwitch, class_deltas
     from .generation import Engine
-    from .manifest import class_names, class_token
+    from .manifest import class_names, class_token, resolve_masks
     from .models import load_safety_checker, scheduler_from_name
     from .synthetic import plan
     from .tokens import expand, file_hash, load_into
 
-    manifest = pd.read_parquet(split_path)
+    manifest = resolve_masks(pd.read_parquet(split_path), Path(split_path).parent)
     names = class_names(manifest)
     components = _load(model, model_dir)
     prompts, token_hash = {}, ""
