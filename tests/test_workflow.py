@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -693,3 +694,56 @@ def test_a_set_in_parts_is_the_same_bytes_and_changing_parts_reruns_nothing(tmp_
     pd.testing.assert_frame_equal(pd.read_parquet(folder / "index.parquet"), rows)
     assert recorded_parts(folder / "index.parquet") == 1
     assert dry_run(3) == set()
+
+
+def test_results_are_the_same_bytes_wherever_the_workflow_and_results_lie(tmp_path, voc):
+    """The same config run in two checkouts at different absolute paths, into differently
+    named results folders: every result file (object masks, splits, erasure deltas and check
+    table, token files, shards, synthetic index, run) is the same bytes, so no path, results
+    location or run time enters a result or a fingerprint recorded in one (issue 30). Logs
+    and benchmarks (times, paths) may differ; report.html, which records when it was made,
+    is not built. Both runs go at once, one core each: their jobs form one chain."""
+    config = {
+        **REDUCED,
+        "datasets": {"voc": {"kind": "pascal", "root": str(voc / "VOCdevkit")}},
+        "examples_per_class": [1],
+        "inversion": {"steps": 1, "batch_size": 1},
+        "methods": {
+            "da-fusion-erased": {
+                "kind": "sdedit",
+                "prompt": "a photo of a {token}",
+                "strengths": [0.5],
+                "mask": "object",
+                "erased": True,
+            },
+        },  # fmt: skip
+        "erasure": {"enabled": True, "method": "esd", "iterations": 1, "ddim_steps": 2},
+        "generation": {"num_synthetic": 1, "num_inference_steps": 2, "batch_size": 8},
+        "classifier": {**REDUCED["classifier"], "steps": 1, "eval_interval": 1},
+    }
+    places = {tmp_path / "a/dafusion": "results", tmp_path / "somewhere/else/checkout": "out"}
+
+    def run(workdir: Path, results: str) -> subprocess.CompletedProcess:
+        copy_workflow(workdir)
+        path = write_config(workdir, "config.yaml", {**config, "results": results})
+        target = f"{results}/voc/runs/da-fusion-erased/seed0-shots1.parquet"
+        return snakemake(workdir, "--cores", "1", target, "--configfile", path)
+
+    with ThreadPoolExecutor(2) as pool:
+        for result in pool.map(run, places, places.values()):
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    def contents(root: Path) -> dict[str, bytes]:
+        files = [p for p in root.rglob("*") if p.is_file()]
+        relative = [p.relative_to(root) for p in files]
+        return {
+            str(r): p.read_bytes()
+            for p, r in zip(files, relative, strict=True)
+            if r.parts[0] not in ("logs", "benchmarks")
+        }
+
+    first, second = (contents(workdir / results) for workdir, results in places.items())
+    assert sorted(first) == sorted(second)
+    kinds = {Path(name).suffix for name in first}
+    assert {".png", ".parquet", ".safetensors", ".tar"} <= kinds
+    assert [name for name in first if first[name] != second[name]] == []
