@@ -1,3 +1,4 @@
+import json
 import re
 import shutil
 from pathlib import Path
@@ -227,6 +228,44 @@ def test_a_moved_key_says_where_it_went():
             r"exactly one \{name\}",
         ),
         (lambda c: c["erasure"].update(method="fmn"), "erasure.method", "is not one of"),
+        # issue 30: settings that passed start-up and failed in a job
+        (
+            lambda c: c["methods"]["real-guidance"].update(mask="object"),
+            "methods.real-guidance.mask",
+            r"dataset digits \(kind digits\) does not have \(only coco, pascal do\)",
+        ),
+        (
+            lambda c: c["methods"]["real-guidance"].update(generation={"safety_checker": True}),
+            "generation.safety_checker",
+            "the tiny model has no safety checker",
+        ),
+        (
+            lambda c: c["methods"]["real-guidance"].update(generation={"scheduler": "Nope"}),
+            "generation.scheduler",
+            "not a diffusers scheduler class",
+        ),
+        (
+            lambda c: c["erasure"].update(ddim_steps=1001),
+            "erasure.ddim_steps",
+            "1001 is above the model's 1000 training steps",
+        ),
+        (
+            lambda c: [
+                c["methods"][m].update(figures=[11]) for m in ("real-guidance", "da-fusion")
+            ],
+            "methods.da-fusion.figures",
+            r"\['da-fusion', 'real-guidance'\] labelled 11 share a",
+        ),
+        (
+            lambda c: [
+                c["methods"]["da-fusion"].update(figures=[11]),
+                c["methods"]["real-guidance"].update(
+                    figures=["11-reference"], generation={"num_synthetic": 3}
+                ),
+            ],
+            "methods.da-fusion.figures",
+            r"alpha=0.5, M=2\) needs exactly one method labelled '11-reference'",
+        ),
     ],
 )
 def test_settings_that_would_fail_in_a_job_fail_at_start_up(change, key, message):
@@ -461,3 +500,35 @@ def test_an_empty_initializer_stops_at_start_up():
     config["inversion"]["initializer"] = " "
     with pytest.raises(ConfigError, match="config key 'inversion.initializer'"):
         validate_config(config, SCHEMA)
+
+
+def test_the_models_own_scheduler_and_training_steps_are_checked_at_start_up(tmp_path, tiny_dir):
+    """generation.scheduler 'default' is the model's own scheduler, which must draw its noise
+    per image; ESD's DDIM steps are at most the model's training steps (issue 30)."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    scheduler = model / "scheduler/scheduler_config.json"
+    own = json.loads(scheduler.read_text())
+    scheduler.write_text(json.dumps({**own, "num_train_timesteps": 40}))
+    config = default_config()
+    config["model"]["pretrained"] = str(model)
+    config["erasure"]["ddim_steps"] = 40
+    validate_config(config, SCHEMA)
+    config["erasure"]["ddim_steps"] = 41
+    with pytest.raises(ConfigError, match="'erasure.ddim_steps': 41 is above the model's 40"):
+        validate_config(config, SCHEMA)
+    config["erasure"]["ddim_steps"] = 40
+    scheduler.write_text(json.dumps({**own, "_class_name": "DPMSolverSDEScheduler"}))
+    with pytest.raises(
+        ConfigError, match=r"'generation.scheduler': 'default' \(DPMSolverSDEScheduler\) is sto"
+    ):
+        validate_config(config, SCHEMA)
+    config["generation"]["scheduler"] = "fast"
+    validate_config(config, SCHEMA)
+
+
+def test_the_tiny_models_scheduler_is_the_one_start_up_assumes(tiny_dir):
+    from dafusion.config import TINY_SCHEDULER
+
+    own = json.loads((Path(tiny_dir) / "scheduler/scheduler_config.json").read_text())
+    assert {key: own[key] for key in TINY_SCHEDULER} == TINY_SCHEDULER

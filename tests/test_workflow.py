@@ -369,8 +369,23 @@ def test_synthetic_tokens_and_erasure_targets(workdir):
             {"model": {"pretrained": "half-copied", "resolution": 32}},
             "config key 'model.pretrained': 'half-copied' lacks tokenizer/vocab.json",
         ),
+        # issue 30: settings that failed only in a job (generate, erase, aggregate)
+        (
+            {"methods": {"rg": {"kind": "sdedit", "prompt": "a {name}", "strengths": [0.5],
+                                "mask": "object"}}},
+            "config key 'methods.rg.mask': 'object' needs object masks",
+        ),
+        (
+            {"erasure": {**REDUCED["erasure"], "ddim_steps": 1001}},
+            "config key 'erasure.ddim_steps': 1001 is above the model's 1000 training steps",
+        ),
+        (
+            {"methods": {m: {**spec, "figures": [11]} for m, spec in REDUCED["methods"].items()}},
+            "config key 'methods.da-fusion.figures': methods ['da-fusion', 'da-fusion-erased', "
+            "'real-guidance'] labelled 11 share a",
+        ),
     ],
-)
+)  # fmt: skip
 def test_bad_config_stops_before_any_job(tmp_path, change, message):
     workdir = copy_workflow(tmp_path / "dafusion")
     (workdir / "half-copied").mkdir()

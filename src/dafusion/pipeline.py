@@ -604,30 +604,17 @@ def data_balance_grid(
 ) -> tuple[pd.DataFrame, str]:
     """Figure 11's cells: each method labelled 11 against the method labelled
     "11-reference" with the same alpha and M (the paper compares DA-Fusion with Real
-    Guidance at equal settings), or against the baseline when no method is so labelled."""
+    Guidance at equal settings), or against the baseline when no method is so labelled
+    (`aggregate.grid_references`, checked at start-up)."""
     from . import aggregate as agg
 
-    def cells(label: str) -> pd.DataFrame:
-        rows = layout[layout["figures"].map(lambda f: label in f)]
-        return rows.drop_duplicates(["method", "synthetic_probability", "num_synthetic"])
-
-    treated, references = cells("11"), cells("11-reference")
-    if references.empty:
+    references = agg.grid_references(layout, baseline)
+    if set(references.values()) <= {baseline}:
         return agg.ablation_grid(best, layout, baseline), baseline
-    parts = []
-    for method, row in treated.set_index("method").iterrows():
-        same = references[
-            (references["synthetic_probability"] == row["synthetic_probability"])
-            & (references["num_synthetic"] == row["num_synthetic"])
-        ]["method"].unique()
-        if len(same) != 1:
-            raise ValueError(
-                f"method '{method}' (Figure 11, alpha={row['synthetic_probability']}, "
-                f"M={row['num_synthetic']}) needs exactly one method labelled '11-reference' "
-                f"with the same alpha and M; found {list(same) or 'none'}"
-            )
-        part = layout[(layout["method"] == method)]
-        parts.append(agg.ablation_grid(best, part, same[0]))
+    parts = [
+        agg.ablation_grid(best, layout[layout["method"] == method], reference)
+        for method, reference in references.items()
+    ]
     return pd.concat(parts, ignore_index=True), "the 11-reference method with the same alpha and M"
 
 
