@@ -11,6 +11,7 @@ import copy
 import json
 import string
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,84 @@ REMOVED = {
 
 class ConfigError(ValueError):
     """A config value is invalid; the message names the key and what to do."""
+
+
+@dataclass(frozen=True)
+class JobCheck:
+    """A setting only a job can check: words of the error the job raises, and why no
+    start-up check can find it (the data, or a file only a job reads, decides)."""
+
+    key: str
+    error: str
+    why: str
+
+
+# Every error a job can raise naming a setting that passed the start-up checks below: the
+# data, or a file only a job reads, decides it. Any other setting a job could fail on is
+# checked at start-up (tests/test_config.py scans the library's errors for both); the
+# configuration reference lists these.
+JOB_CHECKS = (
+    JobCheck(
+        "datasets.<name>.classes",
+        "unknown classes in 'classes'",
+        "the names must be classes of the dataset, which index_dataset reads",
+    ),
+    JobCheck(
+        "datasets.<name>.classes",
+        "asks for more classes than",
+        "how many classes have training images is known once index_dataset reads the dataset",
+    ),
+    JobCheck(
+        "datasets.<name>.skip_corrupt",
+        "unreadable in all",
+        "which images cannot be read is found by decoding each, in index_dataset",
+    ),
+    JobCheck(
+        "datasets.<name>.skip_corrupt",
+        "skip_corrupt left them all out",
+        "which images cannot be read is found by decoding each, in index_dataset",
+    ),
+    JobCheck(
+        "datasets.<name>.unevaluated_classes",
+        "has no evaluation images",
+        "which classes have evaluation images is known once index_dataset reads the dataset",
+    ),
+    JobCheck(
+        "datasets.<name>.val_fraction",
+        "too few to hold out an evaluation image",
+        "each class's number of images is known once index_dataset reads the dataset",
+    ),
+    JobCheck(
+        "examples_per_class",
+        "fewer than examples_per_class",
+        "each class's number of training images is known once index_dataset reads the dataset "
+        "(few_shot_split stops; allow_fewer keeps what a class has)",
+    ),
+    JobCheck(
+        "model.pretrained",
+        "cannot load the Stable Diffusion model",
+        "start-up finds every component's files, as safetensors; whether they load (complete, "
+        "a layout this diffusers reads) shows when a job loads the model",
+    ),
+    JobCheck(
+        "inversion.initializer",
+        "gives no tokens",
+        "a blank word is refused at start-up; whether another gives tokens depends on the "
+        "model's tokenizer, which jobs load",
+    ),
+    JobCheck(
+        "erasure.train_method",
+        "selects no parameter of this UNet",
+        "xlayer and selflayer pick attention blocks by the UNet's layout, known once the erase "
+        "job builds the UNet",
+    ),
+    JobCheck(
+        "classifier.weights",
+        "not torchvision-layout resnet50 weights",
+        "start-up finds the file; its tensor names are compared with torchvision's ResNet-50 "
+        "when a train job loads it",
+    ),
+)
 
 
 def load_schema(path: str | Path) -> dict:

@@ -42,11 +42,11 @@ def hold_out(pool: pd.DataFrame, fraction: float, per_class: int | None) -> pd.D
         order = rng.permutation(len(group))
         n_val = max(1, int(np.ceil(fraction * len(group))))
         if n_val >= len(group):
-            fix = "add images or lower val_fraction" if len(group) > 1 else "add images"
             raise ValueError(
                 f"class '{group['class_name'].iloc[0]}' has {len(group)} image(s): too few to "
-                f"hold out an evaluation image and keep one to train on; {fix}, or give the "
-                "dataset its own evaluation split (for imagefolder: root/train/ and root/val/)"
+                "hold out an evaluation image and keep one to train on; add images"
+                f"{' or lower val_fraction' if len(group) > 1 else ''}, or give the dataset its "
+                "own evaluation split (for imagefolder: root/train/ and root/val/)"
             )
         group = group.iloc[order].copy()
         group["split"] = "train"
