@@ -21,6 +21,7 @@ from helpers import (
     NO_CHROMIUM,
     REDUCED,
     REPO,
+    SNAKEMAKE,
     chromium_path,
     copy_workflow,
     dry_run_jobs,
@@ -395,6 +396,50 @@ def test_bad_config_stops_before_any_job(tmp_path, change, message):
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
     assert not (workdir / "results").exists()
+
+
+# Root writes to any folder: as root, Snakemake runs without the capabilities that let it
+# (setpriv from util-linux), so that permissions count as for any other user.
+AS_A_USER = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+
+
+def test_a_read_only_results_folder_stops_a_run_before_any_job(tmp_path):
+    """Snakemake deletes a job's old log before running it: in a read-only results folder
+    that was a PermissionError traceback from the first job. Now the run stops at start,
+    naming the folder; a dry run, which writes nothing, still shows what would run."""
+    root = os.geteuid() == 0
+    if root and not shutil.which("setpriv"):
+        pytest.skip("running as root, where permissions stop no write, and without setpriv")
+    workdir = copy_workflow(tmp_path / "dafusion")
+    path = write_config(workdir, "config.yaml", REDUCED)
+    log = workdir / "results/logs/digits/index_dataset.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("an earlier run's log\n")
+    folders = [p for p in (workdir / "results").rglob("*") if p.is_dir()]
+    for folder in [workdir / "results", *folders]:
+        folder.chmod(0o555)
+    target = "results/digits/splits/pool.parquet"
+    command = [*SNAKEMAKE, "--cores", "1", target, "--configfile", path]
+    if root:
+        command = [*AS_A_USER, *command]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        return subprocess.run(
+            [*command, *args], cwd=workdir, capture_output=True, text=True, env=env, timeout=300
+        )
+
+    try:
+        assert run("-n").returncode == 0
+        result = run()
+    finally:
+        for folder in [workdir / "results", *folders]:
+            folder.chmod(0o755)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "config key 'results': jobs cannot write to the results folder 'results'" in output
+    assert "Traceback" not in output and "PermissionError" not in output
+    assert log.read_text() == "an earlier run's log\n"
 
 
 def test_a_changed_dataset_root_reruns_index_dataset(tmp_path):
