@@ -62,6 +62,7 @@ include: "workflow/rules/aggregate.smk"
 
 
 onstart:
+    check_results_writable()
     check_gpu_limit()
 
 

@@ -10,6 +10,7 @@ from dafusion.aggregate import (
     ablation_grid,
     best_steps,
     curve_areas,
+    grid_references,
     markdown_table,
     normalized_scores,
     novelty_scores,
@@ -650,9 +651,19 @@ def test_grid_figure_heatmap_of_deltas():
         "mean \N{PLUS-MINUS SIGN} standard error",
     ]  # fmt: skip
     assert fig.axes[1].get_ylabel() == "accuracy (test) difference"  # the colour bar
-    twice = pd.concat([grid, grid.iloc[[0]].assign(method="rg-a3-m5")])
-    with pytest.raises(ValueError, match=r"\['df-a3-m5', 'rg-a3-m5'\] share"):
-        grid_figure(twice, "rg")
+
+
+def test_grid_references_refuse_a_layout_that_gives_no_grid():
+    """What the config alone decides about Figure 11, checked at start-up (config.py): two
+    methods in one cell; the reference itself labelled 11 is no cell of its own."""
+    assert grid_references(LAYOUT, "rg") == dict.fromkeys(
+        ["df-a3-m5", "df-a5-m10", "df-a7-m5"], "rg"
+    )
+    twice = pd.concat([LAYOUT, LAYOUT.iloc[[1]].assign(method="rg-a3-m5")])
+    with pytest.raises(
+        ValueError, match=r"'methods.df-a3-m5.figures': methods \['df-a3-m5', 'rg-a3-m5'\] label"
+    ):
+        grid_references(twice, "rg")
 
 
 def test_save_figure_writes_png_and_pdf(tmp_path):

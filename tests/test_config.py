@@ -1,3 +1,5 @@
+import ast
+import json
 import re
 import shutil
 from pathlib import Path
@@ -5,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dafusion.config import ConfigError, validate_config
+from dafusion.config import JOB_CHECKS, PER_ENTRY, ConfigError, load_schema, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
@@ -227,6 +229,44 @@ def test_a_moved_key_says_where_it_went():
             r"exactly one \{name\}",
         ),
         (lambda c: c["erasure"].update(method="fmn"), "erasure.method", "is not one of"),
+        # issue 30: settings that passed start-up and failed in a job
+        (
+            lambda c: c["methods"]["real-guidance"].update(mask="object"),
+            "methods.real-guidance.mask",
+            r"dataset digits \(kind digits\) does not have \(only coco, pascal do\)",
+        ),
+        (
+            lambda c: c["methods"]["real-guidance"].update(generation={"safety_checker": True}),
+            "generation.safety_checker",
+            "the tiny model has no safety checker",
+        ),
+        (
+            lambda c: c["methods"]["real-guidance"].update(generation={"scheduler": "Nope"}),
+            "generation.scheduler",
+            "not a diffusers scheduler class",
+        ),
+        (
+            lambda c: c["erasure"].update(ddim_steps=1001),
+            "erasure.ddim_steps",
+            "1001 is above the model's 1000 training steps",
+        ),
+        (
+            lambda c: [
+                c["methods"][m].update(figures=[11]) for m in ("real-guidance", "da-fusion")
+            ],
+            "methods.da-fusion.figures",
+            r"\['da-fusion', 'real-guidance'\] labelled 11 share a",
+        ),
+        (
+            lambda c: [
+                c["methods"]["da-fusion"].update(figures=[11]),
+                c["methods"]["real-guidance"].update(
+                    figures=["11-reference"], generation={"num_synthetic": 3}
+                ),
+            ],
+            "methods.da-fusion.figures",
+            r"alpha=0.5, M=2\) needs exactly one method labelled '11-reference'",
+        ),
     ],
 )
 def test_settings_that_would_fail_in_a_job_fail_at_start_up(change, key, message):
@@ -460,4 +500,198 @@ def test_an_empty_initializer_stops_at_start_up():
     config = default_config()
     config["inversion"]["initializer"] = " "
     with pytest.raises(ConfigError, match="config key 'inversion.initializer'"):
+        validate_config(config, SCHEMA)
+
+
+def test_the_models_own_scheduler_and_training_steps_are_checked_at_start_up(tmp_path, tiny_dir):
+    """generation.scheduler 'default' is the model's own scheduler, which must draw its noise
+    per image; ESD's DDIM steps are at most the model's training steps (issue 30)."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    scheduler = model / "scheduler/scheduler_config.json"
+    own = json.loads(scheduler.read_text())
+    scheduler.write_text(json.dumps({**own, "num_train_timesteps": 40}))
+    config = default_config()
+    config["model"]["pretrained"] = str(model)
+    config["erasure"]["ddim_steps"] = 40
+    validate_config(config, SCHEMA)
+    config["erasure"]["ddim_steps"] = 41
+    with pytest.raises(ConfigError, match="'erasure.ddim_steps': 41 is above the model's 40"):
+        validate_config(config, SCHEMA)
+    config["erasure"]["ddim_steps"] = 40
+    scheduler.write_text(json.dumps({**own, "_class_name": "DPMSolverSDEScheduler"}))
+    with pytest.raises(
+        ConfigError, match=r"'generation.scheduler': 'default' \(DPMSolverSDEScheduler\) is sto"
+    ):
+        validate_config(config, SCHEMA)
+    config["generation"]["scheduler"] = "fast"
+    validate_config(config, SCHEMA)
+
+
+def test_the_tiny_models_scheduler_is_the_one_start_up_assumes(tiny_dir):
+    from dafusion.config import TINY_SCHEDULER
+
+    own = json.loads((Path(tiny_dir) / "scheduler/scheduler_config.json").read_text())
+    assert {key: own[key] for key in TINY_SCHEDULER} == TINY_SCHEDULER
+
+
+# Issue 30's rule: a job whose settings pass the start-up checks never fails on a setting
+# alone. Every error the library raises whose message names a setting is caught at start-up
+# (START_UP: words of the job's message -> a change to the default config that start-up
+# refuses, naming the key), or is a JobCheck of dafusion.config.JOB_CHECKS, which says why
+# only a job can check it. config.py and plan.py run at start-up: they are not scanned.
+START_UP = {
+    "labelled 11 share a": (
+        lambda c: [c["methods"][m].update(figures=[11]) for m in ("real-guidance", "da-fusion")],
+        "methods.da-fusion.figures",
+    ),
+    "on different datasets": (
+        lambda c: [
+            c["datasets"].update(
+                other={"kind": "digits", "classifier": {"synthetic_probability": 0.3}}
+            ),
+            c["methods"]["da-fusion"].update(figures=[11]),
+        ],
+        "methods.da-fusion.figures",
+    ),
+    "needs exactly one method labelled '11-reference'": (
+        lambda c: [
+            c["methods"]["da-fusion"].update(figures=[11]),
+            c["methods"]["real-guidance"].update(figures=["11-reference"]),
+            c["methods"]["real-guidance"].update(generation={"num_synthetic": 3}),
+        ],
+        "methods.da-fusion.figures",
+    ),
+    "unknown backbone": (lambda c: c["classifier"].update(backbone="vgg"), "classifier.backbone"),
+    "ImageNet ResNet-50 weights not found offline": (
+        lambda c: c["classifier"].update(backbone="resnet50", weights="someone/not-cached"),
+        "classifier.weights",
+    ),
+    "DeiT weights": (
+        lambda c: c["classifier"].update(backbone="deit", weights="someone/not-cached"),
+        "classifier.weights",
+    ),
+    "'erasure.train_method': unknown": (
+        lambda c: c["erasure"].update(train_method="most"),
+        "erasure.train_method",
+    ),
+    "'erasure.sampler': unknown": (lambda c: c["erasure"].update(sampler="x"), "erasure.sampler"),
+    "'erasure.precision': unknown": (
+        lambda c: c["erasure"].update(precision="float16"),
+        "erasure.precision",
+    ),
+    "above the model's": (lambda c: c["erasure"].update(ddim_steps=1001), "erasure.ddim_steps"),
+    "runs no denoising step": (
+        lambda c: c["methods"]["real-guidance"].update(strengths=[0.001]),
+        "methods.real-guidance.strengths",
+    ),
+    "needs a mask_path for every image": (
+        lambda c: c["methods"]["real-guidance"].update(mask="object"),
+        "methods.real-guidance.mask",
+    ),
+    "is stochastic but its step takes no generator": (
+        lambda c: c["generation"].update(scheduler="DPMSolverSDEScheduler"),
+        "generation.scheduler",
+    ),
+    "is not a diffusers scheduler class": (
+        lambda c: c["generation"].update(scheduler="Nope"),
+        "generation.scheduler",
+    ),
+    "has no safety_checker/feature_extractor": (
+        lambda c: c["generation"].update(safety_checker=True),
+        "generation.safety_checker",
+    ),
+    "generation.parts must be at least 1": (
+        lambda c: c["generation"].update(parts=0),
+        "generation.parts",
+    ),
+    "split_protocol 'original-code' applies to": (
+        lambda c: c["datasets"]["digits"].update(split_protocol="original-code"),
+        "datasets.digits.split_protocol",
+    ),
+}
+STARTS_UP = ("config.py", "plan.py")
+
+
+def _message(call: ast.Call) -> str | None:
+    """An error's message as written: f-string fields as {}, and the string constants
+    inside them (a conditional fix) after it."""
+    node = call.args[0] if call.args else None
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if not isinstance(node, ast.JoinedStr):
+        return None
+    parts = [v.value if isinstance(v, ast.Constant) else "{}" for v in node.values]
+    inner = [
+        n.value
+        for v in node.values
+        if isinstance(v, ast.FormattedValue)
+        for n in ast.walk(v.value)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    ]
+    return " | ".join(["".join(parts), *inner])
+
+
+def _names_a_setting(message: str, schema: dict) -> bool:
+    """Whether a message names a config key: 'config key', a dotted key (generation.parts),
+    an entry key followed by ':' (classes:) or any key with an underscore
+    (examples_per_class)."""
+    top = schema["properties"]
+    entries = {k for name in PER_ENTRY for k in top[name]["additionalProperties"]["properties"]}
+    dotted = {
+        f"{name}.{key}"
+        for name, node in top.items()
+        for key in [*node.get("properties", {}), *(entries if name in PER_ENTRY else ())]
+    }
+    keys = set(top) | entries | {k for node in top.values() for k in node.get("properties", {})}
+    patterns = [r"config key '"]
+    patterns += [rf"(?<![\w.]){re.escape(key)}\b" for key in dotted]
+    patterns += [rf"(?<![\w.]){re.escape(key)}:" for key in entries]
+    patterns += [rf"(?<![\w.]){re.escape(key)}\b" for key in keys if "_" in key]
+    return any(re.search(pattern, message) for pattern in patterns)
+
+
+def _setting_errors() -> list[tuple[str, str]]:
+    """(file:line, message) of every error the library's jobs can raise naming a setting."""
+    schema = load_schema(SCHEMA)
+    root = REPO / "src/dafusion"
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name in STARTS_UP and path.parent == root:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+            message = _message(node) if name.endswith(("Error", "Exception")) else None
+            if message and _names_a_setting(message, schema):
+                found.append((f"{path.relative_to(root)}:{node.lineno}", message))
+    return found
+
+
+def test_every_setting_a_job_can_fail_on_is_checked_at_start_up_or_registered():
+    """A new job-time error that names a setting fails here until a start-up check catches
+    it (and START_UP says how) or JOB_CHECKS records why only a job can."""
+    errors = _setting_errors()
+    assert len(errors) >= len(START_UP) + len(JOB_CHECKS)
+    unchecked = [
+        f"{where}: {message}"
+        for where, message in errors
+        if not any(words in message for words in START_UP)
+        and not any(check.error in message for check in JOB_CHECKS)
+    ]
+    assert unchecked == [], "neither checked at start-up nor in config.JOB_CHECKS"
+    messages = [message for _, message in errors]
+    stale = [
+        w for w in [*START_UP, *(c.error for c in JOB_CHECKS)] if not any(w in m for m in messages)
+    ]
+    assert stale == [], "no such job-time error any more"
+
+
+@pytest.mark.parametrize("words", START_UP)
+def test_a_setting_a_job_would_fail_on_stops_at_start_up(words):
+    change, key = START_UP[words]
+    config = default_config()
+    change(config)
+    with pytest.raises(ConfigError, match=f"config key '{re.escape(key)}"):
         validate_config(config, SCHEMA)

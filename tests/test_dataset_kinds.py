@@ -18,7 +18,7 @@ from PIL import Image
 from dafusion import pipeline
 from dafusion.datasets import few_shot, halve_per_seed, read_dataset
 from dafusion.images import load_image
-from dafusion.manifest import MANIFEST_COLUMNS, class_names
+from dafusion.manifest import MANIFEST_COLUMNS, class_names, resolve_masks
 from dafusion.readers.fine_grained import FLOWERS102_CLASSES
 from dafusion.settings import DatasetSettings
 from dafusion.shards import encode_image, read_images, write_shard
@@ -31,8 +31,9 @@ def _read(spec: dict, root: Path, **kwargs):
     return read_dataset(DatasetSettings(**spec), root, mask_dir=root / "masks", **kwargs)
 
 
-def _mask(row) -> np.ndarray:
-    return np.asarray(Image.open(row["mask_path"])) > 127
+def _mask(row, root: Path) -> np.ndarray:
+    """A row's mask; `mask_path` is relative to the manifests' folder (`_read`: `root`)."""
+    return np.asarray(Image.open(root / row["mask_path"])) > 127
 
 
 def _assert_nested(pool: pd.DataFrame, seed: int = 0) -> None:
@@ -73,8 +74,8 @@ def test_pascal_labels_the_largest_instance_and_keeps_its_mask(voc):
     row = pool.set_index("key").loc["2007_000001"].to_dict() | {"key": "2007_000001"}
     expected = np.zeros((16, 16), bool)
     expected[2:10, 2:10] = True
-    np.testing.assert_array_equal(_mask(row), expected)
-    assert Path(row["mask_path"]).parent == (voc / "masks").resolve()
+    np.testing.assert_array_equal(_mask(row, voc), expected)
+    assert row["mask_path"] == "masks/2007_000001.png"
     assert load_image(row).size == (16, 16)
     _assert_nested(pool)
     _assert_deterministic(spec, voc, (pool, val, test))
@@ -107,6 +108,25 @@ def test_pascal_index_step_writes_every_manifest_and_the_masks(voc):
     assert sorted(p.stem for p in (out / "masks").iterdir()) == sorted([*pool["key"], *val["key"]])
 
 
+def test_manifests_name_masks_relative_to_their_folder_so_results_can_move(voc):
+    """No results location enters a manifest: two results folders get the same bytes, and
+    the masks of a moved results folder still open (issue 30)."""
+    written = []
+    for results in ("results", "elsewhere/deeper"):
+        out = voc / results / "voc/splits"
+        paths = [str(out / f"{name}.parquet") for name in ("pool", "val", "test")]
+        pipeline.index_dataset(
+            DatasetSettings(kind="pascal", root="VOCdevkit"), *paths, str(out / "masks"),
+            base_dir=str(voc),
+        )  # fmt: skip
+        written.append([Path(p).read_bytes() for p in paths])
+    assert written[0] == written[1]
+    shutil.move(voc / "results", voc / "moved")
+    folder = voc / "moved/voc/splits"
+    pool = resolve_masks(pd.read_parquet(folder / "pool.parquet"), folder)
+    assert pool["mask_path"].map(lambda p: Path(p).is_file()).all()
+
+
 # COCO ---------------------------------------------------------------------------------
 
 
@@ -130,8 +150,8 @@ def test_coco_labels_the_largest_annotation_polygon_or_rle(coco):
     rows = pool.set_index("key")
     expected = np.zeros((16, 16), bool)
     expected[4:12, 3:11] = True
-    np.testing.assert_array_equal(_mask(rows.loc["train2017-000000000001"]), expected)
-    polygon = _mask(rows.loc["train2017-000000000002"])
+    np.testing.assert_array_equal(_mask(rows.loc["train2017-000000000001"], coco), expected)
+    polygon = _mask(rows.loc["train2017-000000000002"], coco)
     assert polygon[3:8, 3:8].all() and not polygon[10:, :].any()
     _assert_nested(pool)
     _assert_deterministic(spec, coco, (pool, val, test))

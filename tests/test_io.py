@@ -65,3 +65,41 @@ def test_a_jobs_native_stderr_and_start_up_time_reach_its_log(tmp_path):
     assert "native message" in log
     started = float(re.search(r"job started ([\d.]+) s ago", log).group(1))
     assert 0.3 <= started < 60
+
+
+FAILING_JOB = (
+    "import sys\n"
+    "from dafusion.io import setup_job\n"
+    "setup_job(sys.argv[1])\n"
+    "raise RuntimeError('no space left for the checkpoint')\n"
+)
+
+
+def test_why_a_job_failed_is_at_the_end_of_its_log(tmp_path):
+    """An uncaught exception's traceback ends the job's log (Snakemake names the log), and
+    stays off the terminal, where parallel jobs would interleave."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "job.log"
+    ran = subprocess.run(
+        [sys.executable, "-c", FAILING_JOB, str(log)], capture_output=True, text=True
+    )
+    assert ran.returncode != 0
+    assert log.read_text().endswith("RuntimeError: no space left for the checkpoint\n")
+    assert "no space left" not in ran.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
+def test_a_job_whose_log_cannot_be_written_says_why_it_failed_on_its_stderr():
+    """A full disk (/dev/full: every write fails with ENOSPC) leaves the log empty: why the
+    job failed goes to the job's own stderr instead, which Snakemake prints, naming the log."""
+    import subprocess
+    import sys
+
+    ran = subprocess.run(
+        [sys.executable, "-c", FAILING_JOB, "/dev/full"], capture_output=True, text=True
+    )
+    assert ran.returncode != 0
+    assert "cannot write the job's log /dev/full ([Errno 28]" in ran.stderr
+    assert ran.stderr.rstrip().endswith("RuntimeError: no space left for the checkpoint")

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +21,7 @@ from helpers import (
     NO_CHROMIUM,
     REDUCED,
     REPO,
+    SNAKEMAKE,
     chromium_path,
     copy_workflow,
     dry_run_jobs,
@@ -395,8 +397,23 @@ def test_synthetic_tokens_and_erasure_targets(workdir):
             {"model": {"pretrained": "half-copied", "resolution": 32}},
             "config key 'model.pretrained': 'half-copied' lacks tokenizer/vocab.json",
         ),
+        # issue 30: settings that failed only in a job (generate, erase, aggregate)
+        (
+            {"methods": {"rg": {"kind": "sdedit", "prompt": "a {name}", "strengths": [0.5],
+                                "mask": "object"}}},
+            "config key 'methods.rg.mask': 'object' needs object masks",
+        ),
+        (
+            {"erasure": {**REDUCED["erasure"], "ddim_steps": 1001}},
+            "config key 'erasure.ddim_steps': 1001 is above the model's 1000 training steps",
+        ),
+        (
+            {"methods": {m: {**spec, "figures": [11]} for m, spec in REDUCED["methods"].items()}},
+            "config key 'methods.da-fusion.figures': methods ['da-fusion', 'da-fusion-erased', "
+            "'real-guidance'] labelled 11 share a",
+        ),
     ],
-)
+)  # fmt: skip
 def test_bad_config_stops_before_any_job(tmp_path, change, message):
     workdir = copy_workflow(tmp_path / "dafusion")
     (workdir / "half-copied").mkdir()
@@ -406,6 +423,50 @@ def test_bad_config_stops_before_any_job(tmp_path, change, message):
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
     assert not (workdir / "results").exists()
+
+
+# Root writes to any folder: as root, Snakemake runs without the capabilities that let it
+# (setpriv from util-linux), so that permissions count as for any other user.
+AS_A_USER = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+
+
+def test_a_read_only_results_folder_stops_a_run_before_any_job(tmp_path):
+    """Snakemake deletes a job's old log before running it: in a read-only results folder
+    that was a PermissionError traceback from the first job. Now the run stops at start,
+    naming the folder; a dry run, which writes nothing, still shows what would run."""
+    root = os.geteuid() == 0
+    if root and not shutil.which("setpriv"):
+        pytest.skip("running as root, where permissions stop no write, and without setpriv")
+    workdir = copy_workflow(tmp_path / "dafusion")
+    path = write_config(workdir, "config.yaml", REDUCED)
+    log = workdir / "results/logs/digits/index_dataset.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("an earlier run's log\n")
+    folders = [p for p in (workdir / "results").rglob("*") if p.is_dir()]
+    for folder in [workdir / "results", *folders]:
+        folder.chmod(0o555)
+    target = "results/digits/splits/pool.parquet"
+    command = [*SNAKEMAKE, "--cores", "1", target, "--configfile", path]
+    if root:
+        command = [*AS_A_USER, *command]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        return subprocess.run(
+            [*command, *args], cwd=workdir, capture_output=True, text=True, env=env, timeout=300
+        )
+
+    try:
+        assert run("-n").returncode == 0
+        result = run()
+    finally:
+        for folder in [workdir / "results", *folders]:
+            folder.chmod(0o755)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "config key 'results': jobs cannot write to the results folder 'results'" in output
+    assert "Traceback" not in output and "PermissionError" not in output
+    assert log.read_text() == "an earlier run's log\n"
 
 
 def test_a_changed_dataset_root_reruns_index_dataset(tmp_path):
@@ -720,3 +781,56 @@ def test_a_set_in_parts_is_the_same_bytes_and_changing_parts_reruns_nothing(tmp_
     pd.testing.assert_frame_equal(pd.read_parquet(folder / "index.parquet"), rows)
     assert recorded_parts(folder / "index.parquet") == 1
     assert dry_run(3) == set()
+
+
+def test_results_are_the_same_bytes_wherever_the_workflow_and_results_lie(tmp_path, voc):
+    """The same config run in two checkouts at different absolute paths, into differently
+    named results folders: every result file (object masks, splits, erasure deltas and check
+    table, token files, shards, synthetic index, run) is the same bytes, so no path, results
+    location or run time enters a result or a fingerprint recorded in one (issue 30). Logs
+    and benchmarks (times, paths) may differ; report.html, which records when it was made,
+    is not built. Both runs go at once, one core each: their jobs form one chain."""
+    config = {
+        **REDUCED,
+        "datasets": {"voc": {"kind": "pascal", "root": str(voc / "VOCdevkit")}},
+        "examples_per_class": [1],
+        "inversion": {"steps": 1, "batch_size": 1},
+        "methods": {
+            "da-fusion-erased": {
+                "kind": "sdedit",
+                "prompt": "a photo of a {token}",
+                "strengths": [0.5],
+                "mask": "object",
+                "erased": True,
+            },
+        },  # fmt: skip
+        "erasure": {"enabled": True, "method": "esd", "iterations": 1, "ddim_steps": 2},
+        "generation": {"num_synthetic": 1, "num_inference_steps": 2, "batch_size": 8},
+        "classifier": {**REDUCED["classifier"], "steps": 1, "eval_interval": 1},
+    }
+    places = {tmp_path / "a/dafusion": "results", tmp_path / "somewhere/else/checkout": "out"}
+
+    def run(workdir: Path, results: str) -> subprocess.CompletedProcess:
+        copy_workflow(workdir)
+        path = write_config(workdir, "config.yaml", {**config, "results": results})
+        target = f"{results}/voc/runs/da-fusion-erased/seed0-shots1.parquet"
+        return snakemake(workdir, "--cores", "1", target, "--configfile", path)
+
+    with ThreadPoolExecutor(2) as pool:
+        for result in pool.map(run, places, places.values()):
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    def contents(root: Path) -> dict[str, bytes]:
+        files = [p for p in root.rglob("*") if p.is_file()]
+        relative = [p.relative_to(root) for p in files]
+        return {
+            str(r): p.read_bytes()
+            for p, r in zip(files, relative, strict=True)
+            if r.parts[0] not in ("logs", "benchmarks")
+        }
+
+    first, second = (contents(workdir / results) for workdir, results in places.items())
+    assert sorted(first) == sorted(second)
+    kinds = {Path(name).suffix for name in first}
+    assert {".png", ".parquet", ".safetensors", ".tar"} <= kinds
+    assert [name for name in first if first[name] != second[name]] == []

@@ -171,23 +171,65 @@ def curve_areas(best: pd.DataFrame) -> pd.DataFrame:
     return _mean_interval(areas, ["dataset", "method"], "auc", "auc_mean", "num_seeds")
 
 
+# A Figure 11 cell: the synthetic probability alpha and synthetic images per real image M.
+GRID_CELL = ["synthetic_probability", "num_synthetic"]
+
+
 def _figure_cells(layout: pd.DataFrame, figure: str) -> pd.DataFrame:
     """(synthetic_probability, num_synthetic) per method of the layout labelled `figure`;
     raises where a method has different values on different datasets (no single cell)."""
-    cell = ["synthetic_probability", "num_synthetic"]
     labelled = layout["figures"].map(lambda labels: figure in {str(label) for label in labels})
-    rows = layout.loc[labelled, ["method", "dataset", *cell]]
+    rows = layout.loc[labelled, ["method", "dataset", *GRID_CELL]]
     for method, part in rows.groupby("method"):
-        if len(part[cell].drop_duplicates()) > 1:
+        if len(part[GRID_CELL].drop_duplicates()) > 1:
             values = ", ".join(
                 f"{r.dataset}: ({r.synthetic_probability}, {r.num_synthetic})"
                 for r in part.itertuples()
             )
             raise ValueError(
-                f"method {method!r} has different (synthetic_probability, num_synthetic) on "
-                f"different datasets ({values}); a figure {figure} cell needs one value per method"
+                f"config key 'methods.{method}.figures': {method!r} has different "
+                f"(classifier.synthetic_probability, generation.num_synthetic) on different "
+                f"datasets ({values}); a figure {figure} cell needs one value per method"
             )
-    return rows.drop_duplicates("method")[["method", *cell]]
+    return rows.drop_duplicates("method")[["method", *GRID_CELL]]
+
+
+def grid_references(layout: pd.DataFrame, baseline: str) -> dict[str, str]:
+    """Figure 11's comparisons: each method labelled 11 -> the method its cell is measured
+    against, the one labelled 11-reference with the same alpha and M (the paper compares
+    DA-Fusion with Real Guidance at equal settings), or `baseline` where no method is so
+    labelled. The methods' settings alone decide them, so the workflow checks them at
+    start-up: raises ValueError, naming the method, where they give no grid (a method with
+    different cells on different datasets, a cell without exactly one reference, two
+    methods in one cell)."""
+    cells = _figure_cells(layout, "11")
+    references = _figure_cells(layout, "11-reference")
+    if references.empty:
+        cells = cells[cells["method"] != baseline]  # the reference is no cell of its own
+        pairs = dict.fromkeys(cells["method"], baseline)
+    else:
+        pairs = {}
+        for row in cells.itertuples():
+            same = references.loc[
+                (references["synthetic_probability"] == row.synthetic_probability)
+                & (references["num_synthetic"] == row.num_synthetic),
+                "method",
+            ].tolist()
+            if len(same) != 1:
+                raise ValueError(
+                    f"config key 'methods.{row.method}.figures': {row.method!r} (Figure 11, "
+                    f"alpha={row.synthetic_probability}, M={row.num_synthetic}) needs exactly "
+                    "one method labelled '11-reference' with the same alpha and M; found "
+                    f"{same or 'none'}"
+                )
+            pairs[row.method] = same[0]
+    shared = sorted(cells.loc[cells.duplicated(GRID_CELL, keep=False), "method"])
+    if shared:
+        raise ValueError(
+            f"config key 'methods.{shared[0]}.figures': methods {shared} labelled 11 share a "
+            "(synthetic_probability, num_synthetic) cell; the grid holds one method per cell"
+        )
+    return pairs
 
 
 def ablation_grid(best: pd.DataFrame, layout: pd.DataFrame, reference: str) -> pd.DataFrame:
@@ -199,8 +241,7 @@ def ablation_grid(best: pd.DataFrame, layout: pd.DataFrame, reference: str) -> p
     pairs = pairs[pairs["method"].isin(cells["method"])]
     stats = _mean_interval(pairs, ["method"], "delta", "delta_mean", "num_pairs")
     out = cells.merge(stats, on="method")
-    order = ["synthetic_probability", "num_synthetic", "method"]
-    return out.sort_values(order).reset_index(drop=True)
+    return out.sort_values([*GRID_CELL, "method"]).reset_index(drop=True)
 
 
 def _markdown_cell(value: object, float_format: str) -> str:

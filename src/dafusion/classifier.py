@@ -268,14 +268,9 @@ class SampleCutMix:
 
 
 def cutmix_transform(num_classes: int):
-    """torchvision's CutMix (beta 1); an error, never a silent no-op, when unavailable."""
+    """torchvision's CutMix (beta 1; torchvision >= 0.16, below the required version)."""
     from torchvision.transforms import v2
 
-    if not hasattr(v2, "CutMix"):
-        raise ImportError(
-            "config key 'classifier.cutmix_mode': 'batch' needs torchvision >= 0.16 "
-            "(torchvision.transforms.v2.CutMix); upgrade torchvision or use cutmix_mode: sample"
-        )
     return v2.CutMix(alpha=1.0, num_classes=num_classes)
 
 

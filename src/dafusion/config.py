@@ -8,18 +8,21 @@ settings of `dafusion.settings` are built from its sections.
 from __future__ import annotations
 
 import copy
+import json
 import string
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
-from .readers import KINDS, missing_package, original_split_kinds
+from .readers import KINDS, mask_kinds, missing_package, original_split_kinds
 from .settings import (
     BACKBONE_WEIGHTS,
     SECTIONS,
+    UNSEEDABLE_SCHEDULERS,
     ClassifierSettings,
     GenerationSettings,
     MethodSettings,
@@ -55,6 +58,84 @@ REMOVED = {
 
 class ConfigError(ValueError):
     """A config value is invalid; the message names the key and what to do."""
+
+
+@dataclass(frozen=True)
+class JobCheck:
+    """A setting only a job can check: words of the error the job raises, and why no
+    start-up check can find it (the data, or a file only a job reads, decides)."""
+
+    key: str
+    error: str
+    why: str
+
+
+# Every error a job can raise naming a setting that passed the start-up checks below: the
+# data, or a file only a job reads, decides it. Any other setting a job could fail on is
+# checked at start-up (tests/test_config.py scans the library's errors for both); the
+# configuration reference lists these.
+JOB_CHECKS = (
+    JobCheck(
+        "datasets.<name>.classes",
+        "unknown classes in 'classes'",
+        "the names must be classes of the dataset, which index_dataset reads",
+    ),
+    JobCheck(
+        "datasets.<name>.classes",
+        "asks for more classes than",
+        "how many classes have training images is known once index_dataset reads the dataset",
+    ),
+    JobCheck(
+        "datasets.<name>.skip_corrupt",
+        "unreadable in all",
+        "which images cannot be read is found by decoding each, in index_dataset",
+    ),
+    JobCheck(
+        "datasets.<name>.skip_corrupt",
+        "skip_corrupt left them all out",
+        "which images cannot be read is found by decoding each, in index_dataset",
+    ),
+    JobCheck(
+        "datasets.<name>.unevaluated_classes",
+        "has no evaluation images",
+        "which classes have evaluation images is known once index_dataset reads the dataset",
+    ),
+    JobCheck(
+        "datasets.<name>.val_fraction",
+        "too few to hold out an evaluation image",
+        "each class's number of images is known once index_dataset reads the dataset",
+    ),
+    JobCheck(
+        "examples_per_class",
+        "fewer than examples_per_class",
+        "each class's number of training images is known once index_dataset reads the dataset "
+        "(few_shot_split stops; allow_fewer keeps what a class has)",
+    ),
+    JobCheck(
+        "model.pretrained",
+        "cannot load the Stable Diffusion model",
+        "start-up finds every component's files, as safetensors; whether they load (complete, "
+        "a layout this diffusers reads) shows when a job loads the model",
+    ),
+    JobCheck(
+        "inversion.initializer",
+        "gives no tokens",
+        "a blank word is refused at start-up; whether another gives tokens depends on the "
+        "model's tokenizer, which jobs load",
+    ),
+    JobCheck(
+        "erasure.train_method",
+        "selects no parameter of this UNet",
+        "xlayer and selflayer pick attention blocks by the UNet's layout, known once the erase "
+        "job builds the UNet",
+    ),
+    JobCheck(
+        "classifier.weights",
+        "not torchvision-layout resnet50 weights",
+        "start-up finds the file; its tensor names are compared with torchvision's ResNet-50 "
+        "when a train job loads it",
+    ),
+)
 
 
 def load_schema(path: str | Path) -> dict:
@@ -196,6 +277,23 @@ def _check_strengths(config: Mapping) -> None:
                 )
 
 
+def _check_masks(config: Mapping) -> None:
+    """A masked method runs only on datasets whose kind gives object masks: found here, not
+    by its first generate job."""
+    for dataset, entry in config["datasets"].items():
+        for method, spec in config["methods"].items():
+            method_settings = MethodSettings.from_config(spec)
+            if method_settings.mask == "none" or not method_settings.runs_on(dataset):
+                continue
+            if not KINDS[entry["kind"]].masks:
+                raise ConfigError(
+                    f"config key 'methods.{method}.mask': '{method_settings.mask}' needs object "
+                    f"masks, which dataset {dataset} (kind {entry['kind']}) does not have (only "
+                    f"{', '.join(mask_kinds())} do); set mask: none, or list the datasets it "
+                    "runs on in the method's datasets:"
+                )
+
+
 def _check_classifier_weights(config: Mapping, base_dir: str | Path) -> None:
     """The backbone weights every train job loads are on this machine (a file, or a repo in
     the local Hugging Face cache): found here, not by train jobs after their old outputs are
@@ -298,13 +396,18 @@ def _check_model_files(folder: Path, pretrained: str, safety_checker: bool) -> N
             )
 
 
-def _check_model(pretrained: str, base_dir: str | Path, safety_checker: bool) -> None:
+def _check_model(pretrained: str, base_dir: str | Path, safety_checker: bool) -> Path | None:
     """'tiny', a local diffusers directory, or a hub id already in the local Hugging Face
     cache, with the files of every component the stages load: checked before any job, since
     the jobs that load it would fail only after Snakemake has deleted their previous
-    outputs."""
+    outputs. Returns the model's folder (None for the tiny model, which a job builds)."""
     if pretrained == "tiny":
-        return
+        if safety_checker:
+            raise ConfigError(
+                "config key 'generation.safety_checker': the tiny model has no safety checker; "
+                "set it to false, or use a checkpoint that ships one"
+            )
+        return None
     path = Path(base_dir) / Path(pretrained).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
@@ -313,7 +416,7 @@ def _check_model(pretrained: str, base_dir: str | Path, safety_checker: bool) ->
                 "(no model_index.json); point it at a directory written by save_pretrained"
             )
         _check_model_files(path, pretrained, safety_checker)
-        return
+        return path
     looks_like_path = pretrained.startswith(("/", ".", "~")) or pretrained.count("/") != 1
     if not looks_like_path:
         from huggingface_hub import try_to_load_from_cache
@@ -325,7 +428,7 @@ def _check_model(pretrained: str, base_dir: str | Path, safety_checker: bool) ->
         if isinstance(cached, str):
             # The cache's snapshot folder has the save_pretrained layout (files link to blobs).
             _check_model_files(Path(cached).parent, pretrained, safety_checker)
-            return
+            return Path(cached).parent
         raise ConfigError(
             f"config key 'model.pretrained': '{pretrained}' is not in the local Hugging Face "
             "cache (HF_HOME, default ~/.cache/huggingface), and nothing is downloaded here. "
@@ -338,14 +441,63 @@ def _check_model(pretrained: str, base_dir: str | Path, safety_checker: bool) ->
     )
 
 
-def _check_scheduler(name: str) -> None:
-    """A scheduler class name is resolved now, not when the first generate job starts."""
-    if name in ("default", "fast"):
+# The tiny model's scheduler (dafusion.tiny builds it in a job): Stable Diffusion v1's.
+TINY_SCHEDULER = {"_class_name": "PNDMScheduler", "num_train_timesteps": 1000}
+
+
+def _scheduler_config(folder: Path | None) -> dict:
+    """The model's scheduler config (the tiny model's for None)."""
+    if folder is None:
+        return TINY_SCHEDULER
+    return json.loads((folder / "scheduler/scheduler_config.json").read_text())
+
+
+def _check_schedulers(config: Mapping, model_scheduler: Mapping) -> None:
+    """Every generate job's scheduler, overrides included, is resolved now, not when the
+    first generate job starts; 'default' is the model's own, which must be seedable too."""
+    for name in {s.scheduler for _, _, s in _job_settings(config, "generation", kind="sdedit")}:
+        if name == "fast":
+            continue
+        if name == "default":
+            name, setting = model_scheduler["_class_name"], "default"
+            if name not in UNSEEDABLE_SCHEDULERS:  # the class exists: the model loads it
+                continue
+        else:
+            setting = None
+        from .models import scheduler_class
+
+        try:
+            scheduler_class(name, setting)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def _check_erasure_steps(config: Mapping, model_scheduler: Mapping) -> None:
+    """ESD's DDIM steps are at most the model's training steps (LDM's timesteps are every
+    (N // S)-th of them)."""
+    erasure = config["erasure"]
+    steps = model_scheduler.get("num_train_timesteps", 1000)  # diffusers' default
+    if erasure["enabled"] and erasure["method"] == "esd" and erasure["ddim_steps"] > steps:
+        raise ConfigError(
+            f"config key 'erasure.ddim_steps': {erasure['ddim_steps']} is above the model's "
+            f"{steps} training steps; lower it"
+        )
+
+
+def _check_figure_11(config: Mapping) -> None:
+    """Figure 11's cells come from the methods' settings alone: a layout that gives no grid
+    stops here, not the aggregate job after every classifier has trained."""
+    from .plan import Plan
+
+    plan = Plan.from_config(config)
+    if "figure-11" not in plan.aggregate_figures():
         return
-    from .models import scheduler_class
+    import pandas as pd
+
+    from .aggregate import grid_references
 
     try:
-        scheduler_class(name)
+        grid_references(pd.DataFrame(plan.method_layout()), plan.aggregate.baseline)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -408,13 +560,16 @@ def validate_config(
     if isinstance(config["inversion"]["templates"], list):
         for i, template in enumerate(config["inversion"]["templates"]):
             _check_fields(f"inversion.templates.{i}", template, {""}, exactly_one=True)
+    _check_masks(config)
     if check_files:
-        _check_model(
-            config["model"]["pretrained"], base_dir, config["generation"]["safety_checker"]
-        )
-    _check_scheduler(config["generation"]["scheduler"])
+        safety = any(s.safety_checker for _, _, s in _job_settings(config, "generation", "sdedit"))
+        folder = _check_model(config["model"]["pretrained"], base_dir, safety)
+        model_scheduler = _scheduler_config(folder)
+        _check_schedulers(config, model_scheduler)
+        _check_erasure_steps(config, model_scheduler)
     for section, cls in SECTIONS.items():
         entries = config[section].values() if section in PER_ENTRY else [config[section]]
         for entry in entries:
             cls.from_config(entry)  # the schema and the settings classes agree on every key
+    _check_figure_11(config)
     return config

@@ -42,11 +42,11 @@ def hold_out(pool: pd.DataFrame, fraction: float, per_class: int | None) -> pd.D
         order = rng.permutation(len(group))
         n_val = max(1, int(np.ceil(fraction * len(group))))
         if n_val >= len(group):
-            fix = "add images or lower val_fraction" if len(group) > 1 else "add images"
             raise ValueError(
                 f"class '{group['class_name'].iloc[0]}' has {len(group)} image(s): too few to "
-                f"hold out an evaluation image and keep one to train on; {fix}, or give the "
-                "dataset its own evaluation split (for imagefolder: root/train/ and root/val/)"
+                "hold out an evaluation image and keep one to train on; add images"
+                f"{' or lower val_fraction' if len(group) > 1 else ''}, or give the dataset its "
+                "own evaluation split (for imagefolder: root/train/ and root/val/)"
             )
         group = group.iloc[order].copy()
         group["split"] = "train"
@@ -226,27 +226,30 @@ def check_images(frame: pd.DataFrame, skip_corrupt: bool, threads: int = 1) -> p
     return frame[[err is None for err in errors]]
 
 
-def _write_mask(args: tuple[Callable[[], np.ndarray], Path]) -> str:
+def _write_mask(args: tuple[Callable[[], np.ndarray], Path]) -> None:
     source, path = args
     Image.fromarray(source().astype(np.uint8) * 255).save(path)
-    return str(path)
 
 
 def write_masks(frame: pd.DataFrame, mask_dir: str | Path | None, threads: int = 1) -> pd.DataFrame:
     """Write each row's object mask (`mask`: a function returning a bool array) as an 8-bit
-    PNG (255 = object) named after its key, and reference it in `mask_path`."""
+    PNG (255 = object) named after its key, and reference it in `mask_path`.
+
+    `mask_path` is relative to the mask folder's parent, the folder the workflow writes the
+    manifests to (`masks/{key}.png`): no absolute path enters a manifest, so a results
+    folder reads the same wherever it lies (`manifest.resolve_masks` makes them openable).
+    """
     if "mask" not in frame:
         return frame
     if mask_dir is None:
         raise ValueError("this dataset kind has object masks: pass mask_dir to store them")
-    mask_dir = Path(mask_dir).resolve()
+    mask_dir = Path(mask_dir)
     mask_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [
-        (source, mask_dir / f"{key}.png")
-        for key, source in zip(frame["key"], frame["mask"], strict=True)
-    ]
+    names = [f"{key}.png" for key in frame["key"]]
+    jobs = [(source, mask_dir / name) for source, name in zip(frame["mask"], names, strict=True)]
     with ThreadPoolExecutor(max(1, threads)) as executor:
-        paths = list(executor.map(_write_mask, jobs))
+        list(executor.map(_write_mask, jobs))
+    paths = [f"{mask_dir.name}/{name}" for name in names]
     return frame.drop(columns="mask").assign(mask_path=paths)
 
 

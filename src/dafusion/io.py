@@ -9,8 +9,11 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import TracebackType
+from typing import TextIO
 
 import pandas as pd
 import pyarrow as pa
@@ -116,7 +119,8 @@ def setup_job(log_path: str | Path | None, threads: int | None = None) -> None:
     2: CUDA and library messages, a crash's traceback) go to the log file. Without the thread
     cap, every job would use all cores and parallel jobs would oversubscribe them. The log
     starts with the library's location and content hash, so a log shows which code ran, and
-    with the seconds the job took to start (`benchmarks/workflow.py` reads them).
+    with the seconds the job took to start (`benchmarks/workflow.py` reads them). An uncaught
+    exception ends the log, or the job's original stderr when the log cannot be written.
     """
     if threads:
         # Through the environment, so a job that never needs torch does not pay its import
@@ -127,8 +131,11 @@ def setup_job(log_path: str | Path | None, threads: int | None = None) -> None:
             sys.modules["torch"].set_num_threads(threads)
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        # The job's own stderr, kept for when the log cannot take why the job failed.
+        fallback = os.fdopen(os.dup(2), "w")
         sys.stderr = open(log_path, "w", buffering=1)  # noqa: SIM115 - lives as long as the job
         os.dup2(sys.stderr.fileno(), 2)
+        sys.excepthook = functools.partial(_report_failure, str(log_path), fallback)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -141,6 +148,25 @@ def setup_job(log_path: str | Path | None, threads: int | None = None) -> None:
     started = seconds_since_start()
     if started is not None:
         log.info("job started %.2f s ago (interpreter, script preamble and imports)", started)
+
+
+def _report_failure(
+    log_path: str,
+    fallback: TextIO,
+    kind: type[BaseException],
+    value: BaseException,
+    tb: TracebackType | None,
+) -> None:
+    """A job's `sys.excepthook`: why it failed goes to its log, or, when the log cannot be
+    written (a full disk), to the job's original stderr, which Snakemake prints and a
+    cluster keeps; otherwise a full disk would leave an empty log and no cause anywhere."""
+    text = "".join(traceback.format_exception(kind, value, tb))
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError) as exc:  # ValueError: the log was closed
+        fallback.write(f"cannot write the job's log {log_path} ({exc}); the job failed:\n{text}")
+        fallback.flush()
 
 
 def fingerprint(**parts) -> str:

@@ -10,6 +10,7 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -30,6 +31,15 @@ MANIFEST_COLUMNS = MANIFEST_SCHEMA.names
 # Only datasets with object masks (pascal, coco) have this column.
 MASK_PATH = pa.field("mask_path", pa.string())
 SPLITS = ("train", "val", "test")
+
+
+def resolve_masks(frame: pd.DataFrame, folder: str | Path) -> pd.DataFrame:
+    """The manifest with each `mask_path` a file to open: a manifest stores it relative to
+    its own folder (`datasets.write_masks`), so that a results folder can move."""
+    if MASK_PATH.name not in frame:
+        return frame
+    paths = [None if p is None else str(Path(folder) / p) for p in frame[MASK_PATH.name]]
+    return frame.assign(**{MASK_PATH.name: paths})
 
 
 def manifest(rows: Iterable[Mapping]) -> pd.DataFrame:

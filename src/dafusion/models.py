@@ -13,9 +13,7 @@ from pathlib import Path
 
 import torch
 
-# Stochastic schedulers whose `step` takes no generator: their noise cannot be drawn per image,
-# so an image would depend on which others share its batch.
-UNSEEDABLE_SCHEDULERS = ("DPMSolverSDEScheduler",)
+from .settings import UNSEEDABLE_SCHEDULERS
 
 
 @dataclass

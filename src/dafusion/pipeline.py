@@ -180,14 +180,17 @@ def erase(
                 checkpoint=checkpoint,
             )  # fmt: skip
             log.info("%s: ESD loss %.5f -> %.5f", key, losses[0], losses[-1])
+        # What was erased and how, never when or how fast: a delta's bytes, like every
+        # result's, depend only on its inputs (the time is in the log).
         meta = {
             "fingerprint": fingerprints[key], "erased": erased, "method": settings.method,
-            "model": model.pretrained, "seconds": round(time.perf_counter() - start, 3),
+            "model": model.pretrained,
         }  # fmt: skip
         save_delta(path, tensors, dtype, meta)
         if settings.method == "esd":
             checkpoint.path.unlink(missing_ok=True)
-        log.info("%s: erased %s in %.1fs -> %s", key, erased, meta["seconds"], path)
+        seconds = time.perf_counter() - start
+        log.info("%s: erased %s in %.1fs -> %s", key, erased, seconds, path)
     switch = DeltaSwitch(components.unet)
     table = erasure_scores(components, switch, paths, units, names, settings, model.resolution)
     table.insert(1, "file", table["delta"].map(lambda k: paths[k].name))
@@ -319,12 +322,12 @@ def _synthetic_job(
     (`work`), each image's shard json (`meta`) and the job's fingerprint (the sidecars')."""
     from .deltas import DeltaSwitch, class_deltas
     from .generation import Engine
-    from .manifest import class_names, class_token
+    from .manifest import class_names, class_token, resolve_masks
     from .models import load_safety_checker, scheduler_from_name
     from .synthetic import plan
     from .tokens import expand, file_hash, load_into
 
-    manifest = pd.read_parquet(split_path)
+    manifest = resolve_masks(pd.read_parquet(split_path), Path(split_path).parent)
     names = class_names(manifest)
     components = _load(model, model_dir)
     prompts, token_hash = {}, ""
@@ -609,30 +612,17 @@ def data_balance_grid(
 ) -> tuple[pd.DataFrame, str]:
     """Figure 11's cells: each method labelled 11 against the method labelled
     "11-reference" with the same alpha and M (the paper compares DA-Fusion with Real
-    Guidance at equal settings), or against the baseline when no method is so labelled."""
+    Guidance at equal settings), or against the baseline when no method is so labelled
+    (`aggregate.grid_references`, checked at start-up)."""
     from . import aggregate as agg
 
-    def cells(label: str) -> pd.DataFrame:
-        rows = layout[layout["figures"].map(lambda f: label in f)]
-        return rows.drop_duplicates(["method", "synthetic_probability", "num_synthetic"])
-
-    treated, references = cells("11"), cells("11-reference")
-    if references.empty:
+    references = agg.grid_references(layout, baseline)
+    if set(references.values()) <= {baseline}:
         return agg.ablation_grid(best, layout, baseline), baseline
-    parts = []
-    for method, row in treated.set_index("method").iterrows():
-        same = references[
-            (references["synthetic_probability"] == row["synthetic_probability"])
-            & (references["num_synthetic"] == row["num_synthetic"])
-        ]["method"].unique()
-        if len(same) != 1:
-            raise ValueError(
-                f"method '{method}' (Figure 11, alpha={row['synthetic_probability']}, "
-                f"M={row['num_synthetic']}) needs exactly one method labelled '11-reference' "
-                f"with the same alpha and M; found {list(same) or 'none'}"
-            )
-        part = layout[(layout["method"] == method)]
-        parts.append(agg.ablation_grid(best, part, same[0]))
+    parts = [
+        agg.ablation_grid(best, layout[layout["method"] == method], reference)
+        for method, reference in references.items()
+    ]
     return pd.concat(parts, ignore_index=True), "the 11-reference method with the same alpha and M"
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -437,6 +438,29 @@ class Plan:
             f"GPU jobs ({', '.join(keys)}) would all start at once: --resources replaced "
             "the profile's gpu=1. Add gpu=1 to --resources (one GPU job at a time), or "
             "gpu=N on a machine with N GPUs (each GPU job claims one of its own)"
+        )
+
+    def results_write_error(self) -> str | None:
+        """Why jobs could not write the results folder, or None: Snakemake deletes a job's
+        old outputs and logs and writes the new ones in folders under it, so each must be
+        writable (before the folder exists, the one it will be made in), or the first job
+        fails with a traceback. A dry run writes nothing and is not checked."""
+        root = Path(self.results)
+        folders = [root]
+        while not folders[0].exists():
+            folders = [folders[0].parent]
+        if folders[0] == root:
+            folders += [Path(top) / name for top, names, _ in os.walk(root) for name in names]
+        blocked = [folder for folder in folders if not os.access(folder, os.W_OK | os.X_OK)]
+        if not blocked:
+            return None
+        which = f"'{blocked[0]}' is"
+        if len(blocked) > 1:
+            which = f"'{blocked[0]}' and {len(blocked) - 1} other folder(s) in it are"
+        return (
+            f"config key 'results': jobs cannot write to the results folder '{root}': {which} "
+            f"not writable by this user. Make it writable (chmod -R u+w {root}), or set results "
+            "to a folder you can write"
         )
 
     # Wall times (dafusion.runtime), from the job's input manifests.

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from dafusion.config import PER_ENTRY, load_schema
+from dafusion.config import JOB_CHECKS, PER_ENTRY, load_schema
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow/schemas/config.schema.yaml"
 REFERENCE = "docs/configuration-reference.md"
@@ -187,6 +187,20 @@ def render(schema: Mapping) -> str:
         if node.get("description"):
             lines += [_sentence(node["description"]), ""]
         lines += _table(entry, prefix)
+    lines += [
+        "",
+        "## Checked by jobs",
+        "",
+        "Every other setting a job could fail on stops the workflow when it starts, before any",
+        "job runs or deletes an old output. These depend on the data, or on a file only a job",
+        "reads, so the job that reads it stops, naming the setting:",
+        "",
+        "| key | the job's error says | why a job checks it |",
+        "|---|---|---|",
+    ]
+    for check in JOB_CHECKS:
+        cells = [f"`{check.key}`", f"… {check.error} …", check.why]
+        lines.append("| " + " | ".join(map(_cell, cells)) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -277,6 +277,12 @@ class GenerationSettings(Settings):
         return params
 
 
+# Stochastic diffusers schedulers whose `step` takes no generator: their noise cannot be drawn
+# per image, so an image would depend on which others share its batch (models.scheduler_class
+# refuses them, at start-up and in generate jobs).
+UNSEEDABLE_SCHEDULERS = ("DPMSolverSDEScheduler",)
+
+
 # The weights a pretrained backbone loads when classifier.weights is null (Hugging Face repo
 # ids, read from the local cache): torchvision's IMAGENET1K_V2 ResNet-50 as the original code
 # loads it, republished as safetensors, and the distilled DeiT-B of the paper's Appendix F.

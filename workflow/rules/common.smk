@@ -46,6 +46,14 @@ def check_gpu_limit():
         raise WorkflowError(error)
 
 
+def check_results_writable():
+    """Stop before any job when jobs could not write the results folder
+    (Plan.results_write_error). Run in onstart: a dry run writes nothing."""
+    error = PLAN.results_write_error()
+    if error:
+        raise WorkflowError(error)
+
+
 def gpus(device):
     return PLAN.gpus(device)
 

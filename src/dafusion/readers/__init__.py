@@ -32,6 +32,7 @@ class DatasetKind:
     read: Callable[[DatasetSettings, Path], pd.DataFrame]
     needs_root: bool = True  # every kind but digits reads a directory
     original_split: bool = False  # supports split_protocol: original-code
+    masks: bool = False  # gives object masks (methods' mask: object or background)
     keys: tuple[str, ...] = ()  # DatasetSettings fields only this kind reads
     # A module outside the default install that the reader imports, installed by the pip
     # extra named after the kind (pyproject.toml), and whether a given root needs it.
@@ -42,8 +43,8 @@ class DatasetKind:
 KINDS: dict[str, DatasetKind] = {
     "digits": DatasetKind(read_digits, needs_root=False, keys=("image_size",)),
     "imagefolder": DatasetKind(read_imagefolder),
-    "pascal": DatasetKind(read_pascal),
-    "coco": DatasetKind(read_coco, package="pycocotools"),
+    "pascal": DatasetKind(read_pascal, masks=True),
+    "coco": DatasetKind(read_coco, masks=True, package="pycocotools"),
     "caltech101": DatasetKind(read_caltech101, original_split=True),
     "flowers102": DatasetKind(read_flowers102, original_split=True),
     "fgvc_aircraft": DatasetKind(read_fgvc_aircraft, keys=("label_level",)),
@@ -67,6 +68,11 @@ def missing_package(kind: str, root: Path | None) -> str | None:
     if spec.package is None or importlib.util.find_spec(spec.package) is not None:
         return None
     return kind if root is None or spec.needs_package(root) else None
+
+
+def mask_kinds() -> list[str]:
+    """The kinds that give object masks, for messages."""
+    return sorted(name for name, kind in KINDS.items() if kind.masks)
 
 
 def original_split_kinds() -> list[str]:
