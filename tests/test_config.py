@@ -539,7 +539,8 @@ def test_the_tiny_models_scheduler_is_the_one_start_up_assumes(tiny_dir):
 # alone. Every error the library raises whose message names a setting is caught at start-up
 # (START_UP: words of the job's message -> a change to the default config that start-up
 # refuses, naming the key), or is a JobCheck of dafusion.config.JOB_CHECKS, which says why
-# only a job can check it. config.py and plan.py run at start-up: they are not scanned.
+# only a job can check it. config.py and plan.py run at start-up and estimate.py outside the
+# workflow: they are not scanned.
 START_UP = {
     "labelled 11 share a": (
         lambda c: [c["methods"][m].update(figures=[11]) for m in ("real-guidance", "da-fusion")],
@@ -610,7 +611,7 @@ START_UP = {
         "datasets.digits.split_protocol",
     ),
 }
-STARTS_UP = ("config.py", "plan.py")
+STARTS_UP = ("config.py", "plan.py", "estimate.py")
 
 
 def _message(call: ast.Call) -> str | None:
