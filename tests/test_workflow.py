@@ -767,8 +767,9 @@ def test_a_set_in_parts_is_the_same_bytes_and_changing_parts_reruns_nothing(tmp_
 
     run(3)
     shards = [f"shard-{n:06d}.tar" for n in range(5)]
-    assert sorted(p.name for p in folder.iterdir()) == ["index.parquet", *shards]
-    in_parts = {name: (folder / name).read_bytes() for name in shards}
+    described = ["README.md", "classes.json", "index.parquet"]  # dafusion.card
+    assert sorted(p.name for p in folder.iterdir()) == [*described, *shards]
+    in_parts = {name: (folder / name).read_bytes() for name in [*shards, "classes.json"]}
     rows = pd.read_parquet(folder / "index.parquet")
     assert recorded_parts(folder / "index.parquet") == 3
     assert dry_run(1) == dry_run(2) == set()
@@ -777,7 +778,7 @@ def test_a_set_in_parts_is_the_same_bytes_and_changing_parts_reruns_nothing(tmp_
     assert dry_run(1) == {("generate", part(0, 1)), ("gather_synthetic", target)}
     assert ("generate", part(4, 5)) in dry_run(8)  # 20 images in shards of 4: 5 parts
     run(1)
-    assert {name: (folder / name).read_bytes() for name in shards} == in_parts
+    assert {name: (folder / name).read_bytes() for name in in_parts} == in_parts
     pd.testing.assert_frame_equal(pd.read_parquet(folder / "index.parquet"), rows)
     assert recorded_parts(folder / "index.parquet") == 1
     assert dry_run(3) == set()

@@ -469,12 +469,17 @@ def gather_synthetic(
     seed: int,
     parts: Sequence[str],
     output: str,
+    code: Mapping[str, str] | None = None,
+    tokens_path: str | None = None,
 ) -> None:
     """The index of a synthetic set (`output`) from the rows its `generate` parts wrote,
     checked against the set's plan; it records the set's identity (`Plan.set_identity`) and
-    how many parts made it."""
+    how many parts made it. The set's `classes.json` and dataset card (`dafusion.card`)
+    say what it holds and what made it (`code`: the fingerprint of the code that did)."""
     import json
 
+    from .card import write_card
+    from .manifest import class_names
     from .synthetic import plan, write_index
 
     records = [json.loads(Path(part).read_text()) for part in parts]
@@ -493,9 +498,16 @@ def gather_synthetic(
             f"the parts {', '.join(parts)} hold {len(keys)} images, not the {len(planned)} "
             f"planned for {split_path}: delete them and rerun"
         )
+    folder = Path(output).parent
     index = write_index(
-        rows, Path(output).parent, output, shard_size=settings.shard_size, parts=len(parts),
-        identity=identity,
+        rows, folder, output, shard_size=settings.shard_size, parts=len(parts), identity=identity
+    )
+    title = (
+        f"Synthetic set {folder.parent.name} of {folder.parent.parent.parent.name}, {folder.name}"
+    )
+    write_card(
+        folder, index, class_names(manifest), identity, code or {}, settings.image_format, title,
+        tokens_path,
     )  # fmt: skip
     log.info("%d images from %d part(s) in %s", len(index), len(parts), output)
 

@@ -37,14 +37,13 @@ rule gather_synthetic:
     input:
         split=split_path,
         parts=generate_parts,
+        tokens=generate_tokens,  # named in the set's classes.json
     output:
         res(paths.SYNTHETIC),
     log:
         res("logs/{dataset}/gather_synthetic/{set}/seed{seed}-shots{shots}.log"),
     benchmark:
-        res(
-            "benchmarks/{dataset}/gather_synthetic/{set}/seed{seed}-shots{shots}.tsv"
-        )
+        res("benchmarks/{dataset}/gather_synthetic/{set}/seed{seed}-shots{shots}.tsv")
     priority: 3
     conda:
         "../../envs/dafusion.yaml"

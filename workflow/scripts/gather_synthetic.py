@@ -16,4 +16,6 @@ pipeline.gather_synthetic(
     seed=int(snakemake.wildcards.seed),
     parts=list(snakemake.input.parts),
     output=snakemake.output[0],
+    code=snakemake.params.code,
+    tokens_path=snakemake.input.tokens or None,
 )
