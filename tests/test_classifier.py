@@ -241,17 +241,6 @@ def test_default_draws_a_fresh_augmentation_every_step(digits, monkeypatch):
     assert distinct["default"] > 2 * views  # fresh views: (almost) every draw is new
 
 
-def test_cutmix_without_its_dependency_is_an_error(monkeypatch):
-    from torchvision.transforms import v2
-
-    from dafusion.classifier import cutmix_transform
-
-    assert cutmix_transform(3) is not None
-    monkeypatch.delattr(v2, "CutMix")
-    with pytest.raises(ImportError, match="classifier.cutmix_mode.*batch"):
-        cutmix_transform(3)
-
-
 def test_randaugment_and_batch_cutmix_produce_valid_batches():
     from dafusion.classifier import Augmenter, BatchCutMix
 
