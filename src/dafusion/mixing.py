@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from .images import load_image
+from .shards import read_images
 
 
 def synthetic_lookup(real_keys: Sequence[str], index: pd.DataFrame) -> list[torch.Tensor]:
@@ -114,8 +115,6 @@ class MixingDataset(torch.utils.data.IterableDataset):
         num_synthetic: int | None = None,
         transform: Callable[[Image.Image], Any] | None = None,
     ):
-        from .shards import read_images
-
         if not isinstance(manifest, pd.DataFrame):
             manifest = pd.read_parquet(manifest)
         self.real = manifest.to_dict("records")
