@@ -638,15 +638,18 @@ def test_augment_a_folder_with_the_documented_command(tmp_path):
     sizes = {row.key: Image.open(row.path).size for row in pool.itertuples()}
     assert all(s["png"].size == sizes[s["json"]["source_key"]] for s in samples)
 
-    # The README's reading examples, as written, from the working directory.
+    # The README's reading examples and its training loop, as written, from the working
+    # directory.
     examples = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
-    assert len(examples) == 2
-    for example in examples:
+    assert len(examples) == 3
+    for n, example in enumerate(examples):
         ran = subprocess.run(
             [sys.executable, "-c", example], cwd=workdir, capture_output=True, text=True
         )
         assert ran.returncode == 0, ran.stderr
-        assert all(key in ran.stdout for key in pool["key"]) or str(photos) in ran.stdout
+        if n < 2:
+            assert all(key in ran.stdout for key in pool["key"]) or str(photos) in ran.stdout
+    assert "epoch 1: loss" in ran.stdout and "synthetic [" in ran.stdout
 
     assert len(shards) == 1  # 18 images: one shard of shard_size
     listed = subprocess.run(["tar", "tf", shards[0]], capture_output=True, text=True, check=True)

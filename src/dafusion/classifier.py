@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from .backbones import ORIGINAL_MEAN, ORIGINAL_STD, Backbone, build_backbone
 from .images import load_image
+from .mixing import VariantTable, draw_batch, synthetic_lookup
 from .settings import ClassifierSettings
 
 
@@ -45,53 +46,6 @@ def to_uint8(images: Sequence[Image.Image], size: int) -> torch.Tensor:
     if not arrays:
         return torch.zeros((0, 3, size, size), dtype=torch.uint8)
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-
-
-def synthetic_lookup(real_keys: Sequence[str], index: pd.DataFrame) -> list[torch.Tensor]:
-    """For each real image, the positions (in `index`) of its synthetic variants."""
-    position = {key: i for i, key in enumerate(real_keys)}
-    lookup: list[list[int]] = [[] for _ in real_keys]
-    for pos, source in enumerate(index["source_key"]):
-        if source not in position:
-            raise ValueError(f"synthetic image of unknown real image '{source}'")
-        lookup[position[source]].append(pos)
-    return [torch.as_tensor(v, dtype=torch.long) for v in lookup]
-
-
-class VariantTable:
-    """Per real image, its synthetic positions padded with -1 to [N, max M], and their count."""
-
-    def __init__(self, variants: Sequence[torch.Tensor]):
-        self.counts = torch.tensor([len(v) for v in variants], dtype=torch.long)
-        width = max([len(v) for v in variants] + [1])
-        self.positions = torch.full((len(variants), width), -1, dtype=torch.long)
-        for i, v in enumerate(variants):
-            self.positions[i, : len(v)] = v
-
-    def __len__(self) -> int:
-        return len(self.counts)
-
-
-def draw_batch(
-    generator: torch.Generator,
-    variants: Sequence[torch.Tensor] | VariantTable,
-    alpha: float,
-    batch_size: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 6-7: real indices i ~ U{1..N}; with prob. alpha, a synthetic variant j of i.
-
-    Returns (real index, synthetic position or -1) per batch element. Pass a VariantTable
-    built once to draw without any per-element Python work.
-    """
-    table = variants if isinstance(variants, VariantTable) else VariantTable(variants)
-    real = torch.randint(len(table), (batch_size,), generator=generator)
-    swap = torch.rand(batch_size, generator=generator) < alpha
-    pick = torch.rand(batch_size, generator=generator)
-    count = table.counts[real]
-    j = (pick * count.to(pick.dtype)).long()  # the same float32 product as pick[b] * M
-    chosen = table.positions[real, j.clamp(max=table.positions.shape[1] - 1)]
-    synthetic = torch.where(swap & (count > 0), chosen, torch.full_like(chosen, -1))
-    return real, synthetic
 
 
 def to_device(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:

@@ -532,6 +532,7 @@ def train(
     from .classifier import train_classifier
     from .devices import resolve_device
     from .manifest import class_names
+    from .mixing import kept_variants
     from .runs import RUN_COLUMNS
     from .shards import read_images
 
@@ -539,8 +540,7 @@ def train(
     val_manifest = pd.read_parquet(val_path)
     index = images = None
     if synthetic_index:
-        index = pd.read_parquet(synthetic_index)
-        index = index[~index["dropped"] & (index["j"] < num_synthetic)].reset_index(drop=True)
+        index = kept_variants(pd.read_parquet(synthetic_index), num_synthetic)
         images = read_images(synthetic_index)
         log.info("%d synthetic images from %s", len(index), synthetic_index)
     metrics = train_classifier(
