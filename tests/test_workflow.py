@@ -607,9 +607,15 @@ def _augment_command(workdir: Path, photos: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def test_augment_beside_the_default_leaves_its_results_alone(workdir, tmp_path):
+def test_augment_beside_the_default_leaves_its_results_alone(tmp_path):
     """Issue 27: the augment path in the default's working directory writes its own results
     folder and model, and the all target refuses it even where the default's report exists."""
+    workdir = copy_workflow(tmp_path / "dafusion")
+    methods = {k: REDUCED["methods"][k] for k in ("baseline", "da-fusion")}
+    default = {**REDUCED, "examples_per_class": [1], "methods": methods}
+    write_config(workdir, "config.yaml", {**default, "erasure": {"enabled": False}})
+    finished = snakemake(workdir, "--cores", "2")
+    assert finished.returncode == 0, finished.stderr[-5000:]
     before = _contents(workdir)
     photos = tmp_path / "photos"
     _photo_folder(photos)
@@ -623,7 +629,7 @@ def test_augment_beside_the_default_leaves_its_results_alone(workdir, tmp_path):
     assert refused.returncode != 0
     assert "config key 'examples_per_class': 'all'" in refused.stdout + refused.stderr
     assert _contents(workdir) == before
-    assert dry_run(workdir) == set()
+    assert scheduled(workdir, "--cores", "2") == set()
 
 
 def test_augment_a_folder_with_the_documented_command(tmp_path):
