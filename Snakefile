@@ -66,11 +66,14 @@ onstart:
     check_gpu_limit()
 
 
+# evaluated_runs as well as the report: an input function of the target rule always runs, so a
+# config the all target cannot evaluate (config/augment.yaml) stops even when a report exists.
 rule all:
     default_target: True
     input:
         rules.report.output,
         PLAN.all_erasure(),
+        evaluated_runs,
 
 
 rule synthetic:

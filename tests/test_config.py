@@ -696,3 +696,50 @@ def test_a_setting_a_job_would_fail_on_stops_at_start_up(words):
     change(config)
     with pytest.raises(ConfigError, match=f"config key '{re.escape(key)}"):
         validate_config(config, SCHEMA)
+
+
+def _from_the_command_line(**sections) -> dict:
+    """The default config overlaid by `--config` values as Snakemake hands them over: the
+    scalars inside a nested value (and a top-level `false`) as strings."""
+    config = default_config()
+    for section, value in sections.items():
+        config[section] = {**config[section], **value} if isinstance(value, dict) else value
+    return config
+
+
+def test_command_line_strings_take_the_schemas_types():
+    config = validate_config(
+        _from_the_command_line(
+            model={"resolution": "16"},  # 'model={resolution: 16}'
+            seeds=["0", "1"],  # 'seeds=[0, 1]'
+            examples_per_class=["1", "all"],
+            generation={"guidance_scale": "7.5", "safety_checker": "FALSE"},
+            inversion={"flip": "False"},
+            datasets={"digits": {"kind": "digits", "val_per_class": "null"}},
+        ),
+        SCHEMA,
+    )
+    assert config["model"]["resolution"] == 16
+    assert config["seeds"] == [0, 1] and config["examples_per_class"] == [1, "all"]
+    assert config["generation"]["guidance_scale"] == 7.5
+    assert config["generation"]["safety_checker"] is False
+    assert config["inversion"]["flip"] is False
+    assert config["datasets"]["digits"]["val_per_class"] is None
+    assert config["results"] == "results"  # a string stays a string
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"model": {"resolution": "large"}}, "'model.resolution': 'large' is not of type integer"),
+        ({"seeds": ["0", "one"]}, "'seeds.1': 'one' is not of type integer"),
+        ({"inversion": {"flip": "yes"}}, "'inversion.flip': 'yes' is not of type boolean"),
+        (
+            {"datasets": {"digits": {"kind": "digits", "val_per_class": "few"}}},
+            "'datasets.digits.val_per_class': 'few' is not of type integer or null",
+        ),
+    ],
+)
+def test_a_command_line_value_of_the_wrong_type_names_key_and_type(sections, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config(_from_the_command_line(**sections), SCHEMA)

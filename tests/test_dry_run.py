@@ -102,3 +102,19 @@ def test_a_read_only_results_folder_parses_for_a_dry_run(photos_workdir):
     assert result.returncode != 0
     assert "Write-protected output files for rule " in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_config_values_on_the_command_line_take_the_schemas_types(tmp_path):
+    """Snakemake hands `--config` values nested in a YAML mapping (and a top-level `false`)
+    over as strings; the workflow reads them as the schema's types (issue 27)."""
+    workdir = copy_workflow(tmp_path / "dafusion")
+    write_config(workdir, "config.yaml", REDUCED)
+    jobs = scheduled(
+        workdir, "--cores", "1", "synthetic", "--configfile", "config/config.yaml",
+        "--config", "model={resolution: 16}", "generation={parts: 3, guidance_scale: 7.5}",
+        "inversion={flip: FALSE}", "examples_per_class=[1]",
+    )  # fmt: skip
+    assert ("build_tiny_model", "results/model/tiny") in jobs  # 16 px, an integer
+    parts = {output.rsplit("/", 1)[-1] for rule, output in jobs if rule == "generate"}
+    assert parts == {f"part-{i}-of-3.json" for i in range(3)}
+    assert not (workdir / "results").exists()

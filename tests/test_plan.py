@@ -221,7 +221,10 @@ def test_index_params_hold_what_the_kind_reads_without_allow_fewer(tmp_path):
 
 
 def test_model_inputs_and_resources_follow_the_model(small):
-    assert small.model_input() == "out/model/tiny"
+    # keyed by the resolution it is built at; the embedded default's 16 px keeps 0.2.0's folder
+    assert small.model_input() == "out/model/tiny-32px"
+    default = dataclasses.replace(small, model=small.model.replace(resolution=16))
+    assert default.model_input() == "out/model/tiny"
     assert (small.model_threads(), small.model_mem_mb(8000)) == (1, 2000)
     hub = dataclasses.replace(small, model=small.model.replace(pretrained="models/sd-v1-4"))
     assert hub.model_input() == []

@@ -596,34 +596,62 @@ def _photo_folder(root: Path) -> None:
         image.save(root / name)
 
 
+def _augment_command(workdir: Path, photos: Path) -> list[str]:
+    """The README's augment words with the offline overlay, for the photos at `photos`."""
+    (workdir / "config").mkdir(exist_ok=True)
+    for name in ("augment.yaml", "augment-tiny.yaml"):
+        shutil.copy(REPO / "config" / name, workdir / "config" / name)
+    return [
+        "--configfile", "config/augment.yaml", "config/augment-tiny.yaml",
+        "--config", f"datasets={{photos: {{root: '{photos}'}}}}",
+    ]  # fmt: skip
+
+
+def test_augment_beside_the_default_leaves_its_results_alone(tmp_path):
+    """Issue 27: the augment path in the default's working directory writes its own results
+    folder and model, and the all target refuses it even where the default's report exists."""
+    workdir = copy_workflow(tmp_path / "dafusion")
+    methods = {k: REDUCED["methods"][k] for k in ("baseline", "da-fusion")}
+    default = {**REDUCED, "examples_per_class": [1], "methods": methods}
+    write_config(workdir, "config.yaml", {**default, "erasure": {"enabled": False}})
+    finished = snakemake(workdir, "--cores", "2")
+    assert finished.returncode == 0, finished.stderr[-5000:]
+    before = _contents(workdir)
+    photos = tmp_path / "photos"
+    _photo_folder(photos)
+    command = _augment_command(workdir, photos)
+    result = snakemake(workdir, "--cores", "2", "synthetic", *command)
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert list((workdir / "results-augment/photos/synthetic").glob("*/seed0-shotsall"))
+    in_results = write_config(workdir, "in-results.yaml", {"results": "results"})
+    words = [*command[:3], in_results, *command[3:]]  # the default's results folder
+    refused = snakemake(workdir, "-n", "--cores", "2", "all", *words)
+    assert refused.returncode != 0
+    assert "config key 'examples_per_class': 'all'" in refused.stdout + refused.stderr
+    assert _contents(workdir) == before
+    assert scheduled(workdir, "--cores", "2") == set()
+
+
 def test_augment_a_folder_with_the_documented_command(tmp_path):
-    """The README's one command (plus an overlay for the tiny model): every image of every
+    """The README's one command (plus the overlay for the tiny model): every image of every
     class is the source of M synthetic images, in shards that webdataset and plain tar read;
     the embedded default's digits do not run, and the all target is refused up front."""
     workdir = copy_workflow(tmp_path / "dafusion")
-    (workdir / "config").mkdir()
-    shutil.copy(REPO / "config/augment.yaml", workdir / "config/augment.yaml")
     photos = tmp_path / "my photos"
     _photo_folder(photos)
-    tiny = {
-        "model": {"pretrained": "tiny", "resolution": 32, "dtype": "float32"},
-        "inversion": {"steps": 2, "batch_size": 2},
-        "generation": {"num_synthetic": 3, "num_inference_steps": 4, "batch_size": 8},
-    }
-    command = [
-        "--configfile", "config/augment.yaml", write_config(workdir, "tiny.yaml", tiny),
-        "--config", f"datasets={{photos: {{root: '{photos}'}}}}",
-    ]  # fmt: skip
+    command = _augment_command(workdir, photos)
     refused = snakemake(workdir, "-n", "--cores", "2", *command)
     assert refused.returncode != 0
     assert "config key 'examples_per_class': 'all'" in refused.stdout + refused.stderr
     result = snakemake(workdir, "--cores", "2", "synthetic", *command)
     assert result.returncode == 0, result.stderr[-5000:]
 
-    results = workdir / "results"
+    assert not (workdir / "results").exists()
+    results = workdir / "results-augment"
     assert sorted(p.name for p in results.iterdir() if p.is_dir()) == [
         "benchmarks", "logs", "model", "photos",
     ]  # fmt: skip
+    assert [p.name for p in (results / "model").iterdir()] == ["tiny-32px"]
     pool = pd.read_parquet(results / "photos/splits/pool.parquet")
     assert len(pool) == 6 and len(pd.read_parquet(results / "photos/splits/val.parquet")) == 0
     (synthetic,) = (results / "photos/synthetic").glob("*/seed0-shotsall")  # one set

@@ -13,8 +13,12 @@ editing it changes no job's code fingerprint (`dafusion.provenance`).
 
 from __future__ import annotations
 
-# The tiny model, built once (model.pretrained: tiny).
+# The tiny model (model.pretrained: tiny), built once per resolution: two configs of one
+# results folder never overwrite each other's. The embedded default's 16 px keeps the
+# unsuffixed folder of version 0.2.0, so its results need no rerun (tiny_model).
 TINY_MODEL = "model/tiny"
+TINY_MODEL_AT = "model/tiny-{resolution}px"
+TINY_MODEL_UNSUFFIXED_RESOLUTION = 16
 
 # index_dataset: a dataset read once.
 SPLITS = "{dataset}/splits"
@@ -63,6 +67,14 @@ INVERSION_CURVES = "figures/inversion-loss-{dataset}.png"
 INVERSION_CURVES_PDF = "figures/inversion-loss-{dataset}.pdf"
 REPORT = "report.html"
 BENCHMARKS = "benchmarks"
+
+
+def tiny_model(resolution: int) -> str:
+    """The tiny model built at `resolution`: TINY_MODEL at the embedded default's resolution
+    (where 0.2.0 built it for every resolution), TINY_MODEL_AT at any other."""
+    if resolution == TINY_MODEL_UNSUFFIXED_RESOLUTION:
+        return TINY_MODEL
+    return TINY_MODEL_AT.format(resolution=resolution)
 
 
 def tokens_losses(tokens: str) -> str:

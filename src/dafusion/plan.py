@@ -317,7 +317,9 @@ class Plan:
 
     def model_input(self) -> str | list[str]:
         """The built tiny model directory, or nothing for a hub id / local directory."""
-        return self.res(paths.TINY_MODEL) if self.model.pretrained == "tiny" else []
+        if self.model.pretrained != "tiny":
+            return []
+        return self.res(paths.tiny_model(self.model.resolution))
 
     def split_path(self, dataset: str, seed: int | str, shots: int | str) -> str:
         return self.path(paths.SPLIT, dataset=dataset, seed=seed, shots=shots)
