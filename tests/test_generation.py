@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dafusion.datasets import few_shot
 from dafusion.generation import Engine, denoising_timesteps, encode_images, sdedit
@@ -321,3 +322,48 @@ def test_a_masked_batch_of_mixed_strengths_equals_each_sample_alone(
             masks[i : i + 1],
         )  # fmt: skip
         torch.testing.assert_close(batch[i : i + 1], alone, atol=1e-4, rtol=0)
+
+
+class _HostToDevice(TorchDispatchMode):
+    """Logs every copy from the host to the meta device (a blocking one on CUDA)."""
+
+    def __init__(self, events: list[str]):
+        super().__init__()
+        self.events = events
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in (torch.ops.aten._to_copy, torch.ops.aten.copy_):
+            source = args[1] if func.overloadpacket is torch.ops.aten.copy_ else args[0]
+            if source.device.type == "cpu" and out.device.type == "meta":
+                self.events.append("copy")
+        return out
+
+
+@pytest.mark.parametrize(
+    "name, copies",
+    [("default", 0), ("fast", 0), ("DDIMScheduler", 0), ("EulerAncestralDiscreteScheduler", 7)],
+)
+def test_the_denoising_loop_never_waits_for_the_device(components, name, copies):
+    """The loop of a masked batch of three strengths on the meta device, where any
+    read of a device value on the host (`.item()`, `bool`, `.cpu()`, `nonzero`) raises and
+    every host-to-device copy is logged: between the first UNet call and the VAE decode
+    there is none, but with a stochastic scheduler, which draws each step's noise per image
+    on the host as diffusers does: one copy per strength and step (4 + 2 + 1)."""
+    scheduler = scheduler_from_name(name, components.scheduler)
+    components.unet.to("meta")
+    components.vae.to("meta")
+    events: list[str] = []
+    components.unet.register_forward_pre_hook(lambda *_: events.append("unet"))
+    components.vae.decoder.register_forward_pre_hook(lambda *_: events.append("decode"))
+    means = torch.empty(3, 4, 16, 16, device="meta")
+    masks = torch.empty(3, 1, 16, 16, device="meta")
+    text = torch.empty(3, 77, components.unet.config.cross_attention_dim, device="meta")
+    settings = GenerationSettings(num_inference_steps=4, guidance_scale=7.5)
+    with _HostToDevice(events):
+        sdedit(
+            components, scheduler, means, means, text, text,
+            [torch.Generator().manual_seed(i) for i in range(3)], [1.0, 0.5, 0.25], settings, masks,
+        )  # fmt: skip
+    loop = events[events.index("unet") : events.index("decode")]
+    assert loop.count("unet") >= 4 and loop.count("copy") == copies

@@ -74,6 +74,24 @@ class _Start:
     scheduler: Any
 
 
+def _add_noise(
+    scheduler, samples: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor
+) -> torch.Tensor:
+    """`scheduler.add_noise` at one (host) timestep, its coefficients computed on the host.
+
+    A scheduler's add_noise is a x + b n with scalars a and b, but the sigma-based ones
+    (Euler, DPM-Solver) copy their tables to the samples' device and index them with a host
+    list at every call, each a wait for the device. Called on two host probes it gives a and
+    b exactly (a * 1 + b * 0), and a x + b n then repeats its arithmetic on the device.
+    """
+    probe = scheduler.add_noise(
+        torch.tensor([1.0, 0.0], dtype=samples.dtype),
+        torch.tensor([0.0, 1.0], dtype=samples.dtype),
+        timestep.reshape(1),
+    )
+    return probe[0] * samples + probe[1] * noise
+
+
 @torch.no_grad()
 def sdedit(
     components: Components,
@@ -96,6 +114,11 @@ def sdedit(
     needs, not the sum over its strengths. Each strength keeps its own copy of the
     scheduler (multistep history, step index), so every sample's arithmetic is the one of
     a batch of its strength alone.
+
+    The loop waits for the device nowhere: which samples step and the timesteps are set on
+    the host before it, and the schedulers' tables stay on the host, so
+    a step reads host scalars (a stochastic scheduler still copies each step's per-image
+    noise to the device, drawn on the host as diffusers draws it).
 
     With `masks` ([B, 1, h, w] at latent size, 1 = regenerate), the inpainting pipeline's
     semantics for a 4-channel UNet: after every step the kept region is reset to the real
@@ -120,11 +143,17 @@ def sdedit(
             starts[-1].hi += 1
             continue
         copy_ = copy.deepcopy(scheduler)
-        copy_.set_timesteps(S, device=device)
+        copy_.set_timesteps(S)  # on the host, with its tables
         steps = denoising_timesteps(copy_, S, strengths[i])
         lo = starts[-1].hi if starts else 0
         starts.append(_Start(lo, lo + 1, len(copy_.timesteps) - len(steps), copy_))
     timesteps = starts[0].scheduler.timesteps  # every start's steps are a suffix of these
+    # One tensor per step (not views at moving offsets, which a compiled UNet may guard on).
+    unet_timesteps = [t.clone() for t in timesteps.to(device)]
+    # Per step: the starts that step.
+    schedule = [
+        (g, [s for s in starts if s.offset <= g]) for g in range(starts[0].offset, len(timesteps))
+    ]
     shape = means.shape[1:]
     # Per-sample draws in img2img's order: the latent sample, then the inserted noise.
     eps = torch.stack([torch.randn(shape, generator=g, dtype=means.dtype) for g in generators])
@@ -137,19 +166,24 @@ def sdedit(
         if masks is not None and strengths[order[s.lo]] == 1.0:
             latents.append(noise[part] * s.scheduler.init_noise_sigma)
         else:
-            t0 = timesteps[s.offset : s.offset + 1].repeat(s.hi - s.lo)
-            latents.append(s.scheduler.add_noise(image_latents[part], noise[part], t0))
+            latents.append(
+                _add_noise(s.scheduler, image_latents[part], noise[part], timesteps[s.offset])
+            )
     latents = torch.cat(latents)
     guided = settings.guidance_scale > 1.0
+    cond, uncond = cond.to(dtype), uncond.to(dtype)
+    # The UNet's text conditioning for each count of samples started.
+    contexts = {
+        m: torch.cat([uncond[:m], cond[:m]]) if guided else cond[:m] for m in {s.hi for s in starts}
+    }
     stochastic = "generator" in inspect.signature(scheduler.step).parameters
-    for g in range(starts[0].offset, len(timesteps)):
+    for g, active in schedule:
         t = timesteps[g]
-        active = [s for s in starts if s.offset <= g]
         m = active[-1].hi
-        scaled = torch.cat([s.scheduler.scale_model_input(latents[s.lo : s.hi], t) for s in active])
-        model_input = torch.cat([scaled] * 2) if guided else scaled
-        context = torch.cat([uncond[:m], cond[:m]]) if guided else cond[:m]
-        pred = unet(model_input.to(dtype), t, encoder_hidden_states=context.to(dtype)).sample
+        inputs = [s.scheduler.scale_model_input(latents[s.lo : s.hi], t) for s in active]
+        batch = torch.cat(inputs).to(dtype)
+        model_input = torch.cat([batch, batch]) if guided else batch
+        pred = unet(model_input, unet_timesteps[g], encoder_hidden_states=contexts[m]).sample
         if guided:
             pred_uncond, pred_text = pred.chunk(2)
             pred = pred_uncond + settings.guidance_scale * (pred_text - pred_uncond)
@@ -161,7 +195,7 @@ def sdedit(
             if masks is not None:
                 kept = image_latents[part]
                 if g < len(timesteps) - 1:
-                    kept = s.scheduler.add_noise(kept, noise[part], timesteps[g + 1 : g + 2])
+                    kept = _add_noise(s.scheduler, kept, noise[part], timesteps[g + 1])
                 x = (1 - masks[part]) * kept + masks[part] * x
             stepped.append(x)
         latents = torch.cat([*stepped, latents[m:]])
