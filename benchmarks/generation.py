@@ -19,7 +19,8 @@ Each eager side first runs one strength group untimed; each compiled side first 
 whole work untimed, so every shape it meets is compiled before the clock starts (that first
 run's seconds and the graphs compiled are printed apart; inductor caches compiled kernels
 on disk, so set TORCHINDUCTOR_FORCE_DISABLE_CACHES=1 for cold compile times). `--repeats N`
-keeps each side's best of N timed runs (a shared machine).
+keeps each side's best of N timed runs; each side's CPU time (this process's) is printed
+too: on a shared CPU it depends less than the wall time on what else runs.
 
 On a GPU it also prints the achieved fraction of the bf16 matmul peak measured on the spot,
 counting 0.80 TFLOP per UNet sample-forward at 64x64 latents (SD v1.4), doubled by
@@ -66,13 +67,13 @@ def make_manifest(count: int, size: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def timed(device: torch.device, run: Callable[[], object]) -> float:
-    """Seconds `run()` takes, device work included."""
+def timed(device: torch.device, run: Callable[[], object]) -> tuple[float, float]:
+    """Wall seconds `run()` takes, device work included, and this process's CPU seconds."""
     sync(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     run()
     sync(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def main() -> None:
@@ -93,6 +94,7 @@ def main() -> None:
     strengths = [0.25, 0.5, 0.75, 1.0]
     guidance = 7.5
     seconds: dict[str, float] = {}
+    cpu_seconds: dict[str, float] = {}  # on a CPU: what other work on the machine changes least
     first_runs: dict[str, tuple[float, int]] = {}  # compiled sides: seconds, graphs compiled
     with ExitStack() as stack:
         model_dir = model_directory(args.model_dir, args.full_size, stack)
@@ -126,10 +128,11 @@ def main() -> None:
             """Time `run` after `warm_up`; a compiled side's warm-up is reported too."""
             torch._dynamo.reset()  # no side starts from another's graphs or shape history
             counters.clear()
-            first_run = timed(device, warm_up)
+            first_run = timed(device, warm_up)[0]
             if "compiled" in name:
                 first_runs[name] = first_run, counters["stats"]["unique_graphs"]
-            seconds[name] = min(timed(device, run) for _ in range(args.repeats))
+            runs = [timed(device, run) for _ in range(args.repeats)]
+            seconds[name], cpu_seconds[name] = min(r[0] for r in runs), min(r[1] for r in runs)
             print(f"{name}: {seconds[name]:.1f} s", flush=True)
 
         def run_engine(settings: GenerationSettings, items: list[dict]) -> None:
@@ -195,7 +198,10 @@ def main() -> None:
         "per-image loop", "batched diffusers", "batched diffusers compiled", "engine",
         "engine compiled",
     ):  # fmt: skip
-        print(f"{name:>{width}}: {n / seconds[name]:8.2f} img/s ({seconds[name]:.1f} s)")
+        print(
+            f"{name:>{width}}: {n / seconds[name]:8.2f} img/s ({seconds[name]:.1f} s; "
+            f"process CPU {cpu_seconds[name]:.1f} s)"
+        )
     for name, (first_run, graphs) in first_runs.items():
         print(f"{name:>{width}}: first run {first_run:.1f} s, compile included, {graphs} graphs")
     for a, b in (
@@ -206,7 +212,10 @@ def main() -> None:
         ("engine compiled", "engine"),
         ("batched diffusers compiled", "batched diffusers"),
     ):
-        print(f"{'ratio':>{width}}: {seconds[b] / seconds[a]:8.2f}x ({a} / {b} throughput)")
+        print(
+            f"{'ratio':>{width}}: {seconds[b] / seconds[a]:8.2f}x ({a} / {b} throughput; "
+            f"by process CPU time {cpu_seconds[b] / cpu_seconds[a]:.2f}x)"
+        )
     print(
         f"{'UNet sample-fwds':>{width}}: {needed} needed (every side), {padded} run by the "
         f"compiled engine ({padded / needed:.2f}x: padding, samples not started)"
