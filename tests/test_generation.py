@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dafusion.datasets import few_shot
 from dafusion.generation import Engine, denoising_timesteps, encode_images, sdedit
@@ -197,19 +198,21 @@ def test_matches_diffusers_img2img(components, tiny_dir, manifest, stochastic):
         ]
     )
     means, stds = encode_images(components, images, 32, 8)
-    out = sdedit(
-        components,
-        scheduler,
-        means,
-        stds,
-        encode_text(components, prompts),
-        encode_text(components, [""]).expand(3, -1, -1),
-        [torch.Generator().manual_seed(s) for s in seeds],
-        t0s,
-        GenerationSettings(num_inference_steps=S, guidance_scale=scale),
-    )
-    ours = ((out.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
-    np.testing.assert_allclose(ours, expected, atol=1e-4)
+    for rows in (None, 5):  # the UNet on the samples started, or on 5 rows at every step
+        out = sdedit(
+            components,
+            scheduler,
+            means,
+            stds,
+            encode_text(components, prompts),
+            encode_text(components, [""]).expand(3, -1, -1),
+            [torch.Generator().manual_seed(s) for s in seeds],
+            t0s,
+            GenerationSettings(num_inference_steps=S, guidance_scale=scale),
+            rows=rows,
+        )
+        ours = ((out.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+        np.testing.assert_allclose(ours, expected, atol=1e-4)
 
 
 def test_resizes_back_to_the_source_size(components):
@@ -252,20 +255,22 @@ def test_masked_generation_matches_diffusers_inpainting(
     ).images
     means, stds = encode_images(components, [image], 32, 1)
     masks = load_mask(str(tmp_path / "mask.png"), "object", 32, 16, dilation=1)[None]
-    out = sdedit(
-        components,
-        components.scheduler,
-        means,
-        stds,
-        encode_text(components, ["a photo of a zero"]),
-        encode_text(components, [""]),
-        [torch.Generator().manual_seed(5)],
-        t0,
-        GenerationSettings(num_inference_steps=10, guidance_scale=7.5),
-        masks,
-    )
-    ours = ((out.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
-    np.testing.assert_allclose(ours, expected, atol=1e-4)
+    for rows in (None, 3):
+        out = sdedit(
+            components,
+            components.scheduler,
+            means,
+            stds,
+            encode_text(components, ["a photo of a zero"]),
+            encode_text(components, [""]),
+            [torch.Generator().manual_seed(5)],
+            t0,
+            GenerationSettings(num_inference_steps=10, guidance_scale=7.5),
+            masks,
+            rows=rows,
+        )
+        ours = ((out.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+        np.testing.assert_allclose(ours, expected, atol=1e-4)
 
 
 def test_mask_dilation_and_background(tmp_path):
@@ -300,7 +305,8 @@ def test_unseedable_stochastic_scheduler_is_refused(components):
 def test_a_masked_batch_of_mixed_strengths_equals_each_sample_alone(
     components, manifest, stochastic
 ):
-    """Masked samples of t0 = 1 (pure noise start) and t0 < 1 share one batch exactly."""
+    """Masked samples of t0 = 1 (pure noise start) and t0 < 1 share one batch exactly, also
+    one padded to fixed shapes (`rows`)."""
     scheduler = _euler_ancestral(components) if stochastic else components.scheduler
     images = [load_image(r) for r in manifest.to_dict("records")]
     means, stds = encode_images(components, images, 32, 8)
@@ -310,14 +316,127 @@ def test_a_masked_batch_of_mixed_strengths_equals_each_sample_alone(
     masks[:, :, 4:12, 2:10] = 1
     t0s, seeds = [0.5, 1.0, 0.25], [7, 8, 9]
     settings = GenerationSettings(num_inference_steps=8, guidance_scale=7.5)
-    batch = sdedit(
-        components, scheduler, means, stds, cond, uncond,
-        [torch.Generator().manual_seed(s) for s in seeds], t0s, settings, masks,
-    )  # fmt: skip
+    batches = [
+        sdedit(
+            components,
+            scheduler,
+            means,
+            stds,
+            cond,
+            uncond,
+            [torch.Generator().manual_seed(s) for s in seeds],
+            t0s,
+            settings,
+            masks,
+            rows=rows,
+        )  # fmt: skip
+        for rows in (None, 5)
+    ]
     for i in range(3):
         alone = sdedit(
             components, scheduler, means[i : i + 1], stds[i : i + 1], cond[i : i + 1],
             uncond[i : i + 1], [torch.Generator().manual_seed(seeds[i])], t0s[i], settings,
             masks[i : i + 1],
         )  # fmt: skip
-        torch.testing.assert_close(batch[i : i + 1], alone, atol=1e-4, rtol=0)
+        for batch in batches:
+            torch.testing.assert_close(batch[i : i + 1], alone, atol=1e-4, rtol=0)
+
+
+def _fixed_shape_run(components, manifest, scheduler, compile_, mask="none"):
+    """(key -> image) of 3 images x 3 variants in batches of 4: chunks of 1.0, 1.0, 0.75,
+    0.75 / 0.5, 0.25, 0.25, 0.25 / 0.25 (a last smaller chunk)."""
+    settings = GenerationSettings(
+        num_synthetic=3, guidance_scale=7.5, num_inference_steps=8, batch_size=4, compile=compile_
+    )
+    prompts = {c: f"a photo of a {c}" for c in manifest["label"].unique()}
+    engine = Engine(
+        components, scheduler, manifest, prompts, 32, settings, mask=mask, mask_dilation=1
+    )
+    work = plan(manifest, 0, 3, [0.25, 0.5, 0.75, 1.0]).to_dict("records")
+    assert sorted(w["strength"] for w in work) == [0.25] * 4 + [0.5, 0.75, 0.75, 1.0, 1.0]
+    return {rec["key"]: np.asarray(image, dtype=np.int16) for rec, image in engine.run(work, 0)}
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_fixed_shapes_equal_the_eager_engine(components, manifest, tmp_path, stochastic):
+    """With `compile` every chunk, the last smaller one too, is padded to the batch size and
+    the UNet runs on all of it at every step; the images equal the eager engine's (the UNet
+    on the samples started only) within the batch-size tolerance, masked generation with
+    t0 = 1 (pure noise, the kept region reset every step) included."""
+    scheduler = _euler_ancestral(components) if stochastic else components.scheduler
+    paths = []
+    for i in range(len(manifest)):
+        mask = np.zeros((32, 32), dtype=np.uint8)
+        mask[4 + 2 * i : 20 + 2 * i, 6:22] = 255
+        paths.append(tmp_path / f"mask{i}.png")
+        Image.fromarray(mask).save(paths[-1])
+    masked = manifest.assign(mask_path=[str(p) for p in paths])
+    eager = _fixed_shape_run(components, masked, scheduler, False, mask="object")
+    fixed = _fixed_shape_run(components, masked, scheduler, True, mask="object")
+    assert eager.keys() == fixed.keys() and len(eager) == 9
+    for key in eager:
+        assert np.abs(eager[key] - fixed[key]).max() <= 1
+
+
+def test_a_compiled_unet_sees_one_shape(components, manifest):
+    """With `compile`, every UNet call of a run of several chunks (strengths starting at
+    different steps, a last smaller chunk) gets the same input shapes: it compiles once."""
+    shapes = []
+    components.unet.register_forward_pre_hook(
+        lambda _, args, kwargs: shapes.append(
+            (args[0].shape, args[1].shape, kwargs["encoder_hidden_states"].shape)
+        ),
+        with_kwargs=True,
+    )
+    _fixed_shape_run(components, manifest, components.scheduler, True)
+    # Each chunk costs the calls of its largest t0 (1.0, 0.5, 0.25): PNDM makes floor(S t0) + 1.
+    assert len(shapes) == 9 + 5 + 3
+    assert len(set(shapes)) == 1 and shapes[0][0][0] == 8  # 4 rows, doubled by guidance
+
+
+class _HostToDevice(TorchDispatchMode):
+    """Logs every copy from the host to the meta device (a blocking one on CUDA)."""
+
+    def __init__(self, events: list[str]):
+        super().__init__()
+        self.events = events
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in (torch.ops.aten._to_copy, torch.ops.aten.copy_):
+            source = args[1] if func.overloadpacket is torch.ops.aten.copy_ else args[0]
+            if source.device.type == "cpu" and out.device.type == "meta":
+                self.events.append("copy")
+        return out
+
+
+@pytest.mark.parametrize(
+    "name, copies",
+    [("default", 0), ("fast", 0), ("DDIMScheduler", 0), ("EulerAncestralDiscreteScheduler", 7)],
+)
+def test_the_denoising_loop_never_waits_for_the_device(components, name, copies):
+    """The loop of a masked batch of three strengths, eager and padded, on the meta device,
+    where any read of a device value on the host (`.item()`, `bool`, `.cpu()`, `nonzero`)
+    raises and every host-to-device copy is logged: between the first UNet call and the VAE
+    decode there is none, but with a stochastic scheduler, which draws each step's noise per
+    image on the host as diffusers does: one copy per strength and step (4 + 2 + 1)."""
+    scheduler = scheduler_from_name(name, components.scheduler)
+    components.unet.to("meta")
+    components.vae.to("meta")
+    events: list[str] = []
+    components.unet.register_forward_pre_hook(lambda *_: events.append("unet"))
+    components.vae.decoder.register_forward_pre_hook(lambda *_: events.append("decode"))
+    means = torch.empty(3, 4, 16, 16, device="meta")
+    masks = torch.empty(3, 1, 16, 16, device="meta")
+    text = torch.empty(3, 77, components.unet.config.cross_attention_dim, device="meta")
+    settings = GenerationSettings(num_inference_steps=4, guidance_scale=7.5)
+    for rows in (None, 5):
+        events.clear()
+        with _HostToDevice(events):
+            sdedit(
+                components, scheduler, means, means, text, text,
+                [torch.Generator().manual_seed(i) for i in range(3)], [1.0, 0.5, 0.25],
+                settings, masks, rows=rows,
+            )  # fmt: skip
+        loop = events[events.index("unet") : events.index("decode")]
+        assert loop.count("unet") >= 4 and loop.count("copy") == copies

@@ -227,17 +227,19 @@ def test_out_of_memory_halves_the_batch(components, manifest, monkeypatch):
     engine = _engine(components, manifest, batch_size=8)
     original, sizes = Engine._batch, []
 
-    def small_memory(self, chunk):
-        sizes.append(len(chunk))
+    def small_memory(self, chunk, size):
+        sizes.append((len(chunk), size))
         if len(chunk) > 2:
             raise torch.cuda.OutOfMemoryError("fake")
-        return original(self, chunk)
+        return original(self, chunk, size)
 
     monkeypatch.setattr(Engine, "_batch", small_memory)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     out = {i["key"]: torch.tensor(list(im.tobytes())) for i, im in engine.run(work, 0)}
     assert engine.batch_size == 2
-    assert sizes == [8, 4, 2, 2, 2, 2]  # halved twice, then kept for the rest of the chunk
+    # Halved twice, then kept for the rest of the chunk; `size` is what a compiled UNet's
+    # batches are padded to.
+    assert sizes == [(8, 8), (4, 4), (2, 2), (2, 2), (2, 2), (2, 2)]
     assert out.keys() == reference.keys()
     for key in out:
         assert (out[key] - reference[key]).abs().max() <= 1

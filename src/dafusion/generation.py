@@ -74,6 +74,29 @@ class _Start:
     scheduler: Any
 
 
+def _add_noise(
+    scheduler, samples: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor
+) -> torch.Tensor:
+    """`scheduler.add_noise` at one (host) timestep, its coefficients computed on the host.
+
+    A scheduler's add_noise is a x + b n with scalars a and b, but the sigma-based ones
+    (Euler, DPM-Solver) copy their tables to the samples' device and index them with a host
+    list at every call, each a wait for the device. Called on two host probes it gives a and
+    b exactly (a * 1 + b * 0), and a x + b n then repeats its arithmetic on the device.
+    """
+    probe = scheduler.add_noise(
+        torch.tensor([1.0, 0.0], dtype=samples.dtype),
+        torch.tensor([0.0, 1.0], dtype=samples.dtype),
+        timestep.reshape(1),
+    )
+    return probe[0] * samples + probe[1] * noise
+
+
+def _pad(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """`x` with its last row repeated up to `rows` rows."""
+    return torch.cat([x, x[-1:].expand(rows - len(x), *x.shape[1:])]) if rows > len(x) else x
+
+
 @torch.no_grad()
 def sdedit(
     components: Components,
@@ -86,6 +109,7 @@ def sdedit(
     strength: float | Sequence[float],
     settings: GenerationSettings,
     masks: torch.Tensor | None = None,
+    rows: int | None = None,
 ) -> torch.Tensor:
     """Denoise one batch; returns images in [-1, 1], in the order of the inputs.
 
@@ -97,6 +121,16 @@ def sdedit(
     scheduler (multistep history, step index), so every sample's arithmetic is the one of
     a batch of its strength alone.
 
+    With `rows` (at least the batch), the batch is padded to `rows` samples and the UNet
+    runs on all of them at every step, the samples not started yet and the padding only
+    carried along: one input shape for the whole run, so a compiled UNet compiles once.
+    Without it the UNet runs on the samples started, fewer sample-steps.
+
+    The loop waits for the device nowhere: which samples step, the UNet's rows and the
+    timesteps are set on the host before it, and the schedulers' tables stay on the host, so
+    a step reads host scalars (a stochastic scheduler still copies each step's per-image
+    noise to the device, drawn on the host as diffusers draws it).
+
     With `masks` ([B, 1, h, w] at latent size, 1 = regenerate), the inpainting pipeline's
     semantics for a 4-channel UNet: after every step the kept region is reset to the real
     image's latent noised to the next timestep, and t0 = 1 starts from pure noise.
@@ -105,6 +139,8 @@ def sdedit(
     pass theirs: it draws each image's step noise from that image's own generator.
     """
     n = len(generators)
+    if rows is not None and rows < n:
+        raise ValueError(f"rows ({rows}) must hold the batch ({n} samples)")
     strengths = [float(s) for s in strength] if isinstance(strength, Sequence) else [strength] * n
     # Largest t0 first: the samples started at any step are then a prefix of the batch.
     order = sorted(range(n), key=lambda i: -strengths[i])
@@ -120,11 +156,18 @@ def sdedit(
             starts[-1].hi += 1
             continue
         copy_ = copy.deepcopy(scheduler)
-        copy_.set_timesteps(S, device=device)
+        copy_.set_timesteps(S)  # on the host, with its tables
         steps = denoising_timesteps(copy_, S, strengths[i])
         lo = starts[-1].hi if starts else 0
         starts.append(_Start(lo, lo + 1, len(copy_.timesteps) - len(steps), copy_))
     timesteps = starts[0].scheduler.timesteps  # every start's steps are a suffix of these
+    # One tensor per step (not views at moving offsets, which a compiled UNet may guard on).
+    unet_timesteps = [t.clone() for t in timesteps.to(device)]
+    # Per step: the starts that step, and the rows the UNet sees (`rows`, or those started).
+    schedule = []
+    for g in range(starts[0].offset, len(timesteps)):
+        active = [s for s in starts if s.offset <= g]
+        schedule.append((g, active, rows or active[-1].hi))
     shape = means.shape[1:]
     # Per-sample draws in img2img's order: the latent sample, then the inserted noise.
     eps = torch.stack([torch.randn(shape, generator=g, dtype=means.dtype) for g in generators])
@@ -137,19 +180,27 @@ def sdedit(
         if masks is not None and strengths[order[s.lo]] == 1.0:
             latents.append(noise[part] * s.scheduler.init_noise_sigma)
         else:
-            t0 = timesteps[s.offset : s.offset + 1].repeat(s.hi - s.lo)
-            latents.append(s.scheduler.add_noise(image_latents[part], noise[part], t0))
-    latents = torch.cat(latents)
+            latents.append(
+                _add_noise(s.scheduler, image_latents[part], noise[part], timesteps[s.offset])
+            )
+    latents = _pad(torch.cat(latents), rows or n)
     guided = settings.guidance_scale > 1.0
+    cond, uncond = (_pad(x, rows or n).to(dtype) for x in (cond, uncond))
+    # The UNet's text conditioning for each count of rows it sees.
+    contexts = {
+        width: torch.cat([uncond[:width], cond[:width]]) if guided else cond[:width]
+        for width in {width for _, _, width in schedule}
+    }
     stochastic = "generator" in inspect.signature(scheduler.step).parameters
-    for g in range(starts[0].offset, len(timesteps)):
+    for g, active, width in schedule:
         t = timesteps[g]
-        active = [s for s in starts if s.offset <= g]
         m = active[-1].hi
-        scaled = torch.cat([s.scheduler.scale_model_input(latents[s.lo : s.hi], t) for s in active])
-        model_input = torch.cat([scaled] * 2) if guided else scaled
-        context = torch.cat([uncond[:m], cond[:m]]) if guided else cond[:m]
-        pred = unet(model_input.to(dtype), t, encoder_hidden_states=context.to(dtype)).sample
+        inputs = [s.scheduler.scale_model_input(latents[s.lo : s.hi], t) for s in active]
+        if width > m:  # not started yet, or padding: carried along (no empty part, which
+            inputs.append(latents[m:width])  # would change torch.cat's memory format)
+        batch = torch.cat(inputs).to(dtype)
+        model_input = torch.cat([batch, batch]) if guided else batch
+        pred = unet(model_input, unet_timesteps[g], encoder_hidden_states=contexts[width]).sample
         if guided:
             pred_uncond, pred_text = pred.chunk(2)
             pred = pred_uncond + settings.guidance_scale * (pred_text - pred_uncond)
@@ -161,11 +212,11 @@ def sdedit(
             if masks is not None:
                 kept = image_latents[part]
                 if g < len(timesteps) - 1:
-                    kept = s.scheduler.add_noise(kept, noise[part], timesteps[g + 1 : g + 2])
+                    kept = _add_noise(s.scheduler, kept, noise[part], timesteps[g + 1])
                 x = (1 - masks[part]) * kept + masks[part] * x
             stepped.append(x)
         latents = torch.cat([*stepped, latents[m:]])
-    images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+    images = vae.decode(latents[:n].to(vae.dtype) / vae.config.scaling_factor).sample
     return images[torch.tensor(order).argsort()]
 
 
@@ -196,6 +247,9 @@ class Engine:
     Rows are sorted by strength (largest first) into chunks of the batch size, a chunk
     mixing strengths where one ends (`sdedit`); on CUDA out-of-memory a
     chunk is generated again in halved sub-batches, and the batch size that worked is kept.
+    With `settings.compile` (the UNet is compiled) every chunk, the last one too, is padded
+    to the batch size and the UNet sees one shape throughout, so it compiles once per batch
+    size; eager, it runs only on the samples started, which costs fewer sample-steps.
     An optional safety checker flags images, which are re-drawn with a derived seed up to
     `settings.safety_retries` times and then dropped. With `on_class` (an erased method:
     each class's images come from the UNet with that class erased), rows are grouped by
@@ -264,7 +318,8 @@ class Engine:
                         self.mask_dilation,
                     ).to(m.device, m.dtype)  # fmt: skip
 
-    def _batch(self, chunk: list[dict]) -> list[Image.Image]:
+    def _batch(self, chunk: list[dict], size: int) -> list[Image.Image]:
+        """`chunk` (at most `size` rows) in one `sdedit` batch."""
         rows = [w["row"] for w in chunk]
         means = torch.stack([self.latents[r][0] for r in rows])
         stds = torch.stack([self.latents[r][1] for r in rows])
@@ -275,7 +330,7 @@ class Engine:
         strengths = [float(w["strength"]) for w in chunk]
         images = sdedit(
             self.c, self.scheduler, means, stds, cond, uncond, generators, strengths,
-            self.settings, masks,
+            self.settings, masks, rows=size if self.settings.compile else None,
         )  # fmt: skip
         return to_pil(images)
 
@@ -286,7 +341,7 @@ class Engine:
             return [
                 image
                 for start in range(0, len(chunk), size)
-                for image in self._batch(chunk[start : start + size])
+                for image in self._batch(chunk[start : start + size], size)
             ]
 
         images, self.batch_size = halve_on_oom(run, self.batch_size, "generation batch size")
