@@ -15,7 +15,7 @@ import subprocess
 import pandas as pd
 import pytest
 import slurm
-from helpers import REDUCED, SNAKEMAKE, copy_workflow, snakemake, write_config
+from helpers import REDUCED, SNAKEMAKE, copy_workflow, snakemake, workflow_plan, write_config
 
 pytestmark = pytest.mark.cluster
 
@@ -108,7 +108,9 @@ def test_the_slurm_profile_runs_the_workflow_with_a_local_runs_results(tmp_path,
     steps = int(re.search(r"(\d+) of \1 steps \(100%\) done", stderr).group(1))
     assert len(jobs) == steps - 1
     assert all(job["JobState"] == "COMPLETED" for job in jobs.values())
-    generate = jobs["rule_generate_wildcards_digits_da-fusion_0_1"]
+    # da-fusion's set, in one part (wildcards dataset, set, seed, shots, part, parts)
+    daf = workflow_plan(SLURM_REDUCED).set_name("digits", "da-fusion")
+    generate = jobs[f"rule_generate_wildcards_digits_{daf}_0_1_0_1"]
     # The tiny model's jobs: 2 GB and one thread (common.smk, model_mem_mb and model_threads).
     assert (generate["MinMemoryNode"], generate["CPUs/Task"]) == ("2000M", "1")
     # runtime: 10 minutes of start-up plus the images x M x steps estimate, rounded up.
