@@ -19,8 +19,10 @@ import jsonschema
 import yaml
 
 from .readers import KINDS, mask_kinds, missing_package, original_split_kinds
+from .shipped import MINIATURE, MINIATURE_RESOLUTION
 from .settings import (
     BACKBONE_WEIGHTS,
+    EMBEDDED_MODELS,
     SECTIONS,
     UNSEEDABLE_SCHEDULERS,
     ClassifierSettings,
@@ -396,17 +398,30 @@ def _check_model_files(folder: Path, pretrained: str, safety_checker: bool) -> N
             )
 
 
+def _check_miniature(model: Mapping) -> None:
+    """The shipped miniature was trained at 16 px: another resolution gives noise."""
+    if model["pretrained"] == "tiny-digits" and model["resolution"] != MINIATURE_RESOLUTION:
+        raise ConfigError(
+            f"config key 'model.resolution': tiny-digits was trained at {MINIATURE_RESOLUTION} px "
+            f"and makes no images at {model['resolution']}; set model.resolution: "
+            f"{MINIATURE_RESOLUTION}, "
+            "or use pretrained: tiny (random weights, built at any resolution)"
+        )
+
+
 def _check_model(pretrained: str, base_dir: str | Path, safety_checker: bool) -> Path | None:
     """'tiny', a local diffusers directory, or a hub id already in the local Hugging Face
     cache, with the files of every component the stages load: checked before any job, since
     the jobs that load it would fail only after Snakemake has deleted their previous
     outputs. Returns the model's folder (None for the tiny model, which a job builds)."""
-    if pretrained == "tiny":
+    if pretrained in EMBEDDED_MODELS:
         if safety_checker:
             raise ConfigError(
-                "config key 'generation.safety_checker': the tiny model has no safety checker; "
-                "set it to false, or use a checkpoint that ships one"
+                f"config key 'generation.safety_checker': the {pretrained} model has no "
+                "safety checker; set it to false, or use a checkpoint that ships one"
             )
+        if pretrained == "tiny-digits":
+            return MINIATURE
         return None
     path = Path(base_dir) / Path(pretrained).expanduser()
     if path.is_dir():
@@ -436,7 +451,8 @@ def _check_model(pretrained: str, base_dir: str | Path, safety_checker: bool) ->
             "over, or point model.pretrained at a local diffusers directory"
         )
     raise ConfigError(
-        f"config key 'model.pretrained': directory '{path}' does not exist; give 'tiny', a "
+        f"config key 'model.pretrained': directory '{path}' does not exist; give 'tiny', "
+        "'tiny-digits', a "
         "local diffusers directory, or a hub id such as CompVis/stable-diffusion-v1-4"
     )
 
@@ -651,6 +667,7 @@ def validate_config(
         for i, template in enumerate(config["inversion"]["templates"]):
             _check_fields(f"inversion.templates.{i}", template, {""}, exactly_one=True)
     _check_masks(config)
+    _check_miniature(config["model"])
     if check_files:
         safety = any(s.safety_checker for _, _, s in _job_settings(config, "generation", "sdedit"))
         folder = _check_model(config["model"]["pretrained"], base_dir, safety)

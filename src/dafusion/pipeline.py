@@ -32,8 +32,9 @@ log = logging.getLogger("dafusion")
 
 
 def _model_source(model: ModelSettings, model_dir: str | None) -> str:
-    """The path or hub id `from_pretrained` reads: the built tiny model, or the config's."""
-    return model_dir if model.pretrained == "tiny" else model.pretrained
+    """The path or hub id `from_pretrained` reads: an embedded model's folder (the job's
+    model input), or the config's."""
+    return model_dir if model.embedded else model.pretrained
 
 
 def _load(model: ModelSettings, model_dir: str | None):
@@ -660,6 +661,29 @@ def gallery(
         variants=settings.gallery_variants,
     )
     save_figure(figure, output.removesuffix(".png"))
+
+
+def recognition(
+    split_paths: Sequence[str],
+    index_paths: Sequence[str],
+    methods: Mapping[str, int],
+    table: str,
+    figure: str,
+) -> None:
+    """The reference digit classifier's recognition rate per method and class: `index_paths`
+    holds each method's sets (one per split, in `split_paths`' order) in `methods`' order,
+    and `methods` each one's M."""
+    from .figures import save_figure
+    from .recognition import recognition_figure, recognition_table
+
+    per = len(split_paths)
+    sets = {
+        method: [(index_paths[i * per + j], m) for j in range(per)]
+        for i, (method, m) in enumerate(methods.items())
+    }
+    frame = recognition_table(split_paths, sets)
+    frame.to_csv(table, index=False, float_format="%.6f")
+    save_figure(recognition_figure(frame), figure.removesuffix(".png"))
 
 
 def inversion_curves(loss_paths: Sequence[str], output: str) -> None:

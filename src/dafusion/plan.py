@@ -27,6 +27,7 @@ from . import paths, runtime
 from .devices import will_use_cuda
 from .provenance import digest, step_code
 from .readers import index_keys
+from .shipped import MINIATURE
 from .settings import (
     AggregateSettings,
     ClassifierSettings,
@@ -316,7 +317,10 @@ class Plan:
     # One job's inputs ----------------------------------------------------------------
 
     def model_input(self) -> str | list[str]:
-        """The built tiny model directory, or nothing for a hub id / local directory."""
+        """An embedded model's folder (the built tiny model, the shipped miniature: a new
+        release of it reruns the jobs that load it), or nothing for a hub id / directory."""
+        if self.model.pretrained == "tiny-digits":
+            return str(MINIATURE)
         if self.model.pretrained != "tiny":
             return []
         return self.res(paths.tiny_model(self.model.resolution))
@@ -405,12 +409,12 @@ class Plan:
         """Threads of a job that runs the diffusion model: the tiny model's operations are too
         small to share across threads, and most of its jobs' time is single-threaded start-up
         (imports, loading), so one thread each lets two of them run at once on two cores."""
-        return 1 if self.model.pretrained == "tiny" else 2
+        return 1 if self.model.embedded else 2
 
     def model_mem_mb(self, full_size: int) -> int:
         """Memory of a job that loads the diffusion model: the tiny model's jobs peak at 1.2
         GB (the embedded default's benchmark files), a full-size model's at `full_size`."""
-        return 2000 if self.model.pretrained == "tiny" else full_size
+        return 2000 if self.model.embedded else full_size
 
     def index_mem_mb(self, dataset: str) -> int:
         """COCO's annotation files and ImageNet's file lists need more memory than the rest."""
@@ -565,6 +569,28 @@ class Plan:
             ],
         }
 
+    def recognition_datasets(self) -> list[str]:
+        """Datasets of digits with synthetic images: the reference classifier scores them."""
+        return [d for d in self.gallery_datasets() if self.datasets[d].kind == "digits"]
+
+    def recognition_methods(self, dataset: str) -> dict[str, int]:
+        """Each synthetic method of a dataset and the M its runs read."""
+        return {
+            m: self.generation_for(dataset, m).num_synthetic for m in self.gallery_methods(dataset)
+        }
+
+    def recognition_inputs(self, dataset: str) -> dict[str, Any]:
+        """Every split of the dataset, and each method's set per split in the same order."""
+        cells = [(seed, shots) for seed in self.seeds for shots in self.shots]
+        return {
+            "splits": [self.split_path(dataset, seed, shots) for seed, shots in cells],
+            "indices": [
+                self.synthetic_index(dataset, m, seed, shots)
+                for m in self.recognition_methods(dataset)
+                for seed, shots in cells
+            ],
+        }
+
     def loss_curves(self, dataset: str) -> list[str]:
         """The first seed's inversion loss tables of a dataset (plain and erased tokens)."""
         seed = self.seeds[0]
@@ -583,6 +609,9 @@ class Plan:
             **{name: self.path(paths.TABLE, name=name) for name in TABLES},
             "figures": [self.path(paths.FIGURE, name=name) for name in self.aggregate_figures()],
             "galleries": [self.path(paths.GALLERY, dataset=d) for d in self.gallery_datasets()],
+            "recognition": [
+                self.path(paths.RECOGNITION, dataset=d) for d in self.recognition_datasets()
+            ],
             "curves": [
                 self.path(paths.INVERSION_CURVES, dataset=d)
                 for d in self.datasets

@@ -89,6 +89,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# The models that need no download: `tiny` (random weights, built by a job at any
+# resolution) and `tiny-digits` (trained on typeset digits, shipped in the package at 16 px).
+EMBEDDED_MODELS = ("tiny", "tiny-digits")
+
+
 @dataclass(frozen=True)
 class ModelSettings(Settings):
     """`model:` the Stable Diffusion checkpoint every generative stage loads.
@@ -102,6 +107,17 @@ class ModelSettings(Settings):
     dtype: str = "float32"
     resolution: int = 512
     device: str = knob("auto")
+
+    @property
+    def embedded(self) -> bool:
+        """One of the models that come with the workflow (`EMBEDDED_MODELS`)."""
+        return self.pretrained in EMBEDDED_MODELS
+
+    @property
+    def random_weights(self) -> bool:
+        """Whether the images come from a model of random weights: they test the plumbing,
+        not the method."""
+        return self.pretrained == "tiny"
 
 
 @dataclass(frozen=True)

@@ -123,3 +123,33 @@ rule report:
         code=code("report"),
     script:
         "../scripts/report.py"
+
+
+rule recognition:
+    input:
+        unpack(recognition_inputs),
+        reference=REFERENCE_CLASSIFIER,
+    output:
+        table=res(paths.RECOGNITION),
+        png=report(
+            res(paths.RECOGNITION_FIGURE),
+            caption="../report/recognition.rst",
+            category="Synthetic images",
+            labels={"dataset": "{dataset}"},
+        ),
+        pdf=res(paths.RECOGNITION_PDF),
+    log:
+        res("logs/{dataset}/recognition.log"),
+    benchmark:
+        res("benchmarks/{dataset}/recognition.tsv")
+    conda:
+        "../../envs/dafusion.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        methods=lambda w: PLAN.recognition_methods(w.dataset),
+        code=code("recognition"),
+    script:
+        "../scripts/recognition.py"

@@ -5,6 +5,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.io import IOFile
 
 from dafusion import listing, paths
+from dafusion.shipped import REFERENCE_CLASSIFIER
 from dafusion.plan import Plan, PlanError, caption_key, read_captions, rule_code
 
 
@@ -182,6 +183,10 @@ def evaluated_runs(w):
 
 def gallery_inputs(w):
     return PLAN.gallery_inputs(w.dataset)
+
+
+def recognition_inputs(w):
+    return PLAN.recognition_inputs(w.dataset)
 
 
 def report_inputs(w):
