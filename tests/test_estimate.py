@@ -7,6 +7,7 @@ import yaml
 
 from dafusion import runtime
 from dafusion.estimate import main, mean_steps, plan_of, stages
+from dafusion.settings import ClassifierSettings
 
 GRID = {
     "datasets": {"digits": {"kind": "digits"}, "cars": {"kind": "stanford_cars", "classes": 5}},
@@ -111,6 +112,8 @@ def test_the_repositorys_costs_are_the_runtime_constants():
     assert costs["generate"].seconds == runtime.GENERATE_S_PER_IMAGE_STEP
     assert costs["train"].seconds == runtime.TRAIN_S_PER_STEP
     assert costs["eval"].measured is None  # a guess, shown as 'not measured'
+    # A precision whose step was not measured takes float32's (the slowest).
+    assert runtime.train_cost_key(ClassifierSettings(precision="bf16"), costs) == "train"
 
 
 @pytest.mark.parametrize(

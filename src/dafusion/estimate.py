@@ -91,8 +91,7 @@ def stages(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -> lis
         for method, spec in plan.methods.items():
             if spec.runs_on(dataset):
                 classifier = plan.classifier_for(dataset, method)
-                cost = f"train_{classifier.precision}"
-                cost = cost if cost in costs else "train"
+                cost = runtime.train_cost_key(classifier, costs)
                 runs += cells
                 train_steps += cells * classifier.steps
                 train_seconds += cells * classifier.steps * costs[cost].seconds

@@ -77,10 +77,11 @@ TRAIN_S_PER_STEP = COSTS["train"].seconds
 EVAL_S_PER_IMAGE = COSTS["eval"].seconds
 
 
-def train_cost(classifier: ClassifierSettings, costs: Mapping[str, Cost] = COSTS) -> Cost:
-    """A classifier step's cost at its precision; float32's where that one is not measured
-    (tf32 and bf16 are faster)."""
-    return costs.get(f"train_{classifier.precision}", costs["train"])
+def train_cost_key(classifier: ClassifierSettings, costs: Mapping[str, Cost] = COSTS) -> str:
+    """The cost of a classifier step at its precision; float32's (`train`) where that one is
+    not in `costs` (tf32 and bf16 are faster)."""
+    key = f"train_{classifier.precision}"
+    return key if key in costs else "train"
 
 
 def _exists(path: str | os.PathLike) -> None:
@@ -134,5 +135,5 @@ def erase_seconds(erasure: ErasureSettings, classes: int) -> float:
 def train_seconds(classifier: ClassifierSettings, eval_images: int) -> float:
     """Steps, plus an evaluation of the validation (and test) images every eval_interval."""
     evaluations = classifier.steps // classifier.eval_interval + 1
-    step = train_cost(classifier).seconds
+    step = COSTS[train_cost_key(classifier)].seconds
     return classifier.steps * step + evaluations * eval_images * EVAL_S_PER_IMAGE

@@ -93,9 +93,10 @@ def _plain(value: Any) -> Any:
 class ModelSettings(Settings):
     """`model:` the Stable Diffusion checkpoint every generative stage loads.
 
-    `dtype` is a result setting: half precision changes generated images and learned tokens
-    beyond floating-point noise (errors compound over the denoising and training steps). On a
-    CPU every dtype computes in float32, so there it changes nothing but still reruns.
+    `dtype` is a result setting: half precision changes generated images beyond
+    floating-point noise (errors compound over the denoising steps). On a CPU every dtype
+    computes in float32, so there it changes nothing but still reruns. Inversion and erasure
+    train in their own precision (`inversion.mixed_precision`, `erasure.precision`).
     """
 
     pretrained: str
