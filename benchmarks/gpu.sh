@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every full-size benchmark on one GPU in under 8 minutes, on this version's paths (the
+# Every full-size benchmark on one GPU within 8 minutes, on this version's paths (the
 # generation engine, joint inversion in fp16 mixed precision, faithful ESD, the classifier
 # at each classifier.precision, one UNet forward eager/channels-last/compiled): each stage's
 # per-unit cost and its fraction of the bf16 peak, and a costs file the estimate reads:
