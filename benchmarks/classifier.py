@@ -27,6 +27,9 @@ standard deviation of the best validation accuracy. On a GPU it also prints the 
 achieved TFLOP/s (its FLOPs counted by torch's FlopCounterMode) as a fraction of the bf16
 matmul peak measured on the spot (the backbone itself runs in float32).
 
+`--compare-precision` instead runs this stage at each `classifier.precision` and prints
+its seconds per step (with `--costs`, written to a costs file for `dafusion.estimate`).
+
 `--compare-cache` instead runs this stage twice with the same configuration, `--seeds`
 seeds each: a fresh augmentation every step (the default, the paper's) against
 `feature_cache: true` (the features of `cache_views` augmented views of every image computed
@@ -39,6 +42,7 @@ Usage:
     python benchmarks/classifier.py --full-size          # GPU: 20 classes, 256 px, 1,000 steps
     python benchmarks/classifier.py --full-size --steps 10000   # the paper's steps
     python benchmarks/classifier.py --compare-cache --seeds 3   # fresh views vs feature cache
+    python benchmarks/classifier.py --full-size --compare-precision   # float32, tf32, bf16
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from common import matmul_peak_tflops, sync
+from common import device_name, matmul_peak_tflops, record_cost, sync
 from PIL import Image
 from torchvision import transforms
 
@@ -422,6 +426,34 @@ def compare_cache(split, val, index, images, args, device) -> None:
     )
 
 
+def compare_precision(split, val, index, images, args, device) -> None:
+    """This stage at each `--precisions` (classifier.precision), `--seeds` runs each after
+    one untimed short run: seconds per step (evaluations included, the evaluation images
+    embedded once per run), best val accuracy and, on a GPU, the backbone's TFLOP/s."""
+    ours(split, val, index, images, args, device, 0, steps=args.eval_interval)
+    gflop = backbone_gflop(args.image_size, device) if device.type == "cuda" else None
+    backbone_images = args.steps * args.batch_size + len(val)
+    for precision in args.precisions:
+        runs = [
+            timed(ours, split, val, index, images, args, device, seed, precision=precision)
+            for seed in range(args.seeds)
+        ]
+        seconds = float(np.mean([r[0] for r in runs]))
+        accs = [float(r[2]) for r in runs]
+        print(
+            f"{precision:>8}: {seconds:8.1f} s per run, best val accuracy {spread(accs)} "
+            f"({args.seeds} seeds)",
+            flush=True,
+        )
+        record_cost(
+            args.costs, "train" if precision == "float32" else f"train_{precision}",
+            seconds / args.steps,
+            f"{device_name(device)}, `classifier.py --compare-precision`, {args.classes} "
+            f"classes, {args.image_size} px: {args.steps} steps in {seconds:.1f} s",
+            backbone_images * gflop / 1e3 / seconds if gflop else None,
+        )  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -472,6 +504,18 @@ def main() -> None:
     parser.add_argument(
         "--cache-views", type=int, default=8, help="cache_views for --compare-cache"
     )
+    parser.add_argument(
+        "--compare-precision",
+        action="store_true",
+        help="this stage only, at each of --precisions (classifier.precision)",
+    )
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["float32", "tf32", "bf16"],
+        help="for --compare-precision",
+    )
+    parser.add_argument("--costs", help="costs file to add --compare-precision's per-step costs to")
     args = parser.parse_args()
     for key, value in (FULL_SIZE if args.full_size else EMBEDDED).items():
         if getattr(args, key) is None:
@@ -494,7 +538,9 @@ def main() -> None:
         f"torch.threads={torch.get_num_threads()}",
         flush=True,
     )
-    if args.compare_cache:
+    if args.compare_precision:
+        compare_precision(split, val, index, images, args, device)
+    elif args.compare_cache:
         compare_cache(split, val, index, images, args, device)
     else:
         compare(split, val, index, images, args, device)

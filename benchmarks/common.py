@@ -1,7 +1,10 @@
-"""What the benchmarks share: the model they time, device sync, and the measured peak."""
+"""What the benchmarks share: the model they time, device sync, the measured peak, and the
+costs file their per-unit costs go to (`--costs`, read by `dafusion.estimate --costs`)."""
 
 from __future__ import annotations
 
+import json
+import os
 import tempfile
 import time
 from contextlib import ExitStack
@@ -50,3 +53,39 @@ def matmul_peak_tflops(device: torch.device, size: int = 8192, repeats: int = 10
         a @ b
     sync(device)
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e12
+
+
+# The datasheet's dense bf16 peak of an H200 (and H100 SXM), TFLOP/s; DAFUSION_PEAK_TFLOPS
+# sets another GPU's. The benchmarks also print the matmul peak they measure on the spot.
+DATASHEET_PEAK_TFLOPS = float(os.environ.get("DAFUSION_PEAK_TFLOPS", "989"))
+
+
+def record_cost(
+    path: str | None, key: str, seconds: float, measured: str, tflops: float | None = None
+) -> None:
+    """Add one per-unit cost (`dafusion.runtime.UNITS[key]`) to the costs file at `path`,
+    keeping the others there; with the TFLOP/s its work achieved, and their fraction of
+    DATASHEET_PEAK_TFLOPS. Printed too."""
+    from dafusion.runtime import UNITS
+
+    fraction = None if tflops is None else tflops / DATASHEET_PEAK_TFLOPS
+    share = (
+        ""
+        if fraction is None
+        else f", {tflops:.1f} TFLOP/s = {fraction:.1%} of {DATASHEET_PEAK_TFLOPS:g}"
+    )
+    print(f"cost {key}: {seconds:.4g} s {UNITS[key]}{share}", flush=True)
+    if path is None:
+        return
+    costs = json.loads(Path(path).read_text()) if Path(path).is_file() else {}
+    costs[key] = {"seconds": seconds, "measured": measured}
+    if tflops is not None:
+        costs[key] |= {"tflops": round(tflops, 2), "peak_fraction": round(fraction, 4)}
+    Path(path).write_text(json.dumps(costs, indent=2) + "\n")
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name for a cost's `measured`, or the CPU's thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU, {torch.get_num_threads()} threads"

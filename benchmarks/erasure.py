@@ -30,7 +30,7 @@ from contextlib import ExitStack
 from unittest import mock
 
 import torch
-from common import model_directory, sync
+from common import UNET_TFLOP_PER_SAMPLE_64, device_name, model_directory, record_cost, sync
 
 from dafusion import erasure
 from dafusion.devices import resolve_device
@@ -126,6 +126,7 @@ def main() -> None:
     parser.add_argument("--deviations", action="store_true", help="also time ESD's deviations")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--model-dir", help="diffusers model to time (random one written if empty)")
+    parser.add_argument("--costs", help="costs file to add faithful ESD's per-unit cost to")
     args = parser.parse_args()
     device = resolve_device(args.device)
     resolution = 512 if args.full_size else 32
@@ -165,6 +166,18 @@ def main() -> None:
             else ""
         )
         print(f"{label:>18}  {per_iter:8.3f}  {mean_steps:6.1f}  {esd_s[label]:9.1f}{peak}")
+    # An iteration's UNet work, in sample-forwards at 64x64 latents: the expected DDIM steps
+    # with guidance (2 each), the frozen and the trained model at t, and the backward (about
+    # 2 forwards).
+    per_iteration = esd_s["faithful"] / esd_settings.iterations
+    forwards = 2 * expected + 4
+    record_cost(
+        args.costs, "erase", per_iteration,
+        f"{device_name(device)}, `erasure.py{' --full-size' if args.full_size else ''}`: "
+        f"{esd_s['faithful']:,.0f} s per class",
+        forwards * UNET_TFLOP_PER_SAMPLE_64 / per_iteration
+        if args.full_size and device.type == "cuda" else None,
+    )  # fmt: skip
     uce_s = time_uce(components, names, uce_settings, device)
     print(f"{'UCE':>18}  {uce_s:.3f} s/class")
     print(f"{'ratio':>18}  {esd_s['faithful'] / uce_s:.0f}x (faithful ESD / UCE, per class)")

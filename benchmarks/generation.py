@@ -45,7 +45,14 @@ from functools import partial
 import numpy as np
 import pandas as pd
 import torch
-from common import UNET_TFLOP_PER_SAMPLE_64, matmul_peak_tflops, model_directory, sync
+from common import (
+    UNET_TFLOP_PER_SAMPLE_64,
+    device_name,
+    matmul_peak_tflops,
+    model_directory,
+    record_cost,
+    sync,
+)
 from PIL import Image
 from torch._dynamo.utils import counters
 
@@ -87,7 +94,11 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--model-dir", help="diffusers model to time (random one written if empty)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per side, best kept")
+    parser.add_argument("--skip-compiled", action="store_true", help="leave out compiled sides")
+    parser.add_argument("--skip-per-image", action="store_true", help="leave out the slow loop")
+    parser.add_argument("--costs", help="costs file to add the engine's per-unit cost to")
     args = parser.parse_args()
+    modes = (False,) if args.skip_compiled else (False, True)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     resolution = 512 if args.full_size else 32
@@ -141,7 +152,7 @@ def main() -> None:
             )
 
         eager_unet = comp.unet
-        for compiled in (False, True):
+        for compiled in modes:
             settings = GenerationSettings(
                 num_synthetic=args.num_synthetic, guidance_scale=guidance,
                 num_inference_steps=args.steps, batch_size=args.batch_size,
@@ -183,7 +194,7 @@ def main() -> None:
                     call(group[i : i + args.batch_size])
 
         eager_unet = pipe.unet
-        for compiled in (False, True):
+        for compiled in modes:
             pipe.unet = torch.compile(eager_unet) if compiled else eager_unet
             measure(
                 "batched diffusers compiled" if compiled else "batched diffusers",
@@ -191,13 +202,16 @@ def main() -> None:
                 batched,
             )
         pipe.unet = eager_unet
-        measure("per-image loop", partial(call, first[:1]), lambda: [call([w]) for w in work])
+        if not args.skip_per_image:
+            measure("per-image loop", partial(call, first[:1]), lambda: [call([w]) for w in work])
     n = len(work)
     width = max(map(len, seconds))
     for name in (
         "per-image loop", "batched diffusers", "batched diffusers compiled", "engine",
         "engine compiled",
     ):  # fmt: skip
+        if name not in seconds:
+            continue
         print(
             f"{name:>{width}}: {n / seconds[name]:8.2f} img/s ({seconds[name]:.1f} s; "
             f"process CPU {cpu_seconds[name]:.1f} s)"
@@ -212,6 +226,8 @@ def main() -> None:
         ("engine compiled", "engine"),
         ("batched diffusers compiled", "batched diffusers"),
     ):
+        if a not in seconds or b not in seconds:
+            continue
         print(
             f"{'ratio':>{width}}: {seconds[b] / seconds[a]:8.2f}x ({a} / {b} throughput; "
             f"by process CPU time {cpu_seconds[b] / cpu_seconds[a]:.2f}x)"
@@ -220,12 +236,21 @@ def main() -> None:
         f"{'UNet sample-fwds':>{width}}: {needed} needed (every side), {padded} run by the "
         f"compiled engine ({padded / needed:.2f}x: padding, samples not started)"
     )
-    if args.full_size and device.type == "cuda":
+    gpu = args.full_size and device.type == "cuda"
+    if gpu:
         peak = matmul_peak_tflops(device)
         print(f"{'bf16 matmul peak':>{width}}: {peak:7.1f} TFLOP/s (8192^3, measured now)")
         for name, s in seconds.items():
             tflops = needed * UNET_TFLOP_PER_SAMPLE_64 / s
             print(f"{name:>{width}}: {tflops:7.1f} TFLOP/s = {tflops / peak:6.1%} of the peak")
+    # The engine as generate jobs run it by default (eager): seconds per image and denoising
+    # step, the work's image-steps being half its guidance-doubled UNet sample-forwards.
+    record_cost(
+        args.costs, "generate", seconds["engine"] / (needed / 2),
+        f"{device_name(device)}, `generation.py{' --full-size' if args.full_size else ''}`, "
+        f"{str(dtype).removeprefix('torch.')}, batch {args.batch_size}: the engine, eager",
+        needed * UNET_TFLOP_PER_SAMPLE_64 / seconds["engine"] if gpu else None,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -22,7 +22,14 @@ from contextlib import ExitStack
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import UNET_TFLOP_PER_SAMPLE_64, matmul_peak_tflops, model_directory, sync
+from common import (
+    UNET_TFLOP_PER_SAMPLE_64,
+    device_name,
+    matmul_peak_tflops,
+    model_directory,
+    record_cost,
+    sync,
+)
 from PIL import Image
 
 from dafusion.devices import resolve_device, resolve_dtype
@@ -114,7 +121,11 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--model-dir", help="diffusers model to time (random one written if empty)")
-    parser.add_argument("--dtype", default="float16")
+    parser.add_argument(
+        "--dtype", default="float16", help="UNet and VAE weights (inversion.mixed_precision)"
+    )
+    parser.add_argument("--skip-reference", action="store_true", help="time the joint run only")
+    parser.add_argument("--costs", help="costs file to add the joint run's per-unit cost to")
     args = parser.parse_args()
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
@@ -130,7 +141,10 @@ def main() -> None:
             f"batch/class={args.batch_size} torch.threads={torch.get_num_threads()}"
         )
         timings = {}
-        for name, fn in (("joint", joint), ("per-class", per_class_reference)):
+        sides = [("joint", joint)]
+        if not args.skip_reference:
+            sides.append(("per-class", per_class_reference))
+        for name, fn in sides:
             # One untimed step first: CUDA kernels and the allocator's first use count for neither.
             one_step = settings.replace(steps=1)
             fn(model_dir, images, labels, names, one_step, resolution, device, dtype)
@@ -140,18 +154,28 @@ def main() -> None:
             sync(device)
             timings[name] = time.perf_counter() - start
             print(f"{name:>10}: {timings[name]:8.1f} s")
-        print(f"     ratio: {timings['per-class'] / timings['joint']:8.2f}x (per-class / joint)")
-        if args.full_size and device.type == "cuda":
-            # UNet work per sample and step: a forward and a backward to its inputs (the UNet
-            # is frozen, so no weight gradients): about two forwards. The reference's extra
-            # VAE encodes are not counted.
-            samples = args.steps * args.classes * args.batch_size
-            work = samples * 2 * UNET_TFLOP_PER_SAMPLE_64
+        if "per-class" in timings:
+            ratio = timings["per-class"] / timings["joint"]
+            print(f"     ratio: {ratio:8.2f}x (per-class / joint)")
+        # UNet work per sample and step: a forward and a backward to its inputs (the UNet is
+        # frozen, so no weight gradients): about two forwards. The reference's extra VAE
+        # encodes are not counted.
+        samples = args.steps * args.classes * args.batch_size
+        work = samples * 2 * UNET_TFLOP_PER_SAMPLE_64
+        gpu = args.full_size and device.type == "cuda"
+        if gpu:
             peak = matmul_peak_tflops(device)
             print(f"bf16 matmul peak: {peak:7.1f} TFLOP/s (8192^3, measured now)")
             for name, seconds in timings.items():
                 tflops = work / seconds
                 print(f"{name:>10}: {tflops:7.1f} TFLOP/s = {tflops / peak:6.1%} of the peak")
+        record_cost(
+            args.costs, "invert", timings["joint"] / samples,
+            f"{device_name(device)}, `inversion.py{' --full-size' if args.full_size else ''} "
+            f"--classes {args.classes}`, {str(dtype).removeprefix('torch.')}: "
+            f"{args.steps} steps in {timings['joint']:.1f} s",
+            work / timings["joint"] if gpu else None,
+        )  # fmt: skip
 
 
 if __name__ == "__main__":

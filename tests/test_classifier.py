@@ -644,3 +644,55 @@ def test_cutmix_runs_are_reproducible_and_run_the_backbone_every_step(digits, mo
         calls.clear()
         _digits_run(digits, sample.replace(cutmix_mode=mode, feature_cache=True, batch_size=7))
         assert calls.count(7) == 6  # one backbone pass per training step, none cached
+
+
+@pytest.mark.parametrize("precision", ["float32", "tf32", "bf16"])
+def test_backbone_precision_keeps_features_within_bf16_rounding(precision):
+    """classifier.precision changes the backbone's arithmetic only: bf16 autocast runs on a
+    CPU too (tf32 is float32 there); the features stay float32 and near float32's."""
+    from dafusion.backbones import build_backbone
+    from dafusion.classifier import Classifier
+
+    torch.manual_seed(0)
+    reference = Classifier(build_backbone("small-cnn"), 10, "original").eval()
+    model = Classifier(build_backbone("small-cnn"), 10, "original", precision).eval()
+    model.load_state_dict(reference.state_dict())
+    x = torch.rand(4, 3, 32, 32)
+    features, expected = model.embed(x), reference.embed(x)
+    assert features.dtype == torch.float32
+    if precision == "bf16":
+        assert not torch.equal(features, expected)  # bf16 changes the numerics
+    torch.testing.assert_close(features, expected, atol=0.05, rtol=0.05)
+
+
+def test_tf32_flags_restored():
+    """float32 turns TF32 off (cuDNN's default is on) for the backbone's forward only."""
+    from dafusion.classifier import tf32
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    with tf32(False):
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    with tf32(True):
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+
+
+def test_frozen_backbone_embeds_evaluation_images_once(digits, monkeypatch):
+    """With a frozen backbone in eval mode each evaluation runs the head only: the backbone
+    sees the evaluation images once per run, not at every evaluation."""
+    import dafusion.classifier as clf
+
+    seen = []
+
+    def build(*args, **kwargs):
+        backbone = _frozen_pixels()
+        backbone.module.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
+        return backbone
+
+    monkeypatch.setattr(clf, "build_backbone", build)
+    pool, val = digits
+    train = few_shot(pool, 0, 2)
+    settings = SMALL.replace(steps=6, eval_interval=2, batch_size=8)
+    names = [str(i) for i in range(10)]
+    clf.train_classifier(train, val.iloc[:30], names, None, None, settings, 0, torch.device("cpu"))
+    assert seen == [30] + [8] * 6  # the 30 evaluation images once, then one batch per step

@@ -7,6 +7,7 @@ import yaml
 
 from dafusion import runtime
 from dafusion.estimate import main, mean_steps, plan_of, stages
+from dafusion.settings import ClassifierSettings
 
 GRID = {
     "datasets": {"digits": {"kind": "digits"}, "cars": {"kind": "stanford_cars", "classes": 5}},
@@ -71,4 +72,62 @@ def test_a_dataset_of_unknown_size_is_named(tmp_path, capsys):
     overlay = tmp_path / "classes.yaml"
     overlay.write_text(yaml.safe_dump({"datasets": {"mine": {"classes": 3}}}))
     assert main([str(path), str(overlay)]) == 0
-    assert capsys.readouterr().out.startswith("| stage | GPU jobs | work | GPU-hours")
+    assert capsys.readouterr().out.startswith("| stage | GPU jobs | work | per-unit cost |")
+
+
+def test_a_costs_file_sets_the_per_unit_costs(grid, tmp_path, capsys):
+    """`benchmarks/gpu.sh` writes what it measured; the estimate reads it over the repository's
+    costs, and the train stage takes the cost of its classifier.precision."""
+    import json
+
+    costs_file = tmp_path / "costs.json"
+    costs_file.write_text(
+        json.dumps(
+            {
+                "generate": {"seconds": 0.01, "measured": "GPU X, generation.py", "tflops": 300},
+                "train_bf16": {"seconds": 0.004, "measured": "GPU X, classifier.py"},
+            }
+        )
+    )
+    costs = runtime.read_costs(costs_file, runtime.COSTS)
+    assert costs["generate"] == runtime.Cost(0.01, "GPU X, generation.py")
+    assert costs["invert"] == runtime.COSTS["invert"]  # not in the file: the repository's
+    generate, _, _, train = stages(plan_of([grid]), costs)
+    daf = (10 + 5) * 10 * 20 * mean_steps(50, [0.5, 1.0])
+    assert generate.hours == pytest.approx((daf + 5 * 10 * 10 * 25) * 0.01 / 3600)
+    assert train.costs == ("train",)
+    bf16 = {**GRID, "classifier": {"steps": 1000, "precision": "bf16"}}
+    (tmp_path / "bf16.yaml").write_text(yaml.safe_dump(bf16))
+    train = stages(plan_of([tmp_path / "bf16.yaml"]), costs)[3]
+    assert (train.costs, train.hours) == (("train_bf16",), pytest.approx(28 * 1000 * 0.004 / 3600))
+    assert main([str(grid), "--costs", str(costs_file)]) == 0
+    out = capsys.readouterr().out
+    assert "| 0.01 s per image and denoising step | GPU X, generation.py |" in out
+    assert out.splitlines()[0].endswith("| per-unit cost | measured | GPU-hours (estimated) |")
+
+
+def test_the_repositorys_costs_are_the_runtime_constants():
+    """src/dafusion/costs.json is what every rule's runtime and the docs' table use."""
+    costs = runtime.read_costs(runtime.COSTS_FILE)
+    assert costs["generate"].seconds == runtime.GENERATE_S_PER_IMAGE_STEP
+    assert costs["train"].seconds == runtime.TRAIN_S_PER_STEP
+    assert costs["eval"].measured is None  # a guess, shown as 'not measured'
+    # A precision whose step was not measured takes float32's (the slowest).
+    assert runtime.train_cost_key(ClassifierSettings(precision="bf16"), costs) == "train"
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ({"render": {"seconds": 1}}, "unknown cost 'render' .*known: generate, invert"),
+        ({"train": {"seconds": 0}}, r"cost 'train' needs seconds > 0, not 0"),
+        ({"train": {"seconds": 1}}, "no cost for generate, invert, erase, eval"),
+    ],
+)
+def test_a_bad_costs_file_is_named(tmp_path, entries, message):
+    import json
+
+    path = tmp_path / "costs.json"
+    path.write_text(json.dumps(entries))
+    with pytest.raises(ValueError, match=message):
+        runtime.read_costs(path)

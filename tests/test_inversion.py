@@ -1,6 +1,7 @@
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from dafusion import inversion
 from dafusion.checkpoint import Checkpoint
@@ -276,3 +277,59 @@ def test_a_tokens_file_is_the_same_bytes_wherever_the_results_are(tiny_dir, digi
         written.append((folder / "tokens.safetensors").read_bytes())
     assert written[0] == written[1]
     assert str(tmp_path).encode() not in written[0]
+
+
+def test_mixed_precision_is_the_original_scripts():
+    """The original's launch scripts run fine_tune.py with `--mixed_precision=fp16`
+    (brandontrabucco/da-fusion scripts/fine_tuning/fine_tune_*.sh l. 22, with
+    `--train_batch_size=4` l. 19 and `--gradient_accumulation_steps=1` l. 20); fine_tune.py
+    casts the UNet and VAE to that weight dtype (l. 588-596) and accelerate autocasts the
+    prepared text encoder (l. 425-430, 582-584). fp32 is accelerate's "no"."""
+    assert InversionSettings().mixed_precision == "fp16"
+    assert InversionSettings().batch_size == 4
+    assert InversionSettings().weight_dtype == "float16"
+    assert InversionSettings(mixed_precision="bf16").weight_dtype == "bfloat16"
+    assert InversionSettings(mixed_precision="fp32").weight_dtype == "float32"
+    assert "mixed_precision" in InversionSettings().result_params()
+
+
+def test_bf16_mixed_precision_learns_tokens_near_float32(tiny_dir, digits):
+    """A bfloat16 UNet and VAE with the text encoder under autocast (CPUs autocast bf16):
+    the token rows stay float32 and end near the float32 run's."""
+    from dafusion.models import load_components
+
+    images, labels, names = _split(digits, [1, 2])
+    settings = InversionSettings(steps=3, batch_size=2)
+    tokens = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        parts = load_components(tiny_dir, torch.device("cpu"), dtype)
+        parts.text_encoder.to(torch.float32)
+        result = learn_tokens(parts, images, labels, names, settings, 0, 32, progress=False)
+        tokens[dtype] = result.tokens
+    for token, rows in tokens[torch.float32].items():
+        assert tokens[torch.bfloat16][token].dtype == torch.float32
+        torch.testing.assert_close(tokens[torch.bfloat16][token], rows, atol=2e-3, rtol=0)
+
+
+def test_half_mixed_precision_computes_in_float32_on_a_cpu(tiny_dir, digits, tmp_path, caplog):
+    """inversion.mixed_precision applies on CUDA; a CPU job says so and runs float32: the
+    same tokens as fp32."""
+    from dafusion import pipeline
+    from dafusion.settings import ModelSettings
+
+    split = few_shot(digits[0][digits[0]["label"] < 2], seed=0, shots=1)
+    split.to_parquet(tmp_path / "split.parquet")
+    model = ModelSettings(pretrained="tiny", resolution=32, device="cpu")
+    written = {}
+    for precision in ("fp16", "fp32"):
+        output = tmp_path / f"{precision}.safetensors"
+        settings = InversionSettings(steps=2, batch_size=1, mixed_precision=precision)
+        with caplog.at_level("INFO", logger="dafusion"):
+            pipeline.invert(
+                str(tmp_path / "split.parquet"), model, settings, seed=0, output=str(output),
+                model_dir=tiny_dir,
+            )  # fmt: skip
+        written[precision] = load_file(str(output))
+    assert "inversion.mixed_precision fp16 applies on CUDA: float32 on cpu" in caplog.text
+    for token, rows in written["fp32"].items():
+        torch.testing.assert_close(written["fp16"][token], rows, atol=0, rtol=0)

@@ -229,7 +229,7 @@ def test_model_inputs_and_resources_follow_the_model(small):
     hub = dataclasses.replace(small, model=small.model.replace(pretrained="models/sd-v1-4"))
     assert hub.model_input() == []
     assert (hub.model_threads(), hub.model_mem_mb(8000)) == (2, 8000)
-    assert "dtype" not in small.erase_model_params() and "dtype" in small.model.result_params()
+    assert "dtype" not in small.trained_model_params() and "dtype" in small.model.result_params()
 
 
 def test_generation_parts_follow_the_config_until_the_set_exists(tmp_path):

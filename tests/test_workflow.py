@@ -279,6 +279,18 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
             jobs("invert") | jobs("invert_erased") | jobs("generate", TOKENS)
             | jobs("train", TOKENS) | END | GALLERY | CURVES,
         ),
+        # Each stage's precision is its own: inversion's reruns inversion and what reads its
+        # tokens, model.dtype generation (not inversion), the classifier's the runs.
+        (
+            {"inversion": {"mixed_precision": "bf16"}},
+            jobs("invert") | jobs("invert_erased") | jobs("generate", TOKENS)
+            | jobs("train", TOKENS) | END | GALLERY | CURVES,
+        ),
+        (
+            {"model": {"dtype": "bfloat16"}},
+            jobs("generate", SYNTHETIC) | jobs("train", SYNTHETIC) | END | GALLERY,
+        ),
+        ({"classifier": {"precision": "bf16"}}, jobs("train", METHODS) | END),
         (
             {"methods": {"baseline": {"classifier": {"augmentation": "randaugment"}}}},
             jobs("train", ["baseline"]) | END,

@@ -19,13 +19,16 @@ The original code's evaluation flaws are fixed by default, each with a setting t
 restores it: BatchNorm of the frozen backbone in eval mode (`bn_mode: train` lets its
 statistics drift), the whole evaluation split once (`eval_samples: 6400` draws with
 replacement), classes absent from a draw skipped (`absent_classes: zero` counts them as 0).
+With such a frozen backbone the evaluation images are embedded once per run, not at every
+evaluation. `precision` sets the backbone's arithmetic (float32, the paper's; tf32; bf16).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -279,9 +282,12 @@ class Classifier(torch.nn.Module):
     (semantic_aug/few_shot_dataset.py:34-39); backbone is the backbone's own statistics.
     """
 
-    def __init__(self, backbone: Backbone, num_classes: int, normalization: str):
+    def __init__(
+        self, backbone: Backbone, num_classes: int, normalization: str, precision: str = "float32"
+    ):
         super().__init__()
         self.backbone = backbone
+        self.precision = precision
         if normalization == "backbone":
             self.normalize = Normalize(backbone.mean, backbone.std)
         else:
@@ -296,11 +302,28 @@ class Classifier(torch.nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Features of images in [0, 1]; no gradient through a frozen backbone."""
         x = self.normalize(x).contiguous(memory_format=torch.channels_last)
-        with torch.set_grad_enabled(not self.backbone.frozen and torch.is_grad_enabled()):
-            return self.features(x)
+        bf16 = self.precision == "bf16"
+        with (
+            torch.set_grad_enabled(not self.backbone.frozen and torch.is_grad_enabled()),
+            torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16),
+            tf32(self.precision == "tf32"),
+        ):
+            return self.features(x).float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(x))
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool) -> Iterator[None]:
+    """TensorFloat-32 matmuls and cuDNN convolutions on or off (classifier.precision), the
+    previous flags restored after; cuDNN's own default is on, so float32 must turn it off."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
 @torch.no_grad()
@@ -392,13 +415,14 @@ def train_classifier(
         variants = VariantTable([torch.zeros(0, dtype=torch.long)] * len(real))
         alpha = 0.0
     backbone = build_backbone(settings.backbone, settings.weights, settings.pretrained)
-    model = Classifier(backbone, num_classes, settings.normalization).to(device)
+    model = Classifier(backbone, num_classes, settings.normalization, settings.precision)
+    model = model.to(device)
     # Fixed features of a view need a frozen backbone whose BatchNorm statistics stay put;
     # CutMix mixes pixels, so with it the backbone runs on every batch.
-    cached = (
-        settings.feature_cache and settings.augmentation != "cutmix"
-        and backbone.frozen and settings.bn_mode == "eval"
-    )  # fmt: skip
+    # A frozen backbone whose BatchNorm statistics stay put gives each evaluation image the
+    # same features at every evaluation: embedded once, only the head runs per evaluation.
+    fixed = backbone.frozen and settings.bn_mode == "eval"
+    cached = settings.feature_cache and settings.augmentation != "cutmix" and fixed
     generator = torch.Generator().manual_seed(seed)
     augmenter = Augmenter(settings, generator)
     data = TrainingSet(real, real_labels, synthetic, variants, alpha, augmenter, generator)
@@ -415,6 +439,7 @@ def train_classifier(
         views = torch.stack(
             [embed_all(model, data.pool, views=augmenter) for _ in range(settings.cache_views)]
         )
+    if fixed:
         eval_features = {name: embed_all(model, images) for name, (images, _) in splits.items()}
     eval_generator = torch.Generator().manual_seed(seed + 1)
     rows = []
@@ -442,7 +467,7 @@ def train_classifier(
             for name, (images, labels_) in splits.items():
                 metrics = evaluate(
                     model, images, labels_, num_classes,
-                    features=eval_features[name] if cached else None,
+                    features=eval_features[name] if fixed else None,
                     samples=settings.eval_samples, generator=eval_generator,
                     absent=settings.absent_classes,
                 )  # fmt: skip

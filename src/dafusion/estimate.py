@@ -1,5 +1,6 @@
 """GPU-hours of a config's whole grid, from its plan and the per-unit costs of
-`dafusion.runtime` (measured on one GPU, docs/benchmarks.md): the table in docs/cluster.md.
+`dafusion.runtime` (measured on one GPU, docs/benchmarks.md): the table in the README and
+docs/cluster.md.
 
 Computed, not written by hand, so that it follows the grid (methods sharing a synthetic set
 count once, `Plan.synthetic_sets`) and the costs; a test keeps the docs' table equal to
@@ -8,6 +9,7 @@ dataset with `shots` training images per cell (the few-shot draw), and classifie
 evaluations left out.
 
     python -m dafusion.estimate config/paper.yaml
+    python -m dafusion.estimate config/paper.yaml --costs costs.json   # benchmarks/gpu.sh's
 """
 
 from __future__ import annotations
@@ -32,12 +34,14 @@ KIND_CLASSES = {"pascal": 20, "leafy_spurge": 2, "digits": 10}
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage's GPU jobs, its work in words, and its estimated GPU-hours."""
+    """One stage's GPU jobs, its work in words, its estimated GPU-hours and the per-unit
+    costs they come from (`runtime.COSTS` keys)."""
 
     name: str
     jobs: int
     work: str
     hours: float
+    costs: tuple[str, ...]
 
 
 def dataset_classes(plan: Plan, dataset: str) -> int:
@@ -61,14 +65,15 @@ def mean_steps(num_inference_steps: int, strengths: Sequence[float]) -> float:
     return sum(denoising_steps(num_inference_steps, s) for s in strengths) / len(strengths)
 
 
-def stages(plan: Plan) -> list[Stage]:
-    """Each GPU stage of the grid: jobs, work and GPU-hours at the measured per-unit costs."""
+def stages(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -> list[Stage]:
+    """Each GPU stage of the grid: jobs, work and GPU-hours at the per-unit `costs`."""
     if "all" in plan.shots:
         raise ValueError("config key 'examples_per_class': the estimate needs numbers, not 'all'")
     cells = len(plan.seeds) * len(plan.shots)
     shots = sum(int(k) for k in plan.shots) * len(plan.seeds)  # images per class, all cells
     sets = images = image_steps = 0.0
     token_files = token_classes = erase_classes = runs = train_steps = 0
+    train_seconds, train_costs = 0.0, set()
     for dataset in plan.datasets:
         classes = dataset_classes(plan, dataset)
         for name, methods in plan.synthetic_sets(dataset).items():
@@ -85,42 +90,57 @@ def stages(plan: Plan) -> list[Stage]:
             erase_classes += classes
         for method, spec in plan.methods.items():
             if spec.runs_on(dataset):
+                classifier = plan.classifier_for(dataset, method)
+                cost = runtime.train_cost_key(classifier, costs)
                 runs += cells
-                train_steps += cells * plan.classifier_for(dataset, method).steps
+                train_steps += cells * classifier.steps
+                train_seconds += cells * classifier.steps * costs[cost].seconds
+                train_costs.add(cost)
     inversion, erasure = plan.inversion, plan.erasure
     esd = erasure.method == "esd"
     return [
         Stage(
             "generate", int(sets),
             f"{images:,.0f} synthetic images × {image_steps / max(images, 1):.1f} denoising "
-            "steps on average", image_steps * runtime.GENERATE_S_PER_IMAGE_STEP / 3600,
+            "steps on average", image_steps * costs["generate"].seconds / 3600, ("generate",),
         ),
         Stage(
             "invert", token_files,
             f"{inversion.steps} steps × {inversion.batch_size} samples × {token_classes:,} "
             "classes", token_classes * inversion.steps * inversion.batch_size
-            * runtime.INVERT_S_PER_SAMPLE_STEP / 3600,
+            * costs["invert"].seconds / 3600, ("invert",),
         ),
         Stage(
             "erase", len(plan.erased_datasets()),
             f"{erase_classes} classes × {erasure.iterations} ESD iterations" if esd
             else f"{erase_classes} classes in closed form (UCE)",
-            erase_classes * erasure.iterations * runtime.ESD_S_PER_ITERATION / 3600 if esd else 0,
+            erase_classes * erasure.iterations * costs["erase"].seconds / 3600 if esd else 0,
+            ("erase",) if esd else (),
         ),
         Stage(
             "train", runs, f"{train_steps:,} classifier steps (evaluations not counted)",
-            train_steps * runtime.TRAIN_S_PER_STEP / 3600,
+            train_seconds / 3600, tuple(sorted(train_costs)),
         ),
     ]  # fmt: skip
 
 
-def table(plan: Plan) -> str:
-    """The stages as the markdown table of docs/cluster.md."""
-    rows = stages(plan)
-    lines = ["| stage | GPU jobs | work | GPU-hours (estimated) |", "|---|---|---|---|"]
-    lines += [f"| `{s.name}` | {s.jobs:,} | {s.work} | {s.hours:,.1f} |" for s in rows]
+def table(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -> str:
+    """The stages as the markdown table of the README and docs/cluster.md: jobs, work,
+    per-unit costs, where each was measured, GPU-hours."""
+    rows = stages(plan, costs)
+    lines = [
+        "| stage | GPU jobs | work | per-unit cost | measured | GPU-hours (estimated) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in rows:
+        cost = "; ".join(f"{costs[k].seconds:.3g} s {runtime.UNITS[k]}" for k in s.costs)
+        where = "; ".join(costs[k].measured or "not measured" for k in s.costs)
+        lines.append(
+            f"| `{s.name}` | {s.jobs:,} | {s.work} | {cost or '—'} | {where or '—'} "
+            f"| {s.hours:,.1f} |"
+        )
     total = sum(s.hours for s in rows)
-    lines.append(f"| total | {sum(s.jobs for s in rows):,} | | {total:,.0f} |")
+    lines.append(f"| total | {sum(s.jobs for s in rows):,} | | | | {total:,.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -145,8 +165,14 @@ def _merge(config: dict, update: Mapping) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dafusion.estimate", description=__doc__)
     parser.add_argument("configs", nargs="+", help="config files, merged in order")
+    parser.add_argument(
+        "--costs",
+        help="a costs file (benchmarks/gpu.sh writes one) whose per-unit costs replace the "
+        "repository's (src/dafusion/costs.json)",
+    )
     args = parser.parse_args(argv)
-    sys.stdout.write(table(plan_of(args.configs)))
+    costs = runtime.read_costs(args.costs, runtime.COSTS) if args.costs else runtime.COSTS
+    sys.stdout.write(table(plan_of(args.configs), costs))
     return 0
 
 

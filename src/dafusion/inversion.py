@@ -175,8 +175,13 @@ class _Trainer:
         self.optimizer = torch.optim.AdamW(
             [spliced.new], lr=settings.effective_lr, weight_decay=settings.weight_decay
         )
-        half = self.device.type == "cuda" and components.unet.dtype == torch.float16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=half)
+        # Mixed precision as accelerate runs the original (inversion.mixed_precision): a
+        # half-precision UNet, the text encoder under autocast, loss scaling for float16.
+        unet_dtype = components.unet.dtype
+        self.autocast = unet_dtype != torch.float32
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.device.type == "cuda" and unet_dtype == torch.float16
+        )
         n = len(tokens)
         self.chunk = settings.classes_per_chunk or n
 
@@ -204,10 +209,11 @@ class _Trainer:
         cat = {
             k: torch.cat([d[k] for d in draws]).to(self.device) for k in ("latents", "noise", "t")
         }
-        hidden = encode_text(self.c, [p for d in draws for p in d["prompts"]])
+        unet = self.c.unet
+        with torch.autocast(self.device.type, dtype=unet.dtype, enabled=self.autocast):
+            hidden = encode_text(self.c, [p for d in draws for p in d["prompts"]])
         sched = self.noise_scheduler
         noisy = sched.add_noise(cat["latents"], cat["noise"], cat["t"])
-        unet = self.c.unet
         pred = unet(noisy.to(unet.dtype), cat["t"], hidden.to(unet.dtype)).sample.float()
         if sched.config.prediction_type == "v_prediction":
             target = sched.get_velocity(cat["latents"], cat["noise"], cat["t"])

@@ -241,8 +241,15 @@ def invert(
 
     manifest = pd.read_parquet(split_path)
     names = class_names(manifest)
-    components = _load(model, model_dir)
-    # The text encoder holds the trainable rows: keep it in float32 under mixed precision.
+    # UNet and VAE in inversion.mixed_precision's dtype (CUDA only), as accelerate's
+    # --mixed_precision casts them in the original; the text encoder holds the trainable
+    # rows, so its weights stay in float32 and it runs under autocast (learn_tokens).
+    components = _load(model.replace(dtype=settings.weight_dtype), model_dir)
+    if components.unet.dtype != getattr(torch, settings.weight_dtype):
+        log.info(
+            "inversion.mixed_precision %s applies on CUDA: float32 on %s",
+            settings.mixed_precision, components.unet.device,
+        )  # fmt: skip
     components.text_encoder.to(torch.float32)
     out = Path(output)
     deltas = class_deltas(erasure_path) if erasure_path else {}

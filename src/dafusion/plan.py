@@ -136,9 +136,9 @@ class Plan:
         keys = index_keys(spec)
         return {k: v for k, v in spec.result_params().items() if k in keys}
 
-    def erase_model_params(self) -> dict[str, Any]:
-        """The model settings an erasure depends on (it trains in float32 whatever the
-        dtype)."""
+    def trained_model_params(self) -> dict[str, Any]:
+        """The model settings an erasure or an inversion depends on: each trains in its own
+        precision (erasure.precision, inversion.mixed_precision), whatever model.dtype."""
         return {k: v for k, v in self.model.result_params().items() if k != "dtype"}
 
     def aggregate_params(self, *keys: str) -> dict[str, Any]:

@@ -1,11 +1,12 @@
 """Wall times for a cluster (README, Running on a cluster): every rule's `runtime`.
 
 In minutes (Slurm's unit), an estimate that scales with the job's work. Per-unit costs
-measured on one H200 with Stable Diffusion v1.4's full-size architecture (README,
-Benchmarks), times RUNTIME_MARGIN for slower GPUs, plus RUNTIME_START_MIN for start-up and
-model loading; the tiny model on a CPU costs about as much per unit. Never below
-RUNTIME_START_MIN. A retry (profiles/slurm: retries) asks for `attempt` times the estimate,
-so a job killed at its time limit gets more the next time.
+(costs.json) measured on one H200 with Stable Diffusion v1.4's full-size architecture
+(docs/benchmarks.md; `benchmarks/gpu.sh` measures them all), times RUNTIME_MARGIN for
+slower GPUs, plus RUNTIME_START_MIN for start-up and model loading; the tiny model on a CPU
+costs about as much per unit. Never below RUNTIME_START_MIN. A retry (profiles/slurm:
+retries) asks for `attempt` times the estimate, so a job killed at its time limit gets more
+the next time.
 
 The work is read from the job's input manifests when Snakemake asks for the job's
 resources; while a manifest is yet to be made, `rows` and `class_count` raise a
@@ -16,23 +17,71 @@ workflow step imports this module (the Snakefile does).
 from __future__ import annotations
 
 import errno
+import json
 import math
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 
 from .settings import ClassifierSettings, ErasureSettings, GenerationSettings, InversionSettings
 
 RUNTIME_MARGIN = 4
 RUNTIME_START_MIN = 10
-# 3.57 images/s at 50 denoising steps (bfloat16, batch 32)
-GENERATE_S_PER_IMAGE_STEP = 0.0056
-# 20 steps x 4 classes x batch 4 in 3.7 s (float16)
-INVERT_S_PER_SAMPLE_STEP = 0.0116
-# faithful ESD: 1,257 s per class for 1000 iterations at 50 DDIM steps
-ESD_S_PER_ITERATION = 1.26
-# ResNet-50, 256 px, 20 classes: 400 steps in 5.2 s
-TRAIN_S_PER_STEP = 0.013
-# not measured: a ResNet-50 forward of one 256 px image, with margin
-EVAL_S_PER_IMAGE = 0.002
+# The per-unit costs (seconds per unit), where each was measured, in costs.json beside this
+# module; `benchmarks/gpu.sh` writes a file of the same form from its runs.
+COSTS_FILE = Path(__file__).with_name("costs.json")
+UNITS = {
+    "generate": "per image and denoising step",
+    "invert": "per class, sample and step",
+    "erase": "per faithful ESD iteration at 50 DDIM steps",
+    "train": "per classifier step",
+    "train_tf32": "per classifier step, classifier.precision tf32",
+    "train_bf16": "per classifier step, classifier.precision bf16",
+    "eval": "per evaluated image",
+}
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Seconds per unit of a stage's work (UNITS), and where they were measured (None: not
+    measured, a guess)."""
+
+    seconds: float
+    measured: str | None
+
+
+def read_costs(path: str | os.PathLike, base: Mapping[str, Cost] | None = None) -> dict[str, Cost]:
+    """The per-unit costs of a costs file, over `base`'s (a file of `benchmarks/gpu.sh` holds
+    only what it measured)."""
+    entries = json.loads(Path(path).read_text())
+    costs = dict(base or {})
+    for key, entry in entries.items():
+        if key not in UNITS:
+            raise ValueError(f"{path}: unknown cost '{key}' (known: {', '.join(UNITS)})")
+        seconds = entry.get("seconds")
+        if not isinstance(seconds, int | float) or seconds <= 0:
+            raise ValueError(f"{path}: cost '{key}' needs seconds > 0, not {seconds!r}")
+        costs[key] = Cost(float(seconds), entry.get("measured"))
+    missing = [key for key in ("generate", "invert", "erase", "train", "eval") if key not in costs]
+    if missing:
+        raise ValueError(f"{path}: no cost for {', '.join(missing)}")
+    return costs
+
+
+COSTS = read_costs(COSTS_FILE)
+GENERATE_S_PER_IMAGE_STEP = COSTS["generate"].seconds
+INVERT_S_PER_SAMPLE_STEP = COSTS["invert"].seconds
+ESD_S_PER_ITERATION = COSTS["erase"].seconds
+TRAIN_S_PER_STEP = COSTS["train"].seconds
+EVAL_S_PER_IMAGE = COSTS["eval"].seconds
+
+
+def train_cost_key(classifier: ClassifierSettings, costs: Mapping[str, Cost] = COSTS) -> str:
+    """The cost of a classifier step at its precision; float32's (`train`) where that one is
+    not in `costs` (tf32 and bf16 are faster)."""
+    key = f"train_{classifier.precision}"
+    return key if key in costs else "train"
 
 
 def _exists(path: str | os.PathLike) -> None:
@@ -86,4 +135,5 @@ def erase_seconds(erasure: ErasureSettings, classes: int) -> float:
 def train_seconds(classifier: ClassifierSettings, eval_images: int) -> float:
     """Steps, plus an evaluation of the validation (and test) images every eval_interval."""
     evaluations = classifier.steps // classifier.eval_interval + 1
-    return classifier.steps * TRAIN_S_PER_STEP + evaluations * eval_images * EVAL_S_PER_IMAGE
+    step = COSTS[train_cost_key(classifier)].seconds
+    return classifier.steps * step + evaluations * eval_images * EVAL_S_PER_IMAGE

@@ -98,9 +98,10 @@ EMBEDDED_MODELS = ("tiny", "tiny-digits")
 class ModelSettings(Settings):
     """`model:` the Stable Diffusion checkpoint every generative stage loads.
 
-    `dtype` is a result setting: half precision changes generated images and learned tokens
-    beyond floating-point noise (errors compound over the denoising and training steps). On a
-    CPU every dtype computes in float32, so there it changes nothing but still reruns.
+    `dtype` is a result setting: half precision changes generated images beyond
+    floating-point noise (errors compound over the denoising steps). On a CPU every dtype
+    computes in float32, so there it changes nothing but still reruns. Inversion and erasure
+    train in their own precision (`inversion.mixed_precision`, `erasure.precision`).
     """
 
     pretrained: str
@@ -154,9 +155,15 @@ class InversionSettings(Settings):
     num_vectors: int = 1
     flip: bool = True
     templates: tuple[str, ...] | list[str] | str = "imagenet_small"
+    mixed_precision: str = "fp16"
     classes_per_chunk: int = knob(0)
     gradient_checkpointing: bool = knob(False)
     checkpoint_every: int = knob(100)
+
+    @property
+    def weight_dtype(self) -> str:
+        """The frozen UNet's and VAE's dtype on CUDA: accelerate's `weight_dtype`."""
+        return {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[self.mixed_precision]
 
     @property
     def effective_lr(self) -> float:
@@ -331,6 +338,7 @@ class ClassifierSettings(Settings):
     cache_views: int = 8
     eval_samples: int | None = None
     absent_classes: str = "skip"
+    precision: str = "float32"
     device: str = knob("auto")
 
     def for_method(self, method: MethodSettings) -> ClassifierSettings:

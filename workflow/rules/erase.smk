@@ -19,7 +19,7 @@ rule erase:
         gpu=gpus(MODEL.device),
         runtime=erase_runtime,
     params:
-        model=PLAN.erase_model_params(),
+        model=PLAN.trained_model_params(),
         erasure=ERASURE.result_params(),
         code=code("erase"),
     script:

@@ -20,7 +20,7 @@ rule invert:
         gpu=gpus(MODEL.device),
         runtime=invert_runtime,
     params:
-        model=MODEL.result_params(),
+        model=PLAN.trained_model_params(),
         inversion=INVERSION.result_params(),
         code=code("invert"),
     script:
