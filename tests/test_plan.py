@@ -348,7 +348,6 @@ def test_the_report_shows_the_tables_figures_galleries_curves_and_checks(small):
     baseline_only = make_plan(changed(SMALL, methods={"b": {"kind": "baseline"}}))
     assert baseline_only.report_inputs()["galleries"] == []
     assert baseline_only.report_inputs()["curves"] == []
-    assert baseline_only.report_inputs()["erasure"] == []
 
 
 def test_captions_are_rendered_with_the_measure(small):

@@ -105,7 +105,8 @@ rule erasure_check:
             res(paths.ERASURE_FIGURE),
             caption="../report/erasure.rst",
             category="Diagnostics",
-            labels={"dataset": "{dataset}", "figure": "erasure check"},
+            subcategory="Erasure check",
+            labels={"dataset": "{dataset}"},
         ),
         pdf=res(paths.ERASURE_FIGURE_PDF),
     log:
