@@ -2,6 +2,7 @@ from pathlib import Path
 
 import yaml
 
+import dafusion
 from dafusion.config import validate_config
 from dafusion.record import (
     OUTSIDE,
@@ -83,5 +84,7 @@ def test_the_resolved_config_has_defaults_no_knobs_and_no_absolute_path(tmp_path
 
 def test_library_versions_name_each_library():
     versions = library_versions(("pandas", "no-such-library-here"))
+    assert list(versions) == ["dafusion", "pandas", "no-such-library-here"]
+    assert versions["dafusion"] == dafusion.__version__ == "0.3.0"
     assert versions["pandas"].split(".")[0].isdigit()
     assert versions["no-such-library-here"] == "not installed"

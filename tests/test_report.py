@@ -123,12 +123,13 @@ def test_all_text_is_escaped(report):
     assert page.texts["title"] == [f"DA-Fusion {NASTY}"]
     assert page.texts["h1"] == [f"DA-Fusion {NASTY}"]
     assert page.texts["dd"] == [f"configs/{NASTY}.yaml", "2024-05-01"]
+    # every caption above or below its item, tables' too, in document order
     assert page.texts["figcaption"] == [
         f"Small {NASTY} Caption a < b.",
         'Wide Quotes "here".',
+        f"Summary & more Cell {NASTY} stays text.",
         "Config As run.",
     ]
-    assert page.texts["caption"] == [f"Summary & more Cell {NASTY} stays text."]
     # the figure and table titles are the only <b> elements, in document order
     assert page.texts["b"] == [f"Small {NASTY}", "Wide", "Summary & more", "Config"]
     assert page.texts["pre"] == [f"seeds: [0]\nprompt: {NASTY}\n"]

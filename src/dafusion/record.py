@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from . import __version__
 from .io import atomic_path
 from .settings import SECTIONS
 
@@ -28,7 +29,7 @@ RANDOM_WEIGHT_MODELS = frozenset({"tiny"})
 OUTSIDE = "<absolute path>"
 # The libraries whose versions the report lists.
 LIBRARIES = (
-    "dafusion", "torch", "torchvision", "diffusers", "transformers", "numpy", "pandas",
+    "torch", "torchvision", "diffusers", "transformers", "numpy", "pandas",
     "scikit-learn", "pillow", "matplotlib", "snakemake",
 )  # fmt: skip
 
@@ -89,8 +90,10 @@ def write_config(path: str | Path, config: Mapping[str, Any]) -> None:
 
 
 def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:
-    """Each library's installed version ("not installed" where it is missing)."""
-    found = {}
+    """This library's version (of the copy the job imports, which an older install's
+    metadata may not match), then each other library's installed version ("not installed"
+    where it is missing)."""
+    found = {"dafusion": __version__}
     for name in names:
         try:
             found[name] = version(name)

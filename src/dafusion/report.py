@@ -39,8 +39,8 @@ nav ol { padding-left: 1.5rem; }
 a { color: #0072B2; }
 figure { margin: 1.5rem 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
-figcaption, caption { font-size: 0.9rem; color: #333; text-align: left; padding: 0.3rem 0; }
-.table-wrap { overflow-x: auto; margin: 1.5rem 0; }
+figcaption { font-size: 0.9rem; color: #333; text-align: left; padding: 0.3rem 0; }
+.table-wrap { overflow-x: auto; margin: 0.3rem 0 0; }
 table { border-collapse: collapse; font-size: 0.9rem; }
 th, td { border: 1px solid #ddd; padding: 0.25rem 0.6rem; white-space: nowrap; }
 th { background: #f5f5f5; text-align: left; }
@@ -201,11 +201,14 @@ def _render_table(table: Table) -> str:
     for values in frame.itertuples(index=False, name=None):
         cells = "".join(_render_cell(value, table.float_format) for value in values)
         rows.append(f"<tr>{cells}</tr>")
+    # The caption above the table at the page's width (a <caption> takes the table's width:
+    # squeezed over a narrow table, scrolled away beside a wide one).
     return (
+        f'<figure class="table">\n'
+        f"<figcaption><b>{_esc(table.title)}</b> {_esc(table.caption)}</figcaption>\n"
         f'<div class="table-wrap">\n<table>\n'
-        f"<caption><b>{_esc(table.title)}</b> {_esc(table.caption)}</caption>\n"
         f"<thead><tr>{header}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n"
-        "</table>\n</div>"
+        "</table>\n</div>\n</figure>"
     )
 
 
