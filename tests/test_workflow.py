@@ -162,7 +162,7 @@ def test_the_report_opens_in_a_browser_with_every_image_shown(workdir):
     assert "code fingerprint\t" in provenance and "torch\t" in provenance
     (per_class,) = texts["per_class"]
     header, *rows = per_class.splitlines()
-    assert header.split("\t") == ["dataset", "shots", "class_name", *METHODS]
+    assert header.split("\t") == ["dataset", "shots", "class_name", *sorted(METHODS)]
     assert len(rows) == 10 * len(SHOTS)  # every class at every shot count
     assert rows[0].startswith("digits\t1\teight\t")
     (runs,) = texts["runs"]
@@ -280,17 +280,20 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
                     "checkpoint_every": 1, "classes_per_chunk": 3, "gradient_checkpointing": True,
                 },
                 "erasure": {"checkpoint_every": 1, "batch_size": 3},
-                "generation": {
-                    "batch_size": 3, "workers": 1, "compile": True, "safety_retries": 5, "parts": 2,
-                },
+                "generation": {"batch_size": 3, "workers": 1, "compile": True, "parts": 2},
                 "classifier": {"device": "cpu"},
             },
             set(),
         ),
-        # Settings read only in a mode that is off (UCE's lamb under ESD, CutMix's mode under
-        # standard augmentation): no result changes, only the config the report records.
+        # Settings read only in a mode that is off (UCE's lamb under ESD, the safety
+        # checker's retries without it, CutMix's mode under standard augmentation): no result
+        # changes, only the config the report records.
         (
-            {"erasure": {"lamb": 0.1}, "classifier": {"cutmix_mode": "batch"}},
+            {
+                "erasure": {"lamb": 0.1},
+                "generation": {"safety_retries": 5},
+                "classifier": {"cutmix_mode": "batch"},
+            },
             {("report", "results/report.html"), ("all", "")},
         ),
         # An erasure setting: the shared erase job and the erased method's jobs only.
