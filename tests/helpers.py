@@ -291,8 +291,12 @@ def chromium_path() -> str | None:
     return None
 
 
-def render(html: Path) -> dict:
-    """Load `html` and return its images' states and the errors logged while loading."""
+def render(
+    html: Path, selectors: dict[str, str] | None = None, screenshot: Path | None = None
+) -> dict:
+    """Load `html` and return its images' states, the errors logged while loading and, per
+    name in `selectors`, the rendered text (innerText) of each element the CSS selector
+    matches; `screenshot`: also save the whole page there as a PNG."""
     from playwright.sync_api import sync_playwright  # here: chromium_path() needs no Playwright
 
     executable = chromium_path()
@@ -315,9 +319,21 @@ def render(html: Path) -> dict:
             # "load" waits for every <img> in the document, so the states below are final.
             page.goto(Path(html).resolve().as_uri(), wait_until="load", timeout=BROWSER_TIMEOUT_MS)
             images = page.eval_on_selector_all("img", IMAGE_STATES)
+            texts = {
+                name: page.eval_on_selector_all(selector, "nodes => nodes.map(n => n.innerText)")
+                for name, selector in (selectors or {}).items()
+            }
+            if screenshot is not None:
+                page.set_viewport_size({"width": 1100, "height": 900})
+                page.screenshot(path=str(screenshot), full_page=True)
         finally:
             browser.close()
-    return {"images": images, "console_errors": console_errors, "page_errors": page_errors}
+    return {
+        "images": images,
+        "texts": texts,
+        "console_errors": console_errors,
+        "page_errors": page_errors,
+    }
 
 
 # A synthetic set made as the workflow makes it ------------------------------------------

@@ -16,7 +16,10 @@ from dafusion.aggregate import (
     novelty_scores,
     overall_scores,
     paired_deltas,
+    per_class,
+    run_table,
     summarize,
+    validation_curves,
 )
 from dafusion.figures import (
     OKABE_ITO,
@@ -26,8 +29,10 @@ from dafusion.figures import (
     method_styles,
     novelty_figure,
     paired_figure,
+    per_class_figure,
     save_figure,
     score_figure,
+    validation_figure,
 )
 from dafusion.settings import AggregateSettings, measure_names
 
@@ -726,3 +731,66 @@ def test_figure_11_pairs_each_cell_with_the_reference_of_the_same_alpha_and_m():
     # A cell without its reference is named.
     with pytest.raises(ValueError, match=r"'df-a7-m5' \(Figure 11, alpha=0.7, M=5\) needs"):
         data_balance_grid(best, layout.drop(index=3), "baseline")
+
+
+def _with_classes(runs: pd.DataFrame) -> pd.DataFrame:
+    """`_runs` plus per-class rows (`accuracy/<class>`) on val: class a at 10 x the step's
+    value, class b at the value itself, so each step's per-class values are known."""
+    accuracy = runs[runs["metric"] == "accuracy"]
+    a = accuracy.assign(metric="accuracy/a", value=accuracy["value"] / 10)
+    b = accuracy.assign(metric="accuracy/b")
+    return pd.concat([runs, a, b], ignore_index=True)
+
+
+def test_per_class_accuracy_is_read_at_each_runs_selected_step():
+    runs = _with_classes(_runs())
+    best = best_steps(runs, "accuracy", "run", "val")  # seed 0 at step 400, seed 1 at 600
+    table = per_class(runs, best)
+    assert list(table.columns) == [
+        "dataset", "method", "shots", "class_name", "accuracy_mean", "ci68_low", "ci68_high",
+        "num_seeds", *LABELS,
+    ]  # fmt: skip
+    assert table["class_name"].tolist() == ["a", "b"]
+    assert table["accuracy_mean"].tolist() == pytest.approx([0.07, 0.7])  # (0.6 + 0.8) / 2
+    assert (table["ci68_low"].iloc[1], table["ci68_high"].iloc[1]) == pytest.approx((0.6, 0.8))
+    assert table[LABELS].iloc[0].tolist() == ["val", "accuracy", "run"]
+    # seed_mean selects step 600 for both seeds (mean 0.6): (0.4 + 0.8) / 2
+    seed_mean = per_class(runs, best_steps(runs, "accuracy", "seed_mean", "val"))
+    assert seed_mean["accuracy_mean"].tolist() == pytest.approx([0.06, 0.6])
+
+
+def test_run_table_has_one_row_per_run_and_validation_curves_one_per_step():
+    runs = _runs()
+    best = best_steps(runs, "accuracy", "run", "val")
+    table = run_table(best)
+    assert list(table.columns) == [
+        "dataset", "method", "seed", "shots", "step", "value", *LABELS,
+    ]  # fmt: skip
+    assert table[["seed", "step"]].values.tolist() == [[0, 400], [1, 600]]
+    assert table["value"].tolist() == pytest.approx([0.6, 0.8])
+    curves = validation_curves(runs, "accuracy")
+    assert curves["step"].tolist() == [200, 400, 600]
+    assert curves["value_mean"].tolist() == pytest.approx([0.35, 0.45, 0.6])
+    assert curves["num_seeds"].tolist() == [2, 2, 2]
+    assert set(curves["split"]) == {"val"} and set(curves["metric"]) == {"accuracy"}
+    fig = validation_figure(curves, ["m"], "accuracy")
+    (ax,) = fig.axes
+    (line,) = ax.lines
+    assert line.get_xdata().tolist() == [200, 400, 600]
+    assert line.get_ydata().tolist() == pytest.approx([0.35, 0.45, 0.6])
+    assert (ax.get_title(), ax.get_ylabel()) == ("d, 1 per class", "accuracy (val)")
+
+
+def test_per_class_figure_shows_the_largest_shot_count():
+    runs = _with_classes(_runs())
+    more = runs.assign(shots=4, value=runs["value"] / 2)
+    runs = pd.concat([runs, more], ignore_index=True)
+    table = per_class(runs, best_steps(runs, "accuracy", "run", "val"))
+    fig = per_class_figure(table, ["other", "m"])
+    (ax,) = fig.axes
+    assert ax.get_title() == "d, 4 examples per class"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b"]
+    (bars,) = ax.containers
+    assert bars.lines[0].get_xdata().tolist() == pytest.approx([0.035, 0.35])
+    assert to_hex(bars.lines[0].get_color()) == OKABE_ITO[1].lower()  # m's colour everywhere
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["m"]

@@ -1,8 +1,17 @@
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_hex
 
-from dafusion.diagnostics import benchmark_table, erasure_summary, loss_figure, rule_name
+from dafusion.diagnostics import (
+    ERASED_ENOUGH,
+    benchmark_table,
+    erasure_figure,
+    erasure_summary,
+    failed_erasures,
+    loss_figure,
+    rule_name,
+)
 
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time"
 
@@ -45,21 +54,26 @@ def test_loss_figure_plots_the_moving_average():
     np.testing.assert_allclose(smooth_zero.get_ydata(), [4, 3, 4, 8 / 3, 3])
     np.testing.assert_allclose(smooth_one.get_ydata(), [1, 2, 2, 7 / 3, 3])
     assert smooth_zero.get_color() != smooth_one.get_color()
-    assert [t.get_text() for t in first.get_legend().get_texts()] == ["zero", "one"]
+    # one legend for the figure, each class one style in every panel
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["zero", "one"]
+    assert first.get_legend() is None
+    assert second.lines[1].get_color() == smooth_zero.get_color()
     np.testing.assert_allclose(second.lines[1].get_ydata(), [2, 3])
 
 
 def test_loss_figure_layout_and_legend_limit():
     many = {f"class {i:02d}": [float(i), 1.0] for i in range(12)}
-    curves = {f"run {n}": _curves({"a": [1.0, 2.0]}) for n in range(4)}
+    curves = {f"run {n}": _curves({"class 00": [1.0, 2.0]}) for n in range(4)}
     curves["crowded"] = _curves(many)
     fig = loss_figure(curves, smooth=1)
-    assert len(fig.axes) == 8  # two rows of four panels
-    assert [ax.axison for ax in fig.axes] == [True] * 5 + [False] * 3
+    assert len(fig.axes) == 6  # three rows of two panels: legible at the page's width
+    assert fig.get_figwidth() == 9.0
+    assert [ax.axison for ax in fig.axes] == [True] * 5 + [False]
     crowded = fig.axes[4]
-    assert crowded.get_title() == "crowded (+2 more)"
-    legend = [t.get_text() for t in crowded.get_legend().get_texts()]
+    assert crowded.get_title() == "crowded"
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend == [f"class {i:02d}" for i in range(10)]
+    assert fig.get_suptitle() == "Moving average over 1 steps; 2 more classes not in the legend"
     assert len(crowded.lines) == 24
     np.testing.assert_array_equal(crowded.lines[23].get_ydata(), [11.0, 1.0])  # smooth=1: raw
     with pytest.raises(ValueError, match="smooth must be at least 1"):
@@ -90,6 +104,50 @@ def test_erasure_summary_sorts_and_keeps_the_numbers():
     assert summary["erased"].dtype == bool
     with pytest.raises(ValueError, match="no column erased_fraction"):
         erasure_summary(check.drop(columns="erased_fraction"))
+
+
+# Three classes, a delta per class: "one" erased its class only a tenth of the way.
+CHECK = pd.DataFrame(
+    {
+        "delta": ["one"] * 3 + ["two"] * 3 + ["zero"] * 3,
+        "class_name": ["zero", "one", "two"] * 3,
+        "erased": [False, True, False, False, False, True, True, False, False],
+        "erased_fraction": [0.02, 0.1, -0.05, 0.0, 0.03, 0.8, 1.7, 0.2, 0.05],
+    }
+)
+
+
+def test_failed_erasures_are_erased_cells_below_the_threshold():
+    assert ERASED_ENOUGH == 0.5
+    failed = failed_erasures(CHECK)
+    assert failed[["delta", "class_name", "erased_fraction"]].values.tolist() == [
+        ["one", "one", 0.1]
+    ]
+    assert failed_erasures(CHECK, threshold=0.05).empty
+
+
+def test_erasure_figure_is_a_classes_by_deltas_heatmap_that_flags_failures():
+    from matplotlib.patches import Rectangle
+
+    fig = erasure_figure(CHECK)
+    ax = fig.axes[0]
+    rows = [t.get_text() for t in ax.get_yticklabels()]
+    columns = [t.get_text() for t in ax.get_xticklabels()]
+    assert (rows, columns) == (["one", "two", "zero"], ["one", "two", "zero"])
+    values = ax.images[0].get_array()
+    assert values[rows.index("zero"), columns.index("zero")] == pytest.approx(1.7)
+    assert values[rows.index("two"), columns.index("one")] == pytest.approx(-0.05)
+    # an outline on each erased cell (x = column, y = row); the failed one in red and crossed
+    outlines = {
+        (round(p.get_x() + 0.5), round(p.get_y() + 0.5)): to_hex(p.get_edgecolor())
+        for p in ax.patches
+        if isinstance(p, Rectangle)
+    }
+    assert outlines == {(0, 0): "#d55e00", (1, 1): "#000000", (2, 2): "#000000"}
+    assert [line.get_color() for line in ax.lines] == ["#D55E00"]
+    assert ax.get_title() == "1 of 3 erasures below 0.5"
+    cells = {t.get_text() for t in ax.texts}
+    assert {"0.10", "1.70", "-0.05"} <= cells
 
 
 def _write(path, *rows):

@@ -42,6 +42,7 @@ def expected_jobs() -> Counter:
             "invert": SEVEN * cells,
             "invert_erased": THREE * cells,
             "erase": THREE,  # one per dataset, shared by every seed and shot count
+            "erasure_check": THREE,  # its heatmap in the report
             "generate": synthetic * cells,  # generation.parts: 1
             "gather_synthetic": synthetic * cells,
             "train": runs * cells,

@@ -175,8 +175,8 @@ def test_the_paper_config_makes_the_papers_grid(tmp_path):
     assert paper.eval_split("pascal", 2) == "results-paper/pascal/splits/val.parquet"
     assert paper.index_mem_mb("coco") == 16000 and paper.index_mem_mb("pascal") == 4000
     assert paper.aggregate_figures() == [
-        "accuracy", "scores", "figure-5", "figure-9", "figure-10", "figure-8", "novelty",
-        "paired", "figure-11",
+        "accuracy", "per-class", "validation", "scores", "figure-5", "figure-9", "figure-10",
+        "figure-8", "novelty", "paired", "figure-11",
     ]  # fmt: skip
 
 
@@ -298,14 +298,15 @@ def test_token_losses_lie_beside_the_tokens():
 
 
 def test_aggregate_figures_follow_labels_baseline_and_novelty_bins(small):
-    assert small.aggregate_figures() == ["accuracy", "scores", "paired"]
+    assert small.aggregate_figures() == ["accuracy", "per-class", "validation", "scores", "paired"]
     methods = copy.deepcopy(SMALL["methods"])
     methods["rg"]["figures"] = [5, "11-reference"]
     methods["daf"]["figures"] = [11, 5, 9]
     p = make_plan(changed(SMALL, methods=methods, aggregate={"novelty": {"x": ["digits"]}}))
     assert p.figure_labels() == ["5", "11-reference", "11", "9"]
     assert p.aggregate_figures() == [
-        "accuracy", "scores", "figure-5", "figure-9", "novelty", "paired", "figure-11",
+        "accuracy", "per-class", "validation", "scores", "figure-5", "figure-9", "novelty",
+        "paired", "figure-11",
     ]  # fmt: skip
     # 11 without its reference draws the grid against the baseline; without either, none
     methods["rg"]["figures"] = []
@@ -329,12 +330,14 @@ def test_the_layout_gives_each_runs_resolved_settings(small):
 def test_the_report_shows_the_tables_figures_galleries_curves_and_checks(small):
     inputs = small.report_inputs()
     assert inputs["summary"] == "out/tables/summary.csv"
-    assert inputs["figures"] == [f"out/figures/{n}.png" for n in ("accuracy", "scores", "paired")]
+    figures = ("accuracy", "per-class", "validation", "scores", "paired")
+    assert inputs["figures"] == [f"out/figures/{n}.png" for n in figures]
+    assert inputs["per_class"] == "out/tables/per_class.csv"
     assert inputs["galleries"] == ["out/figures/gallery-digits.png", "out/figures/gallery-more.png"]
     assert inputs["curves"] == [
         "out/figures/inversion-loss-digits.png", "out/figures/inversion-loss-more.png",
     ]  # fmt: skip
-    assert inputs["erasure"] == ["out/digits/erasure/esd/check.parquet"]
+    assert inputs["erasure"] == ["out/figures/erasure-digits.png"]
     assert small.gallery_inputs("more") == {
         "split": "out/more/splits/seed0-shots4.parquet",
         "indices": [

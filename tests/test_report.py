@@ -11,7 +11,7 @@ import pytest
 from helpers import NO_CHROMIUM, chromium_path, render
 from PIL import Image
 
-from dafusion.report import EMPTY_SECTION, Figure, Section, Table, section_ids, write_report
+from dafusion.report import Figure, Preformatted, Section, Table, section_ids, write_report
 
 NASTY = '<b>&"'  # must reach the reader as text, never as markup
 
@@ -90,10 +90,15 @@ def report(tmp_path, figures, table) -> Path:
         ),
         Section("Accuracy", [table]),
         Section("Concept novelty", [], intro="Needs the embeddings."),
+        Section(
+            "Provenance", [Preformatted(f"seeds: [0]\nprompt: {NASTY}\n", "Config", "As run.")]
+        ),
     ]
     path = tmp_path / "out" / "nested" / "report.html"
     meta = {"config": f"configs/{NASTY}.yaml", "date": "2024-05-01"}
-    write_report(path, title=f"DA-Fusion {NASTY}", sections=sections, meta=meta)
+    write_report(
+        path, title=f"DA-Fusion {NASTY}", sections=sections, meta=meta, banner=f"Random {NASTY}."
+    )
     return path
 
 
@@ -118,10 +123,16 @@ def test_all_text_is_escaped(report):
     assert page.texts["title"] == [f"DA-Fusion {NASTY}"]
     assert page.texts["h1"] == [f"DA-Fusion {NASTY}"]
     assert page.texts["dd"] == [f"configs/{NASTY}.yaml", "2024-05-01"]
-    assert page.texts["figcaption"] == [f"Small {NASTY} Caption a < b.", 'Wide Quotes "here".']
-    assert page.texts["caption"] == [f"Summary & more Cell {NASTY} stays text."]
+    # every caption above or below its item, tables' too, in document order
+    assert page.texts["figcaption"] == [
+        f"Small {NASTY} Caption a < b.",
+        'Wide Quotes "here".',
+        f"Summary & more Cell {NASTY} stays text.",
+        "Config As run.",
+    ]
     # the figure and table titles are the only <b> elements, in document order
-    assert page.texts["b"] == [f"Small {NASTY}", "Wide", "Summary & more"]
+    assert page.texts["b"] == [f"Small {NASTY}", "Wide", "Summary & more", "Config"]
+    assert page.texts["pre"] == [f"seeds: [0]\nprompt: {NASTY}\n"]
 
 
 def test_table_cells_are_formatted(report):
@@ -149,14 +160,14 @@ def test_toc_links_every_section_by_a_unique_id(report):
     assert [attrs["href"] for attrs in page.attrs("a")] == [
         "#accuracy",
         "#accuracy-2",
-        "#concept-novelty",
+        "#provenance",
     ]
     assert [attrs["id"] for attrs in page.attrs("section")] == [
         "accuracy",
         "accuracy-2",
-        "concept-novelty",
+        "provenance",
     ]
-    assert page.texts["a"] == ["Accuracy", "Accuracy", "Concept novelty"]
+    assert page.texts["a"] == ["Accuracy", "Accuracy", "Provenance"]
 
 
 def test_section_ids():
@@ -170,16 +181,27 @@ def test_section_ids():
     ]
 
 
-def test_empty_section_says_so(report):
+def test_sections_without_items_are_left_out(report):
     page = Page(report.read_text(encoding="utf-8"))
-    assert EMPTY_SECTION == "Nothing to show for this configuration."
-    # the intro paragraphs, then the empty section's intro and sentence
-    assert page.texts["p"] == [
-        "First paragraph.",
-        "Second & last.",
-        "Needs the embeddings.",
-        EMPTY_SECTION,
+    assert "Concept novelty" not in report.read_text(encoding="utf-8")
+    assert page.texts["h2"] == ["Contents", "Accuracy", "Accuracy", "Provenance"]
+    # the banner, then the intro paragraphs of the sections shown
+    assert page.texts["p"] == [f"Random {NASTY}.", "First paragraph.", "Second & last."]
+
+
+def test_the_banner_comes_before_the_contents_and_only_when_given(report, figures):
+    page = Page(report.read_text(encoding="utf-8"))
+    banners = [attrs for attrs in page.attrs("p") if attrs.get("class") == "banner"]
+    assert banners == [{"class": "banner", "role": "alert"}]
+    # below the title, above the contents
+    order = [
+        name
+        for name, attrs in page.tags
+        if name in ("header", "nav", "section") or attrs.get("class") == "banner"
     ]
+    assert order == ["header", "p", "nav", "section", "section", "section"]
+    write_report(report, "Plain", [Section("Only", [Figure(figures["small"], "Small", "")])])
+    assert 'class="banner"' not in report.read_text(encoding="utf-8")
 
 
 def test_missing_figure_names_file_and_section(tmp_path):

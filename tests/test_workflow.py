@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import webdataset as wds
+import yaml
 from helpers import (
     NO_CHROMIUM,
     REDUCED,
@@ -124,20 +125,63 @@ def test_outputs_at_the_contract_paths(workdir):
 def test_the_report_opens_in_a_browser_with_every_image_shown(workdir):
     if chromium_path() is None:
         pytest.skip(NO_CHROMIUM)
-    page = render(workdir / "results/report.html")
-    figures = ["accuracy", "scores", "novelty", "paired", "gallery-digits", "inversion-loss-digits"]
+    selectors = {
+        "banner": ".banner",
+        "sections": "section > h2",
+        "provenance": "#provenance",
+        "per_class": "#per-class-accuracy table",
+        "runs": "#runs table",
+    }
+    page = render(workdir / "results/report.html", selectors)
+    figures = [
+        "accuracy", "per-class", "validation", "scores", "novelty", "paired", "gallery-digits",
+        "inversion-loss-digits", "erasure-digits",
+    ]  # fmt: skip
+    assert [image["alt"] for image in page["images"]] == [
+        "Accuracy against examples per class", "Accuracy per class", "Validation curves",
+        "Overall normalized score", "Concept novelty", "Paired improvement over the baseline",
+        "Gallery: digits", "Inversion loss: digits", "Erasure check: digits",
+    ]  # fmt: skip
     assert len(page["images"]) == len(figures)
     assert all(image["natural_width"] > 0 for image in page["images"]), page["images"]
     assert page["console_errors"] == [] and page["page_errors"] == []
+    texts = page["texts"]
+    # the embedded default's tiny model has random weights: the page says so first
+    (banner,) = texts["banner"]
+    assert banner.startswith("The images of this report were made by a random-weight model")
+    # no Ablations section: no method is labelled 11
+    assert texts["sections"] == [
+        "Accuracy", "Per-class accuracy", "Runs", "Normalized scores",
+        "Improvement over the baseline", "Synthetic images", "Diagnostics", "Provenance",
+    ]  # fmt: skip
+    (provenance,) = texts["provenance"]
+    config = (workdir / "results/config.yaml").read_text()
+    assert yaml.safe_load(config)["model"] == {**REDUCED["model"], "dtype": "float32"}
+    assert config.strip() in provenance
+    assert str(workdir) not in config
+    assert "code fingerprint\t" in provenance and "torch\t" in provenance
+    (per_class,) = texts["per_class"]
+    header, *rows = per_class.splitlines()
+    assert header.split("\t") == ["dataset", "shots", "class_name", *sorted(METHODS)]
+    assert len(rows) == 10 * len(SHOTS)  # every class at every shot count
+    assert rows[0].startswith("digits\t1\teight\t")
+    (runs,) = texts["runs"]
+    header, *rows = runs.splitlines()
+    assert header.split("\t") == ["dataset", "method", "seed", "1 per class", "2 per class"]
+    assert len(rows) == len(METHODS)
     html = (workdir / "results/report.html").read_text()
-    assert "Erasure check: digits" in html and "Time and memory per rule" in html
+    assert "Time and memory per rule" in html
 
 
 def test_snakemakes_own_report_holds_the_figures(workdir, tmp_path):
     result = snakemake(workdir, "--report", str(tmp_path / "report.html"))
     assert result.returncode == 0, result.stderr[-3000:]
     page = (tmp_path / "report.html").read_text()
-    for name in ("accuracy.png", "scores.png", "paired.png", "gallery-digits.png"):
+    for name in (
+        "accuracy.png", "per-class.png", "validation.png", "scores.png", "paired.png",
+        "gallery-digits.png", "inversion-loss-digits.png", "erasure-digits.png",
+        "summary.csv", "per_class.csv", "runs.csv", "validation.csv", "config.yaml",
+    ):  # fmt: skip
         assert name in page, name
     assert CAPTION_VALUES in page
 
@@ -191,7 +235,10 @@ AGGREGATE = ("aggregate", "results/tables/summary.csv")
 END = {AGGREGATE, ("report", "results/report.html"), ("all", "")}
 GALLERY = {("gallery", "results/figures/gallery-digits.png")}
 CURVES = {("inversion_curves", "results/figures/inversion-loss-digits.png")}
-ERASE = {("erase", "results/digits/erasure/esd/check.parquet")}
+ERASE = {
+    ("erase", "results/digits/erasure/esd/check.parquet"),
+    ("erasure_check", "results/figures/erasure-digits.png"),
+}
 
 
 def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
@@ -232,14 +279,22 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
                 "inversion": {
                     "checkpoint_every": 1, "classes_per_chunk": 3, "gradient_checkpointing": True,
                 },
-                "erasure": {"checkpoint_every": 1, "batch_size": 3, "lamb": 0.1},
-                "generation": {
-                    "batch_size": 3, "workers": 1, "compile": True, "safety_retries": 5, "parts": 2,
-                },
-                # cutmix_mode is read only by CutMix runs (the embedded default: standard)
-                "classifier": {"device": "cpu", "cutmix_mode": "batch"},
+                "erasure": {"checkpoint_every": 1, "batch_size": 3},
+                "generation": {"batch_size": 3, "workers": 1, "compile": True, "parts": 2},
+                "classifier": {"device": "cpu"},
             },
             set(),
+        ),
+        # Settings read only in a mode that is off (UCE's lamb under ESD, the safety
+        # checker's retries without it, CutMix's mode under standard augmentation): no result
+        # changes, only the config the report records.
+        (
+            {
+                "erasure": {"lamb": 0.1},
+                "generation": {"safety_retries": 5},
+                "classifier": {"cutmix_mode": "batch"},
+            },
+            {("report", "results/report.html"), ("all", "")},
         ),
         # An erasure setting: the shared erase job and the erased method's jobs only.
         (

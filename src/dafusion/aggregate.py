@@ -58,6 +58,34 @@ def summarize(best: pd.DataFrame) -> pd.DataFrame:
     return _mean_interval(best, keys, "value", "accuracy_mean", "num_seeds")
 
 
+def per_class(runs: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset, method, shot count and class: the class's accuracy (`accuracy/<class>`,
+    the fraction of its evaluation images classified correctly) at each run's selected step
+    and reported split (`best_steps`), mean and 68% interval over seeds. Shows which classes
+    a method helps, which a mean over classes hides."""
+    rows = runs[runs["metric"].str.startswith("accuracy/")]
+    rows = rows.merge(
+        best[[*RUN_KEYS, "step", "split", "selection"]], on=[*RUN_KEYS, "step", "split"]
+    )
+    rows = rows.assign(class_name=rows["metric"].str.removeprefix("accuracy/"), metric="accuracy")
+    keys = ["dataset", "method", "shots", "class_name"]
+    return _mean_interval(rows, keys, "value", "accuracy_mean", "num_seeds")
+
+
+def run_table(best: pd.DataFrame) -> pd.DataFrame:
+    """One row per run (dataset, method, seed, shots): its reported value and the step it
+    was read at, before any averaging over seeds."""
+    return best[[*RUN_KEYS, "step", "value", *_labels(best)]]
+
+
+def validation_curves(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per dataset, method, shot count and evaluation step: `metric` on val, mean and 68%
+    interval over seeds: how training went, and whether the selected step is a fluke."""
+    val = runs[(runs["split"] == "val") & (runs["metric"] == metric)]
+    keys = ["dataset", "method", "shots", "step"]
+    return _mean_interval(val, keys, "value", "value_mean", "num_seeds")
+
+
 def _joined(values: pd.Series) -> str:
     """The distinct values of a label column, sorted and joined ("test/val")."""
     return "/".join(sorted(set(map(str, values))))

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .io import atomic_path
-from .settings import measure_names
+from .settings import METRIC_NAMES, measure_names
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -119,6 +119,74 @@ def accuracy_figure(
         ax.grid(alpha=0.3)
     _legend(fig)
     fig.suptitle(title or "Few-shot accuracy\nmean and 68% interval over seeds", fontsize=10)
+    return fig
+
+
+def per_class_figure(table: pd.DataFrame, methods: Sequence[str]) -> Figure:
+    """Per-class accuracy (`aggregate.per_class`) at each dataset's largest number of examples
+    per class: one panel per dataset, one row per class, one marker per method with its 68%
+    interval over seeds."""
+    styles = method_styles(methods)
+    datasets = sorted(table["dataset"].unique())
+    classes = max((table.loc[table["dataset"] == d, "class_name"].nunique() for d in datasets),
+                  default=1)  # fmt: skip
+    fig, axes = plt.subplots(
+        1, max(len(datasets), 1), squeeze=False, layout="constrained",
+        figsize=(PANEL_WIDTH * max(len(datasets), 1), 1.4 + 0.22 * classes),
+    )  # fmt: skip
+    shown = [m for m in methods if m in set(table["method"])]
+    for ax, dataset in zip(axes[0], datasets, strict=False):
+        part = table[table["dataset"] == dataset]
+        part = part[part["shots"] == part["shots"].max()]
+        names = sorted(part["class_name"].unique())
+        offset = 0.6 / max(len(shown), 1)
+        for i, method in enumerate(shown):
+            rows = part[part["method"] == method].set_index("class_name").reindex(names)
+            y = np.arange(len(names)) + (i - (len(shown) - 1) / 2) * offset
+            mean = rows["accuracy_mean"].to_numpy()
+            xerr = [mean - rows["ci68_low"].to_numpy(), rows["ci68_high"].to_numpy() - mean]
+            ax.errorbar(mean, y, xerr=xerr, linestyle="none", label=method, capsize=2,
+                        markersize=4, **styles[method])  # fmt: skip
+        ax.set_yticks(range(len(names)), labels=names, fontsize=SMALL)
+        ax.invert_yaxis()
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_xlabel(f"accuracy of the class ({'/'.join(sorted(set(part['split'])))})")
+        ax.set_title(f"{dataset}, {int(part['shots'].max())} examples per class", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    _legend(fig)
+    return fig
+
+
+def validation_figure(curves: pd.DataFrame, methods: Sequence[str], metric: str) -> Figure:
+    """Validation curves (`aggregate.validation_curves`): `metric` on val against the training
+    step, one row of panels per dataset and one panel per number of examples per class, one
+    line per method with its 68% band over seeds."""
+    styles = method_styles(methods)
+    datasets = sorted(curves["dataset"].unique())
+    shots = sorted(curves["shots"].unique())
+    fig, axes = plt.subplots(
+        max(len(datasets), 1), max(len(shots), 1), squeeze=False, sharey=True,
+        figsize=(3.0 * max(len(shots), 1), 1.0 + 2.2 * max(len(datasets), 1)),
+        layout="constrained",
+    )  # fmt: skip
+    for row, dataset in zip(axes, datasets, strict=False):
+        for ax, count in zip(row, shots, strict=True):
+            part = curves[(curves["dataset"] == dataset) & (curves["shots"] == count)]
+            for method in methods:
+                line = part[part["method"] == method].sort_values("step")
+                if line.empty:
+                    continue
+                color = styles[method]["color"]
+                ax.plot(line["step"], line["value_mean"], label=method, color=color,
+                        marker=styles[method]["marker"], markersize=3)  # fmt: skip
+                ax.fill_between(line["step"], line["ci68_low"], line["ci68_high"],
+                                color=color, alpha=0.2, linewidth=0)  # fmt: skip
+            ax.set_title(f"{dataset}, {count} per class", fontsize=9)
+            ax.set_xlabel("training step", fontsize=SMALL)
+            ax.tick_params(labelsize=SMALL)
+            ax.grid(alpha=0.3)
+        row[0].set_ylabel(f"{METRIC_NAMES.get(metric, metric)} (val)", fontsize=SMALL)
+    _legend(fig)
     return fig
 
 

@@ -56,7 +56,7 @@ PART = "{dataset}/synthetic/{set}/seed{seed}-shots{shots}/part-{part}-of-{parts}
 # train: one classifier run.
 RUN = "{dataset}/runs/{method}/seed{seed}-shots{shots}.parquet"
 
-# aggregate, gallery, inversion_curves, report.
+# aggregate, gallery, inversion_curves, erasure_check, report.
 TABLE = "tables/{name}.csv"
 SUMMARY_MARKDOWN = "tables/summary.md"
 FIGURE = "figures/{name}.png"
@@ -68,7 +68,11 @@ INVERSION_CURVES_PDF = "figures/inversion-loss-{dataset}.pdf"
 RECOGNITION = "tables/recognition-{dataset}.csv"
 RECOGNITION_FIGURE = "figures/recognition-{dataset}.png"
 RECOGNITION_PDF = "figures/recognition-{dataset}.pdf"
+ERASURE_FIGURE = "figures/erasure-{dataset}.png"
+ERASURE_FIGURE_PDF = "figures/erasure-{dataset}.pdf"
 REPORT = "report.html"
+# The report's record of the config (dafusion.record.resolved_config).
+CONFIG = "config.yaml"
 BENCHMARKS = "benchmarks"
 
 

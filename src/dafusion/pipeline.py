@@ -594,6 +594,9 @@ def aggregate(
         "novelty": agg.novelty_scores(best, settings.novelty),
         "paired": agg.paired_deltas(best, settings.baseline),
         "areas": agg.curve_areas(best),
+        "per_class": agg.per_class(runs, best),
+        "runs": agg.run_table(best),
+        "validation": agg.validation_curves(runs, settings.metric),
     }
     for name, frame in frames.items():
         Path(tables[name]).parent.mkdir(parents=True, exist_ok=True)
@@ -610,6 +613,10 @@ def aggregate(
             return fig.accuracy_figure(summary, methods)
         if name == "scores":
             return fig.score_figure(frames["scores"], methods)
+        if name == "per-class":
+            return fig.per_class_figure(frames["per_class"], methods)
+        if name == "validation":
+            return fig.validation_figure(frames["validation"], methods, settings.metric)
         if name == "novelty":
             return fig.novelty_figure(frames["novelty"], methods)
         if name == "paired":
@@ -707,28 +714,49 @@ def inversion_curves(loss_paths: Sequence[str], output: str) -> None:
     save_figure(loss_figure(curves), output.removesuffix(".png"))
 
 
+def erasure_check(check_path: str, output: str) -> None:
+    """A dataset's erasure check as a classes x deltas heatmap that flags failed erasures."""
+    from .diagnostics import erasure_figure, failed_erasures
+    from .figures import save_figure
+
+    check = pd.read_parquet(check_path)
+    failed = failed_erasures(check)
+    if len(failed):
+        log.warning("erasures that did not work:\n%s", failed.to_string(index=False))
+    save_figure(erasure_figure(check), output.removesuffix(".png"))
+
+
 def report(
     tables: Mapping[str, str],
     figures: Mapping[str, str],
     galleries: Sequence[str],
     curves: Sequence[str],
-    checks: Sequence[str],
+    erasure: Sequence[str],
     captions: Mapping[str, str],
     benchmarks: str,
+    config: Mapping,
+    code: str,
     output: str,
+    config_output: str,
 ) -> None:
-    """results/report.html: every figure and table of the run, with captions, in one page;
-    its header says what the values are (metric, split, step selection), read from the
-    summary table."""
-    from .diagnostics import benchmark_table, erasure_summary
+    """results/report.html: every figure and table of the run, with captions, in one page,
+    and the provenance that makes it a research record: the resolved config (saved as
+    `config_output` too), the model, the code fingerprint and the library versions. Its
+    header says what the values are (metric, split, step selection), read from the summary
+    table; a banner says so when a random-weight model made the images."""
+    from .diagnostics import benchmark_table
     from .figures import measure
-    from .report import Figure, Section, Table, write_report
+    from .record import config_text, library_versions, random_weights, write_config
+    from .report import Figure, Preformatted, Section, Table, write_report
 
     def figure(name: str, title: str) -> Figure:
         return Figure(Path(figures[name]), title, captions[name])
 
     def table(name: str, title: str, text: str) -> Table:
         return Table(pd.read_csv(tables[name]), title, text)
+
+    def values_of(name: str, what: str) -> str:
+        return f"The values of the figure above, {what}: tables/{name}.csv."
 
     runs = pd.read_csv(tables["summary"])
     values = ", ".join(measure(runs)) if len(runs) else "none"
@@ -744,15 +772,40 @@ def report(
               "number of seeds; the split, metric and selection columns say what was averaged. "
               "tables/summary.csv and tables/summary.md hold it.")
     )  # fmt: skip
+    classes = pd.read_csv(tables["per_class"])
+    by_class = classes.pivot_table(
+        index=["dataset", "shots", "class_name"], columns="method", values="accuracy_mean"
+    )
+    by_class = by_class[[m for m in dict.fromkeys(runs["method"]) if m in by_class.columns]]
+    per_class = [
+        figure("per-class", "Accuracy per class"),
+        Table(by_class, "Accuracy per class, every shot count", "Mean over seeds of each "
+              "class's accuracy at the selected step, one column per method; "
+              "tables/per_class.csv adds the 68% intervals and seed counts."),
+    ]  # fmt: skip
+    run_rows = pd.read_csv(tables["runs"])
+    by_run = run_rows.pivot_table(index=["dataset", "method", "seed"], columns="shots",
+                                  values="value")  # fmt: skip
+    by_run.columns = [f"{shots} per class" for shots in by_run.columns]
+    per_run = [
+        Table(by_run, "Every run", f"Values: {values}. One row per dataset, method and seed, "
+              "one column per number of examples per class: each run's value before any "
+              "averaging; tables/runs.csv adds the step it was read at."),
+        figure("validation", "Validation curves"),
+    ]  # fmt: skip
     scores = [figure("scores", "Overall normalized score")]
-    scores.append(table("scores", "Overall normalized score", captions["scores"]))
+    scores.append(table("scores", "Overall normalized score, values", values_of(
+        "scores", "with the number of trials")))  # fmt: skip
     if "novelty" in figures:
         scores += [figure("novelty", "Concept novelty")]
-        scores.append(table("novelty", "Concept novelty", captions["novelty"]))
+        scores.append(table("novelty", "Concept novelty, values", values_of(
+            "novelty", "per bin and method")))  # fmt: skip
     paired = (
         [figure("paired", "Paired improvement over the baseline")] if "paired" in figures else []
     )
-    paired.append(table("paired", "Paired improvement over the baseline", captions["paired"]))
+    paired.append(table("paired", "Paired improvement, values", "Per dataset, method and "
+                        "examples per class: the mean paired difference to the baseline "
+                        "over seeds, ± one standard error (tables/paired.csv)."))  # fmt: skip
     paired.append(
         table("areas", "Area under the accuracy curve", f"Values: {values}. Per dataset and "
               "method: the area under the value against log2 examples per class (trapezoid "
@@ -772,18 +825,12 @@ def report(
         )
         for p in curves
     ]
-    for path in checks:
-        dataset = Path(path).parts[-4]
-        diagnostics.append(
-            Table(
-                erasure_summary(pd.read_parquet(path)),
-                f"Erasure check: {dataset}",
-                "How far each delta moved each class prompt's noise prediction toward the "
-                "empty prompt's (1 = the class prompt now acts like the empty prompt, 0 = "
-                "untouched; ESD's target lies beyond 1): erased classes should be near or "
-                "above 1, the others near 0.",
-            )
-        )
+    diagnostics += [
+        Figure(
+            Path(p), f"Erasure check: {Path(p).stem.removeprefix('erasure-')}", captions["erasure"]
+        )  # fmt: skip
+        for p in erasure
+    ]
     root = Path(benchmarks)
     timings = benchmark_table(sorted(root.rglob("*.tsv")), root)
     diagnostics.append(
@@ -796,19 +843,43 @@ def report(
             float_format="{:.1f}",
         )
     )
+    pretrained = config["model"]["pretrained"]
+    versions = pd.DataFrame(library_versions().items(), columns=["library", "version"])
+    provenance = [
+        Table(pd.DataFrame({"item": ["model", "code fingerprint"], "value": [pretrained, code]}),
+              "Model and code", "The model every generative stage loaded (model.pretrained), "
+              "and a digest of the code every rule ran (dafusion.provenance): the same "
+              "fingerprint, the same code."),
+        Table(versions, "Library versions", "As installed where this report was written."),
+        Preformatted(config_text(config), "Resolved config", "Every setting the results "
+                     "depend on, defaults filled in (execution knobs left out); saved as "
+                     "results/config.yaml, which --configfile reads."),
+    ]  # fmt: skip
     sections = [
         Section("Accuracy", accuracy, "Few-shot classification accuracy of every method."),
+        Section("Per-class accuracy", per_class, "Which classes each method gets right."),
+        Section("Runs", per_run, "Every classifier run, and how its training went."),
         Section("Normalized scores", scores, "Scores comparable across datasets."),
         Section("Improvement over the baseline", paired, "Per-seed paired differences."),
-        Section("Ablations", ablations, "Figure 11's alpha x M grid, where configured."),
+        Section("Ablations", ablations, "Figure 11's alpha x M grid."),
         Section("Synthetic images", images, "What the generated images look like."),
         Section("Diagnostics", diagnostics, "Inversion, erasure, time and memory."),
+        Section("Provenance", provenance, "What made these results."),
     ]
     meta = {
         "values": values,
         "datasets": ", ".join(sorted(runs["dataset"].unique())),
         "methods": ", ".join(dict.fromkeys(runs["method"])),
         "seeds per point": str(int(runs["num_seeds"].max())) if len(runs) else "0",
+        "model": pretrained,
         "generated": time.strftime("%Y-%m-%d %H:%M"),
     }
-    write_report(output, "DA-Fusion results", sections, meta)
+    banner = (
+        f"The images of this report were made by a random-weight model (model.pretrained: "
+        f"{pretrained}): the workflow ran end to end, but its numbers say nothing about "
+        "DA-Fusion. Use a trained Stable Diffusion for results."
+        if random_weights(pretrained)
+        else None
+    )
+    write_config(config_output, config)
+    write_report(output, "DA-Fusion results", sections, meta, banner=banner)

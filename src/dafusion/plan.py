@@ -43,7 +43,7 @@ from .settings import (
 # examples per class: "11" and the methods it is paired with.
 GRID_LABELS = ("11", "11-reference")
 # The aggregate's tables (each a csv under tables/).
-TABLES = ("summary", "scores", "novelty", "paired", "areas")
+TABLES = ("summary", "scores", "novelty", "paired", "areas", "per_class", "runs", "validation")
 # Hex digits of a synthetic set's name (Plan.set_name): 48 bits tell a grid's sets apart.
 SET_NAME_DIGITS = 12
 
@@ -516,7 +516,7 @@ class Plan:
         but the grid's as accuracy against examples per class; "11" as the alpha x M grid,
         paired with the "11-reference" methods (or the baseline)."""
         labels = self.figure_labels()
-        names = ["accuracy", "scores"]
+        names = ["accuracy", "per-class", "validation", "scores"]
         names += [f"figure-{label}" for label in labels if label not in GRID_LABELS]
         binned = {d for bin_ in self.aggregate.novelty.values() for d in bin_}
         if binned & set(self.datasets):
@@ -604,7 +604,7 @@ class Plan:
 
     def report_inputs(self) -> dict[str, Any]:
         """What the report shows: the aggregate's tables and figures, the galleries, the
-        inversion loss curves and the erasure checks."""
+        inversion loss curves and the erasure check heatmaps."""
         return {
             **{name: self.path(paths.TABLE, name=name) for name in TABLES},
             "figures": [self.path(paths.FIGURE, name=name) for name in self.aggregate_figures()],
@@ -617,7 +617,7 @@ class Plan:
                 for d in self.datasets
                 if self.loss_curves(d)
             ],
-            "erasure": self.all_erasure(),
+            "erasure": [self.path(paths.ERASURE_FIGURE, dataset=d) for d in self.erased_datasets()],
         }
 
     def report_captions(self, captions: Mapping[str, str]) -> dict[str, str]:
@@ -638,6 +638,15 @@ def rule_code(rule: str, basedir: str | Path) -> dict[str, str]:
     a fresh clone reruns nothing."""
     script = f"workflow/scripts/{rule}.py"
     return {**step_code(rule), script: digest((Path(basedir) / script).read_bytes())}
+
+
+def workflow_code(basedir: str | Path) -> str:
+    """One digest of the code every rule runs (`rule_code` of each workflow/scripts/*.py):
+    what the report names as the code that made its results. A change to any rule's code
+    reruns that rule's jobs, and through their outputs the report."""
+    rules = sorted(path.stem for path in Path(basedir, "workflow/scripts").glob("*.py"))
+    code = {rule: rule_code(rule, basedir) for rule in rules}
+    return digest(json.dumps(code, sort_keys=True).encode())
 
 
 def read_captions(folder: str | Path) -> dict[str, str]:

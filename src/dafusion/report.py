@@ -23,7 +23,6 @@ from PIL import Image
 from .io import atomic_path
 
 MAX_FIGURE_WIDTH = 900
-EMPTY_SECTION = "Nothing to show for this configuration."
 MISSING_CELL = "\u2014"  # em dash: a gap in a pivot table, not an empty string
 
 CSS = """
@@ -40,13 +39,16 @@ nav ol { padding-left: 1.5rem; }
 a { color: #0072B2; }
 figure { margin: 1.5rem 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
-figcaption, caption { font-size: 0.9rem; color: #333; text-align: left; padding: 0.3rem 0; }
-.table-wrap { overflow-x: auto; margin: 1.5rem 0; }
+figcaption { font-size: 0.9rem; color: #333; text-align: left; padding: 0.3rem 0; }
+.table-wrap { overflow-x: auto; margin: 0.3rem 0 0; }
 table { border-collapse: collapse; font-size: 0.9rem; }
 th, td { border: 1px solid #ddd; padding: 0.25rem 0.6rem; white-space: nowrap; }
 th { background: #f5f5f5; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
-p.empty { color: #666; font-style: italic; }
+.banner { border: 2px solid #D55E00; background: #fff4ec; padding: 0.6rem 1rem;
+  margin: 1rem 0; font-weight: 600; }
+pre { background: #f7f7f7; border: 1px solid #eee; padding: 0.6rem; font-size: 0.8rem;
+  overflow-x: auto; }
 """
 
 
@@ -70,11 +72,20 @@ class Table:
 
 
 @dataclass(frozen=True)
+class Preformatted:
+    """Text shown as written (a config file), monospaced, with a title and caption."""
+
+    text: str
+    title: str
+    caption: str
+
+
+@dataclass(frozen=True)
 class Section:
     """A titled part of the report, listed in the table of contents."""
 
     title: str
-    items: Sequence[Figure | Table]
+    items: Sequence[Figure | Table | Preformatted]
     intro: str = ""
 
 
@@ -83,10 +94,17 @@ def write_report(
     title: str,
     sections: Sequence[Section],
     meta: Mapping[str, str] | None = None,
+    banner: str | None = None,
 ) -> None:
-    """Write `sections` as one self-contained HTML page at `path`, atomically."""
+    """Write `sections` as one self-contained HTML page at `path`, atomically. Sections
+    without items are left out (a reader looks for nothing that is not there); `banner`,
+    when given, is a warning shown above everything but the title."""
+    sections = [section for section in sections if section.items]
     ids = section_ids([section.title for section in sections])
-    body = [_render_header(title, meta or {}), _render_toc(sections, ids)]
+    body = [_render_header(title, meta or {})]
+    if banner:
+        body.append(f'<p class="banner" role="alert">{_esc(banner)}</p>')
+    body.append(_render_toc(sections, ids))
     body += [_render_section(section, id_) for section, id_ in zip(sections, ids, strict=True)]
     page = (
         "<!DOCTYPE html>\n"
@@ -135,11 +153,11 @@ def _render_toc(sections: Sequence[Section], ids: Sequence[str]) -> str:
 def _render_section(section: Section, id_: str) -> str:
     parts = [f'<section id="{id_}">', f"<h2>{_esc(section.title)}</h2>"]
     parts += [f"<p>{_esc(p.strip())}</p>" for p in re.split(r"\n\s*\n", section.intro) if p.strip()]
-    if not section.items:
-        parts.append(f'<p class="empty">{EMPTY_SECTION}</p>')
     for item in section.items:
         if isinstance(item, Figure):
             parts.append(_render_figure(item, section.title))
+        elif isinstance(item, Preformatted):
+            parts.append(_render_preformatted(item))
         else:
             parts.append(_render_table(item))
     parts.append("</section>")
@@ -166,6 +184,13 @@ def _render_figure(figure: Figure, section_title: str) -> str:
     )
 
 
+def _render_preformatted(item: Preformatted) -> str:
+    return (
+        f"<figure>\n<figcaption><b>{_esc(item.title)}</b> {_esc(item.caption)}</figcaption>\n"
+        f"<pre>{_esc(item.text)}</pre>\n</figure>"
+    )
+
+
 def _render_table(table: Table) -> str:
     """A plain HTML table; a meaningful index (not 0..n-1) becomes leading columns."""
     frame = table.frame
@@ -176,11 +201,14 @@ def _render_table(table: Table) -> str:
     for values in frame.itertuples(index=False, name=None):
         cells = "".join(_render_cell(value, table.float_format) for value in values)
         rows.append(f"<tr>{cells}</tr>")
+    # The caption above the table at the page's width (a <caption> takes the table's width:
+    # squeezed over a narrow table, scrolled away beside a wide one).
     return (
+        f'<figure class="table">\n'
+        f"<figcaption><b>{_esc(table.title)}</b> {_esc(table.caption)}</figcaption>\n"
         f'<div class="table-wrap">\n<table>\n'
-        f"<caption><b>{_esc(table.title)}</b> {_esc(table.caption)}</caption>\n"
         f"<thead><tr>{header}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n"
-        "</table>\n</div>"
+        "</table>\n</div>\n</figure>"
     )
 
 

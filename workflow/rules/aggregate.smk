@@ -2,12 +2,8 @@ rule aggregate:
     input:
         runs=evaluated_runs,
     output:
-        summary=PLAN.path(paths.TABLE, name="summary"),
+        **{name: table(name) for name in TABLES},
         markdown=res(paths.SUMMARY_MARKDOWN),
-        scores=PLAN.path(paths.TABLE, name="scores"),
-        novelty=PLAN.path(paths.TABLE, name="novelty"),
-        paired=PLAN.path(paths.TABLE, name="paired"),
-        areas=PLAN.path(paths.TABLE, name="areas"),
         figures=[
             report(
                 PLAN.path(paths.FIGURE, name=name),
@@ -101,11 +97,45 @@ rule inversion_curves:
         "../scripts/inversion_curves.py"
 
 
+rule erasure_check:
+    input:
+        check=lambda w: PLAN.erasure_check(w.dataset),
+    output:
+        png=report(
+            res(paths.ERASURE_FIGURE),
+            caption="../report/erasure.rst",
+            category="Diagnostics",
+            subcategory="Erasure check",
+            labels={"dataset": "{dataset}"},
+        ),
+        pdf=res(paths.ERASURE_FIGURE_PDF),
+    log:
+        res("logs/{dataset}/erasure_check.log"),
+    benchmark:
+        res("benchmarks/{dataset}/erasure_check.tsv")
+    conda:
+        "../../envs/dafusion.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        code=code("erasure_check"),
+    script:
+        "../scripts/erasure_check.py"
+
+
 rule report:
     input:
         unpack(report_inputs),
     output:
-        res(paths.REPORT),
+        html=res(paths.REPORT),
+        config=report(
+            res(paths.CONFIG),
+            caption="../report/config.rst",
+            category="Provenance",
+            labels={"file": "resolved config"},
+        ),
     log:
         res("logs/report.log"),
     benchmark:
@@ -120,6 +150,8 @@ rule report:
         figures=PLAN.aggregate_figures(),
         captions=PLAN.report_captions(CAPTIONS),
         benchmarks=res(paths.BENCHMARKS),
+        config=RESOLVED_CONFIG,
+        workflow_code=WORKFLOW_CODE,
         code=code("report"),
     script:
         "../scripts/report.py"

@@ -5,8 +5,17 @@ from snakemake.exceptions import WorkflowError
 from snakemake.io import IOFile
 
 from dafusion import listing, paths
+from dafusion.plan import (
+    TABLES,
+    Plan,
+    PlanError,
+    caption_key,
+    read_captions,
+    rule_code,
+    workflow_code,
+)
+from dafusion.record import resolved_config
 from dafusion.shipped import REFERENCE_CLASSIFIER
-from dafusion.plan import Plan, PlanError, caption_key, read_captions, rule_code
 
 
 wildcard_constraints:
@@ -201,3 +210,28 @@ MEASURE = PLAN.aggregate.measure()
 
 def caption(name):
     return f"../report/{caption_key(name, CAPTIONS)}.rst"
+
+
+# What the report records: the resolved config (saved as results/config.yaml; paths relative
+# to the working directory, no execution knobs) and one digest of every rule's code.
+RESOLVED_CONFIG = resolved_config(config, Path.cwd())
+WORKFLOW_CODE = workflow_code(workflow.basedir)
+
+# The aggregate's tables, each also in Snakemake's own report.
+TABLE_CAPTIONS = {
+    "summary": "accuracy",
+    "scores": "scores",
+    "novelty": "novelty",
+    "paired": "paired",
+    "per_class": "per-class",
+    "validation": "validation",
+}
+
+
+def table(name):
+    return report(
+        PLAN.path(paths.TABLE, name=name),
+        caption=f"../report/{TABLE_CAPTIONS.get(name, 'tables')}.rst",
+        category="Tables",
+        labels={"table": name},
+    )

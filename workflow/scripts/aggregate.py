@@ -5,7 +5,10 @@ from dafusion.io import setup_job
 from dafusion.settings import AggregateSettings
 
 setup_job(snakemake.log[0], snakemake.threads)
-tables = ("summary", "markdown", "scores", "novelty", "paired", "areas")
+tables = (
+    "summary", "markdown", "scores", "novelty", "paired", "areas", "per_class", "runs",
+    "validation",
+)  # fmt: skip
 pipeline.aggregate(
     snakemake.input.runs,
     methods=snakemake.params.methods,

@@ -1,16 +1,20 @@
-"""The self-contained HTML report of a finished run."""
+"""The self-contained HTML report of a finished run, and the resolved config it records."""
 
 from dafusion import pipeline
 from dafusion.io import setup_job
 
 setup_job(snakemake.log[0], snakemake.threads)
+tables = ("summary", "scores", "novelty", "paired", "areas", "per_class", "runs", "validation")
 pipeline.report(
-    tables={k: snakemake.input[k] for k in ("summary", "scores", "novelty", "paired", "areas")},
+    tables={name: snakemake.input[name] for name in tables},
     figures=dict(zip(snakemake.params.figures, snakemake.input.figures, strict=True)),
     galleries=snakemake.input.galleries,
     curves=snakemake.input.curves,
-    checks=snakemake.input.erasure,
+    erasure=snakemake.input.erasure,
     captions=snakemake.params.captions,
     benchmarks=snakemake.params.benchmarks,
-    output=snakemake.output[0],
+    config=snakemake.params.config,
+    code=snakemake.params.workflow_code,
+    output=snakemake.output.html,
+    config_output=snakemake.output.config,
 )
