@@ -110,23 +110,30 @@ def sdedit_rates(
 
 
 def inversion_rates(
-    components: Components, tmp_path, shots: int = 4, steps: int = 200, per_class: int = 10
+    model,
+    tmp_path,
+    shots: int = 4,
+    steps: int = 200,
+    learning_rate: float = 5e-3,
+    per_class: int = 10,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Tokens learned (jointly, as the invert stage does) from `shots` handwritten images a
     class; per class, how often "a photo of a {token}" at t0 = 1 is recognized as it, and
-    how often "a photo of a the" (the initializer's word) is."""
+    how often "a photo of a the" (the initializer's word) is. The tokens are saved and
+    loaded into a fresh copy of `model`, as a generate job does."""
     from dafusion.inversion import learn_tokens
     from dafusion.manifest import class_token
     from dafusion.settings import InversionSettings
     from dafusion.tokens import load_into, save_tokens
 
     images, labels = handwritten(shots, seed=1)
-    settings = InversionSettings(steps=steps)
+    settings = InversionSettings(steps=steps, learning_rate=learning_rate)
     result = learn_tokens(
-        components, [Image.fromarray(i).convert("RGB") for i in images], labels.tolist(),
+        miniature(model), [Image.fromarray(i).convert("RGB") for i in images], labels.tolist(),
         DIGIT_NAMES, settings, seed=0, resolution=RESOLUTION, progress=False,
     )  # fmt: skip
     save_tokens(tmp_path / "tokens.safetensors", result.tokens, {})
+    components = miniature(model)
     load_into(components, tmp_path / "tokens.safetensors")
     learned, targets = photo_prompts(per_class, "a photo of a {}")
     learned = [f"a photo of a {class_token(DIGIT_NAMES[c])}" for c in targets]

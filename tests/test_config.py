@@ -238,7 +238,12 @@ def test_a_moved_key_says_where_it_went():
         (
             lambda c: c["methods"]["real-guidance"].update(generation={"safety_checker": True}),
             "generation.safety_checker",
-            "the tiny model has no safety checker",
+            "the tiny-digits model has no safety checker",
+        ),
+        (
+            lambda c: c["model"].update(resolution=32),
+            "model.resolution",
+            "tiny-digits was trained at 16 px and makes no images at 32",
         ),
         (
             lambda c: c["methods"]["real-guidance"].update(generation={"scheduler": "Nope"}),

@@ -20,7 +20,17 @@ from dafusion.readers.folders import DIGIT_NAMES
 from dafusion.reference import SHIPPED as REFERENCE
 from dafusion.reference import accuracy, handwritten_digits, load_reference
 
-from .semantic import blank, handwritten, miniature, photo_prompts, recognized, sample
+from semantic import (
+    blank,
+    conditioning,
+    erased_rates,
+    inversion_rates,
+    miniature,
+    photo_prompts,
+    recognized,
+    sample,
+    sdedit_rates,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

@@ -730,6 +730,7 @@ def report(
     tables: Mapping[str, str],
     figures: Mapping[str, str],
     galleries: Sequence[str],
+    recognition: Sequence[str],
     curves: Sequence[str],
     erasure: Sequence[str],
     captions: Mapping[str, str],
@@ -746,7 +747,7 @@ def report(
     table; a banner says so when a random-weight model made the images."""
     from .diagnostics import benchmark_table
     from .figures import measure
-    from .record import config_text, library_versions, random_weights, write_config
+    from .record import banner, config_text, library_versions, write_config
     from .report import Figure, Preformatted, Section, Table, write_report
 
     def figure(name: str, title: str) -> Figure:
@@ -761,6 +762,14 @@ def report(
     runs = pd.read_csv(tables["summary"])
     values = ", ".join(measure(runs)) if len(runs) else "none"
     accuracy = [figure("accuracy", "Accuracy against examples per class")]
+    accuracy += [
+        Figure(
+            Path(p),
+            f"Recognized by the reference digit classifier: {Path(p).stem.removeprefix('recognition-')}",
+            captions["recognition"],
+        )
+        for p in recognition
+    ]
     accuracy += [
         figure(name, f"Figure {name.removeprefix('figure-')} of the paper")
         for name in figures
@@ -874,12 +883,5 @@ def report(
         "model": pretrained,
         "generated": time.strftime("%Y-%m-%d %H:%M"),
     }
-    banner = (
-        f"The images of this report were made by a random-weight model (model.pretrained: "
-        f"{pretrained}): the workflow ran end to end, but its numbers say nothing about "
-        "DA-Fusion. Use a trained Stable Diffusion for results."
-        if random_weights(pretrained)
-        else None
-    )
     write_config(config_output, config)
-    write_report(output, "DA-Fusion results", sections, meta, banner=banner)
+    write_report(output, "DA-Fusion results", sections, meta, banner=banner(pretrained))

@@ -610,7 +610,8 @@ class Plan:
             "figures": [self.path(paths.FIGURE, name=name) for name in self.aggregate_figures()],
             "galleries": [self.path(paths.GALLERY, dataset=d) for d in self.gallery_datasets()],
             "recognition": [
-                self.path(paths.RECOGNITION, dataset=d) for d in self.recognition_datasets()
+                self.path(paths.RECOGNITION_FIGURE, dataset=d)
+                for d in self.recognition_datasets()
             ],
             "curves": [
                 self.path(paths.INVERSION_CURVES, dataset=d)

@@ -39,6 +39,25 @@ def random_weights(pretrained: str) -> bool:
     return pretrained in RANDOM_WEIGHT_MODELS
 
 
+def banner(pretrained: str) -> str | None:
+    """What the report must say first about the model that made its images, if anything:
+    a random-weight model's numbers mean nothing, the miniature's hold for digits only."""
+    if random_weights(pretrained):
+        return (
+            f"The images of this report were made by a random-weight model (model.pretrained: "
+            f"{pretrained}): the workflow ran end to end, but its numbers say nothing about "
+            "DA-Fusion. Use a trained Stable Diffusion for results."
+        )
+    if pretrained == "tiny-digits":
+        return (
+            "The images of this report were made by tiny-digits, a 1 M-parameter miniature "
+            "trained here on typeset digits (docs/miniature.md). Its numbers show what each "
+            "stage does on 16 px digits, a simple and familiar concept; they do not say how "
+            "DA-Fusion fares on the paper's datasets with Stable Diffusion."
+        )
+    return None
+
+
 def portable_path(value: str, base: Path) -> str:
     """An absolute path relative to `base` where it lies inside, `OUTSIDE/name` otherwise;
     a relative path (or any other string) as it is."""

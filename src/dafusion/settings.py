@@ -114,12 +114,6 @@ class ModelSettings(Settings):
         """One of the models that come with the workflow (`EMBEDDED_MODELS`)."""
         return self.pretrained in EMBEDDED_MODELS
 
-    @property
-    def random_weights(self) -> bool:
-        """Whether the images come from a model of random weights: they test the plumbing,
-        not the method."""
-        return self.pretrained == "tiny"
-
 
 @dataclass(frozen=True)
 class DatasetSettings(Settings):

@@ -9,6 +9,7 @@ pipeline.report(
     tables={name: snakemake.input[name] for name in tables},
     figures=dict(zip(snakemake.params.figures, snakemake.input.figures, strict=True)),
     galleries=snakemake.input.galleries,
+    recognition=snakemake.input.recognition,
     curves=snakemake.input.curves,
     erasure=snakemake.input.erasure,
     captions=snakemake.params.captions,
