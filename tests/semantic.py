@@ -62,7 +62,9 @@ def blank(n: int) -> np.ndarray:
     return np.full((n, RESOLUTION, RESOLUTION), 255, np.uint8)
 
 
-def photo_prompts(per_class: int, template: str = "a photo of a {}") -> tuple[list[str], np.ndarray]:
+def photo_prompts(
+    per_class: int, template: str = "a photo of a {}"
+) -> tuple[list[str], np.ndarray]:
     labels = np.repeat(np.arange(10), per_class)
     return [template.format(DIGIT_NAMES[c]) for c in labels], labels
 
@@ -145,11 +147,13 @@ def inversion_rates(
     )
 
 
-def erased_rates(components: Components, erased: str, settings) -> tuple[np.ndarray, float]:
+def erased_rates(
+    components: Components, erased: str, settings, tmp_path
+) -> tuple[np.ndarray, pd.DataFrame]:
     """Per class, how often "a photo of a {name}" is recognized as it with `erased`'s name
-    erased from the UNet (ESD or UCE by `settings.method`), and the erasure check's erased
-    fraction for that class."""
-    from dafusion.deltas import DeltaSwitch
+    erased from the UNet (ESD or UCE, by `settings.method`), and the erasure check's table
+    (the erase stage's own measure) for that delta."""
+    from dafusion.deltas import DeltaSwitch, save_delta
     from dafusion.erasure import erasure_scores, esd, uce
 
     prompt = settings.prompt.format(name=erased)
@@ -158,10 +162,15 @@ def erased_rates(components: Components, erased: str, settings) -> tuple[np.ndar
         tensors = uce(components, [prompt], others, settings)
     else:
         tensors, _ = esd(components, [prompt], settings, RESOLUTION, stream=erased, progress=False)
+    path = tmp_path / f"{erased}.safetensors"
+    save_delta(path, tensors, torch.float32, {})
     switch = DeltaSwitch(components.unet)
-    switch.apply(erased, tensors)
+    check = erasure_scores(
+        components, switch, {erased: path}, {erased: [erased]}, DIGIT_NAMES, settings, RESOLUTION
+    )
+    switch.use_file(path)
     try:
         rates = conditioning(components)
     finally:
         switch.restore()
-    return rates, tensors
+    return rates, check

@@ -78,3 +78,24 @@ def test_the_license_file_is_the_declared_license():
     assert PROJECT["license"] == "MIT"
     assert PROJECT["license-files"] == ["LICENSE"]
     assert (REPO / "LICENSE").read_text().startswith("MIT License")
+
+
+def test_the_wheel_ships_the_miniature_the_reference_classifier_and_the_costs(tmp_path):
+    """A non-editable install has what `dafusion.shipped` and `dafusion.runtime` point at."""
+    import subprocess
+    import zipfile
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(REPO)],
+        check=True,
+    )  # fmt: skip
+    (wheel,) = tmp_path.glob("dafusion-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = REPO / "src/dafusion/assets"
+    expected = {
+        f"dafusion/assets/{p.relative_to(shipped)}" for p in shipped.rglob("*") if p.is_file()
+    }
+    assert "dafusion/assets/tiny-digits/unet/diffusion_pytorch_model.safetensors" in expected
+    assert "dafusion/assets/reference-digits.safetensors" in expected
+    assert expected | {"dafusion/costs.json"} <= names

@@ -19,7 +19,6 @@ import jsonschema
 import yaml
 
 from .readers import KINDS, mask_kinds, missing_package, original_split_kinds
-from .shipped import MINIATURE, MINIATURE_RESOLUTION
 from .settings import (
     BACKBONE_WEIGHTS,
     EMBEDDED_MODELS,
@@ -30,6 +29,7 @@ from .settings import (
     MethodSettings,
     denoising_steps,
 )
+from .shipped import MINIATURE, MINIATURE_RESOLUTION
 
 # Named inversion recipes; keys a config sets explicitly win over the preset's.
 INVERSION_PRESETS = {

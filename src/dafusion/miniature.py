@@ -192,9 +192,7 @@ def train_vae(vae, pixels: torch.Tensor, settings: TrainingSettings, generator) 
         idx = torch.randint(len(pixels), (settings.batch_size,), generator=generator)
         x = pixels[idx]
         posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(
-            posterior.mean.shape, generator=generator
-        )
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
         recon = vae.decode(z).sample
         kl = posterior.kl().mean() / x[0].numel()
         loss = (recon - x).abs().mean() + (recon - x).pow(2).mean() + 1e-4 * kl
@@ -212,11 +210,21 @@ def train_vae(vae, pixels: torch.Tensor, settings: TrainingSettings, generator) 
 @torch.no_grad()
 def encode_latents(vae, pixels: torch.Tensor, batch: int = 256) -> torch.Tensor:
     """Posterior means of every image (the UNet trains on these, scaled)."""
-    return torch.cat([vae.encode(pixels[i : i + batch]).latent_dist.mean for i in range(0, len(pixels), batch)])
+    return torch.cat(
+        [vae.encode(pixels[i : i + batch]).latent_dist.mean for i in range(0, len(pixels), batch)]
+    )
 
 
 def train_unet(
-    unet, text_encoder, tokenizer, scheduler, latents, texts, settings, generator, on_checkpoint=None
+    unet,
+    text_encoder,
+    tokenizer,
+    scheduler,
+    latents,
+    texts,
+    settings,
+    generator,
+    on_checkpoint=None,
 ) -> list[float]:
     """Noise prediction (epsilon) on the scheduler's forward process, text encoder trained
     jointly: the v1 objective, from scratch, at a constant learning rate after warm-up; the
@@ -347,7 +355,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     defaults = TrainingSettings()
     for field, value in asdict(defaults).items():
         parser.add_argument(f"--{field.replace('_', '-')}", type=type(value), default=value)
-    parser.add_argument("--checkpoints", type=Path, help="save averaged weights here every 250 steps")
+    parser.add_argument(
+        "--checkpoints", type=Path, help="save averaged weights here every 250 steps"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     settings = TrainingSettings(**{k: getattr(args, k) for k in asdict(defaults)})

@@ -765,7 +765,7 @@ def report(
     accuracy += [
         Figure(
             Path(p),
-            f"Recognized by the reference digit classifier: {Path(p).stem.removeprefix('recognition-')}",
+            f"Recognized by the reference classifier: {Path(p).stem.removeprefix('recognition-')}",
             captions["recognition"],
         )
         for p in recognition

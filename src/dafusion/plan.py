@@ -27,7 +27,6 @@ from . import paths, runtime
 from .devices import will_use_cuda
 from .provenance import digest, step_code
 from .readers import index_keys
-from .shipped import MINIATURE
 from .settings import (
     AggregateSettings,
     ClassifierSettings,
@@ -38,6 +37,7 @@ from .settings import (
     MethodSettings,
     ModelSettings,
 )
+from .shipped import MINIATURE
 
 # Figure labels drawn as the alpha x M grid (Figure 11) rather than as accuracy against
 # examples per class: "11" and the methods it is paired with.
@@ -610,8 +610,7 @@ class Plan:
             "figures": [self.path(paths.FIGURE, name=name) for name in self.aggregate_figures()],
             "galleries": [self.path(paths.GALLERY, dataset=d) for d in self.gallery_datasets()],
             "recognition": [
-                self.path(paths.RECOGNITION_FIGURE, dataset=d)
-                for d in self.recognition_datasets()
+                self.path(paths.RECOGNITION_FIGURE, dataset=d) for d in self.recognition_datasets()
             ],
             "curves": [
                 self.path(paths.INVERSION_CURVES, dataset=d)

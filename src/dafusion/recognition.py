@@ -43,7 +43,9 @@ def _rates(images: list, labels: np.ndarray, digits: np.ndarray, names: Sequence
             {
                 "class_name": name,
                 "images": int(mine.sum()),
-                "recognized": float((predicted[mine] == digits[label]).mean()) if mine.any() else np.nan,
+                "recognized": float((predicted[mine] == digits[label]).mean())
+                if mine.any()
+                else np.nan,
             }
         )
     return rows

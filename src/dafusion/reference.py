@@ -100,9 +100,8 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def handwritten_digits(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's digits drawn as the workflow's `digits` kind draws them."""
-    from sklearn.datasets import load_digits
-
     from PIL import Image
+    from sklearn.datasets import load_digits
 
     digits = load_digits()
     gray = (255 - digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
@@ -112,7 +111,9 @@ def handwritten_digits(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     return images, digits.target.astype(np.int64)
 
 
-def train_reference(seed: int = 0, steps: int = 1500, batch_size: int = 64) -> tuple[nn.Module, dict]:
+def train_reference(
+    seed: int = 0, steps: int = 1500, batch_size: int = 64
+) -> tuple[nn.Module, dict]:
     """Train on 80% of the handwritten digits; report held-out accuracy on the other 20%
     and on typeset digits (a style the classifier never trained on)."""
     from .miniature import find_fonts, render_digits
