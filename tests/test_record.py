@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import tomllib
 import yaml
 
 import dafusion
@@ -85,6 +86,7 @@ def test_the_resolved_config_has_defaults_no_knobs_and_no_absolute_path(tmp_path
 def test_library_versions_name_each_library():
     versions = library_versions(("pandas", "no-such-library-here"))
     assert list(versions) == ["dafusion", "pandas", "no-such-library-here"]
-    assert versions["dafusion"] == dafusion.__version__ == "0.3.0"
+    declared = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert versions["dafusion"] == dafusion.__version__ == declared["project"]["version"]
     assert versions["pandas"].split(".")[0].isdigit()
     assert versions["no-such-library-here"] == "not installed"
