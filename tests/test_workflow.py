@@ -234,6 +234,8 @@ METHODS = ("baseline", *SYNTHETIC)
 AGGREGATE = ("aggregate", "results/tables/summary.csv")
 END = {AGGREGATE, ("report", "results/report.html"), ("all", "")}
 GALLERY = {("gallery", "results/figures/gallery-digits.png")}
+# The reference classifier's recognition rates: every split and synthetic set of the digits.
+RECOGNITION = {("recognition", "results/tables/recognition-digits.csv")}
 CURVES = {("inversion_curves", "results/figures/inversion-loss-digits.png")}
 ERASE = {
     ("erase", "results/digits/erasure/esd/check.parquet"),
@@ -300,50 +302,51 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
         (
             {"erasure": {"iterations": 3}},
             ERASE | jobs("invert_erased") | jobs("generate", ["da-fusion-erased"])
-            | jobs("train", ["da-fusion-erased"]) | END | GALLERY | CURVES,
+            | jobs("train", ["da-fusion-erased"]) | END | GALLERY | RECOGNITION | CURVES,
         ),
         (
             {"generation": {"num_synthetic": 3}},
-            jobs("generate", SYNTHETIC) | jobs("train", SYNTHETIC) | END | GALLERY,
+            jobs("generate", SYNTHETIC) | jobs("train", SYNTHETIC) | END | GALLERY | RECOGNITION,
         ),
         (
             {"inversion": {"learning_rate": 0.01}},
             jobs("invert") | jobs("invert_erased") | jobs("generate", TOKENS)
-            | jobs("train", TOKENS) | END | GALLERY | CURVES,
+            | jobs("train", TOKENS) | END | GALLERY | RECOGNITION | CURVES,
         ),
         # A dataset setting: the dataset is read again, and everything downstream reruns.
         (
             {"datasets": {"digits": {"unevaluated_classes": "drop"}}},
             {("index_dataset", "results/digits/splits/pool.parquet")} | ERASE
             | jobs("few_shot_split") | jobs("invert") | jobs("invert_erased")
-            | jobs("generate", SYNTHETIC) | jobs("train", METHODS) | END | GALLERY | CURVES,
+            | jobs("generate", SYNTHETIC) | jobs("train", METHODS) | END | GALLERY | RECOGNITION
+            | CURVES,
         ),
         # Overrides reach exactly the jobs of their dataset or method; labels reach none.
         (
             {"methods": {"real-guidance": {"generation": {"num_synthetic": 3}}}},
             jobs("generate", ["real-guidance"]) | jobs("train", ["real-guidance"]) | END
-            | GALLERY,
+            | GALLERY | RECOGNITION,
         ),
         (
             {"methods": {"real-guidance": {"dataset_prompts": {"digits": "a drawing"}}}},
             jobs("generate", ["real-guidance"]) | jobs("train", ["real-guidance"]) | END
-            | GALLERY,
+            | GALLERY | RECOGNITION,
         ),
         (
             {"inversion": {"templates": ["a photo of a {}"]}},
             jobs("invert") | jobs("invert_erased") | jobs("generate", TOKENS)
-            | jobs("train", TOKENS) | END | GALLERY | CURVES,
+            | jobs("train", TOKENS) | END | GALLERY | RECOGNITION | CURVES,
         ),
         # Each stage's precision is its own: inversion's reruns inversion and what reads its
         # tokens, model.dtype generation (not inversion), the classifier's the runs.
         (
             {"inversion": {"mixed_precision": "bf16"}},
             jobs("invert") | jobs("invert_erased") | jobs("generate", TOKENS)
-            | jobs("train", TOKENS) | END | GALLERY | CURVES,
+            | jobs("train", TOKENS) | END | GALLERY | RECOGNITION | CURVES,
         ),
         (
             {"model": {"dtype": "bfloat16"}},
-            jobs("generate", SYNTHETIC) | jobs("train", SYNTHETIC) | END | GALLERY,
+            jobs("generate", SYNTHETIC) | jobs("train", SYNTHETIC) | END | GALLERY | RECOGNITION,
         ),
         ({"classifier": {"precision": "bf16"}}, jobs("train", METHODS) | END),
         (
@@ -366,18 +369,19 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
         (
             {"methods": {"da-fusion-m1": {**DA_FUSION, "generation": {"num_synthetic": 1},
                                           "classifier": {"synthetic_probability": 0.3}}}},
-            jobs("train", ["da-fusion-m1"]) | END | GALLERY,
+            jobs("train", ["da-fusion-m1"]) | END | GALLERY | RECOGNITION,
         ),
         (
             {"methods": {"da-fusion-m3": {**DA_FUSION, "generation": {"num_synthetic": 3}}}},
             jobs("generate", ["da-fusion+da-fusion-m3"])
-            | jobs("train", ["da-fusion", "da-fusion-m3"]) | END | GALLERY,
+            | jobs("train", ["da-fusion", "da-fusion-m3"]) | END | GALLERY | RECOGNITION,
         ),
         # A new seed: its own jobs; the erasure is shared by every seed and shot count.
         (
             {"seeds": [0, 1]},
             jobs("few_shot_split", seed=1) | jobs("invert", seed=1) | jobs("invert_erased", seed=1)
-            | jobs("generate", SYNTHETIC, seed=1) | jobs("train", METHODS, seed=1) | END,
+            | jobs("generate", SYNTHETIC, seed=1) | jobs("train", METHODS, seed=1) | END
+            | RECOGNITION,
         ),
     ],
 )  # fmt: skip
@@ -390,19 +394,19 @@ def test_a_setting_reruns_exactly_the_jobs_it_affects(workdir, overlay, expected
     [
         (
             "src/dafusion/generation.py", "", "\nEDITED = True\n",
-            jobs("generate", SYNTHETIC) | jobs("train", SYNTHETIC) | END | GALLERY,
+            jobs("generate", SYNTHETIC) | jobs("train", SYNTHETIC) | END | GALLERY | RECOGNITION,
         ),
         ("src/dafusion/aggregate.py", "", "\nEDITED = True\n", END),
         # pipeline.py: only the edited step's function counts.
         (
             "src/dafusion/pipeline.py", '"learned %d tokens', '"learned %d class tokens',
             jobs("invert") | jobs("invert_erased") | jobs("generate", TOKENS)
-            | jobs("train", TOKENS) | END | GALLERY | CURVES,
+            | jobs("train", TOKENS) | END | GALLERY | RECOGNITION | CURVES,
         ),
         (
             "src/dafusion/erasure.py", "", "\nEDITED = True\n",
             ERASE | jobs("invert_erased") | jobs("generate", ["da-fusion-erased"])
-            | jobs("train", ["da-fusion-erased"]) | END | GALLERY | CURVES,
+            | jobs("train", ["da-fusion-erased"]) | END | GALLERY | RECOGNITION | CURVES,
         ),
         ("src/dafusion/pipeline.py", "", "\nEDITED = True\n", set()),
         ("workflow/scripts/train.py", "", "\n# edited\n", jobs("train", METHODS) | END),
