@@ -134,11 +134,12 @@ def test_the_report_opens_in_a_browser_with_every_image_shown(workdir):
     }
     page = render(workdir / "results/report.html", selectors)
     figures = [
-        "accuracy", "per-class", "validation", "scores", "novelty", "paired", "gallery-digits",
-        "inversion-loss-digits", "erasure-digits",
+        "accuracy", "recognition-digits", "per-class", "validation", "scores", "novelty",
+        "paired", "gallery-digits", "inversion-loss-digits", "erasure-digits",
     ]  # fmt: skip
     assert [image["alt"] for image in page["images"]] == [
-        "Accuracy against examples per class", "Accuracy per class", "Validation curves",
+        "Accuracy against examples per class", "Recognized by the reference classifier: digits",
+        "Accuracy per class", "Validation curves",
         "Overall normalized score", "Concept novelty", "Paired improvement over the baseline",
         "Gallery: digits", "Inversion loss: digits", "Erasure check: digits",
     ]  # fmt: skip
@@ -180,7 +181,8 @@ def test_snakemakes_own_report_holds_the_figures(workdir, tmp_path):
     for name in (
         "accuracy.png", "per-class.png", "validation.png", "scores.png", "paired.png",
         "gallery-digits.png", "inversion-loss-digits.png", "erasure-digits.png",
-        "summary.csv", "per_class.csv", "runs.csv", "validation.csv", "config.yaml",
+        "recognition-digits.png", "summary.csv", "per_class.csv", "runs.csv", "validation.csv",
+        "config.yaml",
     ):  # fmt: skip
         assert name in page, name
     assert CAPTION_VALUES in page
