@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .models import tokenize
 from .readers.folders import DIGIT_NAMES
 from .shipped import MINIATURE, MINIATURE_RESOLUTION
 
@@ -235,13 +236,7 @@ def train_unet(
     opt = torch.optim.AdamW(params, lr=settings.unet_lr, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
     ema = [p.detach().clone() for p in params]
-    ids = tokenizer(
-        list(texts),
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
+    ids = tokenize(tokenizer, texts)
     alphas = scheduler.alphas_cumprod.float()
     losses = []
     for step in range(settings.unet_steps):

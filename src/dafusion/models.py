@@ -37,15 +37,19 @@ def encode_text(components: Components, prompts: Sequence[str]) -> torch.Tensor:
     Gradients flow (textual inversion trains the token rows through it); inference callers
     wrap it in `torch.no_grad`.
     """
-    tokenizer = components.tokenizer
-    ids = tokenizer(
+    ids = tokenize(components.tokenizer, prompts)
+    return components.text_encoder(ids.to(components.text_encoder.device))[0]
+
+
+def tokenize(tokenizer, prompts: Sequence[str]) -> torch.Tensor:
+    """Token ids padded to the tokenizer's length, as Stable Diffusion's pipelines pad."""
+    return tokenizer(
         list(prompts),
         padding="max_length",
         max_length=tokenizer.model_max_length,
         truncation=True,
         return_tensors="pt",
     ).input_ids
-    return components.text_encoder(ids.to(components.text_encoder.device))[0]
 
 
 def load_components(pretrained: str, device: torch.device, dtype: torch.dtype) -> Components:

@@ -30,12 +30,14 @@ def _digits(names: Sequence[str]) -> np.ndarray:
     return np.array([DIGIT_NAMES.index(n) for n in names])
 
 
-def _rates(images: list, labels: np.ndarray, digits: np.ndarray, names: Sequence[str]) -> list:
+def _rates(
+    reference, images: list, labels: np.ndarray, digits: np.ndarray, names: Sequence[str]
+) -> list:
     """Per class: images and the fraction the reference classifier calls that class."""
-    from .reference import load_reference, probabilities
+    from .reference import probabilities
 
     arrays = np.stack([np.asarray(i.convert("RGB")) for i in images])
-    predicted = probabilities(load_reference(), arrays).argmax(-1).numpy()
+    predicted = probabilities(reference, arrays).argmax(-1).numpy()
     rows = []
     for label, name in enumerate(names):
         mine = labels == label
@@ -59,6 +61,9 @@ def recognition_table(
     reads the first M variants of its set, as its runs do. The few-shot real images of
     `splits` come first, as the reference point."""
     from .images import load_image
+    from .reference import load_reference
+
+    reference = load_reference()  # once for every method
 
     real = pd.concat([pd.read_parquet(p) for p in splits]).drop_duplicates("key")
     real = real[real["split"] == "train"] if "split" in real else real
@@ -66,7 +71,11 @@ def recognition_table(
     digits = _digits(names)
     tables = []
     for row in _rates(
-        [load_image(r) for r in real.to_dict("records")], real["label"].to_numpy(), digits, names
+        reference,
+        [load_image(r) for r in real.to_dict("records")],
+        real["label"].to_numpy(),
+        digits,
+        names,
     ):
         tables.append({"method": REAL, **row})
     for method, indices in sets.items():
@@ -80,7 +89,7 @@ def recognition_table(
             found = read_synthetic(index, folder, index["key"])
             images += [found[k] for k in index["key"]]
             labels += index["label"].tolist()
-        for row in _rates(images, np.array(labels), digits, names):
+        for row in _rates(reference, images, np.array(labels), digits, names):
             tables.append({"method": method, **row})
     return pd.DataFrame(tables)
 
