@@ -64,7 +64,8 @@ def _meta(method, source, j, strength):
 
 def _write_method(folder, method, images, strength, dropped=(), ext="png", per_shard=4):
     """Shards (by the project's writer) and index.parquet of `images`: (source, j) pairs;
-    those in `dropped` get an index row without a shard, as the safety checker leaves."""
+    those in `dropped` get an index row without a shard, as the safety checker leaves.
+    Returns the index, the folder and M (every variant written)."""
     samples = [
         {
             "key": f"{source}-{j:03d}",
@@ -87,7 +88,11 @@ def _write_method(folder, method, images, strength, dropped=(), ext="png", per_s
     ]
     index = pd.DataFrame(rows) if rows else pd.DataFrame(columns=INDEX_SCHEMA.names)
     write_parquet(index.sort_values("key"), folder / "index.parquet", INDEX_SCHEMA)
-    return pd.read_parquet(folder / "index.parquet"), folder
+    return (
+        pd.read_parquet(folder / "index.parquet"),
+        folder,
+        1 + max((j for _, j in images), default=0),
+    )
 
 
 @pytest.fixture
@@ -106,7 +111,7 @@ def synthetic(tmp_path):
 
 
 def test_read_synthetic_returns_the_pixels_written(synthetic):
-    index, folder = synthetic["da-fusion"]
+    index, folder, _ = synthetic["da-fusion"]
     assert index["shard"].nunique() == 3
     keys = ["digits-0004-002", "digits-0000-001", "digits-0002-001", "digits-0002-002"]
     images = read_synthetic(index, folder, keys)
@@ -115,13 +120,13 @@ def test_read_synthetic_returns_the_pixels_written(synthetic):
         source, j = key.rsplit("-", 1)
         expected = np.full((8, 8, 3), _synthetic_colour("da-fusion", source, int(j)), np.uint8)
         np.testing.assert_array_equal(np.asarray(image), expected)
-    index, folder = synthetic["real-guidance"]
+    index, folder, _ = synthetic["real-guidance"]
     webp = read_synthetic(index, folder, ["digits-0000-000"])["digits-0000-000"]
     assert webp.getpixel((3, 3)) == _synthetic_colour("real-guidance", "digits-0000", 0)
 
 
 def test_read_synthetic_names_the_shard_of_a_missing_key(synthetic):
-    index, folder = synthetic["da-fusion"]
+    index, folder, _ = synthetic["da-fusion"]
     wrong = index.copy()
     wrong.loc[wrong["key"] == "digits-0000-000", "shard"] = "shard-000002.tar"
     with pytest.raises(
@@ -172,6 +177,25 @@ def test_gallery_grid(split, synthetic):
     # digits-0002's j = 1 was dropped: its variants are j = 0 and 2.
     green = [ax.images[0].get_array()[0, 0, 1] for ax in rows[1][2:4]]
     assert green == ([0, 120] if key == "digits-0002" else [0, 60])
+
+
+def test_gallery_shows_only_the_variants_a_method_reads(split, synthetic):
+    """A set shared with a method of larger M holds more variants than a method of M = 2
+    reads: its gallery cells stop at j < 2, as its classifier does, even where variants = 3
+    would fit more (digits-0002's j = 1 was dropped, so it shows j = 0 alone)."""
+    index, folder, size = synthetic["da-fusion"]
+    assert size == 3
+    fig = gallery_figure(
+        split, {"da-fusion": (index, folder, 2)}, images_per_class=2, max_classes=2, variants=3
+    )
+    ncols = 1 + 2
+    shown = {
+        row[0].get_title() + str(row[0].images[0].get_array()[0, 0, 0]): [
+            ax.images[0].get_array()[0, 0, 1] // 60 for ax in row[1:] if ax.images
+        ]
+        for row in _cells(fig, ncols)
+    }
+    assert shown == {"real: red0": [0, 1], "real: green80": [0], "real: green120": [0, 1]}
 
 
 def test_gallery_rows_cover_every_class_with_images(split, synthetic):

@@ -89,7 +89,7 @@ def _show(ax, image: Image.Image, title: str) -> None:
 
 def gallery_figure(
     split: pd.DataFrame,
-    synthetic: Mapping[str, tuple[pd.DataFrame, Path]],
+    synthetic: Mapping[str, tuple[pd.DataFrame, Path, int]],
     images_per_class: int = 1,
     max_classes: int = 6,
     variants: int = 3,
@@ -98,8 +98,9 @@ def gallery_figure(
     """One row per real source image: the image, then up to `variants` synthetic images of
     it per method (lowest `j` first), titled with the method and its strength t0.
 
-    `split` is the few-shot training manifest; `synthetic` maps a method to its index and
-    shard folder, in display order. Sources are drawn (deterministically, by `seed`) among
+    `split` is the few-shot training manifest; `synthetic` maps a method to its index, shard
+    folder and M, in display order. A set may hold more variants than a method's runs read
+    (sets are shared by methods of different M), so only `j < M` is shown. Sources are drawn (deterministically, by `seed`) among
     those with images in the first method that has any. Cells of a method with fewer
     images for a source stay blank (a method without any image says so in its first cell).
     """
@@ -108,7 +109,9 @@ def gallery_figure(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    present = {method: _present(index) for method, (index, _) in synthetic.items()}
+    present = {
+        method: _present(index[index["j"] < size]) for method, (index, _, size) in synthetic.items()
+    }
     first = next((method for method, rows in present.items() if not rows.empty), None)
     if first is None:
         given = ", ".join(f"'{m}'" for m in synthetic) or "none"

@@ -656,16 +656,18 @@ def data_balance_grid(
 def gallery(
     split_path: str,
     index_paths: Sequence[str],
-    methods: Sequence[str],
+    methods: Mapping[str, int],
     output: str,
     settings: AggregateSettings,
 ) -> None:
-    """A dataset's gallery from the shards and index of each method (never regenerated)."""
+    """A dataset's gallery from the shards and index of each method (never regenerated);
+    `methods` gives each one's M, in `index_paths`' order."""
     from .figures import save_figure
     from .gallery import gallery_figure
 
     synthetic = {
-        m: (pd.read_parquet(p), Path(p).parent) for m, p in zip(methods, index_paths, strict=True)
+        method: (pd.read_parquet(path), Path(path).parent, size)
+        for (method, size), path in zip(methods.items(), index_paths, strict=True)
     }
     figure = gallery_figure(
         pd.read_parquet(split_path),

@@ -573,8 +573,8 @@ class Plan:
         """Datasets of digits with synthetic images: the reference classifier scores them."""
         return [d for d in self.gallery_datasets() if self.datasets[d].kind == "digits"]
 
-    def recognition_methods(self, dataset: str) -> dict[str, int]:
-        """Each synthetic method of a dataset and the M its runs read."""
+    def synthetic_sizes(self, dataset: str) -> dict[str, int]:
+        """Each synthetic method of a dataset and the M its runs read (its set may hold more)."""
         return {
             m: self.generation_for(dataset, m).num_synthetic for m in self.gallery_methods(dataset)
         }
@@ -586,7 +586,7 @@ class Plan:
             "splits": [self.split_path(dataset, seed, shots) for seed, shots in cells],
             "indices": [
                 self.synthetic_index(dataset, m, seed, shots)
-                for m in self.recognition_methods(dataset)
+                for m in self.synthetic_sizes(dataset)
                 for seed, shots in cells
             ],
         }

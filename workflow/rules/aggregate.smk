@@ -61,7 +61,7 @@ rule gallery:
         mem_mb=2000,
         runtime=10,
     params:
-        methods=lambda w: PLAN.gallery_methods(w.dataset),
+        methods=lambda w: PLAN.synthetic_sizes(w.dataset),
         gallery=PLAN.aggregate_params(
             "gallery_images_per_class", "gallery_classes", "gallery_variants"
         ),
@@ -181,7 +181,7 @@ rule recognition:
         mem_mb=2000,
         runtime=10,
     params:
-        methods=lambda w: PLAN.recognition_methods(w.dataset),
+        methods=lambda w: PLAN.synthetic_sizes(w.dataset),
         code=code("recognition"),
     script:
         "../scripts/recognition.py"
