@@ -591,7 +591,7 @@ def test_score_figure_bars_and_intervals():
     expected = list(zip(overall["ci68_low"], overall["ci68_high"], strict=True))
     assert _error_extents(bars, 0) == pytest.approx(np.array(expected))
     assert [t.get_text() for t in ax.texts] == [f"{v:.3f}" for v in overall["score_mean"]]
-    assert ax.get_xlabel() == "normalized score of accuracy (test)\nstep best per run"
+    assert ax.get_xlabel() == "normalized score of\naccuracy (test)\nstep best per run"
     # Given methods: their order and the colours every other figure gives them.
     (ax,) = score_figure(overall, methods=["absent", "m2", "m1"]).axes
     assert [t.get_text() for t in ax.get_yticklabels()] == ["m2", "m1"]
@@ -603,12 +603,34 @@ def test_score_figure_bars_and_intervals():
     ]
 
 
+@pytest.mark.parametrize(
+    "figure", [score_figure, lambda t: novelty_figure(t, ["da-fusion-erased", "real-guidance"])]
+)
+def test_score_labels_of_the_default_measure_stay_inside_the_figure(figure):
+    """The longest measure names (the defaults': mean per-class accuracy, step best on the
+    seed mean), beside long method names, are drawn whole: the saved figure does not cut
+    its axis label."""
+    names = {"m1": "da-fusion-erased", "m2": "real-guidance"}
+    table = SCORED.assign(metric="mean_class_accuracy", selection="seed_mean", split="val")
+    table = table.replace({"method": names})
+    scored = (
+        overall_scores(table) if figure is score_figure else novelty_scores(table, NOVELTY_BINS)
+    )
+    fig = figure(scored)
+    fig.canvas.draw()
+    (ax,) = fig.axes
+    label = ax.xaxis.label if figure is score_figure else ax.yaxis.label
+    assert "mean per-class accuracy (val)" in label.get_text()
+    box, page = label.get_window_extent(), fig.bbox
+    assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1
+
+
 def test_novelty_figure_groups_bars_by_bin():
     novelty = novelty_scores(SCORED, NOVELTY_BINS)
     fig = novelty_figure(novelty, ["m1", "m2"])
     (ax,) = fig.axes
     assert [t.get_text() for t in ax.get_xticklabels()] == ["new", "common"]
-    assert ax.get_ylabel() == "normalized score of accuracy (test)\nstep best per run"
+    assert ax.get_ylabel() == "normalized score of\naccuracy (test)\nstep best per run"
     for container, method in zip(_bars(ax), ["m1", "m2"], strict=True):
         part = novelty[novelty["method"] == method]
         assert [bar.get_height() for bar in container] == pytest.approx(part["score_mean"].tolist())

@@ -211,6 +211,12 @@ def paired_figure(deltas: pd.DataFrame, methods: Sequence[str]) -> Figure:
     return fig
 
 
+def _score_label(table: pd.DataFrame) -> str:
+    """The normalized score's axis label on three short lines: on one, the default measure
+    ("mean per-class accuracy (val)") ran past a one-panel figure's edge."""
+    return "normalized score of\n{}\n{}".format(*measure(table))
+
+
 def score_figure(overall: pd.DataFrame, methods: Sequence[str] | None = None) -> Figure:
     """Overall normalized score per method (`aggregate.overall_scores`) as horizontal bars from
     the top, with the 68% interval over trials and the value written beside each bar. Given
@@ -239,7 +245,7 @@ def score_figure(overall: pd.DataFrame, methods: Sequence[str] | None = None) ->
     ax.set_yticks(y, labels=list(overall["method"]))
     ax.invert_yaxis()
     ax.set_xlim(0.0, max(1.15, float(np.max(high, initial=0.0)) + 0.15))
-    ax.set_xlabel("normalized score of {}\n{}".format(*measure(overall)))
+    ax.set_xlabel(_score_label(overall))
     ax.set_title("Overall normalized score\nmean and 68% interval over trials", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     return fig
@@ -263,7 +269,7 @@ def novelty_figure(novelty: pd.DataFrame, methods: Sequence[str]) -> Figure:
         yerr = [mean - part["ci68_low"].to_numpy(), part["ci68_high"].to_numpy() - mean]
         ax.bar(x, mean, width, yerr=yerr, label=method, color=styles[method]["color"], capsize=2)
     ax.set_xticks(range(len(bins)), labels=bins)
-    ax.set_ylabel("normalized score of {}\n{}".format(*measure(novelty)))
+    ax.set_ylabel(_score_label(novelty))
     ax.set_ylim(bottom=0.0)
     ax.set_title("Normalized score by concept novelty\nmean and 68% interval", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
