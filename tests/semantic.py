@@ -114,9 +114,9 @@ def sdedit_rates(
 def inversion_rates(
     model,
     tmp_path,
-    shots: int = 4,
-    steps: int = 200,
-    learning_rate: float = 5e-3,
+    shots: int,
+    steps: int,
+    learning_rate: float,
     per_class: int = 10,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Tokens learned (jointly, as the invert stage does) from `shots` handwritten images a

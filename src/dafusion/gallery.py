@@ -100,9 +100,10 @@ def gallery_figure(
 
     `split` is the few-shot training manifest; `synthetic` maps a method to its index, shard
     folder and M, in display order. A set may hold more variants than a method's runs read
-    (sets are shared by methods of different M), so only `j < M` is shown. Sources are drawn (deterministically, by `seed`) among
-    those with images in the first method that has any. Cells of a method with fewer
-    images for a source stay blank (a method without any image says so in its first cell).
+    (sets are shared by methods of different M), so only `j < M` is shown. Sources are
+    drawn (deterministically, by `seed`) among those with images in the first method that
+    has any. Cells of a method with fewer images for a source stay blank (a method without
+    any image says so in its first cell).
     """
     import matplotlib
 
