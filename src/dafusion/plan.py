@@ -70,6 +70,11 @@ class Plan:
     classifier_section: Mapping[str, Any]
     seeds: Sequence[int]
     shots: Sequence[int | str]
+    # Each dataset's synthetic sets, worked out once (`synthetic_sets`): the DAG asks for
+    # them for every job of a set, and each asks for every method's identity digest.
+    _sets: dict[str, dict[str, list[str]]] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Plan:
@@ -267,11 +272,13 @@ class Plan:
 
     def synthetic_sets(self, dataset: str) -> dict[str, list[str]]:
         """The dataset's sets by name, each with the methods that read it (config order)."""
-        sets: dict[str, list[str]] = {}
-        for method in self.synthetic_methods():
-            if self.methods[method].runs_on(dataset):
-                sets.setdefault(self.set_name(dataset, method), []).append(method)
-        return sets
+        if dataset not in self._sets:
+            sets: dict[str, list[str]] = {}
+            for method in self.synthetic_methods():
+                if self.methods[method].runs_on(dataset):
+                    sets.setdefault(self.set_name(dataset, method), []).append(method)
+            self._sets[dataset] = sets
+        return self._sets[dataset]
 
     def set_methods(self, dataset: str, name: str) -> list[str]:
         try:
