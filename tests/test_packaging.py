@@ -98,4 +98,6 @@ def test_the_wheel_ships_the_miniature_the_reference_classifier_and_the_costs(tm
     }
     assert "dafusion/assets/tiny-digits/unet/diffusion_pytorch_model.safetensors" in expected
     assert "dafusion/assets/reference-digits.safetensors" in expected
-    assert expected | {"dafusion/costs.json"} <= names
+    assert expected | {"dafusion/costs.json", "dafusion/VERSION"} <= names
+    version = (REPO / "src/dafusion/VERSION").read_text().strip()
+    assert wheel.name.startswith(f"dafusion-{version}-")

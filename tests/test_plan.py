@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
+import dafusion
 from dafusion import listing, paths, plan, runtime
 from dafusion.config import validate_config
 from dafusion.provenance import step_code
@@ -443,6 +444,17 @@ def test_no_job_runs_the_workflows_own_plan(step):
     """The modules only the Snakefile imports are in no job's fingerprint: editing them
     reruns only the jobs whose params or inputs change."""
     assert not set(step_code(step)) & set(SNAKEFILE_ONLY)
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_the_release_number_is_in_no_fingerprinted_file(step):
+    """A release changes no result, so it must rerun no job: the version is read from
+    dafusion/VERSION, which no fingerprint covers, and written in no module that one does."""
+    version = dafusion.__version__
+    assert version == (REPO / "src/dafusion/VERSION").read_text().strip()
+    for source in step_code(step):
+        if source.endswith(".py"):
+            assert version not in (REPO / "src" / source).read_text(), source
 
 
 def test_a_rules_code_is_its_step_and_its_script():

@@ -1,6 +1,5 @@
 from pathlib import Path
 
-import tomllib
 import yaml
 
 import dafusion
@@ -86,7 +85,7 @@ def test_the_resolved_config_has_defaults_no_knobs_and_no_absolute_path(tmp_path
 def test_library_versions_name_each_library():
     versions = library_versions(("pandas", "no-such-library-here"))
     assert list(versions) == ["dafusion", "pandas", "no-such-library-here"]
-    declared = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
-    assert versions["dafusion"] == dafusion.__version__ == declared["project"]["version"]
+    declared = (Path(__file__).parents[1] / "src/dafusion/VERSION").read_text().strip()
+    assert versions["dafusion"] == dafusion.__version__ == declared
     assert versions["pandas"].split(".")[0].isdigit()
     assert versions["no-such-library-here"] == "not installed"
