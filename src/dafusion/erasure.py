@@ -196,7 +196,7 @@ def esd(
     wanted = set(trained_names(frozen, settings.train_method))
     trained = copy.deepcopy(frozen)
     if trained.dtype != torch.float32:  # master weights in float32 whatever model.dtype
-        trained.to(torch.float32)
+        trained.float()  # not .to(dtype): diffusers' ModelMixin.to logs a spurious warning
     params = {name: p for name, p in trained.named_parameters() if name in wanted}
     for param in params.values():
         param.requires_grad_(True)

@@ -65,11 +65,12 @@ def load_components(pretrained: str, device: torch.device, dtype: torch.dtype) -
         text_encoder = CLIPTextModel.from_pretrained(
             pretrained, subfolder="text_encoder", use_safetensors=True, **kwargs
         )
+        # Cast while loading: diffusers' ModelMixin.to(dtype) logs a warning on every call.
         vae = AutoencoderKL.from_pretrained(
-            pretrained, subfolder="vae", use_safetensors=True, **kwargs
+            pretrained, subfolder="vae", use_safetensors=True, torch_dtype=dtype, **kwargs
         )
         unet = UNet2DConditionModel.from_pretrained(
-            pretrained, subfolder="unet", use_safetensors=True, **kwargs
+            pretrained, subfolder="unet", use_safetensors=True, torch_dtype=dtype, **kwargs
         )
         # Any scheduler class reads the JSON; the checkpoint's own class is then built from it.
         config = DDPMScheduler.load_config(pretrained, subfolder="scheduler", **kwargs)
@@ -86,10 +87,11 @@ def load_components(pretrained: str, device: torch.device, dtype: torch.dtype) -
             f"'model.pretrained'): {fix}. Cause: {exc}"
         ) from exc
     scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
+    text_encoder.to(dtype=dtype)
     for module in (text_encoder, vae, unet):
         module.requires_grad_(False)
         module.eval()
-        module.to(device=device, dtype=dtype)
+        module.to(device=device)
     return Components(tokenizer, text_encoder, vae, unet, scheduler)
 
 
