@@ -4,10 +4,10 @@ import yaml
 
 import dafusion
 from dafusion.config import validate_config
+from dafusion.provenance import library_versions
 from dafusion.record import (
     OUTSIDE,
     config_text,
-    library_versions,
     portable_path,
     random_weights,
     resolved_config,

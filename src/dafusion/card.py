@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pandas as pd
@@ -20,12 +19,12 @@ import yaml
 
 from .io import atomic_path
 from .manifest import class_token
-from .provenance import digest
+from .provenance import digest, library_versions
 
 CLASSES = "classes.json"
 CARD = "README.md"
 # The libraries whose versions shape a set's images, named in its card.
-LIBRARIES = ("dafusion", "torch", "diffusers", "transformers", "pillow", "webdataset")
+LIBRARIES = ("torch", "diffusers", "transformers", "pillow", "webdataset")  # after dafusion
 # The shards' json fields (INDEX_SCHEMA's but key, shard and dropped), as datasets' dtypes.
 JSON_FIELDS = {
     "source_key": "string", "j": "int64", "label": "int64", "class_name": "string",
@@ -47,16 +46,6 @@ def classes_record(names: Sequence[str], tokens_path: str | None, folder: Path) 
         }
         for label, name in enumerate(names)
     }
-
-
-def _versions() -> dict[str, str]:
-    found = {}
-    for name in LIBRARIES:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "not installed"
-    return found
 
 
 def card_text(
@@ -94,7 +83,7 @@ def card_text(
     rows = "\n".join(f"| {i} | {n} | {per_class[i]} |" for i, n in enumerate(names))
     m = int(index["j"].max()) + 1 if len(index) else 0
     made = yaml.safe_dump(dict(identity), sort_keys=True, allow_unicode=True).rstrip()
-    libraries = ", ".join(f"{k} {v}" for k, v in _versions().items())
+    libraries = ", ".join(f"{k} {v}" for k, v in library_versions(LIBRARIES).items())
     return f"""---
 {yaml.safe_dump(header, sort_keys=False, allow_unicode=True).rstrip()}
 ---

@@ -749,7 +749,8 @@ def report(
     table; a banner says so when a random-weight model made the images."""
     from .diagnostics import benchmark_table
     from .figures import measure
-    from .record import banner, config_text, library_versions, write_config
+    from .provenance import library_versions
+    from .record import LIBRARIES, banner, config_text, write_config
     from .report import Figure, Preformatted, Section, Table, write_report
 
     def figure(name: str, title: str) -> Figure:
@@ -855,7 +856,7 @@ def report(
         )
     )
     pretrained = config["model"]["pretrained"]
-    versions = pd.DataFrame(library_versions().items(), columns=["library", "version"])
+    versions = pd.DataFrame(library_versions(LIBRARIES).items(), columns=["library", "version"])
     provenance = [
         Table(pd.DataFrame({"item": ["model", "code fingerprint"], "value": [pretrained, code]}),
               "Model and code", "The model every generative stage loaded (model.pretrained), "

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import re
 from collections.abc import Iterable, Iterator
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 PACKAGE = "dafusion"
@@ -25,6 +26,22 @@ ROOT = Path(__file__).resolve().parent
 def digest(data: bytes) -> str:
     """A short content hash: 64 bits are ample to tell versions of a file apart."""
     return hashlib.sha256(data).hexdigest()[:16]
+
+
+def library_versions(names: Iterable[str]) -> dict[str, str]:
+    """This library's version (of the copy the job imports, which an older install's
+    metadata may not match), then each of `names`' installed version ("not installed" where
+    it is missing): what a synthetic set's card and the report record of the code behind
+    them."""
+    from . import __version__
+
+    found = {"dafusion": __version__}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
 
 
 def library_hash(root: Path = ROOT) -> str:

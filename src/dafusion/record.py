@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from . import __version__
 from .io import atomic_path
 from .settings import SECTIONS
 
@@ -106,16 +104,3 @@ def write_config(path: str | Path, config: Mapping[str, Any]) -> None:
     """Save a resolved config, atomically."""
     with atomic_path(Path(path)) as tmp:
         tmp.write_text(config_text(config), encoding="utf-8")
-
-
-def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:
-    """This library's version (of the copy the job imports, which an older install's
-    metadata may not match), then each other library's installed version ("not installed"
-    where it is missing)."""
-    found = {"dafusion": __version__}
-    for name in names:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "not installed"
-    return found
