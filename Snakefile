@@ -39,8 +39,12 @@ if not workflow.overwrite_configfiles:
 
 
 try:
+    # The config alone; what it reads from this machine is looked for once the requested
+    # targets are known (common.smk, checked_machine).
     _validated = validate_config(
-        config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"
+        config,
+        Path(workflow.basedir) / "workflow/schemas/config.schema.yaml",
+        check_files=False,
     )
 except ConfigError as exc:
     raise WorkflowError(f"invalid configuration: {exc}") from None
@@ -71,21 +75,25 @@ onstart:
 rule all:
     default_target: True
     input:
+        evaluated_runs,
+        checked,
         rules.report.output,
         PLAN.all_erasure(),
-        evaluated_runs,
 
 
 rule synthetic:
     input:
+        checked,
         PLAN.all_synthetic(),
 
 
 rule tokens:
     input:
+        checked,
         PLAN.all_tokens(),
 
 
 rule erasure:
     input:
+        checked,
         PLAN.all_erasure(),

@@ -56,12 +56,14 @@ def digits():
     return pool, val
 
 
-@pytest.fixture(scope="session", autouse=True)
-def backbone_cache(tmp_path_factory):
+@pytest.fixture
+def backbone_cache(tmp_path_factory, monkeypatch):
     """A Hugging Face cache holding the default backbones' weight files (empty), as on a
-    machine set up for the paper: start-up checks that the weights are there (config.py);
-    tests that load weights bring their own. Snakemake's jobs inherit it through the
-    environment."""
+    machine set up for the paper: start-up checks that the weights are there (config.py).
+    Opt-in and for the asking test alone, for the tests of configs whose runs would load
+    them (the paper's): a test that does not ask for it sees this machine's cache, as a
+    user would. Tests that load weights bring their own. Snakemake's jobs inherit it
+    through the environment."""
     from huggingface_hub import constants
 
     from dafusion.settings import BACKBONE_WEIGHTS
@@ -74,14 +76,9 @@ def backbone_cache(tmp_path_factory):
         snapshot = root / "snapshots" / ("0" * 40)
         snapshot.mkdir(parents=True)
         (snapshot / "model.safetensors").write_bytes(b"")
-    previous = os.environ.get("HF_HUB_CACHE"), constants.HF_HUB_CACHE
-    os.environ["HF_HUB_CACHE"] = constants.HF_HUB_CACHE = str(cache)
-    yield cache
-    if previous[0] is None:
-        os.environ.pop("HF_HUB_CACHE", None)
-    else:
-        os.environ["HF_HUB_CACHE"] = previous[0]
-    constants.HF_HUB_CACHE = previous[1]
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
 
 
 # Dataset kinds, each a tiny fixture in its exact on-disk format (tests/test_dataset_kinds.py;

@@ -139,7 +139,9 @@ def workflow_plan(*configs: dict, base_dir: Path | str = ".") -> Plan:
     for config in configs:
         update_config(merged, copy.deepcopy(config))
     return Plan.from_config(
-        validate_config(merged, REPO / "workflow/schemas/config.schema.yaml", base_dir)
+        validate_config(
+            merged, REPO / "workflow/schemas/config.schema.yaml", base_dir, check_files=False
+        )
     )
 
 
@@ -165,12 +167,42 @@ def scheduled(workdir: Path, *args: str) -> set[tuple[str, str]]:
     return {(job["rule"], (job["output"] or [""])[0]) for job in dry_run_jobs(workdir, *args)}
 
 
+def photo_folder(root: Path) -> None:
+    """Class folders of odd sizes and modes; one class has a single image."""
+    rng = np.random.default_rng(0)
+
+    def noise(*shape):
+        return rng.integers(0, 255, shape, dtype=np.uint8)
+
+    images = {
+        "cat/a.jpg": Image.fromarray(noise(23, 37, 3)),
+        "cat/b.png": Image.fromarray(noise(40, 30)),  # grayscale
+        "dog/c.png": Image.fromarray(noise(17, 50, 4), "RGBA"),
+        "dog/d.gif": Image.fromarray(noise(33, 33, 3)).convert("P"),
+        "dog/e.png": Image.fromarray(noise(21, 19).astype(np.uint16) * 250),  # 16-bit
+        "red_fox/f.jpg": Image.fromarray(noise(20, 26, 3)).convert("CMYK"),
+    }
+    for name, image in images.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        image.save(root / name)
+
+
 # The dataset kinds' files, in their exact on-disk formats (fixtures: conftest.py) -----------
 
 
-def write_image(path: Path, color=(120, 60, 30), size=(16, 16)) -> None:
+def write_image(path: Path, color=(120, 60, 30), size=(16, 16), fmt: str | None = None) -> None:
+    """An image file; `fmt` for a suffix Pillow does not map to its format (`.JPE`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, color).save(path)
+    Image.new("RGB", size, color).save(path, format=fmt)
+
+
+def write_heic(path: Path, color=(120, 60, 30), size=(16, 16)) -> None:
+    """A lossless HEIC photo, a phone's default format, written through pillow-heif's own
+    API: what reads it back is the library's registration, not the test's."""
+    import pillow_heif
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pillow_heif.from_pillow(Image.new("RGB", size, color)).save(path, quality=-1)
 
 
 def voc_palette() -> list[int]:

@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dafusion.config import JOB_CHECKS, PER_ENTRY, ConfigError, load_schema, validate_config
+from dafusion.config import (
+    JOB_CHECKS,
+    PER_ENTRY,
+    ConfigError,
+    Needs,
+    check_machine,
+    load_schema,
+    validate_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
@@ -36,6 +44,7 @@ def test_paper_values_are_the_defaults():
             "methods": {"baseline": {"kind": "baseline"}},
         },
         SCHEMA,
+        check_files=False,
     )
     assert config["inversion"]["learning_rate"] == 0.0005
     assert config["inversion"]["steps"] == 1000
@@ -420,7 +429,7 @@ def test_a_dataset_prompt_replaces_the_methods_prompt_on_that_dataset_only():
     assert not method.for_dataset("leafy_spurge").uses_tokens
 
 
-def test_the_paper_config_follows_the_original_code(tmp_path):
+def test_the_paper_config_follows_the_original_code(tmp_path, backbone_cache):
     """config/paper.yaml resolves to the original code's choices (README, deviations table):
     the metric and selection of plot.py lines 75-95, reported on val; the 27 templates of
     fine_tune.py lines 276-304; Real Guidance's Leafy Spurge prompt of scripts/real_guidance/
@@ -748,3 +757,88 @@ def test_command_line_strings_take_the_schemas_types():
 def test_a_command_line_value_of_the_wrong_type_names_key_and_type(sections, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate_config(_from_the_command_line(**sections), SCHEMA)
+
+
+# What start-up looks for on this machine: what the targets read, every problem at once
+# (issue 36: the offline augment command stopped for backbone weights that `synthetic`
+# never loads).
+
+
+@pytest.mark.parametrize(
+    ("targets", "rules", "expected"),
+    [
+        ((), (), Needs()),  # the default target, all
+        (("all",), (), Needs()),
+        (("synthetic",), (), Needs(backbones=False)),
+        (("tokens", "erasure"), (), Needs(backbones=False)),
+        (("out/digits/runs/baseline/seed0-shots1.parquet",), (), Needs()),
+        (("out/digits/synthetic/abc/seed0-shots1/index.parquet",), (), Needs(backbones=False)),
+        (("out/digits/splits/seed0-shots1.parquet",), (), Needs(model=False, backbones=False)),
+        (("out/model/tiny",), (), Needs(False, False, False)),
+        (("elsewhere/file.txt",), (), Needs()),  # not a result this knows: everything
+        (("synthetic", "out/tables/summary.csv"), (), Needs()),
+        ((), ("generate",), Needs(data=False, backbones=False)),
+        ((), ("train",), Needs(data=False, model=False)),
+        ((), ("few_shot_split",), Needs(False, False, False)),
+    ],
+)
+def test_start_up_looks_for_what_the_targets_read(targets, rules, expected):
+    assert Needs.of_targets(targets, rules, "out") == expected
+
+
+def test_everything_missing_is_named_in_one_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    config = validate_config(
+        {
+            "datasets": {"photos": {"kind": "imagefolder", "root": "photos"}},
+            "seeds": [0],
+            "examples_per_class": [1],
+            "model": {"pretrained": "someone/not-cached"},
+            "methods": {"baseline": {"kind": "baseline"}},
+            "classifier": {"backbone": "resnet50"},
+        },
+        SCHEMA,
+        tmp_path,
+        check_files=False,
+    )
+    with pytest.raises(ConfigError) as everything:
+        check_machine(config, tmp_path, Needs())
+    message = str(everything.value)
+    assert message.startswith("3 things this run reads are missing:")
+    for key in ("datasets.photos.root", "classifier.weights", "model.pretrained"):
+        assert f"config key '{key}'" in message
+    with pytest.raises(ConfigError) as synthetic:
+        check_machine(config, tmp_path, Needs(backbones=False))
+    assert "classifier.weights" not in str(synthetic.value)
+    (tmp_path / "photos").mkdir()
+    check_machine(config, tmp_path, Needs(model=False, backbones=False))  # nothing missing
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"examples_per_class": [0]},
+            "config key 'examples_per_class.0': 0 is not an integer >= 1 or 'all'",
+        ),
+        (
+            {"datasets": {"d": {"kind": "digits", "classes": [1]}}},
+            "config key 'datasets.d.classes': [1] is not null or an integer >= 1 or a list "
+            "(1 is not of type 'string' at item 0)",
+        ),
+    ],
+)
+def test_a_value_no_alternative_takes_is_told_what_the_alternatives_are(change, message):
+    """Issue 36: `examples_per_class: [0]` got "not valid under any of the given schemas"."""
+    config = {
+        "datasets": {"d": {"kind": "digits"}},
+        "seeds": [0],
+        "examples_per_class": [1],
+        "model": {"pretrained": "tiny"},
+        "methods": {"baseline": {"kind": "baseline"}},
+        **change,
+    }
+    with pytest.raises(ConfigError) as error:
+        validate_config(config, SCHEMA, check_files=False)
+    assert str(error.value) == message

@@ -31,9 +31,9 @@ def _read(spec: dict, root: Path, **kwargs):
     return read_dataset(DatasetSettings(**spec), root, mask_dir=root / "masks", **kwargs)
 
 
-def _mask(row, root: Path) -> np.ndarray:
-    """A row's mask; `mask_path` is relative to the manifests' folder (`_read`: `root`)."""
-    return np.asarray(Image.open(root / row["mask_path"])) > 127
+def _mask(row) -> np.ndarray:
+    """A row's mask: `read_dataset` gives `mask_path` as a file to open."""
+    return np.asarray(Image.open(row["mask_path"])) > 127
 
 
 def _assert_nested(pool: pd.DataFrame, seed: int = 0) -> None:
@@ -74,8 +74,8 @@ def test_pascal_labels_the_largest_instance_and_keeps_its_mask(voc):
     row = pool.set_index("key").loc["2007_000001"].to_dict() | {"key": "2007_000001"}
     expected = np.zeros((16, 16), bool)
     expected[2:10, 2:10] = True
-    np.testing.assert_array_equal(_mask(row, voc), expected)
-    assert row["mask_path"] == "masks/2007_000001.png"
+    np.testing.assert_array_equal(_mask(row), expected)
+    assert row["mask_path"] == str(voc / "masks/2007_000001.png")
     assert load_image(row).size == (16, 16)
     _assert_nested(pool)
     _assert_deterministic(spec, voc, (pool, val, test))
@@ -150,8 +150,8 @@ def test_coco_labels_the_largest_annotation_polygon_or_rle(coco):
     rows = pool.set_index("key")
     expected = np.zeros((16, 16), bool)
     expected[4:12, 3:11] = True
-    np.testing.assert_array_equal(_mask(rows.loc["train2017-000000000001"], coco), expected)
-    polygon = _mask(rows.loc["train2017-000000000002"], coco)
+    np.testing.assert_array_equal(_mask(rows.loc["train2017-000000000001"]), expected)
+    polygon = _mask(rows.loc["train2017-000000000002"])
     assert polygon[3:8, 3:8].all() and not polygon[10:, :].any()
     _assert_nested(pool)
     _assert_deterministic(spec, coco, (pool, val, test))

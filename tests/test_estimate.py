@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from dafusion import runtime
-from dafusion.estimate import main, mean_steps, plan_of, stages
+from dafusion.estimate import main, mean_steps, plan_of, run_summary, stages
 from dafusion.settings import ClassifierSettings
 
 GRID = {
@@ -131,3 +131,23 @@ def test_a_bad_costs_file_is_named(tmp_path, entries, message):
     path.write_text(json.dumps(entries))
     with pytest.raises(ValueError, match=message):
         runtime.read_costs(path)
+
+
+def test_the_run_says_how_many_images_and_how_much_disk_before_it_starts(tmp_path):
+    """Issue 36: `num_synthetic: 100000` was accepted without a word. The workflow logs this
+    line when it builds the DAG: digits (10 classes) x 5 images per class (1 + 4) x 2 seeds
+    x M, at 512 px (raw RGB: 786,432 bytes each)."""
+    config = {**GRID, "datasets": {"digits": {"kind": "digits"}}, "generation": {
+        "num_inference_steps": 50, "num_synthetic": 100000}}  # fmt: skip
+    config["methods"] = {"daf": GRID["methods"]["daf"]}
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump(config))
+    summary = run_summary(plan_of([path]))
+    images = 10 * 5 * 2 * 100000
+    assert summary.startswith(f"this config's grid makes {images:,} synthetic images at 512 px")
+    assert f"at most {images * 786432 / 1e9:,.1f} GB of shards" in summary
+    config["examples_per_class"] = ["all"]
+    path.write_text(yaml.safe_dump(config))
+    assert run_summary(plan_of([path])).startswith(
+        "this config's grid makes up to 100,000 synthetic images per real image"
+    )

@@ -35,6 +35,7 @@ def expected_jobs() -> Counter:
     synthetic = SEVEN * 2 + THREE * 4
     return Counter(
         {
+            "check_dataset": SEVEN,
             "index_dataset": SEVEN,
             "few_shot_split": SEVEN * cells,
             # one joint inversion per (dataset, seed, shots) shared by every {token}
@@ -57,7 +58,7 @@ def expected_jobs() -> Counter:
 
 
 @pytest.mark.workflow
-@pytest.mark.usefixtures("voc", "coco", "caltech", "flowers", "aircraft", "cars")
+@pytest.mark.usefixtures("voc", "coco", "caltech", "flowers", "aircraft", "cars", "backbone_cache")
 def test_the_paper_config_is_the_papers_grid(tmp_path, tiny_dir):
     spurge_images(tmp_path / "spurge", {"absent": 4, "apparent": 4})
     workdir = copy_workflow(tmp_path / "dafusion")

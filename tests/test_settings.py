@@ -25,8 +25,8 @@ from dafusion.settings import (
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 STEPS = [
-    "build_tiny_model", "index_dataset", "seed_split", "few_shot_split", "erase", "invert",
-    "generate", "gather_synthetic", "train", "aggregate",
+    "build_tiny_model", "place_shipped", "check_dataset", "index_dataset", "seed_split",
+    "few_shot_split", "erase", "invert", "generate", "gather_synthetic", "train", "aggregate",
 ]  # fmt: skip
 # Keys the schema accepts that validation expands into other keys and removes.
 EXPANDED = {"inversion": {"preset"}}

@@ -1,3 +1,4 @@
+import hashlib
 import io
 
 import pandas as pd
@@ -5,6 +6,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
+from dafusion.integrity import IntegrityError
 from dafusion.io import write_parquet
 from dafusion.shards import SHARD_PATTERN, encode_image, read_images, write_shard
 
@@ -74,3 +76,61 @@ def test_shard_members_extract_as_ordinary_files(tmp_path):
         tar.extractall(tmp_path / "out", filter="data")
     extracted = list((tmp_path / "out").iterdir())
     assert len(extracted) == 6 and all(p.stat().st_mode & 0o200 for p in extracted)
+
+
+def test_the_index_rows_record_each_shards_digest(tmp_path):
+    rows = write_shard(tmp_path, "shard-000000.tar", _samples(2), "png")
+    data = (tmp_path / "shard-000000.tar").read_bytes()
+    assert {(r["shard_sha256"], r["shard_bytes"]) for r in rows} == {
+        (hashlib.sha256(data).hexdigest(), len(data))
+    }
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:700])
+
+
+def _flip(path):
+    """One bit of an image's bytes: the tar still reads, with another image in it."""
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        image = next(m for m in tar.getmembers() if m.name.endswith(".png"))
+    data = bytearray(path.read_bytes())
+    data[image.offset_data + image.size - 1] ^= 0x01
+    path.write_bytes(data)
+
+
+def _read_gallery(index_path):
+    from dafusion.gallery import read_synthetic
+
+    index = pd.read_parquet(index_path)
+    return read_synthetic(index, index_path.parent, index["key"])
+
+
+@pytest.mark.parametrize("reader", [read_images, _read_gallery], ids=["webdataset", "gallery"])
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        (_truncate, "it has 700 bytes"),
+        (_flip, "its sha256 is not the one recorded"),
+        (lambda path: path.unlink(), "it is missing"),
+    ],
+    ids=["truncated", "flipped", "missing"],
+)
+def test_a_damaged_shard_is_named_before_it_is_read(tmp_path, reader, damage, why):
+    """Not `tarfile.ReadError: empty header` from deep in a reader, nor other images fed on."""
+    samples, rows = _samples(4), []
+    for number in range(2):
+        rows += write_shard(
+            tmp_path, SHARD_PATTERN.format(number), samples[2 * number :][:2], "png"
+        )
+    write_parquet(pd.DataFrame(rows).assign(dropped=False), tmp_path / "index.parquet")
+    assert len(reader(tmp_path / "index.parquet")) == 4
+    damage(tmp_path / "shard-000001.tar")
+    with pytest.raises(IntegrityError) as error:
+        reader(tmp_path / "index.parquet")
+    message = str(error.value)
+    assert f"shard '{tmp_path / 'shard-000001.tar'}' is not the one" in message
+    assert why in message
+    assert f"snakemake --cores all --forcerun {tmp_path / 'index.parquet'}" in message

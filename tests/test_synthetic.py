@@ -1,6 +1,7 @@
 """Resumable shards, safety-checker re-draws and out-of-memory halving."""
 
 import json
+from hashlib import sha256
 from pathlib import Path
 
 import pandas as pd
@@ -9,6 +10,7 @@ import torch
 
 from dafusion.datasets import few_shot
 from dafusion.generation import Engine
+from dafusion.integrity import record, sidecar
 from dafusion.seeds import derive_seed
 from dafusion.settings import GenerationSettings
 from dafusion.shards import read_images
@@ -150,6 +152,41 @@ def test_killed_run_reuses_finished_shards(components, manifest, tmp_path):
     assert not list(out.glob(".*"))  # sidecars and temporaries are gone
 
 
+def test_a_damaged_finished_shard_is_made_again_not_indexed(components, manifest, tmp_path):
+    """A killed job's finished shard truncated since (a full disk, a bad copy) is not passed on
+    to the index with its recorded digest: the resumed job makes it again."""
+    whole = _build(_engine(components, manifest), manifest, tmp_path / "whole")
+    out = tmp_path / "killed"
+    work = plan(manifest, 0, 2, [0.25, 0.5, 0.75, 1.0]).to_dict("records")
+    write_shards(  # killed before the index: the shards keep their sidecars
+        _engine(components, manifest), work, out, seed=0, shard_size=3, image_format="png",
+        fingerprint="job", meta=_meta, progress=False,
+    )  # fmt: skip
+    shard = out / "shard-000001.tar"
+    shard.write_bytes(shard.read_bytes()[:1024])
+
+    counts = _engine(components, manifest, cls=Counting)
+    resumed = _build(counts, manifest, out)
+    assert counts.shards == 1  # the damaged one only
+    pd.testing.assert_frame_equal(resumed, whole)
+    assert shard.read_bytes() == (tmp_path / "whole" / shard.name).read_bytes()
+
+
+def test_the_index_records_each_shards_digest_and_drops_the_parts_digests(
+    components, manifest, tmp_path
+):
+    out = tmp_path / "set"
+    out.mkdir()
+    part = out / "part-0-of-1.json"
+    part.write_text("{}")
+    record(part, "generate")  # the generate job's temporary rows: only the gather reads them
+    index = _build(_engine(components, manifest), manifest, out)
+    assert not sidecar(part).exists()
+    for name, rows in index.groupby("shard"):
+        assert set(rows["shard_sha256"]) == {sha256((out / name).read_bytes()).hexdigest()}
+        assert set(rows["shard_bytes"]) == {(out / name).stat().st_size}
+
+
 def test_images_are_encoded_in_the_same_batches_whichever_shard_asks_first(
     components, manifest, monkeypatch
 ):
@@ -288,8 +325,9 @@ def test_a_shared_set_gives_each_m_the_images_and_draws_of_its_own_set(tiny_dir,
     shared, alone = made(4), made(2)
     images = {m: read_images(path) for m, path in (("shared", shared), ("alone", alone))}
     first = pd.read_parquet(shared).query("j < 2").reset_index(drop=True)
+    shard = ["shard", "shard_sha256", "shard_bytes"]  # shards of other images
     pd.testing.assert_frame_equal(
-        first.drop(columns="shard"), pd.read_parquet(alone).drop(columns="shard")
+        first.drop(columns=shard), pd.read_parquet(alone).drop(columns=shard)
     )
     assert {k: images["shared"][k] for k in first["key"]} == images["alone"]
 

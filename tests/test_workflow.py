@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from helpers import (
     copy_workflow,
     dry_run_jobs,
     label_sets,
+    photo_folder,
     render,
     scheduled,
     set_labels,
@@ -318,7 +318,16 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
         # A dataset setting: the dataset is read again, and everything downstream reruns.
         (
             {"datasets": {"digits": {"unevaluated_classes": "drop"}}},
-            {("index_dataset", "results/digits/splits/pool.parquet")} | ERASE
+            {
+                (
+                    "check_dataset",
+                    workflow_plan(
+                        REDUCED, {"datasets": {"digits": {"unevaluated_classes": "drop"}}}
+                    ).dataset_check("digits"),
+                ),
+                ("index_dataset", "results/digits/splits/pool.parquet"),
+            }
+            | ERASE
             | jobs("few_shot_split") | jobs("invert") | jobs("invert_erased")
             | jobs("generate", SYNTHETIC) | jobs("train", METHODS) | END | GALLERY | RECOGNITION
             | CURVES,
@@ -559,7 +568,8 @@ def test_a_changed_dataset_root_reruns_index_dataset(tmp_path):
     write_config(workdir, "config.yaml", config)
     target = "results/photos/splits/pool.parquet"
     assert snakemake(workdir, "--cores", "1", target).returncode == 0
-    index = {("index_dataset", target)}
+    check = workflow_plan(config).dataset_check("photos")
+    index = {("check_dataset", check), ("index_dataset", target)}
     assert scheduled(workdir, "--cores", "1", target) == set()
     Image.new("RGB", (16, 16), (0, 0, 150)).save(workdir / "photos/dog/new.png")
     assert scheduled(workdir, "--cores", "1", target) == index
@@ -647,28 +657,6 @@ def test_a_bad_setting_stops_the_run_before_any_output_is_touched(workdir, overl
     assert _contents(workdir) == before
 
 
-def _photo_folder(root: Path) -> None:
-    """Class folders of odd sizes and modes; one class has a single image."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-
-    def noise(*shape):
-        return rng.integers(0, 255, shape, dtype=np.uint8)
-
-    images = {
-        "cat/a.jpg": Image.fromarray(noise(23, 37, 3)),
-        "cat/b.png": Image.fromarray(noise(40, 30)),  # grayscale
-        "dog/c.png": Image.fromarray(noise(17, 50, 4), "RGBA"),
-        "dog/d.gif": Image.fromarray(noise(33, 33, 3)).convert("P"),
-        "dog/e.png": Image.fromarray(noise(21, 19).astype(np.uint16) * 250),  # 16-bit
-        "red_fox/f.jpg": Image.fromarray(noise(20, 26, 3)).convert("CMYK"),
-    }
-    for name, image in images.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        image.save(root / name)
-
-
 def _augment_command(workdir: Path, photos: Path) -> list[str]:
     """The README's augment words with the offline overlay, for the photos at `photos`."""
     (workdir / "config").mkdir(exist_ok=True)
@@ -691,7 +679,7 @@ def test_augment_beside_the_default_leaves_its_results_alone(tmp_path):
     assert finished.returncode == 0, finished.stderr[-5000:]
     before = _contents(workdir)
     photos = tmp_path / "photos"
-    _photo_folder(photos)
+    photo_folder(photos)
     command = _augment_command(workdir, photos)
     result = snakemake(workdir, "--cores", "2", "synthetic", *command)
     assert result.returncode == 0, result.stderr[-5000:]
@@ -703,63 +691,6 @@ def test_augment_beside_the_default_leaves_its_results_alone(tmp_path):
     assert "config key 'examples_per_class': 'all'" in refused.stdout + refused.stderr
     assert _contents(workdir) == before
     assert scheduled(workdir, "--cores", "2") == set()
-
-
-def test_augment_a_folder_with_the_documented_command(tmp_path):
-    """The README's one command (plus the overlay for the tiny model): every image of every
-    class is the source of M synthetic images, in shards that webdataset and plain tar read;
-    the embedded default's digits do not run, and the all target is refused up front."""
-    workdir = copy_workflow(tmp_path / "dafusion")
-    photos = tmp_path / "my photos"
-    _photo_folder(photos)
-    command = _augment_command(workdir, photos)
-    refused = snakemake(workdir, "-n", "--cores", "2", *command)
-    assert refused.returncode != 0
-    assert "config key 'examples_per_class': 'all'" in refused.stdout + refused.stderr
-    result = snakemake(workdir, "--cores", "2", "synthetic", *command)
-    assert result.returncode == 0, result.stderr[-5000:]
-
-    assert not (workdir / "results").exists()
-    results = workdir / "results-augment"
-    assert sorted(p.name for p in results.iterdir() if p.is_dir()) == [
-        "benchmarks", "logs", "model", "photos",
-    ]  # fmt: skip
-    assert [p.name for p in (results / "model").iterdir()] == ["tiny-32px"]
-    pool = pd.read_parquet(results / "photos/splits/pool.parquet")
-    assert len(pool) == 6 and len(pd.read_parquet(results / "photos/splits/val.parquet")) == 0
-    (synthetic,) = (results / "photos/synthetic").glob("*/seed0-shotsall")  # one set
-    index = pd.read_parquet(synthetic / "index.parquet")
-    by_source = index.groupby("source_key")["key"].apply(sorted).to_dict()
-    assert by_source == {k: [f"{k}-{j:03d}" for j in range(3)] for k in pool["key"]}
-    assert set(index["class_name"]) == {"cat", "dog", "red fox"}
-
-    shards = sorted(str(p) for p in synthetic.glob("shard-*.tar"))
-    samples = list(wds.WebDataset(shards, shardshuffle=False).decode("pil"))
-    assert sorted(s["__key__"] for s in samples) == sorted(index["key"])
-    sizes = {row.key: Image.open(row.path).size for row in pool.itertuples()}
-    assert all(s["png"].size == sizes[s["json"]["source_key"]] for s in samples)
-
-    # The README's reading examples and its training loop, as written, from the working
-    # directory.
-    examples = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
-    assert len(examples) == 3
-    for n, example in enumerate(examples):
-        ran = subprocess.run(
-            [sys.executable, "-c", example], cwd=workdir, capture_output=True, text=True
-        )
-        assert ran.returncode == 0, ran.stderr
-        if n < 2:
-            assert all(key in ran.stdout for key in pool["key"]) or str(photos) in ran.stdout
-    assert "epoch 1: loss" in ran.stdout and "synthetic [" in ran.stdout
-
-    assert len(shards) == 1  # 18 images: one shard of shard_size
-    listed = subprocess.run(["tar", "tf", shards[0]], capture_output=True, text=True, check=True)
-    assert len(listed.stdout.split()) == 3 * len(index)  # png, cls, json per image
-    out = tmp_path / "extracted"
-    out.mkdir()
-    subprocess.run(["tar", "xf", shards[0], "-C", str(out)], check=True)
-    members = list(out.iterdir())
-    assert members and all(p.is_file() and os.access(p, os.W_OK) for p in members)
 
 
 def test_classes_named_in_other_scripts_get_their_own_tokens_and_train(tmp_path):
@@ -939,3 +870,74 @@ def test_results_are_the_same_bytes_wherever_the_workflow_and_results_lie(tmp_pa
     kinds = {Path(name).suffix for name in first}
     assert {".png", ".parquet", ".safetensors", ".tar"} <= kinds
     assert [name for name in first if first[name] != second[name]] == []
+
+
+# Issue 36: a project works where it is moved, and a bad value destroys nothing.
+
+
+def test_a_moved_project_and_a_package_elsewhere_rerun_nothing(tmp_path):
+    """A finished project of the shipped miniature (tiny-digits and the reference classifier,
+    which the package ships) copied to another folder, the original gone: its dry run
+    schedules nothing, also with the workflow's code (and so the package) at a third path.
+    The jobs read the shipped files through their copies under the results
+    (`place_shipped`), so no recorded input names the checkout."""
+    first = copy_workflow(tmp_path / "first/dafusion")
+    config = {
+        **REDUCED,
+        "model": {"pretrained": "tiny-digits", "resolution": 16},
+        "examples_per_class": [1],
+        "methods": {k: REDUCED["methods"][k] for k in ("baseline", "da-fusion-erased")},
+        "inversion": {"steps": 1, "batch_size": 1},
+        "erasure": {"enabled": True, "method": "esd", "iterations": 1, "ddim_steps": 2},
+        "generation": {"num_synthetic": 1, "num_inference_steps": 2, "batch_size": 8},
+        "classifier": {**REDUCED["classifier"], "image_size": 16, "steps": 2, "eval_interval": 1},
+    }
+    write_config(first, "config.yaml", config)
+    result = snakemake(first, "--cores", "2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    placed = first / "results/model"
+    assert sorted(p.name for p in placed.iterdir()) == ["reference-digits", "tiny-digits"]
+
+    moved = tmp_path / "elsewhere/renamed project"
+    shutil.copytree(first, moved, symlinks=True)
+    shutil.rmtree(tmp_path / "first")
+    assert scheduled(moved, "--cores", "2") == set()
+
+    code = tmp_path / "another/install"
+    for name in ("Snakefile", "workflow", "profiles", "src", "envs"):
+        source = moved / name
+        copy = shutil.copytree if source.is_dir() else shutil.copy2
+        copy(source, code / name)
+        shutil.rmtree(source) if source.is_dir() else source.unlink()
+    assert scheduled(moved, "--cores", "2", "--snakefile", str(code / "Snakefile")) == set()
+
+
+@pytest.mark.parametrize(
+    ("overlay", "message"),
+    [
+        ({"datasets": {"digits": {"classes": ["zero", "one", "eleven"]}}}, "eleven"),
+        ({"datasets": {"digits": {"val_fraction": 0.995}}}, "too few to hold out"),
+    ],
+)
+def test_a_value_the_data_refuses_deletes_no_finished_output(workdir, overlay, message):
+    """Issue 36: such a value stopped index_dataset after Snakemake had deleted the pool and
+    the splits, and fixing the config then reran every job. Now check_dataset, which
+    index_dataset waits for, stops; nothing finished is touched, and after the fix nothing
+    reruns."""
+    before = _contents(workdir)
+    path = write_config(workdir, "refused.yaml", overlay)
+    result = snakemake(workdir, "--cores", "2", "--configfile", "config/config.yaml", path)
+    assert result.returncode != 0
+    assert "Error in rule check_dataset" in result.stdout + result.stderr
+    logs = list((workdir / "results/logs/digits/check_dataset").glob("*.log"))
+    assert any(message in log.read_text() for log in logs)
+    assert _contents(workdir) == before
+    assert dry_run(workdir) == set()
+
+
+def test_an_execution_knob_on_the_command_line_reruns_nothing(workdir):
+    """Issue 36: `--config` puts its sections first in Snakemake's config, so the report's
+    record of the config came out in another order and the report reran, both with the knob
+    and in the next plain run."""
+    knob = ["--config", "model={device: cpu}"]
+    assert scheduled(workdir, "--cores", "2", *knob) == set()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import string
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,32 +80,32 @@ JOB_CHECKS = (
     JobCheck(
         "datasets.<name>.classes",
         "unknown classes in 'classes'",
-        "the names must be classes of the dataset, which index_dataset reads",
+        "the names must be classes of the dataset, which check_dataset reads first",
     ),
     JobCheck(
         "datasets.<name>.classes",
         "asks for more classes than",
-        "how many classes have training images is known once index_dataset reads the dataset",
+        "how many classes have training images is known once check_dataset reads the dataset",
     ),
     JobCheck(
         "datasets.<name>.skip_corrupt",
         "unreadable in all",
-        "which images cannot be read is found by decoding each, in index_dataset",
+        "which images cannot be read is found by decoding each, in check_dataset",
     ),
     JobCheck(
         "datasets.<name>.skip_corrupt",
         "skip_corrupt left them all out",
-        "which images cannot be read is found by decoding each, in index_dataset",
+        "which images cannot be read is found by decoding each, in check_dataset",
     ),
     JobCheck(
         "datasets.<name>.unevaluated_classes",
         "has no evaluation images",
-        "which classes have evaluation images is known once index_dataset reads the dataset",
+        "which classes have evaluation images is known once check_dataset reads the dataset",
     ),
     JobCheck(
         "datasets.<name>.val_fraction",
         "too few to hold out an evaluation image",
-        "each class's number of images is known once index_dataset reads the dataset",
+        "each class's number of images is known once check_dataset reads the dataset",
     ),
     JobCheck(
         "examples_per_class",
@@ -169,11 +169,24 @@ def _fill_defaults(instance: Any, schema: Mapping) -> None:
                 _fill_defaults(value, extra)
 
 
-def _check_dataset(
-    name: str, spec: Mapping, explicit: set[str], base_dir: str | Path, check_files: bool
-) -> None:
-    """Checks of a `datasets:` entry that depend on its kind (its root on disk with
-    `check_files`)."""
+def _ordered(value: Any, schema: Mapping) -> Any:
+    """A config with every section's keys in the schema's order (named entries, such as the
+    methods, in the user's order): where a key came from (a config file, an overlay, or
+    --config) leaves no trace in what the results record, so adding an execution knob on
+    the command line changes no param."""
+    if not isinstance(value, Mapping):
+        return value
+    properties = schema.get("properties", {})
+    extra = schema.get("additionalProperties")
+    ordered = {key: _ordered(value[key], sub) for key, sub in properties.items() if key in value}
+    for key, item in value.items():
+        if key not in ordered:
+            ordered[key] = _ordered(item, extra) if isinstance(extra, Mapping) else item
+    return ordered
+
+
+def _check_dataset(name: str, spec: Mapping, explicit: set[str]) -> None:
+    """Checks of a `datasets:` entry that depend on its kind (its files: `check_machine`)."""
     kind = KINDS[spec["kind"]]
     for other_name, other in KINDS.items():
         for key in set(other.keys) & explicit:
@@ -188,24 +201,31 @@ def _check_dataset(
             f"config key 'datasets.{name}.split_protocol': 'original-code' applies to "
             f"{supported}, not '{spec['kind']}'; use 'default'"
         )
-    if kind.needs_root and check_files:
-        if "root" not in spec:
-            raise ConfigError(
-                f"config key 'datasets.{name}.root': kind '{spec['kind']}' needs the directory "
-                "that holds the dataset"
-            )
-        root = Path(base_dir) / Path(spec["root"]).expanduser()
-        if not root.is_dir():
-            raise ConfigError(
-                f"config key 'datasets.{name}.root': directory '{root}' does not exist; "
-                "point it at the dataset on disk"
-            )
-        if extra := missing_package(spec["kind"], root):
-            raise ConfigError(
-                f"config key 'datasets.{name}.kind': reading '{root}' as {spec['kind']} needs "
-                f"the {kind.package} package; install it with `.venv/bin/pip install -e "
-                f"'.[{extra}]'` (or `pip install {kind.package}`)"
-            )
+
+
+def _dataset_files_problem(name: str, spec: Mapping, base_dir: str | Path) -> str | None:
+    """Why a dataset's root cannot be read on this machine, or None."""
+    kind = KINDS[spec["kind"]]
+    if not kind.needs_root:
+        return None
+    if "root" not in spec:
+        return (
+            f"config key 'datasets.{name}.root': kind '{spec['kind']}' needs the directory "
+            "that holds the dataset"
+        )
+    root = Path(base_dir) / Path(spec["root"]).expanduser()
+    if not root.is_dir():
+        return (
+            f"config key 'datasets.{name}.root': directory '{root}' does not exist; "
+            "point it at the dataset on disk"
+        )
+    if extra := missing_package(spec["kind"], root):
+        return (
+            f"config key 'datasets.{name}.kind': reading '{root}' as {spec['kind']} needs "
+            f"the {kind.package} package; install it with `.venv/bin/pip install -e "
+            f"'.[{extra}]'` (or `pip install {kind.package}`)"
+        )
+    return None
 
 
 def _check_fields(key: str, text: str, allowed: set[str], exactly_one: bool = False) -> None:
@@ -296,11 +316,11 @@ def _check_masks(config: Mapping) -> None:
                 )
 
 
-def _check_classifier_weights(config: Mapping, base_dir: str | Path) -> None:
-    """The backbone weights every train job loads are on this machine (a file, or a repo in
+def _classifier_weights_problems(config: Mapping, base_dir: str | Path) -> list[str]:
+    """Why backbone weights a train job loads are not on this machine (a file, or a repo in
     the local Hugging Face cache): found here, not by train jobs after their old outputs are
     gone."""
-    seen = set()
+    problems, seen = [], set()
     for _, method, settings in _job_settings(config, "classifier"):
         if settings.backbone not in BACKBONE_WEIGHTS or not settings.pretrained:
             continue
@@ -312,19 +332,21 @@ def _check_classifier_weights(config: Mapping, base_dir: str | Path) -> None:
         if path.exists():  # a file (resnet50) or a model directory (deit)
             continue
         if weights.endswith(".safetensors"):
-            raise ConfigError(
+            problems.append(
                 f"config key 'classifier.weights': file '{path}' does not exist (method "
                 f"{method}); point it at a torchvision-layout resnet50 .safetensors file"
             )
+            continue
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(weights, "model.safetensors"), str):
-            raise ConfigError(
+            problems.append(
                 f"config key 'classifier.weights': the {settings.backbone} weights '{weights}' "
                 f"(method {method}) are not in the local Hugging Face cache; on a machine with "
                 f"internet run `hf download {weights}` (then copy the cache here), point "
                 "classifier.weights at a local file, or set classifier.pretrained: false"
             )
+    return problems
 
 
 # The files each component of a Stable Diffusion checkpoint is loaded from (diffusers'
@@ -608,14 +630,136 @@ def coerce_config(value: Any, schema: Mapping, root: Mapping, path: tuple = ()) 
     raise ConfigError(f"config key '{_key(path)}': {value!r} is not of type {expected}")
 
 
+def _describe(schema: Mapping) -> str:
+    """One alternative of a oneOf/anyOf in words: "an integer >= 1", "'all'"."""
+    if "const" in schema:
+        return repr(schema["const"])
+    if "enum" in schema:
+        return "one of " + ", ".join(map(repr, schema["enum"]))
+    kind = schema.get("type")
+    words = {
+        "integer": "an integer",
+        "number": "a number",
+        "string": "a string",
+        "boolean": "true or false",
+        "array": "a list",
+        "object": "a mapping",
+        "null": "null",
+    }
+    text = words.get(kind, "a value") if isinstance(kind, str) else "a value"
+    bounds = [
+        f"{sign} {schema[key]}"
+        for key, sign in (
+            ("minimum", ">="),
+            ("exclusiveMinimum", ">"),
+            ("maximum", "<="),
+            ("exclusiveMaximum", "<"),
+        )
+        if key in schema
+    ]
+    return f"{text} {' and '.join(bounds)}" if bounds else text
+
+
+def _schema_message(err: jsonschema.ValidationError) -> str:
+    """A schema error in words: for a value none of several alternatives takes ("not valid
+    under any of the given schemas"), what each alternative is."""
+    if err.validator in ("oneOf", "anyOf") and isinstance(err.validator_value, list):
+        wanted = " or ".join(_describe(alt) for alt in err.validator_value)
+        inner = [e for e in err.context if e.relative_path]  # inside the value: say where
+        where = f" ({inner[0].message} at item {_key(inner[0].relative_path)})" if inner else ""
+        return f"{err.instance!r} is not {wanted}{where}"
+    return err.message
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What on this machine the requested targets read: the dataset roots, the diffusion
+    model, the classifier's pretrained weights. Start-up looks for these and nothing more,
+    so that `synthetic` runs where no backbone weights are cached."""
+
+    data: bool = True
+    model: bool = True
+    backbones: bool = True
+
+    @classmethod
+    def of_targets(cls, targets: Iterable[str], rules: Iterable[str], results: str) -> Needs:
+        """What the targets named on the command line read (none: the default target, all),
+        or, in a job Snakemake started for given rules (`--target-jobs`), what those rules
+        read. A result file not recognised here needs everything."""
+        rules, targets = set(rules), set(targets)
+        if rules:
+            return cls(
+                data=bool(rules & {"check_dataset", "index_dataset"}),
+                model=bool(rules & MODEL_RULES),
+                backbones="train" in rules,
+            )
+        needs = [cls._of_target(target, results) for target in targets or {"all"}]
+        return cls(*(any(getattr(n, k) for n in needs) for k in ("data", "model", "backbones")))
+
+    @classmethod
+    def _of_target(cls, target: str, results: str) -> Needs:
+        if target in ("synthetic", "tokens", "erasure"):
+            return cls(backbones=False)
+        parts = Path(target).parts
+        root = Path(results).parts
+        if tuple(parts[: len(root)]) != root or len(parts) <= len(root):
+            return cls()  # all, report, or a path this does not know: everything
+        rest = parts[len(root) :]
+        if rest[0] == "model":
+            return cls(data=False, backbones=False, model=False)
+        if len(rest) > 1 and rest[1] == "splits":
+            return cls(model=False, backbones=False)
+        if len(rest) > 1 and rest[1] in ("synthetic", "tokens", "erasure"):
+            return cls(backbones=False)
+        return cls()
+
+
+# The rules whose jobs load the diffusion model.
+MODEL_RULES = {"erase", "invert", "invert_erased", "generate"}
+
+
+def check_machine(config: Mapping, base_dir: str | Path, needs: Needs) -> None:
+    """What a validated config's run reads from this machine is there (`needs` says which):
+    every problem in one error, so that a user fixes them all before the next attempt."""
+    problems = []
+    if needs.data:
+        for name, spec in config["datasets"].items():
+            problems.append(_dataset_files_problem(name, spec, base_dir))
+    if needs.backbones:
+        problems += _classifier_weights_problems(config, base_dir)
+    folder = None
+    if needs.model:
+        safety = any(s.safety_checker for _, _, s in _job_settings(config, "generation", "sdedit"))
+        try:
+            folder = _check_model(config["model"]["pretrained"], base_dir, safety)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    problems = [p for p in problems if p]
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        listed = "".join(f"\n  - {problem}" for problem in problems)
+        raise ConfigError(f"{len(problems)} things this run reads are missing:{listed}")
+    if needs.model:
+        model_scheduler = _scheduler_config(folder)
+        _check_schedulers(config, model_scheduler)
+        _check_erasure_steps(config, model_scheduler)
+
+
 def validate_config(
-    config: Mapping, schema_path: str | Path, base_dir: str | Path = ".", check_files: bool = True
+    config: Mapping,
+    schema_path: str | Path,
+    base_dir: str | Path = ".",
+    check_files: bool = True,
+    needs: Needs | None = None,
 ) -> dict:
     """Return a validated copy of `config` with defaults filled in.
 
-    Raises ConfigError naming the first offending key (as a dotted path). Without
-    `check_files`, the datasets, model and classifier weights on disk are not checked (a
-    plan of a grid on a machine without them: `dafusion.estimate`).
+    Raises ConfigError naming the first offending key (as a dotted path). Then, with
+    `check_files`, what the run reads from this machine is looked for: the dataset roots,
+    the model and the classifier weights, as far as `needs` (the requested targets, default
+    all) reads them; every one missing is named in one error. Without `check_files` nothing
+    on disk is looked at (a plan of a grid on a machine without them: `dafusion.estimate`).
     """
     schema = load_schema(schema_path)
     config = coerce_config(copy.deepcopy(dict(config)), schema, schema)
@@ -634,7 +778,7 @@ def validate_config(
     )
     if errors:
         err = errors[0]
-        raise ConfigError(f"config key '{_key(err.absolute_path)}': {err.message}")
+        raise ConfigError(f"config key '{_key(err.absolute_path)}': {_schema_message(err)}")
     inversion = config.setdefault("inversion", {})
     preset = inversion.pop("preset", None)
     if preset is not None:
@@ -643,7 +787,7 @@ def validate_config(
     explicit = {name: set(spec) for name, spec in config["datasets"].items()}
     _fill_defaults(config, schema)
     for name, spec in config["datasets"].items():
-        _check_dataset(name, spec, explicit[name], base_dir, check_files)
+        _check_dataset(name, spec, explicit[name])
     for name, spec in config["methods"].items():
         if spec["kind"] == "sdedit":
             _check_fields(f"methods.{name}.prompt", spec["prompt"], {"name", "token"})
@@ -661,22 +805,16 @@ def validate_config(
     _check_erasure(config)
     _check_overrides(config)
     _check_strengths(config)
-    if check_files:
-        _check_classifier_weights(config, base_dir)
     if isinstance(config["inversion"]["templates"], list):
         for i, template in enumerate(config["inversion"]["templates"]):
             _check_fields(f"inversion.templates.{i}", template, {""}, exactly_one=True)
     _check_masks(config)
     _check_miniature(config["model"])
     if check_files:
-        safety = any(s.safety_checker for _, _, s in _job_settings(config, "generation", "sdedit"))
-        folder = _check_model(config["model"]["pretrained"], base_dir, safety)
-        model_scheduler = _scheduler_config(folder)
-        _check_schedulers(config, model_scheduler)
-        _check_erasure_steps(config, model_scheduler)
+        check_machine(config, base_dir, needs or Needs())
     for section, cls in SECTIONS.items():
         entries = config[section].values() if section in PER_ENTRY else [config[section]]
         for entry in entries:
             cls.from_config(entry)  # the schema and the settings classes agree on every key
     _check_figure_11(config)
-    return config
+    return _ordered(config, schema)

@@ -5,12 +5,15 @@ A manifest is a parquet table with columns `key` (stable, no dots), `path` or `i
 object masks. A reader (`dafusion.readers`) turns one dataset format into such a table;
 `read_dataset` then does what is common to every format: the evaluation split of datasets
 without one, the class subset, the image check and the mask files. Few-shot subsets are
-drawn from the resulting training pool.
+drawn from the resulting training pool. In memory, a manifest's files open from the working
+directory and `attrs[manifest.ROOT_KEY]` names its dataset root; `manifest.write_manifest`
+stores them relative to that root, and `manifest.read_manifest` reads them back.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,8 +23,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .images import describe, load_image
-from .manifest import SPLITS, class_token, unknown_classes_error
+from .images import describe, load_image, register_openers
+from .manifest import ROOT_KEY, SPLITS, class_token, unknown_classes_error
 from .readers import KINDS, original_split_kinds
 from .settings import DatasetSettings
 
@@ -98,13 +101,37 @@ def _check_keys(frame: pd.DataFrame, kind: str) -> None:
         )
 
 
+def _folders(paths: pd.Series) -> str:
+    """Where a class's images lie, for errors: the folder holding all its files."""
+    files = paths.dropna().tolist()
+    if not files:
+        return "its images are stored in the dataset as bytes"
+    return f"folder '{os.path.commonpath([os.path.dirname(p) for p in files])}'"
+
+
+def _check_no_class_emptied(checked: pd.DataFrame, readable: pd.DataFrame) -> None:
+    """A class whose training images were all unreadable (`skip_corrupt` left them out) is
+    an error naming its folder: it would vanish from every run."""
+    train = checked[checked["split"] == "train"]
+    kept = set(readable.loc[readable["split"] == "train", "class_name"])
+    emptied = train[~train["class_name"].isin(kept)].groupby("class_name", sort=True)["path"]
+    if not len(emptied):
+        return
+    names = ", ".join(repr(name) for name, _ in emptied)
+    where = "; ".join(_folders(paths) for _, paths in emptied)
+    raise ValueError(
+        f"class {names} has no readable training images left ({where}; skip_corrupt left "
+        "them all out); add readable images there, or leave the class out with the entry's "
+        "classes: list"
+    )
+
+
 def _check_every_class_remains(
     frame: pd.DataFrame, names: Sequence[str], needs_val: bool, policy: str
 ) -> list[str]:
     """No class may vanish silently; returns the classes kept, in order.
 
-    A class without training images (all unreadable and skipped) is an error. One without
-    evaluation images would have no accuracy in any run: an error, or with
+    A class without evaluation images would have no accuracy in any run: an error, or with
     `unevaluated_classes: drop` left out of every split with a warning naming it.
     """
 
@@ -112,12 +139,6 @@ def _check_every_class_remains(
         present = set(frame.loc[frame["split"] == split, "class_name"])
         return [name for name in names if name not in present]
 
-    if untrained := missing("train"):
-        raise ValueError(
-            f"class {', '.join(map(repr, untrained))} has no readable training images left "
-            "(skip_corrupt left them all out); add readable images, or leave the class out "
-            "with the entry's classes: list"
-        )
     unevaluated = missing("val") if needs_val else []
     if unevaluated and policy != "drop":
         raise ValueError(
@@ -209,8 +230,10 @@ def check_images(frame: pd.DataFrame, skip_corrupt: bool, threads: int = 1) -> p
     """Stop at an unreadable image, naming it; with `skip_corrupt`, leave it out and log it.
 
     Every image is decoded once, in `threads` threads, so that a truncated file stops
-    indexing rather than a GPU stage hours later.
+    indexing rather than a GPU stage hours later. A missing HEIC reader stops it first, as
+    itself rather than as every image unreadable.
     """
+    register_openers()
     records = frame[["key", "path", "image"]].to_dict("records")
     with ThreadPoolExecutor(max(1, threads)) as executor:
         errors = list(executor.map(_decode_error, records))
@@ -235,9 +258,9 @@ def write_masks(frame: pd.DataFrame, mask_dir: str | Path | None, threads: int =
     """Write each row's object mask (`mask`: a function returning a bool array) as an 8-bit
     PNG (255 = object) named after its key, and reference it in `mask_path`.
 
-    `mask_path` is relative to the mask folder's parent, the folder the workflow writes the
-    manifests to (`masks/{key}.png`): no absolute path enters a manifest, so a results
-    folder reads the same wherever it lies (`manifest.resolve_masks` makes them openable).
+    `mask_path` opens from the working directory; `manifest.write_manifest` stores it
+    relative to the manifest's folder (`masks/{key}.png` in the workflow), so that a results
+    folder reads the same wherever it lies.
     """
     if "mask" not in frame:
         return frame
@@ -249,8 +272,7 @@ def write_masks(frame: pd.DataFrame, mask_dir: str | Path | None, threads: int =
     jobs = [(source, mask_dir / name) for source, name in zip(frame["mask"], names, strict=True)]
     with ThreadPoolExecutor(max(1, threads)) as executor:
         list(executor.map(_write_mask, jobs))
-    paths = [f"{mask_dir.name}/{name}" for name in names]
-    return frame.drop(columns="mask").assign(mask_path=paths)
+    return frame.drop(columns="mask").assign(mask_path=[str(mask_dir / name) for name in names])
 
 
 def read_dataset(
@@ -258,12 +280,18 @@ def read_dataset(
     base_dir: str | Path = ".",
     mask_dir: str | Path | None = None,
     threads: int = 1,
+    masks: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Return the (training pool, evaluation, test) manifests of a `datasets:` entry.
 
+    Without `masks`, object masks are neither written nor referenced: every check is made,
+    nothing is stored (`pipeline.check_dataset`).
+
     The test manifest is empty for datasets without a test split. With `split_protocol:
     original-code` the evaluation manifest is empty too: `halve_per_seed` halves the pool per
-    seed, as the original DA-Fusion code did.
+    seed, as the original DA-Fusion code did. Each one's `attrs[ROOT_KEY]` is the entry's
+    root as seen from the working directory (`base_dir` joined), which `write_manifest`
+    stores its image paths relative to.
     """
     kind = spec.kind
     protocol = spec.split_protocol
@@ -284,6 +312,7 @@ def read_dataset(
     frame = frame.reset_index(drop=True)
     wanted = frame["class_name"].isin(chosen)
     readable = check_images(frame[wanted], spec.skip_corrupt, threads)
+    _check_no_class_emptied(frame[wanted], readable)
     frame = frame[~wanted | frame.index.isin(readable.index)]
     per_class = spec.val_per_class
     has_val = (frame["split"] == "val").any()
@@ -303,10 +332,16 @@ def read_dataset(
         policy=spec.unevaluated_classes,
     )  # fmt: skip
     frame = select_classes(frame, chosen)
-    frame = write_masks(frame, mask_dir, threads)
+    if masks:
+        frame = write_masks(frame, mask_dir, threads)
+    else:
+        frame = frame.drop(columns="mask", errors="ignore")
     pool, val, test = (
         frame[frame["split"] == split].sort_values("key").reset_index(drop=True) for split in SPLITS
     )
+    root = None if spec.root is None else str(Path(base_dir) / Path(spec.root).expanduser())
+    for part in (pool, val, test):
+        part.attrs = {} if root is None else {ROOT_KEY: root}
     return pool, val, test
 
 
@@ -323,7 +358,10 @@ def halve_per_seed(pool: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.Data
         first, second = np.array_split(rng.permutation(len(group)), 2)
         train.append(group.iloc[first].assign(split="train"))
         val.append(group.iloc[second].assign(split="val"))
-    return tuple(pd.concat(part).sort_values("key").reset_index(drop=True) for part in (train, val))
+    halves = [pd.concat(part).sort_values("key").reset_index(drop=True) for part in (train, val)]
+    for half in halves:
+        half.attrs = dict(pool.attrs)  # the dataset root: written halves keep it
+    return tuple(halves)
 
 
 def few_shot(
@@ -357,4 +395,6 @@ def few_shot(
         rng = np.random.default_rng([seed, int(label)])
         order = rng.permutation(len(group))[:shots]
         parts.append(group.iloc[order])
-    return pd.concat(parts).reset_index(drop=True)
+    subset = pd.concat(parts).reset_index(drop=True)
+    subset.attrs = dict(pool.attrs)  # the dataset root: a written subset keeps it
+    return subset

@@ -17,14 +17,15 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .io import atomic_path
-from .manifest import class_token
+from .manifest import class_token, file_stem
 
 JOINT = "joint"
 
 
 def delta_path(folder: str | Path, class_name: str | None) -> Path:
-    """Where a class's delta lives in an eraser folder (`None`: the joint delta)."""
-    stem = JOINT if class_name is None else class_token(class_name).strip("<>")
+    """Where a class's delta lives in an eraser folder (`None`: the joint delta): named
+    after its token, bounded (`file_stem`) so that a long class name still gives a file."""
+    stem = JOINT if class_name is None else file_stem(class_token(class_name).strip("<>"))
     return Path(folder) / f"{stem}.safetensors"
 
 

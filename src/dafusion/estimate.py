@@ -65,12 +65,18 @@ def mean_steps(num_inference_steps: int, strengths: Sequence[float]) -> float:
     return sum(denoising_steps(num_inference_steps, s) for s in strengths) / len(strengths)
 
 
+def set_images(plan: Plan, dataset: str, name: str) -> int:
+    """The images of a synthetic set over every seed and shot count: every class with
+    `shots` training images per cell."""
+    shots = sum(int(k) for k in plan.shots) * len(plan.seeds)
+    return dataset_classes(plan, dataset) * shots * plan.set_generation(dataset, name).num_synthetic
+
+
 def stages(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -> list[Stage]:
     """Each GPU stage of the grid: jobs, work and GPU-hours at the per-unit `costs`."""
     if "all" in plan.shots:
         raise ValueError("config key 'examples_per_class': the estimate needs numbers, not 'all'")
     cells = len(plan.seeds) * len(plan.shots)
-    shots = sum(int(k) for k in plan.shots) * len(plan.seeds)  # images per class, all cells
     sets = images = image_steps = 0.0
     token_files = token_classes = erase_classes = runs = train_steps = 0
     train_seconds, train_costs = 0.0, set()
@@ -78,7 +84,7 @@ def stages(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -> lis
         classes = dataset_classes(plan, dataset)
         for name, methods in plan.synthetic_sets(dataset).items():
             generation = plan.set_generation(dataset, name)
-            count = classes * shots * generation.num_synthetic
+            count = set_images(plan, dataset, name)
             strengths = plan.methods[methods[0]].strengths
             sets += cells
             images += count
@@ -142,6 +148,33 @@ def table(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -> str:
     total = sum(s.hours for s in rows)
     lines.append(f"| total | {sum(s.jobs for s in rows):,} | | | | {total:,.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def run_summary(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -> str:
+    """What a run of the whole grid will make, in one line, said before it starts: the
+    synthetic images, the most disk they take (raw RGB; PNG shards are smaller), and the
+    GPU-hours at the per-unit costs. Where the number of images depends on the data
+    (`examples_per_class: all`, or a dataset whose number of classes the config does not
+    say), it is given per real image."""
+    sets = [(d, name) for d in plan.datasets for name in plan.synthetic_sets(d)]
+    if not sets:
+        return "this config's grid makes no synthetic images"
+    try:
+        images = sum(set_images(plan, d, name) for d, name in sets)
+        hours = sum(s.hours for s in stages(plan, costs))
+    except ValueError:  # counts that only the data gives
+        most = max(plan.set_generation(d, name).num_synthetic for d, name in sets)
+        return (
+            f"this config's grid makes up to {most:,} synthetic images per real image at "
+            f"{plan.model.resolution} px"
+        )
+    raw = images * plan.model.resolution**2 * 3
+    size = f"{raw / 1e9:,.1f} GB" if raw >= 1e9 else f"{raw / 1e6:,.1f} MB"
+    return (
+        f"this config's grid makes {images:,} synthetic images at {plan.model.resolution} px "
+        f"(at most {size} of shards) and takes about {hours:,.1f} GPU-hours at the per-unit "
+        "costs of docs/benchmarks.md (`python -m dafusion.estimate` for each stage)"
+    )
 
 
 def plan_of(config_paths: Sequence[str | Path]) -> Plan:

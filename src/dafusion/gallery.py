@@ -17,6 +17,7 @@ import pandas as pd
 from PIL import Image
 
 from .images import load_image
+from .shards import INDEX, verify_shards
 
 # The image members a shard may hold, one per sample (`generation.image_format`).
 IMAGE_EXTS = ("png", "webp", "jpg")
@@ -47,6 +48,7 @@ def read_synthetic(
     wanted = _present(index)
     wanted = wanted[wanted["key"].isin(keys)]
     images = {}
+    verify_shards(Path(shard_dir) / INDEX, wanted["shard"])
     for shard, group in wanted.groupby("shard"):
         path = Path(shard_dir) / shard
         with tarfile.open(path) as tar:

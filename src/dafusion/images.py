@@ -1,13 +1,15 @@
 """Image loading and conversion: manifest rows -> RGB images, images <-> model tensors.
 
-torch is imported only inside the tensor conversions, so the readers (which need only
-`encode_png` and `IMAGE_SUFFIXES`) do not pay for it.
+torch is imported only inside the tensor conversions, and pillow-heif at the first image
+opened, so the readers (which need only `encode_png` and `IMAGE_SUFFIXES`) pay for neither.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,7 +18,33 @@ from PIL import Image, ImageOps
 if TYPE_CHECKING:
     import torch
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# The file suffixes read as images, compared in lower case (`.JPE` is `.jpe`): what cameras,
+# phones (HEIC, a phone's default) and browsers (JFIF, AVIF, WebP) save. Pillow reads JFIF
+# (JPEG) and AVIF itself; HEIC/HEIF through pillow-heif (`register_openers`).
+IMAGE_SUFFIXES = frozenset(
+    [".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"]
+    + [".heic", ".heif", ".avif"]
+)
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether a file's suffix, in any case, is one read as an image."""
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+@functools.cache
+def register_openers() -> None:
+    """Teach Pillow HEIC/HEIF (pillow-heif), once per process, from the first image opened:
+    every process that decodes images (each job, a DataLoader worker) opens them through
+    `open_image`, and one that never decodes does not import pillow-heif."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError(
+            "pillow-heif, which reads HEIC/HEIF photos, is not installed in this environment: "
+            "reinstall dafusion (pip install -e .) or pip install pillow-heif"
+        ) from exc
+    register_heif_opener()
 
 
 def encode_png(image: Image.Image) -> bytes:
@@ -39,6 +67,7 @@ def describe(row: Mapping) -> str:
 
 def open_image(row: Mapping) -> Image.Image:
     """A manifest row's image, opened lazily (not decoded) from its bytes or its file."""
+    register_openers()
     return Image.open(io.BytesIO(row["image"]) if _has_bytes(row) else row["path"])
 
 

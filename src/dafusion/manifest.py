@@ -7,9 +7,10 @@ readers, the stages, the workflow's scripts) can import it cheaply and without a
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -31,15 +32,86 @@ MANIFEST_COLUMNS = MANIFEST_SCHEMA.names
 # Only datasets with object masks (pascal, coco) have this column.
 MASK_PATH = pa.field("mask_path", pa.string())
 SPLITS = ("train", "val", "test")
+# The schema metadata key (and `DataFrame.attrs` key) of a manifest's dataset root, as the
+# config names it (relative to the working directory, or absolute): a manifest stores each
+# `path` under it relative to it, so that a moved or copied project reads its own images.
+ROOT_KEY = "dafusion.root"
+# A file name made from a class name keeps at most this many UTF-8 bytes before its suffix:
+# file systems allow 255, and checkpoints and temporaries add to the stem.
+MAX_STEM_BYTES = 100
+
+
+def _map_paths(column: pd.Series, change: Callable[[str], str]) -> pd.Series:
+    """`change` applied to each path of `column`, missing ones left missing, in the column's
+    own type (a list of no values would make an empty manifest's column float)."""
+    values = [None if pd.isna(p) else change(p) for p in column]
+    return pd.Series(values, index=column.index, dtype=column.dtype)
 
 
 def resolve_masks(frame: pd.DataFrame, folder: str | Path) -> pd.DataFrame:
     """The manifest with each `mask_path` a file to open: a manifest stores it relative to
-    its own folder (`datasets.write_masks`), so that a results folder can move."""
+    its own folder (`write_manifest`), so that a results folder can move."""
     if MASK_PATH.name not in frame:
         return frame
-    paths = [None if p is None else str(Path(folder) / p) for p in frame[MASK_PATH.name]]
+    paths = _map_paths(frame[MASK_PATH.name], lambda p: str(Path(folder) / p))
     return frame.assign(**{MASK_PATH.name: paths})
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """A manifest whose files open from the working directory: each `path` joined to the
+    dataset root its metadata records, each `mask_path` to the manifest's folder.
+
+    The root stays in `attrs[ROOT_KEY]`, so that `write_manifest` writes a subset (e.g.
+    `datasets.few_shot` of it) relative to the same root. A manifest without a recorded
+    root (written by other code) keeps its paths as they are.
+    """
+    import pyarrow.parquet as pq
+
+    frame = pd.read_parquet(path)
+    root = (pq.read_schema(path).metadata or {}).get(ROOT_KEY.encode())
+    if root is not None:
+        base = Path(root.decode()).expanduser()
+        frame["path"] = _map_paths(frame["path"], lambda p: str(base / p))
+    frame = resolve_masks(frame, Path(path).parent)
+    frame.attrs = {ROOT_KEY: root.decode()} if root is not None else {}
+    return frame
+
+
+def _relative(path: str, roots: Sequence[Path]) -> str:
+    """`path` relative to the first of `roots` it lies under, in POSIX form; absolute where
+    it lies under none (a file outside the dataset's root, such as a download cache)."""
+    for root in roots:
+        if Path(path).is_relative_to(root):
+            return Path(path).relative_to(root).as_posix()
+    return os.path.abspath(path)
+
+
+def write_manifest(frame: pd.DataFrame, path: str | Path) -> None:
+    """Write a manifest in its schema (`manifest_schema`), its files as `read_manifest`
+    finds them again wherever the project moves.
+
+    `frame`'s files open from the working directory (as `datasets.read_dataset` and
+    `read_manifest` give them). Each `path` under the dataset root of `frame.attrs[ROOT_KEY]`
+    is stored relative to it and the root recorded in the file's metadata; each `mask_path`
+    is stored relative to the manifest's folder.
+    """
+    from .io import write_parquet
+
+    root = frame.attrs.get(ROOT_KEY)
+    if root is not None:
+        lexical = Path(root).expanduser()
+        roots = (lexical, lexical.resolve())
+        frame = frame.assign(path=_map_paths(frame["path"], lambda p: _relative(p, roots)))
+    if MASK_PATH.name in frame:
+        folder = Path(path).parent
+        relative = _map_paths(frame[MASK_PATH.name], lambda p: os.path.relpath(p, folder))
+        frame = frame.assign(**{MASK_PATH.name: relative})
+    # Not also in pandas' own metadata (pyarrow stores `attrs` there), where `pd.read_parquet`
+    # would hand the root to frames whose paths it does not join to it.
+    frame = frame.copy(deep=False)
+    frame.attrs = {}
+    metadata = None if root is None else {ROOT_KEY: root}
+    write_parquet(frame, path, manifest_schema(frame.columns), metadata=metadata)
 
 
 def manifest(rows: Iterable[Mapping]) -> pd.DataFrame:
@@ -106,6 +178,20 @@ def class_token(class_name: str) -> str:
         return f"<{_slug(class_name) or 'class'}>"
     folded = unicodedata.normalize("NFC", class_name).casefold()
     return f"<{_slug(_fold_accents(class_name)) or 'class'}-{_nfc_hash(folded, 8)}>"
+
+
+def file_stem(name: str, limit: int = MAX_STEM_BYTES) -> str:
+    """`name` (a class token, say) as a file name stem of at most `limit` UTF-8 bytes.
+
+    A name that fits is kept as it is, so existing results keep their paths; a longer one
+    becomes its longest prefix that fits beside '-' and 16 hex of the name's sha256, the
+    same in every run and different for names that share the prefix.
+    """
+    data = name.encode()
+    if len(data) <= limit:
+        return name
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    return f"{data[: limit - len(digest) - 1].decode(errors='ignore')}-{digest}"
 
 
 def class_names(frame: pd.DataFrame) -> list[str]:

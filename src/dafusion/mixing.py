@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from .images import load_image
+from .manifest import read_manifest
 from .shards import read_images
 
 
@@ -82,8 +83,10 @@ class MixingDataset(torch.utils.data.IterableDataset):
     """Real images of a split manifest, each replaced with probability `alpha` by one of its
     synthetic variants: (image, label, is_synthetic) examples, drawn `batch_size` at a time.
 
-    `manifest`: a split manifest (a DataFrame or its parquet file, such as
-    `results/{dataset}/splits/seed{seed}-shots{shots}.parquet`); `index`: the synthetic set's
+    `manifest`: a split manifest, its parquet file (such as
+    `results/{dataset}/splits/seed{seed}-shots{shots}.parquet`, read with
+    `manifest.read_manifest`: its image paths join the dataset root the config names, so
+    work in the directory the workflow ran in) or that DataFrame; `index`: the synthetic set's
     `index.parquet` from the same seed and shots, whose shards lie beside it; `num_synthetic`:
     M, the variants per image to read (None: all the set holds). The label is the real
     image's; the image is RGB PIL, or what `transform` makes of it. The set's encoded
@@ -116,7 +119,7 @@ class MixingDataset(torch.utils.data.IterableDataset):
         transform: Callable[[Image.Image], Any] | None = None,
     ):
         if not isinstance(manifest, pd.DataFrame):
-            manifest = pd.read_parquet(manifest)
+            manifest = read_manifest(manifest)
         self.real = manifest.to_dict("records")
         variants = kept_variants(pd.read_parquet(index), num_synthetic)
         self.table = VariantTable(synthetic_lookup(manifest["key"].tolist(), variants))

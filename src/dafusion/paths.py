@@ -20,6 +20,14 @@ TINY_MODEL = "model/tiny"
 TINY_MODEL_AT = "model/tiny-{resolution}px"
 TINY_MODEL_UNSUFFIXED_RESOLUTION = 16
 
+# place_shipped: a shipped asset (dafusion.shipped: tiny-digits, reference-digits), copied
+# where the jobs read it, so that no job's inputs name the checkout's or the package's path.
+SHIPPED = "model/{asset}"
+
+# check_dataset: a dataset read with one entry's settings, only its class counts written,
+# named by a digest of those settings (Plan.dataset_check); index_dataset waits for it.
+DATASET_CHECK = "{dataset}/splits/checks/{check}.json"
+
 # index_dataset: a dataset read once.
 SPLITS = "{dataset}/splits"
 POOL = SPLITS + "/pool.parquet"

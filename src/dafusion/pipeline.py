@@ -65,6 +65,40 @@ def build_tiny_model(output_dir: str, resolution: int) -> None:
     log.info("tiny Stable Diffusion written to %s", output_dir)
 
 
+def place_shipped(name: str, output_dir: str) -> None:
+    """Copy a shipped asset under the results, where the jobs read it (`dafusion.shipped`)."""
+    from .shipped import place_shipped as place
+
+    place(name, output_dir)
+    log.info("%s placed in %s", name, output_dir)
+
+
+def check_dataset(
+    spec: DatasetSettings, output: str, base_dir: str = ".", threads: int = 1
+) -> None:
+    """Read a dataset as index_dataset will, and write only its classes' image counts.
+
+    The job index_dataset waits for, named by a digest of the dataset's settings: a value
+    the data refuses (an unknown class, a val_fraction that leaves a class nothing to train
+    on, an unreadable image without skip_corrupt) stops here, where no finished output is
+    deleted, and index_dataset never starts. Putting the old value back names the old check
+    file, which still exists, so nothing reruns.
+    """
+    import json
+
+    from .datasets import read_dataset
+    from .io import atomic_path
+
+    splits = read_dataset(spec, base_dir, threads=threads, masks=False)
+    counts: dict[str, dict[str, int]] = {}
+    for split, frame in zip(("train", "val", "test"), splits, strict=True):
+        for name, count in frame.groupby("class_name", sort=False).size().items():
+            counts.setdefault(str(name), {"train": 0, "val": 0, "test": 0})[split] = int(count)
+    log.info("%s: %d classes, every setting of the entry holds", spec.kind, len(counts))
+    with atomic_path(output) as tmp:
+        tmp.write_text(json.dumps({"classes": counts}, indent=1, ensure_ascii=False) + "\n")
+
+
 def index_dataset(
     spec: DatasetSettings,
     pool_path: str,
@@ -81,7 +115,7 @@ def index_dataset(
     mask directory always exist (empty where the dataset has none): outputs are fixed per rule.
     """
     from .datasets import read_dataset
-    from .manifest import manifest_schema
+    from .manifest import write_manifest
 
     Path(mask_dir).mkdir(parents=True, exist_ok=True)
     pool, val, test = read_dataset(spec, base_dir, mask_dir=mask_dir, threads=threads)
@@ -89,21 +123,22 @@ def index_dataset(
         "%s: %d training, %d evaluation, %d test images, %d classes",
         spec.kind, len(pool), len(val), len(test), pool["label"].nunique(),
     )  # fmt: skip
-    write_parquet(test, test_path, manifest_schema(test.columns))
-    write_parquet(val, val_path, manifest_schema(val.columns))
-    write_parquet(pool, pool_path, manifest_schema(pool.columns))
+    # Image paths relative to the dataset's root, which each manifest records (read_manifest)
+    write_manifest(test, test_path)
+    write_manifest(val, val_path)
+    write_manifest(pool, pool_path)
 
 
 def seed_split(pool_path: str, seed: int, pool_output: str, val_output: str) -> None:
     """Halve the pool per seed, as the original DA-Fusion code did (split_protocol:
     original-code): this seed's training pool and evaluation manifest."""
     from .datasets import halve_per_seed
-    from .manifest import manifest_schema
+    from .manifest import read_manifest, write_manifest
 
-    pool, val = halve_per_seed(pd.read_parquet(pool_path), seed)
+    pool, val = halve_per_seed(read_manifest(pool_path), seed)
     log.info("seed %d: %d training, %d evaluation images", seed, len(pool), len(val))
-    write_parquet(val, val_output, manifest_schema(val.columns))
-    write_parquet(pool, pool_output, manifest_schema(pool.columns))
+    write_manifest(val, val_output)
+    write_manifest(pool, pool_output)
 
 
 def few_shot_split(
@@ -112,11 +147,11 @@ def few_shot_split(
     """The nested few-shot training manifest of one (seed, shots); every pool image with
     `shots=None` (examples_per_class 'all')."""
     from .datasets import few_shot
-    from .manifest import manifest_schema
+    from .manifest import read_manifest, write_manifest
 
-    subset = few_shot(pd.read_parquet(pool_path), seed, shots, allow_fewer=allow_fewer)
+    subset = few_shot(read_manifest(pool_path), seed, shots, allow_fewer=allow_fewer)
     log.info("seed %d, %s shots: %d images", seed, shots or "all", len(subset))
-    write_parquet(subset, output, manifest_schema(subset.columns))
+    write_manifest(subset, output)
 
 
 def erase(
@@ -141,9 +176,9 @@ def erase(
     from .checkpoint import Checkpoint
     from .deltas import JOINT, DeltaSwitch, delta_meta, delta_path, save_delta
     from .erasure import erasure_scores, esd, uce
-    from .manifest import class_names
+    from .manifest import class_names, read_manifest
 
-    names = class_names(pd.read_parquet(pool_path))
+    names = class_names(read_manifest(pool_path))
     # Training runs in float32 (or under bf16 autocast, erasure.precision) whatever
     # model.dtype is; the deltas are cast to the UNet's dtype when they are applied.
     model = model.replace(dtype="float32")
@@ -236,10 +271,10 @@ def invert(
     from .deltas import DeltaSwitch, class_deltas
     from .images import load_image
     from .inversion import InversionResult, learn_tokens
-    from .manifest import class_names, class_token
+    from .manifest import class_names, class_token, file_stem, read_manifest
     from .tokens import save_tokens
 
-    manifest = pd.read_parquet(split_path)
+    manifest = read_manifest(split_path)
     names = class_names(manifest)
     # UNet and VAE in inversion.mixed_precision's dtype (CUDA only), as accelerate's
     # --mixed_precision casts them in the original; the text encoder holds the trainable
@@ -271,12 +306,13 @@ def invert(
             switch.use_file(_delta_of(deltas, name)[0])
             rows = [i for i, y in enumerate(labels) if y == label]
             token = class_token(name)
+            stem = f".{out.stem}.{file_stem(token.strip('<>'))}"
             part = learn_tokens(
                 dataclasses.replace(components, tokenizer=copy.deepcopy(tokenizer)),
                 [images[i] for i in rows], [0] * len(rows), [name], settings, seed=seed,
                 resolution=model.resolution, keep_final=True,
                 checkpoint=Checkpoint(
-                    out.with_name(f".{out.stem}.{token.strip('<>')}.checkpoint.safetensors"),
+                    out.with_name(f"{stem}.checkpoint.safetensors"),
                     fingerprint(job=job, class_name=name),
                 ),
             )  # fmt: skip
@@ -298,7 +334,7 @@ def invert(
         folder = Path(export_dir)
         folder.mkdir(parents=True, exist_ok=True)
         for token, rows in result.tokens.items():
-            save_tokens(folder / f"{token.strip('<>')}.safetensors", {token: rows}, meta)
+            save_tokens(folder / f"{file_stem(token.strip('<>'))}.safetensors", {token: rows}, meta)
     if loss_path:
         steps, classes = result.losses.shape
         curves = pd.DataFrame(
@@ -330,12 +366,12 @@ def _synthetic_job(
     (`work`), each image's shard json (`meta`) and the job's fingerprint (the sidecars')."""
     from .deltas import DeltaSwitch, class_deltas
     from .generation import Engine
-    from .manifest import class_names, class_token, resolve_masks
+    from .manifest import class_names, class_token, read_manifest
     from .models import load_safety_checker, scheduler_from_name
     from .synthetic import plan
     from .tokens import expand, file_hash, load_into
 
-    manifest = resolve_masks(pd.read_parquet(split_path), Path(split_path).parent)
+    manifest = read_manifest(split_path)
     names = class_names(manifest)
     components = _load(model, model_dir)
     prompts, token_hash = {}, ""
@@ -437,9 +473,10 @@ def generate(
     import json
 
     from .io import atomic_path
+    from .manifest import read_manifest
     from .synthetic import num_shards, plan, shard_ranges, write_shards
 
-    manifest = pd.read_parquet(split_path)
+    manifest = read_manifest(split_path)
     images = len(plan(manifest, seed, settings.num_synthetic, method.strengths))
     total = num_shards(images, settings.shard_size)
     shards = shard_ranges(total, parts)[part]
@@ -487,7 +524,7 @@ def gather_synthetic(
     import json
 
     from .card import write_card
-    from .manifest import class_names
+    from .manifest import class_names, read_manifest
     from .synthetic import plan, write_index
 
     records = [json.loads(Path(part).read_text()) for part in parts]
@@ -498,7 +535,7 @@ def gather_synthetic(
             "delete them and rerun"
         )
     rows = [row for record in records for row in record["rows"]]
-    manifest = pd.read_parquet(split_path)
+    manifest = read_manifest(split_path)
     planned = plan(manifest, seed, settings.num_synthetic, method.strengths)["key"]
     keys = [row["key"] for row in rows]
     if sorted(keys) != sorted(planned):
@@ -539,13 +576,13 @@ def train(
     shared with methods of a larger M holds more)."""
     from .classifier import train_classifier
     from .devices import resolve_device
-    from .manifest import class_names
+    from .manifest import class_names, read_manifest
     from .mixing import kept_variants
     from .runs import RUN_COLUMNS
     from .shards import read_images
 
-    train_manifest = pd.read_parquet(split_path)
-    val_manifest = pd.read_parquet(val_path)
+    train_manifest = read_manifest(split_path)
+    val_manifest = read_manifest(val_path)
     index = images = None
     if synthetic_index:
         index = kept_variants(pd.read_parquet(synthetic_index), num_synthetic)
@@ -560,7 +597,7 @@ def train(
         settings,
         seed,
         resolve_device(settings.device),
-        test_manifest=pd.read_parquet(test_path) if test_path else None,
+        test_manifest=read_manifest(test_path) if test_path else None,
     )
     metrics.insert(0, "shots", shots)
     metrics.insert(0, "seed", seed)
@@ -664,13 +701,14 @@ def gallery(
     `methods` gives each one's M, in `index_paths`' order."""
     from .figures import save_figure
     from .gallery import gallery_figure
+    from .manifest import read_manifest
 
     synthetic = {
         method: (pd.read_parquet(path), Path(path).parent, size)
         for (method, size), path in zip(methods.items(), index_paths, strict=True)
     }
     figure = gallery_figure(
-        pd.read_parquet(split_path),
+        read_manifest(split_path),
         synthetic,
         images_per_class=settings.gallery_images_per_class,
         max_classes=settings.gallery_classes,
@@ -685,19 +723,21 @@ def recognition(
     methods: Mapping[str, int],
     table: str,
     figure: str,
+    reference_dir: str,
 ) -> None:
     """The reference digit classifier's recognition rate per method and class: `index_paths`
     holds each method's sets (one per split, in `split_paths`' order) in `methods`' order,
-    and `methods` each one's M."""
+    and `methods` each one's M; `reference_dir` holds the classifier (`place_shipped`)."""
     from .figures import save_figure
     from .recognition import recognition_figure, recognition_table
+    from .shipped import placed_file
 
     per = len(split_paths)
     sets = {
         method: [(index_paths[i * per + j], m) for j in range(per)]
         for i, (method, m) in enumerate(methods.items())
     }
-    frame = recognition_table(split_paths, sets)
+    frame = recognition_table(split_paths, sets, placed_file("reference-digits", reference_dir))
     frame.to_csv(table, index=False, float_format="%.6f")
     save_figure(recognition_figure(frame), figure.removesuffix(".png"))
 

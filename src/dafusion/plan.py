@@ -37,7 +37,6 @@ from .settings import (
     MethodSettings,
     ModelSettings,
 )
-from .shipped import MINIATURE
 
 # Figure labels drawn as the alpha x M grid (Figure 11) rather than as accuracy against
 # examples per class: "11" and the methods it is paired with.
@@ -140,6 +139,14 @@ class Plan:
         spec = self.datasets[dataset]
         keys = index_keys(spec)
         return {k: v for k, v in spec.result_params().items() if k in keys}
+
+    def dataset_check(self, dataset: str) -> str:
+        """The check_dataset output index_dataset waits for: named by a digest of the
+        dataset's index params, so a refused value never replaces the check of the values
+        that made the finished outputs (`pipeline.check_dataset`)."""
+        params = json.dumps(self.index_params(dataset), sort_keys=True)
+        check = digest(params.encode())[:SET_NAME_DIGITS]
+        return self.path(paths.DATASET_CHECK, dataset=dataset, check=check)
 
     def trained_model_params(self) -> dict[str, Any]:
         """The model settings an erasure or an inversion depends on: each trains in its own
@@ -324,10 +331,11 @@ class Plan:
     # One job's inputs ----------------------------------------------------------------
 
     def model_input(self) -> str | list[str]:
-        """An embedded model's folder (the built tiny model, the shipped miniature: a new
-        release of it reruns the jobs that load it), or nothing for a hub id / directory."""
+        """An embedded model's folder under the results (the built tiny model, or the shipped
+        miniature's copy: a new release of it reruns the jobs that load it), or nothing for a
+        hub id / directory."""
         if self.model.pretrained == "tiny-digits":
-            return str(MINIATURE)
+            return self.path(paths.SHIPPED, asset="tiny-digits")
         if self.model.pretrained != "tiny":
             return []
         return self.res(paths.tiny_model(self.model.resolution))

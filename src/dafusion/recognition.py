@@ -14,6 +14,7 @@ import pandas as pd
 
 from .card import CLASSES
 from .gallery import read_synthetic
+from .manifest import read_manifest
 from .mixing import kept_variants
 from .readers.folders import DIGIT_NAMES
 
@@ -54,18 +55,22 @@ def _rates(
 
 
 def recognition_table(
-    splits: Sequence[str | Path], sets: Mapping[str, Sequence[tuple[str | Path, int]]]
+    splits: Sequence[str | Path],
+    sets: Mapping[str, Sequence[tuple[str | Path, int]]],
+    reference_path: str | Path | None = None,
 ) -> pd.DataFrame:
     """One row per (method, class): how many images and the fraction recognized as the
     class. `sets` maps a method to its (index.parquet, M) per seed and shot count; a method
     reads the first M variants of its set, as its runs do. The few-shot real images of
-    `splits` come first, as the reference point."""
+    `splits` come first, as the reference point. `reference_path`: the reference classifier's
+    weights (the shipped file by default)."""
     from .images import load_image
     from .reference import load_reference
 
-    reference = load_reference()  # once for every method
+    # once for every method
+    reference = load_reference() if reference_path is None else load_reference(reference_path)
 
-    real = pd.concat([pd.read_parquet(p) for p in splits]).drop_duplicates("key")
+    real = pd.concat([read_manifest(p) for p in splits]).drop_duplicates("key")
     real = real[real["split"] == "train"] if "split" in real else real
     names = list(real.sort_values("label").drop_duplicates("label")["class_name"])
     digits = _digits(names)

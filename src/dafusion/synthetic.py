@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from .integrity import mismatch, sidecar
 from .io import atomic_path, write_parquet
 from .seeds import derive_seed
 from .shards import SHARD_PATTERN, encode_image, write_shard
@@ -62,7 +63,8 @@ def plan(
     return pd.DataFrame(rows)
 
 
-# The index's columns: the key, the `meta` of each image (its shard json), its shard, and
+# The index's columns: the key, the `meta` of each image (its shard json), its shard with
+# the shard's sha256 and size as written (readers check them, `shards.verify_shards`), and
 # whether the safety checker dropped it (then without a shard). Explicit types keep an
 # index with no rows, or with every image dropped, typed like any other.
 INDEX_SCHEMA = pa.schema(
@@ -83,6 +85,8 @@ INDEX_SCHEMA = pa.schema(
         pa.field("token_hash", pa.string(), nullable=False),
         pa.field("erasure", pa.string(), nullable=False),
         pa.field("shard", pa.string()),
+        pa.field("shard_sha256", pa.string()),
+        pa.field("shard_bytes", pa.int64()),
         pa.field("dropped", pa.bool_(), nullable=False),
     ]
 )
@@ -93,6 +97,8 @@ INDEX_SCHEMA = pa.schema(
 # the set's identity as JSON (what determines its images, `Plan.set_identity`).
 PARTS_KEY = "dafusion.parts"
 IDENTITY_KEY = "dafusion.set"
+# The temporary rows of each `generate` job, beside the shards (`paths.PART`).
+PART_PATTERN = "part-*-of-*.json"
 
 
 def recorded_parts(index_path: str | Path) -> int | None:
@@ -108,12 +114,24 @@ def _sidecar(out_dir: Path, name: str) -> Path:
 
 
 def _finished(out_dir: Path, name: str, fingerprint: str) -> list[dict] | None:
-    """The index rows of a finished shard of this same job, or None."""
-    sidecar = _sidecar(out_dir, name)
-    if not (sidecar.exists() and (out_dir / name).exists()):
+    """The index rows of a finished shard of this same job, or None. A shard that no longer
+    has the size and sha256 it was written with (or whose rows, of an earlier version, do
+    not record them) is made again rather than passed on to the index."""
+    progress = _sidecar(out_dir, name)
+    if not (progress.exists() and (out_dir / name).exists()):
         return None
-    record = json.loads(sidecar.read_text())
-    return record["rows"] if record.get("fingerprint") == fingerprint else None
+    record = json.loads(progress.read_text())
+    if record.get("fingerprint") != fingerprint:
+        return None
+    rows = record["rows"]
+    shard = next((row for row in rows if row["shard"]), None)
+    if shard is not None and (
+        "shard_sha256" not in shard
+        or mismatch(out_dir / name, shard["shard_sha256"], shard["shard_bytes"])
+    ):
+        log.warning("%s is not the shard its job wrote: making it again", out_dir / name)
+        return None
+    return rows
 
 
 def shard_ranges(num_shards: int, parts: int) -> list[range]:
@@ -207,10 +225,14 @@ def write_index(
     identity: Mapping,
 ) -> pd.DataFrame:
     """Write the index of every shard's rows atomically, recording the set's `identity` and
-    that `parts` jobs made it, then delete the sidecars and any shard beyond the set's (left
-    by an earlier, larger set)."""
+    that `parts` jobs made it, then delete the shards' sidecars, the digests of the
+    temporary parts (`integrity.sidecar`: only this job reads them) and any shard beyond
+    the set's (left by an earlier, larger set). Dropped rows have no shard, so no digest."""
     out_dir = Path(out_dir)
     index = pd.DataFrame(rows) if rows else pd.DataFrame(columns=INDEX_SCHEMA.names)
+    for column in ("shard_sha256", "shard_bytes"):
+        if column not in index:
+            index[column] = None
     index = index.sort_values("key").reset_index(drop=True)
     metadata = {PARTS_KEY: str(parts), IDENTITY_KEY: json.dumps(identity, sort_keys=True)}
     write_parquet(index, index_path, INDEX_SCHEMA, metadata=metadata)
@@ -219,6 +241,7 @@ def write_index(
     for path in out_dir.glob(pattern):
         if path.name not in names:
             path.unlink()
-    for sidecar in out_dir.glob(_sidecar(out_dir, pattern).name):
-        sidecar.unlink()
+    for name in (_sidecar(out_dir, pattern).name, sidecar(out_dir / PART_PATTERN).name):
+        for path in out_dir.glob(name):
+            path.unlink()
     return index

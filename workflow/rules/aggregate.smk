@@ -160,7 +160,7 @@ rule report:
 rule recognition:
     input:
         unpack(recognition_inputs),
-        reference=REFERENCE_CLASSIFIER,
+        reference=PLAN.path(paths.SHIPPED, asset="reference-digits"),
     output:
         table=res(paths.RECOGNITION),
         png=report(

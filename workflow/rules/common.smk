@@ -3,8 +3,11 @@ import re
 
 from snakemake.exceptions import WorkflowError
 from snakemake.io import IOFile
+from snakemake.logging import logger
 
 from dafusion import listing, paths
+from dafusion.config import ConfigError, Needs, check_machine
+from dafusion.estimate import run_summary
 from dafusion.plan import (
     TABLES,
     Plan,
@@ -15,7 +18,7 @@ from dafusion.plan import (
     workflow_code,
 )
 from dafusion.record import resolved_config
-from dafusion.shipped import REFERENCE_CLASSIFIER
+from dafusion.shipped import SHIPPED, shipped_digest
 
 
 wildcard_constraints:
@@ -25,7 +28,9 @@ wildcard_constraints:
     shots=r"\d+|all",
     part=r"\d+",
     set=r"[0-9a-f]+",
+    check=r"[0-9a-f]+",
     parts=r"\d+",
+    asset="|".join(map(re.escape, SHIPPED)),
 
 
 # The workflow's plan for this config (dafusion.plan): every section's typed settings, the
@@ -62,6 +67,30 @@ def check_results_writable():
     error = PLAN.results_write_error()
     if error:
         raise WorkflowError(error)
+
+
+@functools.cache
+def checked_machine():
+    """Look on this machine for what the requested targets read (dafusion.config.Needs):
+    dataset roots, the model, backbone weights; every one missing in one error, before any
+    job. Called from an input function of the target rules and of every rule that reads
+    one of them, so it runs once the DAG is being built, when the targets are known (they
+    are not while the Snakefile is parsed). Returns no input."""
+    dag = workflow.dag_settings
+    needs = Needs.of_targets(
+        dag.targets, {spec.rulename for spec in dag.target_jobs}, PLAN.results
+    )
+    try:
+        check_machine(config, ".", needs)
+    except ConfigError as exc:
+        raise WorkflowError(f"invalid configuration: {exc}") from None
+    if not dag.target_jobs:  # the run as a whole, not one job of it on a cluster node
+        logger.info(f"dafusion: {run_summary(PLAN)}")
+    return []
+
+
+def checked(w):
+    return checked_machine()
 
 
 def gpus(device):
@@ -149,9 +178,9 @@ def train_runtime(wildcards, input, attempt):
     return PLAN.train_minutes(w.dataset, w.method, input.val, input.test, attempt)
 
 
-# index_dataset reruns when its dataset's files change through the listing it carries in
-# its code param (dafusion.listing); nothing is written while the workflow is parsed.
-INDEX_CODE = code("index_dataset")
+# check_dataset and index_dataset rerun when their dataset's files change through the listing
+# they carry in their code param (dafusion.listing); nothing is written while the workflow is
+# parsed.
 LIST_FILES = functools.cache(listing.listing_digest)  # each root at most once per run
 
 
@@ -164,16 +193,35 @@ def recorded_params(path):
         return None
 
 
-def index_code(w):
-    spec = DATASETS[w.dataset]
-    entry = listing.files_entry(
-        spec.root,
-        spec.track_files,
-        recorded=lambda: recorded_params(PLAN.path(paths.POOL, dataset=w.dataset)),
-        legacy=listing.read_legacy(PLAN.path(paths.LEGACY_LISTING, dataset=w.dataset)),
-        lister=LIST_FILES,
-    )
-    return {**INDEX_CODE, **entry}
+def listing_code(rule, output):
+    """A params function: the rule's code fingerprint and the listing of the dataset's
+    files, as recorded for `output(w)` where the files are not listed (track_files)."""
+    fingerprint = code(rule)
+
+    def params(w):
+        spec = DATASETS[w.dataset]
+        entry = listing.files_entry(
+            spec.root,
+            spec.track_files,
+            recorded=lambda: recorded_params(output(w)),
+            legacy=listing.read_legacy(
+                PLAN.path(paths.LEGACY_LISTING, dataset=w.dataset)
+            ),
+            lister=LIST_FILES,
+        )
+        return {**fingerprint, **entry}
+
+    return params
+
+
+index_code = listing_code(
+    "index_dataset", lambda w: PLAN.path(paths.POOL, dataset=w.dataset)
+)
+check_code = listing_code("check_dataset", lambda w: dataset_check(w))
+
+
+def dataset_check(w):
+    return PLAN.dataset_check(w.dataset)
 
 
 def legacy_listing(w):

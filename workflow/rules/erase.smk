@@ -1,5 +1,6 @@
 rule erase:
     input:
+        checked=checked,
         pool=res(paths.POOL),
         model=model_input,
     output:

@@ -3,6 +3,7 @@
 # one light `gather_synthetic` job writes its index.
 rule generate:
     input:
+        checked=checked,
         split=split_path,
         model=model_input,
         tokens=generate_tokens,

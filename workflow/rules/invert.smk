@@ -1,5 +1,6 @@
 rule invert:
     input:
+        checked=checked,
         split=split_path,
         model=model_input,
     output:
@@ -29,6 +30,7 @@ rule invert:
 
 use rule invert as invert_erased with:
     input:
+        checked=checked,
         split=split_path,
         model=model_input,
         erasure=lambda w: PLAN.erasure_check(w.dataset),

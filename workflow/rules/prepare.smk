@@ -1,5 +1,32 @@
+# A dataset read with the entry's settings, only its class counts written: a value the
+# data refuses stops here, before index_dataset deletes any finished output (the check is
+# named by a digest of the settings, so the old values' check stays; pipeline.check_dataset).
+rule check_dataset:
+    input:
+        checked=checked,
+    output:
+        res(paths.DATASET_CHECK),
+    log:
+        res("logs/{dataset}/check_dataset/{check}.log"),
+    benchmark:
+        res("benchmarks/{dataset}/check_dataset/{check}.tsv")
+    priority: 10
+    conda:
+        "../../envs/dafusion.yaml"
+    threads: 4
+    resources:
+        mem_mb=index_mem_mb,
+        runtime=120,
+    params:
+        spec=index_params,
+        code=check_code,
+    script:
+        "../scripts/check_dataset.py"
+
+
 rule index_dataset:
     input:
+        check=dataset_check,
         # Only in a results folder of version 0.1.0 (dafusion.listing).
         listing=legacy_listing,
     output:

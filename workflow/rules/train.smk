@@ -1,5 +1,6 @@
 rule train:
     input:
+        checked=checked,
         split=split_path,
         val=eval_split,
         test=res(paths.TEST),

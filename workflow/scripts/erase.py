@@ -2,18 +2,18 @@
 
 from dafusion import pipeline
 from dafusion.devices import claim_device
-from dafusion.io import setup_job
+from dafusion.integrity import job
 from dafusion.settings import ErasureSettings, ModelSettings
 
-setup_job(snakemake.log[0], snakemake.threads)
-# A GPU of the job's own when several GPU jobs run at once (before CUDA starts).
-claim_device(snakemake.resources.gpu, snakemake.config["model"]["device"])
-# Result settings come from params; execution knobs (device, checkpoints) from the config.
-pipeline.erase(
-    snakemake.input.pool,
-    model=ModelSettings.from_parts(snakemake.params.model, snakemake.config["model"]),
-    settings=ErasureSettings.from_parts(snakemake.params.erasure, snakemake.config["erasure"]),
-    output=snakemake.output[0],
-    model_dir=snakemake.input.model or None,
-    code=snakemake.params.code,
-)
+with job(snakemake):
+    # A GPU of the job's own when several GPU jobs run at once (before CUDA starts).
+    claim_device(snakemake.resources.gpu, snakemake.config["model"]["device"])
+    # Result settings come from params; execution knobs (device, checkpoints) from the config.
+    pipeline.erase(
+        snakemake.input.pool,
+        model=ModelSettings.from_parts(snakemake.params.model, snakemake.config["model"]),
+        settings=ErasureSettings.from_parts(snakemake.params.erasure, snakemake.config["erasure"]),
+        output=snakemake.output[0],
+        model_dir=snakemake.input.model or None,
+        code=snakemake.params.code,
+    )

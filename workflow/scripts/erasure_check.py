@@ -1,7 +1,7 @@
 """A dataset's erasure check as a heatmap."""
 
 from dafusion import pipeline
-from dafusion.io import setup_job
+from dafusion.integrity import job
 
-setup_job(snakemake.log[0], snakemake.threads)
-pipeline.erasure_check(snakemake.input.check, snakemake.output.png)
+with job(snakemake):
+    pipeline.erasure_check(snakemake.input.check, snakemake.output.png)

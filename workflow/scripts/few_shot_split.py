@@ -1,13 +1,13 @@
 """Draw the nested few-shot training manifest of one (seed, shots)."""
 
 from dafusion import pipeline
-from dafusion.io import setup_job
+from dafusion.integrity import job
 
-setup_job(snakemake.log[0], snakemake.threads)
-pipeline.few_shot_split(
-    snakemake.input.pool,
-    seed=int(snakemake.wildcards.seed),
-    shots=None if snakemake.wildcards.shots == "all" else int(snakemake.wildcards.shots),
-    output=snakemake.output[0],
-    allow_fewer=snakemake.params.allow_fewer,
-)
+with job(snakemake):
+    pipeline.few_shot_split(
+        snakemake.input.pool,
+        seed=int(snakemake.wildcards.seed),
+        shots=None if snakemake.wildcards.shots == "all" else int(snakemake.wildcards.shots),
+        output=snakemake.output[0],
+        allow_fewer=snakemake.params.allow_fewer,
+    )

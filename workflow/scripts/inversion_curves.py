@@ -1,7 +1,7 @@
 """One dataset's textual-inversion loss curves."""
 
 from dafusion import pipeline
-from dafusion.io import setup_job
+from dafusion.integrity import job
 
-setup_job(snakemake.log[0], snakemake.threads)
-pipeline.inversion_curves(snakemake.input.losses, output=snakemake.output.png)
+with job(snakemake):
+    pipeline.inversion_curves(snakemake.input.losses, output=snakemake.output.png)

@@ -1,21 +1,21 @@
 """The self-contained HTML report of a finished run, and the resolved config it records."""
 
 from dafusion import pipeline
-from dafusion.io import setup_job
+from dafusion.integrity import job
 
-setup_job(snakemake.log[0], snakemake.threads)
-tables = ("summary", "scores", "novelty", "paired", "areas", "per_class", "runs", "validation")
-pipeline.report(
-    tables={name: snakemake.input[name] for name in tables},
-    figures=dict(zip(snakemake.params.figures, snakemake.input.figures, strict=True)),
-    galleries=snakemake.input.galleries,
-    recognition=snakemake.input.recognition,
-    curves=snakemake.input.curves,
-    erasure=snakemake.input.erasure,
-    captions=snakemake.params.captions,
-    benchmarks=snakemake.params.benchmarks,
-    config=snakemake.params.config,
-    code=snakemake.params.workflow_code,
-    output=snakemake.output.html,
-    config_output=snakemake.output.config,
-)
+with job(snakemake):
+    tables = ("summary", "scores", "novelty", "paired", "areas", "per_class", "runs", "validation")
+    pipeline.report(
+        tables={name: snakemake.input[name] for name in tables},
+        figures=dict(zip(snakemake.params.figures, snakemake.input.figures, strict=True)),
+        galleries=snakemake.input.galleries,
+        recognition=snakemake.input.recognition,
+        curves=snakemake.input.curves,
+        erasure=snakemake.input.erasure,
+        captions=snakemake.params.captions,
+        benchmarks=snakemake.params.benchmarks,
+        config=snakemake.params.config,
+        code=snakemake.params.workflow_code,
+        output=snakemake.output.html,
+        config_output=snakemake.output.config,
+    )

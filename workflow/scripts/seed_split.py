@@ -1,12 +1,12 @@
 """Halve a dataset per seed, as the original DA-Fusion code did (split_protocol: original-code)."""
 
 from dafusion import pipeline
-from dafusion.io import setup_job
+from dafusion.integrity import job
 
-setup_job(snakemake.log[0], snakemake.threads)
-pipeline.seed_split(
-    snakemake.input.pool,
-    seed=int(snakemake.wildcards.seed),
-    pool_output=snakemake.output.pool,
-    val_output=snakemake.output.val,
-)
+with job(snakemake):
+    pipeline.seed_split(
+        snakemake.input.pool,
+        seed=int(snakemake.wildcards.seed),
+        pool_output=snakemake.output.pool,
+        val_output=snakemake.output.val,
+    )

@@ -2,25 +2,25 @@
 
 from dafusion import pipeline
 from dafusion.devices import claim_device
-from dafusion.io import setup_job
+from dafusion.integrity import job
 from dafusion.settings import ClassifierSettings
 
-setup_job(snakemake.log[0], snakemake.threads)
-# A GPU of the job's own when several GPU jobs run at once (before CUDA starts).
-claim_device(snakemake.resources.gpu, snakemake.config["classifier"]["device"])
-# Result settings come from params; the device (an execution knob) from the config.
-pipeline.train(
-    snakemake.input.split,
-    snakemake.input.val,
-    settings=ClassifierSettings.from_parts(
-        snakemake.params.classifier, snakemake.config["classifier"]
-    ),
-    dataset=snakemake.wildcards.dataset,
-    method=snakemake.wildcards.method,
-    seed=int(snakemake.wildcards.seed),
-    shots=int(snakemake.wildcards.shots),
-    output=snakemake.output[0],
-    synthetic_index=snakemake.input.synthetic or None,
-    num_synthetic=snakemake.params.synthetic.get("num_synthetic"),
-    test_path=snakemake.input.test,
-)
+with job(snakemake):
+    # A GPU of the job's own when several GPU jobs run at once (before CUDA starts).
+    claim_device(snakemake.resources.gpu, snakemake.config["classifier"]["device"])
+    # Result settings come from params; the device (an execution knob) from the config.
+    pipeline.train(
+        snakemake.input.split,
+        snakemake.input.val,
+        settings=ClassifierSettings.from_parts(
+            snakemake.params.classifier, snakemake.config["classifier"]
+        ),
+        dataset=snakemake.wildcards.dataset,
+        method=snakemake.wildcards.method,
+        seed=int(snakemake.wildcards.seed),
+        shots=int(snakemake.wildcards.shots),
+        output=snakemake.output[0],
+        synthetic_index=snakemake.input.synthetic or None,
+        num_synthetic=snakemake.params.synthetic.get("num_synthetic"),
+        test_path=snakemake.input.test,
+    )

@@ -7,7 +7,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..images import IMAGE_SUFFIXES
+from ..images import IMAGE_SUFFIXES, is_image_file
 from ..settings import DatasetSettings
 
 log = logging.getLogger(__name__)
@@ -47,21 +47,45 @@ def read_lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
+def _some(paths: Sequence[Path], folder: Path, shown: int = 5) -> str:
+    """The first few of `paths` (relative to `folder`) and how many more, for a log line."""
+    names = ", ".join(str(p.relative_to(folder)) for p in paths[:shown])
+    return names + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
+
+
 def list_images(folder: Path, recursive: bool = False) -> list[Path]:
-    """Image files in a folder, sorted by name; hidden and system files and folders
-    (`is_hidden`) are skipped and named in the log."""
+    """Image files in a folder, sorted by name.
+
+    Hidden and system files and folders (`is_hidden`) are skipped, and so are files without
+    an image suffix; each kind is named in one log line per folder. A folder with files but
+    no image among them is an error naming it: read as empty, its class would vanish.
+    """
     if recursive:
         files = [p for p in folder.rglob("*") if p.is_file()]
     else:
         files = [Path(e.path) for e in os.scandir(folder) if e.is_file()]
-    hidden = {p for p in files if any(is_hidden(part) for part in p.relative_to(folder).parts)}
+    hidden = sorted(p for p in files if any(map(is_hidden, p.relative_to(folder).parts)))
     if hidden:
-        shown = ", ".join(str(p.relative_to(folder)) for p in sorted(hidden)[:5])
-        more = f" and {len(hidden) - 5} more" if len(hidden) > 5 else ""
         log.warning(
-            "skipped %d hidden or system files under '%s': %s%s", len(hidden), folder, shown, more
+            "skipped %d hidden or system files under '%s': %s",
+            len(hidden), folder, _some(hidden, folder),
+        )  # fmt: skip
+    visible = sorted(set(files) - set(hidden))
+    images = [p for p in visible if is_image_file(p)]
+    others = [p for p in visible if not is_image_file(p)]
+    if others and not images:
+        raise ValueError(
+            f"folder '{folder}' holds {len(others)} files but no image: "
+            f"{_some(others, folder)}. Images are read from files ending in "
+            f"{', '.join(sorted(IMAGE_SUFFIXES))} (in any case); convert the files to one of "
+            "these, or move them and the folder out of the dataset's root"
         )
-    return sorted(p for p in files if p not in hidden and p.suffix.lower() in IMAGE_SUFFIXES)
+    if others:
+        log.warning(
+            "skipped %d files under '%s' that are not images (by suffix): %s",
+            len(others), folder, _some(others, folder),
+        )  # fmt: skip
+    return images
 
 
 def class_folders(
@@ -69,10 +93,11 @@ def class_folders(
 ) -> dict[str, list[Path]]:
     """`root/<class>/...` image folders (recursive), by folder name, sorted.
 
-    Empty folders are dropped, hidden and system folders (`.thumbs`, `__MACOSX`, `@eaDir`)
-    are no classes, and symlinked folders are not followed (a link to the root would make a
-    class of every image); each is logged by name. No class folder with images is an error,
-    or with `allow_empty` an empty result.
+    Empty folders (or ones holding only hidden files) are dropped, hidden and system folders
+    (`.thumbs`, `__MACOSX`, `@eaDir`) are no classes, and symlinked folders are not followed
+    (a link to the root would make a class of every image); each is logged by name. A folder
+    with files but no image is an error (`list_images`). No class folder with images is an
+    error, or with `allow_empty` an empty result.
     """
     if not root.is_dir():
         raise FileNotFoundError(f"directory '{root}' does not exist; check root")
