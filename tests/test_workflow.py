@@ -735,7 +735,7 @@ def test_classes_named_in_other_scripts_get_their_own_tokens_and_train(tmp_path)
         ("unreadable", True, r"class 'dog' has no readable training images left"),
     ],
 )
-def test_a_dataset_problem_stops_index_dataset_before_any_later_job(
+def test_a_dataset_problem_stops_check_dataset_before_any_later_job(
     tmp_path, problem, skip_corrupt, message
 ):
     workdir = copy_workflow(tmp_path / "dafusion")
@@ -762,8 +762,9 @@ def test_a_dataset_problem_stops_index_dataset_before_any_later_job(
     split = "results/photos/splits/seed0-shotsall.parquet"  # the first job after it
     result = snakemake(workdir, "--cores", "1", split, "--configfile", path)
     assert result.returncode != 0
-    assert "Error in rule index_dataset" in result.stdout + result.stderr
-    log = (workdir / "results/logs/photos/index_dataset.log").read_text()
+    assert "Error in rule check_dataset" in result.stdout + result.stderr
+    (log_file,) = (workdir / "results/logs/photos/check_dataset").glob("*.log")
+    log = log_file.read_text()
     assert re.search(message, log), log[-2000:]
     assert not (workdir / "results/photos/splits/pool.parquet").exists()
     assert not (workdir / split).exists()
@@ -803,7 +804,8 @@ def test_a_set_in_parts_is_the_same_bytes_and_changing_parts_reruns_nothing(tmp_
     run(3)
     shards = [f"shard-{n:06d}.tar" for n in range(5)]
     described = ["README.md", "classes.json", "index.parquet"]  # dafusion.card
-    assert sorted(p.name for p in folder.iterdir()) == [*described, *shards]
+    digests = [".index.parquet.sha256.json"]  # dafusion.integrity
+    assert sorted(p.name for p in folder.iterdir()) == [*digests, *described, *shards]
     in_parts = {name: (folder / name).read_bytes() for name in [*shards, "classes.json"]}
     rows = pd.read_parquet(folder / "index.parquet")
     assert recorded_parts(folder / "index.parquet") == 3
@@ -904,6 +906,7 @@ def test_a_moved_project_and_a_package_elsewhere_rerun_nothing(tmp_path):
     assert scheduled(moved, "--cores", "2") == set()
 
     code = tmp_path / "another/install"
+    code.mkdir(parents=True)
     for name in ("Snakefile", "workflow", "profiles", "src", "envs"):
         source = moved / name
         copy = shutil.copytree if source.is_dir() else shutil.copy2
