@@ -280,6 +280,7 @@ def ours(split, val, index, images, args, device, seed=0, **overrides) -> float:
     settings = ClassifierSettings(
         backbone="resnet50", pretrained=False, image_size=args.image_size, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, eval_interval=args.eval_interval,
+        bn_mode="eval",  # as the reference loops run the backbone (their feature cache)
     ).replace(**overrides)  # fmt: skip
     names = [str(c) for c in range(split["label"].nunique())]
     metrics = train_classifier(split, val, names, index, images, settings, seed, device,

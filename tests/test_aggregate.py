@@ -672,6 +672,7 @@ def test_grid_figure_heatmap_of_deltas():
         f"+0.200\n\N{PLUS-MINUS SIGN}{se:.3f}",
         "-0.050\n\N{PLUS-MINUS SIGN}0.000",
         "+0.100\n\N{PLUS-MINUS SIGN}0.050",  # deltas 0.05 and 0.15
+        *["not run"] * 3,  # the cells without a method
     ]
     assert ax.get_title().split("\n") == [
         "accuracy (test), step best per run", "relative to rg",
@@ -816,3 +817,39 @@ def test_per_class_figure_shows_the_largest_shot_count():
     assert bars.lines[0].get_xdata().tolist() == pytest.approx([0.035, 0.35])
     assert to_hex(bars.lines[0].get_color()) == OKABE_ITO[1].lower()  # m's colour everywhere
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["m"]
+
+
+def test_figure_11_of_the_paper_config_draws_its_one_factor_cells():
+    """config/paper.yaml's Figure 11 is the original's design (scripts/num_synthetic/ and
+    scripts/synthetic_prob/): on PASCAL, M in {5, 20} at alpha 0.5 and alpha in {0.3, 0.7}
+    at M 10, each DA-Fusion cell against Real Guidance at the same alpha and M. From a
+    hand-made runs table, the figure holds those five cells and marks the four corners
+    that no method runs."""
+    import yaml
+    from helpers import workflow_plan
+
+    from dafusion.aggregate import best_steps
+    from dafusion.pipeline import data_balance_grid
+
+    plan = workflow_plan(yaml.safe_load((REPO / "config/paper.yaml").read_text()))
+    layout = pd.DataFrame(plan.method_layout())
+    cells = {"a50-m5": 0.1, "a50-m10": 0.2, "a50-m20": 0.3, "a30-m10": -0.1, "a70-m10": 0.4}
+    rows = [
+        dict(dataset="pascal", method=f"{method}-{cell}", seed=seed, shots=shots, step=step,
+             split="val", metric="accuracy", value=value + 0.01 * step / 200)
+        for cell, delta in cells.items()
+        for method, value in (("da-fusion", 0.5 + delta), ("real-guidance-agnostic", 0.5))
+        for seed in range(2) for shots in (1, 16) for step in (200, 400)
+    ]  # fmt: skip
+    best = best_steps(pd.DataFrame(rows), "accuracy", "run", "val")
+    grid, reference = data_balance_grid(best, layout, plan.aggregate.baseline)
+    assert "same alpha and M" in reference
+    assert sorted(grid[["synthetic_probability", "num_synthetic"]].values.tolist()) == [
+        [0.3, 10], [0.5, 5], [0.5, 10], [0.5, 20], [0.7, 10],
+    ]  # fmt: skip
+    assert grid["num_pairs"].tolist() == [4] * 5
+    ax = grid_figure(grid, reference).axes[0]
+    # rows alpha 0.3, 0.5, 0.7; columns M 5, 10, 20
+    expected = [[np.nan, -0.1, np.nan], [0.1, 0.2, 0.3], [np.nan, 0.4, np.nan]]
+    assert ax.images[0].get_array().filled(np.nan) == pytest.approx(np.array(expected), nan_ok=True)
+    assert [t.get_text() for t in ax.texts].count("not run") == 4

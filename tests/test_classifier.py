@@ -131,12 +131,16 @@ def _running_means(model):
     return [m.running_mean.clone() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
 
 
-@pytest.mark.parametrize(("bn_mode", "changes"), [("eval", False), ("train", True)])
+@pytest.mark.parametrize(("bn_mode", "changes"), [(None, True), ("eval", False)])
 def test_frozen_backbone_batchnorm(digits, monkeypatch, bn_mode, changes):
-    """bn_mode eval keeps a frozen backbone's statistics; train lets them drift (original)."""
+    """The original calls model.train() before its training steps (train_classifier.py
+    l. 171) and model.eval() before evaluating (l. 210): a frozen backbone's BatchNorm
+    normalizes each training batch with the batch's own statistics and re-estimates its
+    running statistics, which evaluation then uses. That is the default here (the paper
+    path); bn_mode eval (protocol clean) keeps the running statistics fixed throughout."""
     import dafusion.classifier as clf
 
-    seen = {}
+    seen, modes = {}, []
 
     def build(*args, **kwargs):
         backbone = _frozen_small_cnn()
@@ -144,23 +148,46 @@ def test_frozen_backbone_batchnorm(digits, monkeypatch, bn_mode, changes):
         seen["before"] = _running_means(backbone.module)
         return backbone
 
+    original_init = clf.Classifier.__init__
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        norms = [m for m in self.features.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        # (batch size, BatchNorm in training mode) at every forward: training batches have
+        # SMALL.batch_size (32) images, evaluation the 20 of the val split below
+        norms[0].register_forward_pre_hook(lambda m, x: modes.append((len(x[0]), m.training)))
+
     monkeypatch.setattr(clf, "build_backbone", build)
+    monkeypatch.setattr(clf.Classifier, "__init__", init)
     pool, val = digits
-    settings = SMALL.replace(steps=5, eval_interval=5, bn_mode=bn_mode, feature_cache=False)
+    settings = SMALL.replace(steps=5, eval_interval=5, feature_cache=False)
+    if bn_mode is not None:
+        settings = settings.replace(bn_mode=bn_mode)
     clf.train_classifier(
-        few_shot(pool, 0, 2),
-        val.iloc[:20],
-        [str(i) for i in range(10)],
-        None,
-        None,
-        settings,
-        seed=0,
-        device=torch.device("cpu"),
-        progress=False,
-    )
+        few_shot(pool, 0, 2), val.iloc[:20], [str(i) for i in range(10)], None, None, settings,
+        seed=0, device=torch.device("cpu"), progress=False,
+    )  # fmt: skip
     after = _running_means(seen["backbone"].module)
     same = all(torch.equal(a, b) for a, b in zip(seen["before"], after, strict=True))
     assert same != changes
+    steps = [norm for size, norm in modes if size == settings.batch_size]
+    evaluations = [norm for size, norm in modes if size == 20]
+    assert len(steps) == 5 and all(norm == changes for norm in steps)
+    assert evaluations and not any(evaluations)  # evaluation in eval mode, as the original
+
+
+def test_which_backbones_have_batchnorm():
+    """BATCHNORM_BACKBONES (what start-up checks bn_mode against) are exactly the frozen
+    backbones whose training mode changes their features; DeiT has none (no BatchNorm, its
+    dropout 0), so its evaluation images are embedded once whatever bn_mode says."""
+    from dafusion.backbones import build_backbone
+    from dafusion.classifier import changes_in_training
+    from dafusion.settings import BATCHNORM_BACKBONES
+
+    for name in ("small-cnn", "resnet50", "deit"):
+        backbone = build_backbone(name, pretrained=False)
+        moving = backbone.frozen and changes_in_training(backbone.module)
+        assert moving == (name in BATCHNORM_BACKBONES), name
 
 
 def _frozen_pixels(*args, **kwargs):
@@ -468,7 +495,12 @@ def test_leafy_spurge_flips_both_ways_and_rotates_45_degrees():
     horizontal = corners(augment(x, torch.Generator().manual_seed(0), 0.0))
     assert horizontal[2:].sum() == 0 and torch.allclose(horizontal[:2], torch.tensor(0.5), atol=0.1)
 
-    paper = yaml.safe_load((Path(__file__).parents[1] / "config/paper.yaml").read_text())
+    from dafusion.config import validate_config
+
+    repo = Path(__file__).parents[1]
+    paper = yaml.safe_load((repo / "config/paper.yaml").read_text())
+    schema = repo / "workflow/schemas/config.schema.yaml"
+    paper = validate_config(paper, schema, check_files=False)  # as the workflow reads it
     entries = paper["datasets"]
     spurge = ClassifierSettings.resolve(paper["classifier"], entries["leafy_spurge"]["classifier"])
     pascal = ClassifierSettings.resolve(

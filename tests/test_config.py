@@ -842,3 +842,121 @@ def test_a_value_no_alternative_takes_is_told_what_the_alternatives_are(change, 
     with pytest.raises(ConfigError) as error:
         validate_config(config, SCHEMA, check_files=False)
     assert str(error.value) == message
+
+
+def test_the_paper_config_splits_flowers_and_draws_figure_11_as_the_original():
+    """config/paper.yaml as the original code: Flowers102 halved per seed from all its images
+    (semantic_aug/datasets/flowers102.py lines 141-154, setid.mat unread), and Figure 11 on
+    PASCAL alone, one factor at a time: M 5 and 20 at alpha 0.5
+    (scripts/num_synthetic/launch_*_pascal-{5,20}.sh), alpha 0.3 and 0.7 at M 10
+    (scripts/synthetic_prob/launch_*_pascal-{0.3,0.7}.sh), and the alpha 0.5, M 10 centre,
+    DA-Fusion (label 11) against class-agnostic Real Guidance ("a photo", 11-reference)."""
+    import pandas as pd
+
+    from dafusion.aggregate import grid_references
+    from dafusion.estimate import plan_of
+
+    plan = plan_of([REPO / "config/paper.yaml"])
+    assert plan.per_seed_split("flowers102")
+    assert plan.datasets["flowers102"].split_protocol == "original-code"
+    layout = [row for row in plan.method_layout() if {"11", "11-reference"} & set(row["figures"])]
+    assert {row["dataset"] for row in layout} == {"pascal"}
+    cells = {(0.5, 5), (0.5, 10), (0.5, 20), (0.3, 10), (0.7, 10)}
+    for label, prompt in (("11", "a photo of a {token}"), ("11-reference", "a photo")):
+        rows = [row for row in layout if row["figures"] == [label]]
+        assert {(r["synthetic_probability"], r["num_synthetic"]) for r in rows} == cells
+        assert {plan.methods[r["method"]].prompt for r in rows} == {prompt}
+    pairs = grid_references(pd.DataFrame(plan.method_layout()), plan.aggregate.baseline)
+    assert pairs == {
+        f"da-fusion-{cell}": f"real-guidance-agnostic-{cell}"
+        for cell in ("a50-m5", "a50-m10", "a50-m20", "a30-m10", "a70-m10")
+    }
+
+
+def _classifier_jobs(config: dict) -> dict:
+    """Each (dataset, method)'s classifier settings, as its train jobs get them."""
+    from dafusion.config import _job_settings
+
+    return {(d, m): s for d, m, s in _job_settings(config, "classifier")}
+
+
+def test_the_paper_path_runs_the_original_classifier_protocol():
+    """The original calls model.train() before its training steps (train_classifier.py
+    l. 171) and normalizes with mean = std = 0.5 (few_shot_dataset.py l. 34-39): every train
+    job of config/paper.yaml, and a config that says nothing, runs that protocol."""
+    paper = yaml.safe_load((REPO / "config/paper.yaml").read_text())
+    config = validate_config(paper, SCHEMA, check_files=False)
+    bare = validate_config(
+        {**default_config(), "classifier": {"backbone": "resnet50"}}, SCHEMA, check_files=False
+    )
+    for settings in [*_classifier_jobs(config).values(), *_classifier_jobs(bare).values()]:
+        assert (settings.bn_mode, settings.normalization) == ("train", "original")
+
+
+def test_the_clean_classifier_protocol_is_one_setting_away():
+    """`protocol: clean` sets both keys (eval-mode BatchNorm fed ImageNet-normalized inputs),
+    in the section or in one dataset's or method's overrides; a key set beside it wins."""
+    config = default_config()
+    config["classifier"] = {"backbone": "resnet50", "protocol": "clean"}
+    clean = validate_config(config, SCHEMA, check_files=False)
+    assert "protocol" not in clean["classifier"]
+    for settings in _classifier_jobs(clean).values():
+        assert (settings.bn_mode, settings.normalization) == ("eval", "backbone")
+    config = default_config()
+    config["classifier"] = {"backbone": "resnet50"}
+    config["methods"]["da-fusion"]["classifier"] = {"protocol": "clean", "feature_cache": True}
+    jobs = _classifier_jobs(validate_config(config, SCHEMA, check_files=False))
+    assert (jobs["digits", "da-fusion"].bn_mode, jobs["digits", "baseline"].bn_mode) == (
+        "eval", "train",
+    )  # fmt: skip
+    config["methods"]["da-fusion"]["classifier"] = {"protocol": "clean", "bn_mode": "train"}
+    jobs = _classifier_jobs(validate_config(config, SCHEMA, check_files=False))
+    assert (jobs["digits", "da-fusion"].bn_mode, jobs["digits", "da-fusion"].normalization) == (
+        "train", "backbone",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("classifier", "override", "message"),
+    [
+        # eval-mode BatchNorm on ImageNet statistics fed inputs at mean = std = 0.5
+        ({"bn_mode": "eval"}, {}, "config key 'classifier.bn_mode': eval keeps resnet50's"),
+        (
+            {"protocol": "clean"},
+            {"normalization": "original"},
+            "but methods.da-fusion.classifier.normalization: original feeds",
+        ),
+        # cached features of a BatchNorm that normalizes each batch with its own statistics
+        (
+            {"feature_cache": True},
+            {},
+            "config key 'classifier.feature_cache': with classifier.bn_mode: train",
+        ),
+        (
+            {"protocol": "clean"},
+            {"bn_mode": "train", "feature_cache": True},
+            "'methods.da-fusion.classifier.feature_cache': with methods.da-fusion.classifier",
+        ),
+    ],
+)
+def test_a_mix_of_the_two_classifier_protocols_stops_at_start_up(classifier, override, message):
+    """Neither the original code nor a standard setup runs eval-mode BatchNorm on ImageNet
+    statistics with inputs about 0.45x the scale they expect; refused before any job, naming
+    the key and where it was set."""
+    config = default_config()
+    config["classifier"] = {"backbone": "resnet50", **classifier}
+    config["methods"]["da-fusion"]["classifier"] = override
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config(config, SCHEMA, check_files=False)
+
+
+def test_the_protocol_check_concerns_pretrained_batchnorm_backbones_only():
+    """small-cnn trains end to end (the embedded default: its protocol is unchanged), DeiT has
+    no BatchNorm, and random ResNet-50 weights have no ImageNet statistics to mismatch."""
+    for classifier in (
+        {"backbone": "small-cnn", "bn_mode": "eval"},
+        {"backbone": "deit", "bn_mode": "eval"},
+        {"backbone": "deit", "feature_cache": True},
+        {"backbone": "resnet50", "pretrained": False, "bn_mode": "eval"},
+    ):
+        validate_config({**default_config(), "classifier": classifier}, SCHEMA, check_files=False)

@@ -325,3 +325,30 @@ def test_an_empty_test_folder_counts_as_absent(tmp_path, caplog):
         pool, val, test = _read({"kind": "imagefolder", "root": "data"}, tmp_path)
     assert (len(pool), len(val), len(test)) == (4, 4, 0)
     assert f"'{tmp_path / 'data/test'}' holds no images: read as if it were absent" in caplog.text
+
+
+def test_too_few_images_names_the_dataset_the_class_and_its_count(digits, tmp_path, caplog):
+    """few_shot_split's check, the job that stops a cell short of images, names the
+    `datasets:` entry as well as the class: a grid of datasets can share class names."""
+    import re
+
+    from dafusion import pipeline
+    from dafusion.manifest import write_manifest
+
+    pool = digits[0]
+    pool = pool[(pool["label"] != 7) | pool.index.isin(pool.index[pool["label"] == 7][:2])]
+    write_manifest(pool, tmp_path / "pool.parquet")
+    split = dict(pool_path=str(tmp_path / "pool.parquet"), seed=0, shots=3, dataset="digits")
+    out = tmp_path / "seed0-shots3.parquet"
+    message = (
+        "dataset 'digits': class 'seven' has 2 training images, fewer than "
+        "examples_per_class=3; lower it, add images, or set allow_fewer: true in "
+        "datasets.digits to keep what exists"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        pipeline.few_shot_split(**split, output=str(out))
+    assert not out.exists()
+    with caplog.at_level("WARNING"):
+        pipeline.few_shot_split(**split, output=str(out), allow_fewer=True)
+    assert "dataset 'digits': class 'seven' has 2 training images" in caplog.text
+    assert len(pd.read_parquet(out)) == 9 * 3 + 2

@@ -174,7 +174,7 @@ def test_each_example_draws_its_own_template_reproducibly(components, digits):
     base = components.text_encoder.get_input_embeddings()
 
     def prompts(seed: int) -> list[list[str]]:
-        spliced = SplicedEmbedding(base, torch.zeros(1, base.weight.shape[1]))
+        spliced = SplicedEmbedding(base, [torch.zeros(1, base.weight.shape[1])])
         trainer = _Trainer(components, spliced, images, labels, ["<three>"], settings, seed, 32)
         return [trainer.draw(0)["prompts"] for _ in range(4)]
 
@@ -333,3 +333,97 @@ def test_half_mixed_precision_computes_in_float32_on_a_cpu(tiny_dir, digits, tmp
     assert "inversion.mixed_precision fp16 applies on CUDA: float32 on cpu" in caplog.text
     for token, rows in written["fp32"].items():
         torch.testing.assert_close(written["fp16"][token], rows, atol=0, rtol=0)
+
+
+def test_inversion_resizes_bicubic_and_generation_bilinear_as_the_original(components, monkeypatch):
+    """The original's TextualInversionDataset resizes with `interpolation="bicubic"`
+    (brandontrabucco/da-fusion fine_tune.py l. 337, used at l. 402); its generation resizes
+    bilinearly (semantic_aug/augmentations/textual_inversion.py l. 121, real_guidance.py
+    l. 67). Each stage here resizes as its original counterpart."""
+    import numpy as np
+    from PIL import Image
+
+    from dafusion.images import to_model_tensor
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 40, 3), np.uint8))
+    seen, encode = [], components.vae.encode
+
+    def record(x, *args, **kwargs):
+        seen.append(x.detach().clone())
+        return encode(x, *args, **kwargs)
+
+    monkeypatch.setattr(components.vae, "encode", record)
+    inversion.latent_distributions(components, [image], 32, flip=False)
+
+    def resized(resample):
+        array = np.asarray(image.resize((32, 32), resample), dtype=np.float32) / 127.5 - 1.0
+        return torch.from_numpy(array).permute(2, 0, 1)
+
+    torch.testing.assert_close(seen[0][0], resized(Image.Resampling.BICUBIC), atol=0, rtol=0)
+    assert not torch.equal(seen[0][0], resized(Image.Resampling.BILINEAR))
+    assert torch.equal(to_model_tensor(image, 32), resized(Image.Resampling.BILINEAR))
+
+
+def _trainer(components, digits, classes, settings, seed=0):
+    from dafusion.inversion import SplicedEmbedding, _Trainer
+
+    images, labels, names = _split(digits, classes)
+    tokens = [class_token(name) for name in names]
+    base = components.text_encoder.get_input_embeddings()
+    rows = [torch.zeros(1, base.weight.shape[1]) for _ in tokens]
+    spliced = SplicedEmbedding(base, rows)
+    return _Trainer(components, spliced, images, labels, tokens, settings, seed, 32)
+
+
+def test_images_are_drawn_in_shuffled_epochs_of_repeats(components, digits):
+    """fine_tune.py of the original: TextualInversionDataset has num_images x repeats
+    examples (l. 336, 357; `--repeats` default 100, l. 120), example i is image
+    i % num_images (l. 374), and a DataLoader with shuffle=True draws them (l. 565): in
+    every epoch each image appears `repeats` times, in a shuffled order. `repeats: null` draws
+    each example independently from the class's stream, as earlier versions did."""
+    from dafusion.seeds import derive_seed
+
+    settings = InversionSettings(batch_size=4, repeats=3)  # 2 images: epochs of 6 examples
+
+    def picks(seed: int) -> list[int]:
+        trainer = _trainer(components, digits, [3], settings, seed)
+        return torch.cat([trainer.next_images(0) for _ in range(6)]).tolist()  # 4 epochs
+
+    drawn = picks(seed=0)
+    for epoch in range(4):
+        assert sorted(drawn[6 * epoch : 6 * epoch + 6]) == [0, 0, 0, 1, 1, 1]
+    assert drawn == picks(seed=0)  # each epoch's order from (seed, token, epoch)
+    assert drawn != picks(seed=1)
+    iid = _trainer(components, digits, [3], settings.replace(repeats=None), seed=0)
+    stream = torch.Generator().manual_seed(derive_seed("inversion", 0, "<three>"))
+    assert torch.equal(iid.next_images(0), torch.randint(2, (4,), generator=stream))
+
+
+def test_an_fp16_overflow_skips_only_its_own_class_step(components, digits, monkeypatch):
+    """The original learns each class in its own process (scripts/fine_tuning/*.sh run
+    fine_tune.py per class, accelerate with --mixed_precision=fp16), each with its own
+    GradScaler: an overflow skips that class's step only. Here each class has its own scale,
+    and a skipped class keeps its rows, its AdamW moments and its step count."""
+    from dafusion.inversion import ClassScaler
+    from dafusion.tokens import add_to_tokenizer
+
+    settings = InversionSettings(batch_size=1, learning_rate=1e-2)
+    trainer = _trainer(components, digits, [0, 1], settings)
+    add_to_tokenizer(components.tokenizer, trainer.tokens, 1)
+    components.text_encoder.set_input_embeddings(trainer.spliced)  # as learn_tokens does
+    trainer.scaler = ClassScaler(2, enabled=True, device=torch.device("cpu"))  # CUDA's fp16
+    rows = list(trainer.spliced.rows)
+    before = [r.detach().clone() for r in rows]
+    class_losses = trainer.class_losses
+    overflow = torch.tensor([float("inf"), 1.0])
+    monkeypatch.setattr(trainer, "class_losses", lambda draws: class_losses(draws) * overflow)
+    trainer.step([trainer.draw(0), trainer.draw(1)])
+    assert torch.equal(rows[0].detach(), before[0]) and not trainer.optimizer.state[rows[0]]
+    assert not torch.equal(rows[1].detach(), before[1])
+    assert trainer.scaler.scale.tolist() == [2.0**15, 2.0**16]
+    monkeypatch.setattr(trainer, "class_losses", class_losses)
+    trainer.step([trainer.draw(0), trainer.draw(1)])
+    assert all(r.detach().isfinite().all() for r in rows)
+    assert not torch.equal(rows[0].detach(), before[0])
+    steps = [int(trainer.optimizer.state[r]["step"]) for r in rows]
+    assert steps == [1, 2]

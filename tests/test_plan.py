@@ -145,18 +145,17 @@ def test_the_paper_config_makes_the_papers_grid(tmp_path):
     config["datasets"]["caltech101"]["split_protocol"] = "original-code"
     paper = make_plan(config, tmp_path)
     cells = 4 * 5
-    # Sets, not methods: Figure 11's DA-Fusion cells share Figure 5's set, and its Real
-    # Guidance cells Figure 9's class-agnostic one (22 synthetic methods on those 3 datasets)
+    # Sets, not methods: Figure 11's DA-Fusion cells (PASCAL only, as the original) share
+    # Figure 5's set, and its Real Guidance cells Figure 9's class-agnostic one
     assert len(paper.all_synthetic()) == (7 * 2 + 3 * 4) * cells
+    figure11 = ("a50-m5", "a50-m10", "a50-m20", "a30-m10", "a70-m10")
+    shared = paper.synthetic_sets("pascal")[paper.set_name("pascal", "da-fusion")]
+    assert shared == ["da-fusion", *(f"da-fusion-{cell}" for cell in figure11)]
     spurge = paper.synthetic_sets("leafy_spurge")
-    shared = spurge[paper.set_name("leafy_spurge", "da-fusion")]
-    assert shared == [
-        "da-fusion",
-        *(f"da-fusion-a{a}-m{m}" for a in (30, 50, 70) for m in (5, 10, 20)),
-    ]
+    assert spurge[paper.set_name("leafy_spurge", "da-fusion")] == ["da-fusion"]
     assert paper.set_size("leafy_spurge", paper.set_name("leafy_spurge", "da-fusion")) == 50
     assert paper.set_size("pascal", paper.set_name("pascal", "da-fusion")) == 20
-    assert len(paper.evaluated_runs()) == (7 * 3 + 3 * (5 + 2 * 9)) * cells
+    assert len(paper.evaluated_runs()) == (7 * 3 + 3 * 5 + 2 * 5) * cells
     tokens = paper.all_tokens()
     assert sum("/tokens/esd/" in t for t in tokens) == 3 * cells
     assert len(tokens) == (7 + 3) * cells
@@ -164,7 +163,7 @@ def test_the_paper_config_makes_the_papers_grid(tmp_path):
     assert paper.gallery_datasets() == list(config["datasets"])
     # Leafy Spurge: M = 50, the original's Real Guidance prompt, and flips in training
     assert paper.generation_for("leafy_spurge", "real-guidance").num_synthetic == 50
-    assert paper.generation_for("leafy_spurge", "da-fusion-a30-m5").num_synthetic == 5
+    assert paper.generation_for("pascal", "da-fusion-a50-m5").num_synthetic == 5
     assert paper.method_params("leafy_spurge", "real-guidance")["prompt"] == (
         "a woodland seen from a drone"
     )

@@ -29,7 +29,7 @@ STEPS = [
     "few_shot_split", "erase", "invert", "generate", "gather_synthetic", "train", "aggregate",
 ]  # fmt: skip
 # Keys the schema accepts that validation expands into other keys and removes.
-EXPANDED = {"inversion": {"preset"}}
+EXPANDED = {"inversion": {"preset"}, "classifier": {"protocol"}}
 
 
 def _plain(value):

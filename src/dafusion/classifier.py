@@ -5,8 +5,15 @@ of that image's M synthetic variants (drawn uniformly), then augmented as the or
 datasets do (semantic_aug/datasets/*.py): a horizontal flip and a rotation (Leafy Spurge: a
 vertical flip too, and 45 degrees), or RandAugment instead of them. CutMix, when on, pastes
 boxes of other training examples, drawn and augmented the same way, into each example, as
-the original's `cutmix` package. Inputs are normalized with mean = std = 0.5 for every
-backbone, as the original (`normalization: backbone`: the backbone's own statistics).
+the original's `cutmix` package.
+
+The protocol is the original code's by default (`classifier.protocol: original`): inputs
+normalized with mean = std = 0.5 for every backbone, and the frozen backbone in training
+mode while the head trains (its `model.train()`), so that BatchNorm normalizes each batch
+with the batch's own statistics and re-estimates its running statistics, which evaluation,
+in eval mode, then uses. `protocol: clean` keeps the backbone in eval mode throughout, on
+the weights' ImageNet statistics, and normalizes inputs with the backbone's own statistics.
+
 Images are decoded once and kept as uint8 tensors on the training device; augmentation runs
 on whole batches there, and the per-step random draws (made on the CPU generator) reach the
 device without a stream sync.
@@ -16,11 +23,11 @@ and the original code. `feature_cache: true` is a speed option that deviates fro
 with a frozen backbone the features of `cache_views` augmented views of every real and
 synthetic image are computed once, and the linear head trains on those fixed views.
 The original code's evaluation flaws are fixed by default, each with a setting that
-restores it: BatchNorm of the frozen backbone in eval mode (`bn_mode: train` lets its
-statistics drift), the whole evaluation split once (`eval_samples: 6400` draws with
-replacement), classes absent from a draw skipped (`absent_classes: zero` counts them as 0).
-With such a frozen backbone the evaluation images are embedded once per run, not at every
-evaluation. `precision` sets the backbone's arithmetic (float32, the paper's; tf32; bf16).
+restores it: the whole evaluation split once (`eval_samples: 6400` draws with replacement),
+classes absent from a draw skipped (`absent_classes: zero` counts them as 0). A frozen
+backbone whose features training mode does not change (in eval mode, or without BatchNorm
+or dropout, as DeiT) embeds the evaluation images once per run, not at every evaluation.
+`precision` sets the backbone's arithmetic (float32, the paper's; tf32; bf16).
 """
 
 from __future__ import annotations
@@ -279,7 +286,8 @@ class Classifier(torch.nn.Module):
     """Normalization, backbone and a linear head.
 
     `normalization`: original is mean = std = 0.5 for every backbone, as the original code
-    (semantic_aug/few_shot_dataset.py:34-39); backbone is the backbone's own statistics.
+    (semantic_aug/few_shot_dataset.py:34-39); backbone is the backbone's own statistics,
+    which eval-mode BatchNorm on ImageNet running statistics expects.
     """
 
     def __init__(
@@ -372,8 +380,20 @@ def evaluate(
     )
 
 
+def changes_in_training(module: torch.nn.Module) -> bool:
+    """Whether training mode changes what a module computes: BatchNorm (batch statistics,
+    running statistics updated) or dropout with p > 0."""
+    return any(
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        or (isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)
+        for m in module.modules()
+    )
+
+
 def _set_mode(model: Classifier, bn_mode: str) -> None:
-    """Training mode for what trains; a frozen backbone's BatchNorm as `bn_mode` says."""
+    """Training mode for the steps, as the original's `model.train()` (train_classifier.py
+    l. 171), but a frozen backbone in eval mode with `bn_mode: eval`. `evaluate` switches to
+    eval mode, as the original's `model.eval()` (l. 210)."""
     model.train()
     if model.backbone.frozen and bn_mode == "eval":
         model.features.eval()
@@ -417,11 +437,13 @@ def train_classifier(
     backbone = build_backbone(settings.backbone, settings.weights, settings.pretrained)
     model = Classifier(backbone, num_classes, settings.normalization, settings.precision)
     model = model.to(device)
-    # Fixed features of a view need a frozen backbone whose BatchNorm statistics stay put;
-    # CutMix mixes pixels, so with it the backbone runs on every batch.
-    # A frozen backbone whose BatchNorm statistics stay put gives each evaluation image the
-    # same features at every evaluation: embedded once, only the head runs per evaluation.
-    fixed = backbone.frozen and settings.bn_mode == "eval"
+    # A frozen backbone whose training mode changes nothing (eval-mode BatchNorm, or none)
+    # gives each image the same features at every step and evaluation: the evaluation images
+    # are embedded once, and feature_cache can cache views. CutMix mixes pixels, so with it
+    # the backbone runs on every batch.
+    fixed = backbone.frozen and (
+        settings.bn_mode == "eval" or not changes_in_training(model.features)
+    )
     cached = settings.feature_cache and settings.augmentation != "cutmix" and fixed
     generator = torch.Generator().manual_seed(seed)
     augmenter = Augmenter(settings, generator)

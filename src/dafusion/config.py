@@ -21,6 +21,7 @@ import yaml
 from .readers import KINDS, mask_kinds, missing_package, original_split_kinds
 from .settings import (
     BACKBONE_WEIGHTS,
+    BATCHNORM_BACKBONES,
     EMBEDDED_MODELS,
     SECTIONS,
     UNSEEDABLE_SCHEDULERS,
@@ -44,6 +45,15 @@ INVERSION_PRESETS = {
         "steps": 2000,
         "scale_lr": True,
     },
+}
+# Named classifier protocols (classifier.protocol, also in a dataset's or method's classifier
+# overrides); keys set explicitly next to one win over it.
+CLASSIFIER_PROTOCOLS = {
+    # The original code's (also the schema defaults): model.train() while the head trains
+    # (train_classifier.py l. 171), inputs at mean = std = 0.5 (few_shot_dataset.py l. 34-39).
+    "original": {"bn_mode": "train", "normalization": "original"},
+    # A frozen backbone kept frozen: eval-mode BatchNorm fed the inputs its statistics expect.
+    "clean": {"bn_mode": "eval", "normalization": "backbone"},
 }
 # Sections holding one entry per name (a dataset, a method) rather than one settings object.
 PER_ENTRY = ("datasets", "methods")
@@ -282,6 +292,59 @@ def _job_settings(config: Mapping, section: str, kind: str | None = None):
             if kind is None or spec["kind"] == kind:
                 overrides = (entry.get(section, {}), spec.get(section, {}))
                 yield dataset, method, cls.resolve(config[section], *overrides)
+
+
+def _expand_protocols(config: dict) -> None:
+    """Each `classifier.protocol` (the section's, and a dataset's or method's override) as the
+    keys it stands for, where the same mapping leaves them out; then removed."""
+    entries = [spec for name in PER_ENTRY for spec in config[name].values()]
+    for section in [config.get("classifier"), *(spec.get("classifier") for spec in entries)]:
+        protocol = section.pop("protocol", None) if isinstance(section, dict) else None
+        for key, value in CLASSIFIER_PROTOCOLS.get(protocol, {}).items():
+            section.setdefault(key, value)
+
+
+def _check_classifier_protocol(config: Mapping) -> None:
+    """A frozen BatchNorm backbone runs one protocol or the other, never a mix: eval-mode
+    BatchNorm with ImageNet running statistics fed inputs normalized with mean = std = 0.5
+    (about 0.45x the scale they expect) is neither the original code's nor a standard setup,
+    and cached features are not the features of a BatchNorm in training mode."""
+    for dataset, method, settings in _job_settings(config, "classifier"):
+        if settings.backbone not in BATCHNORM_BACKBONES:
+            continue
+        overrides = (("methods", method), ("datasets", dataset))
+        key = {  # where this job's value of each key was set
+            name: next(
+                (
+                    f"{entries}.{entry}.classifier.{name}"
+                    for entries, entry in overrides
+                    if name in config[entries][entry].get("classifier", {})
+                ),
+                f"classifier.{name}",
+            )
+            for name in ("bn_mode", "normalization", "feature_cache")
+        }
+        job = f"dataset {dataset}, method {method}"
+        if (
+            settings.pretrained
+            and settings.bn_mode == "eval"
+            and settings.normalization == "original"
+        ):
+            raise ConfigError(
+                f"config key '{key['bn_mode']}': eval keeps {settings.backbone}'s BatchNorm on "
+                f"its ImageNet running statistics, but {key['normalization']}: original feeds "
+                f"it inputs normalized with mean = std = 0.5 ({job}), a mix of the original "
+                "code's protocol and the clean one; set classifier.protocol: original "
+                "(bn_mode train, as the original code) or clean (normalization backbone), and "
+                "leave bn_mode and normalization unset"
+            )
+        if settings.bn_mode == "train" and settings.feature_cache:
+            raise ConfigError(
+                f"config key '{key['feature_cache']}': with {key['bn_mode']}: train "
+                f"{settings.backbone}'s BatchNorm normalizes each batch with its own statistics "
+                f"({job}), so no feature can be cached; set classifier.protocol: clean "
+                "(bn_mode eval) or feature_cache: false"
+            )
 
 
 def _check_strengths(config: Mapping) -> None:
@@ -784,6 +847,7 @@ def validate_config(
     if preset is not None:
         for key, value in INVERSION_PRESETS[preset].items():
             inversion.setdefault(key, value)
+    _expand_protocols(config)
     explicit = {name: set(spec) for name, spec in config["datasets"].items()}
     _fill_defaults(config, schema)
     for name, spec in config["datasets"].items():
@@ -805,6 +869,7 @@ def validate_config(
     _check_erasure(config)
     _check_overrides(config)
     _check_strengths(config)
+    _check_classifier_protocol(config)
     if isinstance(config["inversion"]["templates"], list):
         for i, template in enumerate(config["inversion"]["templates"]):
             _check_fields(f"inversion.templates.{i}", template, {""}, exactly_one=True)

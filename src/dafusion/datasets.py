@@ -365,28 +365,36 @@ def halve_per_seed(pool: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.Data
 
 
 def few_shot(
-    pool: pd.DataFrame, seed: int, shots: int | None, allow_fewer: bool = False
+    pool: pd.DataFrame,
+    seed: int,
+    shots: int | None,
+    allow_fewer: bool = False,
+    dataset: str | None = None,
 ) -> pd.DataFrame:
     """The first `shots` images of each class under a per-(seed, class) permutation.
 
     The permutation depends only on the seed and the class, so the k-shot subset is the
     prefix of every larger subset (nested shots), and `shots=None` (examples_per_class
     'all') is the whole pool in that order. A class with fewer images is an error, or with
-    `allow_fewer` keeps all it has.
+    `allow_fewer` keeps all it has; either message names `dataset` (the `datasets:` entry),
+    as a grid of datasets can have a class of that name in several.
     """
+    where = "" if dataset is None else f"dataset '{dataset}': "
+    entry = "its datasets entry" if dataset is None else f"datasets.{dataset}"
     parts = []
     for label, group in pool.sort_values("key").groupby("label", sort=True):
         name = group["class_name"].iloc[0]
         if shots is not None and len(group) < shots:
             if not allow_fewer:
                 raise ValueError(
-                    f"class '{name}' has {len(group)} training images, fewer than "
+                    f"{where}class '{name}' has {len(group)} training images, fewer than "
                     f"examples_per_class={shots}; lower it, add images, or set allow_fewer: "
-                    "true in its datasets entry to keep what exists"
+                    f"true in {entry} to keep what exists"
                 )
             log.warning(
-                "class '%s' has %d training images, fewer than examples_per_class=%d: "
+                "%sclass '%s' has %d training images, fewer than examples_per_class=%d: "
                 "keeping all %d (allow_fewer)",
+                where,
                 name,
                 len(group),
                 shots,

@@ -282,7 +282,9 @@ def grid_figure(grid: pd.DataFrame, reference: str) -> Figure:
     synthetic probability alpha, columns the synthetic images per real image M, each cell the
     mean paired difference to `reference` +- one standard error (one method per cell:
     `aggregate.grid_references`); a diverging colour map centred at 0 with symmetric limits,
-    so colour shows sign and size alike."""
+    so colour shows sign and size alike. A design that varies one factor at a time (the
+    original's: M at alpha = 0.5, alpha at M = 10) leaves cells without a method: they say
+    "not run", so that a blank is not read as a missing result."""
     cell = ["synthetic_probability", "num_synthetic"]
     alphas = sorted(grid["synthetic_probability"].unique())
     sizes = sorted(grid["num_synthetic"].unique())
@@ -303,6 +305,8 @@ def grid_figure(grid: pd.DataFrame, reference: str) -> Figure:
         dark = abs(delta[i, j]) > 0.6 * limit  # the colour map's ends are dark
         text = f"{delta[i, j]:+.3f}\n\N{PLUS-MINUS SIGN}{error[i, j]:.3f}"
         ax.text(j, i, text, ha="center", va="center", fontsize=SMALL, color="w" if dark else "k")
+    for i, j in zip(*np.nonzero(np.isnan(delta)), strict=True):
+        ax.text(j, i, "not run", ha="center", va="center", fontsize=SMALL, color="0.5")
     ax.set_xticks(range(len(sizes)), labels=[str(int(m)) for m in sizes])
     ax.set_yticks(range(len(alphas)), labels=[f"{a:g}" for a in alphas])
     ax.set_xlabel("synthetic images per real image M")

@@ -96,12 +96,18 @@ def load_image(row: Mapping) -> Image.Image:
         raise OSError(f"cannot read {describe(row)}: {exc}") from exc
 
 
-def to_model_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
-    """RGB image -> [3, R, R] float tensor in [-1, 1], the VAE's input range."""
+def to_model_tensor(
+    image: Image.Image, resolution: int, resample: Image.Resampling = Image.Resampling.BILINEAR
+) -> torch.Tensor:
+    """RGB image -> [3, R, R] float tensor in [-1, 1], the VAE's input range.
+
+    Bilinear by default, as the original's generation resizes its inputs
+    (semantic_aug/augmentations/textual_inversion.py l. 121, real_guidance.py l. 67);
+    inversion passes bicubic, as its original does.
+    """
     import torch
 
-    # Bilinear, as the original DA-Fusion code resized its inputs.
-    image = image.convert("RGB").resize((resolution, resolution), Image.BILINEAR)
+    image = image.convert("RGB").resize((resolution, resolution), resample)
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1)
 

@@ -1,12 +1,16 @@
 """Textual inversion (eq. 4 of the paper) for every class of a split in one job.
 
-Only the new token rows are trainable: they live in a separate parameter spliced into the
-frozen embedding table, so every other row stays bit-identical. The loss is the sum over
+Only the new token rows are trainable: each class's live in its own parameter spliced into
+the frozen embedding table, so every other row stays bit-identical. The loss is the sum over
 classes of each class's mean noise-prediction error, so each class's rows receive exactly
 the gradient of a separate per-class run; with AdamW (element-wise) the trajectories match.
-Each class draws from its own random stream, seeded by (seed, token). Each image's VAE
-latent distribution (and its horizontal flip's) is computed once and sampled every step,
-the same distribution as encoding every step.
+The original runs one process per class, each with its own fp16 loss scaler, and so does
+each class here (`ClassScaler`): an overflow skips only its own class's step.
+Each class draws from its own random streams, seeded by (seed, token): its images as the
+original's DataLoader draws them, in shuffled epochs of `repeats` copies of each
+(`inversion.repeats`). Images are resized bicubically, as the original's (fine_tune.py
+l. 337, 402). Each image's VAE latent distribution (and its horizontal flip's) is computed
+once and sampled every step, the same distribution as encoding every step.
 """
 
 from __future__ import annotations
@@ -61,19 +65,63 @@ class InversionResult:
 
 
 class SplicedEmbedding(torch.nn.Module):
-    """A frozen embedding table with trainable rows appended for the new tokens."""
+    """A frozen embedding table with the new tokens' trainable rows appended: one parameter
+    per class, so that one class's optimizer step can be skipped alone."""
 
-    def __init__(self, base: torch.nn.Embedding, new_rows: torch.Tensor):
+    def __init__(self, base: torch.nn.Embedding, new_rows: Sequence[torch.Tensor]):
         super().__init__()
         self.base = base
         self.num_base = base.num_embeddings
-        self.new = torch.nn.Parameter(new_rows.detach().clone().float())
+        self.rows = torch.nn.ParameterList(
+            [torch.nn.Parameter(rows.detach().clone().float()) for rows in new_rows]
+        )
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         out = self.base(ids.clamp(max=self.num_base - 1))
         is_new = (ids >= self.num_base).unsqueeze(-1)
-        new = self.new[(ids - self.num_base).clamp(min=0)].to(out.dtype)
+        table = torch.cat(list(self.rows))
+        new = table[(ids - self.num_base).clamp(min=0)].to(out.dtype)
         return torch.where(is_new, new, out)
+
+
+class ClassScaler:
+    """Dynamic fp16 loss scaling with one scale per class, each as torch's GradScaler (the
+    original's, through accelerate) runs with its defaults: 2^16 to start, halved and the
+    step skipped on an inf or nan gradient, doubled after 2000 finite steps in a row.
+
+    The original learns each class in its own process, so an overflow skips only that
+    class's step; here too: AdamW skips a parameter without a gradient, leaving its rows,
+    moments and step count as they were.
+    """
+
+    GROWTH_INTERVAL = 2000
+
+    def __init__(self, classes: int, enabled: bool, device: torch.device):
+        self.enabled = enabled
+        self.scale = torch.full((classes,), 2.0**16, device=device)
+        self.growth = torch.zeros(classes, dtype=torch.long, device=device)
+
+    def scaled(self, losses: torch.Tensor, classes: slice) -> torch.Tensor:
+        """The sum of these classes' losses, each times its class's scale: to backpropagate."""
+        if not self.enabled:
+            return losses.sum()
+        return (losses * self.scale[classes]).sum()
+
+    def unscale(self, rows: Sequence[torch.nn.Parameter]) -> None:
+        """Divide each class's gradient by its scale, drop the gradients of the classes whose
+        gradient is not finite (their step is skipped) and update the scales."""
+        if not self.enabled:
+            return
+        finite = torch.stack([p.grad.isfinite().all() for p in rows])
+        for p, inverse in zip(rows, self.scale.double().reciprocal().float(), strict=True):
+            p.grad.mul_(inverse)
+        self.growth = torch.where(finite, self.growth + 1, 0)
+        grow = self.growth == self.GROWTH_INTERVAL
+        self.scale = torch.where(finite, self.scale * torch.where(grow, 2.0, 1.0), self.scale / 2)
+        self.growth = torch.where(grow, 0, self.growth)
+        for p, ok in zip(rows, finite.tolist(), strict=True):
+            if not ok:
+                p.grad = None
 
 
 def initial_embedding(components: Components, word: str) -> torch.Tensor:
@@ -94,7 +142,8 @@ def latent_distributions(
     device, dtype = vae.device, vae.dtype
     means, stds = [], []
     for image in images:
-        x = to_model_tensor(image, resolution).unsqueeze(0)
+        # Bicubic, as the original's TextualInversionDataset (fine_tune.py l. 337, 402).
+        x = to_model_tensor(image, resolution, Image.Resampling.BICUBIC).unsqueeze(0)
         views = torch.cat([x, x.flip(-1)]) if flip else x
         dist = vae.encode(views.to(device, dtype)).latent_dist
         means.append(dist.mean.float().cpu())
@@ -129,7 +178,7 @@ def learn_tokens(
         word = name if settings.initializer == "class_name" else settings.initializer
         rows.append(initial_embedding(components, word).expand(settings.num_vectors, -1))
     add_to_tokenizer(components.tokenizer, tokens, settings.num_vectors)
-    spliced = SplicedEmbedding(base, torch.cat(rows)).to(base.weight.device)
+    spliced = SplicedEmbedding(base, rows).to(base.weight.device)
     encoder.set_input_embeddings(spliced)
     if settings.gradient_checkpointing:
         components.unet.enable_gradient_checkpointing()
@@ -139,11 +188,10 @@ def learn_tokens(
         losses = trainer.run(progress, checkpoint, keep_final)
     finally:
         encoder.set_input_embeddings(base)
-    learned = spliced.new.detach().cpu()
-    v = settings.num_vectors
-    return InversionResult(
-        {token: learned[c * v : (c + 1) * v].clone() for c, token in enumerate(tokens)}, losses
-    )
+    learned = {
+        token: rows.detach().cpu().clone() for token, rows in zip(tokens, spliced.rows, strict=True)
+    }
+    return InversionResult(learned, losses)
 
 
 class _Trainer:
@@ -151,6 +199,7 @@ class _Trainer:
         from diffusers import DDPMScheduler
 
         self.c = components
+        self.seed = seed
         self.spliced = spliced
         self.tokens = tokens
         self.settings = settings
@@ -167,28 +216,54 @@ class _Trainer:
         self.generators = [
             torch.Generator().manual_seed(derive_seed("inversion", seed, t)) for t in tokens
         ]
+        self.drawn = [0] * len(tokens)  # examples drawn so far, per class
+        self.orders: dict[int, tuple[int, torch.Tensor]] = {}  # class -> (epoch, its order)
         self.prompts = [
             [expand(t.format(token), token, settings.num_vectors) for t in template_list(settings)]
             for token in tokens
         ]
-        self.params = {"rows": spliced.new}
+        self.params = {f"rows/{c}": rows for c, rows in enumerate(spliced.rows)}
         self.optimizer = torch.optim.AdamW(
-            [spliced.new], lr=settings.effective_lr, weight_decay=settings.weight_decay
+            spliced.rows, lr=settings.effective_lr, weight_decay=settings.weight_decay
         )
         # Mixed precision as accelerate runs the original (inversion.mixed_precision): a
         # half-precision UNet, the text encoder under autocast, loss scaling for float16.
         unet_dtype = components.unet.dtype
         self.autocast = unet_dtype != torch.float32
-        self.scaler = torch.amp.GradScaler(
-            "cuda", enabled=self.device.type == "cuda" and unet_dtype == torch.float16
-        )
+        fp16 = self.device.type == "cuda" and unet_dtype == torch.float16
+        self.scaler = ClassScaler(len(tokens), fp16, self.device)
         n = len(tokens)
         self.chunk = settings.classes_per_chunk or n
 
+    def next_images(self, c: int) -> torch.Tensor:
+        """Which of class c's images its next batch holds (indices into them).
+
+        As the original's DataLoader(shuffle=True) over TextualInversionDataset(repeats=100)
+        (fine_tune.py l. 336, 357, 565): shuffled epochs in which each image appears `repeats`
+        times, each epoch's order drawn from its own seed (seed, token, epoch), so that a
+        resumed job draws the same; `repeats: null` draws each example independently.
+        """
+        n, size = self.settings.batch_size, len(self.members[c])
+        if self.settings.repeats is None:
+            return torch.randint(size, (n,), generator=self.generators[c])
+        epoch_size = size * self.settings.repeats
+        positions = torch.arange(self.drawn[c], self.drawn[c] + n)
+        self.drawn[c] += n
+        picks = torch.empty(n, dtype=torch.long)
+        epochs = positions // epoch_size
+        for epoch in epochs.unique().tolist():
+            if self.orders.get(c, (None,))[0] != epoch:
+                seed = derive_seed("inversion", self.seed, self.tokens[c], "epoch", epoch)
+                order = torch.randperm(epoch_size, generator=torch.Generator().manual_seed(seed))
+                self.orders[c] = (epoch, order)
+            at = epochs == epoch
+            picks[at] = self.orders[c][1][positions[at] % epoch_size]
+        return picks % size
+
     def draw(self, c: int) -> dict:
-        """One step's random draws for class c, in a fixed order from its own stream."""
+        """One step's random draws for class c, in a fixed order from its own streams."""
         g, n = self.generators[c], self.settings.batch_size
-        pick = self.members[c][torch.randint(len(self.members[c]), (n,), generator=g)]
+        pick = self.members[c][self.next_images(c)]
         if self.settings.flip:
             view = torch.randint(2, (n,), generator=g)
         else:
@@ -233,13 +308,13 @@ class _Trainer:
             losses = []
             for start in range(0, len(draws), chunk):
                 loss = self.class_losses(draws[start : start + chunk])
-                self.scaler.scale(loss.sum()).backward()
+                self.scaler.scaled(loss, slice(start, start + chunk)).backward()
                 losses.append(loss.detach().cpu())
             return torch.cat(losses).numpy()
 
         losses, self.chunk = halve_on_oom(accumulate, self.chunk, "classes per chunk")
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        self.scaler.unscale(self.spliced.rows)
+        self.optimizer.step()
         return losses
 
     def run(self, progress: bool, checkpoint: Checkpoint | None, keep_final: bool) -> np.ndarray:
@@ -248,6 +323,7 @@ class _Trainer:
         start = 0
         if checkpoint is not None:
             start = checkpoint.load(self.params, self.optimizer, self.generators, losses)
+        self.drawn = [start * self.settings.batch_size] * len(self.tokens)
         every = self.settings.checkpoint_every
         bar = tqdm(
             range(start, steps), initial=start, total=steps, desc="textual inversion",

@@ -142,14 +142,21 @@ def seed_split(pool_path: str, seed: int, pool_output: str, val_output: str) -> 
 
 
 def few_shot_split(
-    pool_path: str, seed: int, shots: int | None, output: str, allow_fewer: bool = False
+    pool_path: str,
+    seed: int,
+    shots: int | None,
+    output: str,
+    allow_fewer: bool = False,
+    dataset: str | None = None,
 ) -> None:
     """The nested few-shot training manifest of one (seed, shots); every pool image with
-    `shots=None` (examples_per_class 'all')."""
+    `shots=None` (examples_per_class 'all'). A class with too few images is named with its
+    `dataset`."""
     from .datasets import few_shot
     from .manifest import read_manifest, write_manifest
 
-    subset = few_shot(read_manifest(pool_path), seed, shots, allow_fewer=allow_fewer)
+    pool = read_manifest(pool_path)
+    subset = few_shot(pool, seed, shots, allow_fewer=allow_fewer, dataset=dataset)
     log.info("seed %d, %s shots: %d images", seed, shots or "all", len(subset))
     write_manifest(subset, output)
 

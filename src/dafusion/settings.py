@@ -142,6 +142,7 @@ class InversionSettings(Settings):
 
     steps: int = 1000
     batch_size: int = 4
+    repeats: int | None = 100
     learning_rate: float = 5e-4
     scale_lr: bool = False
     weight_decay: float = 1e-2
@@ -307,6 +308,11 @@ BACKBONE_WEIGHTS = {
     "resnet50": "timm/resnet50.tv2_in1k",
     "deit": "facebook/deit-base-distilled-patch16-224",
 }
+# The frozen backbones with BatchNorm layers, whose features `bn_mode` decides: in training
+# mode each batch is normalized with its own statistics and the running ones are
+# re-estimated; in eval mode the weights' ImageNet running statistics are used, which expect
+# ImageNet-normalized inputs (tests/test_classifier.py builds every backbone to check).
+BATCHNORM_BACKBONES = ("resnet50",)
 
 
 @dataclass(frozen=True)
@@ -327,7 +333,7 @@ class ClassifierSettings(Settings):
     rotation_degrees: float = 15.0
     vertical_flip: bool = False
     cutmix_mode: str = "sample"
-    bn_mode: str = "eval"
+    bn_mode: str = "train"
     feature_cache: bool = False
     cache_views: int = 8
     eval_samples: int | None = None

@@ -10,4 +10,5 @@ with job(snakemake):
         shots=None if snakemake.wildcards.shots == "all" else int(snakemake.wildcards.shots),
         output=snakemake.output[0],
         allow_fewer=snakemake.params.allow_fewer,
+        dataset=snakemake.wildcards.dataset,
     )
