@@ -103,10 +103,13 @@ def test_the_slurm_profile_runs_the_workflow_with_a_local_runs_results(tmp_path,
     assert slurm_run.returncode == 0, stderr[-5000:] + cluster.logs()
     assert (on_slurm / "results/report.html").exists()
 
-    # Every job but the `all` target ran on Slurm, with its rule's declarations.
+    # Every job but the local ones ran on Slurm, with its rule's declarations: the `all`
+    # target and the copy of the reference classifier the recognition job reads
+    # (place_shipped, a localrule).
     jobs = submitted_jobs(stderr)
     steps = int(re.search(r"(\d+) of \1 steps \(100%\) done", stderr).group(1))
-    assert len(jobs) == steps - 1
+    assert len(jobs) == steps - 2
+    assert not any(name.startswith("rule_place_shipped") for name in jobs)
     assert all(job["JobState"] == "COMPLETED" for job in jobs.values())
     # da-fusion's set, in one part (wildcards dataset, set, seed, shots, part, parts)
     daf = workflow_plan(SLURM_REDUCED).set_name("digits", "da-fusion")
