@@ -27,7 +27,7 @@ OTHER_PATHS = [
 ]
 os.environ.update(PYTHONPATH=os.pathsep.join([SRC, *filter(None, OTHER_PATHS)]))
 
-from dafusion.config import ConfigError, validate_config
+from dafusion.config import SCHEMA, ConfigError, validate_config
 
 # The embedded default, unless config files are given: `--configfile mine.yaml` runs
 # mine.yaml alone (its datasets replace the digits instead of adding to them); to overlay
@@ -41,11 +41,7 @@ if not workflow.overwrite_configfiles:
 try:
     # The config alone; what it reads from this machine is looked for once the requested
     # targets are known (common.smk, checked_machine).
-    _validated = validate_config(
-        config,
-        Path(workflow.basedir) / "workflow/schemas/config.schema.yaml",
-        check_files=False,
-    )
+    _validated = validate_config(config, SCHEMA, check_files=False)
 except ConfigError as exc:
     raise WorkflowError(f"invalid configuration: {exc}") from None
 config.clear()

@@ -61,7 +61,7 @@ from dafusion.generation import Engine, denoising_timesteps
 from dafusion.images import encode_png
 from dafusion.models import load_components
 from dafusion.settings import GenerationSettings
-from dafusion.synthetic import plan
+from dafusion.synthetic import variant_plan
 
 
 def make_manifest(count: int, size: int) -> pd.DataFrame:
@@ -111,7 +111,7 @@ def main() -> None:
         model_dir = model_directory(args.model_dir, args.full_size, stack)
         manifest = make_manifest(args.images, resolution)
         prompts = {c: f"a photo of a class{c}" for c in range(4)}
-        work = plan(manifest, 0, args.num_synthetic, strengths).to_dict("records")
+        work = variant_plan(manifest, 0, args.num_synthetic, strengths).to_dict("records")
         print(
             f"device={device} dtype={dtype} model={'sd-v1.4-arch' if args.full_size else 'tiny'} "
             f"resolution={resolution} images={len(work)} steps={args.steps} "

@@ -25,7 +25,7 @@ from PIL import Image
 from scipy.io import savemat
 from snakemake.utils import update_config
 
-from dafusion.config import validate_config
+from dafusion.config import SCHEMA, validate_config
 from dafusion.plan import Plan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,11 +138,7 @@ def workflow_plan(*configs: dict, base_dir: Path | str = ".") -> Plan:
     merged: dict = {}
     for config in configs:
         update_config(merged, copy.deepcopy(config))
-    return Plan.from_config(
-        validate_config(
-            merged, REPO / "workflow/schemas/config.schema.yaml", base_dir, check_files=False
-        )
-    )
+    return Plan.from_config(validate_config(merged, SCHEMA, base_dir, check_files=False))
 
 
 def set_labels(*configs: dict) -> dict[str, str]:

@@ -495,12 +495,11 @@ def test_leafy_spurge_flips_both_ways_and_rotates_45_degrees():
     horizontal = corners(augment(x, torch.Generator().manual_seed(0), 0.0))
     assert horizontal[2:].sum() == 0 and torch.allclose(horizontal[:2], torch.tensor(0.5), atol=0.1)
 
-    from dafusion.config import validate_config
+    from dafusion.config import SCHEMA, validate_config
 
     repo = Path(__file__).parents[1]
     paper = yaml.safe_load((repo / "config/paper.yaml").read_text())
-    schema = repo / "workflow/schemas/config.schema.yaml"
-    paper = validate_config(paper, schema, check_files=False)  # as the workflow reads it
+    paper = validate_config(paper, SCHEMA, check_files=False)  # as the workflow reads it
     entries = paper["datasets"]
     spurge = ClassifierSettings.resolve(paper["classifier"], entries["leafy_spurge"]["classifier"])
     pascal = ClassifierSettings.resolve(

@@ -10,6 +10,7 @@ import yaml
 from dafusion.config import (
     JOB_CHECKS,
     PER_ENTRY,
+    SCHEMA,
     ConfigError,
     Needs,
     check_machine,
@@ -18,7 +19,6 @@ from dafusion.config import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 
 
 def default_config() -> dict:
@@ -774,7 +774,7 @@ def test_a_command_line_value_of_the_wrong_type_names_key_and_type(sections, mes
         (("out/digits/runs/baseline/seed0-shots1.parquet",), (), Needs()),
         (("out/digits/synthetic/abc/seed0-shots1/index.parquet",), (), Needs(backbones=False)),
         (("out/digits/splits/seed0-shots1.parquet",), (), Needs(model=False, backbones=False)),
-        (("out/model/tiny",), (), Needs(False, False, False)),
+        (("out/model/tiny-16px",), (), Needs(False, False, False)),
         (("elsewhere/file.txt",), (), Needs()),  # not a result this knows: everything
         (("synthetic", "out/tables/summary.csv"), (), Needs()),
         ((), ("generate",), Needs(data=False, backbones=False)),

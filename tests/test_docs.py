@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dafusion.config import load_schema
+from dafusion.config import SCHEMA, load_schema
 from dafusion.schema_docs import render
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 REFERENCE = REPO / "docs/configuration-reference.md"
 PAGES = sorted(
     [REPO / "README.md", REPO / "CHANGELOG.md", REPO / "config/README.md"]

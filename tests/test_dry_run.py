@@ -114,7 +114,7 @@ def test_config_values_on_the_command_line_take_the_schemas_types(tmp_path):
         "--config", "model={resolution: 16}", "generation={parts: 3, guidance_scale: 7.5}",
         "inversion={flip: FALSE}", "examples_per_class=[1]",
     )  # fmt: skip
-    assert ("build_tiny_model", "results/model/tiny") in jobs  # 16 px, an integer
+    assert ("build_tiny_model", "results/model/tiny-16px") in jobs  # 16 px, an integer
     parts = {output.rsplit("/", 1)[-1] for rule, output in jobs if rule == "generate"}
     assert parts == {f"part-{i}-of-3.json" for i in range(3)}
     assert not (workdir / "results").exists()

@@ -4,7 +4,6 @@ ESD job resumes, and erased inversion and generation use each class's own delta.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,7 +15,7 @@ from safetensors.torch import load_file as load_tokens
 
 from dafusion import pipeline
 from dafusion.checkpoint import Checkpoint
-from dafusion.config import load_schema
+from dafusion.config import SCHEMA, load_schema
 from dafusion.datasets import few_shot
 from dafusion.deltas import DeltaSwitch, delta_path, load_delta, save_delta
 from dafusion.erasure import (
@@ -134,7 +133,7 @@ def _attention(prefix: str, kind: str) -> set[str]:
 
 
 def test_the_schema_offers_every_esd_train_method():
-    schema = load_schema(Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml")
+    schema = load_schema(SCHEMA)
     erasure = schema["properties"]["erasure"]["properties"]
     assert erasure["train_method"]["enum"] == list(TRAIN_METHODS)
 

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from dafusion import runtime
-from dafusion.estimate import main, mean_steps, plan_of, run_summary, stages
+from dafusion.estimate import main, plan_of, run_summary, stages
+from dafusion.runtime import mean_steps
 from dafusion.settings import ClassifierSettings
 
 GRID = {
@@ -50,14 +51,36 @@ def test_each_stage_counts_shared_sets_once(grid):
     rg = 5 * 10 * 10 * 25  # cars only, M 10, t0 0.5
     assert (generate.jobs, generate.hours) == (
         (2 + 1) * 4,
-        pytest.approx((daf + rg) * runtime.GENERATE_S_PER_IMAGE_STEP / 3600),
+        pytest.approx((daf + rg) * runtime.COSTS["generate"].seconds / 3600),
     )
     assert generate.work.startswith(f"{(10 + 5) * 10 * 20 + 5 * 10 * 10:,} synthetic images")
     assert (invert.jobs, invert.work) == (2 * 4, "100 steps × 2 samples × 60 classes")
-    assert invert.hours == pytest.approx(60 * 100 * 2 * runtime.INVERT_S_PER_SAMPLE_STEP / 3600)
+    assert invert.hours == pytest.approx(60 * 100 * 2 * runtime.COSTS["invert"].seconds / 3600)
     assert (erase.jobs, erase.hours) == (0, 0)
     assert train.jobs == (3 + 4) * 4
-    assert train.hours == pytest.approx(28 * 1000 * runtime.TRAIN_S_PER_STEP / 3600)
+    assert train.hours == pytest.approx(28 * 1000 * runtime.COSTS["train"].seconds / 3600)
+    # each run evaluates at steps 200, 400, ..., 1000: 5 evaluations, their hours named apart
+    per_thousand = 28 * 5 * 1000 * runtime.COSTS["eval"].seconds / 3600
+    assert train.work == (
+        f"28,000 classifier steps; 140 evaluations, not in the hours: {per_thousand:.1f} "
+        "GPU-hours more per 1,000 images in each run's evaluation splits"
+    )
+
+
+@pytest.mark.parametrize(("scope", "deltas"), [("class", 10 + 5), ("joint", 2)])
+def test_the_erase_stage_counts_what_the_erase_jobs_do(tmp_path, scope, deltas):
+    """The estimate sums the work formula of the jobs' time limits (dafusion.runtime): ESD's
+    iterations take time in proportion to the DDIM steps they sample down, and `scope:
+    joint` fine-tunes one delta per dataset, not one per class."""
+    erased = {**GRID["methods"]["daf"], "erased": True}
+    erasure = {"enabled": True, "method": "esd", "iterations": 100, "ddim_steps": 25}
+    config = {**GRID, "methods": {"erased": erased}, "erasure": {**erasure, "scope": scope}}
+    path = tmp_path / "erased.yaml"
+    path.write_text(yaml.safe_dump(config))
+    erase = stages(plan_of([path]))[2]
+    seconds = deltas * 100 * runtime.COSTS["erase"].seconds * 25 / 50
+    assert (erase.jobs, erase.hours) == (2, pytest.approx(seconds / 3600))
+    assert erase.work == f"{deltas} ESD fine-tunings × 100 iterations at 25 DDIM steps"
 
 
 def test_a_dataset_of_unknown_size_is_named(tmp_path, capsys):
@@ -95,22 +118,22 @@ def test_a_costs_file_sets_the_per_unit_costs(grid, tmp_path, capsys):
     generate, _, _, train = stages(plan_of([grid]), costs)
     daf = (10 + 5) * 10 * 20 * mean_steps(50, [0.5, 1.0])
     assert generate.hours == pytest.approx((daf + 5 * 10 * 10 * 25) * 0.01 / 3600)
-    assert train.costs == ("train",)
+    assert train.costs == ("train", "eval")
     bf16 = {**GRID, "classifier": {"steps": 1000, "precision": "bf16"}}
     (tmp_path / "bf16.yaml").write_text(yaml.safe_dump(bf16))
     train = stages(plan_of([tmp_path / "bf16.yaml"]), costs)[3]
-    assert (train.costs, train.hours) == (("train_bf16",), pytest.approx(28 * 1000 * 0.004 / 3600))
+    assert train.costs == ("train_bf16", "eval")
+    assert train.hours == pytest.approx(28 * 1000 * 0.004 / 3600)
     assert main([str(grid), "--costs", str(costs_file)]) == 0
     out = capsys.readouterr().out
     assert "| 0.01 s per image and denoising step | GPU X, generation.py |" in out
     assert out.splitlines()[0].endswith("| per-unit cost | measured | GPU-hours (estimated) |")
 
 
-def test_the_repositorys_costs_are_the_runtime_constants():
+def test_the_repositorys_costs_are_the_runtime_costs():
     """src/dafusion/costs.json is what every rule's runtime and the docs' table use."""
     costs = runtime.read_costs(runtime.COSTS_FILE)
-    assert costs["generate"].seconds == runtime.GENERATE_S_PER_IMAGE_STEP
-    assert costs["train"].seconds == runtime.TRAIN_S_PER_STEP
+    assert costs == runtime.COSTS
     assert costs["eval"].measured is None  # a guess, shown as 'not measured'
     # A precision whose step was not measured takes float32's (the slowest).
     assert runtime.train_cost_key(ClassifierSettings(precision="bf16"), costs) == "train"

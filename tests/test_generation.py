@@ -14,7 +14,7 @@ from dafusion.images import encode_png, load_image
 from dafusion.models import encode_text, scheduler_from_name
 from dafusion.seeds import derive_seed
 from dafusion.settings import GenerationSettings
-from dafusion.synthetic import plan
+from dafusion.synthetic import variant_plan
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def _generate(components, manifest, settings, strengths, scheduler=None):
     """(plan row, image) of every synthetic image of `manifest`, as the generate step runs."""
     prompts = {c: f"a photo of a {c}" for c in manifest["label"].unique()}
     engine = Engine(components, scheduler or components.scheduler, manifest, prompts, 32, settings)
-    work = plan(manifest, 0, settings.num_synthetic, strengths).to_dict("records")
+    work = variant_plan(manifest, 0, settings.num_synthetic, strengths).to_dict("records")
     return list(engine.run(work, 0))
 
 
@@ -130,7 +130,9 @@ def test_outputs_do_not_depend_on_batch_size(components, manifest, stochastic):
 def test_seeds_are_stable_across_versions():
     """Seeds are sha256 of their names; these values were computed by earlier versions, so a
     change here changes every synthetic image and every learned token."""
-    rows = plan(pd.DataFrame({"key": ["digits-0001"]}), seed=7, num_synthetic=4, strengths=[1])
+    rows = variant_plan(
+        pd.DataFrame({"key": ["digits-0001"]}), seed=7, num_synthetic=4, strengths=[1]
+    )
     assert rows["variant_seed"].iloc[3] == derive_seed(7, "digits-0001", 3)
     assert derive_seed(7, "digits-0001", 3) == 6768512918821177212
     assert derive_seed(7, "digits-0001-003", "retry2", 0) == 6077551283208162459
@@ -138,8 +140,8 @@ def test_seeds_are_stable_across_versions():
 
 
 def test_fewer_synthetic_images_are_a_prefix(components, manifest):
-    small = plan(manifest, seed=3, num_synthetic=5, strengths=[0.25, 0.5, 0.75, 1.0])
-    large = plan(manifest, seed=3, num_synthetic=10, strengths=[0.25, 0.5, 0.75, 1.0])
+    small = variant_plan(manifest, seed=3, num_synthetic=5, strengths=[0.25, 0.5, 0.75, 1.0])
+    large = variant_plan(manifest, seed=3, num_synthetic=10, strengths=[0.25, 0.5, 0.75, 1.0])
     merged = large.merge(small, on="key", suffixes=("", "_small"))
     assert len(merged) == len(small) == 15
     assert (merged["variant_seed"] == merged["variant_seed_small"]).all()
@@ -153,7 +155,7 @@ def test_fewer_synthetic_images_are_a_prefix(components, manifest):
 
 def test_strengths_are_drawn_uniformly():
     manifest = pd.DataFrame({"key": [f"img-{i}" for i in range(1000)]})
-    strengths = plan(manifest, seed=0, num_synthetic=4, strengths=[0.25, 0.5, 0.75, 1.0])[
+    strengths = variant_plan(manifest, seed=0, num_synthetic=4, strengths=[0.25, 0.5, 0.75, 1.0])[
         "strength"
     ]
     counts = Counter(strengths)
@@ -352,7 +354,7 @@ def _fixed_shape_run(components, manifest, scheduler, compile_, mask="none"):
     engine = Engine(
         components, scheduler, manifest, prompts, 32, settings, mask=mask, mask_dilation=1
     )
-    work = plan(manifest, 0, 3, [0.25, 0.5, 0.75, 1.0]).to_dict("records")
+    work = variant_plan(manifest, 0, 3, [0.25, 0.5, 0.75, 1.0]).to_dict("records")
     assert sorted(w["strength"] for w in work) == [0.25] * 4 + [0.5, 0.75, 0.75, 1.0, 1.0]
     return {rec["key"]: np.asarray(image, dtype=np.int16) for rec, image in engine.run(work, 0)}
 

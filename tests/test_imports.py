@@ -66,10 +66,10 @@ def test_a_split_job_imports_no_torch(manifests):
 
 def test_a_gather_job_imports_no_torch(manifests, tmp_path):
     """gather_synthetic is the light job of every synthetic set: no model library."""
-    from dafusion.synthetic import plan
+    from dafusion.synthetic import variant_plan
 
     split = manifests["split"]
-    keys = plan(pd.read_parquet(split), 0, 1, [0.5])["key"].tolist()
+    keys = variant_plan(pd.read_parquet(split), 0, 1, [0.5])["key"].tolist()
     part = tmp_path / "part-0-of-1.json"
     meta = {"source_key": "s", "j": 0, "label": 0, "class_name": "zero", "set": "m"}
     meta |= {"strength": 0.5, "prompt": "p", "guidance_scale": 7.5, "scheduler": "DDIM"}

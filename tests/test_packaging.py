@@ -1,12 +1,18 @@
-"""Packaging metadata that cannot drift: every import declared, conda env = pyproject."""
+"""Packaging metadata that cannot drift: every import declared, conda env = pyproject, and
+the built wheel works installed, away from the checkout."""
 
 from __future__ import annotations
 
 import ast
 import importlib.metadata
+import os
+import shutil
+import site
+import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import tomllib
 import yaml
 from packaging.requirements import Requirement
@@ -80,17 +86,24 @@ def test_the_license_file_is_the_declared_license():
     assert (REPO / "LICENSE").read_text().startswith("MIT License")
 
 
-def test_the_wheel_ships_the_miniature_the_reference_classifier_and_the_costs(tmp_path):
-    """A non-editable install has what `dafusion.shipped` and `dafusion.runtime` point at."""
-    import subprocess
-    import zipfile
-
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel pip builds from the checkout (no dependencies, no build isolation)."""
+    folder = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path), str(REPO)],
+         "-w", str(folder), str(REPO)],
         check=True,
     )  # fmt: skip
-    (wheel,) = tmp_path.glob("dafusion-*.whl")
+    (path,) = folder.glob("dafusion-*.whl")
+    return path
+
+
+def test_the_wheel_ships_the_schema_the_miniature_the_reference_classifier_and_the_costs(wheel):
+    """A non-editable install has what `dafusion.config`, `dafusion.shipped` and
+    `dafusion.runtime` point at."""
+    import zipfile
+
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = REPO / "src/dafusion/assets"
     expected = {
@@ -98,6 +111,46 @@ def test_the_wheel_ships_the_miniature_the_reference_classifier_and_the_costs(tm
     }
     assert "dafusion/assets/tiny-digits/unet/diffusion_pytorch_model.safetensors" in expected
     assert "dafusion/assets/reference-digits.safetensors" in expected
-    assert expected | {"dafusion/costs.json", "dafusion/VERSION"} <= names
+    assert expected | {"dafusion/config.schema.yaml", "dafusion/costs.json"} <= names
+    assert "dafusion/VERSION" in names
     version = (REPO / "src/dafusion/VERSION").read_text().strip()
     assert wheel.name.startswith(f"dafusion-{version}-")
+
+
+def test_the_installed_wheel_estimates_a_config_outside_the_checkout(wheel, tmp_path):
+    """`python -m dafusion.estimate` validates the config against the schema the package
+    ships, not one at the checkout's workflow/schemas: the wheel, installed in a fresh venv,
+    prints the table from a folder outside the checkout."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = str(venv / "bin/python")
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    # The dependencies from this environment's site-packages, after the venv's own: a .pth
+    # line adds the folder alone, without running its .pth files (this checkout's editable
+    # install of dafusion among them).
+    Path(purelib, "dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "-q",
+         str(wheel)],
+        check=True,
+    )  # fmt: skip
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(REPO / "config/paper.yaml", elsewhere / "paper.yaml")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [python, *args], cwd=elsewhere, env=env, capture_output=True, text=True
+        )
+
+    where = run("-c", "import dafusion; print(dafusion.__file__)")
+    assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout + where.stderr
+    estimate = run("-m", "dafusion.estimate", "paper.yaml")
+    assert estimate.returncode == 0, estimate.stderr[-3000:]
+    from dafusion.estimate import plan_of, table
+
+    assert estimate.stdout == table(plan_of([REPO / "config/paper.yaml"]))

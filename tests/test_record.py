@@ -3,7 +3,7 @@ from pathlib import Path
 import yaml
 
 import dafusion
-from dafusion.config import validate_config
+from dafusion.config import SCHEMA, validate_config
 from dafusion.provenance import library_versions
 from dafusion.record import (
     OUTSIDE,
@@ -16,7 +16,6 @@ from dafusion.record import (
 from dafusion.settings import SECTIONS
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 
 
 def test_only_the_embedded_tiny_model_has_random_weights():

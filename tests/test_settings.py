@@ -1,17 +1,15 @@
-"""One home per setting, knobs kept apart from result settings, and code fingerprints."""
+"""One home per setting, and knobs kept apart from result settings (the code fingerprints
+are tests/test_provenance.py's)."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
-from dafusion.config import PER_ENTRY, load_schema
-from dafusion.provenance import import_graph, step_code
+from dafusion.config import PER_ENTRY, SCHEMA, load_schema
 from dafusion.settings import (
     ESD_KEYS,
     SECTIONS,
@@ -23,11 +21,6 @@ from dafusion.settings import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
-STEPS = [
-    "build_tiny_model", "place_shipped", "check_dataset", "index_dataset", "seed_split",
-    "few_shot_split", "erase", "invert", "generate", "gather_synthetic", "train", "aggregate",
-]  # fmt: skip
 # Keys the schema accepts that validation expands into other keys and removes.
 EXPANDED = {"inversion": {"preset"}, "classifier": {"protocol"}}
 
@@ -101,67 +94,6 @@ def test_an_erasure_gets_only_its_method_settings():
     assert ErasureSettings(method="uce", scope="joint").eraser == "uce-joint"
 
 
-def test_no_module_imports_another_in_a_circle():
-    graph = import_graph()
-    state: dict[str, str] = {}
-
-    def visit(module: str, path: list[str]) -> None:
-        state[module] = "open"
-        for dep in sorted(graph.get(module, ())):
-            if state.get(dep) == "open":
-                cycle = path[path.index(dep) :] + [dep] if dep in path else [module, dep]
-                pytest.fail(f"import circle: {' -> '.join(cycle)}")
-            if dep not in state:
-                visit(dep, [*path, dep])
-        state[module] = "done"
-
-    for module in sorted(graph):
-        if module not in state:
-            visit(module, [module])
-    assert "dafusion.generation" in graph and "dafusion.readers.folders" in graph
-
-
-@pytest.fixture
-def library(tmp_path):
-    root = tmp_path / "dafusion"
-    shutil.copytree(REPO / "src/dafusion", root, ignore=shutil.ignore_patterns("__pycache__"))
-    return root
-
-
-def _changed(before: dict, root: Path) -> set[str]:
-    return {step for step in STEPS if step_code(step, root) != before[step]}
-
-
-def test_a_module_edit_changes_the_code_of_the_steps_that_import_it(library):
-    before = {step: step_code(step, library) for step in STEPS}
-    assert "dafusion/generation.py" in before["generate"]
-    assert "dafusion/generation.py" not in before["invert"]
-    for path in library.rglob("*.py"):
-        os.utime(path)  # touch: no content change
-    assert _changed(before, library) == set()
-    with open(library / "generation.py", "a") as f:
-        f.write("\n# edited\n")
-    assert _changed(before, library) == {"generate"}
-    with open(library / "aggregate.py", "a") as f:
-        f.write("\n# edited\n")
-    assert _changed(before, library) == {"generate", "aggregate"}
-
-
-def test_only_the_edited_pipeline_function_changes(library):
-    before = {step: step_code(step, library) for step in STEPS}
-    pipeline = library / "pipeline.py"
-    source = pipeline.read_text()
-    pipeline.write_text(source.replace('"seed %d, %s shots: %d images"', '"%d/%s: %d images"'))
-    assert _changed(before, library) == {"few_shot_split"}
-    pipeline.write_text(source.replace("def _model_source(", "def _model_source(  # edited\n"))
-    assert _changed(before, library) == {"erase", "invert", "generate"}  # its callers
-
-
-def test_a_step_without_a_pipeline_function_is_an_error(library):
-    with pytest.raises(ValueError, match="no function 'nonsense' for the workflow rule"):
-        step_code("nonsense", library)
-
-
 def test_a_job_counts_as_a_gpu_job_only_when_it_will_use_cuda(monkeypatch):
     from dafusion.devices import will_use_cuda
 
@@ -169,29 +101,3 @@ def test_a_job_counts_as_a_gpu_job_only_when_it_will_use_cuda(monkeypatch):
     assert not will_use_cuda("cpu")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert not will_use_cuda("auto")  # every GPU hidden
-
-
-def test_code_fingerprints_cut_source_exactly_as_ast_does():
-    """step_code splits each file's lines once; its segments must equal
-    ast.get_source_segment's, or every fingerprint (and so every job) would change."""
-    import ast
-
-    from dafusion.provenance import _LINE, ROOT, _segment
-
-    for path in sorted(ROOT.rglob("*.py")):
-        source = path.read_text()
-        lines = _LINE.findall(source)
-        for node in ast.parse(source).body:  # the statements step_code cuts out
-            assert _segment(lines, node) == ast.get_source_segment(source, node), path
-    source = "x = 1\r\ny = 'é'; z = (\r  2)\nw = 3"
-    lines = _LINE.findall(source)
-    for node in ast.parse(source).body:
-        assert _segment(lines, node) == ast.get_source_segment(source, node)
-
-
-def test_an_import_for_type_checkers_only_is_not_code_a_step_runs(library):
-    """synthetic.py names generation.Engine only under `if TYPE_CHECKING:`: editing
-    generation.py changes the code of generate, not of gather_synthetic."""
-    assert "from .generation import Engine" in (library / "synthetic.py").read_text()
-    gather = step_code("gather_synthetic", library)
-    assert "dafusion/synthetic.py" in gather and "dafusion/generation.py" not in gather

@@ -14,7 +14,7 @@ from dafusion.integrity import record, sidecar
 from dafusion.seeds import derive_seed
 from dafusion.settings import GenerationSettings
 from dafusion.shards import read_images
-from dafusion.synthetic import plan, recorded_parts, shard_ranges, write_index, write_shards
+from dafusion.synthetic import recorded_parts, shard_ranges, variant_plan, write_index, write_shards
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def _meta(item):
 
 def _build(engine, manifest, out, fingerprint="job"):
     """A set made by one job: every shard, then the index."""
-    work = plan(manifest, 0, 2, [0.25, 0.5, 0.75, 1.0]).to_dict("records")
+    work = variant_plan(manifest, 0, 2, [0.25, 0.5, 0.75, 1.0]).to_dict("records")
     rows = write_shards(
         engine, work, out, seed=0, shard_size=3, image_format="png", fingerprint=fingerprint,
         meta=_meta, workers=2, progress=False,
@@ -80,7 +80,7 @@ def test_a_set_in_parts_is_the_same_bytes_as_in_one_job(components, manifest, tm
     out = tmp_path / "parts"
     out.mkdir()
     (out / "shard-000009.tar").write_bytes(b"left by an earlier, larger set")
-    work = plan(manifest, 0, 2, [0.25, 0.5, 0.75, 1.0]).to_dict("records")
+    work = variant_plan(manifest, 0, 2, [0.25, 0.5, 0.75, 1.0]).to_dict("records")
     rows = []
     for shards in reversed(shard_ranges(3, parts)):
         rows += write_shards(
@@ -157,7 +157,7 @@ def test_a_damaged_finished_shard_is_made_again_not_indexed(components, manifest
     to the index with its recorded digest: the resumed job makes it again."""
     whole = _build(_engine(components, manifest), manifest, tmp_path / "whole")
     out = tmp_path / "killed"
-    work = plan(manifest, 0, 2, [0.25, 0.5, 0.75, 1.0]).to_dict("records")
+    work = variant_plan(manifest, 0, 2, [0.25, 0.5, 0.75, 1.0]).to_dict("records")
     write_shards(  # killed before the index: the shards keep their sidecars
         _engine(components, manifest), work, out, seed=0, shard_size=3, image_format="png",
         fingerprint="job", meta=_meta, progress=False,
@@ -230,7 +230,7 @@ def test_flagged_images_are_redrawn_then_dropped(components, manifest):
         calls.append(len(images))
         return [True] * len(images)  # flags everything: must end, not loop
 
-    work = plan(manifest.iloc[:1], 0, 2, [0.5]).to_dict("records")
+    work = variant_plan(manifest.iloc[:1], 0, 2, [0.5]).to_dict("records")
     engine = _engine(components, manifest.iloc[:1], checker=checker)
     out = list(engine.run(work, seed=0))
     assert [image for _, image in out] == [None, None]
@@ -256,7 +256,7 @@ def test_flagged_images_are_redrawn_then_dropped(components, manifest):
 
 def test_out_of_memory_halves_the_batch(components, manifest, monkeypatch):
     """A chunk that runs out of memory is generated again in halved sub-batches."""
-    work = plan(manifest, 0, 2, [0.5]).to_dict("records")
+    work = variant_plan(manifest, 0, 2, [0.5]).to_dict("records")
     reference = {
         i["key"]: torch.tensor(list(im.tobytes()))
         for i, im in _engine(components, manifest, batch_size=8).run(work, 0)

@@ -32,6 +32,11 @@ from .settings import (
 )
 from .shipped import MINIATURE, MINIATURE_RESOLUTION
 
+# Every config key, its default and description: inside the package, so that an installed
+# wheel validates configs (dafusion.estimate) as a checkout does; the Snakefile, the
+# reference page (dafusion.schema_docs) and the tests read it here too.
+SCHEMA = Path(__file__).with_name("config.schema.yaml")
+
 # Named inversion recipes; keys a config sets explicitly win over the preset's.
 INVERSION_PRESETS = {
     # Table 1 of the paper (also the schema defaults).

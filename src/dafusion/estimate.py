@@ -1,12 +1,15 @@
-"""GPU-hours of a config's whole grid, from its plan and the per-unit costs of
-`dafusion.runtime` (measured on one GPU, docs/benchmarks.md): the table in the README and
-docs/cluster.md.
+"""GPU-hours of a config's whole grid: the README's and docs/cluster.md's table.
 
-Computed, not written by hand, so that it follows the grid (methods sharing a synthetic set
-count once, `Plan.synthetic_sets`) and the costs; a test keeps the docs' table equal to
-this module's output. An estimate: no margin, start-up not counted, every class of a
-dataset with `shots` training images per cell (the few-shot draw), and classifier
-evaluations left out.
+Each stage's hours are the sum over the grid's jobs of the work formula that also sets the
+job's time limit (`dafusion.runtime`'s `*_seconds`, at per-unit costs measured on one GPU,
+docs/benchmarks.md), without the limit's margin and start-up. Computed, not written by
+hand, so that it follows the grid (methods sharing a synthetic set count once,
+`Plan.synthetic_sets`) and the costs; a test keeps the docs' table equal to this module's
+output. An estimate: every class of a dataset with `shots` training images per cell (the
+few-shot draw), each synthetic image at its method's mean denoising steps. Classifier
+evaluations are counted but not in the hours: their images are the datasets' evaluation
+splits, which the config does not size (the data does); the table gives their GPU-hours
+per 1,000 images a run evaluates instead.
 
     python -m dafusion.estimate config/paper.yaml
     python -m dafusion.estimate config/paper.yaml --costs costs.json   # benchmarks/gpu.sh's
@@ -23,11 +26,9 @@ from pathlib import Path
 import yaml
 
 from . import runtime
-from .config import validate_config
+from .config import SCHEMA, validate_config
 from .plan import Plan
-from .settings import denoising_steps
 
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow/schemas/config.schema.yaml"
 # Classes of the kinds whose entry may not say (`classes:` sets the others).
 KIND_CLASSES = {"pascal": 20, "leafy_spurge": 2, "digits": 10}
 
@@ -60,16 +61,19 @@ def dataset_classes(plan: Plan, dataset: str) -> int:
         ) from None
 
 
-def mean_steps(num_inference_steps: int, strengths: Sequence[float]) -> float:
-    """Denoising steps an image takes on average: t0 is drawn uniformly from `strengths`."""
-    return sum(denoising_steps(num_inference_steps, s) for s in strengths) / len(strengths)
+def set_sources(plan: Plan, dataset: str) -> int:
+    """The source images of a dataset's synthetic set over every seed and shot count:
+    every class with `shots` training images per cell."""
+    return dataset_classes(plan, dataset) * sum(int(k) for k in plan.shots) * len(plan.seeds)
 
 
 def set_images(plan: Plan, dataset: str, name: str) -> int:
-    """The images of a synthetic set over every seed and shot count: every class with
-    `shots` training images per cell."""
-    shots = sum(int(k) for k in plan.shots) * len(plan.seeds)
-    return dataset_classes(plan, dataset) * shots * plan.set_generation(dataset, name).num_synthetic
+    """The images of a synthetic set over every seed and shot count."""
+    return set_sources(plan, dataset) * plan.set_generation(dataset, name).num_synthetic
+
+
+# GPU-hours of evaluations are given per this many evaluation images (the module's doc).
+EVAL_IMAGES_SHOWN = 1000
 
 
 def stages(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -> list[Stage]:
@@ -77,55 +81,69 @@ def stages(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -> lis
     if "all" in plan.shots:
         raise ValueError("config key 'examples_per_class': the estimate needs numbers, not 'all'")
     cells = len(plan.seeds) * len(plan.shots)
-    sets = images = image_steps = 0.0
-    token_files = token_classes = erase_classes = runs = train_steps = 0
-    train_seconds, train_costs = 0.0, set()
+    inversion, erasure = plan.inversion, plan.erasure
+    sets = images = token_files = token_classes = runs = train_steps = evals = 0
+    erase_classes = deltas = 0
+    seconds = {"generate": 0.0, "invert": 0.0, "erase": 0.0, "train": 0.0, "eval": 0.0}
+    image_steps, train_costs = 0.0, set()
     for dataset in plan.datasets:
         classes = dataset_classes(plan, dataset)
         for name, methods in plan.synthetic_sets(dataset).items():
             generation = plan.set_generation(dataset, name)
-            count = set_images(plan, dataset, name)
-            strengths = plan.methods[methods[0]].strengths
+            steps = runtime.mean_steps(
+                generation.num_inference_steps, plan.methods[methods[0]].strengths
+            )
+            sources = set_sources(plan, dataset)
             sets += cells
-            images += count
-            image_steps += count * mean_steps(generation.num_inference_steps, strengths)
+            images += sources * generation.num_synthetic
+            image_steps += sources * generation.num_synthetic * steps
+            seconds["generate"] += runtime.generate_seconds(generation, sources, steps, costs)
         kinds = {plan.methods[m].erased for m in plan.token_methods(dataset)}  # plain, erased
         token_files += len(kinds) * cells
         token_classes += len(kinds) * cells * classes
+        seconds["invert"] += len(kinds) * cells * runtime.invert_seconds(inversion, classes, costs)
         if dataset in plan.erased_datasets():
             erase_classes += classes
+            deltas += runtime.erase_deltas(erasure, classes)
+            seconds["erase"] += runtime.erase_seconds(erasure, classes, costs)
         for method, spec in plan.methods.items():
             if spec.runs_on(dataset):
                 classifier = plan.classifier_for(dataset, method)
-                cost = runtime.train_cost_key(classifier, costs)
                 runs += cells
                 train_steps += cells * classifier.steps
-                train_seconds += cells * classifier.steps * costs[cost].seconds
-                train_costs.add(cost)
-    inversion, erasure = plan.inversion, plan.erasure
+                evals += cells * runtime.evaluations(classifier)
+                # no evaluation images: their number is the data's (the module's doc)
+                seconds["train"] += cells * runtime.train_seconds(classifier, 0, costs)
+                seconds["eval"] += cells * runtime.eval_seconds(
+                    classifier, EVAL_IMAGES_SHOWN, costs
+                )
+                train_costs.add(runtime.train_cost_key(classifier, costs))
+    hours = {stage: s / 3600 for stage, s in seconds.items()}
     esd = erasure.method == "esd"
     return [
         Stage(
-            "generate", int(sets),
-            f"{images:,.0f} synthetic images × {image_steps / max(images, 1):.1f} denoising "
-            "steps on average", image_steps * costs["generate"].seconds / 3600, ("generate",),
+            "generate", sets,
+            f"{images:,} synthetic images × {image_steps / max(images, 1):.1f} denoising "
+            "steps on average", hours["generate"], ("generate",),
         ),
         Stage(
             "invert", token_files,
             f"{inversion.steps} steps × {inversion.batch_size} samples × {token_classes:,} "
-            "classes", token_classes * inversion.steps * inversion.batch_size
-            * costs["invert"].seconds / 3600, ("invert",),
+            "classes", hours["invert"], ("invert",),
         ),
         Stage(
             "erase", len(plan.erased_datasets()),
-            f"{erase_classes} classes × {erasure.iterations} ESD iterations" if esd
+            f"{deltas} ESD fine-tunings × {erasure.iterations} iterations at "
+            f"{erasure.ddim_steps} DDIM steps" if esd
             else f"{erase_classes} classes in closed form (UCE)",
-            erase_classes * erasure.iterations * costs["erase"].seconds / 3600 if esd else 0,
-            ("erase",) if esd else (),
+            hours["erase"], ("erase",) if esd else (),
         ),
         Stage(
-            "train", runs, f"{train_steps:,} classifier steps (evaluations not counted)",
-            train_seconds / 3600, tuple(sorted(train_costs)),
+            "train", runs,
+            f"{train_steps:,} classifier steps; {evals:,} evaluations, not in the hours: "
+            f"{hours['eval']:,.1f} GPU-hours more per {EVAL_IMAGES_SHOWN:,} images in each "
+            "run's evaluation splits",
+            hours["train"], (*sorted(train_costs), "eval"),
         ),
     ]  # fmt: skip
 

@@ -169,8 +169,9 @@ def _report_failure(
         fallback.flush()
 
 
-def fingerprint(**parts) -> str:
-    """A stable hash of everything that determines a job's result.
+def resume_key(**parts) -> str:
+    """A stable hash of everything that determines a job's result (not the code fingerprint
+    of `dafusion.provenance`, which decides what Snakemake reruns).
 
     Stored beside resumable progress (inversion checkpoints, finished shards) so that a rerun
     only picks up progress made by the same job.

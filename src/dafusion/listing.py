@@ -11,11 +11,6 @@ written when the workflow is parsed (a dry run leaves the results folder as it i
 `track_files: false` the root is not listed and the entry keeps the value Snakemake recorded
 when the outputs were made, so switching it reruns nothing.
 
-Results folders made by version 0.1.0 hold the digest in a file beside the
-splits (`paths.LEGACY_LISTING`), written when the workflow started, and index_dataset's
-outputs were recorded with that file as their input and without the entry. While the files
-are as listed there, the entry stays out and the file stays an input, so upgrading reruns
-nothing; once they differ, the entry goes in and the job reruns.
 """
 
 from __future__ import annotations
@@ -73,39 +68,21 @@ def recorded_listing(params: Iterable[str] | None, root: str) -> str | None:
     return None
 
 
-def read_legacy(path: str | Path) -> str | None:
-    """The listing a results folder of version 0.1.0 recorded, if any."""
-    path = Path(path)
-    return path.read_text().strip() if path.is_file() else None
-
-
-def legacy_input(path: str | Path) -> list[str]:
-    """index_dataset's input in a results folder of version 0.1.0: the listing
-    file its outputs were recorded with (so that their set of inputs stays the same); no
-    input elsewhere. The file is never written again."""
-    return [str(path)] if Path(path).is_file() else []
-
-
 def files_entry(
     root: str | None,
     track_files: bool,
     *,
     recorded: Callable[[], Iterable[str] | None],
-    legacy: str | None,
     lister: Callable[[Path], str] = listing_digest,
 ) -> dict[str, str]:
     """The entry index_dataset's `code` param carries for a dataset's files: {key: listing}.
 
     `recorded()`: the params Snakemake recorded for the job's outputs (read only with
-    `track_files: false`); `legacy`: the listing file of an older results folder
-    (`read_legacy`), whose outputs were recorded without the entry. No entry for a dataset
-    without a root (nothing to list), nor while the listing is the legacy file's."""
+    `track_files: false`). No entry for a dataset without a root (nothing to list)."""
     if not root:
         return {}
     if track_files:
         listing = lister(Path(root).expanduser())
     else:
-        listing = recorded_listing(recorded(), root) or legacy or UNTRACKED
-    if listing == legacy:
-        return {}
+        listing = recorded_listing(recorded(), root) or UNTRACKED
     return {listing_key(root): listing}

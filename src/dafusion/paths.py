@@ -14,11 +14,8 @@ editing it changes no job's code fingerprint (`dafusion.provenance`).
 from __future__ import annotations
 
 # The tiny model (model.pretrained: tiny), built once per resolution: two configs of one
-# results folder never overwrite each other's. The embedded default's 16 px keeps the
-# unsuffixed folder of version 0.2.0, so its results need no rerun (tiny_model).
-TINY_MODEL = "model/tiny"
-TINY_MODEL_AT = "model/tiny-{resolution}px"
-TINY_MODEL_UNSUFFIXED_RESOLUTION = 16
+# results folder never overwrite each other's.
+TINY_MODEL = "model/tiny-{resolution}px"
 
 # place_shipped: a shipped asset (dafusion.shipped: tiny-digits, reference-digits), copied
 # where the jobs read it, so that no job's inputs name the checkout's or the package's path.
@@ -34,9 +31,6 @@ POOL = SPLITS + "/pool.parquet"
 VAL = SPLITS + "/val.parquet"
 TEST = SPLITS + "/test.parquet"
 MASKS = SPLITS + "/masks"
-# Written at start-up by version 0.1.0 (the digest of the dataset root's file
-# listing); now only read, for results folders made then (dafusion.listing).
-LEGACY_LISTING = SPLITS + "/.files.sha256"
 # seed_split (split_protocol: original-code): this seed's half of the pool.
 SEED_POOL = SPLITS + "/seed{seed}-pool.parquet"
 SEED_VAL = SPLITS + "/seed{seed}-val.parquet"
@@ -82,14 +76,6 @@ REPORT = "report.html"
 # The report's record of the config (dafusion.record.resolved_config).
 CONFIG = "config.yaml"
 BENCHMARKS = "benchmarks"
-
-
-def tiny_model(resolution: int) -> str:
-    """The tiny model built at `resolution`: TINY_MODEL at the embedded default's resolution
-    (where 0.2.0 built it for every resolution), TINY_MODEL_AT at any other."""
-    if resolution == TINY_MODEL_UNSUFFIXED_RESOLUTION:
-        return TINY_MODEL
-    return TINY_MODEL_AT.format(resolution=resolution)
 
 
 def tokens_losses(tokens: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from .io import fingerprint, write_parquet
+from .io import resume_key, write_parquet
 from .settings import (
     AggregateSettings,
     ClassifierSettings,
@@ -203,7 +203,7 @@ def erase(
     for key, erased in units.items():
         prompts = [settings.prompt.format(name=n) for n in erased]
         preserve = [settings.prompt.format(name=n) for n in names if n not in erased]
-        fingerprints[key] = fingerprint(
+        fingerprints[key] = resume_key(
             model=model.result_params(), erasure=settings.result_params(), erase=prompts,
             code=dict(code or {}), preserve=preserve if settings.method == "uce" else None,
         )  # fmt: skip
@@ -295,7 +295,7 @@ def invert(
     components.text_encoder.to(torch.float32)
     out = Path(output)
     deltas = class_deltas(erasure_path) if erasure_path else {}
-    job = fingerprint(
+    job = resume_key(
         keys=manifest["key"].tolist(), labels=manifest["label"].tolist(), names=names,
         model=model.result_params(), settings=settings.result_params(), seed=seed,
         erasure={name: ref[1] for name, ref in deltas.items()},
@@ -320,7 +320,7 @@ def invert(
                 resolution=model.resolution, keep_final=True,
                 checkpoint=Checkpoint(
                     out.with_name(f"{stem}.checkpoint.safetensors"),
-                    fingerprint(job=job, class_name=name),
+                    resume_key(job=job, class_name=name),
                 ),
             )  # fmt: skip
             tokens.update(part.tokens)
@@ -375,7 +375,7 @@ def _synthetic_job(
     from .generation import Engine
     from .manifest import class_names, class_token, read_manifest
     from .models import load_safety_checker, scheduler_from_name
-    from .synthetic import plan
+    from .synthetic import variant_plan
     from .tokens import expand, file_hash, load_into
 
     manifest = read_manifest(split_path)
@@ -435,8 +435,8 @@ def _synthetic_job(
             "erasure": erasure[int(source["label"])][1] if erasure else "",
         }
 
-    work = plan(manifest, seed, settings.num_synthetic, method.strengths).to_dict("records")
-    job = fingerprint(
+    work = variant_plan(manifest, seed, settings.num_synthetic, method.strengths).to_dict("records")
+    job = resume_key(
         keys=manifest["key"].tolist(), prompts=prompts, method=method.result_params(),
         seed=seed, generation=settings.result_params(), model=model.result_params(),
         token_hash=token_hash, erasure={k: v[1] for k, v in erasure.items()},
@@ -481,10 +481,10 @@ def generate(
 
     from .io import atomic_path
     from .manifest import read_manifest
-    from .synthetic import num_shards, plan, shard_ranges, write_shards
+    from .synthetic import num_shards, shard_ranges, variant_plan, write_shards
 
     manifest = read_manifest(split_path)
-    images = len(plan(manifest, seed, settings.num_synthetic, method.strengths))
+    images = len(variant_plan(manifest, seed, settings.num_synthetic, method.strengths))
     total = num_shards(images, settings.shard_size)
     shards = shard_ranges(total, parts)[part]
     if not shards:
@@ -532,7 +532,7 @@ def gather_synthetic(
 
     from .card import write_card
     from .manifest import class_names, read_manifest
-    from .synthetic import plan, write_index
+    from .synthetic import variant_plan, write_index
 
     records = [json.loads(Path(part).read_text()) for part in parts]
     fingerprints = {r["fingerprint"] for r in records if r["rows"]}
@@ -543,7 +543,7 @@ def gather_synthetic(
         )
     rows = [row for record in records for row in record["rows"]]
     manifest = read_manifest(split_path)
-    planned = plan(manifest, seed, settings.num_synthetic, method.strengths)["key"]
+    planned = variant_plan(manifest, seed, settings.num_synthetic, method.strengths)["key"]
     keys = [row["key"] for row in rows]
     if sorted(keys) != sorted(planned):
         raise ValueError(

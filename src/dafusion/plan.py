@@ -25,7 +25,7 @@ from typing import Any
 
 from . import paths, runtime
 from .devices import will_use_cuda
-from .provenance import digest, step_code
+from .provenance import digest
 from .readers import index_keys
 from .settings import (
     AggregateSettings,
@@ -232,7 +232,7 @@ class Plan:
                 )
         return self.grid(paths.RUN, list(self.methods))
 
-    def erasure_check(self, dataset: str) -> str:
+    def erasure_table(self, dataset: str) -> str:
         """An eraser's check table; it also lists the delta files beside it."""
         return self.path(paths.ERASURE, dataset=dataset, eraser=self.erasure.eraser)
 
@@ -246,7 +246,7 @@ class Plan:
 
     def all_erasure(self) -> list[str]:
         """The erasure of every dataset that needs one."""
-        return [self.erasure_check(d) for d in self.erased_datasets()]
+        return [self.erasure_table(d) for d in self.erased_datasets()]
 
     # Synthetic sets ------------------------------------------------------------------
 
@@ -338,7 +338,7 @@ class Plan:
             return self.path(paths.SHIPPED, asset="tiny-digits")
         if self.model.pretrained != "tiny":
             return []
-        return self.res(paths.tiny_model(self.model.resolution))
+        return self.path(paths.TINY_MODEL, resolution=self.model.resolution)
 
     def split_path(self, dataset: str, seed: int | str, shots: int | str) -> str:
         return self.path(paths.SPLIT, dataset=dataset, seed=seed, shots=shots)
@@ -361,7 +361,7 @@ class Plan:
 
     def method_erasure(self, dataset: str, method: str) -> str | list[str]:
         """The erasure an erased method's jobs use; none for the others."""
-        return self.erasure_check(dataset) if self.methods[method].erased else []
+        return self.erasure_table(dataset) if self.methods[method].erased else []
 
     def generate_tokens(
         self, dataset: str, name: str, seed: int | str, shots: int | str
@@ -489,9 +489,11 @@ class Plan:
     def generate_minutes(
         self, dataset: str, name: str, split: str, attempt: int, *, parts: int
     ) -> int:
-        """A generate job: its share of a set's images."""
+        """A generate job: its share of a set's images, each at its largest t0's steps."""
         generation = self.set_generation(dataset, name)
-        seconds = runtime.generate_seconds(generation, runtime.rows(split)) / parts
+        strengths = self.methods[self.set_methods(dataset, name)[0]].strengths
+        steps = runtime.most_steps(generation.num_inference_steps, strengths)
+        seconds = runtime.generate_seconds(generation, runtime.rows(split), steps) / parts
         return runtime.minutes(seconds, attempt)
 
     def gather_minutes(self, attempt: int) -> int:
@@ -644,24 +646,6 @@ class Plan:
         return {
             name: rendered[caption_key(name, captions)] for name in self.aggregate_figures()
         } | rendered
-
-
-def rule_code(rule: str, basedir: str | Path) -> dict[str, str]:
-    """Content hashes of the code a rule's jobs run: its script (under `basedir`, the
-    workflow's root), its pipeline function and the library modules those import
-    (dafusion.provenance). An edit reruns exactly the jobs that run the edited code; touch or
-    a fresh clone reruns nothing."""
-    script = f"workflow/scripts/{rule}.py"
-    return {**step_code(rule), script: digest((Path(basedir) / script).read_bytes())}
-
-
-def workflow_code(basedir: str | Path) -> str:
-    """One digest of the code every rule runs (`rule_code` of each workflow/scripts/*.py):
-    what the report names as the code that made its results. A change to any rule's code
-    reruns that rule's jobs, and through their outputs the report."""
-    rules = sorted(path.stem for path in Path(basedir, "workflow/scripts").glob("*.py"))
-    code = {rule: rule_code(rule, basedir) for rule in rules}
-    return digest(json.dumps(code, sort_keys=True).encode())
 
 
 def read_captions(folder: str | Path) -> dict[str, str]:

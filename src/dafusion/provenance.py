@@ -6,6 +6,10 @@ library module those import, transitively. Editing `generation.py` changes the f
 of `generate` (which reruns its jobs and, through their outputs, what follows), not of
 `invert`; `touch` or a fresh clone changes no content and reruns nothing. The mapping is
 read from the import statements each time the workflow starts, so it cannot go stale.
+`rule_code` adds a rule's script; `workflow_code` is the one digest the report records.
+
+Jobs import this module too (`io` logs the library's hash), so it is in most steps'
+fingerprints: editing it reruns those steps' jobs.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Iterator
 from importlib.metadata import PackageNotFoundError, version
@@ -188,6 +193,98 @@ def _bound_names(node: ast.stmt) -> set[str]:
     return set()
 
 
+_FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+
+def global_names(node: ast.AST) -> set[str]:
+    """The names `node`, a module-level statement, reads from its module's namespace.
+
+    A name a function binds (a parameter, an assignment, an import, a loop or `with` target,
+    an exception's name) or a comprehension binds is that scope's own, even where a module
+    function has the same name: `report(recognition=...)` uses no `recognition` step. A class
+    body may read a global before binding the same name, so its names all count."""
+    found: set[str] = set()
+    _read(node, frozenset(), found)
+    return found
+
+
+def _read(node: ast.AST, local: frozenset[str], found: set[str]) -> None:
+    """Add to `found` the names `node` reads that no enclosing function binds (`local`)."""
+    if isinstance(node, ast.Name):
+        if isinstance(node.ctx, ast.Load) and node.id not in local:
+            found.add(node.id)
+    elif isinstance(node, _FUNCTIONS):
+        # Decorators, defaults and annotations run where the function is defined.
+        arguments = node.args
+        every = [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]
+        every += [a for a in (arguments.vararg, arguments.kwarg) if a]
+        outer = [*getattr(node, "decorator_list", []), *arguments.defaults]
+        outer += [d for d in arguments.kw_defaults if d]
+        outer += [a.annotation for a in every if a.annotation]
+        outer += [node.returns] if getattr(node, "returns", None) else []
+        for child in outer:
+            _read(child, local, found)
+        bound, declared = _function_bindings(node)
+        inner = (local | bound | {a.arg for a in every}) - declared
+        for child in node.body if isinstance(node.body, list) else [node.body]:
+            _read(child, inner, found)
+    elif isinstance(node, _COMPREHENSIONS):
+        # The first iterable runs in the enclosing scope; the rest sees the loop targets.
+        first, *rest = node.generators
+        _read(first.iter, local, found)
+        targets = {
+            n.id for g in node.generators for n in ast.walk(g.target) if isinstance(n, ast.Name)
+        }
+        inner = local | targets
+        parts = [*first.ifs, *(part for g in rest for part in (g.iter, *g.ifs))]
+        parts += [getattr(node, field) for field in ("elt", "key", "value") if hasattr(node, field)]
+        for child in parts:
+            _read(child, inner, found)
+    else:
+        for child in ast.iter_child_nodes(node):
+            _read(child, local, found)
+
+
+def _function_bindings(node: ast.AST) -> tuple[set[str], set[str]]:
+    """The names a function's body binds (parameters aside), and those it declares `global`:
+    those it reads from the module even where an enclosing function binds them."""
+    bound: set[str] = set()
+    declared: set[str] = set()
+    body = node.body if isinstance(node.body, list) else [node.body]
+    for child in body:
+        _bind(child, bound, declared, in_comprehension=False)
+    return bound, declared
+
+
+def _bind(node: ast.AST, bound: set[str], declared: set[str], in_comprehension: bool) -> None:
+    """Collect the names `node` binds in the scope of the function it is in: a nested
+    function's or lambda's body and a comprehension's loop targets bind in their own."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        bound.add(node.name)
+        return
+    if isinstance(node, ast.Lambda):
+        return
+    if isinstance(node, ast.Global):
+        declared.update(node.names)
+    elif isinstance(node, (ast.Import, ast.ImportFrom)):
+        bound.update((a.asname or a.name).split(".")[0] for a in node.names)
+    elif isinstance(node, ast.NamedExpr):  # binds in the function even in a comprehension
+        bound.add(node.target.id)
+        _bind(node.value, bound, declared, in_comprehension)
+        return
+    elif isinstance(node, ast.Name):
+        if not isinstance(node.ctx, ast.Load) and not in_comprehension:
+            bound.add(node.id)
+    elif isinstance(node, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)) and node.name:
+        bound.add(node.name)
+    elif isinstance(node, ast.MatchMapping) and node.rest:
+        bound.add(node.rest)
+    in_comprehension = in_comprehension or isinstance(node, _COMPREHENSIONS)
+    for child in ast.iter_child_nodes(node):
+        _bind(child, bound, declared, in_comprehension)
+
+
 def step_code(step: str, root: Path = ROOT) -> dict[str, str]:
     """The fingerprint of the code workflow step `step` runs: {source: content hash}.
 
@@ -207,7 +304,7 @@ def step_code(step: str, root: Path = ROOT) -> dict[str, str]:
         if node in used:
             continue
         used.append(node)
-        stack += [n.id for n in ast.walk(node) if isinstance(n, ast.Name) and n.id in top]
+        stack += sorted(global_names(node) & top.keys())
     used.sort(key=lambda n: n.lineno)
     lines = _LINE.findall(source)
     segments = "\n".join(_segment(lines, n) for n in used)
@@ -217,3 +314,27 @@ def step_code(step: str, root: Path = ROOT) -> dict[str, str]:
         path = module_path(module, root)
         code[str(path.relative_to(root.parent))] = digest(path.read_bytes())
     return code
+
+
+def script_rules(basedir: str | Path) -> list[str]:
+    """The rules that run a script, from the workflow's files rather than a list kept by hand:
+    each has workflow/scripts/<rule>.py (under `basedir`, the workflow's root), which calls
+    `pipeline.<rule>`."""
+    return sorted(path.stem for path in Path(basedir, "workflow/scripts").glob("*.py"))
+
+
+def rule_code(rule: str, basedir: str | Path) -> dict[str, str]:
+    """Content hashes of the code a rule's jobs run: its script (under `basedir`, the
+    workflow's root), its pipeline function and the library modules those import
+    (`step_code`). An edit reruns exactly the jobs that run the edited code; touch or a fresh
+    clone reruns nothing."""
+    script = f"workflow/scripts/{rule}.py"
+    return {**step_code(rule), script: digest((Path(basedir) / script).read_bytes())}
+
+
+def workflow_code(basedir: str | Path) -> str:
+    """One digest of the code every rule runs (`rule_code` of each of `script_rules`): what
+    the report names as the code that made its results. A change to any rule's code reruns
+    that rule's jobs, and through their outputs the report."""
+    code = {rule: rule_code(rule, basedir) for rule in script_rules(basedir)}
+    return digest(json.dumps(code, sort_keys=True).encode())

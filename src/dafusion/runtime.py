@@ -1,12 +1,14 @@
-"""Wall times for a cluster (README, Running on a cluster): every rule's `runtime`.
+"""The cost model: each stage's work in seconds (`*_seconds`), and from it every rule's
+`runtime` on a cluster (README, Running on a cluster).
 
-In minutes (Slurm's unit), an estimate that scales with the job's work. Per-unit costs
-(costs.json) measured on one H200 with Stable Diffusion v1.4's full-size architecture
-(docs/benchmarks.md; `benchmarks/gpu.sh` measures them all), times RUNTIME_MARGIN for
-slower GPUs, plus RUNTIME_START_MIN for start-up and model loading; the tiny model on a CPU
-costs about as much per unit. Never below RUNTIME_START_MIN. A retry (profiles/slurm:
-retries) asks for `attempt` times the estimate, so a job killed at its time limit gets more
-the next time.
+One work formula per stage, from the job's settings and size, at per-unit costs (costs.json)
+measured on one H200 with Stable Diffusion v1.4's full-size architecture
+(docs/benchmarks.md; `benchmarks/gpu.sh` measures them all); the tiny model on a CPU costs
+about as much per unit. A job's time limit (`minutes`, in Slurm's unit) is its work times
+RUNTIME_MARGIN for slower GPUs, plus RUNTIME_START_MIN for start-up and model loading, never
+below RUNTIME_START_MIN; a retry (profiles/slurm: retries) asks for `attempt` times that, so
+a job killed at its time limit gets more the next time. `dafusion.estimate` sums the same
+formulas over a config's grid, without the margin.
 
 The work is read from the job's input manifests when Snakemake asks for the job's
 resources; while a manifest is yet to be made, `rows` and `class_count` raise a
@@ -20,11 +22,17 @@ import errno
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .settings import ClassifierSettings, ErasureSettings, GenerationSettings, InversionSettings
+from .settings import (
+    ClassifierSettings,
+    ErasureSettings,
+    GenerationSettings,
+    InversionSettings,
+    denoising_steps,
+)
 
 RUNTIME_MARGIN = 4
 RUNTIME_START_MIN = 10
@@ -70,11 +78,8 @@ def read_costs(path: str | os.PathLike, base: Mapping[str, Cost] | None = None) 
 
 
 COSTS = read_costs(COSTS_FILE)
-GENERATE_S_PER_IMAGE_STEP = COSTS["generate"].seconds
-INVERT_S_PER_SAMPLE_STEP = COSTS["invert"].seconds
-ESD_S_PER_ITERATION = COSTS["erase"].seconds
-TRAIN_S_PER_STEP = COSTS["train"].seconds
-EVAL_S_PER_IMAGE = COSTS["eval"].seconds
+# The DDIM steps ESD's `erase` cost was measured at (UNITS).
+ESD_MEASURED_DDIM_STEPS = 50
 
 
 def train_cost_key(classifier: ClassifierSettings, costs: Mapping[str, Cost] = COSTS) -> str:
@@ -111,29 +116,70 @@ def minutes(seconds: float, attempt: int) -> int:
     return math.ceil(estimate) * attempt
 
 
-def generate_seconds(generation: GenerationSettings, images: int) -> float:
-    """A synthetic set: source images x M x denoising steps."""
-    work = images * generation.num_synthetic * generation.num_inference_steps
-    return work * GENERATE_S_PER_IMAGE_STEP
+def mean_steps(num_inference_steps: int, strengths: Sequence[float]) -> float:
+    """The denoising steps an image takes on average: each image's t0 is drawn uniformly
+    from `strengths` (dafusion.synthetic.draw_strength), so a grid's total is its images
+    times this."""
+    return sum(denoising_steps(num_inference_steps, s) for s in strengths) / len(strengths)
 
 
-def invert_seconds(inversion: InversionSettings, classes: int) -> float:
+def most_steps(num_inference_steps: int, strengths: Sequence[float]) -> int:
+    """The denoising steps of the largest t0: a bound on any one image's, for one job's time
+    limit (a job's images may draw the large t0 more often than the mean says)."""
+    return max(denoising_steps(num_inference_steps, s) for s in strengths)
+
+
+def generate_seconds(
+    generation: GenerationSettings,
+    images: int,
+    steps: float,
+    costs: Mapping[str, Cost] = COSTS,
+) -> float:
+    """A synthetic set: source images x M x `steps` denoising steps per synthetic image
+    (`mean_steps` or `most_steps`: SDEdit at t0 runs the last floor(S t0) of S steps)."""
+    return images * generation.num_synthetic * steps * costs["generate"].seconds
+
+
+def invert_seconds(
+    inversion: InversionSettings, classes: int, costs: Mapping[str, Cost] = COSTS
+) -> float:
     """Steps x classes x batch size (one joint inversion trains every class each step)."""
-    return inversion.steps * classes * inversion.batch_size * INVERT_S_PER_SAMPLE_STEP
+    return inversion.steps * classes * inversion.batch_size * costs["invert"].seconds
 
 
-def erase_seconds(erasure: ErasureSettings, classes: int) -> float:
-    """ESD: iterations x classes (one delta per class; one for `scope: joint`), scaled by the
-    DDIM steps it samples with; UCE is closed form (seconds)."""
+def erase_deltas(erasure: ErasureSettings, classes: int) -> int:
+    """The ESD fine-tunings of a dataset: one delta per class, one for `scope: joint`."""
+    return classes if erasure.scope == "class" else 1
+
+
+def erase_seconds(
+    erasure: ErasureSettings, classes: int, costs: Mapping[str, Cost] = COSTS
+) -> float:
+    """ESD: iterations x deltas, each iteration in proportion to `ddim_steps`: it samples
+    x_t down about half of the DDIM steps (dafusion.erasure.sample_until), about 25 guided
+    UNet calls at the measured 50 against its training step's few, so the sampling is most
+    of its time. UCE is closed form (seconds)."""
     if erasure.method != "esd":
         return 0
-    deltas = classes if erasure.scope == "class" else 1
-    per_iteration = ESD_S_PER_ITERATION * erasure.ddim_steps / 50
-    return erasure.iterations * deltas * per_iteration
+    per_iteration = costs["erase"].seconds * erasure.ddim_steps / ESD_MEASURED_DDIM_STEPS
+    return erasure.iterations * erase_deltas(erasure, classes) * per_iteration
 
 
-def train_seconds(classifier: ClassifierSettings, eval_images: int) -> float:
-    """Steps, plus an evaluation of the validation (and test) images every eval_interval."""
-    evaluations = classifier.steps // classifier.eval_interval + 1
-    step = COSTS[train_cost_key(classifier)].seconds
-    return classifier.steps * step + evaluations * eval_images * EVAL_S_PER_IMAGE
+def evaluations(classifier: ClassifierSettings) -> int:
+    """A run's evaluations: every eval_interval-th step and the last (dafusion.classifier)."""
+    return math.ceil(classifier.steps / classifier.eval_interval)
+
+
+def eval_seconds(
+    classifier: ClassifierSettings, eval_images: int, costs: Mapping[str, Cost] = COSTS
+) -> float:
+    """A run's evaluations of its `eval_images` evaluation images (val and test)."""
+    return evaluations(classifier) * eval_images * costs["eval"].seconds
+
+
+def train_seconds(
+    classifier: ClassifierSettings, eval_images: int, costs: Mapping[str, Cost] = COSTS
+) -> float:
+    """A classifier run: its steps at its precision's cost, and its evaluations."""
+    step = costs[train_cost_key(classifier, costs)].seconds
+    return classifier.steps * step + eval_seconds(classifier, eval_images, costs)

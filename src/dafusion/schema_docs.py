@@ -4,9 +4,9 @@
     python -m dafusion.schema_docs --output docs/configuration-reference.md
     python -m dafusion.schema_docs --check docs/configuration-reference.md  # exit 1 if stale
 
-Every key of `workflow/schemas/config.schema.yaml` becomes a table row with its type or
-allowed values, its default and its description; per-entry sections (`datasets`,
-`methods`) are listed as `datasets.<name>.key`.
+Every key of the schema (`dafusion.config.SCHEMA`: src/dafusion/config.schema.yaml) becomes a
+table row with its type or allowed values, its default and its description; per-entry
+sections (`datasets`, `methods`) are listed as `datasets.<name>.key`.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from typing import Any
 
 import yaml
 
-from dafusion.config import JOB_CHECKS, PER_ENTRY, load_schema
+from dafusion.config import JOB_CHECKS, PER_ENTRY, SCHEMA, load_schema
 
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow/schemas/config.schema.yaml"
 REFERENCE = "docs/configuration-reference.md"
 COMMAND = ".venv/bin/python -m dafusion.schema_docs --output docs/configuration-reference.md"
 
@@ -146,7 +145,7 @@ def render(schema: Mapping) -> str:
         "# Configuration reference",
         "",
         "Every key of the workflow's configuration, generated from the descriptions in",
-        "`workflow/schemas/config.schema.yaml`. Do not edit this page: edit the schema, then",
+        "`src/dafusion/config.schema.yaml`. Do not edit this page: edit the schema, then",
         "run",
         "",
         "```bash",

@@ -14,7 +14,7 @@ A few fields of dataset and method entries shape other settings or the set of jo
 which `resolve` merges into those sections' params of exactly the jobs they concern, and
 which datasets a method runs on. They are never their own section's params.
 
-The defaults here equal the schema's (`workflow/schemas/config.schema.yaml`); a test compares
+The defaults here equal the schema's (`src/dafusion/config.schema.yaml`); a test compares
 every key. This module imports nothing heavy: the Snakefile uses it at start-up.
 """
 

@@ -43,7 +43,7 @@ def draw_strength(variant: int, strengths: Sequence[float]) -> float:
     return float(strengths[np.random.default_rng(variant).integers(len(strengths))])
 
 
-def plan(
+def variant_plan(
     manifest: pd.DataFrame, seed: int, num_synthetic: int, strengths: Sequence[float]
 ) -> pd.DataFrame:
     """One row per synthetic image, in key order: source row, j, its seed and its t0."""
@@ -102,8 +102,8 @@ PART_PATTERN = "part-*-of-*.json"
 
 
 def recorded_parts(index_path: str | Path) -> int | None:
-    """How many jobs made the set of `index_path`; None for an index written before 0.3.0,
-    which did not record it."""
+    """How many jobs made the set of `index_path`; None for an index that does not record
+    it."""
     metadata = pq.read_schema(index_path).metadata or {}
     value = metadata.get(PARTS_KEY.encode())
     return int(value) if value is not None else None

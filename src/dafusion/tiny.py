@@ -1,4 +1,5 @@
-"""The embedded default model: a tiny Stable Diffusion with fixed-seed random weights.
+"""`model.pretrained: tiny`: a tiny Stable Diffusion with fixed-seed random weights, for
+testing the plumbing (the embedded default runs the trained miniature, `dafusion.miniature`).
 
 Same architecture family as Stable Diffusion v1 (UNet2DConditionModel, AutoencoderKL,
 CLIPTextModel with a byte-level BPE CLIPTokenizer, the v1 PNDM scheduler), small enough to

@@ -99,7 +99,7 @@ rule inversion_curves:
 
 rule erasure_check:
     input:
-        check=lambda w: PLAN.erasure_check(w.dataset),
+        check=lambda w: PLAN.erasure_table(w.dataset),
     output:
         png=report(
             res(paths.ERASURE_FIGURE),

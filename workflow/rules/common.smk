@@ -14,9 +14,8 @@ from dafusion.plan import (
     PlanError,
     caption_key,
     read_captions,
-    rule_code,
-    workflow_code,
 )
+from dafusion.provenance import rule_code, workflow_code
 from dafusion.record import resolved_config
 from dafusion.shipped import SHIPPED, shipped_digest
 
@@ -49,7 +48,7 @@ wildcard_constraints:
 
 
 def code(rule):
-    """The fingerprint of the code a rule's jobs run (dafusion.plan.rule_code)."""
+    """The fingerprint of the code a rule's jobs run (dafusion.provenance.rule_code)."""
     return rule_code(rule, workflow.basedir)
 
 
@@ -204,9 +203,6 @@ def listing_code(rule, output):
             spec.root,
             spec.track_files,
             recorded=lambda: recorded_params(output(w)),
-            legacy=listing.read_legacy(
-                PLAN.path(paths.LEGACY_LISTING, dataset=w.dataset)
-            ),
             lister=LIST_FILES,
         )
         return {**fingerprint, **entry}
@@ -222,10 +218,6 @@ check_code = listing_code("check_dataset", lambda w: dataset_check(w))
 
 def dataset_check(w):
     return PLAN.dataset_check(w.dataset)
-
-
-def legacy_listing(w):
-    return listing.legacy_input(PLAN.path(paths.LEGACY_LISTING, dataset=w.dataset))
 
 
 # Targets, the aggregate and the report.

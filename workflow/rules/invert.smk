@@ -33,7 +33,7 @@ use rule invert as invert_erased with:
         checked=checked,
         split=split_path,
         model=model_input,
-        erasure=lambda w: PLAN.erasure_check(w.dataset),
+        erasure=lambda w: PLAN.erasure_table(w.dataset),
     output:
         tokens=res(paths.ERASED_TOKENS),
         export=directory(res(paths.ERASED_TOKENS_EXPORT)),

@@ -1,6 +1,6 @@
 rule build_tiny_model:
     output:
-        directory(res(paths.tiny_model(MODEL.resolution))),
+        directory(PLAN.path(paths.TINY_MODEL, resolution=MODEL.resolution)),
     log:
         res("logs/model/build_tiny_model.log"),
     benchmark:

@@ -27,8 +27,6 @@ rule check_dataset:
 rule index_dataset:
     input:
         check=dataset_check,
-        # Only in a results folder of version 0.1.0 (dafusion.listing).
-        listing=legacy_listing,
     output:
         pool=res(paths.POOL),
         val=res(paths.VAL),
