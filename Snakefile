@@ -41,7 +41,7 @@ if not workflow.overwrite_configfiles:
 try:
     # The config alone; what it reads from this machine is looked for once the requested
     # targets are known (common.smk, checked_machine).
-    _validated = validate_config(config, SCHEMA, check_files=False)
+    _validated = validate_config(config, SCHEMA)
 except ConfigError as exc:
     raise WorkflowError(f"invalid configuration: {exc}") from None
 config.clear()

@@ -133,21 +133,21 @@ def dry_run_jobs(workdir: Path, *args: str) -> list[dict]:
     return list({job["jobid"]: job for job in lines}.values())
 
 
-def workflow_plan(*configs: dict, base_dir: Path | str = ".") -> Plan:
+def workflow_plan(*configs: dict) -> Plan:
     """The plan of config files merged as Snakemake merges `--configfile a b`."""
     merged: dict = {}
     for config in configs:
         update_config(merged, copy.deepcopy(config))
-    return Plan.from_config(validate_config(merged, SCHEMA, base_dir, check_files=False))
+    return Plan.from_config(validate_config(merged, SCHEMA))
 
 
 def set_labels(*configs: dict) -> dict[str, str]:
-    """Each synthetic set's folder name -> its methods joined by '+' (Plan.synthetic_sets)."""
+    """Each synthetic set's folder name -> its methods joined by '+' (SyntheticSets.by_name)."""
     plan = workflow_plan(*configs)
     return {
         name: "+".join(methods)
         for dataset in plan.datasets
-        for name, methods in plan.synthetic_sets(dataset).items()
+        for name, methods in plan.sets.by_name(dataset).items()
     }
 
 

@@ -721,7 +721,7 @@ def _cell(method, alpha, m, label):
 
 
 def test_figure_11_pairs_each_cell_with_the_reference_of_the_same_alpha_and_m():
-    from dafusion.pipeline import data_balance_grid
+    from dafusion.aggregate import data_balance_grid
 
     layout = pd.DataFrame(
         [
@@ -828,8 +828,7 @@ def test_figure_11_of_the_paper_config_draws_its_one_factor_cells():
     import yaml
     from helpers import workflow_plan
 
-    from dafusion.aggregate import best_steps
-    from dafusion.pipeline import data_balance_grid
+    from dafusion.aggregate import best_steps, data_balance_grid
 
     plan = workflow_plan(yaml.safe_load((REPO / "config/paper.yaml").read_text()))
     layout = pd.DataFrame(plan.method_layout())

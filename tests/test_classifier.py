@@ -499,7 +499,7 @@ def test_leafy_spurge_flips_both_ways_and_rotates_45_degrees():
 
     repo = Path(__file__).parents[1]
     paper = yaml.safe_load((repo / "config/paper.yaml").read_text())
-    paper = validate_config(paper, SCHEMA, check_files=False)  # as the workflow reads it
+    paper = validate_config(paper, SCHEMA)  # as the workflow reads it
     entries = paper["datasets"]
     spurge = ClassifierSettings.resolve(paper["classifier"], entries["leafy_spurge"]["classifier"])
     pascal = ClassifierSettings.resolve(

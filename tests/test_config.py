@@ -12,11 +12,10 @@ from dafusion.config import (
     PER_ENTRY,
     SCHEMA,
     ConfigError,
-    Needs,
-    check_machine,
     load_schema,
     validate_config,
 )
+from dafusion.machine import Needs, check_machine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,8 +24,16 @@ def default_config() -> dict:
     return yaml.safe_load((REPO / "config/config.yaml").read_text())
 
 
+def start_up(config: dict, base_dir: Path | str = ".") -> dict:
+    """The config as a run's start-up checks it: validated, then what every target reads
+    looked for on this machine."""
+    validated = validate_config(config, SCHEMA)
+    check_machine(validated, base_dir, Needs())
+    return validated
+
+
 def test_default_config_is_valid_and_defaults_are_filled():
-    config = validate_config(default_config(), SCHEMA)
+    config = start_up(default_config())
     assert config["results"] == "results"
     assert config["generation"]["shard_size"] == 1000
     assert config["inversion"]["templates"] == "imagenet_small"  # the original code's set
@@ -44,7 +51,6 @@ def test_paper_values_are_the_defaults():
             "methods": {"baseline": {"kind": "baseline"}},
         },
         SCHEMA,
-        check_files=False,
     )
     assert config["inversion"]["learning_rate"] == 0.0005
     assert config["inversion"]["steps"] == 1000
@@ -70,37 +76,37 @@ def test_bad_values_name_their_key(change, key):
     config = default_config()
     change(config)
     with pytest.raises(ConfigError, match=f"config key '{key}'"):
-        validate_config(config, SCHEMA)
+        start_up(config)
 
 
 def test_missing_dataset_root_names_the_key(tmp_path):
     config = default_config()
     config["datasets"]["mine"] = {"kind": "imagefolder", "root": str(tmp_path / "nowhere")}
     with pytest.raises(ConfigError, match="datasets.mine.root.*does not exist"):
-        validate_config(config, SCHEMA)
+        start_up(config)
     config["datasets"]["mine"] = {"kind": "imagefolder"}
     with pytest.raises(ConfigError, match="datasets.mine.root"):
-        validate_config(config, SCHEMA)
+        start_up(config)
 
 
 def test_prompt_with_unknown_placeholder_is_rejected():
     config = default_config()
     config["methods"]["da-fusion"]["prompt"] = "a photo of a {klass}"
     with pytest.raises(ConfigError, match="methods.da-fusion.prompt"):
-        validate_config(config, SCHEMA)
+        start_up(config)
 
 
 def test_inversion_preset_fills_only_unset_keys():
     config = default_config()
     config["inversion"] = {"preset": "published", "steps": 10}
-    inversion = validate_config(config, SCHEMA)["inversion"]
+    inversion = start_up(config)["inversion"]
     assert inversion["num_vectors"] == 4
     assert inversion["initializer"] == "class_name"
     assert inversion["batch_size"] == 8
     assert inversion["steps"] == 10  # set explicitly: the preset does not override it
     config["inversion"] = {"preset": "nonsense"}
     with pytest.raises(ConfigError, match="inversion.preset"):
-        validate_config(config, SCHEMA)
+        start_up(config)
 
 
 def test_dataset_kinds_come_from_the_reader_registry(tmp_path):
@@ -113,25 +119,25 @@ def test_dataset_kinds_come_from_the_reader_registry(tmp_path):
     config = default_config()
     config["datasets"]["mine"] = {"kind": "mnist", "root": str(tmp_path)}
     with pytest.raises(ConfigError, match="datasets.mine.kind': 'mnist' is not one of"):
-        validate_config(config, SCHEMA)
+        start_up(config)
 
 
 def test_inversion_preset_is_expanded_and_removed():
     config = default_config()
     config["inversion"] = {"preset": "table1"}
-    inversion = validate_config(config, SCHEMA)["inversion"]
+    inversion = start_up(config)["inversion"]
     assert "preset" not in inversion and inversion["steps"] == 1000
 
 
 def test_dataset_options_are_validated_and_defaulted(tmp_path):
     config = default_config()
     config["datasets"]["cal"] = {"kind": "caltech101", "root": str(tmp_path), "classes": 20}
-    spec = validate_config(config, SCHEMA)["datasets"]["cal"]
+    spec = start_up(config)["datasets"]["cal"]
     assert spec["split_protocol"] == "default"
     assert spec["allow_fewer"] is False and spec["skip_corrupt"] is False
     config["datasets"]["cal"].update(classes=["accordion", "faces easy"])
     config["datasets"]["cal"].update(split_protocol="original-code", allow_fewer=True)
-    assert validate_config(config, SCHEMA)["datasets"]["cal"]["allow_fewer"] is True
+    assert start_up(config)["datasets"]["cal"]["allow_fewer"] is True
 
 
 @pytest.mark.parametrize(
@@ -151,7 +157,7 @@ def test_bad_dataset_options_name_their_key(tmp_path, entry, key, message):
     config = default_config()
     config["datasets"]["mine"] = {"root": str(tmp_path), **entry}
     with pytest.raises(ConfigError, match=f"config key 'datasets.mine.{key}': .*{message}"):
-        validate_config(config, SCHEMA)
+        start_up(config)
 
 
 @pytest.mark.parametrize("kind", ["pascal", "coco", "leafy_spurge", "imagenet"])
@@ -159,13 +165,13 @@ def test_every_disk_kind_needs_its_root(kind):
     config = default_config()
     config["datasets"]["mine"] = {"kind": kind}
     with pytest.raises(ConfigError, match=f"datasets.mine.root': kind '{kind}' needs"):
-        validate_config(config, SCHEMA)
+        start_up(config)
 
 
 def test_the_removed_warm_start_key_says_it_is_gone():
     config = default_config() | {"warm_start": True}
     with pytest.raises(ConfigError, match="'warm_start': the warm-start fork server was removed"):
-        validate_config(config, SCHEMA)
+        start_up(config)
 
 
 def test_a_moved_key_says_where_it_went():
@@ -174,7 +180,7 @@ def test_a_moved_key_says_where_it_went():
     with pytest.raises(
         ConfigError, match="'classifier.report_split' is now 'aggregate.report_split'"
     ):
-        validate_config(config, SCHEMA)
+        start_up(config)
 
 
 @pytest.mark.parametrize(
@@ -288,7 +294,7 @@ def test_settings_that_would_fail_in_a_job_fail_at_start_up(change, key, message
     config = default_config()
     change(config)
     with pytest.raises(ConfigError, match=f"config key '{key}': .*{message}"):
-        validate_config(config, SCHEMA)
+        start_up(config)
 
 
 def test_the_model_is_checked_at_start_up(tmp_path, monkeypatch, tiny_dir):
@@ -298,24 +304,24 @@ def test_the_model_is_checked_at_start_up(tmp_path, monkeypatch, tiny_dir):
     config = default_config()
     config["model"]["pretrained"] = str(tmp_path / "missing")
     with pytest.raises(ConfigError, match="'model.pretrained': directory .* does not exist"):
-        validate_config(config, SCHEMA)
+        start_up(config)
     (tmp_path / "not-a-model").mkdir()
     config["model"]["pretrained"] = str(tmp_path / "not-a-model")
     with pytest.raises(ConfigError, match="is not a diffusers model .no model_index.json"):
-        validate_config(config, SCHEMA)
+        start_up(config)
     config["model"]["pretrained"] = "CompVis/stable-diffusion-v1-4"
     with pytest.raises(ConfigError, match="not in the local Hugging Face cache.*hf download"):
-        validate_config(config, SCHEMA)
+        start_up(config)
     repo = tmp_path / "hub/models--CompVis--stable-diffusion-v1-4"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs/main").write_text("abc123")
     (repo / "snapshots/abc123").mkdir(parents=True)
     (repo / "snapshots/abc123/model_index.json").write_text("{}")
     with pytest.raises(ConfigError, match="'CompVis/stable-diffusion-v1-4' lacks tokenizer/"):
-        validate_config(config, SCHEMA)  # a half-downloaded cache
+        start_up(config)  # a half-downloaded cache
     shutil.rmtree(repo / "snapshots/abc123")
     shutil.copytree(tiny_dir, repo / "snapshots/abc123")
-    assert validate_config(config, SCHEMA)["model"]["pretrained"] == config["model"]["pretrained"]
+    assert start_up(config)["model"]["pretrained"] == config["model"]["pretrained"]
 
 
 def test_a_local_model_needs_every_component_as_safetensors(tmp_path, tiny_dir):
@@ -323,12 +329,12 @@ def test_a_local_model_needs_every_component_as_safetensors(tmp_path, tiny_dir):
     shutil.copytree(tiny_dir, model)
     config = default_config()
     config["model"]["pretrained"] = str(model)
-    validate_config(config, SCHEMA)
+    start_up(config)
     config["generation"]["safety_checker"] = True
     with pytest.raises(
         ConfigError, match=r"lacks safety_checker/config.json \(generation.safety_checker is on"
     ):
-        validate_config(config, SCHEMA)
+        start_up(config)
     config["generation"]["safety_checker"] = False
     weights = model / "unet/diffusion_pytorch_model.safetensors"
     weights.rename(model / "unet/diffusion_pytorch_model.bin")
@@ -337,10 +343,10 @@ def test_a_local_model_needs_every_component_as_safetensors(tmp_path, tiny_dir):
         match=r"'model.pretrained': '.*' lacks unet/diffusion_pytorch_model.safetensors; it "
         r"holds only pickle weights \(diffusion_pytorch_model.bin\)",
     ):
-        validate_config(config, SCHEMA)
+        start_up(config)
     (model / "unet/diffusion_pytorch_model.bin").unlink()
     with pytest.raises(ConfigError, match="lacks unet/diffusion_pytorch_model.safetensors; copy"):
-        validate_config(config, SCHEMA)
+        start_up(config)
 
 
 def test_a_kinds_optional_package_is_named_with_its_extra(tmp_path, monkeypatch):
@@ -358,12 +364,12 @@ def test_a_kinds_optional_package_is_named_with_its_extra(tmp_path, monkeypatch)
         match=r"'datasets.mine.kind': reading .* as coco needs the no_such_module_here package; "
         r"install it with `.venv/bin/pip install -e '.\[coco\]'`",
     ):
-        validate_config(config, SCHEMA)
+        start_up(config)
     config["datasets"] = {"spurge": {"kind": "leafy_spurge", "root": str(tmp_path)}}
     with pytest.raises(ConfigError, match=r"pip install -e '.\[leafy_spurge\]'"):
-        validate_config(config, SCHEMA)
+        start_up(config)
     (tmp_path / "absent").mkdir()  # the plain folder layout reads without the package
-    validate_config(config, SCHEMA)
+    start_up(config)
 
 
 @pytest.mark.parametrize(
@@ -393,13 +399,13 @@ def test_overrides_are_checked(change, message):
         for name, extra in entries.items():
             config[section][name] = {**config[section][name], **extra}
     with pytest.raises(ConfigError, match=re.escape(message)):
-        validate_config(config, SCHEMA)
+        start_up(config)
 
 
 def test_overrides_resolve_section_then_dataset_then_method():
     from dafusion.settings import DatasetSettings, GenerationSettings, MethodSettings
 
-    config = validate_config(default_config(), SCHEMA)
+    config = start_up(default_config())
     dataset = DatasetSettings(kind="digits", generation={"num_synthetic": 50, "guidance_scale": 3})
     method = MethodSettings(
         kind="sdedit", prompt="a", strengths=[0.5], generation={"num_synthetic": 5}
@@ -442,7 +448,7 @@ def test_the_paper_config_follows_the_original_code(tmp_path, backbone_cache):
     for spec in paper["datasets"].values():
         spec["root"] = str(tmp_path)
     paper["model"]["pretrained"] = "tiny"
-    config = validate_config(paper, SCHEMA)
+    config = start_up(paper)
     aggregate = config["aggregate"]
     assert (aggregate["metric"], aggregate["selection"], aggregate["report_split"]) == (
         "mean_class_accuracy", "seed_mean", "val",
@@ -476,14 +482,14 @@ def test_a_strength_that_runs_no_denoising_step_stops_at_start_up():
     config = default_config()
     config["generation"]["num_inference_steps"] = 50
     config["methods"]["real-guidance"]["strengths"] = [0.02]
-    validate_config(config, SCHEMA)
+    start_up(config)
     config["datasets"]["digits"]["generation"] = {"num_inference_steps": 25}
     message = (
         "config key 'methods.real-guidance.strengths': t0 = 0.02 with "
         "generation.num_inference_steps 25 (dataset digits) runs no denoising step"
     )
     with pytest.raises(ConfigError, match=re.escape(message)):
-        validate_config(config, SCHEMA)
+        start_up(config)
 
 
 def test_backbone_weights_must_be_on_this_machine(tmp_path, monkeypatch):
@@ -496,25 +502,25 @@ def test_backbone_weights_must_be_on_this_machine(tmp_path, monkeypatch):
     config = default_config()
     config["classifier"]["backbone"] = "resnet50"
     with pytest.raises(ConfigError, match=r"hf download timm/resnet50\.tv2_in1k"):
-        validate_config(config, SCHEMA)
+        start_up(config)
     config["classifier"]["weights"] = "missing.safetensors"
     with pytest.raises(ConfigError, match="'classifier.weights': file .*missing.safetensors"):
-        validate_config(config, SCHEMA, base_dir=tmp_path)
+        start_up(config, tmp_path)
     (tmp_path / "missing.safetensors").write_bytes(b"")
-    validate_config(config, SCHEMA, base_dir=tmp_path)
+    start_up(config, tmp_path)
     config["classifier"].update(weights=None, pretrained=False)
-    validate_config(config, SCHEMA)
+    start_up(config)
     config["classifier"]["pretrained"] = True
     config["methods"]["baseline"]["classifier"] = {"backbone": "deit"}
     with pytest.raises(ConfigError, match="deit weights 'facebook/deit-base-distilled"):
-        validate_config(config, SCHEMA)
+        start_up(config)
 
 
 def test_an_empty_initializer_stops_at_start_up():
     config = default_config()
     config["inversion"]["initializer"] = " "
     with pytest.raises(ConfigError, match="config key 'inversion.initializer'"):
-        validate_config(config, SCHEMA)
+        start_up(config)
 
 
 def test_the_models_own_scheduler_and_training_steps_are_checked_at_start_up(tmp_path, tiny_dir):
@@ -528,22 +534,22 @@ def test_the_models_own_scheduler_and_training_steps_are_checked_at_start_up(tmp
     config = default_config()
     config["model"]["pretrained"] = str(model)
     config["erasure"]["ddim_steps"] = 40
-    validate_config(config, SCHEMA)
+    start_up(config)
     config["erasure"]["ddim_steps"] = 41
     with pytest.raises(ConfigError, match="'erasure.ddim_steps': 41 is above the model's 40"):
-        validate_config(config, SCHEMA)
+        start_up(config)
     config["erasure"]["ddim_steps"] = 40
     scheduler.write_text(json.dumps({**own, "_class_name": "DPMSolverSDEScheduler"}))
     with pytest.raises(
         ConfigError, match=r"'generation.scheduler': 'default' \(DPMSolverSDEScheduler\) is sto"
     ):
-        validate_config(config, SCHEMA)
+        start_up(config)
     config["generation"]["scheduler"] = "fast"
-    validate_config(config, SCHEMA)
+    start_up(config)
 
 
 def test_the_tiny_models_scheduler_is_the_one_start_up_assumes(tiny_dir):
-    from dafusion.config import TINY_SCHEDULER
+    from dafusion.machine import TINY_SCHEDULER
 
     own = json.loads((Path(tiny_dir) / "scheduler/scheduler_config.json").read_text())
     assert {key: own[key] for key in TINY_SCHEDULER} == TINY_SCHEDULER
@@ -553,8 +559,8 @@ def test_the_tiny_models_scheduler_is_the_one_start_up_assumes(tiny_dir):
 # alone. Every error the library raises whose message names a setting is caught at start-up
 # (START_UP: words of the job's message -> a change to the default config that start-up
 # refuses, naming the key), or is a JobCheck of dafusion.config.JOB_CHECKS, which says why
-# only a job can check it. config.py and plan.py run at start-up and estimate.py outside the
-# workflow: they are not scanned.
+# only a job can check it. config.py, schema_types.py, machine.py, plan.py and sets.py run at
+# start-up and estimate.py outside the workflow: they are not scanned.
 START_UP = {
     "labelled 11 share a": (
         lambda c: [c["methods"][m].update(figures=[11]) for m in ("real-guidance", "da-fusion")],
@@ -625,7 +631,9 @@ START_UP = {
         "datasets.digits.split_protocol",
     ),
 }
-STARTS_UP = ("config.py", "plan.py", "estimate.py")
+STARTS_UP = (
+    "config.py", "schema_types.py", "machine.py", "plan.py", "sets.py", "estimate.py",
+)  # fmt: skip
 
 
 def _message(call: ast.Call) -> str | None:
@@ -709,7 +717,7 @@ def test_a_setting_a_job_would_fail_on_stops_at_start_up(words):
     config = default_config()
     change(config)
     with pytest.raises(ConfigError, match=f"config key '{re.escape(key)}"):
-        validate_config(config, SCHEMA)
+        start_up(config)
 
 
 def _from_the_command_line(**sections) -> dict:
@@ -722,7 +730,7 @@ def _from_the_command_line(**sections) -> dict:
 
 
 def test_command_line_strings_take_the_schemas_types():
-    config = validate_config(
+    config = start_up(
         _from_the_command_line(
             model={"resolution": "16"},  # 'model={resolution: 16}'
             seeds=["0", "1"],  # 'seeds=[0, 1]'
@@ -730,8 +738,7 @@ def test_command_line_strings_take_the_schemas_types():
             generation={"guidance_scale": "7.5", "safety_checker": "FALSE"},
             inversion={"flip": "False"},
             datasets={"digits": {"kind": "digits", "val_per_class": "null"}},
-        ),
-        SCHEMA,
+        )
     )
     assert config["model"]["resolution"] == 16
     assert config["seeds"] == [0, 1] and config["examples_per_class"] == [1, "all"]
@@ -756,7 +763,7 @@ def test_command_line_strings_take_the_schemas_types():
 )
 def test_a_command_line_value_of_the_wrong_type_names_key_and_type(sections, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        validate_config(_from_the_command_line(**sections), SCHEMA)
+        start_up(_from_the_command_line(**sections))
 
 
 # What start-up looks for on this machine: what the targets read, every problem at once
@@ -799,8 +806,6 @@ def test_everything_missing_is_named_in_one_error(tmp_path, monkeypatch):
             "classifier": {"backbone": "resnet50"},
         },
         SCHEMA,
-        tmp_path,
-        check_files=False,
     )
     with pytest.raises(ConfigError) as everything:
         check_machine(config, tmp_path, Needs())
@@ -840,7 +845,7 @@ def test_a_value_no_alternative_takes_is_told_what_the_alternatives_are(change, 
         **change,
     }
     with pytest.raises(ConfigError) as error:
-        validate_config(config, SCHEMA, check_files=False)
+        validate_config(config, SCHEMA)
     assert str(error.value) == message
 
 
@@ -875,9 +880,9 @@ def test_the_paper_config_splits_flowers_and_draws_figure_11_as_the_original():
 
 def _classifier_jobs(config: dict) -> dict:
     """Each (dataset, method)'s classifier settings, as its train jobs get them."""
-    from dafusion.config import _job_settings
+    from dafusion.config import job_settings
 
-    return {(d, m): s for d, m, s in _job_settings(config, "classifier")}
+    return {(d, m): s for d, m, s in job_settings(config, "classifier")}
 
 
 def test_the_paper_path_runs_the_original_classifier_protocol():
@@ -885,10 +890,8 @@ def test_the_paper_path_runs_the_original_classifier_protocol():
     l. 171) and normalizes with mean = std = 0.5 (few_shot_dataset.py l. 34-39): every train
     job of config/paper.yaml, and a config that says nothing, runs that protocol."""
     paper = yaml.safe_load((REPO / "config/paper.yaml").read_text())
-    config = validate_config(paper, SCHEMA, check_files=False)
-    bare = validate_config(
-        {**default_config(), "classifier": {"backbone": "resnet50"}}, SCHEMA, check_files=False
-    )
+    config = validate_config(paper, SCHEMA)
+    bare = validate_config({**default_config(), "classifier": {"backbone": "resnet50"}}, SCHEMA)
     for settings in [*_classifier_jobs(config).values(), *_classifier_jobs(bare).values()]:
         assert (settings.bn_mode, settings.normalization) == ("train", "original")
 
@@ -898,19 +901,19 @@ def test_the_clean_classifier_protocol_is_one_setting_away():
     in the section or in one dataset's or method's overrides; a key set beside it wins."""
     config = default_config()
     config["classifier"] = {"backbone": "resnet50", "protocol": "clean"}
-    clean = validate_config(config, SCHEMA, check_files=False)
+    clean = validate_config(config, SCHEMA)
     assert "protocol" not in clean["classifier"]
     for settings in _classifier_jobs(clean).values():
         assert (settings.bn_mode, settings.normalization) == ("eval", "backbone")
     config = default_config()
     config["classifier"] = {"backbone": "resnet50"}
     config["methods"]["da-fusion"]["classifier"] = {"protocol": "clean", "feature_cache": True}
-    jobs = _classifier_jobs(validate_config(config, SCHEMA, check_files=False))
+    jobs = _classifier_jobs(validate_config(config, SCHEMA))
     assert (jobs["digits", "da-fusion"].bn_mode, jobs["digits", "baseline"].bn_mode) == (
         "eval", "train",
     )  # fmt: skip
     config["methods"]["da-fusion"]["classifier"] = {"protocol": "clean", "bn_mode": "train"}
-    jobs = _classifier_jobs(validate_config(config, SCHEMA, check_files=False))
+    jobs = _classifier_jobs(validate_config(config, SCHEMA))
     assert (jobs["digits", "da-fusion"].bn_mode, jobs["digits", "da-fusion"].normalization) == (
         "train", "backbone",
     )  # fmt: skip
@@ -947,7 +950,7 @@ def test_a_mix_of_the_two_classifier_protocols_stops_at_start_up(classifier, ove
     config["classifier"] = {"backbone": "resnet50", **classifier}
     config["methods"]["da-fusion"]["classifier"] = override
     with pytest.raises(ConfigError, match=re.escape(message)):
-        validate_config(config, SCHEMA, check_files=False)
+        validate_config(config, SCHEMA)
 
 
 def test_the_protocol_check_concerns_pretrained_batchnorm_backbones_only():
@@ -959,4 +962,4 @@ def test_the_protocol_check_concerns_pretrained_batchnorm_backbones_only():
         {"backbone": "deit", "feature_cache": True},
         {"backbone": "resnet50", "pretrained": False, "bn_mode": "eval"},
     ):
-        validate_config({**default_config(), "classifier": classifier}, SCHEMA, check_files=False)
+        validate_config({**default_config(), "classifier": classifier}, SCHEMA)

@@ -132,15 +132,16 @@ def test_the_installed_wheel_estimates_a_config_outside_the_checkout(wheel, tmp_
     # line adds the folder alone, without running its .pth files (this checkout's editable
     # install of dafusion among them).
     Path(purelib, "dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    # No PYTHONPATH (a checkout's src/ on it would be taken for the installed package).
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "-q",
          str(wheel)],
-        check=True,
+        check=True, env=env,
     )  # fmt: skip
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     shutil.copy(REPO / "config/paper.yaml", elsewhere / "paper.yaml")
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
 
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(

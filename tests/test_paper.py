@@ -93,8 +93,8 @@ def test_the_paper_config_is_the_papers_grid(tmp_path, tiny_dir):
     }
     fast_file = write_config(workdir, "fast.yaml", fast)
     configs = [yaml.safe_load((workdir / path).read_text()) for path in (overlay, fast_file)]
-    plan = workflow_plan(paper, *configs, base_dir=workdir)
-    index = plan.synthetic_index("leafy_spurge", "real-guidance", 0, 1)
+    plan = workflow_plan(paper, *configs)
+    index = plan.sets.method_index("leafy_spurge", "real-guidance", 0, 1)
     result = snakemake(
         workdir, "--cores", "2", index, "--configfile", "config/paper.yaml", overlay, fast_file
     )  # fmt: skip

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from dafusion import listing, paths, plan, runtime
+from dafusion import listing, paths, plan, runtime, sets
 from dafusion.config import SCHEMA, validate_config
 from dafusion.settings import (
     ClassifierSettings,
@@ -53,8 +53,8 @@ SMALL = {
 }
 
 
-def make_plan(config: dict, base_dir: Path | str = ".") -> plan.Plan:
-    return plan.Plan.from_config(validate_config(config, SCHEMA, base_dir, check_files=False))
+def make_plan(config: dict) -> plan.Plan:
+    return plan.Plan.from_config(validate_config(config, SCHEMA))
 
 
 def changed(config: dict, **sections) -> dict:
@@ -73,14 +73,14 @@ def small() -> plan.Plan:
 
 def test_grids_run_each_method_on_its_datasets_for_every_seed_and_shot_count(small):
     synthetic = small.all_synthetic()
-    rg = small.set_name("digits", "rg")
+    rg = small.sets.name("digits", "rg")
     assert synthetic[:2] == [
         f"out/digits/synthetic/{rg}/seed0-shots1/index.parquet",
         f"out/digits/synthetic/{rg}/seed0-shots4/index.parquet",
     ]
     # 2 cells per seed, 2 seeds: rg and daf on both datasets, daf-erased on digits only
     assert len(synthetic) == len(set(synthetic)) == 4 * (2 + 2 + 1)
-    assert list(small.synthetic_sets("more").values()) == [["rg"], ["daf"]]
+    assert list(small.sets.by_name("more").values()) == [["rg"], ["daf"]]
     runs = small.evaluated_runs()
     assert len(runs) == 4 * (2 + 2 + 2 + 1)
     assert "out/more/runs/baseline/seed1-shots4.parquet" in runs
@@ -99,8 +99,8 @@ def test_tokens_are_plain_or_erased_and_follow_each_datasets_prompt(small):
     # one plain inversion per (dataset, seed, shots), shared by rg and daf on `more`
     assert len(tokens) == 4 * 2 + 4
     assert sum("/tokens/esd/" in t for t in tokens) == 4
-    assert small.generate_tokens("digits", small.set_name("digits", "rg"), 0, 1) == []
-    assert small.generate_tokens("more", small.set_name("more", "rg"), 1, 4) == (
+    assert small.generate_tokens("digits", small.sets.name("digits", "rg"), 0, 1) == []
+    assert small.generate_tokens("more", small.sets.name("more", "rg"), 1, 4) == (
         "out/more/tokens/seed1-shots4.safetensors"
     )
     assert small.method_params("more", "rg")["prompt"] == "a {token} drawing"
@@ -129,34 +129,31 @@ def test_the_erasure_stage_runs_where_an_erased_method_does(small):
 
 
 def test_the_all_target_refuses_configs_made_for_augmenting():
-    with pytest.raises(plan.PlanError, match="'examples_per_class': 'all'"):
+    with pytest.raises(sets.PlanError, match="'examples_per_class': 'all'"):
         make_plan(changed(SMALL, examples_per_class=["all"])).evaluated_runs()
     datasets = {"digits": {"kind": "digits", "val_fraction": 0}}
-    with pytest.raises(plan.PlanError, match="'datasets.digits.val_fraction': 0"):
+    with pytest.raises(sets.PlanError, match="'datasets.digits.val_fraction': 0"):
         make_plan(changed(SMALL, datasets=datasets, methods={"b": {"kind": "baseline"}}))\
             .evaluated_runs()  # fmt: skip
 
 
-def test_the_paper_config_makes_the_papers_grid(tmp_path):
+def test_the_paper_config_makes_the_papers_grid():
     """The counts tests/test_paper.py checks in Snakemake's DAG, from the plan alone."""
     config = yaml.safe_load((REPO / "config/paper.yaml").read_text())
-    for name in config["datasets"]:
-        (tmp_path / name / "train").mkdir(parents=True)
-        config["datasets"][name]["root"] = name
     config["model"] = {"pretrained": "tiny"}  # the hub's model is not needed for the grid
     config["datasets"]["caltech101"]["split_protocol"] = "original-code"
-    paper = make_plan(config, tmp_path)
+    paper = make_plan(config)
     cells = 4 * 5
     # Sets, not methods: Figure 11's DA-Fusion cells (PASCAL only, as the original) share
     # Figure 5's set, and its Real Guidance cells Figure 9's class-agnostic one
     assert len(paper.all_synthetic()) == (7 * 2 + 3 * 4) * cells
     figure11 = ("a50-m5", "a50-m10", "a50-m20", "a30-m10", "a70-m10")
-    shared = paper.synthetic_sets("pascal")[paper.set_name("pascal", "da-fusion")]
+    shared = paper.sets.by_name("pascal")[paper.sets.name("pascal", "da-fusion")]
     assert shared == ["da-fusion", *(f"da-fusion-{cell}" for cell in figure11)]
-    spurge = paper.synthetic_sets("leafy_spurge")
-    assert spurge[paper.set_name("leafy_spurge", "da-fusion")] == ["da-fusion"]
-    assert paper.set_size("leafy_spurge", paper.set_name("leafy_spurge", "da-fusion")) == 50
-    assert paper.set_size("pascal", paper.set_name("pascal", "da-fusion")) == 20
+    spurge = paper.sets.by_name("leafy_spurge")
+    assert spurge[paper.sets.name("leafy_spurge", "da-fusion")] == ["da-fusion"]
+    assert paper.sets.size("leafy_spurge", paper.sets.name("leafy_spurge", "da-fusion")) == 50
+    assert paper.sets.size("pascal", paper.sets.name("pascal", "da-fusion")) == 20
     assert len(paper.evaluated_runs()) == (7 * 3 + 3 * 5 + 2 * 5) * cells
     tokens = paper.all_tokens()
     assert sum("/tokens/esd/" in t for t in tokens) == 3 * cells
@@ -188,9 +185,9 @@ def test_the_paper_config_makes_the_papers_grid(tmp_path):
 def test_a_baseline_run_mixes_in_nothing_and_has_no_alpha(small):
     assert small.train_synthetic("digits", "baseline", 0, 1) == []
     assert small.train_synthetic("digits", "rg", 0, 1) == (
-        f"out/digits/synthetic/{small.set_name('digits', 'rg')}/seed0-shots1/index.parquet"
+        f"out/digits/synthetic/{small.sets.name('digits', 'rg')}/seed0-shots1/index.parquet"
     )
-    assert small.run_synthetic_params("digits", "baseline") == {}
+    assert small.sets.run_params("digits", "baseline") == {}
     assert small.classifier_for("digits", "baseline").synthetic_probability == 0
     assert small.classifier_for("digits", "rg").synthetic_probability == 0.5
 
@@ -208,13 +205,12 @@ def test_overrides_reach_their_own_datasets_and_methods():
     assert p.generation_for("digits", "daf").num_synthetic == 3  # the method's wins
 
 
-def test_index_params_hold_what_the_kind_reads_without_allow_fewer(tmp_path):
-    (tmp_path / "photos").mkdir()
+def test_index_params_hold_what_the_kind_reads_without_allow_fewer():
     datasets = {
         "digits": {"kind": "digits", "allow_fewer": True},
         "photos": {"kind": "imagefolder", "root": "photos", "track_files": False},
     }
-    p = make_plan(changed(SMALL, datasets=datasets, methods={"b": {"kind": "baseline"}}), tmp_path)
+    p = make_plan(changed(SMALL, datasets=datasets, methods={"b": {"kind": "baseline"}}))
     assert "allow_fewer" not in p.index_params("digits")
     assert p.index_params("digits")["image_size"] == 32
     photos = p.index_params("photos")
@@ -237,7 +233,7 @@ def test_model_inputs_and_resources_follow_the_model(small):
 def test_generation_parts_follow_the_config_until_the_set_exists(tmp_path):
     config = changed(SMALL, results=str(tmp_path), generation={"parts": 3})
     p = make_plan(config)
-    rg = p.set_name("digits", "rg")
+    rg = p.sets.name("digits", "rg")
     folder = f"{tmp_path}/digits/synthetic/{rg}/seed0-shots1"
     assert p.generate_parts("digits", rg, 0, 1) == [
         f"{folder}/part-{i}-of-3.json" for i in range(3)
@@ -249,12 +245,12 @@ def test_generation_parts_follow_the_config_until_the_set_exists(tmp_path):
     split.parent.mkdir(parents=True)
     pd.DataFrame({"key": ["a", "b"]}).to_parquet(split)
     few = make_plan(changed(config, generation={"parts": 3, "num_synthetic": 2, "shard_size": 3}))
-    small_set = few.set_name("digits", "rg")
+    small_set = few.sets.name("digits", "rg")
     assert few.generate_parts("digits", small_set, 0, 1) == [
         f"{tmp_path}/digits/synthetic/{small_set}/seed0-shots1/part-{i}-of-2.json" for i in range(2)
     ]
     # The set exists: the parts that made it, as its index records, whatever parts is now
-    index = Path(p.synthetic_index("digits", "rg", 0, 1))
+    index = Path(p.sets.method_index("digits", "rg", 0, 1))
     index.parent.mkdir(parents=True)
     write_index([], index.parent, index, shard_size=3, parts=4, identity={})
     assert p.generate_parts("digits", rg, 0, 1) == [
@@ -343,7 +339,7 @@ def test_the_report_shows_the_tables_figures_galleries_curves_and_checks(small):
     assert small.gallery_inputs("more") == {
         "split": "out/more/splits/seed0-shots4.parquet",
         "indices": [
-            f"out/more/synthetic/{small.set_name('more', m)}/seed0-shots4/index.parquet"
+            f"out/more/synthetic/{small.sets.name('more', m)}/seed0-shots4/index.parquet"
             for m in ("rg", "daf")
         ],
     }
@@ -392,9 +388,9 @@ def test_runtimes_scale_with_the_work_and_the_attempt(tmp_path, small):
     steps = runtime.most_steps(generation.num_inference_steps, [0.5])
     seconds = runtime.generate_seconds(generation, 4, steps)
     assert small.generate_minutes(
-        "digits", small.set_name("digits", "rg"), split, 1, parts=1
+        "digits", small.sets.name("digits", "rg"), split, 1, parts=1
     ) == runtime.minutes(seconds, 1)
-    share = small.generate_minutes("digits", small.set_name("digits", "rg"), split, 1, parts=3)
+    share = small.generate_minutes("digits", small.sets.name("digits", "rg"), split, 1, parts=3)
     assert share == runtime.minutes(seconds / 3, 1)
     assert small.gather_minutes(3) == 3 * runtime.RUNTIME_START_MIN
     inversion = InversionSettings(steps=1000, batch_size=4)
@@ -421,7 +417,7 @@ def test_a_generate_jobs_limit_counts_its_largest_strengths_steps(tmp_path):
     grid = make_plan(config)
     assert (runtime.most_steps(50, strengths), runtime.mean_steps(50, strengths)) == (10, 7.5)
     work = 2000 * 10 * 10 * runtime.COSTS["generate"].seconds  # images x M x 10 steps
-    minutes = grid.generate_minutes("digits", grid.set_name("digits", "low"), split, 1, parts=1)
+    minutes = grid.generate_minutes("digits", grid.sets.name("digits", "low"), split, 1, parts=1)
     assert minutes == runtime.minutes(work, 1)
 
 
@@ -518,28 +514,28 @@ SHARED = {
 
 def test_methods_with_one_identity_share_one_set_of_their_largest_m():
     p = make_plan(changed(SMALL, methods=SHARED, erasure={"enabled": True}))
-    sets = p.synthetic_sets("digits")
-    assert sorted(sets.values()) == sorted(
+    named = p.sets.by_name("digits")
+    assert sorted(named.values()) == sorted(
         [["daf", "daf-a30-m20", "daf-m5"], ["daf-fixed"], ["daf-guided"], ["daf-erased"], ["rg"]]
     )
-    shared = p.set_name("digits", "daf")
-    assert p.set_name("digits", "daf-a30-m20") == p.set_name("digits", "daf-m5") == shared
-    assert len(shared) == plan.SET_NAME_DIGITS and set(shared) <= set("0123456789abcdef")
-    assert p.set_size("digits", shared) == 20  # the default M is 10
-    assert p.set_params("digits", shared) == {
-        "identity": p.set_identity("digits", "daf"), "num_synthetic": 20,
+    shared = p.sets.name("digits", "daf")
+    assert p.sets.name("digits", "daf-a30-m20") == p.sets.name("digits", "daf-m5") == shared
+    assert len(shared) == sets.SET_NAME_DIGITS and set(shared) <= set("0123456789abcdef")
+    assert p.sets.size("digits", shared) == 20  # the default M is 10
+    assert p.sets.params("digits", shared) == {
+        "identity": p.sets.identity("digits", "daf"), "num_synthetic": 20,
     }  # fmt: skip
-    identity = p.set_identity("digits", "daf")
+    identity = p.sets.identity("digits", "daf")
     assert "num_synthetic" not in identity["generation"]
     assert "batch_size" not in identity["generation"]  # an execution knob
     assert "inversion" in identity and "erasure" not in identity
-    assert "erasure" in p.set_identity("digits", "daf-erased")
-    assert "inversion" not in p.set_identity("digits", "rg")
+    assert "erasure" in p.sets.identity("digits", "daf-erased")
+    assert "inversion" not in p.sets.identity("digits", "rg")
     # One set: one target per cell, one generate job in the workflow
     assert len(p.all_synthetic()) == 2 * 2 * 2 * 5  # datasets x seeds x shots x sets
     # Each run reads its own M of the shared set
-    assert p.run_synthetic_params("digits", "daf-m5") == {"num_synthetic": 5}
-    assert p.run_synthetic_params("digits", "daf") == {"num_synthetic": 10}
+    assert p.sets.run_params("digits", "daf-m5") == {"num_synthetic": 5}
+    assert p.sets.run_params("digits", "daf") == {"num_synthetic": 10}
 
 
 def test_each_datasets_sets_are_worked_out_once(monkeypatch):
@@ -547,14 +543,14 @@ def test_each_datasets_sets_are_worked_out_once(monkeypatch):
     recomputing every method's identity digest each time took a third of a dry run."""
     p = make_plan(changed(SMALL, methods=SHARED, erasure={"enabled": True}))
     digests = []
-    set_name = plan.Plan.set_name
+    name = sets.SyntheticSets.name
     monkeypatch.setattr(
-        plan.Plan, "set_name", lambda self, d, m: digests.append((d, m)) or set_name(self, d, m)
+        sets.SyntheticSets, "name", lambda self, d, m: digests.append((d, m)) or name(self, d, m)
     )
-    first = p.synthetic_sets("digits")
-    shared = p.set_name("digits", "daf")
-    assert p.set_size("digits", shared) == 20 and p.set_methods("digits", shared)[0] == "daf"
-    assert p.synthetic_sets("digits") == first
+    first = p.sets.by_name("digits")
+    shared = p.sets.name("digits", "daf")
+    assert p.sets.size("digits", shared) == 20 and p.sets.methods("digits", shared)[0] == "daf"
+    assert p.sets.by_name("digits") == first
     assert len(digests) == len(SHARED) + 1  # each method's once, and the one asked above
 
 
@@ -571,8 +567,8 @@ def test_a_set_follows_each_datasets_prompt_and_settings():
         "more": {"kind": "digits", "generation": {"num_inference_steps": 10}},
     }
     p = make_plan(changed(SMALL, methods=methods, datasets=datasets))
-    assert list(p.synthetic_sets("digits").values()) == [["rg", "rg-2"]]
-    assert list(p.synthetic_sets("more").values()) == [["rg"], ["rg-2"]]
-    assert p.set_name("digits", "rg") != p.set_name("more", "rg-2")  # 10 steps there
-    with pytest.raises(plan.PlanError, match="no method of the config makes the set digits/0"):
-        p.set_size("digits", "000000000000")
+    assert list(p.sets.by_name("digits").values()) == [["rg", "rg-2"]]
+    assert list(p.sets.by_name("more").values()) == [["rg"], ["rg-2"]]
+    assert p.sets.name("digits", "rg") != p.sets.name("more", "rg-2")  # 10 steps there
+    with pytest.raises(sets.PlanError, match="no method of the config makes the set digits/0"):
+        p.sets.size("digits", "000000000000")

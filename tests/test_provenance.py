@@ -29,7 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 RULES = script_rules(REPO)
 # What runs only while Snakemake parses the workflow: no job imports these, so editing one
 # reruns only the jobs whose params or inputs it changes.
-WORKFLOW_SIDE = ("plan", "paths", "config", "estimate", "schema_docs", "listing", "runtime")
+WORKFLOW_SIDE = (
+    "plan", "sets", "paths", "config", "schema_types", "machine", "estimate", "schema_docs",
+    "listing", "runtime",
+)  # fmt: skip
 
 
 @pytest.fixture

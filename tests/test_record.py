@@ -56,7 +56,6 @@ def test_the_resolved_config_has_defaults_no_knobs_and_no_absolute_path(tmp_path
             "generation": {"batch_size": 3, "parts": 2},
         },
         SCHEMA,
-        check_files=False,
     )
     resolved = resolved_config(config, workdir)
     assert resolved["results"] == "results"

@@ -112,7 +112,7 @@ def test_the_slurm_profile_runs_the_workflow_with_a_local_runs_results(tmp_path,
     assert not any(name.startswith("rule_place_shipped") for name in jobs)
     assert all(job["JobState"] == "COMPLETED" for job in jobs.values())
     # da-fusion's set, in one part (wildcards dataset, set, seed, shots, part, parts)
-    daf = workflow_plan(SLURM_REDUCED).set_name("digits", "da-fusion")
+    daf = workflow_plan(SLURM_REDUCED).sets.name("digits", "da-fusion")
     generate = jobs[f"rule_generate_wildcards_digits_{daf}_0_1_0_1"]
     # The tiny model's jobs: 2 GB and one thread (common.smk, model_mem_mb and model_threads).
     assert (generate["MinMemoryNode"], generate["CPUs/Task"]) == ("2000M", "1")

@@ -62,7 +62,7 @@ def dry_run(workdir: Path, overlay: dict | None = None) -> set[tuple[str, str]]:
 
 def set_dir(results: Path, method: str, seed: int, shots: int, config: dict = REDUCED) -> Path:
     """The folder of the synthetic set a method of the digits reads."""
-    index = workflow_plan(config).synthetic_index("digits", method, seed, shots)
+    index = workflow_plan(config).sets.method_index("digits", method, seed, shots)
     return results.parent / index.removesuffix("/index.parquet")
 
 

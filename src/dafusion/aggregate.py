@@ -7,9 +7,12 @@ step selection), so a figure drawn from it names them from the data (`figures.me
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from .settings import AggregateSettings
 
 RUN_KEYS = ["dataset", "method", "seed", "shots"]
 # Columns naming what a table's values are; every table keeps those its input has.
@@ -272,6 +275,23 @@ def ablation_grid(best: pd.DataFrame, layout: pd.DataFrame, reference: str) -> p
     return out.sort_values([*GRID_CELL, "method"]).reset_index(drop=True)
 
 
+def data_balance_grid(
+    best: pd.DataFrame, layout: pd.DataFrame, baseline: str
+) -> tuple[pd.DataFrame, str]:
+    """Figure 11's cells: each method labelled 11 against the method labelled
+    "11-reference" with the same alpha and M (the paper compares DA-Fusion with Real
+    Guidance at equal settings), or against the baseline when no method is so labelled
+    (`grid_references`, checked at start-up)."""
+    references = grid_references(layout, baseline)
+    if set(references.values()) <= {baseline}:
+        return ablation_grid(best, layout, baseline), baseline
+    parts = [
+        ablation_grid(best, layout[layout["method"] == method], reference)
+        for method, reference in references.items()
+    ]
+    return pd.concat(parts, ignore_index=True), "the 11-reference method with the same alpha and M"
+
+
 def _markdown_cell(value: object, float_format: str) -> str:
     """One table cell: floats formatted, integers as integers, missing values empty."""
     if pd.api.types.is_scalar(value) and pd.isna(value):
@@ -293,3 +313,67 @@ def markdown_table(frame: pd.DataFrame, float_format: str = "{:.4f}") -> str:
     for row in frame.itertuples(index=False):
         lines.append("| " + " | ".join(_markdown_cell(v, float_format) for v in row) + " |")
     return "\n".join(lines) + "\n"
+
+
+def write_summary(
+    runs: pd.DataFrame,
+    methods: Sequence[str],
+    layout: Sequence[Mapping],
+    figures: Mapping[str, str],
+    tables: Mapping[str, str],
+    settings: AggregateSettings,
+) -> pd.DataFrame:
+    """An aggregate job's outputs (`pipeline.aggregate`) from every classifier run: the
+    tables at `tables` (name -> CSV path, and the Markdown summary) and the figures named
+    in `figures` (name -> PNG path, a PDF beside each), which group methods by `layout`
+    (each (dataset, method)'s figure labels and resolved alpha and M). Returns the summary.
+    """
+    # matplotlib only here: the workflow reads this module's checks at start-up (config).
+    from . import figures as fig
+
+    best = best_steps(runs, settings.metric, settings.selection, settings.report_split)
+    summary = summarize(best)
+    frames = {
+        "summary": summary,
+        "scores": overall_scores(best),
+        "novelty": novelty_scores(best, settings.novelty),
+        "paired": paired_deltas(best, settings.baseline),
+        "areas": curve_areas(best),
+        "per_class": per_class(runs, best),
+        "runs": run_table(best),
+        "validation": validation_curves(runs, settings.metric),
+    }
+    for name, frame in frames.items():
+        Path(tables[name]).parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(tables[name], index=False, float_format="%.6f")
+    Path(tables["markdown"]).write_text(markdown_table(summary))
+    layout = pd.DataFrame(list(layout))
+
+    def labelled(label: str) -> list[str]:
+        members = set(layout.loc[layout["figures"].map(lambda f: label in f), "method"])
+        return [m for m in methods if m in members]
+
+    def draw(name: str):
+        if name == "accuracy":
+            return fig.accuracy_figure(summary, methods)
+        if name == "scores":
+            return fig.score_figure(frames["scores"], methods)
+        if name == "per-class":
+            return fig.per_class_figure(frames["per_class"], methods)
+        if name == "validation":
+            return fig.validation_figure(frames["validation"], methods, settings.metric)
+        if name == "novelty":
+            return fig.novelty_figure(frames["novelty"], methods)
+        if name == "paired":
+            return fig.paired_figure(frames["paired"], methods)
+        if name == "figure-11":
+            grid, reference = data_balance_grid(best, layout, settings.baseline)
+            return fig.grid_figure(grid, reference)
+        label = name.removeprefix("figure-")
+        members = labelled(label)
+        part = summary[summary["method"].isin(members)]
+        return fig.accuracy_figure(part, members, title=f"Figure {label}")
+
+    for name, path in figures.items():
+        fig.save_figure(draw(name), str(path).removesuffix(".png"))
+    return summary

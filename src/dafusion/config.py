@@ -2,15 +2,15 @@
 
 Runs when the workflow starts, so a bad config stops before any job with a message that
 names the offending key. The result is plain data (Snakemake's `config`); the typed
-settings of `dafusion.settings` are built from its sections.
+settings of `dafusion.settings` are built from its sections. What the config alone decides
+is checked here; what its run reads on this machine, in `dafusion.machine`.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import string
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,19 +18,17 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .readers import KINDS, mask_kinds, missing_package, original_split_kinds
+from .readers import KINDS, mask_kinds, original_split_kinds
+from .schema_types import NotOfType, coerce_config, dotted_key, schema_message
 from .settings import (
-    BACKBONE_WEIGHTS,
     BATCHNORM_BACKBONES,
-    EMBEDDED_MODELS,
     SECTIONS,
-    UNSEEDABLE_SCHEDULERS,
     ClassifierSettings,
     GenerationSettings,
     MethodSettings,
     denoising_steps,
 )
-from .shipped import MINIATURE, MINIATURE_RESOLUTION
+from .shipped import MINIATURE_RESOLUTION
 
 # Every config key, its default and description: inside the package, so that an installed
 # wheel validates configs (dafusion.estimate) as a checkout does; the Snakefile, the
@@ -164,10 +162,6 @@ def load_schema(path: str | Path) -> dict:
     return schema
 
 
-def _key(path) -> str:
-    return ".".join(str(p) for p in path) or "<top level>"
-
-
 def _fill_defaults(instance: Any, schema: Mapping) -> None:
     """Fill `default` values of object properties, recursively, in place."""
     if not isinstance(instance, dict):
@@ -201,7 +195,7 @@ def _ordered(value: Any, schema: Mapping) -> Any:
 
 
 def _check_dataset(name: str, spec: Mapping, explicit: set[str]) -> None:
-    """Checks of a `datasets:` entry that depend on its kind (its files: `check_machine`)."""
+    """Checks of a `datasets:` entry that depend on its kind (its files: `dafusion.machine`)."""
     kind = KINDS[spec["kind"]]
     for other_name, other in KINDS.items():
         for key in set(other.keys) & explicit:
@@ -216,31 +210,6 @@ def _check_dataset(name: str, spec: Mapping, explicit: set[str]) -> None:
             f"config key 'datasets.{name}.split_protocol': 'original-code' applies to "
             f"{supported}, not '{spec['kind']}'; use 'default'"
         )
-
-
-def _dataset_files_problem(name: str, spec: Mapping, base_dir: str | Path) -> str | None:
-    """Why a dataset's root cannot be read on this machine, or None."""
-    kind = KINDS[spec["kind"]]
-    if not kind.needs_root:
-        return None
-    if "root" not in spec:
-        return (
-            f"config key 'datasets.{name}.root': kind '{spec['kind']}' needs the directory "
-            "that holds the dataset"
-        )
-    root = Path(base_dir) / Path(spec["root"]).expanduser()
-    if not root.is_dir():
-        return (
-            f"config key 'datasets.{name}.root': directory '{root}' does not exist; "
-            "point it at the dataset on disk"
-        )
-    if extra := missing_package(spec["kind"], root):
-        return (
-            f"config key 'datasets.{name}.kind': reading '{root}' as {spec['kind']} needs "
-            f"the {kind.package} package; install it with `.venv/bin/pip install -e "
-            f"'.[{extra}]'` (or `pip install {kind.package}`)"
-        )
-    return None
 
 
 def _check_fields(key: str, text: str, allowed: set[str], exactly_one: bool = False) -> None:
@@ -286,7 +255,9 @@ def _check_erasure(config: Mapping) -> None:
         _check_fields(f"erasure.{key}", erasure[key], {"name"}, exactly_one=True)
 
 
-def _job_settings(config: Mapping, section: str, kind: str | None = None):
+def job_settings(
+    config: Mapping, section: str, kind: str | None = None
+) -> Iterator[tuple[str, str, GenerationSettings | ClassifierSettings]]:
     """(dataset, method, settings) of every (dataset, method) pair whose jobs exist: the
     section resolved with the dataset's and the method's overrides, as the jobs get it."""
     cls = {"generation": GenerationSettings, "classifier": ClassifierSettings}[section]
@@ -314,7 +285,7 @@ def _check_classifier_protocol(config: Mapping) -> None:
     BatchNorm with ImageNet running statistics fed inputs normalized with mean = std = 0.5
     (about 0.45x the scale they expect) is neither the original code's nor a standard setup,
     and cached features are not the features of a BatchNorm in training mode."""
-    for dataset, method, settings in _job_settings(config, "classifier"):
+    for dataset, method, settings in job_settings(config, "classifier"):
         if settings.backbone not in BATCHNORM_BACKBONES:
             continue
         overrides = (("methods", method), ("datasets", dataset))
@@ -355,7 +326,7 @@ def _check_classifier_protocol(config: Mapping) -> None:
 def _check_strengths(config: Mapping) -> None:
     """Every t0 runs at least one denoising step with the steps its jobs get (img2img runs
     floor(steps * t0)); found here, not by a generate job after its old outputs are gone."""
-    for dataset, method, settings in _job_settings(config, "generation", kind="sdedit"):
+    for dataset, method, settings in job_settings(config, "generation", kind="sdedit"):
         steps = settings.num_inference_steps
         for strength in config["methods"][method]["strengths"]:
             if denoising_steps(steps, strength) < 1:
@@ -382,59 +353,6 @@ def _check_masks(config: Mapping) -> None:
                     f"{', '.join(mask_kinds())} do); set mask: none, or list the datasets it "
                     "runs on in the method's datasets:"
                 )
-
-
-def _classifier_weights_problems(config: Mapping, base_dir: str | Path) -> list[str]:
-    """Why backbone weights a train job loads are not on this machine (a file, or a repo in
-    the local Hugging Face cache): found here, not by train jobs after their old outputs are
-    gone."""
-    problems, seen = [], set()
-    for _, method, settings in _job_settings(config, "classifier"):
-        if settings.backbone not in BACKBONE_WEIGHTS or not settings.pretrained:
-            continue
-        if (settings.backbone, settings.weights) in seen:
-            continue
-        seen.add((settings.backbone, settings.weights))
-        weights = settings.weights or BACKBONE_WEIGHTS[settings.backbone]
-        path = Path(base_dir) / Path(weights).expanduser()
-        if path.exists():  # a file (resnet50) or a model directory (deit)
-            continue
-        if weights.endswith(".safetensors"):
-            problems.append(
-                f"config key 'classifier.weights': file '{path}' does not exist (method "
-                f"{method}); point it at a torchvision-layout resnet50 .safetensors file"
-            )
-            continue
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(weights, "model.safetensors"), str):
-            problems.append(
-                f"config key 'classifier.weights': the {settings.backbone} weights '{weights}' "
-                f"(method {method}) are not in the local Hugging Face cache; on a machine with "
-                f"internet run `hf download {weights}` (then copy the cache here), point "
-                "classifier.weights at a local file, or set classifier.pretrained: false"
-            )
-    return problems
-
-
-# The files each component of a Stable Diffusion checkpoint is loaded from (diffusers'
-# save_pretrained layout), weights as safetensors only: any one of each tuple will do.
-TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
-DIFFUSERS_WEIGHTS = (
-    "diffusion_pytorch_model.safetensors",
-    "diffusion_pytorch_model.safetensors.index.json",
-)
-MODEL_FILES = {
-    "tokenizer": [("vocab.json", "tokenizer.json"), ("merges.txt", "tokenizer.json")],
-    "text_encoder": [("config.json",), TRANSFORMERS_WEIGHTS],
-    "vae": [("config.json",), DIFFUSERS_WEIGHTS],
-    "unet": [("config.json",), DIFFUSERS_WEIGHTS],
-    "scheduler": [("scheduler_config.json",)],
-}
-SAFETY_FILES = {
-    "safety_checker": [("config.json",), TRANSFORMERS_WEIGHTS],
-    "feature_extractor": [("preprocessor_config.json",)],
-}
 
 
 def _check_overrides(config: Mapping) -> None:
@@ -464,30 +382,6 @@ def _check_overrides(config: Mapping) -> None:
             )
 
 
-def _check_model_files(folder: Path, pretrained: str, safety_checker: bool) -> None:
-    """Every file the stages load exists, weights as safetensors: a half-copied directory or
-    cache, or a checkpoint with only pickle weights, stops here and not in the first job."""
-    wanted = {**MODEL_FILES, **(SAFETY_FILES if safety_checker else {})}
-    for component, needs in wanted.items():
-        for options in needs:
-            if any((folder / component / name).is_file() for name in options):
-                continue
-            pickled = sorted(p.name for p in (folder / component).glob("*.bin"))
-            if pickled and options[0].endswith(".safetensors"):
-                fix = (
-                    f"it holds only pickle weights ({', '.join(pickled)}), which are never "
-                    "loaded here; convert the model to safetensors (diffusers: "
-                    "pipe.save_pretrained(path, safe_serialization=True))"
-                )
-            else:
-                fix = "copy the complete model (as save_pretrained or `hf download` writes it)"
-            why = " (generation.safety_checker is on)" if component in SAFETY_FILES else ""
-            raise ConfigError(
-                f"config key 'model.pretrained': '{pretrained}' lacks "
-                f"{component}/{options[0]}{why}; {fix}"
-            )
-
-
 def _check_miniature(model: Mapping) -> None:
     """The shipped miniature was trained at 16 px: another resolution gives noise."""
     if model["pretrained"] == "tiny-digits" and model["resolution"] != MINIATURE_RESOLUTION:
@@ -496,97 +390,6 @@ def _check_miniature(model: Mapping) -> None:
             f"and makes no images at {model['resolution']}; set model.resolution: "
             f"{MINIATURE_RESOLUTION}, "
             "or use pretrained: tiny (random weights, built at any resolution)"
-        )
-
-
-def _check_model(pretrained: str, base_dir: str | Path, safety_checker: bool) -> Path | None:
-    """'tiny', a local diffusers directory, or a hub id already in the local Hugging Face
-    cache, with the files of every component the stages load: checked before any job, since
-    the jobs that load it would fail only after Snakemake has deleted their previous
-    outputs. Returns the model's folder (None for the tiny model, which a job builds)."""
-    if pretrained in EMBEDDED_MODELS:
-        if safety_checker:
-            raise ConfigError(
-                f"config key 'generation.safety_checker': the {pretrained} model has no "
-                "safety checker; set it to false, or use a checkpoint that ships one"
-            )
-        if pretrained == "tiny-digits":
-            return MINIATURE
-        return None
-    path = Path(base_dir) / Path(pretrained).expanduser()
-    if path.is_dir():
-        if not (path / "model_index.json").is_file():
-            raise ConfigError(
-                f"config key 'model.pretrained': directory '{path}' is not a diffusers model "
-                "(no model_index.json); point it at a directory written by save_pretrained"
-            )
-        _check_model_files(path, pretrained, safety_checker)
-        return path
-    looks_like_path = pretrained.startswith(("/", ".", "~")) or pretrained.count("/") != 1
-    if not looks_like_path:
-        from huggingface_hub import try_to_load_from_cache
-
-        try:
-            cached = try_to_load_from_cache(pretrained, "model_index.json")
-        except ValueError:  # not a valid repo id
-            cached = None
-        if isinstance(cached, str):
-            # The cache's snapshot folder has the save_pretrained layout (files link to blobs).
-            _check_model_files(Path(cached).parent, pretrained, safety_checker)
-            return Path(cached).parent
-        raise ConfigError(
-            f"config key 'model.pretrained': '{pretrained}' is not in the local Hugging Face "
-            "cache (HF_HOME, default ~/.cache/huggingface), and nothing is downloaded here. "
-            f"On a machine with internet run `hf download {pretrained}` and copy the cache "
-            "over, or point model.pretrained at a local diffusers directory"
-        )
-    raise ConfigError(
-        f"config key 'model.pretrained': directory '{path}' does not exist; give 'tiny', "
-        "'tiny-digits', a "
-        "local diffusers directory, or a hub id such as CompVis/stable-diffusion-v1-4"
-    )
-
-
-# The tiny model's scheduler (dafusion.tiny builds it in a job): Stable Diffusion v1's.
-TINY_SCHEDULER = {"_class_name": "PNDMScheduler", "num_train_timesteps": 1000}
-
-
-def _scheduler_config(folder: Path | None) -> dict:
-    """The model's scheduler config (the tiny model's for None)."""
-    if folder is None:
-        return TINY_SCHEDULER
-    return json.loads((folder / "scheduler/scheduler_config.json").read_text())
-
-
-def _check_schedulers(config: Mapping, model_scheduler: Mapping) -> None:
-    """Every generate job's scheduler, overrides included, is resolved now, not when the
-    first generate job starts; 'default' is the model's own, which must be seedable too."""
-    for name in {s.scheduler for _, _, s in _job_settings(config, "generation", kind="sdedit")}:
-        if name == "fast":
-            continue
-        if name == "default":
-            name, setting = model_scheduler["_class_name"], "default"
-            if name not in UNSEEDABLE_SCHEDULERS:  # the class exists: the model loads it
-                continue
-        else:
-            setting = None
-        from .models import scheduler_class
-
-        try:
-            scheduler_class(name, setting)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-
-
-def _check_erasure_steps(config: Mapping, model_scheduler: Mapping) -> None:
-    """ESD's DDIM steps are at most the model's training steps (LDM's timesteps are every
-    (N // S)-th of them)."""
-    erasure = config["erasure"]
-    steps = model_scheduler.get("num_train_timesteps", 1000)  # diffusers' default
-    if erasure["enabled"] and erasure["method"] == "esd" and erasure["ddim_steps"] > steps:
-        raise ConfigError(
-            f"config key 'erasure.ddim_steps': {erasure['ddim_steps']} is above the model's "
-            f"{steps} training steps; lower it"
         )
 
 
@@ -608,229 +411,19 @@ def _check_figure_11(config: Mapping) -> None:
         raise ConfigError(str(exc)) from None
 
 
-# Non-string readings of a `--config` value, in the order they are tried: Snakemake reads a
-# nested `--config` value (`'model={resolution: 16}'`) and a top-level `false` or `null` as
-# YAML without types, i.e. as strings, and the schema is what knows the type.
-_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null"}
-
-
-def _read_boolean(text: str) -> bool:
-    if text.lower() not in ("true", "false"):
-        raise ValueError(text)
-    return text.lower() == "true"
-
-
-def _read_null(text: str) -> None:
-    if text.lower() not in ("null", "~"):
-        raise ValueError(text)
-
-
-def _read_number(text: str) -> int | float:
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)
-
-
-_READERS = {"boolean": _read_boolean, "null": _read_null, "integer": int, "number": _read_number}
-
-
-def _alternatives(schema: Mapping, root: Mapping) -> list[Mapping]:
-    """The schema and its oneOf/anyOf alternatives, `$ref`s (`#/a/b`) resolved."""
-    while "$ref" in schema:
-        target = root
-        for part in schema["$ref"].removeprefix("#/").split("/"):
-            target = target[part]
-        schema = target
-    nested = [*schema.get("oneOf", []), *schema.get("anyOf", [])]
-    return [schema, *(alt for sub in nested for alt in _alternatives(sub, root))]
-
-
-def _types(schema: Mapping) -> set[str] | None:
-    """The JSON types one alternative allows: None for any, empty when only its own
-    alternatives say."""
-    if "type" in schema:
-        return {schema["type"]} if isinstance(schema["type"], str) else set(schema["type"])
-    values = [schema["const"]] if "const" in schema else schema.get("enum")
-    if values is not None:
-        return {_JSON_TYPES[type(v)] for v in values}
-    return set() if {"oneOf", "anyOf"} & set(schema) else None
-
-
-def coerce_config(value: Any, schema: Mapping, root: Mapping, path: tuple = ()) -> Any:
-    """`value` with every string the schema types otherwise read as that type (`"16"` as 16
-    where an integer is expected, `"False"` as false, `"null"` as null), recursively.
-
-    Raises ConfigError naming the key and the expected type when no reading fits."""
-    alternatives = _alternatives(schema, root)
-    if isinstance(value, dict):
-        objects = (a for a in alternatives if "properties" in a or "additionalProperties" in a)
-        alt = next(objects, None)
-        if alt is None:
-            return value
-        subs = {k: alt.get("properties", {}).get(k, alt.get("additionalProperties")) for k in value}
-        return {
-            k: coerce_config(v, subs[k], root, (*path, k)) if isinstance(subs[k], Mapping) else v
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        items = next((alt["items"] for alt in alternatives if "items" in alt), None)
-        if items is None:
-            return value
-        return [coerce_config(v, items, root, (*path, i)) for i, v in enumerate(value)]
-    if not isinstance(value, str):
-        return value
-    allowed: set[str] = set()
-    for alt in alternatives:
-        types = _types(alt)
-        if types is None:
-            return value
-        allowed |= types
-    for name, read in _READERS.items():
-        if name in allowed:
-            try:
-                return read(value)
-            except ValueError:
-                pass
-    if "string" in allowed or not allowed:
-        return value
-    expected = " or ".join(sorted(allowed))
-    raise ConfigError(f"config key '{_key(path)}': {value!r} is not of type {expected}")
-
-
-def _describe(schema: Mapping) -> str:
-    """One alternative of a oneOf/anyOf in words: "an integer >= 1", "'all'"."""
-    if "const" in schema:
-        return repr(schema["const"])
-    if "enum" in schema:
-        return "one of " + ", ".join(map(repr, schema["enum"]))
-    kind = schema.get("type")
-    words = {
-        "integer": "an integer",
-        "number": "a number",
-        "string": "a string",
-        "boolean": "true or false",
-        "array": "a list",
-        "object": "a mapping",
-        "null": "null",
-    }
-    text = words.get(kind, "a value") if isinstance(kind, str) else "a value"
-    bounds = [
-        f"{sign} {schema[key]}"
-        for key, sign in (
-            ("minimum", ">="),
-            ("exclusiveMinimum", ">"),
-            ("maximum", "<="),
-            ("exclusiveMaximum", "<"),
-        )
-        if key in schema
-    ]
-    return f"{text} {' and '.join(bounds)}" if bounds else text
-
-
-def _schema_message(err: jsonschema.ValidationError) -> str:
-    """A schema error in words: for a value none of several alternatives takes ("not valid
-    under any of the given schemas"), what each alternative is."""
-    if err.validator in ("oneOf", "anyOf") and isinstance(err.validator_value, list):
-        wanted = " or ".join(_describe(alt) for alt in err.validator_value)
-        inner = [e for e in err.context if e.relative_path]  # inside the value: say where
-        where = f" ({inner[0].message} at item {_key(inner[0].relative_path)})" if inner else ""
-        return f"{err.instance!r} is not {wanted}{where}"
-    return err.message
-
-
-@dataclass(frozen=True)
-class Needs:
-    """What on this machine the requested targets read: the dataset roots, the diffusion
-    model, the classifier's pretrained weights. Start-up looks for these and nothing more,
-    so that `synthetic` runs where no backbone weights are cached."""
-
-    data: bool = True
-    model: bool = True
-    backbones: bool = True
-
-    @classmethod
-    def of_targets(cls, targets: Iterable[str], rules: Iterable[str], results: str) -> Needs:
-        """What the targets named on the command line read (none: the default target, all),
-        or, in a job Snakemake started for given rules (`--target-jobs`), what those rules
-        read. A result file not recognised here needs everything."""
-        rules, targets = set(rules), set(targets)
-        if rules:
-            return cls(
-                data=bool(rules & {"check_dataset", "index_dataset"}),
-                model=bool(rules & MODEL_RULES),
-                backbones="train" in rules,
-            )
-        needs = [cls._of_target(target, results) for target in targets or {"all"}]
-        return cls(*(any(getattr(n, k) for n in needs) for k in ("data", "model", "backbones")))
-
-    @classmethod
-    def _of_target(cls, target: str, results: str) -> Needs:
-        if target in ("synthetic", "tokens", "erasure"):
-            return cls(backbones=False)
-        parts = Path(target).parts
-        root = Path(results).parts
-        if tuple(parts[: len(root)]) != root or len(parts) <= len(root):
-            return cls()  # all, report, or a path this does not know: everything
-        rest = parts[len(root) :]
-        if rest[0] == "model":
-            return cls(data=False, backbones=False, model=False)
-        if len(rest) > 1 and rest[1] == "splits":
-            return cls(model=False, backbones=False)
-        if len(rest) > 1 and rest[1] in ("synthetic", "tokens", "erasure"):
-            return cls(backbones=False)
-        return cls()
-
-
-# The rules whose jobs load the diffusion model.
-MODEL_RULES = {"erase", "invert", "invert_erased", "generate"}
-
-
-def check_machine(config: Mapping, base_dir: str | Path, needs: Needs) -> None:
-    """What a validated config's run reads from this machine is there (`needs` says which):
-    every problem in one error, so that a user fixes them all before the next attempt."""
-    problems = []
-    if needs.data:
-        for name, spec in config["datasets"].items():
-            problems.append(_dataset_files_problem(name, spec, base_dir))
-    if needs.backbones:
-        problems += _classifier_weights_problems(config, base_dir)
-    folder = None
-    if needs.model:
-        safety = any(s.safety_checker for _, _, s in _job_settings(config, "generation", "sdedit"))
-        try:
-            folder = _check_model(config["model"]["pretrained"], base_dir, safety)
-        except ConfigError as exc:
-            problems.append(str(exc))
-    problems = [p for p in problems if p]
-    if len(problems) == 1:
-        raise ConfigError(problems[0])
-    if problems:
-        listed = "".join(f"\n  - {problem}" for problem in problems)
-        raise ConfigError(f"{len(problems)} things this run reads are missing:{listed}")
-    if needs.model:
-        model_scheduler = _scheduler_config(folder)
-        _check_schedulers(config, model_scheduler)
-        _check_erasure_steps(config, model_scheduler)
-
-
-def validate_config(
-    config: Mapping,
-    schema_path: str | Path,
-    base_dir: str | Path = ".",
-    check_files: bool = True,
-    needs: Needs | None = None,
-) -> dict:
+def validate_config(config: Mapping, schema_path: str | Path) -> dict:
     """Return a validated copy of `config` with defaults filled in.
 
-    Raises ConfigError naming the first offending key (as a dotted path). Then, with
-    `check_files`, what the run reads from this machine is looked for: the dataset roots,
-    the model and the classifier weights, as far as `needs` (the requested targets, default
-    all) reads them; every one missing is named in one error. Without `check_files` nothing
-    on disk is looked at (a plan of a grid on a machine without them: `dafusion.estimate`).
+    Raises ConfigError naming the first offending key (as a dotted path). Nothing on disk is
+    looked at, so a grid can be planned on a machine without its data or model
+    (`dafusion.estimate`); what the run reads from this machine is found by
+    `dafusion.machine.check_machine`, once the requested targets are known.
     """
     schema = load_schema(schema_path)
-    config = coerce_config(copy.deepcopy(dict(config)), schema, schema)
+    try:
+        config = coerce_config(copy.deepcopy(dict(config)), schema, schema)
+    except NotOfType as exc:
+        raise ConfigError(str(exc)) from None
     for key, why in REMOVED.items():
         if key in config:
             raise ConfigError(f"config key '{key}': {why}")
@@ -846,7 +439,7 @@ def validate_config(
     )
     if errors:
         err = errors[0]
-        raise ConfigError(f"config key '{_key(err.absolute_path)}': {_schema_message(err)}")
+        raise ConfigError(f"config key '{dotted_key(err.absolute_path)}': {schema_message(err)}")
     inversion = config.setdefault("inversion", {})
     preset = inversion.pop("preset", None)
     if preset is not None:
@@ -880,8 +473,6 @@ def validate_config(
             _check_fields(f"inversion.templates.{i}", template, {""}, exactly_one=True)
     _check_masks(config)
     _check_miniature(config["model"])
-    if check_files:
-        check_machine(config, base_dir, needs or Needs())
     for section, cls in SECTIONS.items():
         entries = config[section].values() if section in PER_ENTRY else [config[section]]
         for entry in entries:

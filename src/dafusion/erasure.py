@@ -20,12 +20,15 @@ Two methods, each returning only the tensors it changed (a delta, see `dafusion.
 
 `erasure_scores` measures the result: how far eps(x_t, t, "a photo of a {c}") moved toward
 the base model's eps(x_t, t, "") for the erased class and for every other class.
+`erase_classes` is an erase job's work: the deltas of a dataset's classes, reused while
+their inputs hold, and their check table.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -36,10 +39,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .checkpoint import Checkpoint
-from .deltas import DeltaSwitch
+from .deltas import JOINT, DeltaSwitch, delta_meta, delta_path, save_delta
+from .io import resume_key
 from .models import Components, encode_text
 from .seeds import derive_seed
-from .settings import ErasureSettings
+from .settings import ErasureSettings, ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -372,3 +376,76 @@ def erasure_scores(
             )
     switch.restore()
     return pd.DataFrame(rows)
+
+
+def erase_classes(
+    components: Components,
+    names: Sequence[str],
+    model: ModelSettings,
+    settings: ErasureSettings,
+    folder: Path,
+    code: Mapping | None = None,
+) -> pd.DataFrame:
+    """An erase job's work (`pipeline.erase`): erase `names` from the UNet of `components`
+    by `settings`, one delta per class (or one joint delta) in `folder`, and return the
+    check table (`erasure_scores`) with each delta's file and fingerprint.
+
+    A delta's fingerprint covers the model, the classes, the settings and `code`, so a
+    finished delta with the same one is reused; ESD checkpoints beside the deltas let a
+    killed job resume mid-class. Deltas of classes no longer erased are deleted.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    joint = settings.scope == "joint"
+    units = {JOINT: list(names)} if joint else {name: [name] for name in names}
+    paths = {key: delta_path(folder, None if key == JOINT else key) for key in units}
+    for stale in folder.glob("*.safetensors"):
+        if stale not in paths.values():
+            stale.unlink()
+    dtype = getattr(torch, settings.delta_dtype)
+    fingerprints = {}
+    for key, erased in units.items():
+        prompts = [settings.prompt.format(name=n) for n in erased]
+        preserve = [settings.prompt.format(name=n) for n in names if n not in erased]
+        fingerprints[key] = resume_key(
+            model=model.result_params(), erasure=settings.result_params(), erase=prompts,
+            code=dict(code or {}), preserve=preserve if settings.method == "uce" else None,
+        )  # fmt: skip
+        path = paths[key]
+        if path.exists() and delta_meta(path).get("fingerprint") == fingerprints[key]:
+            log.info("%s: reusing %s", key, path)
+            continue
+        start = time.perf_counter()
+        if settings.method == "uce":
+            tensors = uce(components, prompts, preserve, settings)
+        else:
+            checkpoint = Checkpoint(
+                folder / f".{path.stem}.checkpoint.safetensors", fingerprints[key]
+            )
+            tensors, losses = esd(
+                components, prompts, settings, model.resolution, stream=key,
+                checkpoint=checkpoint,
+            )  # fmt: skip
+            log.info("%s: ESD loss %.5f -> %.5f", key, losses[0], losses[-1])
+        # What was erased and how, never when or how fast: a delta's bytes, like every
+        # result's, depend only on its inputs (the time is in the log).
+        meta = {
+            "fingerprint": fingerprints[key], "erased": erased, "method": settings.method,
+            "model": model.pretrained,
+        }  # fmt: skip
+        save_delta(path, tensors, dtype, meta)
+        if settings.method == "esd":
+            checkpoint.path.unlink(missing_ok=True)
+        seconds = time.perf_counter() - start
+        log.info("%s: erased %s in %.1fs -> %s", key, erased, seconds, path)
+    switch = DeltaSwitch(components.unet)
+    table = erasure_scores(components, switch, paths, units, names, settings, model.resolution)
+    table.insert(1, "file", table["delta"].map(lambda k: paths[k].name))
+    table.insert(2, "fingerprint", table["delta"].map(fingerprints))
+    for key, group in table[table["erased"]].groupby("delta", sort=False):
+        others = table[(table["delta"] == key) & ~table["erased"]]["erased_fraction"]
+        log.info(
+            "%s: erased %.3f (collateral: mean %.3f, max %.3f)", key,
+            group["erased_fraction"].mean(), others.mean() if len(others) else 0.0,
+            others.max() if len(others) else 0.0,
+        )  # fmt: skip
+    return table

@@ -4,7 +4,7 @@ Each stage's hours are the sum over the grid's jobs of the work formula that als
 job's time limit (`dafusion.runtime`'s `*_seconds`, at per-unit costs measured on one GPU,
 docs/benchmarks.md), without the limit's margin and start-up. Computed, not written by
 hand, so that it follows the grid (methods sharing a synthetic set count once,
-`Plan.synthetic_sets`) and the costs; a test keeps the docs' table equal to this module's
+`Plan.sets`) and the costs; a test keeps the docs' table equal to this module's
 output. An estimate: every class of a dataset with `shots` training images per cell (the
 few-shot draw), each synthetic image at its method's mean denoising steps. Classifier
 evaluations are counted but not in the hours: their images are the datasets' evaluation
@@ -69,7 +69,7 @@ def set_sources(plan: Plan, dataset: str) -> int:
 
 def set_images(plan: Plan, dataset: str, name: str) -> int:
     """The images of a synthetic set over every seed and shot count."""
-    return set_sources(plan, dataset) * plan.set_generation(dataset, name).num_synthetic
+    return set_sources(plan, dataset) * plan.sets.generation(dataset, name).num_synthetic
 
 
 # GPU-hours of evaluations are given per this many evaluation images (the module's doc).
@@ -88,8 +88,8 @@ def stages(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -> lis
     image_steps, train_costs = 0.0, set()
     for dataset in plan.datasets:
         classes = dataset_classes(plan, dataset)
-        for name, methods in plan.synthetic_sets(dataset).items():
-            generation = plan.set_generation(dataset, name)
+        for name, methods in plan.sets.by_name(dataset).items():
+            generation = plan.sets.generation(dataset, name)
             steps = runtime.mean_steps(
                 generation.num_inference_steps, plan.methods[methods[0]].strengths
             )
@@ -174,14 +174,14 @@ def run_summary(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -
     GPU-hours at the per-unit costs. Where the number of images depends on the data
     (`examples_per_class: all`, or a dataset whose number of classes the config does not
     say), it is given per real image."""
-    sets = [(d, name) for d in plan.datasets for name in plan.synthetic_sets(d)]
+    sets = [(d, name) for d in plan.datasets for name in plan.sets.by_name(d)]
     if not sets:
         return "this config's grid makes no synthetic images"
     try:
         images = sum(set_images(plan, d, name) for d, name in sets)
         hours = sum(s.hours for s in stages(plan, costs))
     except ValueError:  # counts that only the data gives
-        most = max(plan.set_generation(d, name).num_synthetic for d, name in sets)
+        most = max(plan.sets.generation(d, name).num_synthetic for d, name in sets)
         return (
             f"this config's grid makes up to {most:,} synthetic images per real image at "
             f"{plan.model.resolution} px"
@@ -197,11 +197,11 @@ def run_summary(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -
 
 def plan_of(config_paths: Sequence[str | Path]) -> Plan:
     """The plan of config files merged in order, without the checks that need the data,
-    the model or the weights on disk (`validate_config(check_files=False)`)."""
+    the model or the weights on disk (`validate_config` looks at none)."""
     merged: dict = {}
     for path in config_paths:
         _merge(merged, yaml.safe_load(Path(path).read_text()) or {})
-    return Plan.from_config(validate_config(merged, SCHEMA, check_files=False))
+    return Plan.from_config(validate_config(merged, SCHEMA))
 
 
 def _merge(config: dict, update: Mapping) -> None:

@@ -6,7 +6,8 @@ schedule (eq. 5) and denoised from there with classifier-free guidance. Each rea
 VAE-encoded once for all its variants and each prompt is text-encoded once. Every synthetic
 image has its own generator seeded from (seed, source key, j), and its t0 is drawn from the
 same seed; a stochastic scheduler draws its per-step noise from that generator too, so
-outputs do not depend on batch size or order.
+outputs do not depend on batch size or order. `set_job` sets up a generate job's engine
+for a synthetic set (prompts, tokens, scheduler, erasure deltas, safety checker).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,11 +27,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .deltas import DeltaSwitch
 from .devices import halve_on_oom
 from .images import load_image, to_model_tensor, to_pil
-from .models import Components, encode_text
+from .io import resume_key
+from .manifest import class_names, class_token
+from .models import Components, encode_text, load_safety_checker, scheduler_from_name
 from .seeds import derive_seed
-from .settings import GenerationSettings, denoising_steps
+from .settings import GenerationSettings, MethodSettings, ModelSettings, denoising_steps
+from .synthetic import variant_plan, write_shards
+from .tokens import expand, file_hash, load_into
 
 log = logging.getLogger(__name__)
 
@@ -386,3 +394,107 @@ class Engine:
         if self.settings.resize_to_source and image.size != source.size:
             image = image.resize(source.size, Image.BILINEAR)  # as the original code
         return image
+
+
+@dataclass(frozen=True)
+class SetJob:
+    """What every job writing shards of a synthetic set shares (`set_job`): the loaded
+    engine, the plan (`work`), each image's shard json (`meta`) and the job's fingerprint,
+    which the shards' sidecars record so that a rerun reuses only shards of the same job."""
+
+    engine: Engine
+    work: list[dict]
+    meta: Callable[[Mapping], dict]
+    fingerprint: str
+    seed: int
+    settings: GenerationSettings
+
+    def write(self, out_dir: Path, shards: range, workers: int) -> list[dict]:
+        """Generate (or reuse) the set's shards `shards` in `out_dir`: their index rows."""
+        start = time.perf_counter()
+        rows = write_shards(
+            self.engine, self.work, out_dir, seed=self.seed,
+            shard_size=self.settings.shard_size, image_format=self.settings.image_format,
+            fingerprint=self.fingerprint, meta=self.meta, shards=shards, workers=workers,
+        )  # fmt: skip
+        elapsed = time.perf_counter() - start
+        dropped = sum(bool(r["dropped"]) for r in rows)
+        log.info(
+            "%d images (%d dropped) in %.1fs (%.2f img/s)", len(rows), dropped, elapsed,
+            len(rows) / max(elapsed, 1e-9),
+        )  # fmt: skip
+        return rows
+
+
+def set_job(
+    components: Components,
+    manifest: pd.DataFrame,
+    model: ModelSettings,
+    set_name: str,
+    method: MethodSettings,
+    settings: GenerationSettings,
+    seed: int,
+    tokens_path: str | None,
+    erasure: Mapping[int, tuple[Path, str]],
+    checker_source: str,
+) -> SetJob:
+    """A `generate` job's engine on `components` (the model of `model`) for the images of
+    `manifest`: the method's prompts (with the tokens of `tokens_path`), the scheduler, the
+    safety checker (read from `checker_source`) and, with `erasure` (each label's delta
+    file and fingerprint), each class's images from the UNet with that class erased."""
+    names = class_names(manifest)
+    prompts, token_hash = {}, ""
+    sizes = load_into(components, tokens_path) if tokens_path else {}
+    if tokens_path:
+        token_hash = file_hash(tokens_path)
+    for label, name in enumerate(names):
+        token = class_token(name)
+        prompt = method.prompt.format(name=name, token=token)
+        if token in sizes:
+            prompt = expand(prompt, token, sizes[token])
+        prompts[label] = prompt
+    scheduler = scheduler_from_name(settings.scheduler, components.scheduler)
+    switch = DeltaSwitch(components.unet)  # before compile: it keeps the plain names
+    if settings.compile:
+        components.unet = torch.compile(components.unet)
+    checker = None
+    if settings.safety_checker:
+        checker = load_safety_checker(checker_source, components.unet.device, components.unet.dtype)
+
+    def on_class(label: int) -> None:
+        switch.use_file(erasure[label][0])
+
+    engine = Engine(
+        components, scheduler, manifest, prompts, model.resolution, settings, checker,
+        mask=method.mask, mask_dilation=method.mask_dilation,
+        on_class=on_class if erasure else None,
+    )  # fmt: skip
+    records = manifest.to_dict("records")
+    scheduler_name = type(scheduler).__name__
+
+    def meta(item: Mapping) -> dict:
+        source = records[item["row"]]
+        return {
+            "source_key": source["key"],
+            "j": int(item["j"]),
+            "label": int(source["label"]),
+            "class_name": source["class_name"],
+            "set": set_name,
+            "strength": float(item["strength"]),
+            "prompt": prompts[int(source["label"])],
+            "guidance_scale": float(settings.guidance_scale),
+            "scheduler": scheduler_name,
+            "steps": int(settings.num_inference_steps),
+            "seed": int(item["seed"]),
+            "model_id": str(model.pretrained),
+            "token_hash": token_hash,
+            "erasure": erasure[int(source["label"])][1] if erasure else "",
+        }
+
+    work = variant_plan(manifest, seed, settings.num_synthetic, method.strengths).to_dict("records")
+    job = resume_key(
+        keys=manifest["key"].tolist(), prompts=prompts, method=method.result_params(),
+        seed=seed, generation=settings.result_params(), model=model.result_params(),
+        token_hash=token_hash, erasure={k: v[1] for k, v in erasure.items()},
+    )  # fmt: skip
+    return SetJob(engine, work, meta, job, seed, settings)

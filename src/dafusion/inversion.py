@@ -11,15 +11,20 @@ original's DataLoader draws them, in shuffled epochs of `repeats` copies of each
 (`inversion.repeats`). Images are resized bicubically, as the original's (fine_tune.py
 l. 337, 402). Each image's VAE latent distribution (and its horizontal flip's) is computed
 once and sampled every step, the same distribution as encoding every step.
+`learn_split` runs an invert job's learning, resumable from checkpoints beside its output.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -28,10 +33,11 @@ from tqdm.auto import tqdm
 from .checkpoint import Checkpoint
 from .devices import halve_on_oom
 from .images import to_model_tensor
-from .manifest import class_token
+from .io import resume_key
+from .manifest import class_names, class_token, file_stem
 from .models import Components, encode_text
 from .seeds import derive_seed
-from .settings import InversionSettings
+from .settings import InversionSettings, ModelSettings
 from .tokens import add_to_tokenizer, expand
 
 log = logging.getLogger(__name__)
@@ -62,6 +68,19 @@ def template_list(settings: InversionSettings) -> list[str]:
 class InversionResult:
     tokens: dict[str, torch.Tensor]
     losses: np.ndarray  # [steps, classes]: each class's mean loss per step
+
+    def loss_table(self, names: Sequence[str]) -> pd.DataFrame:
+        """The loss curves as a table, one row per step and class (in token order), which
+        the inversion diagnostics plot."""
+        steps, classes = self.losses.shape
+        return pd.DataFrame(
+            {
+                "step": [s + 1 for s in range(steps) for _ in range(classes)],
+                "class_name": list(names) * steps,
+                "token": list(self.tokens) * steps,
+                "loss": self.losses.reshape(-1),
+            }
+        )
 
 
 class SplicedEmbedding(torch.nn.Module):
@@ -192,6 +211,73 @@ def learn_tokens(
         token: rows.detach().cpu().clone() for token, rows in zip(tokens, spliced.rows, strict=True)
     }
     return InversionResult(learned, losses)
+
+
+def learn_split(
+    components: Components,
+    manifest: pd.DataFrame,
+    images: Sequence[Image.Image],
+    model: ModelSettings,
+    settings: InversionSettings,
+    seed: int,
+    output: str | Path,
+    deltas: Mapping[str, tuple[Path, str]],
+    erase: Callable[[str], None],
+) -> InversionResult:
+    """`learn_tokens` for an invert job: every class of `manifest` (whose rows `images`
+    are), resumable from checkpoints beside `output`, each keyed by the job's inputs so that
+    a rerun never resumes another job's state (`remove_checkpoints` deletes them once the
+    job's outputs are written).
+
+    `deltas` holds each class's erasure delta (file, fingerprint; empty for none) and
+    `erase(name)` applies class `name`'s to the UNet. With one delta per class, each token
+    is learned against the UNet with its class erased.
+    """
+    names = class_names(manifest)
+    labels = manifest["label"].tolist()
+    out = Path(output)
+    job = resume_key(
+        keys=manifest["key"].tolist(), labels=labels, names=names,
+        model=model.result_params(), settings=settings.result_params(), seed=seed,
+        erasure={name: ref[1] for name, ref in deltas.items()},
+    )  # fmt: skip
+    if len({path for path, _ in deltas.values()}) <= 1:
+        if deltas:  # one joint delta for every class
+            erase(names[0])
+        checkpoint = Checkpoint(out.with_name(f".{out.stem}.checkpoint.safetensors"), job)
+        return learn_tokens(
+            components, images, labels, names, settings, seed=seed,
+            resolution=model.resolution, checkpoint=checkpoint,
+        )  # fmt: skip
+    # Per-class erasure: class c's token is learned against the UNet with c erased.
+    # Class-major order, one delta swap per class; each class's result equals its
+    # joint-run result on that UNet (separate random streams and gradients).
+    tokens, losses, tokenizer = {}, [], components.tokenizer
+    for label, name in enumerate(names):
+        erase(name)
+        rows = [i for i, y in enumerate(labels) if y == label]
+        token = class_token(name)
+        stem = f".{out.stem}.{file_stem(token.strip('<>'))}"
+        part = learn_tokens(
+            dataclasses.replace(components, tokenizer=copy.deepcopy(tokenizer)),
+            [images[i] for i in rows], [0] * len(rows), [name], settings, seed=seed,
+            resolution=model.resolution, keep_final=True,
+            checkpoint=Checkpoint(
+                out.with_name(f"{stem}.checkpoint.safetensors"),
+                resume_key(job=job, class_name=name),
+            ),
+        )  # fmt: skip
+        tokens.update(part.tokens)
+        losses.append(part.losses)
+    return InversionResult(tokens, np.hstack(losses))
+
+
+def remove_checkpoints(output: str | Path) -> None:
+    """Delete the checkpoints `learn_split` left beside `output`: once the job's outputs
+    are written, nothing resumes from them."""
+    out = Path(output)
+    for stale in out.parent.glob(f".{out.stem}.*checkpoint.safetensors"):
+        stale.unlink()
 
 
 class _Trainer:

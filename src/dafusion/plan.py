@@ -6,8 +6,9 @@ shows.
 wildcards). Everything here is a function of the typed settings (`dafusion.settings`) and,
 where noted, of which result files exist: target lists over datasets x methods x seeds x
 shots, a job's input paths and result params, its resources (`dafusion.runtime` for wall
-times), the aggregate's figures and the report's contents and captions. Paths come from
-`dafusion.paths`, the patterns the rules' outputs use.
+times), the aggregate's figures and the report's contents and captions. The synthetic sets
+are `Plan.sets` (`dafusion.sets`). Paths come from `dafusion.paths`, the patterns the rules'
+outputs use.
 
 No workflow step imports this module, so editing it changes no job's code fingerprint
 (`dafusion.provenance`): it reruns only the jobs whose params or inputs it changes.
@@ -16,6 +17,7 @@ No workflow step imports this module, so editing it changes no job's code finger
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -27,6 +29,7 @@ from . import paths, runtime
 from .devices import will_use_cuda
 from .provenance import digest
 from .readers import index_keys
+from .sets import SET_NAME_DIGITS, PlanError, SyntheticSets
 from .settings import (
     AggregateSettings,
     ClassifierSettings,
@@ -43,13 +46,6 @@ from .settings import (
 GRID_LABELS = ("11", "11-reference")
 # The aggregate's tables (each a csv under tables/).
 TABLES = ("summary", "scores", "novelty", "paired", "areas", "per_class", "runs", "validation")
-# Hex digits of a synthetic set's name (Plan.set_name): 48 bits tell a grid's sets apart.
-SET_NAME_DIGITS = 12
-
-
-class PlanError(ValueError):
-    """The config cannot make the requested target; the message names the key and what to
-    run instead."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,11 +65,6 @@ class Plan:
     classifier_section: Mapping[str, Any]
     seeds: Sequence[int]
     shots: Sequence[int | str]
-    # Each dataset's synthetic sets, worked out once (`synthetic_sets`): the DAG asks for
-    # them for every job of a set, and each asks for every method's identity digest.
-    _sets: dict[str, dict[str, list[str]]] = dataclasses.field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Plan:
@@ -94,6 +85,12 @@ class Plan:
             seeds=list(config["seeds"]),
             shots=list(config["examples_per_class"]),
         )
+
+    @functools.cached_property
+    def sets(self) -> SyntheticSets:
+        """The synthetic sets (`dafusion.sets`), built once so that each dataset's are worked
+        out once."""
+        return SyntheticSets(self)
 
     # Paths ---------------------------------------------------------------------------
 
@@ -204,9 +201,9 @@ class Plan:
     def all_synthetic(self) -> list[str]:
         """Every synthetic set, once however many methods share it."""
         return [
-            self.set_index(d, name, s, k)
+            self.sets.index(d, name, s, k)
             for d in self.datasets
-            for name in self.synthetic_sets(d)
+            for name in self.sets.by_name(d)
             for s in self.seeds
             for k in self.shots
         ]
@@ -248,86 +245,6 @@ class Plan:
         """The erasure of every dataset that needs one."""
         return [self.erasure_table(d) for d in self.erased_datasets()]
 
-    # Synthetic sets ------------------------------------------------------------------
-
-    def set_identity(self, dataset: str, method: str) -> dict[str, Any]:
-        """What determines a method's synthetic images on a dataset (with the split its seed
-        and shots give): the method as the dataset runs it (prompt, strengths, mask,
-        erased), the generation's result settings but M, the model, and the inversion and
-        erasure settings where its prompt uses tokens or its UNet is erased. The per-image
-        seeds come from (seed, image, j) alone, so methods with one identity get the same
-        images: they share one set, of the largest M they ask for, and each run reads its
-        first M variants per image."""
-        spec = self.methods[method].for_dataset(dataset)
-        generation = self.generation_for(dataset, method).result_params()
-        del generation["num_synthetic"]
-        identity = {
-            "method": spec.result_params(),
-            "generation": generation,
-            "model": self.model.result_params(),
-        }
-        if spec.uses_tokens:
-            identity["inversion"] = self.inversion.result_params()
-        if spec.erased:
-            identity["erasure"] = self.erasure.result_params()
-        return identity
-
-    def set_name(self, dataset: str, method: str) -> str:
-        """A set's folder: a digest of its identity, so equal identities are one folder."""
-        identity = json.dumps(self.set_identity(dataset, method), sort_keys=True)
-        return digest(identity.encode())[:SET_NAME_DIGITS]
-
-    def synthetic_sets(self, dataset: str) -> dict[str, list[str]]:
-        """The dataset's sets by name, each with the methods that read it (config order)."""
-        if dataset not in self._sets:
-            sets: dict[str, list[str]] = {}
-            for method in self.synthetic_methods():
-                if self.methods[method].runs_on(dataset):
-                    sets.setdefault(self.set_name(dataset, method), []).append(method)
-            self._sets[dataset] = sets
-        return self._sets[dataset]
-
-    def set_methods(self, dataset: str, name: str) -> list[str]:
-        try:
-            return self.synthetic_sets(dataset)[name]
-        except KeyError:
-            raise PlanError(f"no method of the config makes the set {dataset}/{name}") from None
-
-    def set_size(self, dataset: str, name: str) -> int:
-        """A set's M: the largest its methods ask for."""
-        methods = self.set_methods(dataset, name)
-        return max(self.generation_for(dataset, m).num_synthetic for m in methods)
-
-    def set_generation(self, dataset: str, name: str) -> GenerationSettings:
-        """A set's generation settings: its methods' (equal but for M), at the set's M."""
-        method = self.set_methods(dataset, name)[0]
-        generation = self.generation_for(dataset, method)
-        return generation.replace(num_synthetic=self.set_size(dataset, name))
-
-    def set_params(self, dataset: str, name: str) -> dict[str, Any]:
-        """A set's jobs' params: its identity and its M."""
-        method = self.set_methods(dataset, name)[0]
-        return {
-            "identity": self.set_identity(dataset, method),
-            "num_synthetic": self.set_size(dataset, name),
-        }
-
-    def set_index(self, dataset: str, name: str, seed: int | str, shots: int | str) -> str:
-        return self.path(paths.SYNTHETIC, dataset=dataset, set=name, seed=seed, shots=shots)
-
-    def run_synthetic_params(self, dataset: str, method: str) -> dict[str, Any]:
-        """What a run reads of its set, as the train job's params: its own M (the set holds
-        the largest M of the methods sharing it).
-
-        A set regenerated for a larger M reruns every run that reads it, although their
-        first M variants are the same images: Snakemake reruns the jobs after a job that
-        reruns, and its `ancient()`, which would stop that, also skips the params check of
-        such a job (snakemake/snakemake#4166), so a run's own changed settings could go
-        unseen."""
-        if not self.methods[method].synthetic:
-            return {}
-        return {"num_synthetic": self.generation_for(dataset, method).num_synthetic}
-
     # One job's inputs ----------------------------------------------------------------
 
     def model_input(self) -> str | list[str]:
@@ -364,21 +281,17 @@ class Plan:
         return self.erasure_table(dataset) if self.methods[method].erased else []
 
     def generate_tokens(
-        self, dataset: str, name: str, seed: int | str, shots: int | str
+        self, dataset: str, set: str, seed: int | str, shots: int | str
     ) -> str | list[str]:
         """A set's class tokens, for sets whose prompt uses them."""
-        method = self.set_methods(dataset, name)[0]
+        method = self.sets.methods(dataset, set)[0]
         if self.uses_tokens(dataset, method):
             return self.tokens_path(dataset, method, seed, shots)
         return []
 
-    def set_erasure(self, dataset: str, name: str) -> str | list[str]:
+    def set_erasure(self, dataset: str, set: str) -> str | list[str]:
         """The erasure an erased set's jobs use; none for the others."""
-        return self.method_erasure(dataset, self.set_methods(dataset, name)[0])
-
-    def synthetic_index(self, dataset: str, method: str, seed: int | str, shots: int | str) -> str:
-        """The index of the set a method reads."""
-        return self.set_index(dataset, self.set_name(dataset, method), seed, shots)
+        return self.method_erasure(dataset, self.sets.methods(dataset, set)[0])
 
     def train_synthetic(
         self, dataset: str, method: str, seed: int | str, shots: int | str
@@ -386,10 +299,10 @@ class Plan:
         """The synthetic set a run mixes in; a baseline run uses none."""
         if not self.methods[method].synthetic:
             return []
-        return self.synthetic_index(dataset, method, seed, shots)
+        return self.sets.method_index(dataset, method, seed, shots)
 
     def generate_parts(
-        self, dataset: str, name: str, seed: int | str, shots: int | str
+        self, dataset: str, set: str, seed: int | str, shots: int | str
     ) -> list[str]:
         """The part files (`generate` jobs) a set's `gather_synthetic` job gathers.
 
@@ -401,14 +314,14 @@ class Plan:
         """
         from .synthetic import num_shards, recorded_parts
 
-        wildcards = {"dataset": dataset, "set": name, "seed": seed, "shots": shots}
+        wildcards = {"dataset": dataset, "set": set, "seed": seed, "shots": shots}
         index = Path(self.path(paths.SYNTHETIC, **wildcards))
         parts = recorded_parts(index) if index.exists() else None
         if parts is None:
             parts = self.generation_section["parts"]
             split = Path(self.split_path(dataset, seed, shots))
             if split.exists():
-                generation = self.set_generation(dataset, name)
+                generation = self.sets.generation(dataset, set)
                 images = runtime.rows(split) * generation.num_synthetic
                 parts = max(1, min(parts, num_shards(images, generation.shard_size)))
         return [self.path(paths.PART, **wildcards, part=p, parts=parts) for p in range(parts)]
@@ -487,13 +400,14 @@ class Plan:
     # Wall times (dafusion.runtime), from the job's input manifests.
 
     def generate_minutes(
-        self, dataset: str, name: str, split: str, attempt: int, *, parts: int
+        self, dataset: str, set: str, split: str, attempt: int, *, parts: int | str
     ) -> int:
-        """A generate job: its share of a set's images, each at its largest t0's steps."""
-        generation = self.set_generation(dataset, name)
-        strengths = self.methods[self.set_methods(dataset, name)[0]].strengths
+        """A generate job: its share of a set's images (`parts`, also as the wildcard's
+        text), each at its largest t0's steps."""
+        generation = self.sets.generation(dataset, set)
+        strengths = self.methods[self.sets.methods(dataset, set)[0]].strengths
         steps = runtime.most_steps(generation.num_inference_steps, strengths)
-        seconds = runtime.generate_seconds(generation, runtime.rows(split), steps) / parts
+        seconds = runtime.generate_seconds(generation, runtime.rows(split), steps) / int(parts)
         return runtime.minutes(seconds, attempt)
 
     def gather_minutes(self, attempt: int) -> int:
@@ -582,7 +496,8 @@ class Plan:
         return {
             "split": self.split_path(dataset, seed, shots),
             "indices": [
-                self.synthetic_index(dataset, m, seed, shots) for m in self.gallery_methods(dataset)
+                self.sets.method_index(dataset, m, seed, shots)
+                for m in self.gallery_methods(dataset)
             ],
         }
 
@@ -602,7 +517,7 @@ class Plan:
         return {
             "splits": [self.split_path(dataset, seed, shots) for seed, shots in cells],
             "indices": [
-                self.synthetic_index(dataset, m, seed, shots)
+                self.sets.method_index(dataset, m, seed, shots)
                 for m in self.synthetic_sizes(dataset)
                 for seed, shots in cells
             ],

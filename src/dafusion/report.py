@@ -1,7 +1,8 @@
 """One self-contained HTML report: figures embedded as data URIs, tables as HTML, no scripts.
 
 The page must open anywhere (an e-mail attachment, an offline laptop, a CI artifact), so it
-carries everything inline and references nothing outside itself.
+carries everything inline and references nothing outside itself. `results_report` lays out
+the workflow's results page (`pipeline.report`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import io
 import math
 import numbers
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,3 +240,166 @@ def _write_atomic(path: Path, text: str) -> None:
     """Readers never see half a page: written beside `path`, then renamed into place."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def results_report(
+    tables: Mapping[str, str],
+    figures: Mapping[str, str],
+    galleries: Sequence[str],
+    recognition: Sequence[str],
+    curves: Sequence[str],
+    erasure: Sequence[str],
+    captions: Mapping[str, str],
+    benchmarks: str,
+    config: Mapping,
+    code: str,
+    output: str,
+    config_output: str,
+) -> None:
+    """The results page (`pipeline.report`): every figure and table of the run, with
+    captions, and the provenance that makes it a research record: the resolved config
+    (saved as `config_output` too), the model, the code fingerprint and the library
+    versions. Its header says what the values are (metric, split, step selection), read
+    from the summary table; a banner says so when a random-weight model made the images."""
+    # Imported here: `write_report` alone needs neither matplotlib (figures) nor the run's
+    # records, so a page without the workflow's results imports none of them.
+    from .diagnostics import benchmark_table
+    from .figures import measure
+    from .provenance import library_versions
+    from .record import LIBRARIES, banner, config_text, write_config
+
+    def figure(name: str, title: str) -> Figure:
+        return Figure(Path(figures[name]), title, captions[name])
+
+    def table(name: str, title: str, text: str) -> Table:
+        return Table(pd.read_csv(tables[name]), title, text)
+
+    def values_of(name: str, what: str) -> str:
+        return f"The values of the figure above, {what}: tables/{name}.csv."
+
+    runs = pd.read_csv(tables["summary"])
+    values = ", ".join(measure(runs)) if len(runs) else "none"
+    accuracy = [figure("accuracy", "Accuracy against examples per class")]
+    accuracy += [
+        Figure(
+            Path(p),
+            f"Recognized by the reference classifier: {Path(p).stem.removeprefix('recognition-')}",
+            captions["recognition"],
+        )
+        for p in recognition
+    ]
+    accuracy += [
+        figure(name, f"Figure {name.removeprefix('figure-')} of the paper")
+        for name in figures
+        if name.startswith("figure-") and name != "figure-11"
+    ]
+    accuracy.append(
+        table("summary", "Summary", f"Values: {values}. Per dataset, method and examples per "
+              "class: the mean over seeds, its 68% interval (± one standard error) and the "
+              "number of seeds; the split, metric and selection columns say what was averaged. "
+              "tables/summary.csv and tables/summary.md hold it.")
+    )  # fmt: skip
+    classes = pd.read_csv(tables["per_class"])
+    by_class = classes.pivot_table(
+        index=["dataset", "shots", "class_name"], columns="method", values="accuracy_mean"
+    )
+    by_class = by_class[[m for m in dict.fromkeys(runs["method"]) if m in by_class.columns]]
+    per_class = [
+        figure("per-class", "Accuracy per class"),
+        Table(by_class, "Accuracy per class, every shot count", "Mean over seeds of each "
+              "class's accuracy at the selected step, one column per method; "
+              "tables/per_class.csv adds the 68% intervals and seed counts."),
+    ]  # fmt: skip
+    run_rows = pd.read_csv(tables["runs"])
+    by_run = run_rows.pivot_table(index=["dataset", "method", "seed"], columns="shots",
+                                  values="value")  # fmt: skip
+    by_run.columns = [f"{shots} per class" for shots in by_run.columns]
+    per_run = [
+        Table(by_run, "Every run", f"Values: {values}. One row per dataset, method and seed, "
+              "one column per number of examples per class: each run's value before any "
+              "averaging; tables/runs.csv adds the step it was read at."),
+        figure("validation", "Validation curves"),
+    ]  # fmt: skip
+    scores = [figure("scores", "Overall normalized score")]
+    scores.append(table("scores", "Overall normalized score, values", values_of(
+        "scores", "with the number of trials")))  # fmt: skip
+    if "novelty" in figures:
+        scores += [figure("novelty", "Concept novelty")]
+        scores.append(table("novelty", "Concept novelty, values", values_of(
+            "novelty", "per bin and method")))  # fmt: skip
+    paired = (
+        [figure("paired", "Paired improvement over the baseline")] if "paired" in figures else []
+    )
+    paired.append(table("paired", "Paired improvement, values", "Per dataset, method and "
+                        "examples per class: the mean paired difference to the baseline "
+                        "over seeds, ± one standard error (tables/paired.csv)."))  # fmt: skip
+    paired.append(
+        table("areas", "Area under the accuracy curve", f"Values: {values}. Per dataset and "
+              "method: the area under the value against log2 examples per class (trapezoid "
+              "rule) divided by the log2 range, so a mean value over shot counts; mean ± one "
+              "standard error over seeds.")
+    )  # fmt: skip
+    ablations = [figure("figure-11", "Data balance (Figure 11)")] if "figure-11" in figures else []
+    images = [
+        Figure(Path(p), f"Gallery: {Path(p).stem.removeprefix('gallery-')}", captions["gallery"])
+        for p in galleries
+    ]
+    diagnostics = [
+        Figure(
+            Path(p),
+            f"Inversion loss: {Path(p).stem.removeprefix('inversion-loss-')}",
+            captions["inversion"],
+        )
+        for p in curves
+    ]
+    diagnostics += [
+        Figure(
+            Path(p), f"Erasure check: {Path(p).stem.removeprefix('erasure-')}", captions["erasure"]
+        )  # fmt: skip
+        for p in erasure
+    ]
+    root = Path(benchmarks)
+    timings = benchmark_table(sorted(root.rglob("*.tsv")), root)
+    diagnostics.append(
+        Table(
+            timings,
+            "Time and memory per rule",
+            "From Snakemake's benchmark files (results/benchmarks/): jobs per rule, their "
+            "summed and longest wall time, the largest peak resident memory (MB) and the "
+            "summed CPU time. This report's own job is not counted.",
+            float_format="{:.1f}",
+        )
+    )
+    pretrained = config["model"]["pretrained"]
+    versions = pd.DataFrame(library_versions(LIBRARIES).items(), columns=["library", "version"])
+    provenance = [
+        Table(pd.DataFrame({"item": ["model", "code fingerprint"], "value": [pretrained, code]}),
+              "Model and code", "The model every generative stage loaded (model.pretrained), "
+              "and a digest of the code every rule ran (dafusion.provenance): the same "
+              "fingerprint, the same code."),
+        Table(versions, "Library versions", "As installed where this report was written."),
+        Preformatted(config_text(config), "Resolved config", "Every setting the results "
+                     "depend on, defaults filled in (execution knobs left out); saved as "
+                     "results/config.yaml, which --configfile reads."),
+    ]  # fmt: skip
+    sections = [
+        Section("Accuracy", accuracy, "Few-shot classification accuracy of every method."),
+        Section("Per-class accuracy", per_class, "Which classes each method gets right."),
+        Section("Runs", per_run, "Every classifier run, and how its training went."),
+        Section("Normalized scores", scores, "Scores comparable across datasets."),
+        Section("Improvement over the baseline", paired, "Per-seed paired differences."),
+        Section("Ablations", ablations, "Figure 11's alpha x M grid."),
+        Section("Synthetic images", images, "What the generated images look like."),
+        Section("Diagnostics", diagnostics, "Inversion, erasure, time and memory."),
+        Section("Provenance", provenance, "What made these results."),
+    ]
+    meta = {
+        "values": values,
+        "datasets": ", ".join(sorted(runs["dataset"].unique())),
+        "methods": ", ".join(dict.fromkeys(runs["method"])),
+        "seeds per point": str(int(runs["num_seeds"].max())) if len(runs) else "0",
+        "model": pretrained,
+        "generated": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    write_config(config_output, config)
+    write_report(output, "DA-Fusion results", sections, meta, banner=banner(pretrained))

@@ -7,9 +7,10 @@ regenerates only the rest; outputs do not depend on where the job stopped. Image
 encoded in worker threads while the generator computes the next batches.
 
 A set is made by N >= 1 jobs (`generation.parts`): each writes a contiguous run of whole
-shards (`shard_ranges`, `write_shards`), and one light job writes the index from their rows
-(`write_index`), recording N in it (`recorded_parts`). A shard's bytes depend only on its
-images, whose seeds derive from the image keys, so the set is the same for any N.
+shards (`shard_ranges`, `write_shards`) and its rows (`write_part`), and one light job
+writes the index from them (`read_parts`, `write_index`), recording N in it
+(`recorded_parts`). A shard's bytes depend only on its images, whose seeds derive from the
+image keys, so the set is the same for any N.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ INDEX_SCHEMA = pa.schema(
 
 # The index's schema metadata: how many jobs made the set (the workflow reads it to list
 # the jobs a finished set came from: `generation.parts` may have changed since, a knob), and
-# the set's identity as JSON (what determines its images, `Plan.set_identity`).
+# the set's identity as JSON (what determines its images, `SyntheticSets.identity`).
 PARTS_KEY = "dafusion.parts"
 IDENTITY_KEY = "dafusion.set"
 # The temporary rows of each `generate` job, beside the shards (`paths.PART`).
@@ -212,6 +213,33 @@ def write_shards(
             rows += shard_rows
     if reused:
         log.info("reused %d finished shard(s) of %d", reused, len(shards))
+    return rows
+
+
+def write_part(path: str | Path, rows: Sequence[Mapping], fingerprint: str) -> None:
+    """A `generate` job's index rows, for `read_parts`, with the fingerprint of the job
+    that wrote them ("" for a part with no shards)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"fingerprint": fingerprint, "rows": rows}))
+
+
+def read_parts(parts: Sequence[str], planned: pd.Series, plan: str) -> list[dict]:
+    """The rows of a set's parts (`write_part`), checked to be those of one job's settings
+    and to hold exactly the images `planned` (the keys of the plan of `plan`, a split)."""
+    records = [json.loads(Path(part).read_text()) for part in parts]
+    fingerprints = {r["fingerprint"] for r in records if r["rows"]}
+    if len(fingerprints) > 1:
+        raise ValueError(
+            f"the parts {', '.join(parts)} were written by jobs with different settings: "
+            "delete them and rerun"
+        )
+    rows = [row for record in records for row in record["rows"]]
+    keys = [row["key"] for row in rows]
+    if sorted(keys) != sorted(planned):
+        raise ValueError(
+            f"the parts {', '.join(parts)} hold {len(keys)} images, not the {len(planned)} "
+            f"planned for {plan}: delete them and rerun"
+        )
     return rows
 
 

@@ -41,7 +41,7 @@ rule aggregate:
 
 rule gallery:
     input:
-        unpack(gallery_inputs),
+        unpack(of(PLAN.gallery_inputs)),
     output:
         png=report(
             res(paths.GALLERY),
@@ -61,7 +61,7 @@ rule gallery:
         mem_mb=2000,
         runtime=10,
     params:
-        methods=lambda w: PLAN.synthetic_sizes(w.dataset),
+        methods=of(PLAN.synthetic_sizes),
         gallery=PLAN.aggregate_params(
             "gallery_images_per_class", "gallery_classes", "gallery_variants"
         ),
@@ -72,7 +72,7 @@ rule gallery:
 
 rule inversion_curves:
     input:
-        losses=lambda w: PLAN.loss_curves(w.dataset),
+        losses=of(PLAN.loss_curves),
     output:
         png=report(
             res(paths.INVERSION_CURVES),
@@ -99,7 +99,7 @@ rule inversion_curves:
 
 rule erasure_check:
     input:
-        check=lambda w: PLAN.erasure_table(w.dataset),
+        check=of(PLAN.erasure_table),
     output:
         png=report(
             res(paths.ERASURE_FIGURE),
@@ -127,7 +127,7 @@ rule erasure_check:
 
 rule report:
     input:
-        unpack(report_inputs),
+        unpack(of(PLAN.report_inputs)),
     output:
         html=res(paths.REPORT),
         config=report(
@@ -159,7 +159,7 @@ rule report:
 
 rule recognition:
     input:
-        unpack(recognition_inputs),
+        unpack(of(PLAN.recognition_inputs)),
         reference=PLAN.path(paths.SHIPPED, asset="reference-digits"),
     output:
         table=res(paths.RECOGNITION),
@@ -181,7 +181,7 @@ rule recognition:
         mem_mb=2000,
         runtime=10,
     params:
-        methods=lambda w: PLAN.synthetic_sizes(w.dataset),
+        methods=of(PLAN.synthetic_sizes),
         code=code("recognition"),
     script:
         "../scripts/recognition.py"

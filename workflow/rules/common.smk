@@ -1,4 +1,5 @@
 import functools
+import inspect
 import re
 
 from snakemake.exceptions import WorkflowError
@@ -6,17 +7,13 @@ from snakemake.io import IOFile
 from snakemake.logging import logger
 
 from dafusion import listing, paths
-from dafusion.config import ConfigError, Needs, check_machine
+from dafusion.config import ConfigError
 from dafusion.estimate import run_summary
-from dafusion.plan import (
-    TABLES,
-    Plan,
-    PlanError,
-    caption_key,
-    read_captions,
-)
+from dafusion.machine import Needs, check_machine
+from dafusion.plan import TABLES, Plan, caption_key, read_captions
 from dafusion.provenance import rule_code, workflow_code
 from dafusion.record import resolved_config
+from dafusion.sets import PlanError
 from dafusion.shipped import SHIPPED, shipped_digest
 
 
@@ -70,7 +67,7 @@ def check_results_writable():
 
 @functools.cache
 def checked_machine():
-    """Look on this machine for what the requested targets read (dafusion.config.Needs):
+    """Look on this machine for what the requested targets read (dafusion.machine.Needs):
     dataset roots, the model, backbone weights; every one missing in one error, before any
     job. Called from an input function of the target rules and of every rule that reads
     one of them, so it runs once the DAG is being built, when the targets are known (they
@@ -92,89 +89,24 @@ def checked(w):
     return checked_machine()
 
 
-def gpus(device):
-    return PLAN.gpus(device)
+# A rule's input, params, threads and resources functions: the plan's methods, each given
+# the job's wildcards its parameters name (dataset, method, set, seed, shots, parts).
 
 
-# Functions of a job's wildcards, for the rules' inputs, params and resources.
+def of(method):
+    """`method` as a function of a job's wildcards."""
+    names = list(inspect.signature(method).parameters)
+    return lambda wildcards: method(**{name: wildcards[name] for name in names})
 
 
-def classifier_for(w):
-    return PLAN.classifier_for(w.dataset, w.method)
-
-
-def model_input(w):
-    return PLAN.model_input()
-
-
-def model_threads(w):
-    return PLAN.model_threads()
-
-
-def split_path(w):
-    return PLAN.split_path(w.dataset, w.seed, w.shots)
-
-
-def training_pool(w):
-    return PLAN.training_pool(w.dataset, w.seed)
-
-
-def eval_split(w):
-    return PLAN.eval_split(w.dataset, w.seed)
-
-
-def index_params(w):
-    return PLAN.index_params(w.dataset)
-
-
-def index_mem_mb(w):
-    return PLAN.index_mem_mb(w.dataset)
-
-
-def set_erasure(w):
-    return PLAN.set_erasure(w.dataset, w.set)
-
-
-def set_params(w):
-    return PLAN.set_params(w.dataset, w.set)
-
-
-def generate_tokens(w):
-    return PLAN.generate_tokens(w.dataset, w.set, w.seed, w.shots)
-
-
-def generate_parts(w):
-    return PLAN.generate_parts(w.dataset, w.set, w.seed, w.shots)
-
-
-def train_synthetic(w):
-    return PLAN.train_synthetic(w.dataset, w.method, w.seed, w.shots)
-
-
-def run_synthetic_params(w):
-    return PLAN.run_synthetic_params(w.dataset, w.method)
-
-
-def generate_runtime(wildcards, input, attempt):
-    w, parts = wildcards, int(wildcards.parts)
-    return PLAN.generate_minutes(w.dataset, w.set, input.split, attempt, parts=parts)
-
-
-def gather_runtime(wildcards, attempt):
-    return PLAN.gather_minutes(attempt)
-
-
-def invert_runtime(wildcards, input, attempt):
-    return PLAN.invert_minutes(input.split, attempt)
-
-
-def erase_runtime(wildcards, input, attempt):
-    return PLAN.erase_minutes(input.pool, attempt)
-
-
-def train_runtime(wildcards, input, attempt):
-    w = wildcards
-    return PLAN.train_minutes(w.dataset, w.method, input.val, input.test, attempt)
+def wall_time(method):
+    """A runtime resource: `method` given the wildcards, the input files (a manifest that
+    sizes the job) and the attempt its parameters name. Snakemake passes `input` and
+    `attempt` to a resources function whose arguments are named so."""
+    call = of(method)
+    return lambda wildcards, input, attempt: call(
+        {**wildcards, **input, "attempt": attempt}
+    )
 
 
 # check_dataset and index_dataset rerun when their dataset's files change through the listing
@@ -213,11 +145,7 @@ def listing_code(rule, output):
 index_code = listing_code(
     "index_dataset", lambda w: PLAN.path(paths.POOL, dataset=w.dataset)
 )
-check_code = listing_code("check_dataset", lambda w: dataset_check(w))
-
-
-def dataset_check(w):
-    return PLAN.dataset_check(w.dataset)
+check_code = listing_code("check_dataset", of(PLAN.dataset_check))
 
 
 # Targets, the aggregate and the report.
@@ -228,18 +156,6 @@ def evaluated_runs(w):
         return PLAN.evaluated_runs()
     except PlanError as exc:
         raise WorkflowError(str(exc)) from None
-
-
-def gallery_inputs(w):
-    return PLAN.gallery_inputs(w.dataset)
-
-
-def recognition_inputs(w):
-    return PLAN.recognition_inputs(w.dataset)
-
-
-def report_inputs(w):
-    return PLAN.report_inputs()
 
 
 CAPTIONS = read_captions(Path(workflow.basedir, "workflow/report"))

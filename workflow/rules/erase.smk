@@ -2,7 +2,7 @@ rule erase:
     input:
         checked=checked,
         pool=res(paths.POOL),
-        model=model_input,
+        model=of(PLAN.model_input),
     output:
         res(paths.ERASURE),
     log:
@@ -14,11 +14,11 @@ rule erase:
     priority: 20
     conda:
         "../../envs/dafusion.yaml"
-    threads: model_threads
+    threads: of(PLAN.model_threads)
     resources:
         mem_mb=PLAN.model_mem_mb(16000),
-        gpu=gpus(MODEL.device),
-        runtime=erase_runtime,
+        gpu=PLAN.gpus(MODEL.device),
+        runtime=wall_time(PLAN.erase_minutes),
     params:
         model=PLAN.trained_model_params(),
         erasure=ERASURE.result_params(),

@@ -1,13 +1,13 @@
-# One synthetic set (shared by the methods with its identity, Plan.set_identity):
+# One synthetic set (shared by the methods with its identity, SyntheticSets.identity):
 # generation.parts `generate` jobs each write a run of its shards (Plan.generate_parts), and
 # one light `gather_synthetic` job writes its index.
 rule generate:
     input:
         checked=checked,
-        split=split_path,
-        model=model_input,
-        tokens=generate_tokens,
-        erasure=set_erasure,
+        split=of(PLAN.split_path),
+        model=of(PLAN.model_input),
+        tokens=of(PLAN.generate_tokens),
+        erasure=of(PLAN.set_erasure),
     output:
         temp(res(paths.PART)),
     log:
@@ -22,13 +22,13 @@ rule generate:
     priority: 3
     conda:
         "../../envs/dafusion.yaml"
-    threads: model_threads
+    threads: of(PLAN.model_threads)
     resources:
         mem_mb=PLAN.model_mem_mb(8000),
-        gpu=gpus(MODEL.device),
-        runtime=generate_runtime,
+        gpu=PLAN.gpus(MODEL.device),
+        runtime=wall_time(PLAN.generate_minutes),
     params:
-        synthetic=set_params,
+        synthetic=of(PLAN.sets.params),
         code=code("generate"),
     script:
         "../scripts/generate.py"
@@ -36,9 +36,9 @@ rule generate:
 
 rule gather_synthetic:
     input:
-        split=split_path,
-        parts=generate_parts,
-        tokens=generate_tokens,  # named in the set's classes.json
+        split=of(PLAN.split_path),
+        parts=of(PLAN.generate_parts),
+        tokens=of(PLAN.generate_tokens),  # named in the set's classes.json
     output:
         res(paths.SYNTHETIC),
     log:
@@ -51,11 +51,11 @@ rule gather_synthetic:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=gather_runtime,
+        runtime=wall_time(PLAN.gather_minutes),
     # The parts are temporary: the set's identity, its M and the generate code are this
     # job's params too, so that a change reruns it (and, through it, the parts).
     params:
-        synthetic=set_params,
+        synthetic=of(PLAN.sets.params),
         code={**code("generate"), **code("gather_synthetic")},
     script:
         "../scripts/gather_synthetic.py"

@@ -1,8 +1,8 @@
 rule invert:
     input:
         checked=checked,
-        split=split_path,
-        model=model_input,
+        split=of(PLAN.split_path),
+        model=of(PLAN.model_input),
     output:
         tokens=res(paths.TOKENS),
         export=directory(res(paths.TOKENS_EXPORT)),
@@ -15,11 +15,11 @@ rule invert:
     priority: 5
     conda:
         "../../envs/dafusion.yaml"
-    threads: model_threads
+    threads: of(PLAN.model_threads)
     resources:
         mem_mb=PLAN.model_mem_mb(8000),
-        gpu=gpus(MODEL.device),
-        runtime=invert_runtime,
+        gpu=PLAN.gpus(MODEL.device),
+        runtime=wall_time(PLAN.invert_minutes),
     params:
         model=PLAN.trained_model_params(),
         inversion=INVERSION.result_params(),
@@ -31,9 +31,9 @@ rule invert:
 use rule invert as invert_erased with:
     input:
         checked=checked,
-        split=split_path,
-        model=model_input,
-        erasure=lambda w: PLAN.erasure_table(w.dataset),
+        split=of(PLAN.split_path),
+        model=of(PLAN.model_input),
+        erasure=of(PLAN.erasure_table),
     output:
         tokens=res(paths.ERASED_TOKENS),
         export=directory(res(paths.ERASED_TOKENS_EXPORT)),

@@ -15,10 +15,10 @@ rule check_dataset:
         "../../envs/dafusion.yaml"
     threads: 4
     resources:
-        mem_mb=index_mem_mb,
+        mem_mb=of(PLAN.index_mem_mb),
         runtime=120,
     params:
-        spec=index_params,
+        spec=of(PLAN.index_params),
         code=check_code,
     script:
         "../scripts/check_dataset.py"
@@ -26,7 +26,7 @@ rule check_dataset:
 
 rule index_dataset:
     input:
-        check=dataset_check,
+        check=of(PLAN.dataset_check),
     output:
         pool=res(paths.POOL),
         val=res(paths.VAL),
@@ -40,10 +40,10 @@ rule index_dataset:
         "../../envs/dafusion.yaml"
     threads: 4
     resources:
-        mem_mb=index_mem_mb,
+        mem_mb=of(PLAN.index_mem_mb),
         runtime=120,
     params:
-        spec=index_params,
+        spec=of(PLAN.index_params),
         # The code's fingerprint and the listing of the dataset's files: an added, removed
         # or rewritten file reruns the job (common.smk, index_code).
         code=index_code,
@@ -75,7 +75,7 @@ rule seed_split:
 
 rule few_shot_split:
     input:
-        pool=training_pool,
+        pool=of(PLAN.training_pool),
     output:
         res(paths.SPLIT),
     log:

@@ -1,10 +1,10 @@
 rule train:
     input:
         checked=checked,
-        split=split_path,
-        val=eval_split,
+        split=of(PLAN.split_path),
+        val=of(PLAN.eval_split),
         test=res(paths.TEST),
-        synthetic=train_synthetic,
+        synthetic=of(PLAN.train_synthetic),
     output:
         res(paths.RUN),
     log:
@@ -16,11 +16,11 @@ rule train:
     threads: 1
     resources:
         mem_mb=4000,
-        gpu=gpus(CLASSIFIER.device),
-        runtime=train_runtime,
+        gpu=PLAN.gpus(CLASSIFIER.device),
+        runtime=wall_time(PLAN.train_minutes),
     params:
-        classifier=lambda w: classifier_for(w).result_params(),
-        synthetic=run_synthetic_params,
+        classifier=lambda w: PLAN.classifier_for(w.dataset, w.method).result_params(),
+        synthetic=of(PLAN.sets.run_params),
         code=code("train"),
     script:
         "../scripts/train.py"
