@@ -58,7 +58,7 @@ include: "workflow/rules/erase.smk"
 include: "workflow/rules/invert.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/train.smk"
-include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/report.smk"
 
 
 onstart:
