@@ -275,6 +275,8 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
         ({"classifier": {"lr": 0.01}}, jobs("train", METHODS) | END),
         ({"classifier": {"synthetic_probability": 0.3}}, jobs("train", SYNTHETIC) | END),
         ({"classifier": {"normalization": "backbone"}}, jobs("train", METHODS) | END),
+        # A protocol is the keys it stands for (bn_mode and normalization): every run.
+        ({"classifier": {"protocol": "clean"}}, jobs("train", METHODS) | END),
         ({"classifier": {"vertical_flip": True}}, jobs("train", METHODS) | END),
         # Every execution knob at once (and settings read only in a mode that is off).
         (
@@ -312,6 +314,11 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
         ),
         (
             {"inversion": {"learning_rate": 0.01}},
+            jobs("invert") | jobs("invert_erased") | jobs("generate", TOKENS)
+            | jobs("train", TOKENS) | END | GALLERY | RECOGNITION | CURVES,
+        ),
+        (
+            {"inversion": {"repeats": 10}},
             jobs("invert") | jobs("invert_erased") | jobs("generate", TOKENS)
             | jobs("train", TOKENS) | END | GALLERY | RECOGNITION | CURVES,
         ),
