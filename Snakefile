@@ -27,7 +27,7 @@ OTHER_PATHS = [
 ]
 os.environ.update(PYTHONPATH=os.pathsep.join([SRC, *filter(None, OTHER_PATHS)]))
 
-from dafusion.config import SCHEMA, ConfigError, validate_config
+from dafusion.workflow.config import SCHEMA, ConfigError, validate_config
 
 # The embedded default, unless config files are given: `--configfile mine.yaml` runs
 # mine.yaml alone (its datasets replace the digits instead of adding to them); to overlay

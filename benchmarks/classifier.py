@@ -28,7 +28,7 @@ achieved TFLOP/s (its FLOPs counted by torch's FlopCounterMode) as a fraction of
 matmul peak measured on the spot (the backbone itself runs in float32).
 
 `--compare-precision` instead runs this stage at each `classifier.precision` and prints
-its seconds per step (with `--costs`, written to a costs file for `dafusion.estimate`).
+its seconds per step (with `--costs`, written to a costs file for `dafusion.workflow.estimate`).
 
 `--compare-cache` instead runs this stage twice with the same configuration, `--seeds`
 seeds each: a fresh augmentation every step (the default, the paper's) against
@@ -60,15 +60,15 @@ from common import device_name, matmul_peak_tflops, record_cost, sync
 from PIL import Image
 from torchvision import transforms
 
-from dafusion.backbones import ORIGINAL_MEAN, ORIGINAL_STD, build_backbone
-from dafusion.classifier import train_classifier
-from dafusion.datasets import few_shot, read_dataset
-from dafusion.devices import resolve_device
-from dafusion.images import encode_png, load_image
+from dafusion.data.datasets import few_shot, read_dataset
+from dafusion.data.images import encode_png, load_image
+from dafusion.jobs.devices import resolve_device
 from dafusion.settings import ClassifierSettings, DatasetSettings
+from dafusion.stages.backbones import ORIGINAL_MEAN, ORIGINAL_STD, build_backbone
+from dafusion.stages.classifier import train_classifier
 
 ORIGINAL_DRAWS = 6400  # the original's validation draws (with replacement) per evaluation
-EVAL_BATCH = 512  # this stage's evaluation batch (dafusion.classifier.evaluate)
+EVAL_BATCH = 512  # this stage's evaluation batch (dafusion.stages.classifier.evaluate)
 # --full-size: the paper's classifier (20 classes here, 256 px); its 10,000 steps with --steps
 FULL_SIZE = {"classes": 20, "image_size": 256, "steps": 1000, "eval_interval": 200}
 EMBEDDED = {"classes": 10, "image_size": 32, "steps": 1000, "eval_interval": 200}

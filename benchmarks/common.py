@@ -1,5 +1,5 @@
 """What the benchmarks share: the model they time, device sync, the measured peak, and the
-costs file their per-unit costs go to (`--costs`, read by `dafusion.estimate --costs`)."""
+costs file their per-unit costs go to (`--costs`, read by `dafusion.workflow.estimate --costs`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from dafusion.tiny import save_random_sd_v1, save_tiny_model
+from dafusion.stages.tiny import save_random_sd_v1, save_tiny_model
 
 
 def sync(device: torch.device) -> None:
@@ -63,10 +63,10 @@ DATASHEET_PEAK_TFLOPS = float(os.environ.get("DAFUSION_PEAK_TFLOPS", "989"))
 def record_cost(
     path: str | None, key: str, seconds: float, measured: str, tflops: float | None = None
 ) -> None:
-    """Add one per-unit cost (`dafusion.runtime.UNITS[key]`) to the costs file at `path`,
+    """Add one per-unit cost (`dafusion.workflow.runtime.UNITS[key]`) to the costs file at `path`,
     keeping the others there; with the TFLOP/s its work achieved, and their fraction of
     DATASHEET_PEAK_TFLOPS. Printed too."""
-    from dafusion.runtime import UNITS
+    from dafusion.workflow.runtime import UNITS
 
     fraction = None if tflops is None else tflops / DATASHEET_PEAK_TFLOPS
     share = (

@@ -32,11 +32,17 @@ from unittest import mock
 import torch
 from common import UNET_TFLOP_PER_SAMPLE_64, device_name, model_directory, record_cost, sync
 
-from dafusion import erasure
-from dafusion.devices import resolve_device
-from dafusion.erasure import cross_attention_projections, ddim_indices, esd, trained_names, uce
-from dafusion.models import Components, load_components
+from dafusion.jobs.devices import resolve_device
 from dafusion.settings import ErasureSettings
+from dafusion.stages import erasure
+from dafusion.stages.erasure import (
+    cross_attention_projections,
+    ddim_indices,
+    esd,
+    trained_names,
+    uce,
+)
+from dafusion.stages.models import Components, load_components
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 ESD_TARGET_S = 300.0

@@ -56,12 +56,12 @@ from common import (
 from PIL import Image
 from torch._dynamo.utils import counters
 
-from dafusion.devices import resolve_device, resolve_dtype
-from dafusion.generation import Engine, denoising_timesteps
-from dafusion.images import encode_png
-from dafusion.models import load_components
+from dafusion.data.images import encode_png
+from dafusion.jobs.devices import resolve_device, resolve_dtype
 from dafusion.settings import GenerationSettings
-from dafusion.synthetic import variant_plan
+from dafusion.stages.generation import Engine, denoising_timesteps
+from dafusion.stages.models import load_components
+from dafusion.stages.synthetic import variant_plan
 
 
 def make_manifest(count: int, size: int) -> pd.DataFrame:

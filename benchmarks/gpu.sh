@@ -6,7 +6,7 @@
 #
 #   benchmarks/gpu.sh OUT           # GPU: SD v1.4's architecture, random weights, 512 px
 #   benchmarks/gpu.sh --tiny OUT    # CPU smoke run of the same commands at toy sizes
-#   python -m dafusion.estimate config/paper.yaml --costs OUT/costs.json
+#   python -m dafusion.workflow.estimate config/paper.yaml --costs OUT/costs.json
 #
 # OUT gets costs.json, one log per benchmark and estimate.md; the random model they share is
 # written once to $MODEL_DIR (default /tmp/dafusion-sd, or -tiny). DAFUSION_PEAK_TFLOPS is the peak the
@@ -67,6 +67,6 @@ run erasure 60 benchmarks/erasure.py "${size[@]}" "${model[@]}" "${erasure[@]}" 
 run classifier 100 benchmarks/classifier.py "${size[@]}" "${classifier[@]}" \
     --compare-precision --costs "$costs"
 run unet 80 benchmarks/unet.py "${size[@]}" "${unet[@]}"
-echo "== the paper's grid at these costs (python -m dafusion.estimate config/paper.yaml --costs $costs)"
-"$python" -m dafusion.estimate config/paper.yaml --costs "$costs" | tee "$out/estimate.md"
+echo "== the paper's grid at these costs (python -m dafusion.workflow.estimate config/paper.yaml --costs $costs)"
+"$python" -m dafusion.workflow.estimate config/paper.yaml --costs "$costs" | tee "$out/estimate.md"
 echo "== $SECONDS s in all"

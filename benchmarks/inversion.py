@@ -32,11 +32,11 @@ from common import (
 )
 from PIL import Image
 
-from dafusion.devices import resolve_device, resolve_dtype
-from dafusion.images import to_model_tensor
-from dafusion.inversion import learn_tokens
-from dafusion.models import load_components
+from dafusion.data.images import to_model_tensor
+from dafusion.jobs.devices import resolve_device, resolve_dtype
 from dafusion.settings import InversionSettings
+from dafusion.stages.inversion import learn_tokens
+from dafusion.stages.models import load_components
 
 
 def make_images(classes: int, per_class: int, size: int) -> tuple[list[Image.Image], list[int]]:

@@ -25,8 +25,8 @@ import time
 import torch
 from common import UNET_TFLOP_PER_SAMPLE_64, matmul_peak_tflops, sync
 
-from dafusion.devices import resolve_device, resolve_dtype
-from dafusion.tiny import build_tiny_pipeline, sd_v1_unet
+from dafusion.jobs.devices import resolve_device, resolve_dtype
+from dafusion.stages.tiny import build_tiny_pipeline, sd_v1_unet
 
 
 def forward_ms(unet, batch: int, size: int, device, dtype, channels_last: bool, repeats: int):

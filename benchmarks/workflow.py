@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dafusion.diagnostics import benchmark_table, rule_name
+from dafusion.reporting.diagnostics import benchmark_table, rule_name
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))

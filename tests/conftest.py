@@ -32,7 +32,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
-    from dafusion.tiny import save_tiny_model
+    from dafusion.stages.tiny import save_tiny_model
 
     path = tmp_path_factory.mktemp("model") / "tiny"
     save_tiny_model(path)
@@ -42,14 +42,14 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture
 def components(tiny_dir):
     """Fresh components per test: inversion and token loading modify the tokenizer."""
-    from dafusion.models import load_components
+    from dafusion.stages.models import load_components
 
     return load_components(tiny_dir, torch.device("cpu"), torch.float32)
 
 
 @pytest.fixture(scope="session")
 def digits():
-    from dafusion.datasets import read_dataset
+    from dafusion.data.datasets import read_dataset
     from dafusion.settings import DatasetSettings
 
     pool, val, _ = read_dataset(DatasetSettings(kind="digits", image_size=32, val_fraction=0.2))

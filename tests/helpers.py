@@ -25,8 +25,8 @@ from PIL import Image
 from scipy.io import savemat
 from snakemake.utils import update_config
 
-from dafusion.config import SCHEMA, validate_config
-from dafusion.plan import Plan
+from dafusion.workflow.config import SCHEMA, validate_config
+from dafusion.workflow.plan import Plan
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]

@@ -1,5 +1,5 @@
 """Sampling and scoring for the semantic tests: images made by the workflow's own engine
-(`dafusion.generation.Engine`), recognized by the reference digit classifier."""
+(`dafusion.stages.generation.Engine`), recognized by the reference digit classifier."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from dafusion.generation import Engine
-from dafusion.images import encode_png
-from dafusion.miniature import RESOLUTION, SHIPPED
-from dafusion.models import Components, load_components
-from dafusion.readers.folders import DIGIT_NAMES
-from dafusion.reference import handwritten_digits, load_reference, probabilities
+from dafusion.data.images import encode_png
+from dafusion.data.readers.folders import DIGIT_NAMES
+from dafusion.reporting.reference import load_reference, probabilities
+from dafusion.training.reference import handwritten_digits
 from dafusion.settings import GenerationSettings
+from dafusion.stages.generation import Engine
+from dafusion.stages.models import Components, load_components
+from dafusion.training.miniature import RESOLUTION, SHIPPED
 
 STEPS = 25  # the embedded default's num_inference_steps
 
@@ -123,10 +124,10 @@ def inversion_rates(
     class; per class, how often "a photo of a {token}" at t0 = 1 is recognized as it, and
     how often "a photo of a the" (the initializer's word) is. The tokens are saved and
     loaded into a fresh copy of `model`, as a generate job does."""
-    from dafusion.inversion import learn_tokens
-    from dafusion.manifest import class_token
+    from dafusion.data.manifest import class_token
     from dafusion.settings import InversionSettings
-    from dafusion.tokens import load_into, save_tokens
+    from dafusion.stages.inversion import learn_tokens
+    from dafusion.stages.tokens import load_into, save_tokens
 
     images, labels = handwritten(shots, seed=1)
     settings = InversionSettings(steps=steps, learning_rate=learning_rate)
@@ -153,8 +154,8 @@ def erased_rates(
     """Per class, how often "a photo of a {name}" is recognized as it with `erased`'s name
     erased from the UNet (ESD or UCE, by `settings.method`), and the erasure check's table
     (the erase stage's own measure) for that delta."""
-    from dafusion.deltas import DeltaSwitch, save_delta
-    from dafusion.erasure import erasure_scores, esd, uce
+    from dafusion.stages.deltas import DeltaSwitch, save_delta
+    from dafusion.stages.erasure import erasure_scores, esd, uce
 
     prompt = settings.prompt.format(name=erased)
     if settings.method == "uce":

@@ -6,7 +6,7 @@ import pytest
 from matplotlib.colors import to_hex
 from matplotlib.container import BarContainer
 
-from dafusion.aggregate import (
+from dafusion.reporting.aggregate import (
     ablation_grid,
     best_steps,
     curve_areas,
@@ -21,7 +21,7 @@ from dafusion.aggregate import (
     summarize,
     validation_curves,
 )
-from dafusion.figures import (
+from dafusion.reporting.figures import (
     OKABE_ITO,
     accuracy_figure,
     grid_figure,
@@ -69,7 +69,7 @@ def _runs():
 
 
 REPO = Path(__file__).resolve().parents[1]
-# What every table says its values are (dafusion.aggregate.LABELS), after its own columns.
+# What every table says its values are (dafusion.reporting.aggregate.LABELS), after its own columns.
 LABELS = ["split", "metric", "selection"]
 
 
@@ -721,7 +721,7 @@ def _cell(method, alpha, m, label):
 
 
 def test_figure_11_pairs_each_cell_with_the_reference_of_the_same_alpha_and_m():
-    from dafusion.aggregate import data_balance_grid
+    from dafusion.reporting.aggregate import data_balance_grid
 
     layout = pd.DataFrame(
         [
@@ -828,7 +828,7 @@ def test_figure_11_of_the_paper_config_draws_its_one_factor_cells():
     import yaml
     from helpers import workflow_plan
 
-    from dafusion.aggregate import best_steps, data_balance_grid
+    from dafusion.reporting.aggregate import best_steps, data_balance_grid
 
     plan = workflow_plan(yaml.safe_load((REPO / "config/paper.yaml").read_text()))
     layout = pd.DataFrame(plan.method_layout())

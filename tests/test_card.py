@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dafusion.card import CARD, CLASSES, JSON_FIELDS, write_card
-from dafusion.shards import encode_image, write_shard
-from dafusion.synthetic import INDEX_SCHEMA
+from dafusion.data.card import CARD, CLASSES, JSON_FIELDS, write_card
+from dafusion.data.shards import encode_image, write_shard
+from dafusion.stages.synthetic import INDEX_SCHEMA
 
 NAMES = ["zero", "giant white arum lily"]
 IDENTITY = {"method": {"kind": "sdedit", "prompt": "a photo of a {token}"}, "model": {}}

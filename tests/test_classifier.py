@@ -6,10 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dafusion.backbones import Backbone, SmallCNN
-from dafusion.classifier import augment, draw_batch, evaluate, synthetic_lookup, train_classifier
-from dafusion.datasets import few_shot
+from dafusion.data.datasets import few_shot
 from dafusion.settings import ClassifierSettings
+from dafusion.stages.backbones import Backbone, SmallCNN
+from dafusion.stages.classifier import (
+    augment,
+    draw_batch,
+    evaluate,
+    synthetic_lookup,
+    train_classifier,
+)
 
 # The digits are 32 pixels: a small CNN at their size (the defaults are the paper's ResNet-50).
 SMALL = ClassifierSettings(backbone="small-cnn", image_size=32)
@@ -31,7 +37,7 @@ def test_alpha_mixing_rate_and_variants():
 
 def test_draw_batch_matches_per_element_definition():
     """The vectorized draw gives exactly what a loop over batch elements gives (same seed)."""
-    from dafusion.classifier import VariantTable
+    from dafusion.stages.classifier import VariantTable
 
     variants = [torch.arange(10 * i, 10 * i + i % 4) for i in range(7)]  # M = 0..3 per image
     g = torch.Generator().manual_seed(3)
@@ -110,8 +116,8 @@ def test_channels_last_features_equal_the_plain_layout():
     """The classifier runs its convolutions channels-last for speed: same features."""
     import copy
 
-    from dafusion.backbones import build_backbone
-    from dafusion.classifier import Classifier
+    from dafusion.stages.backbones import build_backbone
+    from dafusion.stages.classifier import Classifier
 
     torch.manual_seed(0)
     model = Classifier(build_backbone("small-cnn"), 10, "original").eval()
@@ -138,7 +144,7 @@ def test_frozen_backbone_batchnorm(digits, monkeypatch, bn_mode, changes):
     normalizes each training batch with the batch's own statistics and re-estimates its
     running statistics, which evaluation then uses. That is the default here (the paper
     path); bn_mode eval (protocol clean) keeps the running statistics fixed throughout."""
-    import dafusion.classifier as clf
+    import dafusion.stages.classifier as clf
 
     seen, modes = {}, []
 
@@ -180,9 +186,9 @@ def test_which_backbones_have_batchnorm():
     """BATCHNORM_BACKBONES (what start-up checks bn_mode against) are exactly the frozen
     backbones whose training mode changes their features; DeiT has none (no BatchNorm, its
     dropout 0), so its evaluation images are embedded once whatever bn_mode says."""
-    from dafusion.backbones import build_backbone
-    from dafusion.classifier import changes_in_training
     from dafusion.settings import BATCHNORM_BACKBONES
+    from dafusion.stages.backbones import build_backbone
+    from dafusion.stages.classifier import changes_in_training
 
     for name in ("small-cnn", "resnet50", "deit"):
         backbone = build_backbone(name, pretrained=False)
@@ -197,7 +203,7 @@ def _frozen_pixels(*args, **kwargs):
 
 
 def test_feature_cache_matches_step_by_step_accuracy(digits, monkeypatch):
-    import dafusion.classifier as clf
+    import dafusion.stages.classifier as clf
 
     monkeypatch.setattr(clf, "build_backbone", _frozen_pixels)
     pool, val = digits
@@ -225,7 +231,7 @@ def test_feature_cache_matches_step_by_step_accuracy(digits, monkeypatch):
 
 def test_default_draws_a_fresh_augmentation_every_step(digits, monkeypatch):
     """As the paper: by default the head never trains on a fixed set of cached views."""
-    import dafusion.classifier as clf
+    import dafusion.stages.classifier as clf
 
     monkeypatch.setattr(clf, "build_backbone", _frozen_pixels)
     seen = []
@@ -269,7 +275,7 @@ def test_default_draws_a_fresh_augmentation_every_step(digits, monkeypatch):
 
 
 def test_randaugment_and_batch_cutmix_produce_valid_batches():
-    from dafusion.classifier import Augmenter, BatchCutMix
+    from dafusion.stages.classifier import Augmenter, BatchCutMix
 
     x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
     labels = torch.arange(16) % 4
@@ -285,7 +291,7 @@ def test_randaugment_and_batch_cutmix_produce_valid_batches():
 
 def test_original_evaluation_protocol():
     """6,400 draws with replacement; classes absent from the draw count as 0 (original)."""
-    from dafusion.classifier import metrics_from_logits
+    from dafusion.stages.classifier import metrics_from_logits
 
     logits = torch.tensor([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0]])
     labels = torch.tensor([0, 1])
@@ -338,9 +344,9 @@ def test_benchmark_dataloader_baseline_sees_this_stages_pixels(monkeypatch, digi
     """Its images decoded once and normalized per item equal this stage's network input."""
     from PIL import Image
 
-    from dafusion.backbones import ORIGINAL_MEAN, ORIGINAL_STD
-    from dafusion.classifier import Normalize, to_uint8
-    from dafusion.images import load_image
+    from dafusion.data.images import load_image
+    from dafusion.stages.backbones import ORIGINAL_MEAN, ORIGINAL_STD
+    from dafusion.stages.classifier import Normalize, to_uint8
 
     bench = _benchmark(monkeypatch)
     _, val = digits
@@ -366,7 +372,7 @@ def test_default_resnet50_weights_are_torchvision_imagenet1k_v2(tmp_path, monkey
     from safetensors.torch import save_file
     from torchvision.models import ResNet50_Weights, resnet50
 
-    from dafusion.backbones import build_backbone
+    from dafusion.stages.backbones import build_backbone
 
     assert ResNet50_Weights.DEFAULT == ResNet50_Weights.IMAGENET1K_V2
     torch.manual_seed(0)
@@ -405,7 +411,7 @@ def test_deit_features_are_the_class_token():
     hidden state, not the distillation token."""
     from transformers import DeiTConfig, DeiTModel
 
-    from dafusion.backbones import _DeiTFeatures
+    from dafusion.stages.backbones import _DeiTFeatures
 
     torch.manual_seed(0)
     config = DeiTConfig(
@@ -428,8 +434,8 @@ def test_input_normalization(digits, monkeypatch, normalization, mean, std):
     backbone: the statistics the backbone's weights were trained with (ImageNet's here)."""
     from torchvision.transforms import Normalize
 
-    import dafusion.classifier as clf
-    from dafusion.backbones import IMAGENET_MEAN, IMAGENET_STD
+    import dafusion.stages.classifier as clf
+    from dafusion.stages.backbones import IMAGENET_MEAN, IMAGENET_STD
 
     mean, std = mean or IMAGENET_MEAN, std or IMAGENET_STD
     assert ClassifierSettings().normalization == "original"
@@ -464,7 +470,7 @@ def test_randaugment_replaces_flip_and_rotation():
     ToTensor, Normalize; the flip and rotation are in the other branch only (pascal.py:120-129)."""
     from torchvision.transforms import v2
 
-    from dafusion.classifier import Augmenter
+    from dafusion.stages.classifier import Augmenter
 
     x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     settings = SMALL.replace(augmentation="randaugment", vertical_flip=True, rotation_degrees=45)
@@ -495,7 +501,7 @@ def test_leafy_spurge_flips_both_ways_and_rotates_45_degrees():
     horizontal = corners(augment(x, torch.Generator().manual_seed(0), 0.0))
     assert horizontal[2:].sum() == 0 and torch.allclose(horizontal[:2], torch.tensor(0.5), atol=0.1)
 
-    from dafusion.config import SCHEMA, validate_config
+    from dafusion.workflow.config import SCHEMA, validate_config
 
     repo = Path(__file__).parents[1]
     paper = yaml.safe_load((repo / "config/paper.yaml").read_text())
@@ -537,7 +543,7 @@ def _package_rand_bbox(size, lam, cx, cy):
 
 def test_cutmix_boxes_are_the_packages():
     """The box geometry of cutmix/utils.py:48-71 on fixed draws, a non-square image."""
-    from dafusion.classifier import cutmix_boxes
+    from dafusion.stages.classifier import cutmix_boxes
 
     g = torch.Generator().manual_seed(0)
     rows, cols = 12, 20
@@ -569,7 +575,7 @@ def test_sample_cutmix_is_the_packages_on_fixed_draws():
     (beta 1, prob 0.5, num_mix 2), per example, replayed on the same draws: each round, r
     (skip when r > prob), lam ~ Beta(1, 1), a partner, rand_bbox's centre; the partner's box
     pasted; lam recomputed from the clipped box; the one-hot labels mixed by it."""
-    from dafusion.classifier import SampleCutMix
+    from dafusion.stages.classifier import SampleCutMix
 
     n, shape, classes = 64, (3, 10, 14), 5
     x = torch.rand(n, *shape, generator=torch.Generator().manual_seed(1))
@@ -604,7 +610,7 @@ def test_sample_cutmix_is_the_packages_on_fixed_draws():
 
 def test_sample_cutmix_labels_sum_to_one_and_match_the_pasted_area():
     """cutmix/cutmix.py:34-35: the partner's label weight is the area of its pasted box."""
-    from dafusion.classifier import SampleCutMix
+    from dafusion.stages.classifier import SampleCutMix
 
     n = 2000
     x = torch.zeros(n, 3, 16, 16)  # class 0, black; every partner class 1, white
@@ -631,7 +637,7 @@ def test_sample_cutmix_labels_sum_to_one_and_match_the_pasted_area():
 def test_training_set_draws_as_eq_6_7_then_augments():
     """The partners of SampleCutMix come from here, as the original's CutMix calls the
     dataset's __getitem__ for them (cutmix/cutmix.py:29; few_shot_dataset.py:82-95)."""
-    from dafusion.classifier import Augmenter, TrainingSet, VariantTable
+    from dafusion.stages.classifier import Augmenter, TrainingSet, VariantTable
 
     real = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
     synthetic = torch.full((4, 3, 8, 8), 255, dtype=torch.uint8)
@@ -646,7 +652,7 @@ def test_training_set_draws_as_eq_6_7_then_augments():
 
 
 def _digits_run(digits, settings):
-    import dafusion.classifier as clf  # build_backbone as the test patched it
+    import dafusion.stages.classifier as clf  # build_backbone as the test patched it
 
     pool, val = digits
     names = [str(i) for i in range(10)]
@@ -659,7 +665,7 @@ def _digits_run(digits, settings):
 def test_cutmix_runs_are_reproducible_and_run_the_backbone_every_step(digits, monkeypatch):
     """CutMix mixes pixels: even with feature_cache the frozen backbone runs every step; the
     job's generator draws everything, so a run repeats exactly."""
-    import dafusion.classifier as clf
+    import dafusion.stages.classifier as clf
 
     sample = SMALL.replace(steps=6, eval_interval=3, augmentation="cutmix")
     pd.testing.assert_frame_equal(_digits_run(digits, sample), _digits_run(digits, sample))
@@ -681,8 +687,8 @@ def test_cutmix_runs_are_reproducible_and_run_the_backbone_every_step(digits, mo
 def test_backbone_precision_keeps_features_within_bf16_rounding(precision):
     """classifier.precision changes the backbone's arithmetic only: bf16 autocast runs on a
     CPU too (tf32 is float32 there); the features stay float32 and near float32's."""
-    from dafusion.backbones import build_backbone
-    from dafusion.classifier import Classifier
+    from dafusion.stages.backbones import build_backbone
+    from dafusion.stages.classifier import Classifier
 
     torch.manual_seed(0)
     reference = Classifier(build_backbone("small-cnn"), 10, "original").eval()
@@ -698,7 +704,7 @@ def test_backbone_precision_keeps_features_within_bf16_rounding(precision):
 
 def test_tf32_flags_restored():
     """float32 turns TF32 off (cuDNN's default is on) for the backbone's forward only."""
-    from dafusion.classifier import tf32
+    from dafusion.stages.classifier import tf32
 
     before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     with tf32(False):
@@ -711,7 +717,7 @@ def test_tf32_flags_restored():
 def test_frozen_backbone_embeds_evaluation_images_once(digits, monkeypatch):
     """With a frozen backbone in eval mode each evaluation runs the head only: the backbone
     sees the evaluation images once per run, not at every evaluation."""
-    import dafusion.classifier as clf
+    import dafusion.stages.classifier as clf
 
     seen = []
 

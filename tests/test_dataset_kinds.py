@@ -16,12 +16,12 @@ from helpers import CARS, spurge_images, write_image
 from PIL import Image
 
 from dafusion import pipeline
-from dafusion.datasets import few_shot, halve_per_seed, read_dataset
-from dafusion.images import load_image
-from dafusion.manifest import MANIFEST_COLUMNS, class_names, resolve_masks
-from dafusion.readers.fine_grained import FLOWERS102_CLASSES
+from dafusion.data.datasets import few_shot, halve_per_seed, read_dataset
+from dafusion.data.images import load_image
+from dafusion.data.manifest import MANIFEST_COLUMNS, class_names, resolve_masks
+from dafusion.data.readers.fine_grained import FLOWERS102_CLASSES
+from dafusion.data.shards import encode_image, read_images, write_shard
 from dafusion.settings import DatasetSettings
-from dafusion.shards import encode_image, read_images, write_shard
 
 # pycocotools' own numpy-2 deprecation, raised inside its RLE decoder.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -84,7 +84,7 @@ def test_pascal_labels_the_largest_instance_and_keeps_its_mask(voc):
 def test_pascal_class_names_are_the_original_codes():
     """semantic_aug/datasets/pascal.py lines 28-31 of the original DA-Fusion code, in VOC's
     label order: the names its Real Guidance prompts and ESD erasures used."""
-    from dafusion.readers.segmentation import VOC_CLASSES
+    from dafusion.data.readers.segmentation import VOC_CLASSES
 
     assert VOC_CLASSES == [
         "airplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

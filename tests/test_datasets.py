@@ -5,12 +5,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dafusion.datasets import few_shot, read_dataset
-from dafusion.images import load_image
-from dafusion.manifest import MANIFEST_COLUMNS, class_names, class_token, sanitize_key
-from dafusion.readers import index_keys
+from dafusion.data.datasets import few_shot, read_dataset
+from dafusion.data.images import load_image
+from dafusion.data.manifest import MANIFEST_COLUMNS, class_names, class_token, sanitize_key
+from dafusion.data.readers import index_keys
 from dafusion.settings import DatasetSettings
-from dafusion.tokens import add_to_tokenizer, expand
+from dafusion.stages.tokens import add_to_tokenizer, expand
 
 
 def _read(spec: dict, base_dir=".") -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -333,7 +333,7 @@ def test_too_few_images_names_the_dataset_the_class_and_its_count(digits, tmp_pa
     import re
 
     from dafusion import pipeline
-    from dafusion.manifest import write_manifest
+    from dafusion.data.manifest import write_manifest
 
     pool = digits[0]
     pool = pool[(pool["label"] != 7) | pool.index.isin(pool.index[pool["label"] == 7][:2])]

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from dafusion import devices
-from dafusion.devices import claim_device
+from dafusion.jobs import devices
+from dafusion.jobs.devices import claim_device
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = str(REPO / "src")
@@ -24,7 +24,7 @@ SRC = str(REPO / "src")
 CLAIMER = textwrap.dedent(
     """
     import sys
-    from dafusion.devices import claim_device
+    from dafusion.jobs.devices import claim_device
     print(claim_device(1, "auto", sys.argv[1], poll_s=0.05), flush=True)
     sys.stdin.read()
     """
@@ -199,8 +199,8 @@ JOB = """
 import os
 import time
 
-from dafusion.devices import claim_device
-from dafusion.io import setup_job
+from dafusion.jobs.devices import claim_device
+from dafusion.jobs.io import setup_job
 
 setup_job(snakemake.log[0])
 claim_device(snakemake.resources.gpu, "auto")

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 from matplotlib.colors import to_hex
 
-from dafusion.diagnostics import (
+from dafusion.reporting.diagnostics import (
     ERASED_ENOUGH,
     benchmark_table,
     erasure_figure,
@@ -202,7 +202,7 @@ def test_the_time_and_memory_table_measures_the_jobs_own_process(tmp_path):
             """
             import time
             import numpy as np
-            from dafusion.io import setup_job
+            from dafusion.jobs.io import setup_job
 
             setup_job(snakemake.log[0])
             held = np.ones(400 * 2**20 // 8)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dafusion.config import SCHEMA, load_schema
-from dafusion.schema_docs import render
+from dafusion.workflow.config import SCHEMA, load_schema
+from dafusion.workflow.schema_docs import render
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "docs/configuration-reference.md"
@@ -157,7 +157,7 @@ def test_the_configuration_reference_is_up_to_date():
     page = render(load_schema(SCHEMA))
     assert REFERENCE.read_text() == page, (
         "docs/configuration-reference.md is stale: run "
-        "`python -m dafusion.schema_docs --output docs/configuration-reference.md`"
+        "`python -m dafusion.workflow.schema_docs --output docs/configuration-reference.md`"
     )
 
 
@@ -189,7 +189,7 @@ def test_the_reference_lists_every_schema_key():
 
 
 def test_the_reference_command_checks_and_writes_the_page(tmp_path, capsys):
-    from dafusion.schema_docs import main
+    from dafusion.workflow.schema_docs import main
 
     assert main(["--check", str(REFERENCE)]) == 0
     stale = tmp_path / "reference.md"
@@ -202,8 +202,8 @@ def test_the_reference_command_checks_and_writes_the_page(tmp_path, capsys):
 
 @pytest.mark.parametrize("page", ["README.md", "docs/cluster.md"])
 def test_the_gpu_hours_table_is_the_estimate_of_the_paper_grid(page):
-    """The README's and docs/cluster.md's table is `python -m dafusion.estimate
+    """The README's and docs/cluster.md's table is `python -m dafusion.workflow.estimate
     config/paper.yaml`'s output: computed from the per-unit costs, never by hand."""
-    from dafusion.estimate import plan_of, table
+    from dafusion.workflow.estimate import plan_of, table
 
     assert table(plan_of([REPO / "config/paper.yaml"])) in (REPO / page).read_text()

@@ -14,11 +14,22 @@ from helpers import make_set
 from safetensors.torch import load_file as load_tokens
 
 from dafusion import pipeline
-from dafusion.checkpoint import Checkpoint
-from dafusion.config import SCHEMA, load_schema
-from dafusion.datasets import few_shot
-from dafusion.deltas import DeltaSwitch, delta_path, load_delta, save_delta
-from dafusion.erasure import (
+from dafusion.data.datasets import few_shot
+from dafusion.data.images import load_image
+from dafusion.data.manifest import class_names, class_token
+from dafusion.data.shards import read_images
+from dafusion.jobs.checkpoint import Checkpoint
+from dafusion.jobs.io import write_parquet
+from dafusion.jobs.seeds import derive_seed
+from dafusion.settings import (
+    ErasureSettings,
+    GenerationSettings,
+    InversionSettings,
+    MethodSettings,
+    ModelSettings,
+)
+from dafusion.stages.deltas import DeltaSwitch, delta_path, load_delta, save_delta
+from dafusion.stages.erasure import (
     TRAIN_METHODS,
     cross_attention_projections,
     ddim_indices,
@@ -30,21 +41,10 @@ from dafusion.erasure import (
     trained_names,
     uce,
 )
-from dafusion.images import load_image
-from dafusion.inversion import learn_tokens
-from dafusion.io import write_parquet
-from dafusion.manifest import class_names, class_token
-from dafusion.models import load_components
-from dafusion.seeds import derive_seed
-from dafusion.settings import (
-    ErasureSettings,
-    GenerationSettings,
-    InversionSettings,
-    MethodSettings,
-    ModelSettings,
-)
-from dafusion.shards import read_images
-from dafusion.tiny import sd_v1_unet
+from dafusion.stages.inversion import learn_tokens
+from dafusion.stages.models import load_components
+from dafusion.stages.tiny import sd_v1_unet
+from dafusion.workflow.config import SCHEMA, load_schema
 
 NAMES = ["zero", "one", "two", "three", "four"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from dafusion import runtime
-from dafusion.estimate import main, plan_of, run_summary, stages
-from dafusion.runtime import mean_steps
 from dafusion.settings import ClassifierSettings
+from dafusion.workflow import runtime
+from dafusion.workflow.estimate import main, plan_of, run_summary, stages
+from dafusion.workflow.runtime import mean_steps
 
 GRID = {
     "datasets": {"digits": {"kind": "digits"}, "cars": {"kind": "stanford_cars", "classes": 5}},
@@ -69,9 +69,9 @@ def test_each_stage_counts_shared_sets_once(grid):
 
 @pytest.mark.parametrize(("scope", "deltas"), [("class", 10 + 5), ("joint", 2)])
 def test_the_erase_stage_counts_what_the_erase_jobs_do(tmp_path, scope, deltas):
-    """The estimate sums the work formula of the jobs' time limits (dafusion.runtime): ESD's
-    iterations take time in proportion to the DDIM steps they sample down, and `scope:
-    joint` fine-tunes one delta per dataset, not one per class."""
+    """The estimate sums the work formula of the jobs' time limits
+    (dafusion.workflow.runtime): ESD's iterations take time in proportion to the DDIM steps
+    they sample down, and `scope: joint` fine-tunes one delta per dataset, not one per class."""
     erased = {**GRID["methods"]["daf"], "erased": True}
     erasure = {"enabled": True, "method": "esd", "iterations": 100, "ddim_steps": 25}
     config = {**GRID, "methods": {"erased": erased}, "erasure": {**erasure, "scope": scope}}
@@ -131,7 +131,7 @@ def test_a_costs_file_sets_the_per_unit_costs(grid, tmp_path, capsys):
 
 
 def test_the_repositorys_costs_are_the_runtime_costs():
-    """src/dafusion/costs.json is what every rule's runtime and the docs' table use."""
+    """src/dafusion/workflow/costs.json is what every rule's runtime and the docs' table use."""
     costs = runtime.read_costs(runtime.COSTS_FILE)
     assert costs == runtime.COSTS
     assert costs["eval"].measured is None  # a guess, shown as 'not measured'

@@ -24,7 +24,7 @@ import webdataset as wds
 from helpers import REPO, photo_folder
 from PIL import Image
 
-from dafusion.manifest import read_manifest
+from dafusion.data.manifest import read_manifest
 
 pytestmark = pytest.mark.first_run
 

@@ -11,9 +11,9 @@ import sys
 import pytest
 from helpers import write_heic, write_image
 
-from dafusion.datasets import read_dataset
-from dafusion.images import load_image
-from dafusion.manifest import class_names
+from dafusion.data.datasets import read_dataset
+from dafusion.data.images import load_image
+from dafusion.data.manifest import class_names
 from dafusion.settings import DatasetSettings
 
 
@@ -50,9 +50,9 @@ def test_a_fresh_process_reads_heic_and_importing_the_readers_loads_no_heic_read
     write_heic(tmp_path / "photo.heic", (10, 20, 30), size=(24, 12))
     code = (
         "import json, sys\n"
-        "import dafusion.datasets, dafusion.pipeline\n"
+        "import dafusion.data.datasets, dafusion.pipeline\n"
         "before = 'pillow_heif' in sys.modules\n"
-        "from dafusion.images import load_image\n"
+        "from dafusion.data.images import load_image\n"
         f"image = load_image({{'key': 'k', 'path': {str(tmp_path / 'photo.heic')!r}}})\n"
         "print(json.dumps([before, image.size, image.getpixel((3, 3))]))\n"
     )

@@ -3,11 +3,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dafusion.gallery import CELL_INCHES, TITLE_INCHES, gallery_figure, read_synthetic
-from dafusion.images import encode_png
-from dafusion.io import write_parquet
-from dafusion.shards import encode_image, write_shard
-from dafusion.synthetic import INDEX_SCHEMA
+from dafusion.data.images import encode_png
+from dafusion.data.shards import encode_image, write_shard
+from dafusion.jobs.io import write_parquet
+from dafusion.reporting.gallery import CELL_INCHES, TITLE_INCHES, gallery_figure, read_synthetic
+from dafusion.stages.synthetic import INDEX_SCHEMA
 
 CLASSES = ("red", "green", "blue")
 # key -> label; digits-0001 has no synthetic image in da-fusion.

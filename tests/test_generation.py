@@ -8,13 +8,13 @@ import torch
 from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from dafusion.datasets import few_shot
-from dafusion.generation import Engine, denoising_timesteps, encode_images, sdedit
-from dafusion.images import encode_png, load_image
-from dafusion.models import encode_text, scheduler_from_name
-from dafusion.seeds import derive_seed
+from dafusion.data.datasets import few_shot
+from dafusion.data.images import encode_png, load_image
+from dafusion.jobs.seeds import derive_seed
 from dafusion.settings import GenerationSettings
-from dafusion.synthetic import variant_plan
+from dafusion.stages.generation import Engine, denoising_timesteps, encode_images, sdedit
+from dafusion.stages.models import encode_text, scheduler_from_name
+from dafusion.stages.synthetic import variant_plan
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +235,7 @@ def test_masked_generation_matches_diffusers_inpainting(
     """Masked mode follows StableDiffusionInpaintPipeline with a 4-channel UNet."""
     from diffusers import StableDiffusionInpaintPipeline
 
-    from dafusion.generation import load_mask
+    from dafusion.stages.generation import load_mask
 
     image = load_image(manifest.iloc[0].to_dict())
     mask = np.zeros((32, 32), dtype=np.uint8)
@@ -276,7 +276,7 @@ def test_masked_generation_matches_diffusers_inpainting(
 
 
 def test_mask_dilation_and_background(tmp_path):
-    from dafusion.generation import load_mask
+    from dafusion.stages.generation import load_mask
 
     mask = np.zeros((64, 64), dtype=np.uint8)
     mask[30:34, 30:34] = 1

@@ -26,7 +26,7 @@ def _imported_after(code: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def manifests(tmp_path_factory) -> dict[str, str]:
-    from dafusion.datasets import few_shot, read_dataset
+    from dafusion.data.datasets import few_shot, read_dataset
     from dafusion.settings import DatasetSettings
 
     folder = tmp_path_factory.mktemp("manifests")
@@ -66,7 +66,7 @@ def test_a_split_job_imports_no_torch(manifests):
 
 def test_a_gather_job_imports_no_torch(manifests, tmp_path):
     """gather_synthetic is the light job of every synthetic set: no model library."""
-    from dafusion.synthetic import variant_plan
+    from dafusion.stages.synthetic import variant_plan
 
     split = manifests["split"]
     keys = variant_plan(pd.read_parquet(split), 0, 1, [0.5])["key"].tolist()

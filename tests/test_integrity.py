@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from dafusion import integrity
-from dafusion.integrity import IntegrityError, job, record, sidecar, verify
+from dafusion.jobs import integrity
+from dafusion.jobs.integrity import IntegrityError, job, record, sidecar, verify
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "workflow" / "scripts"
 TOKENS = "digits/tokens/seed0-shots1.safetensors"

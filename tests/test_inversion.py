@@ -3,14 +3,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dafusion import inversion
-from dafusion.checkpoint import Checkpoint
-from dafusion.datasets import few_shot
-from dafusion.images import load_image
-from dafusion.inversion import learn_tokens, template_list
-from dafusion.manifest import class_names, class_token
+from dafusion.data.datasets import few_shot
+from dafusion.data.images import load_image
+from dafusion.data.manifest import class_names, class_token
+from dafusion.jobs.checkpoint import Checkpoint
 from dafusion.settings import InversionSettings
-from dafusion.tokens import load_into, save_tokens
+from dafusion.stages import inversion
+from dafusion.stages.inversion import learn_tokens, template_list
+from dafusion.stages.tokens import load_into, save_tokens
 
 
 def _split(digits, classes):
@@ -23,7 +23,7 @@ def _split(digits, classes):
 
 
 def _fresh(tiny_dir):
-    from dafusion.models import load_components
+    from dafusion.stages.models import load_components
 
     return load_components(tiny_dir, torch.device("cpu"), torch.float32)
 
@@ -167,7 +167,7 @@ def test_each_example_draws_its_own_template_reproducibly(components, digits):
     """fine_tune.py line 380 (TextualInversionDataset.__getitem__): every training example
     draws its prompt with `random.choice(self.templates)`, independently of the others in its
     batch. Here each class's draws come from its own seeded stream, so a rerun draws the same."""
-    from dafusion.inversion import SplicedEmbedding, _Trainer
+    from dafusion.stages.inversion import SplicedEmbedding, _Trainer
 
     images, labels, names = _split(digits, [3])
     settings = InversionSettings(batch_size=16)
@@ -296,7 +296,7 @@ def test_mixed_precision_is_the_original_scripts():
 def test_bf16_mixed_precision_learns_tokens_near_float32(tiny_dir, digits):
     """A bfloat16 UNet and VAE with the text encoder under autocast (CPUs autocast bf16):
     the token rows stay float32 and end near the float32 run's."""
-    from dafusion.models import load_components
+    from dafusion.stages.models import load_components
 
     images, labels, names = _split(digits, [1, 2])
     settings = InversionSettings(steps=3, batch_size=2)
@@ -343,7 +343,7 @@ def test_inversion_resizes_bicubic_and_generation_bilinear_as_the_original(compo
     import numpy as np
     from PIL import Image
 
-    from dafusion.images import to_model_tensor
+    from dafusion.data.images import to_model_tensor
 
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 40, 3), np.uint8))
     seen, encode = [], components.vae.encode
@@ -365,7 +365,7 @@ def test_inversion_resizes_bicubic_and_generation_bilinear_as_the_original(compo
 
 
 def _trainer(components, digits, classes, settings, seed=0):
-    from dafusion.inversion import SplicedEmbedding, _Trainer
+    from dafusion.stages.inversion import SplicedEmbedding, _Trainer
 
     images, labels, names = _split(digits, classes)
     tokens = [class_token(name) for name in names]
@@ -381,7 +381,7 @@ def test_images_are_drawn_in_shuffled_epochs_of_repeats(components, digits):
     i % num_images (l. 374), and a DataLoader with shuffle=True draws them (l. 565): in
     every epoch each image appears `repeats` times, in a shuffled order. `repeats: null` draws
     each example independently from the class's stream, as earlier versions did."""
-    from dafusion.seeds import derive_seed
+    from dafusion.jobs.seeds import derive_seed
 
     settings = InversionSettings(batch_size=4, repeats=3)  # 2 images: epochs of 6 examples
 
@@ -404,8 +404,8 @@ def test_an_fp16_overflow_skips_only_its_own_class_step(components, digits, monk
     fine_tune.py per class, accelerate with --mixed_precision=fp16), each with its own
     GradScaler: an overflow skips that class's step only. Here each class has its own scale,
     and a skipped class keeps its rows, its AdamW moments and its step count."""
-    from dafusion.inversion import ClassScaler
-    from dafusion.tokens import add_to_tokenizer
+    from dafusion.stages.inversion import ClassScaler
+    from dafusion.stages.tokens import add_to_tokenizer
 
     settings = InversionSettings(batch_size=1, learning_rate=1e-2)
     trainer = _trainer(components, digits, [0, 1], settings)

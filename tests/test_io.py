@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dafusion.io import atomic_path
+from dafusion.jobs.io import atomic_path
 
 
 def test_outputs_get_the_usual_permissions(tmp_path):
@@ -33,7 +33,7 @@ def test_a_job_caps_torch_threads_without_importing_torch(tmp_path):
 
     code = (
         "import sys\n"
-        "from dafusion.io import setup_job\n"
+        "from dafusion.jobs.io import setup_job\n"
         f"setup_job({str(tmp_path / 'job.log')!r}, threads=1)\n"
         "print('torch' in sys.modules)\n"
         "import torch\n"
@@ -56,7 +56,7 @@ def test_a_jobs_native_stderr_and_start_up_time_reach_its_log(tmp_path):
     code = (
         "import os, time\n"
         "time.sleep(0.3)\n"
-        "from dafusion.io import setup_job\n"
+        "from dafusion.jobs.io import setup_job\n"
         f"setup_job({str(tmp_path / 'job.log')!r})\n"
         "os.write(2, b'native message\\n')\n"
     )
@@ -69,7 +69,7 @@ def test_a_jobs_native_stderr_and_start_up_time_reach_its_log(tmp_path):
 
 FAILING_JOB = (
     "import sys\n"
-    "from dafusion.io import setup_job\n"
+    "from dafusion.jobs.io import setup_job\n"
     "setup_job(sys.argv[1])\n"
     "raise RuntimeError('no space left for the checkpoint')\n"
 )

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dafusion.models import load_components
+from dafusion.stages.models import load_components
 
 
 def _hub_cache(cache: Path, repo: str, files: dict[str, Path]) -> None:
@@ -46,7 +46,7 @@ def test_hub_id_loads_from_the_local_cache(tiny_dir, tmp_path, monkeypatch):
 def test_resnet50_weights_from_a_file_and_from_the_cache(tmp_path, monkeypatch):
     from torchvision.models import resnet50
 
-    from dafusion.backbones import RESNET50_HUB, build_backbone
+    from dafusion.stages.backbones import RESNET50_HUB, build_backbone
 
     torch.manual_seed(3)
     state = {k: v.contiguous() for k, v in resnet50().state_dict().items()}
@@ -73,7 +73,7 @@ def test_resnet50_weights_from_a_file_and_from_the_cache(tmp_path, monkeypatch):
 def test_deit_from_a_directory_takes_any_image_size(tmp_path):
     from transformers import DeiTConfig, DeiTModel
 
-    from dafusion.backbones import build_backbone
+    from dafusion.stages.backbones import build_backbone
 
     config = DeiTConfig(
         hidden_size=32,

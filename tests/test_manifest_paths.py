@@ -18,11 +18,11 @@ from helpers import write_image
 from safetensors.torch import load_file
 
 from dafusion import pipeline
-from dafusion.datasets import few_shot
-from dafusion.deltas import delta_path, save_delta
-from dafusion.images import load_image
-from dafusion.manifest import ROOT_KEY, file_stem, manifest, read_manifest, write_manifest
+from dafusion.data.datasets import few_shot
+from dafusion.data.images import load_image
+from dafusion.data.manifest import ROOT_KEY, file_stem, manifest, read_manifest, write_manifest
 from dafusion.settings import DatasetSettings, InversionSettings, ModelSettings
+from dafusion.stages.deltas import delta_path, save_delta
 
 BLUE, RED = (0, 0, 200), (200, 0, 0)
 SPLITS = Path("results/photos/splits")

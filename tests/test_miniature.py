@@ -24,11 +24,12 @@ from semantic import (
     sdedit_rates,
 )
 
-from dafusion.miniature import SHIPPED, TrainingSettings, train_miniature
-from dafusion.models import load_components
-from dafusion.readers.folders import DIGIT_NAMES
-from dafusion.reference import SHIPPED as REFERENCE
-from dafusion.reference import accuracy, handwritten_digits, load_reference
+from dafusion.data.readers.folders import DIGIT_NAMES
+from dafusion.reporting.reference import SHIPPED as REFERENCE
+from dafusion.reporting.reference import accuracy, load_reference
+from dafusion.training.reference import handwritten_digits
+from dafusion.stages.models import load_components
+from dafusion.training.miniature import SHIPPED, TrainingSettings, train_miniature
 
 # Measured on the shipped model (seed 0 draws); the random `tiny` model's in docs/miniature.md.
 CONDITIONING_MIN, CONDITIONING_MEAN = 0.3, 0.6  # measured: min 0.5 (one), mean 0.78
@@ -60,7 +61,7 @@ def before(components):
 
 def test_shipped_files_match_their_recorded_sha256():
     """SHA256SUMS records every shipped file: a changed weight file is a new model and must
-    come with its new sums (python -m dafusion.miniature writes both)."""
+    come with its new sums (python -m dafusion.training.miniature writes both)."""
     listed = {}
     for line in (SHIPPED / "SHA256SUMS").read_text().splitlines():
         digest, name = line.split("  ", 1)

@@ -4,14 +4,14 @@ import pytest
 import torch
 from PIL import Image
 
-import dafusion.classifier as clf
-from dafusion.images import encode_png
-from dafusion.io import write_parquet
-from dafusion.manifest import manifest
-from dafusion.mixing import MixingDataset, kept_variants
+import dafusion.stages.classifier as clf
+from dafusion.data.images import encode_png
+from dafusion.data.manifest import manifest
+from dafusion.data.shards import read_images, write_shard
+from dafusion.jobs.io import write_parquet
 from dafusion.settings import ClassifierSettings
-from dafusion.shards import read_images, write_shard
-from dafusion.synthetic import INDEX_SCHEMA
+from dafusion.stages.mixing import MixingDataset, kept_variants
+from dafusion.stages.synthetic import INDEX_SCHEMA
 
 # Real image i is (10 i, 0, 0); its variant j is (10 i, 50 + 50 j, 0): a pixel names the image.
 REAL = 6

@@ -100,8 +100,8 @@ def wheel(tmp_path_factory) -> Path:
 
 
 def test_the_wheel_ships_the_schema_the_miniature_the_reference_classifier_and_the_costs(wheel):
-    """A non-editable install has what `dafusion.config`, `dafusion.shipped` and
-    `dafusion.runtime` point at."""
+    """A non-editable install has what `dafusion.workflow.config`, `dafusion.shipped` and
+    `dafusion.workflow.runtime` point at."""
     import zipfile
 
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -118,7 +118,7 @@ def test_the_wheel_ships_the_schema_the_miniature_the_reference_classifier_and_t
 
 
 def test_the_installed_wheel_estimates_a_config_outside_the_checkout(wheel, tmp_path):
-    """`python -m dafusion.estimate` validates the config against the schema the package
+    """`python -m dafusion.workflow.estimate` validates the config against the schema the package
     ships, not one at the checkout's workflow/schemas: the wheel, installed in a fresh venv,
     prints the table from a folder outside the checkout."""
     venv = tmp_path / "venv"
@@ -150,8 +150,8 @@ def test_the_installed_wheel_estimates_a_config_outside_the_checkout(wheel, tmp_
 
     where = run("-c", "import dafusion; print(dafusion.__file__)")
     assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout + where.stderr
-    estimate = run("-m", "dafusion.estimate", "paper.yaml")
+    estimate = run("-m", "dafusion.workflow.estimate", "paper.yaml")
     assert estimate.returncode == 0, estimate.stderr[-3000:]
-    from dafusion.estimate import plan_of, table
+    from dafusion.workflow.estimate import plan_of, table
 
     assert estimate.stdout == table(plan_of([REPO / "config/paper.yaml"]))

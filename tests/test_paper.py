@@ -104,7 +104,7 @@ def test_the_paper_config_is_the_papers_grid(tmp_path, tiny_dir):
 
 
 def test_every_deviation_names_settings_that_exist():
-    from dafusion.config import PER_ENTRY, SCHEMA, load_schema
+    from dafusion.workflow.config import PER_ENTRY, SCHEMA, load_schema
 
     fidelity = (REPO / "docs/fidelity.md").read_text()
     table = fidelity.split("## Where this workflow differs from the paper", 1)[1].split("\n\n")[2]
@@ -125,8 +125,8 @@ def test_every_deviation_names_settings_that_exist():
 
 def test_the_figure_11_grid_overlay_states_its_cost():
     """config/paper-figure11-grid.yaml's header: its extra GPU-hours over config/paper.yaml
-    and both totals, as `python -m dafusion.estimate` gives them."""
-    from dafusion.estimate import plan_of, stages
+    and both totals, as `python -m dafusion.workflow.estimate` gives them."""
+    from dafusion.workflow.estimate import plan_of, stages
 
     paper = REPO / "config/paper.yaml"
     grid = REPO / "config/paper-figure11-grid.yaml"

@@ -1,6 +1,6 @@
 """Every (dataset, shots) cell of config/paper.yaml has the training images it asks for.
 
-Checked against each dataset's public per-class counts (`dafusion.readers.counts`) under the
+Checked against each dataset's public per-class counts (`dafusion.data.readers.counts`) under the
 entry's settings, before any data is on disk: Flowers102 read through setid.mat (10 training
 images per class) stopped every 16-shot job in few_shot_split, and nothing before that job
 could see it.
@@ -14,10 +14,10 @@ import pytest
 import yaml
 from helpers import REPO, workflow_plan
 
-from dafusion.datasets import halve_per_seed, hold_out
-from dafusion.plan import Plan
-from dafusion.readers.counts import COUNTS, pool_images, smallest_pool
+from dafusion.data.datasets import halve_per_seed, hold_out
+from dafusion.data.readers.counts import COUNTS, pool_images, smallest_pool
 from dafusion.settings import DatasetSettings
+from dafusion.workflow.plan import Plan
 
 PAPER = REPO / "config/paper.yaml"
 

@@ -1,4 +1,4 @@
-"""The workflow's plan (dafusion.plan, paths, runtime, listing) without running Snakemake:
+"""The workflow's plan (dafusion.workflow.plan, paths, runtime, listing) without running Snakemake:
 which jobs and paths a config makes, what each job reads, its resources, the report's layout,
 and the dataset listing index_dataset reruns on."""
 
@@ -13,15 +13,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from dafusion import listing, paths, plan, runtime, sets
-from dafusion.config import SCHEMA, validate_config
 from dafusion.settings import (
     ClassifierSettings,
     ErasureSettings,
     GenerationSettings,
     InversionSettings,
 )
-from dafusion.synthetic import write_index
+from dafusion.stages.synthetic import write_index
+from dafusion.workflow import listing, paths, plan, runtime, sets
+from dafusion.workflow.config import SCHEMA, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 RULES = REPO / "workflow/rules"
@@ -275,7 +275,7 @@ def test_gpus_and_the_gpu_limit(small, monkeypatch):
 
 
 def test_rules_take_result_paths_from_the_registry():
-    """A result pattern is written once, in dafusion.paths (logs and benchmarks aside)."""
+    """A result pattern is written once, in dafusion.workflow.paths (logs and benchmarks aside)."""
     sources = [REPO / "Snakefile", *sorted(RULES.glob("*.smk"))]
     for source in sources:
         for line in source.read_text().splitlines():
@@ -405,7 +405,7 @@ def test_runtimes_scale_with_the_work_and_the_attempt(tmp_path, small):
 def test_a_generate_jobs_limit_counts_its_largest_strengths_steps(tmp_path):
     """SDEdit at t0 runs floor(S t0) of the S steps: a job's limit charges every image the
     largest t0's steps (a bound: each image draws its t0), not all S; the grid's estimate
-    charges the mean (dafusion.estimate)."""
+    charges the mean (dafusion.workflow.estimate)."""
     split = _manifest(tmp_path / "split.parquet", list(range(10)) * 200)  # 2,000 images
     strengths = [0.1, 0.2]
     config = changed(
@@ -436,7 +436,7 @@ def test_erasure_runtime_counts_esd_deltas_and_not_uce(tmp_path):
 
 @pytest.mark.parametrize(("steps", "evaluations"), [(400, 2), (450, 3), (10000, 50)])
 def test_a_run_evaluates_at_every_interval_and_its_last_step(steps, evaluations):
-    """dafusion.classifier evaluates at each eval_interval-th step and at the last one."""
+    """dafusion.stages.classifier evaluates at each eval_interval-th step and at the last one."""
     classifier = ClassifierSettings(steps=steps, eval_interval=200)
     assert runtime.evaluations(classifier) == evaluations
 

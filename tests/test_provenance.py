@@ -7,6 +7,8 @@ import ast
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,12 +29,9 @@ from dafusion.provenance import (
 REPO = Path(__file__).resolve().parents[1]
 # Every rule that runs a script, read from workflow/scripts/ (a hand-kept list missed some).
 RULES = script_rules(REPO)
-# What runs only while Snakemake parses the workflow: no job imports these, so editing one
-# reruns only the jobs whose params or inputs it changes.
-WORKFLOW_SIDE = (
-    "plan", "sets", "paths", "config", "schema_types", "machine", "estimate", "schema_docs",
-    "listing", "runtime",
-)  # fmt: skip
+# Subpackages no job imports: what runs while Snakemake parses (editing it reruns only the
+# jobs whose params or inputs change) and the tools that train the shipped assets.
+NOT_JOB_CODE = ("dafusion/workflow/", "dafusion/training/")
 
 
 @pytest.fixture
@@ -168,15 +167,27 @@ def test_the_report_runs_no_recognition_code():
     """`pipeline.report` takes the recognition figures as a parameter named `recognition`:
     the recognition step, its classifier and the models it loads are not the report's code."""
     code = step_code("report")
-    for module in ("recognition", "reference", "miniature", "tiny", "models", "readers/common"):
+    for module in (
+        "reporting/recognition", "reporting/reference", "training/miniature", "stages/tiny",
+        "stages/models", "data/readers/common",
+    ):  # fmt: skip
+        assert (REPO / f"src/dafusion/{module}.py").is_file()
         assert f"dafusion/{module}.py" not in code
-    for module in ("report", "record", "diagnostics", "figures", "provenance"):
+    for module in ("reporting/report", "reporting/record", "reporting/diagnostics", "provenance"):
         assert f"dafusion/{module}.py" in code
+
+
+def test_scoring_with_the_reference_classifier_runs_no_trainer():
+    """The recognition job loads the shipped reference classifier; the code that trained it
+    and the miniature (fonts, VAE and UNet training) is not the job's code."""
+    code = step_code("recognition")
+    assert "dafusion/reporting/reference.py" in code
+    assert not [source for source in code if source.startswith("dafusion/training/")]
 
 
 def test_editing_the_recognition_code_reruns_only_recognition(library):
     before = {rule: step_code(rule, library) for rule in RULES}
-    for module in ("reference.py", "recognition.py"):
+    for module in ("reporting/reference.py", "reporting/recognition.py"):
         with open(library / module, "a") as f:
             f.write("\n# edited\n")
     assert _changed(before, library) == {"recognition"}
@@ -184,10 +195,26 @@ def test_editing_the_recognition_code_reruns_only_recognition(library):
 
 @pytest.mark.parametrize("rule", RULES)
 def test_no_job_runs_workflow_side_code(rule):
-    """The modules only the Snakefile imports are in no job's fingerprint: editing them
-    reruns only the jobs whose params or inputs change."""
+    """No job's fingerprint holds a module of `dafusion.workflow` (only the Snakefile imports
+    it) or `dafusion.training` (tools run by hand): editing one reruns only the jobs whose
+    params or inputs change."""
     code = step_code(rule)
-    assert not {f"dafusion/{module}.py" for module in WORKFLOW_SIDE} & set(code)
+    assert [source for source in code if source.startswith(NOT_JOB_CODE)] == []
+    assert f"pipeline.{rule}" in code and "dafusion/__init__.py" in code
+
+
+def test_the_workflow_side_imports_no_torch():
+    """Snakemake imports every `dafusion.workflow` module while it parses: none may pull in
+    torch or a model library (seconds of start-up for every dry run and cluster submission)."""
+    probe = (
+        "import importlib, pkgutil, sys, dafusion.workflow as w\n"
+        "for m in pkgutil.iter_modules(w.__path__, 'dafusion.workflow.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'matplotlib')"
+        " if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("rule", RULES)
@@ -234,20 +261,20 @@ def test_no_module_imports_another_in_a_circle():
     for module in sorted(graph):
         if module not in state:
             visit(module, [module])
-    assert "dafusion.generation" in graph and "dafusion.readers.folders" in graph
+    assert "dafusion.stages.generation" in graph and "dafusion.data.readers.folders" in graph
 
 
 def test_a_module_edit_changes_the_code_of_the_steps_that_import_it(library):
     before = {rule: step_code(rule, library) for rule in RULES}
-    assert "dafusion/generation.py" in before["generate"]
-    assert "dafusion/generation.py" not in before["invert"]
+    assert "dafusion/stages/generation.py" in before["generate"]
+    assert "dafusion/stages/generation.py" not in before["invert"]
     for path in library.rglob("*.py"):
         os.utime(path)  # touch: no content change
     assert _changed(before, library) == set()
-    with open(library / "generation.py", "a") as f:
+    with open(library / "stages/generation.py", "a") as f:
         f.write("\n# edited\n")
     assert _changed(before, library) == {"generate"}
-    with open(library / "aggregate.py", "a") as f:
+    with open(library / "reporting/aggregate.py", "a") as f:
         f.write("\n# edited\n")
     assert _changed(before, library) == {"generate", "aggregate"}
 
@@ -284,6 +311,8 @@ def test_code_fingerprints_cut_source_exactly_as_ast_does():
 def test_an_import_for_type_checkers_only_is_not_code_a_step_runs(library):
     """synthetic.py names generation.Engine only under `if TYPE_CHECKING:`: editing
     generation.py changes the code of generate, not of gather_synthetic."""
-    assert "from .generation import Engine" in (library / "synthetic.py").read_text()
+    assert "from .generation import Engine" in (library / "stages/synthetic.py").read_text()
     gather = step_code("gather_synthetic", library)
-    assert "dafusion/synthetic.py" in gather and "dafusion/generation.py" not in gather
+    assert (
+        "dafusion/stages/synthetic.py" in gather and "dafusion/stages/generation.py" not in gather
+    )

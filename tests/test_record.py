@@ -3,9 +3,8 @@ from pathlib import Path
 import yaml
 
 import dafusion
-from dafusion.config import SCHEMA, validate_config
 from dafusion.provenance import library_versions
-from dafusion.record import (
+from dafusion.reporting.record import (
     OUTSIDE,
     config_text,
     portable_path,
@@ -14,6 +13,7 @@ from dafusion.record import (
     write_config,
 )
 from dafusion.settings import SECTIONS
+from dafusion.workflow.config import SCHEMA, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 

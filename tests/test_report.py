@@ -11,7 +11,14 @@ import pytest
 from helpers import NO_CHROMIUM, chromium_path, render
 from PIL import Image
 
-from dafusion.report import Figure, Preformatted, Section, Table, section_ids, write_report
+from dafusion.reporting.report import (
+    Figure,
+    Preformatted,
+    Section,
+    Table,
+    section_ids,
+    write_report,
+)
 
 NASTY = '<b>&"'  # must reach the reader as text, never as markup
 

@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from dafusion import pipeline
-from dafusion.io import write_parquet
-from dafusion.manifest import MANIFEST_SCHEMA, manifest, manifest_schema
+from dafusion.data.manifest import MANIFEST_SCHEMA, manifest, manifest_schema
+from dafusion.jobs.io import write_parquet
 from dafusion.settings import DatasetSettings
-from dafusion.synthetic import INDEX_SCHEMA, write_index, write_shards
+from dafusion.stages.synthetic import INDEX_SCHEMA, write_index, write_shards
 
 MANIFEST_TYPES = {
     "key": pa.string(),

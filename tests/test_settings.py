@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from dafusion.config import PER_ENTRY, SCHEMA, load_schema
 from dafusion.settings import (
     ESD_KEYS,
     SECTIONS,
@@ -19,6 +18,7 @@ from dafusion.settings import (
     GenerationSettings,
     MethodSettings,
 )
+from dafusion.workflow.config import PER_ENTRY, SCHEMA, load_schema
 
 REPO = Path(__file__).resolve().parents[1]
 # Keys the schema accepts that validation expands into other keys and removes.
@@ -95,7 +95,7 @@ def test_an_erasure_gets_only_its_method_settings():
 
 
 def test_a_job_counts_as_a_gpu_job_only_when_it_will_use_cuda(monkeypatch):
-    from dafusion.devices import will_use_cuda
+    from dafusion.jobs.devices import will_use_cuda
 
     assert will_use_cuda("cuda") and will_use_cuda("cuda:1")
     assert not will_use_cuda("cpu")

@@ -6,9 +6,9 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from dafusion.integrity import IntegrityError
-from dafusion.io import write_parquet
-from dafusion.shards import SHARD_PATTERN, encode_image, read_images, write_shard
+from dafusion.data.shards import SHARD_PATTERN, encode_image, read_images, write_shard
+from dafusion.jobs.integrity import IntegrityError
+from dafusion.jobs.io import write_parquet
 
 
 def _samples(n):
@@ -102,7 +102,7 @@ def _flip(path):
 
 
 def _read_gallery(index_path):
-    from dafusion.gallery import read_synthetic
+    from dafusion.reporting.gallery import read_synthetic
 
     index = pd.read_parquet(index_path)
     return read_synthetic(index, index_path.parent, index["key"])

@@ -8,13 +8,19 @@ import pandas as pd
 import pytest
 import torch
 
-from dafusion.datasets import few_shot
-from dafusion.generation import Engine
-from dafusion.integrity import record, sidecar
-from dafusion.seeds import derive_seed
+from dafusion.data.datasets import few_shot
+from dafusion.data.shards import read_images
+from dafusion.jobs.integrity import record, sidecar
+from dafusion.jobs.seeds import derive_seed
 from dafusion.settings import GenerationSettings
-from dafusion.shards import read_images
-from dafusion.synthetic import recorded_parts, shard_ranges, variant_plan, write_index, write_shards
+from dafusion.stages.generation import Engine
+from dafusion.stages.synthetic import (
+    recorded_parts,
+    shard_ranges,
+    variant_plan,
+    write_index,
+    write_shards,
+)
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +198,7 @@ def test_images_are_encoded_in_the_same_batches_whichever_shard_asks_first(
 ):
     """Batch composition changes a latent's last bits (and so, at times, a pixel), so the VAE
     sees fixed blocks of rows: a resumed job's shards are then a whole run's."""
-    from dafusion import generation
+    from dafusion.stages import generation
 
     batches = []
 

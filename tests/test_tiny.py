@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from dafusion.tiny import CORPUS, canonical_name, learn_bpe, reinitialize, weights_digest
+from dafusion.stages.tiny import CORPUS, canonical_name, learn_bpe, reinitialize, weights_digest
 
 # The embedded default's weights at seed 0. They depend on (seed, component, parameter name,
 # shape) only, so a library release must not change them: if this fails after an upgrade, the
@@ -46,7 +46,7 @@ def test_bpe_learns_every_corpus_word_as_one_token(components):
 
 
 def test_tiny_model_is_reproducible_and_loads_like_a_checkpoint(tiny_dir, tmp_path, components):
-    from dafusion.tiny import save_tiny_model
+    from dafusion.stages.tiny import save_tiny_model
 
     again = tmp_path / "again"
     torch.manual_seed(12345)  # the global generator plays no part in the weights
@@ -124,7 +124,7 @@ def test_parameters_and_buffers_without_an_init_family_are_errors():
 def test_missing_model_error_names_the_key(tmp_path):
     import pytest
 
-    from dafusion.models import load_components
+    from dafusion.stages.models import load_components
 
     with pytest.raises(OSError, match="model.pretrained"):
         load_components("nobody/no-such-model", torch.device("cpu"), torch.float32)

@@ -37,8 +37,8 @@ from helpers import (
 from PIL import Image
 from safetensors import safe_open
 
-from dafusion.manifest import class_token
-from dafusion.synthetic import recorded_parts
+from dafusion.data.manifest import class_token
+from dafusion.stages.synthetic import recorded_parts
 
 pytestmark = pytest.mark.workflow
 
@@ -411,10 +411,10 @@ def test_a_setting_reruns_exactly_the_jobs_it_affects(workdir, overlay, expected
     ("path", "old", "new", "expected"),
     [
         (
-            "src/dafusion/generation.py", "", "\nEDITED = True\n",
+            "src/dafusion/stages/generation.py", "", "\nEDITED = True\n",
             jobs("generate", SYNTHETIC) | jobs("train", SYNTHETIC) | END | GALLERY | RECOGNITION,
         ),
-        ("src/dafusion/aggregate.py", "", "\nEDITED = True\n", END),
+        ("src/dafusion/reporting/aggregate.py", "", "\nEDITED = True\n", END),
         # pipeline.py: only the edited step's function counts.
         (
             "src/dafusion/pipeline.py", '"learned %d tokens', '"learned %d class tokens',
@@ -422,7 +422,7 @@ def test_a_setting_reruns_exactly_the_jobs_it_affects(workdir, overlay, expected
             | jobs("train", TOKENS) | END | GALLERY | RECOGNITION | CURVES,
         ),
         (
-            "src/dafusion/erasure.py", "", "\nEDITED = True\n",
+            "src/dafusion/stages/erasure.py", "", "\nEDITED = True\n",
             ERASE | jobs("invert_erased") | jobs("generate", ["da-fusion-erased"])
             | jobs("train", ["da-fusion-erased"]) | END | GALLERY | RECOGNITION | CURVES,
         ),
@@ -810,8 +810,8 @@ def test_a_set_in_parts_is_the_same_bytes_and_changing_parts_reruns_nothing(tmp_
 
     run(3)
     shards = [f"shard-{n:06d}.tar" for n in range(5)]
-    described = ["README.md", "classes.json", "index.parquet"]  # dafusion.card
-    digests = [".index.parquet.sha256.json"]  # dafusion.integrity
+    described = ["README.md", "classes.json", "index.parquet"]  # dafusion.data.card
+    digests = [".index.parquet.sha256.json"]  # dafusion.jobs.integrity
     assert sorted(p.name for p in folder.iterdir()) == [*digests, *described, *shards]
     in_parts = {name: (folder / name).read_bytes() for name in [*shards, "classes.json"]}
     rows = pd.read_parquet(folder / "index.parquet")

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from .io import write_parquet
+from .jobs.io import write_parquet
 from .settings import (
     AggregateSettings,
     ClassifierSettings,
@@ -39,8 +39,8 @@ def _model_source(model: ModelSettings, model_dir: str | None) -> str:
 
 
 def _load(model: ModelSettings, model_dir: str | None):
-    from .devices import resolve_device, resolve_dtype
-    from .models import load_components
+    from .jobs.devices import resolve_device, resolve_dtype
+    from .stages.models import load_components
 
     device = resolve_device(model.device)
     dtype = resolve_dtype(model.dtype, device)
@@ -60,7 +60,7 @@ def _delta_of(deltas: Mapping, name: str):
 
 
 def build_tiny_model(output_dir: str, resolution: int) -> None:
-    from .tiny import save_tiny_model
+    from .stages.tiny import save_tiny_model
 
     save_tiny_model(output_dir, resolution=resolution)
     log.info("tiny Stable Diffusion written to %s", output_dir)
@@ -87,8 +87,8 @@ def check_dataset(
     """
     import json
 
-    from .datasets import read_dataset
-    from .io import atomic_path
+    from .data.datasets import read_dataset
+    from .jobs.io import atomic_path
 
     splits = read_dataset(spec, base_dir, threads=threads, masks=False)
     counts: dict[str, dict[str, int]] = {}
@@ -115,8 +115,8 @@ def index_dataset(
     dataset; the per-(seed, shots) jobs only sample from the pool. The test manifest and the
     mask directory always exist (empty where the dataset has none): outputs are fixed per rule.
     """
-    from .datasets import read_dataset
-    from .manifest import write_manifest
+    from .data.datasets import read_dataset
+    from .data.manifest import write_manifest
 
     Path(mask_dir).mkdir(parents=True, exist_ok=True)
     pool, val, test = read_dataset(spec, base_dir, mask_dir=mask_dir, threads=threads)
@@ -133,8 +133,8 @@ def index_dataset(
 def seed_split(pool_path: str, seed: int, pool_output: str, val_output: str) -> None:
     """Halve the pool per seed, as the original DA-Fusion code did (split_protocol:
     original-code): this seed's training pool and evaluation manifest."""
-    from .datasets import halve_per_seed
-    from .manifest import read_manifest, write_manifest
+    from .data.datasets import halve_per_seed
+    from .data.manifest import read_manifest, write_manifest
 
     pool, val = halve_per_seed(read_manifest(pool_path), seed)
     log.info("seed %d: %d training, %d evaluation images", seed, len(pool), len(val))
@@ -153,8 +153,8 @@ def few_shot_split(
     """The nested few-shot training manifest of one (seed, shots); every pool image with
     `shots=None` (examples_per_class 'all'). A class with too few images is named with its
     `dataset`."""
-    from .datasets import few_shot
-    from .manifest import read_manifest, write_manifest
+    from .data.datasets import few_shot
+    from .data.manifest import read_manifest, write_manifest
 
     pool = read_manifest(pool_path)
     subset = few_shot(pool, seed, shots, allow_fewer=allow_fewer, dataset=dataset)
@@ -179,8 +179,8 @@ def erase(
     re-indexed dataset, a killed job) costs only the check. ESD checkpoints beside the
     deltas let a killed job resume mid-class.
     """
-    from .erasure import erase_classes
-    from .manifest import class_names, read_manifest
+    from .data.manifest import class_names, read_manifest
+    from .stages.erasure import erase_classes
 
     names = class_names(read_manifest(pool_path))
     # Training runs in float32 (or under bf16 autocast, erasure.precision) whatever
@@ -213,11 +213,11 @@ def invert(
     """
     import torch
 
-    from .deltas import DeltaSwitch, class_deltas
-    from .images import load_image
-    from .inversion import learn_split, remove_checkpoints
-    from .manifest import class_names, file_stem, read_manifest
-    from .tokens import save_tokens
+    from .data.images import load_image
+    from .data.manifest import class_names, file_stem, read_manifest
+    from .stages.deltas import DeltaSwitch, class_deltas
+    from .stages.inversion import learn_split, remove_checkpoints
+    from .stages.tokens import save_tokens
 
     manifest = read_manifest(split_path)
     names = class_names(manifest)
@@ -277,10 +277,10 @@ def generate(
     the UNet with class c erased. A part beyond the set's shards (more parts than shards)
     writes no rows and loads no model.
     """
-    from .deltas import class_deltas
-    from .generation import set_job
-    from .manifest import class_names, read_manifest
-    from .synthetic import num_shards, shard_ranges, variant_plan, write_part
+    from .data.manifest import class_names, read_manifest
+    from .stages.deltas import class_deltas
+    from .stages.generation import set_job
+    from .stages.synthetic import num_shards, shard_ranges, variant_plan, write_part
 
     manifest = read_manifest(split_path)
     images = len(variant_plan(manifest, seed, settings.num_synthetic, method.strengths))
@@ -320,11 +320,11 @@ def gather_synthetic(
 ) -> None:
     """The index of a synthetic set (`output`) from the rows its `generate` parts wrote,
     checked against the set's plan; it records the set's identity (`SyntheticSets.identity`) and
-    how many parts made it. The set's `classes.json` and dataset card (`dafusion.card`)
+    how many parts made it. The set's `classes.json` and dataset card (`dafusion.data.card`)
     say what it holds and what made it (`code`: the fingerprint of the code that did)."""
-    from .card import write_card
-    from .manifest import class_names, read_manifest
-    from .synthetic import read_parts, variant_plan, write_index
+    from .data.card import write_card
+    from .data.manifest import class_names, read_manifest
+    from .stages.synthetic import read_parts, variant_plan, write_index
 
     manifest = read_manifest(split_path)
     planned = variant_plan(manifest, seed, settings.num_synthetic, method.strengths)["key"]
@@ -360,12 +360,12 @@ def train(
 
     A run of M = `num_synthetic` reads the first M variants of each image of its set (a set
     shared with methods of a larger M holds more)."""
-    from .classifier import train_classifier
-    from .devices import resolve_device
-    from .manifest import class_names, read_manifest
-    from .mixing import kept_variants
-    from .runs import RUN_COLUMNS
-    from .shards import read_images
+    from .data.manifest import class_names, read_manifest
+    from .data.runs import RUN_COLUMNS
+    from .data.shards import read_images
+    from .jobs.devices import resolve_device
+    from .stages.classifier import train_classifier
+    from .stages.mixing import kept_variants
 
     train_manifest = read_manifest(split_path)
     val_manifest = read_manifest(val_path)
@@ -405,7 +405,7 @@ def aggregate(
     """The summary tables and the figures named in `figures` (name -> PNG path; a PDF is
     written beside each). `layout` holds each (dataset, method)'s figure labels and
     resolved alpha and M, which the figures group runs by."""
-    from .aggregate import write_summary
+    from .reporting.aggregate import write_summary
 
     runs = pd.concat([pd.read_parquet(p) for p in run_paths], ignore_index=True)
     summary = write_summary(runs, methods, layout, figures, tables, settings)
@@ -421,9 +421,9 @@ def gallery(
 ) -> None:
     """A dataset's gallery from the shards and index of each method (never regenerated);
     `methods` gives each one's M, in `index_paths`' order."""
-    from .figures import save_figure
-    from .gallery import gallery_figure
-    from .manifest import read_manifest
+    from .data.manifest import read_manifest
+    from .reporting.figures import save_figure
+    from .reporting.gallery import gallery_figure
 
     synthetic = {
         method: (pd.read_parquet(path), Path(path).parent, size)
@@ -450,8 +450,8 @@ def recognition(
     """The reference digit classifier's recognition rate per method and class: `index_paths`
     holds each method's sets (one per split, in `split_paths`' order) in `methods`' order,
     and `methods` each one's M; `reference_dir` holds the classifier (`place_shipped`)."""
-    from .figures import save_figure
-    from .recognition import recognition_figure, recognition_table
+    from .reporting.figures import save_figure
+    from .reporting.recognition import recognition_figure, recognition_table
     from .shipped import placed_file
 
     per = len(split_paths)
@@ -466,8 +466,8 @@ def recognition(
 
 def inversion_curves(loss_paths: Sequence[str], output: str) -> None:
     """A dataset's textual-inversion loss curves, one panel per tokens file."""
-    from .diagnostics import loss_figure
-    from .figures import save_figure
+    from .reporting.diagnostics import loss_figure
+    from .reporting.figures import save_figure
 
     curves = {}
     for path in loss_paths:
@@ -480,8 +480,8 @@ def inversion_curves(loss_paths: Sequence[str], output: str) -> None:
 
 def erasure_check(check_path: str, output: str) -> None:
     """A dataset's erasure check as a classes x deltas heatmap that flags failed erasures."""
-    from .diagnostics import erasure_figure, failed_erasures
-    from .figures import save_figure
+    from .reporting.diagnostics import erasure_figure, failed_erasures
+    from .reporting.figures import save_figure
 
     check = pd.read_parquet(check_path)
     failed = failed_erasures(check)
@@ -506,7 +506,7 @@ def report(
 ) -> None:
     """results/report.html: every figure and table of the run in one page, with the
     provenance that makes it a research record (`report.results_report`)."""
-    from .report import results_report
+    from .reporting.report import results_report
 
     results_report(
         tables, figures, galleries, recognition, curves, erasure, captions, benchmarks, config,

@@ -59,7 +59,7 @@ def library_hash(root: Path = ROOT) -> str:
 
 
 def module_path(module: str, root: Path = ROOT) -> Path | None:
-    """The file of a library module (`dafusion.readers.common`), or None if there is none."""
+    """The file of a library module (`dafusion.data.readers.common`), or None if there is none."""
     parts = module.split(".")[1:]
     base = root.joinpath(*parts)
     for path in (base.with_suffix(".py"), base / "__init__.py"):
@@ -168,7 +168,7 @@ def _segment(lines: list[str], node: ast.AST) -> str:
 
 def closure(modules: Iterable[str], graph: dict[str, set[str]]) -> set[str]:
     """The modules plus everything they import, transitively, and their parent packages
-    (importing `dafusion.readers.common` runs `dafusion/readers/__init__.py` first)."""
+    (importing `dafusion.data.readers.common` runs `dafusion/data/readers/__init__.py` first)."""
     seen: set[str] = set()
     stack = list(modules)
     while stack:

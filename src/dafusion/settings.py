@@ -117,7 +117,7 @@ class ModelSettings(Settings):
 
 @dataclass(frozen=True)
 class DatasetSettings(Settings):
-    """One `datasets:` entry. Which keys each kind reads is in `dafusion.readers.KINDS`."""
+    """One `datasets:` entry. Which keys each kind reads is in `dafusion.data.readers.KINDS`."""
 
     kind: str
     root: str | None = None

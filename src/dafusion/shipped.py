@@ -18,7 +18,7 @@ from pathlib import Path
 ASSETS = Path(__file__).resolve().parent / "assets"
 MINIATURE = ASSETS / "tiny-digits"
 REFERENCE_CLASSIFIER = ASSETS / "reference-digits.safetensors"
-MINIATURE_RESOLUTION = 16  # the size tiny-digits was trained at (dafusion.miniature)
+MINIATURE_RESOLUTION = 16  # the size tiny-digits was trained at (dafusion.training.miniature)
 
 # Each shipped asset by the name of its folder under the results (`paths.SHIPPED`).
 SHIPPED = {"tiny-digits": MINIATURE, "reference-digits": REFERENCE_CLASSIFIER}

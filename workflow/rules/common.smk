@@ -6,15 +6,15 @@ from snakemake.exceptions import WorkflowError
 from snakemake.io import IOFile
 from snakemake.logging import logger
 
-from dafusion import listing, paths
-from dafusion.config import ConfigError
-from dafusion.estimate import run_summary
-from dafusion.machine import Needs, check_machine
-from dafusion.plan import TABLES, Plan, caption_key, read_captions
 from dafusion.provenance import rule_code, workflow_code
-from dafusion.record import resolved_config
-from dafusion.sets import PlanError
+from dafusion.reporting.record import resolved_config
 from dafusion.shipped import SHIPPED, shipped_digest
+from dafusion.workflow import listing, paths
+from dafusion.workflow.config import ConfigError
+from dafusion.workflow.estimate import run_summary
+from dafusion.workflow.machine import Needs, check_machine
+from dafusion.workflow.plan import TABLES, Plan, caption_key, read_captions
+from dafusion.workflow.sets import PlanError
 
 
 wildcard_constraints:
@@ -29,11 +29,11 @@ wildcard_constraints:
     asset="|".join(map(re.escape, SHIPPED)),
 
 
-# The workflow's plan for this config (dafusion.plan): every section's typed settings, the
+# The workflow's plan for this config (dafusion.workflow.plan): every section's typed settings, the
 # targets, each job's inputs, params and resources, and the report. Rules pass
 # `result_params()` slices as params: (a change reruns exactly the jobs whose outputs depend
 # on it); execution knobs stay out of params: and reach the jobs through the config, so
-# changing one reruns nothing. Output paths are dafusion.paths patterns.
+# changing one reruns nothing. Output paths are dafusion.workflow.paths patterns.
 PLAN = Plan.from_config(config)
 MODEL, DATASETS, METHODS = PLAN.model, PLAN.datasets, PLAN.methods
 INVERSION, ERASURE, CLASSIFIER = PLAN.inversion, PLAN.erasure, PLAN.classifier
@@ -67,7 +67,7 @@ def check_results_writable():
 
 @functools.cache
 def checked_machine():
-    """Look on this machine for what the requested targets read (dafusion.machine.Needs):
+    """Look on this machine for what the requested targets read (dafusion.workflow.machine.Needs):
     dataset roots, the model, backbone weights; every one missing in one error, before any
     job. Called from an input function of the target rules and of every rule that reads
     one of them, so it runs once the DAG is being built, when the targets are known (they
@@ -110,7 +110,7 @@ def wall_time(method):
 
 
 # check_dataset and index_dataset rerun when their dataset's files change through the listing
-# they carry in their code param (dafusion.listing); nothing is written while the workflow is
+# they carry in their code param (dafusion.workflow.listing); nothing is written while the workflow is
 # parsed.
 LIST_FILES = functools.cache(listing.listing_digest)  # each root at most once per run
 

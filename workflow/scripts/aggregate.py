@@ -1,7 +1,7 @@
 """Tables and figures over every classifier run."""
 
 from dafusion import pipeline
-from dafusion.integrity import job
+from dafusion.jobs.integrity import job
 from dafusion.settings import AggregateSettings
 
 with job(snakemake):

@@ -1,7 +1,7 @@
 """Read a dataset with its entry's settings; write only its classes' image counts."""
 
 from dafusion import pipeline
-from dafusion.integrity import job
+from dafusion.jobs.integrity import job
 from dafusion.settings import DatasetSettings
 
 with job(snakemake):

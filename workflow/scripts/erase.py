@@ -1,8 +1,8 @@
 """Erase each class name of a dataset from the UNet: deltas and the erasure check table."""
 
 from dafusion import pipeline
-from dafusion.devices import claim_device
-from dafusion.integrity import job
+from dafusion.jobs.devices import claim_device
+from dafusion.jobs.integrity import job
 from dafusion.settings import ErasureSettings, ModelSettings
 
 with job(snakemake):

@@ -1,7 +1,7 @@
 """A dataset's erasure check as a heatmap."""
 
 from dafusion import pipeline
-from dafusion.integrity import job
+from dafusion.jobs.integrity import job
 
 with job(snakemake):
     pipeline.erasure_check(snakemake.input.check, snakemake.output.png)

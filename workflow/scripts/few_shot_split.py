@@ -1,7 +1,7 @@
 """Draw the nested few-shot training manifest of one (seed, shots)."""
 
 from dafusion import pipeline
-from dafusion.integrity import job
+from dafusion.jobs.integrity import job
 
 with job(snakemake):
     pipeline.few_shot_split(

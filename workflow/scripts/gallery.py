@@ -1,7 +1,7 @@
 """One dataset's gallery: real images beside their synthetic variants, read from the shards."""
 
 from dafusion import pipeline
-from dafusion.integrity import job
+from dafusion.jobs.integrity import job
 from dafusion.settings import AggregateSettings
 
 with job(snakemake):

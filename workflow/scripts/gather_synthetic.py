@@ -1,7 +1,7 @@
 """The index of a synthetic set, from the rows its generate parts wrote."""
 
 from dafusion import pipeline
-from dafusion.integrity import job
+from dafusion.jobs.integrity import job
 from dafusion.settings import GenerationSettings, MethodSettings
 
 with job(snakemake):

@@ -1,8 +1,8 @@
 """SDEdit one part of a synthetic set: M images per real image, as WebDataset shards."""
 
 from dafusion import pipeline
-from dafusion.devices import claim_device
-from dafusion.integrity import job
+from dafusion.jobs.devices import claim_device
+from dafusion.jobs.integrity import job
 from dafusion.settings import GenerationSettings, MethodSettings, ModelSettings
 
 with job(snakemake):

@@ -1,7 +1,7 @@
 """Read a dataset once: training pool, evaluation and test manifests, object masks."""
 
 from dafusion import pipeline
-from dafusion.integrity import job
+from dafusion.jobs.integrity import job
 from dafusion.settings import DatasetSettings
 
 with job(snakemake):

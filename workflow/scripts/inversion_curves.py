@@ -1,7 +1,7 @@
 """One dataset's textual-inversion loss curves."""
 
 from dafusion import pipeline
-from dafusion.integrity import job
+from dafusion.jobs.integrity import job
 
 with job(snakemake):
     pipeline.inversion_curves(snakemake.input.losses, output=snakemake.output.png)

@@ -1,8 +1,8 @@
 """Learn one textual-inversion token per class of a split, all classes in one job."""
 
 from dafusion import pipeline
-from dafusion.devices import claim_device
-from dafusion.integrity import job
+from dafusion.jobs.devices import claim_device
+from dafusion.jobs.integrity import job
 from dafusion.settings import InversionSettings, ModelSettings
 
 with job(snakemake):

@@ -1,7 +1,7 @@
 """One digits dataset's synthetic images scored by the reference digit classifier."""
 
 from dafusion import pipeline
-from dafusion.integrity import job
+from dafusion.jobs.integrity import job
 
 with job(snakemake):
     pipeline.recognition(

@@ -1,7 +1,7 @@
 """The self-contained HTML report of a finished run, and the resolved config it records."""
 
 from dafusion import pipeline
-from dafusion.integrity import job
+from dafusion.jobs.integrity import job
 
 with job(snakemake):
     tables = ("summary", "scores", "novelty", "paired", "areas", "per_class", "runs", "validation")

@@ -1,7 +1,7 @@
 """Halve a dataset per seed, as the original DA-Fusion code did (split_protocol: original-code)."""
 
 from dafusion import pipeline
-from dafusion.integrity import job
+from dafusion.jobs.integrity import job
 
 with job(snakemake):
     pipeline.seed_split(

@@ -1,8 +1,8 @@
 """Train one classifier (method, seed, shots) and write its metrics table."""
 
 from dafusion import pipeline
-from dafusion.devices import claim_device
-from dafusion.integrity import job
+from dafusion.jobs.devices import claim_device
+from dafusion.jobs.integrity import job
 from dafusion.settings import ClassifierSettings
 
 with job(snakemake):

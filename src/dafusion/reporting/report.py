@@ -1,0 +1,405 @@
+"""One self-contained HTML report: figures embedded as data URIs, tables as HTML, no scripts.
+
+The page must open anywhere (an e-mail attachment, an offline laptop, a CI artifact), so it
+carries everything inline and references nothing outside itself. `results_report` lays out
+the workflow's results page (`pipeline.report`).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import numbers
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from ..jobs.io import atomic_path
+
+MAX_FIGURE_WIDTH = 900
+MISSING_CELL = "\u2014"  # em dash: a gap in a pivot table, not an empty string
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; line-height: 1.5;
+  color: #1a1a1a; background: #fff; max-width: 1000px; margin: 0 auto; padding: 1rem 1.5rem; }
+header { border-bottom: 1px solid #ddd; margin-bottom: 1rem; }
+h1 { margin-bottom: 0.25rem; }
+h2 { border-bottom: 1px solid #eee; padding-bottom: 0.2rem; margin-top: 2rem; }
+dl.meta { display: grid; grid-template-columns: max-content auto; gap: 0.1rem 1rem;
+  font-size: 0.9rem; color: #444; }
+dl.meta dt { font-weight: 600; }
+dl.meta dd { margin: 0; font-family: ui-monospace, monospace; overflow-wrap: anywhere; }
+nav ol { padding-left: 1.5rem; }
+a { color: #0072B2; }
+figure { margin: 1.5rem 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 0.9rem; color: #333; text-align: left; padding: 0.3rem 0; }
+.table-wrap { overflow-x: auto; margin: 0.3rem 0 0; }
+table { border-collapse: collapse; font-size: 0.9rem; }
+th, td { border: 1px solid #ddd; padding: 0.25rem 0.6rem; white-space: nowrap; }
+th { background: #f5f5f5; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.banner { border: 2px solid #D55E00; background: #fff4ec; padding: 0.6rem 1rem;
+  margin: 1rem 0; font-weight: 600; }
+pre { background: #f7f7f7; border: 1px solid #eee; padding: 0.6rem; font-size: 0.8rem;
+  overflow-x: auto; }
+"""
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A PNG file shown at its own size (scaled down to fit the page)."""
+
+    path: Path
+    title: str
+    caption: str
+
+
+@dataclass(frozen=True)
+class Table:
+    """A data frame shown as an HTML table; floats formatted with `float_format`."""
+
+    frame: pd.DataFrame
+    title: str
+    caption: str
+    float_format: str = "{:.3f}"
+
+
+@dataclass(frozen=True)
+class Preformatted:
+    """Text shown as written (a config file), monospaced, with a title and caption."""
+
+    text: str
+    title: str
+    caption: str
+
+
+@dataclass(frozen=True)
+class Section:
+    """A titled part of the report, listed in the table of contents."""
+
+    title: str
+    items: Sequence[Figure | Table | Preformatted]
+    intro: str = ""
+
+
+def write_report(
+    path: str | Path,
+    title: str,
+    sections: Sequence[Section],
+    meta: Mapping[str, str] | None = None,
+    banner: str | None = None,
+) -> None:
+    """Write `sections` as one self-contained HTML page at `path`, atomically. Sections
+    without items are left out (a reader looks for nothing that is not there); `banner`,
+    when given, is a warning shown above everything but the title."""
+    sections = [section for section in sections if section.items]
+    ids = section_ids([section.title for section in sections])
+    body = [_render_header(title, meta or {})]
+    if banner:
+        body.append(f'<p class="banner" role="alert">{_esc(banner)}</p>')
+    body.append(_render_toc(sections, ids))
+    body += [_render_section(section, id_) for section, id_ in zip(sections, ids, strict=True)]
+    page = (
+        "<!DOCTYPE html>\n"
+        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{_esc(title)}</title>\n<style>{CSS}</style>\n</head>\n"
+        "<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
+    )
+    _write_atomic(Path(path), page)
+
+
+def section_ids(titles: Sequence[str]) -> list[str]:
+    """Unique anchors from titles ("Main results" -> "main-results", then "main-results-2")."""
+    used: set[str] = set()
+    ids = []
+    for title in titles:
+        base = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "section"
+        candidate, n = base, 1
+        while candidate in used:
+            n += 1
+            candidate = f"{base}-{n}"
+        used.add(candidate)
+        ids.append(candidate)
+    return ids
+
+
+def _esc(text: object) -> str:
+    """HTML-escape any text, quotes included (it also goes into attributes)."""
+    return html.escape(str(text), quote=True)
+
+
+def _render_header(title: str, meta: Mapping[str, str]) -> str:
+    rows = "".join(f"<dt>{_esc(key)}</dt><dd>{_esc(value)}</dd>" for key, value in meta.items())
+    listing = f'\n<dl class="meta">{rows}</dl>' if rows else ""
+    return f"<header>\n<h1>{_esc(title)}</h1>{listing}\n</header>"
+
+
+def _render_toc(sections: Sequence[Section], ids: Sequence[str]) -> str:
+    links = "".join(
+        f'<li><a href="#{id_}">{_esc(section.title)}</a></li>'
+        for section, id_ in zip(sections, ids, strict=True)
+    )
+    return f"<nav>\n<h2>Contents</h2>\n<ol>{links}</ol>\n</nav>"
+
+
+def _render_section(section: Section, id_: str) -> str:
+    parts = [f'<section id="{id_}">', f"<h2>{_esc(section.title)}</h2>"]
+    parts += [f"<p>{_esc(p.strip())}</p>" for p in re.split(r"\n\s*\n", section.intro) if p.strip()]
+    for item in section.items:
+        if isinstance(item, Figure):
+            parts.append(_render_figure(item, section.title))
+        elif isinstance(item, Preformatted):
+            parts.append(_render_preformatted(item))
+        else:
+            parts.append(_render_table(item))
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _render_figure(figure: Figure, section_title: str) -> str:
+    """The PNG inline as base64, with its real size (at most MAX_FIGURE_WIDTH wide)."""
+    path = Path(figure.path)
+    if not path.is_file():
+        raise FileNotFoundError(f"figure {str(path)!r} of section {section_title!r} does not exist")
+    data = path.read_bytes()
+    with Image.open(io.BytesIO(data)) as image:
+        if image.format != "PNG":
+            raise ValueError(f"figure {str(path)!r} is {image.format}, not PNG")
+        width, height = image.size
+    if width > MAX_FIGURE_WIDTH:
+        width, height = MAX_FIGURE_WIDTH, max(1, round(height * MAX_FIGURE_WIDTH / width))
+    payload = base64.b64encode(data).decode("ascii")
+    return (
+        f'<figure>\n<img src="data:image/png;base64,{payload}" alt="{_esc(figure.title)}" '
+        f'width="{width}" height="{height}">\n'
+        f"<figcaption><b>{_esc(figure.title)}</b> {_esc(figure.caption)}</figcaption>\n</figure>"
+    )
+
+
+def _render_preformatted(item: Preformatted) -> str:
+    return (
+        f"<figure>\n<figcaption><b>{_esc(item.title)}</b> {_esc(item.caption)}</figcaption>\n"
+        f"<pre>{_esc(item.text)}</pre>\n</figure>"
+    )
+
+
+def _render_table(table: Table) -> str:
+    """A plain HTML table; a meaningful index (not 0..n-1) becomes leading columns."""
+    frame = table.frame
+    if not isinstance(frame.index, pd.RangeIndex):
+        frame = frame.reset_index()
+    header = "".join(f"<th>{_esc(_column_label(column))}</th>" for column in frame.columns)
+    rows = []
+    for values in frame.itertuples(index=False, name=None):
+        cells = "".join(_render_cell(value, table.float_format) for value in values)
+        rows.append(f"<tr>{cells}</tr>")
+    # The caption above the table at the page's width (a <caption> takes the table's width:
+    # squeezed over a narrow table, scrolled away beside a wide one).
+    return (
+        f'<figure class="table">\n'
+        f"<figcaption><b>{_esc(table.title)}</b> {_esc(table.caption)}</figcaption>\n"
+        f'<div class="table-wrap">\n<table>\n'
+        f"<thead><tr>{header}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n"
+        "</table>\n</div>\n</figure>"
+    )
+
+
+def _column_label(column: object) -> str:
+    """Flatten MultiIndex columns ("accuracy", "mean") to "accuracy / mean"."""
+    if isinstance(column, tuple):
+        return " / ".join(str(part) for part in column if str(part))
+    return str(column)
+
+
+def _render_cell(value: object, float_format: str) -> str:
+    """Numbers right-aligned (floats with `float_format`), gaps as a dash, the rest as text."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return f"<td>{MISSING_CELL}</td>"
+    if isinstance(value, (bool, np.bool_)):
+        return f"<td>{_esc(value)}</td>"
+    if isinstance(value, numbers.Integral):
+        return f'<td class="num">{int(value)}</td>'
+    if isinstance(value, numbers.Real):
+        if math.isnan(value):
+            return f"<td>{MISSING_CELL}</td>"
+        return f'<td class="num">{_esc(float_format.format(value))}</td>'
+    return f"<td>{_esc(value)}</td>"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Readers never see half a page: written beside `path`, then renamed into place."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def results_report(
+    tables: Mapping[str, str],
+    figures: Mapping[str, str],
+    galleries: Sequence[str],
+    recognition: Sequence[str],
+    curves: Sequence[str],
+    erasure: Sequence[str],
+    captions: Mapping[str, str],
+    benchmarks: str,
+    config: Mapping,
+    code: str,
+    output: str,
+    config_output: str,
+) -> None:
+    """The results page (`pipeline.report`): every figure and table of the run, with
+    captions, and the provenance that makes it a research record: the resolved config
+    (saved as `config_output` too), the model, the code fingerprint and the library
+    versions. Its header says what the values are (metric, split, step selection), read
+    from the summary table; a banner says so when a random-weight model made the images."""
+    # Imported here: `write_report` alone needs neither matplotlib (figures) nor the run's
+    # records, so a page without the workflow's results imports none of them.
+    from ..provenance import library_versions
+    from .diagnostics import benchmark_table
+    from .figures import measure
+    from .record import LIBRARIES, banner, config_text, write_config
+
+    def figure(name: str, title: str) -> Figure:
+        return Figure(Path(figures[name]), title, captions[name])
+
+    def table(name: str, title: str, text: str) -> Table:
+        return Table(pd.read_csv(tables[name]), title, text)
+
+    def values_of(name: str, what: str) -> str:
+        return f"The values of the figure above, {what}: tables/{name}.csv."
+
+    runs = pd.read_csv(tables["summary"])
+    values = ", ".join(measure(runs)) if len(runs) else "none"
+    accuracy = [figure("accuracy", "Accuracy against examples per class")]
+    accuracy += [
+        Figure(
+            Path(p),
+            f"Recognized by the reference classifier: {Path(p).stem.removeprefix('recognition-')}",
+            captions["recognition"],
+        )
+        for p in recognition
+    ]
+    accuracy += [
+        figure(name, f"Figure {name.removeprefix('figure-')} of the paper")
+        for name in figures
+        if name.startswith("figure-") and name != "figure-11"
+    ]
+    accuracy.append(
+        table("summary", "Summary", f"Values: {values}. Per dataset, method and examples per "
+              "class: the mean over seeds, its 68% interval (± one standard error) and the "
+              "number of seeds; the split, metric and selection columns say what was averaged. "
+              "tables/summary.csv and tables/summary.md hold it.")
+    )  # fmt: skip
+    classes = pd.read_csv(tables["per_class"])
+    by_class = classes.pivot_table(
+        index=["dataset", "shots", "class_name"], columns="method", values="accuracy_mean"
+    )
+    by_class = by_class[[m for m in dict.fromkeys(runs["method"]) if m in by_class.columns]]
+    per_class = [
+        figure("per-class", "Accuracy per class"),
+        Table(by_class, "Accuracy per class, every shot count", "Mean over seeds of each "
+              "class's accuracy at the selected step, one column per method; "
+              "tables/per_class.csv adds the 68% intervals and seed counts."),
+    ]  # fmt: skip
+    run_rows = pd.read_csv(tables["runs"])
+    by_run = run_rows.pivot_table(index=["dataset", "method", "seed"], columns="shots",
+                                  values="value")  # fmt: skip
+    by_run.columns = [f"{shots} per class" for shots in by_run.columns]
+    per_run = [
+        Table(by_run, "Every run", f"Values: {values}. One row per dataset, method and seed, "
+              "one column per number of examples per class: each run's value before any "
+              "averaging; tables/runs.csv adds the step it was read at."),
+        figure("validation", "Validation curves"),
+    ]  # fmt: skip
+    scores = [figure("scores", "Overall normalized score")]
+    scores.append(table("scores", "Overall normalized score, values", values_of(
+        "scores", "with the number of trials")))  # fmt: skip
+    if "novelty" in figures:
+        scores += [figure("novelty", "Concept novelty")]
+        scores.append(table("novelty", "Concept novelty, values", values_of(
+            "novelty", "per bin and method")))  # fmt: skip
+    paired = (
+        [figure("paired", "Paired improvement over the baseline")] if "paired" in figures else []
+    )
+    paired.append(table("paired", "Paired improvement, values", "Per dataset, method and "
+                        "examples per class: the mean paired difference to the baseline "
+                        "over seeds, ± one standard error (tables/paired.csv)."))  # fmt: skip
+    paired.append(
+        table("areas", "Area under the accuracy curve", f"Values: {values}. Per dataset and "
+              "method: the area under the value against log2 examples per class (trapezoid "
+              "rule) divided by the log2 range, so a mean value over shot counts; mean ± one "
+              "standard error over seeds.")
+    )  # fmt: skip
+    ablations = [figure("figure-11", "Data balance (Figure 11)")] if "figure-11" in figures else []
+    images = [
+        Figure(Path(p), f"Gallery: {Path(p).stem.removeprefix('gallery-')}", captions["gallery"])
+        for p in galleries
+    ]
+    diagnostics = [
+        Figure(
+            Path(p),
+            f"Inversion loss: {Path(p).stem.removeprefix('inversion-loss-')}",
+            captions["inversion"],
+        )
+        for p in curves
+    ]
+    diagnostics += [
+        Figure(
+            Path(p), f"Erasure check: {Path(p).stem.removeprefix('erasure-')}", captions["erasure"]
+        )  # fmt: skip
+        for p in erasure
+    ]
+    root = Path(benchmarks)
+    timings = benchmark_table(sorted(root.rglob("*.tsv")), root)
+    diagnostics.append(
+        Table(
+            timings,
+            "Time and memory per rule",
+            "From Snakemake's benchmark files (results/benchmarks/): jobs per rule, their "
+            "summed and longest wall time, the largest peak resident memory (MB) and the "
+            "summed CPU time. This report's own job is not counted.",
+            float_format="{:.1f}",
+        )
+    )
+    pretrained = config["model"]["pretrained"]
+    versions = pd.DataFrame(library_versions(LIBRARIES).items(), columns=["library", "version"])
+    provenance = [
+        Table(pd.DataFrame({"item": ["model", "code fingerprint"], "value": [pretrained, code]}),
+              "Model and code", "The model every generative stage loaded (model.pretrained), "
+              "and a digest of the code every rule ran (dafusion.provenance): the same "
+              "fingerprint, the same code."),
+        Table(versions, "Library versions", "As installed where this report was written."),
+        Preformatted(config_text(config), "Resolved config", "Every setting the results "
+                     "depend on, defaults filled in (execution knobs left out); saved as "
+                     "results/config.yaml, which --configfile reads."),
+    ]  # fmt: skip
+    sections = [
+        Section("Accuracy", accuracy, "Few-shot classification accuracy of every method."),
+        Section("Per-class accuracy", per_class, "Which classes each method gets right."),
+        Section("Runs", per_run, "Every classifier run, and how its training went."),
+        Section("Normalized scores", scores, "Scores comparable across datasets."),
+        Section("Improvement over the baseline", paired, "Per-seed paired differences."),
+        Section("Ablations", ablations, "Figure 11's alpha x M grid."),
+        Section("Synthetic images", images, "What the generated images look like."),
+        Section("Diagnostics", diagnostics, "Inversion, erasure, time and memory."),
+        Section("Provenance", provenance, "What made these results."),
+    ]
+    meta = {
+        "values": values,
+        "datasets": ", ".join(sorted(runs["dataset"].unique())),
+        "methods": ", ".join(dict.fromkeys(runs["method"])),
+        "seeds per point": str(int(runs["num_seeds"].max())) if len(runs) else "0",
+        "model": pretrained,
+        "generated": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    write_config(config_output, config)
+    write_report(output, "DA-Fusion results", sections, meta, banner=banner(pretrained))

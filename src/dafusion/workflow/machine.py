@@ -1,0 +1,288 @@
+"""What a validated config's run reads on this machine: the dataset roots, the diffusion
+model and the classifier's pretrained weights, as far as the requested targets read them.
+
+Looked at once the targets are known (workflow/rules/common.smk, checked_machine), after
+`dafusion.workflow.config.validate_config` has checked what the config alone decides: every problem
+in one error, before any job, since a job that fails on a missing file does so after
+Snakemake has deleted its previous outputs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..data.readers import KINDS, missing_package
+from ..settings import BACKBONE_WEIGHTS, EMBEDDED_MODELS, UNSEEDABLE_SCHEDULERS
+from ..shipped import MINIATURE
+from .config import ConfigError, job_settings
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What on this machine the requested targets read: the dataset roots, the diffusion
+    model, the classifier's pretrained weights. Start-up looks for these and nothing more,
+    so that `synthetic` runs where no backbone weights are cached."""
+
+    data: bool = True
+    model: bool = True
+    backbones: bool = True
+
+    @classmethod
+    def of_targets(cls, targets: Iterable[str], rules: Iterable[str], results: str) -> Needs:
+        """What the targets named on the command line read (none: the default target, all),
+        or, in a job Snakemake started for given rules (`--target-jobs`), what those rules
+        read. A result file not recognised here needs everything."""
+        rules, targets = set(rules), set(targets)
+        if rules:
+            return cls(
+                data=bool(rules & {"check_dataset", "index_dataset"}),
+                model=bool(rules & MODEL_RULES),
+                backbones="train" in rules,
+            )
+        needs = [cls._of_target(target, results) for target in targets or {"all"}]
+        return cls(*(any(getattr(n, k) for n in needs) for k in ("data", "model", "backbones")))
+
+    @classmethod
+    def _of_target(cls, target: str, results: str) -> Needs:
+        if target in ("synthetic", "tokens", "erasure"):
+            return cls(backbones=False)
+        parts = Path(target).parts
+        root = Path(results).parts
+        if tuple(parts[: len(root)]) != root or len(parts) <= len(root):
+            return cls()  # all, report, or a path this does not know: everything
+        rest = parts[len(root) :]
+        if rest[0] == "model":
+            return cls(data=False, backbones=False, model=False)
+        if len(rest) > 1 and rest[1] == "splits":
+            return cls(model=False, backbones=False)
+        if len(rest) > 1 and rest[1] in ("synthetic", "tokens", "erasure"):
+            return cls(backbones=False)
+        return cls()
+
+
+# The rules whose jobs load the diffusion model.
+MODEL_RULES = {"erase", "invert", "invert_erased", "generate"}
+
+
+def check_machine(config: Mapping, base_dir: str | Path, needs: Needs) -> None:
+    """What a validated config's run reads from this machine is there (`needs` says which):
+    every problem in one error, so that a user fixes them all before the next attempt."""
+    problems = []
+    if needs.data:
+        for name, spec in config["datasets"].items():
+            problems.append(_dataset_files_problem(name, spec, base_dir))
+    if needs.backbones:
+        problems += _classifier_weights_problems(config, base_dir)
+    folder = None
+    if needs.model:
+        safety = any(s.safety_checker for _, _, s in job_settings(config, "generation", "sdedit"))
+        try:
+            folder = _check_model(config["model"]["pretrained"], base_dir, safety)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    problems = [p for p in problems if p]
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        listed = "".join(f"\n  - {problem}" for problem in problems)
+        raise ConfigError(f"{len(problems)} things this run reads are missing:{listed}")
+    if needs.model:
+        model_scheduler = _scheduler_config(folder)
+        _check_schedulers(config, model_scheduler)
+        _check_erasure_steps(config, model_scheduler)
+
+
+def _dataset_files_problem(name: str, spec: Mapping, base_dir: str | Path) -> str | None:
+    """Why a dataset's root cannot be read on this machine, or None."""
+    kind = KINDS[spec["kind"]]
+    if not kind.needs_root:
+        return None
+    if "root" not in spec:
+        return (
+            f"config key 'datasets.{name}.root': kind '{spec['kind']}' needs the directory "
+            "that holds the dataset"
+        )
+    root = Path(base_dir) / Path(spec["root"]).expanduser()
+    if not root.is_dir():
+        return (
+            f"config key 'datasets.{name}.root': directory '{root}' does not exist; "
+            "point it at the dataset on disk"
+        )
+    if extra := missing_package(spec["kind"], root):
+        return (
+            f"config key 'datasets.{name}.kind': reading '{root}' as {spec['kind']} needs "
+            f"the {kind.package} package; install it with `.venv/bin/pip install -e "
+            f"'.[{extra}]'` (or `pip install {kind.package}`)"
+        )
+    return None
+
+
+def _classifier_weights_problems(config: Mapping, base_dir: str | Path) -> list[str]:
+    """Why backbone weights a train job loads are not on this machine (a file, or a repo in
+    the local Hugging Face cache): found here, not by train jobs after their old outputs are
+    gone."""
+    problems, seen = [], set()
+    for _, method, settings in job_settings(config, "classifier"):
+        if settings.backbone not in BACKBONE_WEIGHTS or not settings.pretrained:
+            continue
+        if (settings.backbone, settings.weights) in seen:
+            continue
+        seen.add((settings.backbone, settings.weights))
+        weights = settings.weights or BACKBONE_WEIGHTS[settings.backbone]
+        path = Path(base_dir) / Path(weights).expanduser()
+        if path.exists():  # a file (resnet50) or a model directory (deit)
+            continue
+        if weights.endswith(".safetensors"):
+            problems.append(
+                f"config key 'classifier.weights': file '{path}' does not exist (method "
+                f"{method}); point it at a torchvision-layout resnet50 .safetensors file"
+            )
+            continue
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(weights, "model.safetensors"), str):
+            problems.append(
+                f"config key 'classifier.weights': the {settings.backbone} weights '{weights}' "
+                f"(method {method}) are not in the local Hugging Face cache; on a machine with "
+                f"internet run `hf download {weights}` (then copy the cache here), point "
+                "classifier.weights at a local file, or set classifier.pretrained: false"
+            )
+    return problems
+
+
+# The files each component of a Stable Diffusion checkpoint is loaded from (diffusers'
+# save_pretrained layout), weights as safetensors only: any one of each tuple will do.
+TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+DIFFUSERS_WEIGHTS = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.safetensors.index.json",
+)
+MODEL_FILES = {
+    "tokenizer": [("vocab.json", "tokenizer.json"), ("merges.txt", "tokenizer.json")],
+    "text_encoder": [("config.json",), TRANSFORMERS_WEIGHTS],
+    "vae": [("config.json",), DIFFUSERS_WEIGHTS],
+    "unet": [("config.json",), DIFFUSERS_WEIGHTS],
+    "scheduler": [("scheduler_config.json",)],
+}
+SAFETY_FILES = {
+    "safety_checker": [("config.json",), TRANSFORMERS_WEIGHTS],
+    "feature_extractor": [("preprocessor_config.json",)],
+}
+
+
+def _check_model_files(folder: Path, pretrained: str, safety_checker: bool) -> None:
+    """Every file the stages load exists, weights as safetensors: a half-copied directory or
+    cache, or a checkpoint with only pickle weights, stops here and not in the first job."""
+    wanted = {**MODEL_FILES, **(SAFETY_FILES if safety_checker else {})}
+    for component, needs in wanted.items():
+        for options in needs:
+            if any((folder / component / name).is_file() for name in options):
+                continue
+            pickled = sorted(p.name for p in (folder / component).glob("*.bin"))
+            if pickled and options[0].endswith(".safetensors"):
+                fix = (
+                    f"it holds only pickle weights ({', '.join(pickled)}), which are never "
+                    "loaded here; convert the model to safetensors (diffusers: "
+                    "pipe.save_pretrained(path, safe_serialization=True))"
+                )
+            else:
+                fix = "copy the complete model (as save_pretrained or `hf download` writes it)"
+            why = " (generation.safety_checker is on)" if component in SAFETY_FILES else ""
+            raise ConfigError(
+                f"config key 'model.pretrained': '{pretrained}' lacks "
+                f"{component}/{options[0]}{why}; {fix}"
+            )
+
+
+def _check_model(pretrained: str, base_dir: str | Path, safety_checker: bool) -> Path | None:
+    """'tiny', a local diffusers directory, or a hub id already in the local Hugging Face
+    cache, with the files of every component the stages load: checked before any job, since
+    the jobs that load it would fail only after Snakemake has deleted their previous
+    outputs. Returns the model's folder (None for the tiny model, which a job builds)."""
+    if pretrained in EMBEDDED_MODELS:
+        if safety_checker:
+            raise ConfigError(
+                f"config key 'generation.safety_checker': the {pretrained} model has no "
+                "safety checker; set it to false, or use a checkpoint that ships one"
+            )
+        if pretrained == "tiny-digits":
+            return MINIATURE
+        return None
+    path = Path(base_dir) / Path(pretrained).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ConfigError(
+                f"config key 'model.pretrained': directory '{path}' is not a diffusers model "
+                "(no model_index.json); point it at a directory written by save_pretrained"
+            )
+        _check_model_files(path, pretrained, safety_checker)
+        return path
+    looks_like_path = pretrained.startswith(("/", ".", "~")) or pretrained.count("/") != 1
+    if not looks_like_path:
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(pretrained, "model_index.json")
+        except ValueError:  # not a valid repo id
+            cached = None
+        if isinstance(cached, str):
+            # The cache's snapshot folder has the save_pretrained layout (files link to blobs).
+            _check_model_files(Path(cached).parent, pretrained, safety_checker)
+            return Path(cached).parent
+        raise ConfigError(
+            f"config key 'model.pretrained': '{pretrained}' is not in the local Hugging Face "
+            "cache (HF_HOME, default ~/.cache/huggingface), and nothing is downloaded here. "
+            f"On a machine with internet run `hf download {pretrained}` and copy the cache "
+            "over, or point model.pretrained at a local diffusers directory"
+        )
+    raise ConfigError(
+        f"config key 'model.pretrained': directory '{path}' does not exist; give 'tiny', "
+        "'tiny-digits', a "
+        "local diffusers directory, or a hub id such as CompVis/stable-diffusion-v1-4"
+    )
+
+
+# The tiny model's scheduler (dafusion.stages.tiny builds it in a job): Stable Diffusion v1's.
+TINY_SCHEDULER = {"_class_name": "PNDMScheduler", "num_train_timesteps": 1000}
+
+
+def _scheduler_config(folder: Path | None) -> dict:
+    """The model's scheduler config (the tiny model's for None)."""
+    if folder is None:
+        return TINY_SCHEDULER
+    return json.loads((folder / "scheduler/scheduler_config.json").read_text())
+
+
+def _check_schedulers(config: Mapping, model_scheduler: Mapping) -> None:
+    """Every generate job's scheduler, overrides included, is resolved now, not when the
+    first generate job starts; 'default' is the model's own, which must be seedable too."""
+    for name in {s.scheduler for _, _, s in job_settings(config, "generation", kind="sdedit")}:
+        if name == "fast":
+            continue
+        if name == "default":
+            name, setting = model_scheduler["_class_name"], "default"
+            if name not in UNSEEDABLE_SCHEDULERS:  # the class exists: the model loads it
+                continue
+        else:
+            setting = None
+        from ..stages.models import scheduler_class
+
+        try:
+            scheduler_class(name, setting)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def _check_erasure_steps(config: Mapping, model_scheduler: Mapping) -> None:
+    """ESD's DDIM steps are at most the model's training steps (LDM's timesteps are every
+    (N // S)-th of them)."""
+    erasure = config["erasure"]
+    steps = model_scheduler.get("num_train_timesteps", 1000)  # diffusers' default
+    if erasure["enabled"] and erasure["method"] == "esd" and erasure["ddim_steps"] > steps:
+        raise ConfigError(
+            f"config key 'erasure.ddim_steps': {erasure['ddim_steps']} is above the model's "
+            f"{steps} training steps; lower it"
+        )
