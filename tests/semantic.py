@@ -13,11 +13,11 @@ from PIL import Image
 from dafusion.data.images import encode_png
 from dafusion.data.readers.folders import DIGIT_NAMES
 from dafusion.reporting.reference import load_reference, probabilities
-from dafusion.training.reference import handwritten_digits
 from dafusion.settings import GenerationSettings
 from dafusion.stages.generation import Engine
 from dafusion.stages.models import Components, load_components
 from dafusion.training.miniature import RESOLUTION, SHIPPED
+from dafusion.training.reference import handwritten_digits
 
 STEPS = 25  # the embedded default's num_inference_steps
 

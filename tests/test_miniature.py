@@ -27,9 +27,9 @@ from semantic import (
 from dafusion.data.readers.folders import DIGIT_NAMES
 from dafusion.reporting.reference import SHIPPED as REFERENCE
 from dafusion.reporting.reference import accuracy, load_reference
-from dafusion.training.reference import handwritten_digits
 from dafusion.stages.models import load_components
 from dafusion.training.miniature import SHIPPED, TrainingSettings, train_miniature
+from dafusion.training.reference import handwritten_digits
 
 # Measured on the shipped model (seed 0 draws); the random `tiny` model's in docs/miniature.md.
 CONDITIONING_MIN, CONDITIONING_MEAN = 0.3, 0.6  # measured: min 0.5 (one), mean 0.78

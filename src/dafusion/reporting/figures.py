@@ -1,7 +1,8 @@
 """Figures of run statistics (`dafusion.reporting.aggregate`): accuracy curves, normalized
-scores, paired differences and the data-balance grid. Every method keeps one colour (Okabe-Ito, safe for
-colour-blind readers) and one marker in every figure, given the same list of methods. Every
-figure names its metric, split and step selection, read from the table it draws."""
+scores, paired differences and the data-balance grid. Every method keeps one colour
+(Okabe-Ito, safe for colour-blind readers) and one marker in every figure, given the same
+list of methods. Every figure names its metric, split and step selection, read from the
+table it draws."""
 
 from __future__ import annotations
 

@@ -3,9 +3,10 @@ results root (`config["results"]`).
 
 The rules' outputs (workflow/rules/*.smk) and the plan's target lists
 (`dafusion.workflow.plan`) both use these patterns, so a job's output and the path another
-job or target asks for cannot drift apart. Wildcards: {dataset}, {method}, {set} (a synthetic set, `SyntheticSets.name`),
-{seed}, {shots}, {eraser} (the erasure's folder, `ErasureSettings.eraser`), {part}/{parts}
-(`generation.parts`) and {name} (a table or figure).
+job or target asks for cannot drift apart. Wildcards: {dataset}, {method}, {set} (a
+synthetic set, `SyntheticSets.name`), {seed}, {shots}, {eraser} (the erasure's folder,
+`ErasureSettings.eraser`), {part}/{parts} (`generation.parts`) and {name} (a table or
+figure).
 
 No workflow step imports this module: the jobs receive their paths from Snakemake, so
 editing it changes no job's code fingerprint (`dafusion.provenance`).

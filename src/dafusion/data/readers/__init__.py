@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from ...settings import DatasetSettings
 from .fine_grained import read_fgvc_aircraft, read_flowers102, read_stanford_cars
 from .folders import read_caltech101, read_digits, read_imagefolder
 from .imagenet import read_imagenet
 from .segmentation import read_coco, read_pascal
 from .spurge import has_folders, read_leafy_spurge
-from ...settings import DatasetSettings
 
 
 @dataclass(frozen=True)
