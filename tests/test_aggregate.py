@@ -831,7 +831,7 @@ def test_figure_11_of_the_paper_config_draws_its_one_factor_cells():
     from dafusion.reporting.aggregate import best_steps, data_balance_grid
 
     plan = workflow_plan(yaml.safe_load((REPO / "config/paper.yaml").read_text()))
-    layout = pd.DataFrame(plan.method_layout())
+    layout = pd.DataFrame(plan.report.method_layout())
     cells = {"a50-m5": 0.1, "a50-m10": 0.2, "a50-m20": 0.3, "a30-m10": -0.1, "a70-m10": 0.4}
     rows = [
         dict(dataset="pascal", method=f"{method}-{cell}", seed=seed, shots=shots, step=step,

@@ -863,14 +863,16 @@ def test_the_paper_config_splits_flowers_and_draws_figure_11_as_the_original():
     plan = plan_of([REPO / "config/paper.yaml"])
     assert plan.per_seed_split("flowers102")
     assert plan.datasets["flowers102"].split_protocol == "original-code"
-    layout = [row for row in plan.method_layout() if {"11", "11-reference"} & set(row["figures"])]
+    layout = [
+        row for row in plan.report.method_layout() if {"11", "11-reference"} & set(row["figures"])
+    ]
     assert {row["dataset"] for row in layout} == {"pascal"}
     cells = {(0.5, 5), (0.5, 10), (0.5, 20), (0.3, 10), (0.7, 10)}
     for label, prompt in (("11", "a photo of a {token}"), ("11-reference", "a photo")):
         rows = [row for row in layout if row["figures"] == [label]]
         assert {(r["synthetic_probability"], r["num_synthetic"]) for r in rows} == cells
         assert {plan.methods[r["method"]].prompt for r in rows} == {prompt}
-    pairs = grid_references(pd.DataFrame(plan.method_layout()), plan.aggregate.baseline)
+    pairs = grid_references(pd.DataFrame(plan.report.method_layout()), plan.aggregate.baseline)
     assert pairs == {
         f"da-fusion-{cell}": f"real-guidance-agnostic-{cell}"
         for cell in ("a50-m5", "a50-m10", "a50-m20", "a30-m10", "a70-m10")

@@ -20,7 +20,7 @@ from dafusion.settings import (
     InversionSettings,
 )
 from dafusion.stages.synthetic import write_index
-from dafusion.workflow import listing, paths, plan, runtime, sets
+from dafusion.workflow import contents, listing, paths, plan, resources, runtime, sets
 from dafusion.workflow.config import SCHEMA, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,7 +105,7 @@ def test_tokens_are_plain_or_erased_and_follow_each_datasets_prompt(small):
     )
     assert small.method_params("more", "rg")["prompt"] == "a {token} drawing"
     assert small.method_params("digits", "rg")["prompt"] == "a photo of a {name}"
-    assert small.loss_curves("digits") == [
+    assert small.report.loss_curves("digits") == [
         "out/digits/tokens/esd/seed0-shots1-loss.parquet",
         "out/digits/tokens/esd/seed0-shots4-loss.parquet",
         "out/digits/tokens/seed0-shots1-loss.parquet",
@@ -159,7 +159,7 @@ def test_the_paper_config_makes_the_papers_grid():
     assert sum("/tokens/esd/" in t for t in tokens) == 3 * cells
     assert len(tokens) == (7 + 3) * cells
     assert len(paper.all_erasure()) == 3
-    assert paper.gallery_datasets() == list(config["datasets"])
+    assert paper.report.gallery_datasets() == list(config["datasets"])
     # Leafy Spurge: M = 50, the original's Real Guidance prompt, and flips in training
     assert paper.generation_for("leafy_spurge", "real-guidance").num_synthetic == 50
     assert paper.generation_for("pascal", "da-fusion-a50-m5").num_synthetic == 5
@@ -172,8 +172,11 @@ def test_the_paper_config_makes_the_papers_grid():
     )
     assert paper.eval_split("caltech101", 2) == "results-paper/caltech101/splits/seed2-val.parquet"
     assert paper.eval_split("pascal", 2) == "results-paper/pascal/splits/val.parquet"
-    assert paper.index_mem_mb("coco") == 16000 and paper.index_mem_mb("pascal") == 4000
-    assert paper.aggregate_figures() == [
+    assert (
+        paper.resources.index_mem_mb("coco") == 16000
+        and paper.resources.index_mem_mb("pascal") == 4000
+    )
+    assert paper.report.aggregate_figures() == [
         "accuracy", "per-class", "validation", "scores", "figure-5", "figure-9", "figure-10",
         "figure-8", "novelty", "paired", "figure-11",
     ]  # fmt: skip
@@ -223,10 +226,10 @@ def test_model_inputs_and_resources_follow_the_model(small):
     assert small.model_input() == "out/model/tiny-32px"
     default = dataclasses.replace(small, model=small.model.replace(resolution=16))
     assert default.model_input() == "out/model/tiny-16px"
-    assert (small.model_threads(), small.model_mem_mb(8000)) == (1, 2000)
+    assert (small.resources.model_threads(), small.resources.model_mem_mb(8000)) == (1, 2000)
     hub = dataclasses.replace(small, model=small.model.replace(pretrained="models/sd-v1-4"))
     assert hub.model_input() == []
-    assert (hub.model_threads(), hub.model_mem_mb(8000)) == (2, 8000)
+    assert (hub.resources.model_threads(), hub.resources.model_mem_mb(8000)) == (2, 8000)
     assert "dtype" not in small.trained_model_params() and "dtype" in small.model.result_params()
 
 
@@ -259,16 +262,16 @@ def test_generation_parts_follow_the_config_until_the_set_exists(tmp_path):
 
 
 def test_gpus_and_the_gpu_limit(small, monkeypatch):
-    monkeypatch.setattr(plan, "will_use_cuda", lambda device: device == "cuda")
-    assert small.gpus("cuda") == 1 and small.gpus("cpu") == 0
-    assert small.gpu_limit_error(True, {"gpu": 1}) is None
-    assert small.gpu_limit_error(True, {"mem_mb": 1000}) is None  # auto here: no CUDA
+    monkeypatch.setattr(resources, "will_use_cuda", lambda device: device == "cuda")
+    assert small.resources.gpus("cuda") == 1 and small.resources.gpus("cpu") == 0
+    assert small.resources.gpu_limit_error(True, {"gpu": 1}) is None
+    assert small.resources.gpu_limit_error(True, {"mem_mb": 1000}) is None  # auto here: no CUDA
     cuda = make_plan(changed(SMALL, classifier={"device": "cuda"}))
-    message = cuda.gpu_limit_error(True, {"mem_mb": 1000})
+    message = cuda.resources.gpu_limit_error(True, {"mem_mb": 1000})
     assert message.startswith("GPU jobs (classifier.device (cuda)) would all start at once")
     assert "Add gpu=1 to --resources" in message
-    assert cuda.gpu_limit_error(False, {}) is None  # a cluster gives each job its own GPU
-    assert cuda.gpu_limit_error(True, {"gpu": 2}) is None
+    assert cuda.resources.gpu_limit_error(False, {}) is None  # a cluster gives each job its own GPU
+    assert cuda.resources.gpu_limit_error(True, {"gpu": 2}) is None
 
 
 # The path registry ---------------------------------------------------------------------
@@ -296,26 +299,32 @@ def test_token_losses_lie_beside_the_tokens():
 
 
 def test_aggregate_figures_follow_labels_baseline_and_novelty_bins(small):
-    assert small.aggregate_figures() == ["accuracy", "per-class", "validation", "scores", "paired"]
+    assert small.report.aggregate_figures() == [
+        "accuracy",
+        "per-class",
+        "validation",
+        "scores",
+        "paired",
+    ]
     methods = copy.deepcopy(SMALL["methods"])
     methods["rg"]["figures"] = [5, "11-reference"]
     methods["daf"]["figures"] = [11, 5, 9]
     p = make_plan(changed(SMALL, methods=methods, aggregate={"novelty": {"x": ["digits"]}}))
-    assert p.figure_labels() == ["5", "11-reference", "11", "9"]
-    assert p.aggregate_figures() == [
+    assert p.report.figure_labels() == ["5", "11-reference", "11", "9"]
+    assert p.report.aggregate_figures() == [
         "accuracy", "per-class", "validation", "scores", "figure-5", "figure-9", "novelty",
         "paired", "figure-11",
     ]  # fmt: skip
     # 11 without its reference draws the grid against the baseline; without either, none
     methods["rg"]["figures"] = []
-    assert "figure-11" in make_plan(changed(SMALL, methods=methods)).aggregate_figures()
+    assert "figure-11" in make_plan(changed(SMALL, methods=methods)).report.aggregate_figures()
     del methods["baseline"]
-    alone = make_plan(changed(SMALL, methods=methods)).aggregate_figures()
+    alone = make_plan(changed(SMALL, methods=methods)).report.aggregate_figures()
     assert "figure-11" not in alone and "paired" not in alone
 
 
 def test_the_layout_gives_each_runs_resolved_settings(small):
-    layout = {(r["dataset"], r["method"]): r for r in small.method_layout()}
+    layout = {(r["dataset"], r["method"]): r for r in small.report.method_layout()}
     assert len(layout) == 7
     assert layout["digits", "baseline"] == {
         "dataset": "digits", "method": "baseline", "figures": [], "strengths": [],
@@ -326,7 +335,7 @@ def test_the_layout_gives_each_runs_resolved_settings(small):
 
 
 def test_the_report_shows_the_tables_figures_galleries_curves_and_checks(small):
-    inputs = small.report_inputs()
+    inputs = small.report.inputs()
     assert inputs["summary"] == "out/tables/summary.csv"
     figures = ("accuracy", "per-class", "validation", "scores", "paired")
     assert inputs["figures"] == [f"out/figures/{n}.png" for n in figures]
@@ -336,7 +345,7 @@ def test_the_report_shows_the_tables_figures_galleries_curves_and_checks(small):
         "out/figures/inversion-loss-digits.png", "out/figures/inversion-loss-more.png",
     ]  # fmt: skip
     assert inputs["erasure"] == ["out/figures/erasure-digits.png"]
-    assert small.gallery_inputs("more") == {
+    assert small.report.gallery_inputs("more") == {
         "split": "out/more/splits/seed0-shots4.parquet",
         "indices": [
             f"out/more/synthetic/{small.sets.name('more', m)}/seed0-shots4/index.parquet"
@@ -344,23 +353,23 @@ def test_the_report_shows_the_tables_figures_galleries_curves_and_checks(small):
         ],
     }
     baseline_only = make_plan(changed(SMALL, methods={"b": {"kind": "baseline"}}))
-    assert baseline_only.report_inputs()["galleries"] == []
-    assert baseline_only.report_inputs()["curves"] == []
+    assert baseline_only.report.inputs()["galleries"] == []
+    assert baseline_only.report.inputs()["curves"] == []
 
 
 def test_captions_are_rendered_with_the_measure(small):
-    captions = plan.read_captions(REPO / "workflow/report")
+    captions = contents.read_captions(REPO / "workflow/report")
     assert {"accuracy", "grid", "gallery", "inversion"} <= set(captions)
-    assert plan.caption_key("figure-11", captions) == "grid"
-    assert plan.caption_key("figure-5", captions) == "accuracy"
-    assert plan.caption_key("paired", captions) == (
+    assert contents.caption_key("figure-11", captions) == "grid"
+    assert contents.caption_key("figure-5", captions) == "accuracy"
+    assert contents.caption_key("paired", captions) == (
         "paired" if "paired" in captions else "accuracy"
     )
-    rendered = small.report_captions(captions)
-    assert set(small.aggregate_figures()) <= set(rendered)
+    rendered = small.report.captions(captions)
+    assert set(small.report.aggregate_figures()) <= set(rendered)
     assert "{{" not in rendered["accuracy"]
     assert small.aggregate.measure() in rendered["accuracy"]
-    assert plan.render_caption("a {{ snakemake.params.measure }}.", "b") == "a b."
+    assert contents.render_caption("a {{ snakemake.params.measure }}.", "b") == "a b."
 
 
 # Wall times ---------------------------------------------------------------------------
@@ -387,17 +396,19 @@ def test_runtimes_scale_with_the_work_and_the_attempt(tmp_path, small):
     generation = small.generation_for("digits", "rg")
     steps = runtime.most_steps(generation.num_inference_steps, [0.5])
     seconds = runtime.generate_seconds(generation, 4, steps)
-    assert small.generate_minutes(
+    assert small.resources.generate_minutes(
         "digits", small.sets.name("digits", "rg"), split, 1, parts=1
     ) == runtime.minutes(seconds, 1)
-    share = small.generate_minutes("digits", small.sets.name("digits", "rg"), split, 1, parts=3)
+    share = small.resources.generate_minutes(
+        "digits", small.sets.name("digits", "rg"), split, 1, parts=3
+    )
     assert share == runtime.minutes(seconds / 3, 1)
-    assert small.gather_minutes(3) == 3 * runtime.RUNTIME_START_MIN
+    assert small.resources.gather_minutes(3) == 3 * runtime.RUNTIME_START_MIN
     inversion = InversionSettings(steps=1000, batch_size=4)
     assert runtime.invert_seconds(inversion, 20) == pytest.approx(
         1000 * 20 * 4 * runtime.COSTS["invert"].seconds
     )
-    assert small.invert_minutes(split, 1) == runtime.minutes(
+    assert small.resources.invert_minutes(split, 1) == runtime.minutes(
         runtime.invert_seconds(small.inversion, 3), 1
     )
 
@@ -417,7 +428,9 @@ def test_a_generate_jobs_limit_counts_its_largest_strengths_steps(tmp_path):
     grid = make_plan(config)
     assert (runtime.most_steps(50, strengths), runtime.mean_steps(50, strengths)) == (10, 7.5)
     work = 2000 * 10 * 10 * runtime.COSTS["generate"].seconds  # images x M x 10 steps
-    minutes = grid.generate_minutes("digits", grid.sets.name("digits", "low"), split, 1, parts=1)
+    minutes = grid.resources.generate_minutes(
+        "digits", grid.sets.name("digits", "low"), split, 1, parts=1
+    )
     assert minutes == runtime.minutes(work, 1)
 
 
@@ -429,9 +442,12 @@ def test_erasure_runtime_counts_esd_deltas_and_not_uce(tmp_path):
     assert runtime.erase_seconds(esd.replace(method="uce"), 20) == 0
     uce = make_plan(changed(SMALL, erasure={"enabled": True, "method": "uce"}))
     # UCE's estimate needs no pool (known before index_dataset ran)
-    assert uce.erase_minutes(str(tmp_path / "missing.parquet"), 2) == 2 * runtime.RUNTIME_START_MIN
+    assert (
+        uce.resources.erase_minutes(str(tmp_path / "missing.parquet"), 2)
+        == 2 * runtime.RUNTIME_START_MIN
+    )
     with pytest.raises(FileNotFoundError):
-        make_plan(SMALL).erase_minutes(str(tmp_path / "missing.parquet"), 1)
+        make_plan(SMALL).resources.erase_minutes(str(tmp_path / "missing.parquet"), 1)
 
 
 @pytest.mark.parametrize(("steps", "evaluations"), [(400, 2), (450, 3), (10000, 50)])
@@ -449,7 +465,9 @@ def test_train_runtime_counts_steps_and_evaluations(tmp_path, small):
     evaluations = runtime.evaluations(classifier) * 40 * runtime.COSTS["eval"].seconds
     seconds = classifier.steps * step + evaluations
     assert runtime.train_seconds(classifier, 40) == pytest.approx(seconds)
-    assert small.train_minutes("digits", "rg", val, test, 1) == runtime.minutes(seconds, 1)
+    assert small.resources.train_minutes("digits", "rg", val, test, 1) == runtime.minutes(
+        seconds, 1
+    )
 
 
 # The dataset listing ------------------------------------------------------------------

@@ -12,8 +12,9 @@ from dafusion.shipped import SHIPPED, shipped_digest
 from dafusion.workflow import listing, paths
 from dafusion.workflow.config import ConfigError
 from dafusion.workflow.estimate import run_summary
-from dafusion.workflow.machine import Needs, check_machine
-from dafusion.workflow.plan import TABLES, Plan, caption_key, read_captions
+from dafusion.workflow.contents import TABLES, caption_key, read_captions
+from dafusion.workflow.machine import Needs, check_machine, results_write_error
+from dafusion.workflow.plan import Plan
 from dafusion.workflow.sets import PlanError
 
 
@@ -37,6 +38,7 @@ wildcard_constraints:
 PLAN = Plan.from_config(config)
 MODEL, DATASETS, METHODS = PLAN.model, PLAN.datasets, PLAN.methods
 INVERSION, ERASURE, CLASSIFIER = PLAN.inversion, PLAN.erasure, PLAN.classifier
+RESOURCES, REPORT = PLAN.resources, PLAN.report
 res = PLAN.res
 
 
@@ -50,17 +52,17 @@ def code(rule):
 
 
 def check_gpu_limit():
-    """Stop before any job when every GPU job would start at once (Plan.gpu_limit_error).
+    """Stop before any job when every GPU job would start at once (Resources.gpu_limit_error).
     Run in onstart, when the executor is known."""
-    error = PLAN.gpu_limit_error(workflow.local_exec, workflow.global_resources)
+    error = RESOURCES.gpu_limit_error(workflow.local_exec, workflow.global_resources)
     if error:
         raise WorkflowError(error)
 
 
 def check_results_writable():
     """Stop before any job when jobs could not write the results folder
-    (Plan.results_write_error). Run in onstart: a dry run writes nothing."""
-    error = PLAN.results_write_error()
+    (dafusion.workflow.machine). Run in onstart: a dry run writes nothing."""
+    error = results_write_error(PLAN.results)
     if error:
         raise WorkflowError(error)
 

@@ -14,11 +14,11 @@ rule erase:
     priority: 20
     conda:
         "../../envs/dafusion.yaml"
-    threads: of(PLAN.model_threads)
+    threads: of(RESOURCES.model_threads)
     resources:
-        mem_mb=PLAN.model_mem_mb(16000),
-        gpu=PLAN.gpus(MODEL.device),
-        runtime=wall_time(PLAN.erase_minutes),
+        mem_mb=RESOURCES.model_mem_mb(16000),
+        gpu=RESOURCES.gpus(MODEL.device),
+        runtime=wall_time(RESOURCES.erase_minutes),
     params:
         model=PLAN.trained_model_params(),
         erasure=ERASURE.result_params(),

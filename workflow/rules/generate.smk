@@ -22,11 +22,11 @@ rule generate:
     priority: 3
     conda:
         "../../envs/dafusion.yaml"
-    threads: of(PLAN.model_threads)
+    threads: of(RESOURCES.model_threads)
     resources:
-        mem_mb=PLAN.model_mem_mb(8000),
-        gpu=PLAN.gpus(MODEL.device),
-        runtime=wall_time(PLAN.generate_minutes),
+        mem_mb=RESOURCES.model_mem_mb(8000),
+        gpu=RESOURCES.gpus(MODEL.device),
+        runtime=wall_time(RESOURCES.generate_minutes),
     params:
         synthetic=of(PLAN.sets.params),
         code=code("generate"),
@@ -51,7 +51,7 @@ rule gather_synthetic:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=wall_time(PLAN.gather_minutes),
+        runtime=wall_time(RESOURCES.gather_minutes),
     # The parts are temporary: the set's identity, its M and the generate code are this
     # job's params too, so that a change reruns it (and, through it, the parts).
     params:

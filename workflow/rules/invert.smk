@@ -15,11 +15,11 @@ rule invert:
     priority: 5
     conda:
         "../../envs/dafusion.yaml"
-    threads: of(PLAN.model_threads)
+    threads: of(RESOURCES.model_threads)
     resources:
-        mem_mb=PLAN.model_mem_mb(8000),
-        gpu=PLAN.gpus(MODEL.device),
-        runtime=wall_time(PLAN.invert_minutes),
+        mem_mb=RESOURCES.model_mem_mb(8000),
+        gpu=RESOURCES.gpus(MODEL.device),
+        runtime=wall_time(RESOURCES.invert_minutes),
     params:
         model=PLAN.trained_model_params(),
         inversion=INVERSION.result_params(),

@@ -15,7 +15,7 @@ rule check_dataset:
         "../../envs/dafusion.yaml"
     threads: 4
     resources:
-        mem_mb=of(PLAN.index_mem_mb),
+        mem_mb=of(RESOURCES.index_mem_mb),
         runtime=120,
     params:
         spec=of(PLAN.index_params),
@@ -40,7 +40,7 @@ rule index_dataset:
         "../../envs/dafusion.yaml"
     threads: 4
     resources:
-        mem_mb=of(PLAN.index_mem_mb),
+        mem_mb=of(RESOURCES.index_mem_mb),
         runtime=120,
     params:
         spec=of(PLAN.index_params),

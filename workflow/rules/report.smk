@@ -11,10 +11,10 @@ rule aggregate:
                 category="Accuracy",
                 labels={"figure": name},
             )
-            for name in PLAN.aggregate_figures()
+            for name in REPORT.aggregate_figures()
         ],
         pdfs=[
-            PLAN.path(paths.FIGURE_PDF, name=name) for name in PLAN.aggregate_figures()
+            PLAN.path(paths.FIGURE_PDF, name=name) for name in REPORT.aggregate_figures()
         ],
     log:
         res("logs/aggregate.log"),
@@ -28,8 +28,8 @@ rule aggregate:
         runtime=30,
     params:
         methods=list(METHODS),
-        layout=PLAN.method_layout(),
-        figures=PLAN.aggregate_figures(),
+        layout=REPORT.method_layout(),
+        figures=REPORT.aggregate_figures(),
         aggregate=PLAN.aggregate_params(
             "metric", "selection", "report_split", "baseline", "novelty"
         ),
@@ -41,7 +41,7 @@ rule aggregate:
 
 rule gallery:
     input:
-        unpack(of(PLAN.gallery_inputs)),
+        unpack(of(REPORT.gallery_inputs)),
     output:
         png=report(
             res(paths.GALLERY),
@@ -61,7 +61,7 @@ rule gallery:
         mem_mb=2000,
         runtime=10,
     params:
-        methods=of(PLAN.synthetic_sizes),
+        methods=of(REPORT.synthetic_sizes),
         gallery=PLAN.aggregate_params(
             "gallery_images_per_class", "gallery_classes", "gallery_variants"
         ),
@@ -72,7 +72,7 @@ rule gallery:
 
 rule inversion_curves:
     input:
-        losses=of(PLAN.loss_curves),
+        losses=of(REPORT.loss_curves),
     output:
         png=report(
             res(paths.INVERSION_CURVES),
@@ -127,7 +127,7 @@ rule erasure_check:
 
 rule report:
     input:
-        unpack(of(PLAN.report_inputs)),
+        unpack(of(REPORT.inputs)),
     output:
         html=res(paths.REPORT),
         config=report(
@@ -147,8 +147,8 @@ rule report:
         mem_mb=2000,
         runtime=10,
     params:
-        figures=PLAN.aggregate_figures(),
-        captions=PLAN.report_captions(CAPTIONS),
+        figures=REPORT.aggregate_figures(),
+        captions=REPORT.captions(CAPTIONS),
         benchmarks=res(paths.BENCHMARKS),
         config=RESOLVED_CONFIG,
         workflow_code=WORKFLOW_CODE,
@@ -159,7 +159,7 @@ rule report:
 
 rule recognition:
     input:
-        unpack(of(PLAN.recognition_inputs)),
+        unpack(of(REPORT.recognition_inputs)),
         reference=PLAN.path(paths.SHIPPED, asset="reference-digits"),
     output:
         table=res(paths.RECOGNITION),
@@ -181,7 +181,7 @@ rule recognition:
         mem_mb=2000,
         runtime=10,
     params:
-        methods=of(PLAN.synthetic_sizes),
+        methods=of(REPORT.synthetic_sizes),
         code=code("recognition"),
     script:
         "../scripts/recognition.py"

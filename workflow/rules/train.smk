@@ -16,8 +16,8 @@ rule train:
     threads: 1
     resources:
         mem_mb=4000,
-        gpu=PLAN.gpus(CLASSIFIER.device),
-        runtime=wall_time(PLAN.train_minutes),
+        gpu=RESOURCES.gpus(CLASSIFIER.device),
+        runtime=wall_time(RESOURCES.train_minutes),
     params:
         classifier=lambda w: PLAN.classifier_for(w.dataset, w.method).result_params(),
         synthetic=of(PLAN.sets.run_params),

@@ -400,14 +400,14 @@ def _check_figure_11(config: Mapping) -> None:
     from .plan import Plan
 
     plan = Plan.from_config(config)
-    if "figure-11" not in plan.aggregate_figures():
+    if "figure-11" not in plan.report.aggregate_figures():
         return
     import pandas as pd
 
     from ..reporting.aggregate import grid_references
 
     try:
-        grid_references(pd.DataFrame(plan.method_layout()), plan.aggregate.baseline)
+        grid_references(pd.DataFrame(plan.report.method_layout()), plan.aggregate.baseline)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 

@@ -1,15 +1,17 @@
-"""What a validated config's run reads on this machine: the dataset roots, the diffusion
-model and the classifier's pretrained weights, as far as the requested targets read them.
+"""What a validated config's run needs from this machine: the dataset roots, the diffusion
+model and the classifier's pretrained weights, as far as the requested targets read them,
+and a results folder it can write.
 
 Looked at once the targets are known (workflow/rules/common.smk, checked_machine), after
-`dafusion.workflow.config.validate_config` has checked what the config alone decides: every problem
-in one error, before any job, since a job that fails on a missing file does so after
+`dafusion.workflow.config.validate_config` has checked what the config alone decides: every
+problem in one error, before any job, since a job that fails on a missing file does so after
 Snakemake has deleted its previous outputs.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,3 +288,27 @@ def _check_erasure_steps(config: Mapping, model_scheduler: Mapping) -> None:
             f"config key 'erasure.ddim_steps': {erasure['ddim_steps']} is above the model's "
             f"{steps} training steps; lower it"
         )
+
+
+def results_write_error(results: str) -> str | None:
+    """Why jobs could not write the results folder, or None: Snakemake deletes a job's
+    old outputs and logs and writes the new ones in folders under it, so each must be
+    writable (before the folder exists, the one it will be made in), or the first job
+    fails with a traceback. A dry run writes nothing and is not checked."""
+    root = Path(results)
+    folders = [root]
+    while not folders[0].exists():
+        folders = [folders[0].parent]
+    if folders[0] == root:
+        folders += [Path(top) / name for top, names, _ in os.walk(root) for name in names]
+    blocked = [folder for folder in folders if not os.access(folder, os.W_OK | os.X_OK)]
+    if not blocked:
+        return None
+    which = f"'{blocked[0]}' is"
+    if len(blocked) > 1:
+        which = f"'{blocked[0]}' and {len(blocked) - 1} other folder(s) in it are"
+    return (
+        f"config key 'results': jobs cannot write to the results folder '{root}': {which} "
+        f"not writable by this user. Make it writable (chmod -R u+w {root}), or set results "
+        "to a folder you can write"
+    )

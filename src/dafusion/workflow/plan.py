@@ -19,14 +19,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from ..data.readers import index_keys
-from ..jobs.devices import will_use_cuda
 from ..provenance import digest
 from ..settings import (
     AggregateSettings,
@@ -39,13 +36,9 @@ from ..settings import (
     ModelSettings,
 )
 from . import paths, runtime
+from .contents import ReportContents
+from .resources import Resources
 from .sets import SET_NAME_DIGITS, PlanError, SyntheticSets
-
-# Figure labels drawn as the alpha x M grid (Figure 11) rather than as accuracy against
-# examples per class: "11" and the methods it is paired with.
-GRID_LABELS = ("11", "11-reference")
-# The aggregate's tables (each a csv under tables/).
-TABLES = ("summary", "scores", "novelty", "paired", "areas", "per_class", "runs", "validation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +84,16 @@ class Plan:
         """The synthetic sets (`dafusion.workflow.sets`), built once so that each dataset's
         are worked out once."""
         return SyntheticSets(self)
+
+    @functools.cached_property
+    def resources(self) -> Resources:
+        """Each job's threads, memory, GPUs and wall time (`dafusion.workflow.resources`)."""
+        return Resources(self)
+
+    @functools.cached_property
+    def report(self) -> ReportContents:
+        """What the aggregate draws and the report shows (`dafusion.workflow.contents`)."""
+        return ReportContents(self)
 
     # Paths ---------------------------------------------------------------------------
 
@@ -325,260 +328,3 @@ class Plan:
                 images = runtime.rows(split) * generation.num_synthetic
                 parts = max(1, min(parts, num_shards(images, generation.shard_size)))
         return [self.path(paths.PART, **wildcards, part=p, parts=parts) for p in range(parts)]
-
-    # One job's resources -------------------------------------------------------------
-
-    def gpus(self, device: str) -> int:
-        """1 for a job that will compute on CUDA (GPU jobs then queue for --resources gpu=N,
-        and each claims a GPU of its own when it starts)."""
-        return int(will_use_cuda(device))
-
-    def model_threads(self) -> int:
-        """Threads of a job that runs the diffusion model: the tiny model's operations are too
-        small to share across threads, and most of its jobs' time is single-threaded start-up
-        (imports, loading), so one thread each lets two of them run at once on two cores."""
-        return 1 if self.model.embedded else 2
-
-    def model_mem_mb(self, full_size: int) -> int:
-        """Memory of a job that loads the diffusion model: the tiny model's jobs peak at 1.2
-        GB (the embedded default's benchmark files), a full-size model's at `full_size`."""
-        return 2000 if self.model.embedded else full_size
-
-    def index_mem_mb(self, dataset: str) -> int:
-        """COCO's annotation files and ImageNet's file lists need more memory than the rest."""
-        return 16000 if self.datasets[dataset].kind in ("coco", "imagenet") else 4000
-
-    def gpu_jobs(self) -> list[str]:
-        """The sections whose jobs will compute on CUDA, as `section.device (value)`."""
-        return [
-            f"{section}.device ({settings.device})"
-            for section, settings in (("model", self.model), ("classifier", self.classifier))
-            if will_use_cuda(settings.device)
-        ]
-
-    def gpu_limit_error(self, local: bool, resources: Mapping[str, Any]) -> str | None:
-        """Why the run must stop before any job, or None. GPU jobs queue for the `gpu`
-        resource (the profile's gpu=1) and each claims a GPU of its own
-        (dafusion.jobs.devices.claim_device), waiting while every GPU is taken. Any --resources on
-        the command line replaces the profile's list, and without a gpu limit every GPU job
-        would start at once, holding cores and memory while it waits for a GPU. A cluster
-        (`local` false) gives each job its own GPU."""
-        if not local or "gpu" in resources:
-            return None
-        keys = self.gpu_jobs()
-        if not keys:
-            return None
-        return (
-            f"GPU jobs ({', '.join(keys)}) would all start at once: --resources replaced "
-            "the profile's gpu=1. Add gpu=1 to --resources (one GPU job at a time), or "
-            "gpu=N on a machine with N GPUs (each GPU job claims one of its own)"
-        )
-
-    def results_write_error(self) -> str | None:
-        """Why jobs could not write the results folder, or None: Snakemake deletes a job's
-        old outputs and logs and writes the new ones in folders under it, so each must be
-        writable (before the folder exists, the one it will be made in), or the first job
-        fails with a traceback. A dry run writes nothing and is not checked."""
-        root = Path(self.results)
-        folders = [root]
-        while not folders[0].exists():
-            folders = [folders[0].parent]
-        if folders[0] == root:
-            folders += [Path(top) / name for top, names, _ in os.walk(root) for name in names]
-        blocked = [folder for folder in folders if not os.access(folder, os.W_OK | os.X_OK)]
-        if not blocked:
-            return None
-        which = f"'{blocked[0]}' is"
-        if len(blocked) > 1:
-            which = f"'{blocked[0]}' and {len(blocked) - 1} other folder(s) in it are"
-        return (
-            f"config key 'results': jobs cannot write to the results folder '{root}': {which} "
-            f"not writable by this user. Make it writable (chmod -R u+w {root}), or set results "
-            "to a folder you can write"
-        )
-
-    # Wall times (dafusion.workflow.runtime), from the job's input manifests.
-
-    def generate_minutes(
-        self, dataset: str, set: str, split: str, attempt: int, *, parts: int | str
-    ) -> int:
-        """A generate job: its share of a set's images (`parts`, also as the wildcard's
-        text), each at its largest t0's steps."""
-        generation = self.sets.generation(dataset, set)
-        strengths = self.methods[self.sets.methods(dataset, set)[0]].strengths
-        steps = runtime.most_steps(generation.num_inference_steps, strengths)
-        seconds = runtime.generate_seconds(generation, runtime.rows(split), steps) / int(parts)
-        return runtime.minutes(seconds, attempt)
-
-    def gather_minutes(self, attempt: int) -> int:
-        """A gather_synthetic job: it reads the parts' rows and writes the index."""
-        return runtime.minutes(0, attempt)
-
-    def invert_minutes(self, split: str, attempt: int) -> int:
-        seconds = runtime.invert_seconds(self.inversion, runtime.class_count(split))
-        return runtime.minutes(seconds, attempt)
-
-    def erase_minutes(self, pool: str, attempt: int) -> int:
-        # UCE needs no class count (and so no pool) for its estimate.
-        classes = runtime.class_count(pool) if self.erasure.method == "esd" else 0
-        return runtime.minutes(runtime.erase_seconds(self.erasure, classes), attempt)
-
-    def train_minutes(self, dataset: str, method: str, val: str, test: str, attempt: int) -> int:
-        images = runtime.rows(val) + runtime.rows(test)
-        seconds = runtime.train_seconds(self.classifier_for(dataset, method), images)
-        return runtime.minutes(seconds, attempt)
-
-    # The aggregate and the report ----------------------------------------------------
-
-    def figure_labels(self) -> list[str]:
-        """The methods' figure labels (`figures:`), in order of first appearance."""
-        labels: list[str] = []
-        for method in self.methods.values():
-            for label in map(str, method.figures):
-                if label not in labels:
-                    labels.append(label)
-        return labels
-
-    def has_baseline(self) -> bool:
-        return self.aggregate.baseline in self.methods
-
-    def aggregate_figures(self) -> list[str]:
-        """Names of the figures the aggregate job draws (each as .png and .pdf): every label
-        but the grid's as accuracy against examples per class; "11" as the alpha x M grid,
-        paired with the "11-reference" methods (or the baseline)."""
-        labels = self.figure_labels()
-        names = ["accuracy", "per-class", "validation", "scores"]
-        names += [f"figure-{label}" for label in labels if label not in GRID_LABELS]
-        binned = {d for bin_ in self.aggregate.novelty.values() for d in bin_}
-        if binned & set(self.datasets):
-            names.append("novelty")
-        if self.has_baseline() and len(self.methods) > 1:
-            names.append("paired")
-        if "11" in labels and ("11-reference" in labels or self.has_baseline()):
-            names.append("figure-11")
-        return names
-
-    def method_layout(self) -> list[dict[str, Any]]:
-        """Per (dataset, method) the resolved settings the figures group runs by."""
-        rows = []
-        for d in self.datasets:
-            for m, method in self.methods.items():
-                if not method.runs_on(d):
-                    continue
-                classifier = self.classifier_for(d, m)
-                rows.append(
-                    {
-                        "dataset": d,
-                        "method": m,
-                        "figures": [str(label) for label in method.figures],
-                        "strengths": list(method.strengths) if method.synthetic else [],
-                        "num_synthetic": (
-                            self.generation_for(d, m).num_synthetic if method.synthetic else 0
-                        ),
-                        "synthetic_probability": classifier.synthetic_probability,
-                    }
-                )
-        return rows
-
-    def gallery_split(self) -> tuple[int, int]:
-        """The split a dataset's gallery shows: the first seed, the most examples per
-        class."""
-        return self.seeds[0], max(k for k in self.shots if k != "all")
-
-    def gallery_methods(self, dataset: str) -> list[str]:
-        return [m for m in self.synthetic_methods() if self.methods[m].runs_on(dataset)]
-
-    def gallery_datasets(self) -> list[str]:
-        return [d for d in self.datasets if self.gallery_methods(d)]
-
-    def gallery_inputs(self, dataset: str) -> dict[str, Any]:
-        seed, shots = self.gallery_split()
-        return {
-            "split": self.split_path(dataset, seed, shots),
-            "indices": [
-                self.sets.method_index(dataset, m, seed, shots)
-                for m in self.gallery_methods(dataset)
-            ],
-        }
-
-    def recognition_datasets(self) -> list[str]:
-        """Datasets of digits with synthetic images: the reference classifier scores them."""
-        return [d for d in self.gallery_datasets() if self.datasets[d].kind == "digits"]
-
-    def synthetic_sizes(self, dataset: str) -> dict[str, int]:
-        """Each synthetic method of a dataset and the M its runs read (its set may hold more)."""
-        return {
-            m: self.generation_for(dataset, m).num_synthetic for m in self.gallery_methods(dataset)
-        }
-
-    def recognition_inputs(self, dataset: str) -> dict[str, Any]:
-        """Every split of the dataset, and each method's set per split in the same order."""
-        cells = [(seed, shots) for seed in self.seeds for shots in self.shots]
-        return {
-            "splits": [self.split_path(dataset, seed, shots) for seed, shots in cells],
-            "indices": [
-                self.sets.method_index(dataset, m, seed, shots)
-                for m in self.synthetic_sizes(dataset)
-                for seed, shots in cells
-            ],
-        }
-
-    def loss_curves(self, dataset: str) -> list[str]:
-        """The first seed's inversion loss tables of a dataset (plain and erased tokens)."""
-        seed = self.seeds[0]
-        return sorted(
-            {
-                paths.tokens_losses(self.tokens_path(dataset, m, seed, k))
-                for m in self.token_methods(dataset)
-                for k in self.shots
-            }
-        )
-
-    def report_inputs(self) -> dict[str, Any]:
-        """What the report shows: the aggregate's tables and figures, the galleries, the
-        inversion loss curves and the erasure check heatmaps."""
-        return {
-            **{name: self.path(paths.TABLE, name=name) for name in TABLES},
-            "figures": [self.path(paths.FIGURE, name=name) for name in self.aggregate_figures()],
-            "galleries": [self.path(paths.GALLERY, dataset=d) for d in self.gallery_datasets()],
-            "recognition": [
-                self.path(paths.RECOGNITION_FIGURE, dataset=d) for d in self.recognition_datasets()
-            ],
-            "curves": [
-                self.path(paths.INVERSION_CURVES, dataset=d)
-                for d in self.datasets
-                if self.loss_curves(d)
-            ],
-            "erasure": [self.path(paths.ERASURE_FIGURE, dataset=d) for d in self.erased_datasets()],
-        }
-
-    def report_captions(self, captions: Mapping[str, str]) -> dict[str, str]:
-        """Caption texts by figure name, and by name for the report's other items, rendered
-        as Snakemake's report renders them (`render_caption`)."""
-        rendered = {
-            key: render_caption(text, self.aggregate.measure()) for key, text in captions.items()
-        }
-        return {
-            name: rendered[caption_key(name, captions)] for name in self.aggregate_figures()
-        } | rendered
-
-
-def read_captions(folder: str | Path) -> dict[str, str]:
-    """The caption texts (workflow/report/*.rst) by name."""
-    return {path.stem: path.read_text().strip() for path in sorted(Path(folder).glob("*.rst"))}
-
-
-def caption_key(name: str, captions: Mapping[str, str]) -> str:
-    """The caption of a figure name (figure-5 and the like are accuracy figures)."""
-    key = {"figure-11": "grid"}.get(name, name)
-    return key if key in captions else "accuracy"
-
-
-def render_caption(text: str, measure: str) -> str:
-    """A caption as Snakemake's report renders it (Jinja2, with the aggregate job's
-    params.measure): the same text in results/report.html as in `snakemake --report`."""
-    import jinja2
-
-    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
-    params = SimpleNamespace(measure=measure)
-    return env.from_string(text).render(snakemake=SimpleNamespace(params=params))

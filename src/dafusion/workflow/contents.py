@@ -1,0 +1,193 @@
+"""What the aggregate job draws and the report shows, for one plan: the figures (by the
+methods' `figures:` labels), the galleries, recognition rates, inversion loss curves and
+erasure checks that exist for this config, each as the report job's inputs, and the
+captions as Snakemake's report renders them. The rules read it as `PLAN.report`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from . import paths
+
+if TYPE_CHECKING:
+    from .plan import Plan
+
+# Figure labels drawn as the alpha x M grid (Figure 11) rather than as accuracy against
+# examples per class: "11" and the methods it is paired with.
+GRID_LABELS = ("11", "11-reference")
+# The aggregate's tables (each a csv under tables/).
+TABLES = ("summary", "scores", "novelty", "paired", "areas", "per_class", "runs", "validation")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportContents:
+    """The aggregate's figures and the report's inputs and captions of a plan."""
+
+    plan: Plan
+
+    def figure_labels(self) -> list[str]:
+        """The methods' figure labels (`figures:`), in order of first appearance."""
+        labels: list[str] = []
+        for method in self.plan.methods.values():
+            for label in map(str, method.figures):
+                if label not in labels:
+                    labels.append(label)
+        return labels
+
+    def has_baseline(self) -> bool:
+        return self.plan.aggregate.baseline in self.plan.methods
+
+    def aggregate_figures(self) -> list[str]:
+        """Names of the figures the aggregate job draws (each as .png and .pdf): every label
+        but the grid's as accuracy against examples per class; "11" as the alpha x M grid,
+        paired with the "11-reference" methods (or the baseline)."""
+        labels = self.figure_labels()
+        names = ["accuracy", "per-class", "validation", "scores"]
+        names += [f"figure-{label}" for label in labels if label not in GRID_LABELS]
+        binned = {d for bin_ in self.plan.aggregate.novelty.values() for d in bin_}
+        if binned & set(self.plan.datasets):
+            names.append("novelty")
+        if self.has_baseline() and len(self.plan.methods) > 1:
+            names.append("paired")
+        if "11" in labels and ("11-reference" in labels or self.has_baseline()):
+            names.append("figure-11")
+        return names
+
+    def method_layout(self) -> list[dict[str, Any]]:
+        """Per (dataset, method) the resolved settings the figures group runs by."""
+        rows = []
+        for d in self.plan.datasets:
+            for m, method in self.plan.methods.items():
+                if not method.runs_on(d):
+                    continue
+                classifier = self.plan.classifier_for(d, m)
+                rows.append(
+                    {
+                        "dataset": d,
+                        "method": m,
+                        "figures": [str(label) for label in method.figures],
+                        "strengths": list(method.strengths) if method.synthetic else [],
+                        "num_synthetic": (
+                            self.plan.generation_for(d, m).num_synthetic if method.synthetic else 0
+                        ),
+                        "synthetic_probability": classifier.synthetic_probability,
+                    }
+                )
+        return rows
+
+    def gallery_split(self) -> tuple[int, int]:
+        """The split a dataset's gallery shows: the first seed, the most examples per
+        class."""
+        return self.plan.seeds[0], max(k for k in self.plan.shots if k != "all")
+
+    def gallery_methods(self, dataset: str) -> list[str]:
+        return [m for m in self.plan.synthetic_methods() if self.plan.methods[m].runs_on(dataset)]
+
+    def gallery_datasets(self) -> list[str]:
+        return [d for d in self.plan.datasets if self.gallery_methods(d)]
+
+    def gallery_inputs(self, dataset: str) -> dict[str, Any]:
+        seed, shots = self.gallery_split()
+        return {
+            "split": self.plan.split_path(dataset, seed, shots),
+            "indices": [
+                self.plan.sets.method_index(dataset, m, seed, shots)
+                for m in self.gallery_methods(dataset)
+            ],
+        }
+
+    def recognition_datasets(self) -> list[str]:
+        """Datasets of digits with synthetic images: the reference classifier scores them."""
+        return [d for d in self.gallery_datasets() if self.plan.datasets[d].kind == "digits"]
+
+    def synthetic_sizes(self, dataset: str) -> dict[str, int]:
+        """Each synthetic method of a dataset and the M its runs read (its set may hold more)."""
+        return {
+            m: self.plan.generation_for(dataset, m).num_synthetic
+            for m in self.gallery_methods(dataset)
+        }
+
+    def recognition_inputs(self, dataset: str) -> dict[str, Any]:
+        """Every split of the dataset, and each method's set per split in the same order."""
+        cells = [(seed, shots) for seed in self.plan.seeds for shots in self.plan.shots]
+        return {
+            "splits": [self.plan.split_path(dataset, seed, shots) for seed, shots in cells],
+            "indices": [
+                self.plan.sets.method_index(dataset, m, seed, shots)
+                for m in self.synthetic_sizes(dataset)
+                for seed, shots in cells
+            ],
+        }
+
+    def loss_curves(self, dataset: str) -> list[str]:
+        """The first seed's inversion loss tables of a dataset (plain and erased tokens)."""
+        seed = self.plan.seeds[0]
+        return sorted(
+            {
+                paths.tokens_losses(self.plan.tokens_path(dataset, m, seed, k))
+                for m in self.plan.token_methods(dataset)
+                for k in self.plan.shots
+            }
+        )
+
+    def inputs(self) -> dict[str, Any]:
+        """What the report shows: the aggregate's tables and figures, the galleries, the
+        inversion loss curves and the erasure check heatmaps."""
+        return {
+            **{name: self.plan.path(paths.TABLE, name=name) for name in TABLES},
+            "figures": [
+                self.plan.path(paths.FIGURE, name=name) for name in self.aggregate_figures()
+            ],
+            "galleries": [
+                self.plan.path(paths.GALLERY, dataset=d) for d in self.gallery_datasets()
+            ],
+            "recognition": [
+                self.plan.path(paths.RECOGNITION_FIGURE, dataset=d)
+                for d in self.recognition_datasets()
+            ],
+            "curves": [
+                self.plan.path(paths.INVERSION_CURVES, dataset=d)
+                for d in self.plan.datasets
+                if self.loss_curves(d)
+            ],
+            "erasure": [
+                self.plan.path(paths.ERASURE_FIGURE, dataset=d) for d in self.plan.erased_datasets()
+            ],
+        }
+
+    def captions(self, captions: Mapping[str, str]) -> dict[str, str]:
+        """Caption texts by figure name, and by name for the report's other items, rendered
+        as Snakemake's report renders them (`render_caption`)."""
+        rendered = {
+            key: render_caption(text, self.plan.aggregate.measure())
+            for key, text in captions.items()
+        }
+        return {
+            name: rendered[caption_key(name, captions)] for name in self.aggregate_figures()
+        } | rendered
+
+
+def read_captions(folder: str | Path) -> dict[str, str]:
+    """The caption texts (workflow/report/*.rst) by name."""
+    return {path.stem: path.read_text().strip() for path in sorted(Path(folder).glob("*.rst"))}
+
+
+def caption_key(name: str, captions: Mapping[str, str]) -> str:
+    """The caption of a figure name (figure-5 and the like are accuracy figures)."""
+    key = {"figure-11": "grid"}.get(name, name)
+    return key if key in captions else "accuracy"
+
+
+def render_caption(text: str, measure: str) -> str:
+    """A caption as Snakemake's report renders it (Jinja2, with the aggregate job's
+    params.measure): the same text in results/report.html as in `snakemake --report`."""
+    import jinja2
+
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+    params = SimpleNamespace(measure=measure)
+    return env.from_string(text).render(snakemake=SimpleNamespace(params=params))
