@@ -30,6 +30,37 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
 
 
+# The slow tiers (pyproject.toml's markers). Plain `pytest` runs the quick tier; a slow tier
+# runs when asked for: `-m workflow` (any -m expression), a test file or test named on the
+# command line, or DAFUSION_TEST_TIERS=all. CI asks for every tier (.ci/run).
+SLOW_TIERS = ("workflow", "cluster", "browser", "first_run")
+
+
+def _asked_for_slow_tiers(config: pytest.Config) -> bool:
+    if config.option.markexpr or os.environ.get("DAFUSION_TEST_TIERS") == "all":
+        return True
+    return any(Path(arg.split("::")[0]).is_file() for arg in config.args)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if _asked_for_slow_tiers(config):
+        return "tiers: as selected"
+    return (
+        f"tiers: quick only (the slow tiers, {', '.join(SLOW_TIERS)}: -m <tier>, or "
+        "DAFUSION_TEST_TIERS=all)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _asked_for_slow_tiers(config):
+        return
+    slow = [item for item in items if any(item.get_closest_marker(t) for t in SLOW_TIERS)]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        chosen = set(map(id, slow))
+        items[:] = [item for item in items if id(item) not in chosen]
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     from dafusion.stages.tiny import save_tiny_model
@@ -81,8 +112,9 @@ def backbone_cache(tmp_path_factory, monkeypatch):
     return cache
 
 
-# Dataset kinds, each a tiny fixture in its exact on-disk format (tests/test_dataset_kinds.py;
-# tests/test_paper.py points config/paper.yaml at them).
+# Dataset kinds, each a tiny fixture in its exact on-disk format
+# (tests/unit/data/test_dataset_kinds.py;
+# tests/workflow/test_paper.py points config/paper.yaml at them).
 
 
 @pytest.fixture

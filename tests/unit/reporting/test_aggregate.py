@@ -1,8 +1,7 @@
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import REPO
 from matplotlib.colors import to_hex
 from matplotlib.container import BarContainer
 
@@ -68,7 +67,6 @@ def _runs():
     return pd.DataFrame(rows)
 
 
-REPO = Path(__file__).resolve().parents[1]
 # What every table says its values are (dafusion.reporting.aggregate.LABELS), after its own columns.
 LABELS = ["split", "metric", "selection"]
 
@@ -826,7 +824,7 @@ def test_figure_11_of_the_paper_config_draws_its_one_factor_cells():
     hand-made runs table, the figure holds those five cells and marks the four corners
     that no method runs."""
     import yaml
-    from helpers import workflow_plan
+    from helpers import REPO, workflow_plan
 
     from dafusion.reporting.aggregate import best_steps, data_balance_grid
 

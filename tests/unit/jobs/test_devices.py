@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from dafusion.jobs import devices
 from dafusion.jobs.devices import claim_device
 
-REPO = Path(__file__).resolve().parents[1]
 SRC = str(REPO / "src")
 
 # A job that claims a device, prints it, and holds it until its stdin closes.
@@ -201,6 +201,7 @@ import time
 
 from dafusion.jobs.devices import claim_device
 from dafusion.jobs.io import setup_job
+from helpers import REPO
 
 setup_job(snakemake.log[0])
 claim_device(snakemake.resources.gpu, "auto")

@@ -6,11 +6,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from helpers import REPO
 
 from dafusion.jobs import integrity
 from dafusion.jobs.integrity import IntegrityError, job, record, sidecar, verify
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "workflow" / "scripts"
+SCRIPTS = REPO / "workflow" / "scripts"
 TOKENS = "digits/tokens/seed0-shots1.safetensors"
 
 
@@ -75,7 +76,7 @@ def test_an_unreadable_digest_is_named(tokens):
 @pytest.fixture
 def snakemake(tokens, monkeypatch) -> SimpleNamespace:
     """The Snakemake object of a generate job reading the tokens (setup_job, which takes over
-    the process's logging and stderr, is left out here: tests/test_io.py runs it)."""
+    the process's logging and stderr, is left out here: tests/unit/jobs/test_io.py runs it)."""
     calls = []
     monkeypatch.setattr(integrity, "setup_job", lambda *args: calls.append(args))
     given = Path("digits/splits/seed0-shots1.parquet")  # no digest: accepted

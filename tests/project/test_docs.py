@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import REPO
 
 from dafusion.workflow.config import SCHEMA, load_schema
 from dafusion.workflow.schema_docs import render
 
-REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "docs/configuration-reference.md"
 PAGES = sorted(
     [REPO / "README.md", REPO / "CHANGELOG.md", REPO / "config/README.md"]

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import REPO
 
 from dafusion.data.datasets import few_shot
 from dafusion.settings import ClassifierSettings
@@ -315,9 +316,8 @@ def test_original_evaluation_protocol():
 def _benchmark(monkeypatch):
     """benchmarks/classifier.py as a module (it imports its sibling `common`)."""
     import importlib.util
-    from pathlib import Path
 
-    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    folder = REPO / "benchmarks"
     monkeypatch.syspath_prepend(str(folder))
     spec = importlib.util.spec_from_file_location("benchmark_classifier", folder / "classifier.py")
     module = importlib.util.module_from_spec(spec)
@@ -485,7 +485,6 @@ def test_leafy_spurge_flips_both_ways_and_rotates_45_degrees():
     """spurge.py:72-81: RandomHorizontalFlip, RandomVerticalFlip, RandomRotation(45) for Leafy
     Spurge, against RandomHorizontalFlip and RandomRotation(15) elsewhere (pascal.py:120-123);
     config/paper.yaml sets its dataset entry so."""
-    from pathlib import Path
 
     import yaml
 
@@ -503,7 +502,7 @@ def test_leafy_spurge_flips_both_ways_and_rotates_45_degrees():
 
     from dafusion.workflow.config import SCHEMA, validate_config
 
-    repo = Path(__file__).parents[1]
+    repo = REPO
     paper = yaml.safe_load((repo / "config/paper.yaml").read_text())
     paper = validate_config(paper, SCHEMA)  # as the workflow reads it
     entries = paper["datasets"]

@@ -1,6 +1,6 @@
 """Parsing the workflow writes nothing: a dry run leaves the results folder as it is, on a
 fresh and on a finished workdir, also after the dataset's files changed (which reruns
-index_dataset through its params, tests/test_plan.py and test_workflow.py)."""
+index_dataset through its params, tests/unit/workflow/test_plan.py and test_workflow.py)."""
 
 from __future__ import annotations
 

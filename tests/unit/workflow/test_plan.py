@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from helpers import REPO
 
 from dafusion.settings import (
     ClassifierSettings,
@@ -23,7 +24,6 @@ from dafusion.stages.synthetic import write_index
 from dafusion.workflow import contents, listing, paths, plan, resources, runtime, sets
 from dafusion.workflow.config import SCHEMA, validate_config
 
-REPO = Path(__file__).resolve().parents[1]
 RULES = REPO / "workflow/rules"
 
 SMALL = {
@@ -138,7 +138,7 @@ def test_the_all_target_refuses_configs_made_for_augmenting():
 
 
 def test_the_paper_config_makes_the_papers_grid():
-    """The counts tests/test_paper.py checks in Snakemake's DAG, from the plan alone."""
+    """The counts tests/workflow/test_paper.py checks in Snakemake's DAG, from the plan alone."""
     config = yaml.safe_load((REPO / "config/paper.yaml").read_text())
     config["model"] = {"pretrained": "tiny"}  # the hub's model is not needed for the grid
     config["datasets"]["caltech101"]["split_protocol"] = "original-code"

@@ -1,6 +1,5 @@
-from pathlib import Path
-
 import yaml
+from helpers import REPO
 
 import dafusion
 from dafusion.provenance import library_versions
@@ -14,8 +13,6 @@ from dafusion.reporting.record import (
 )
 from dafusion.settings import SECTIONS
 from dafusion.workflow.config import SCHEMA, validate_config
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_only_the_embedded_tiny_model_has_random_weights():
@@ -84,7 +81,7 @@ def test_the_resolved_config_has_defaults_no_knobs_and_no_absolute_path(tmp_path
 def test_library_versions_name_each_library():
     versions = library_versions(("pandas", "no-such-library-here"))
     assert list(versions) == ["dafusion", "pandas", "no-such-library-here"]
-    declared = (Path(__file__).parents[1] / "src/dafusion/VERSION").read_text().strip()
+    declared = (REPO / "src/dafusion/VERSION").read_text().strip()
     assert versions["dafusion"] == dafusion.__version__ == declared
     assert versions["pandas"].split(".")[0].isdigit()
     assert versions["no-such-library-here"] == "not installed"

@@ -1,13 +1,13 @@
 """One home per setting, and knobs kept apart from result settings (the code fingerprints
-are tests/test_provenance.py's)."""
+are tests/unit/test_provenance.py's)."""
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from dafusion.settings import (
     ESD_KEYS,
@@ -20,7 +20,6 @@ from dafusion.settings import (
 )
 from dafusion.workflow.config import PER_ENTRY, SCHEMA, load_schema
 
-REPO = Path(__file__).resolve().parents[1]
 # Keys the schema accepts that validation expands into other keys and removes.
 EXPANDED = {"inversion": {"preset"}, "classifier": {"protocol"}}
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 import dafusion
 from dafusion.provenance import (
@@ -26,7 +27,6 @@ from dafusion.provenance import (
     workflow_code,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 # Every rule that runs a script, read from workflow/scripts/ (a hand-kept list missed some).
 RULES = script_rules(REPO)
 # Subpackages no job imports: what runs while Snakemake parses (editing it reruns only the

@@ -109,8 +109,8 @@ def test_uce_erases_its_class_and_preserves_the_others(tiny_dir, tmp_path):
     assert scores["zero"] > 0.5, scores
     # The prompts differ in one token of a random text encoder, so some leakage is inherent:
     # on tiny models of seeds 0-3 zero's score was 1.8-11.4 times the largest other (1.8 at
-    # the embedded default's seed 0, whose weights tests/test_tiny.py pins), with the UCE
-    # code's preservation (the empty prompt too, preserve_scale 1/5).
+    # the embedded default's seed 0, whose weights tests/unit/stages/test_tiny.py pins), with the
+    # UCE code's preservation (the empty prompt too, preserve_scale 1/5).
     assert scores.drop("zero").abs().max() < scores["zero"] / 1.5, scores
     # Without the preserve term's pull the other classes move more: preservation works.
     free = uce(components, prompts[:1], [], settings.replace(preserve_scale=0.0))

@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import REPO
 from semantic import (
     conditioning,
     erased_rates,
@@ -39,7 +39,7 @@ INVERSION_GAIN = 0.1  # measured: learned tokens 0.34 (4 shots), the initializer
 ERASED = "four"  # recognized 1.0 before; unconditional samples are fours 0.12 of the time
 # The embedded default's own inversion and ESD settings (config/config.yaml): these tests
 # are what says they work, far shorter than the paper's would be on a CPU.
-DEFAULT = yaml.safe_load((Path(__file__).parents[1] / "config/config.yaml").read_text())
+DEFAULT = yaml.safe_load((REPO / "config/config.yaml").read_text())
 INVERSION = {k: DEFAULT["inversion"][k] for k in ("steps", "learning_rate")}
 ERASURE = {
     "esd": {k: DEFAULT["erasure"][k] for k in ("iterations", "lr", "ddim_steps")},

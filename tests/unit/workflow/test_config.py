@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import REPO
 
 from dafusion.workflow.config import (
     JOB_CHECKS,
@@ -16,8 +17,6 @@ from dafusion.workflow.config import (
     validate_config,
 )
 from dafusion.workflow.machine import Needs, check_machine
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def default_config() -> dict:

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import tomllib
 import yaml
+from helpers import REPO
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
-REPO = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 
 
@@ -111,7 +111,9 @@ def test_the_wheel_ships_the_schema_the_miniature_the_reference_classifier_and_t
     }
     assert "dafusion/assets/tiny-digits/unet/diffusion_pytorch_model.safetensors" in expected
     assert "dafusion/assets/reference-digits.safetensors" in expected
-    assert expected | {"dafusion/config.schema.yaml", "dafusion/costs.json"} <= names
+    assert (
+        expected | {"dafusion/workflow/config.schema.yaml", "dafusion/workflow/costs.json"} <= names
+    )
     assert "dafusion/VERSION" in names
     version = (REPO / "src/dafusion/VERSION").read_text().strip()
     assert wheel.name.startswith(f"dafusion-{version}-")
