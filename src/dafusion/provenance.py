@@ -155,9 +155,10 @@ def _import_graph(root: Path, versions: tuple[tuple[Path, int], ...]) -> dict[st
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
 
 
-def _segment(lines: list[str], node: ast.AST) -> str:
+def _segment(lines: list[str], node: ast.stmt) -> str:
     """`ast.get_source_segment(source, node)` from the source's lines split once (that
     function splits the whole source again on every call)."""
+    assert node.end_lineno is not None  # ast.parse sets it on every node
     first, last = node.lineno - 1, node.end_lineno - 1
     if first == last:
         return lines[first].encode()[node.col_offset : node.end_col_offset].decode()
@@ -222,7 +223,7 @@ def _read(node: ast.AST, local: frozenset[str], found: set[str]) -> None:
         outer = [*getattr(node, "decorator_list", []), *arguments.defaults]
         outer += [d for d in arguments.kw_defaults if d]
         outer += [a.annotation for a in every if a.annotation]
-        outer += [node.returns] if getattr(node, "returns", None) else []
+        outer += [node.returns] if not isinstance(node, ast.Lambda) and node.returns else []
         for child in outer:
             _read(child, local, found)
         bound, declared = _function_bindings(node)
@@ -246,7 +247,9 @@ def _read(node: ast.AST, local: frozenset[str], found: set[str]) -> None:
             _read(child, local, found)
 
 
-def _function_bindings(node: ast.AST) -> tuple[set[str], set[str]]:
+def _function_bindings(
+    node: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda,
+) -> tuple[set[str], set[str]]:
     """The names a function's body binds (parameters aside), and those it declares `global`:
     those it reads from the module even where an enclosing function binds them."""
     bound: set[str] = set()
@@ -312,6 +315,7 @@ def step_code(step: str, root: Path = ROOT) -> dict[str, str]:
     code = {f"pipeline.{step}": digest(segments.encode())}
     for module in sorted(modules):
         path = module_path(module, root)
+        assert path is not None  # the graph holds only modules with a file
         code[str(path.relative_to(root.parent))] = digest(path.read_bytes())
     return code
 

@@ -311,7 +311,7 @@ BACKBONE_WEIGHTS = {
 # The frozen backbones with BatchNorm layers, whose features `bn_mode` decides: in training
 # mode each batch is normalized with its own statistics and the running ones are
 # re-estimated; in eval mode the weights' ImageNet running statistics are used, which expect
-# ImageNet-normalized inputs (tests/test_classifier.py builds every backbone to check).
+# ImageNet-normalized inputs (tests/unit/stages/test_classifier.py builds every backbone to check).
 BATCHNORM_BACKBONES = ("resnet50",)
 
 

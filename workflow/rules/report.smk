@@ -14,7 +14,8 @@ rule aggregate:
             for name in REPORT.aggregate_figures()
         ],
         pdfs=[
-            PLAN.path(paths.FIGURE_PDF, name=name) for name in REPORT.aggregate_figures()
+            PLAN.path(paths.FIGURE_PDF, name=name)
+            for name in REPORT.aggregate_figures()
         ],
     log:
         res("logs/aggregate.log"),

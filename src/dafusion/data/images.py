@@ -117,5 +117,4 @@ def to_pil(tensor: torch.Tensor) -> list[Image.Image]:
     import torch
 
     array = ((tensor.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    array = array.permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in array]
+    return [Image.fromarray(a) for a in array.permute(0, 2, 3, 1).cpu().numpy()]

@@ -12,12 +12,16 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow.parquet as pq
 
 from ..jobs.integrity import IntegrityError, file_digest, mismatch, rerun
 from ..jobs.io import atomic_path
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 SHARD_PATTERN = "shard-{:06d}.tar"
 # A set's index, beside its shards (`paths.SYNTHETIC`).
@@ -96,7 +100,7 @@ def read_images(index_path: str | Path) -> dict[str, tuple[bytes, int]]:
     return out
 
 
-def encode_image(image, fmt: str) -> bytes:
+def encode_image(image: Image.Image, fmt: str) -> bytes:
     """Lossless PNG or WebP by default; JPEG at quality 95 when asked for."""
     buf = io.BytesIO()
     if fmt == "png":

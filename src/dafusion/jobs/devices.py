@@ -191,7 +191,8 @@ def _nvidia_smi_gpus() -> list[str]:
 
 def _slots(candidates: list[str], host: str) -> list[tuple[str, str]]:
     """(device, lock file name) per candidate; a device listed k times gets k slots."""
-    slots, seen = [], {}
+    slots: list[tuple[str, str]] = []
+    seen: dict[str, int] = {}
     for candidate in candidates:
         k = seen[candidate] = seen.get(candidate, -1) + 1
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{host}-gpu{candidate}")

@@ -169,7 +169,7 @@ def _report_failure(
         fallback.flush()
 
 
-def resume_key(**parts) -> str:
+def resume_key(**parts: object) -> str:
     """A stable hash of everything that determines a job's result (not the code fingerprint
     of `dafusion.provenance`, which decides what Snakemake reruns).
 

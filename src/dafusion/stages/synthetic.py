@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 def draw_strength(variant: int, strengths: Sequence[float]) -> float:
     """t0 drawn uniformly from `strengths`, from the variant's own seed."""
-    return float(strengths[np.random.default_rng(variant).integers(len(strengths))])
+    return float(strengths[int(np.random.default_rng(variant).integers(len(strengths)))])
 
 
 def variant_plan(

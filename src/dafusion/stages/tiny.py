@@ -196,7 +196,7 @@ def build_tiny_pipeline(seed: int = 0, resolution: int = 32):
     """Assemble the tiny StableDiffusionPipeline with weights drawn from `seed`.
 
     The libraries' own init runs on the global generator and is then overwritten whole, so
-    nothing of it survives (tests/test_tiny.py checks two builds are byte-identical)."""
+    nothing of it survives (tests/unit/stages/test_tiny.py checks two builds are byte-identical)."""
     from diffusers import (
         AutoencoderKL,
         PNDMScheduler,

@@ -87,7 +87,7 @@ class JobCheck:
 
 # Every error a job can raise naming a setting that passed the start-up checks below: the
 # data, or a file only a job reads, decides it. Any other setting a job could fail on is
-# checked at start-up (tests/test_config.py scans the library's errors for both); the
+# checked at start-up (tests/unit/workflow/test_config.py scans the library's errors for both); the
 # configuration reference lists these.
 JOB_CHECKS = (
     JobCheck(

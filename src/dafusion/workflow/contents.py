@@ -71,7 +71,7 @@ class ReportContents:
                         "dataset": d,
                         "method": m,
                         "figures": [str(label) for label in method.figures],
-                        "strengths": list(method.strengths) if method.synthetic else [],
+                        "strengths": list(method.strengths or ()) if method.synthetic else [],
                         "num_synthetic": (
                             self.plan.generation_for(d, m).num_synthetic if method.synthetic else 0
                         ),
@@ -83,7 +83,7 @@ class ReportContents:
     def gallery_split(self) -> tuple[int, int]:
         """The split a dataset's gallery shows: the first seed, the most examples per
         class."""
-        return self.plan.seeds[0], max(k for k in self.plan.shots if k != "all")
+        return self.plan.seeds[0], max(int(k) for k in self.plan.shots if k != "all")
 
     def gallery_methods(self, dataset: str) -> list[str]:
         return [m for m in self.plan.synthetic_methods() if self.plan.methods[m].runs_on(dataset)]

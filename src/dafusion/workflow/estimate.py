@@ -90,9 +90,9 @@ def stages(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -> lis
         classes = dataset_classes(plan, dataset)
         for name, methods in plan.sets.by_name(dataset).items():
             generation = plan.sets.generation(dataset, name)
-            steps = runtime.mean_steps(
-                generation.num_inference_steps, plan.methods[methods[0]].strengths
-            )
+            strengths = plan.methods[methods[0]].strengths
+            assert strengths is not None  # a set's methods are SDEdit's, which need strengths
+            steps = runtime.mean_steps(generation.num_inference_steps, strengths)
             sources = set_sources(plan, dataset)
             sets += cells
             images += sources * generation.num_synthetic

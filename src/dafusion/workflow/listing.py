@@ -33,7 +33,7 @@ def listing_digest(root: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _walk(folder: str, prefix: str, digest) -> None:
+def _walk(folder: str, prefix: str, digest: hashlib._Hash) -> None:
     with os.scandir(folder) as scan:
         entries = sorted(scan, key=lambda e: e.name)
     for entry in entries:

@@ -91,6 +91,7 @@ class Resources:
         text), each at its largest t0's steps."""
         generation = self.plan.sets.generation(dataset, set)
         strengths = self.plan.methods[self.plan.sets.methods(dataset, set)[0]].strengths
+        assert strengths is not None  # a synthetic set's methods all have them
         steps = most_steps(generation.num_inference_steps, strengths)
         seconds = generate_seconds(generation, rows(split), steps) / int(parts)
         return minutes(seconds, attempt)

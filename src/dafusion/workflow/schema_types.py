@@ -8,7 +8,7 @@ Snakemake hands a nested `--config` value (`'model={resolution: 16}'`) and a top
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jsonschema
@@ -18,7 +18,7 @@ class NotOfType(ValueError):
     """A string no type of its key reads (validate_config raises it as a ConfigError)."""
 
 
-def dotted_key(path) -> str:
+def dotted_key(path: Iterable[object]) -> str:
     """A key's place in the config as a dotted path (`model.resolution`)."""
     return ".".join(str(p) for p in path) or "<top level>"
 
@@ -47,7 +47,12 @@ def _read_number(text: str) -> int | float:
         return float(text)
 
 
-_READERS = {"boolean": _read_boolean, "null": _read_null, "integer": int, "number": _read_number}
+_READERS: dict[str, Callable[[str], Any]] = {
+    "boolean": _read_boolean,
+    "null": _read_null,
+    "integer": int,
+    "number": _read_number,
+}
 
 
 def _alternatives(schema: Mapping, root: Mapping) -> list[Mapping]:

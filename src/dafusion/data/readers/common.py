@@ -24,6 +24,7 @@ def is_hidden(name: str) -> bool:
 
 def dataset_root(spec: DatasetSettings, base_dir: Path) -> Path:
     """The entry's `root`, absolute (resolved once, so image paths need no per-file resolve)."""
+    assert spec.root is not None  # the schema requires `root` of every kind that reads one
     return (Path(base_dir) / Path(spec.root).expanduser()).resolve()
 
 

@@ -3,8 +3,8 @@
 Few-shot subsets need `shots` training images in every class, and which images train depends
 on the entry's settings (a dataset's own split, the 20% held out, the original code's per-seed
 halves). These public figures let a config's (dataset, shots) cells be checked before any
-data is on disk (`tests/test_paper_cells.py`): a class is drawn at random (`classes: 20`), so
-the figure is that of the dataset's smallest class. Where the data is on disk,
+data is on disk (`tests/unit/workflow/test_paper_cells.py`): a class is drawn at random
+(`classes: 20`), so the figure is that of the dataset's smallest class. Where the data is on disk,
 `few_shot_split` stops at a class with too few images, naming the dataset, the class and its
 count.
 

@@ -28,7 +28,7 @@ def read_digits(spec: DatasetSettings, base_dir: Path) -> pd.DataFrame:
     rows = []
     for index, (pixels, label) in enumerate(zip(digits.images, digits.target, strict=True)):
         gray = (255 - pixels * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
-        image = Image.fromarray(gray).resize((size, size), Image.BILINEAR)
+        image = Image.fromarray(gray).resize((size, size), Image.Resampling.BILINEAR)
         rows.append(
             {
                 "key": f"digits-{index:04d}",

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,9 @@ from PIL import Image
 from ...settings import DatasetSettings
 from ..manifest import manifest, sanitize_key
 from .common import dataset_root, locate, read_lines
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
 
 log = logging.getLogger(__name__)
 
@@ -138,5 +142,5 @@ def read_coco(spec: DatasetSettings, base_dir: Path) -> pd.DataFrame:
     return manifest(rows)
 
 
-def _coco_mask(coco, annotation: Mapping) -> np.ndarray:
+def _coco_mask(coco: COCO, annotation: Mapping) -> np.ndarray:
     return coco.annToMask(annotation).astype(bool)

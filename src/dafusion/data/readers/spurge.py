@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -23,7 +24,7 @@ LABEL_OF = {"absent": 0, "apparent": 1, "present": 1}
 HF_SPLITS = {"train": "train", "validation": "val", "val": "val", "test": "test"}
 
 
-def _row(key: str, label_name: str, split: str, **source) -> dict:
+def _row(key: str, label_name: str, split: str, **source: object) -> dict:
     if label_name not in LABEL_OF:
         raise ValueError(f"leafy_spurge: unknown label '{label_name}', expected {list(LABEL_OF)}")
     label = LABEL_OF[label_name]
@@ -56,7 +57,7 @@ def _folder_rows(root: Path) -> list[dict]:
     return rows
 
 
-def _load_hf(root: Path, config_name: str):
+def _load_hf(root: Path, config_name: str) -> Any:
     """A saved Dataset/DatasetDict, or the `datasets` cache at `root`, never the network."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     import datasets
