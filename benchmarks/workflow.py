@@ -14,9 +14,16 @@ cost the most over all jobs.
 
 Run it on an otherwise idle machine: the CPU figures are the whole machine's.
 
+With `--readme README.md` it writes the run's results (the summary table, with the share
+of each method's images the reference classifier recognizes, and the report's verdict) and
+its run time, with the machine and its load, between the README's markers: the README's
+figures come from a run of this version, never typed by hand (a release regenerates them,
+docs/development.md).
+
 Usage:
     python benchmarks/workflow.py
     python benchmarks/workflow.py --cores 2 --keep /tmp/run   # keep the run's results
+    python benchmarks/workflow.py --cores 2 --readme README.md
 """
 
 from __future__ import annotations
@@ -33,8 +40,11 @@ from collections import Counter
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
+from dafusion.reporting.aggregate import LABELS
 from dafusion.reporting.diagnostics import benchmark_table, rule_name
+from dafusion.reporting.verdict import unfinished, verdict
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -115,11 +125,85 @@ def breakdown(results: Path) -> tuple[pd.DataFrame, Counter]:
     return out.sort_values("wall_s", ascending=False), packages
 
 
+def recognition_rates(tables: Path) -> dict[str, float]:
+    """Per synthetic method, the share of its images the reference digit classifier
+    recognizes as their class, over every recognition table of the run."""
+    frames = [pd.read_csv(path) for path in sorted(tables.glob("recognition-*.csv"))]
+    if not frames:
+        return {}
+    rows = pd.concat(frames)
+    rows = rows[rows["method"] != "real (few-shot)"]
+    hits = (rows["images"] * rows["recognized"]).groupby(rows["method"], sort=False).sum()
+    return (hits / rows.groupby("method", sort=False)["images"].sum()).to_dict()
+
+
+def results_block(results: Path) -> str:
+    """The README's results: per examples per class, each method's mean ± one standard error
+    over seeds (recognition rates in brackets), then the report's verdict, one line per
+    (dataset, shots)."""
+    tables = results / "tables"
+    config = yaml.safe_load((results / "config.yaml").read_text())
+    methods, baseline = list(config["methods"]), config["aggregate"]["baseline"]
+    summary = pd.read_csv(tables / "summary.csv")
+    rates = recognition_rates(tables)
+    titles = [f"{m} ({rates[m]:.2f})" if m in rates else m for m in methods]
+    seeds = int(summary["num_seeds"].max())
+    what = ", ".join(f"{label} {'/'.join(sorted(set(summary[label])))}" for label in LABELS)
+    lines = [
+        f"Values: {what}; mean over {seeds} seeds ± one standard error.",
+        "",
+        "| examples per class | " + " | ".join(titles) + " |",
+        "|---" * (len(methods) + 1) + "|",
+    ]
+    for shots, cell in summary.groupby("shots", sort=True):
+        rows = cell.set_index("method")
+        values = [
+            f"{rows.at[m, 'accuracy_mean']:.2f} ± "
+            f"{(rows.at[m, 'ci68_high'] - rows.at[m, 'ci68_low']) / 2:.2f}"
+            if m in rows.index
+            else "\u2014"
+            for m in methods
+        ]
+        lines.append(f"| {shots} | " + " | ".join(values) + " |")
+    late = unfinished(pd.read_csv(tables / "runs.csv"), pd.read_csv(tables / "validation.csv"))
+    found = verdict(summary, pd.read_csv(tables / "paired.csv"), late, methods, baseline)
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {line}" for line in found)
+
+
+def machine() -> str:
+    """The CPU model and the load average before the run: what a time means."""
+    model = "unknown CPU"
+    with open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{os.cpu_count()} CPU cores ({model}), load average {os.getloadavg()[0]:.2f} before"
+
+
+def runtime_line(jobs: int, wall: float, where: str) -> str:
+    minutes, seconds = divmod(round(wall), 60)
+    return f"{jobs} jobs, each its own process: {minutes} min {seconds} s on {where} the run"
+
+
+def write_between(path: Path, name: str, text: str) -> None:
+    """Replace what lies between `<!-- name -->` and `<!-- /name -->` in `path`."""
+    source = path.read_text()
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    if source.count(start) != 1 or source.count(end) != 1:
+        sys.exit(f"{path}: needs exactly one '{start}' ... '{end}' pair to write {name} into")
+    head, rest = source.split(start)
+    _, tail = rest.split(end)
+    path.write_text(f"{head}{start}{text}{end}{tail}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cores", default="all")
     parser.add_argument("--keep", type=Path, help="run here and keep it (a new folder)")
+    parser.add_argument("--readme", type=Path, help="write the results and run time into it")
     args = parser.parse_args()
+    where = machine()
     env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1")
     print(f"embedded default, snakemake --cores {args.cores}, {os.cpu_count()} CPUs", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,6 +212,12 @@ def main() -> None:
         noop, _ = timed([SNAKEMAKE, "-n", "--cores", args.cores], workdir, env)
         print(f"{wall:.1f} s wall, {cpu:.1f} s machine CPU; no-op dry run {noop:.1f} s")
         table, packages = breakdown(workdir / "results")
+        if args.readme:
+            jobs = int(table["jobs"].sum())
+            write_between(args.readme, "runtime", runtime_line(jobs, wall, where))
+            block = results_block(workdir / "results")
+            write_between(args.readme, "results", f"\n{block}\n")
+            print(f"wrote the results and run time into {args.readme}:\n{block}")
     total = table.sum(numeric_only=True)
     print(
         f"\nper rule (sums over jobs, s): start-up = before the job's setup_job (interpreter, "
