@@ -1,17 +1,22 @@
-"""GPU-hours of a config's whole grid: the README's and docs/cluster.md's table.
+"""What a config's whole grid costs: GPU-hours per stage, disk, and wall-clock time on N
+GPUs, the README's and docs/cluster.md's tables.
 
 Each stage's hours are the sum over the grid's jobs of the work formula that also sets the
 job's time limit (`dafusion.workflow.runtime`'s `*_seconds`, at per-unit costs measured on one GPU,
 docs/benchmarks.md), without the limit's margin and start-up. Computed, not written by
 hand, so that it follows the grid (methods sharing a synthetic set count once,
-`Plan.sets`) and the costs; a test keeps the docs' table equal to this module's
+`Plan.sets`) and the costs; a test keeps the docs' tables equal to this module's
 output. An estimate: every class of a dataset with `shots` training images per cell (the
 few-shot draw), each synthetic image at its method's mean denoising steps. Classifier
 evaluations are counted but not in the hours: their images are the datasets' evaluation
 splits, which the config does not size (the data does); the table gives their GPU-hours
 per 1,000 images a run evaluates instead.
 
+The disk is `dafusion.workflow.footprint`'s, the wall-clock time on N GPUs
+`dafusion.workflow.schedule`'s; the grid's sizes are `dafusion.workflow.grid`'s.
+
     python -m dafusion.workflow.estimate config/paper.yaml
+    python -m dafusion.workflow.estimate config/paper.yaml --gpus 4 16
     python -m dafusion.workflow.estimate config/paper.yaml --costs costs.json  # gpu.sh's
 """
 
@@ -22,15 +27,19 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from . import runtime
 from .config import SCHEMA, validate_config
+from .footprint import disk_table
+from .grid import check_numbers, dataset_classes, set_images, set_sources
 from .plan import Plan
+from .schedule import DEFAULT_GPUS, wall_clock_table
 
-# Classes of the kinds whose entry may not say (`classes:` sets the others).
-KIND_CLASSES = {"pascal": 20, "leafy_spurge": 2, "digits": 10}
+if TYPE_CHECKING:
+    pass
 
 
 @dataclass(frozen=True)
@@ -45,41 +54,13 @@ class Stage:
     costs: tuple[str, ...]
 
 
-def dataset_classes(plan: Plan, dataset: str) -> int:
-    """A dataset's number of classes: its `classes:` entry, or its kind's."""
-    spec = plan.datasets[dataset]
-    if isinstance(spec.classes, int):
-        return spec.classes
-    if spec.classes is not None:
-        return len(spec.classes)
-    try:
-        return KIND_CLASSES[spec.kind]
-    except KeyError:
-        raise ValueError(
-            f"config key 'datasets.{dataset}.classes': the estimate needs the number of "
-            f"classes of kind '{spec.kind}'; set classes: N"
-        ) from None
-
-
-def set_sources(plan: Plan, dataset: str) -> int:
-    """The source images of a dataset's synthetic set over every seed and shot count:
-    every class with `shots` training images per cell."""
-    return dataset_classes(plan, dataset) * sum(int(k) for k in plan.shots) * len(plan.seeds)
-
-
-def set_images(plan: Plan, dataset: str, name: str) -> int:
-    """The images of a synthetic set over every seed and shot count."""
-    return set_sources(plan, dataset) * plan.sets.generation(dataset, name).num_synthetic
-
-
 # GPU-hours of evaluations are given per this many evaluation images (the module's doc).
 EVAL_IMAGES_SHOWN = 1000
 
 
 def stages(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -> list[Stage]:
     """Each GPU stage of the grid: jobs, work and GPU-hours at the per-unit `costs`."""
-    if "all" in plan.shots:
-        raise ValueError("config key 'examples_per_class': the estimate needs numbers, not 'all'")
+    check_numbers(plan)
     cells = len(plan.seeds) * len(plan.shots)
     inversion, erasure = plan.inversion, plan.erasure
     sets = images = token_files = token_classes = runs = train_steps = evals = 0
@@ -148,9 +129,9 @@ def stages(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -> lis
     ]  # fmt: skip
 
 
-def table(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -> str:
-    """The stages as the markdown table of the README and docs/cluster.md: jobs, work,
-    per-unit costs, where each was measured, GPU-hours."""
+def hours_table(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -> str:
+    """The stages as a markdown table: jobs, work, per-unit costs, where each was measured,
+    GPU-hours."""
     rows = stages(plan, costs)
     lines = [
         "| stage | GPU jobs | work | per-unit cost | measured | GPU-hours (estimated) |",
@@ -166,6 +147,19 @@ def table(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -> str:
     total = sum(s.hours for s in rows)
     lines.append(f"| total | {sum(s.jobs for s in rows):,} | | | | {total:,.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def table(
+    plan: Plan,
+    costs: Mapping[str, runtime.Cost] = runtime.COSTS,
+    gpus: Sequence[int] = DEFAULT_GPUS,
+) -> str:
+    """The command's output, the README's and docs/cluster.md's tables: GPU-hours per
+    stage (`hours_table`), disk (`disk_table`) and wall-clock time on `gpus` GPUs
+    (`wall_clock_table`)."""
+    return "\n".join(
+        [hours_table(plan, costs), disk_table(plan), wall_clock_table(plan, costs, gpus)]
+    )
 
 
 def run_summary(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -> str:
@@ -223,9 +217,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a costs file (benchmarks/gpu.sh writes one) whose per-unit costs replace the "
         "repository's (src/dafusion/workflow/costs.json)",
     )
+    parser.add_argument(
+        "--gpus",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_GPUS),
+        metavar="N",
+        help="GPU counts of the wall-clock table (default: 1 8 64)",
+    )
     args = parser.parse_args(argv)
+    if min(args.gpus) < 1:
+        parser.error("--gpus: each count must be at least 1")
     costs = runtime.read_costs(args.costs, runtime.COSTS) if args.costs else runtime.COSTS
-    sys.stdout.write(table(plan_of(args.configs), costs))
+    sys.stdout.write(table(plan_of(args.configs), costs, args.gpus))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The GPU-hours estimate of a grid (docs/cluster.md's table), checked by hand on a small one."""
+"""The estimate of a grid (docs/cluster.md's tables): GPU-hours, disk and wall-clock time,
+checked by hand on a small one."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import pytest
 import yaml
 
 from dafusion.settings import ClassifierSettings
-from dafusion.workflow import runtime
+from dafusion.workflow import estimate, footprint, runtime
 from dafusion.workflow.estimate import main, plan_of, run_summary, stages
+from dafusion.workflow.footprint import disk
 from dafusion.workflow.runtime import mean_steps
+from dafusion.workflow.schedule import Job, critical_path, gpu_jobs, wall_clock
 
 GRID = {
     "datasets": {"digits": {"kind": "digits"}, "cars": {"kind": "stanford_cars", "classes": 5}},
@@ -174,3 +177,149 @@ def test_the_run_says_how_many_images_and_how_much_disk_before_it_starts(tmp_pat
     assert run_summary(plan_of([path])).startswith(
         "this config's grid makes up to 100,000 synthetic images per real image"
     )
+
+
+# Disk -----------------------------------------------------------------------------------
+
+PNG = footprint.SHARD_IMAGE_BYTES["png"] + footprint.SHARD_SAMPLE_BYTES
+
+
+def erased_grid(tmp_path, **erasure):
+    """GRID with DA-Fusion's images also made with each class erased (ESD by default)."""
+    methods = {**GRID["methods"], "erased": {**GRID["methods"]["daf"], "erased": True}}
+    settings = {"enabled": True, "method": "esd", "iterations": 200, **erasure}
+    path = tmp_path / "erased.yaml"
+    path.write_text(yaml.safe_dump({**GRID, "methods": methods, "erasure": settings}))
+    return path
+
+
+def test_the_disk_is_each_outputs_bytes(grid):
+    """By hand: the sets of daf (M 20, digits and cars) and rg (M 10, cars), 10 source
+    images per class over the cells (2 seeds x (1 + 4) shots), PNG at 512 px; 4 tokens files
+    of digits' 10 classes and 4 of cars' 5, each twice, with a 100-step loss table; 28 runs
+    (3 methods on digits, 4 on cars, 4 cells each) of 5 evaluations of val and test."""
+    synthetic, tokens, deltas, runs = disk(plan_of([grid]))
+    images = (10 + 5) * 10 * 20 + 5 * 10 * 10
+    assert synthetic.files == f"{images:,} images in 12 shards"  # one per set and cell
+    assert synthetic.bytes == pytest.approx(images * PNG)
+    assert "PNG, " in synthetic.holds and "resize_to_source" in synthetic.holds
+    token_classes = (10 + 5) * 4
+    assert tokens.bytes == pytest.approx(2 * token_classes * 768 * 4 + 100 * token_classes * 6.5)
+    assert (deltas.files, deltas.bytes) == ("0 deltas", 0)
+    rows = 12 * 5 * 2 * (10 + 3) + 16 * 5 * 2 * (5 + 3)
+    assert (runs.files, runs.bytes) == ("28 metrics tables", pytest.approx(28 * 4400 + rows * 10))
+    total = images * PNG + 2 * 60 * 768 * 4 + 6000 * 6.5 + 28 * 4400 + rows * 10
+    assert sum(o.bytes for o in (synthetic, tokens, deltas, runs)) == pytest.approx(total)
+    table = footprint.disk_table(plan_of([grid]))
+    assert table.splitlines()[-1] == f"| total | | {total / 1e9:,.1f} | |"  # 1.3 GB
+
+
+@pytest.mark.parametrize(
+    ("erasure", "parameters", "size"),
+    [
+        ({}, 859_520_964, 4),  # train_method full: every UNet parameter, in float32
+        ({"train_method": "xattn", "delta_dtype": "float16"}, 43_962_560, 2),
+        ({"method": "uce"}, 19_169_280, 4),  # every cross-attention's key and value
+        ({"method": "uce", "edit_keys": False}, 9_584_640, 4),
+    ],
+)
+def test_a_delta_holds_the_parameters_its_erasure_changes(tmp_path, erasure, parameters, size):
+    deltas = disk(plan_of([erased_grid(tmp_path, **erasure)]))[2]
+    assert deltas.files == "15 deltas"  # one per class of digits and cars
+    assert deltas.bytes == 15 * parameters * size
+    assert deltas.holds.startswith(f"{parameters:,} UNet parameters")
+    assert ("ESD checkpoint" in deltas.holds) == ("method" not in erasure)
+
+
+def test_a_model_the_estimate_does_not_know_is_left_out_of_the_total(tmp_path, grid):
+    overlay = tmp_path / "model.yaml"
+    overlay.write_text(yaml.safe_dump({"model": {"pretrained": "some/other-model"}}))
+    table = footprint.disk_table(plan_of([grid, overlay]))
+    assert "| tokens | 8 tokens files | not known |" in table
+    assert table.splitlines()[-1].startswith("| total (without the tokens) |")
+
+
+def test_the_tiny_architecture_is_the_shipped_models():
+    """The counts of the tiny models (ARCHITECTURES), against tiny-digits' files: every UNet
+    parameter and those of its cross-attention, and the text encoder's width."""
+    import json
+    import math
+    import struct
+
+    from dafusion.shipped import MINIATURE
+
+    with open(MINIATURE / "unet/diffusion_pytorch_model.safetensors", "rb") as f:
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    shapes = {k: math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    tiny = footprint.TINY.delta_parameters
+    assert tiny["full"] == sum(shapes.values())
+    assert tiny["xattn"] == sum(n for k, n in shapes.items() if ".attn2." in k)
+    config = json.loads((MINIATURE / "text_encoder/config.json").read_text())
+    assert footprint.TINY.text_width == config["hidden_size"]
+
+
+# Wall-clock time ---------------------------------------------------------------------------
+
+
+def test_a_list_schedule_by_hand():
+    """a (3 s) before c (1 s); b and d (2 s each) alone. On 2 GPUs: a and b at 0 (b before
+    d, listed first), d at 2, c at 3: 4 s, the critical path a -> c."""
+    jobs = [Job("a", 3), Job("b", 2), Job("c", 1, (0,)), Job("d", 2)]
+    assert [job.name for job in critical_path(jobs)] == ["a", "c"]
+    assert [wall_clock(jobs, n) for n in (1, 2, 3, 4)] == [8, 4, 4, 4]
+    with pytest.raises(ValueError, match="waits for a later job"):
+        wall_clock([Job("a", 1, (1,)), Job("b", 1)], 2)
+    with pytest.raises(ValueError, match="at least 1"):
+        wall_clock(jobs, 0)
+
+
+def test_the_gpu_jobs_are_the_stages_work_in_their_order(tmp_path):
+    """Erase, then the tokens learned against the erased UNet, then the erased set's
+    images, then the runs that read them; the seconds add up to the stages' hours."""
+    plan = plan_of([erased_grid(tmp_path)])
+    jobs = gpu_jobs(plan)
+    assert len(jobs) == sum(s.jobs for s in stages(plan))
+    assert sum(j.seconds for j in jobs) / 3600 == pytest.approx(sum(s.hours for s in stages(plan)))
+    index = {job.name: i for i, job in enumerate(jobs)}
+
+    def after(name):
+        return {jobs[i].name for i in jobs[index[name]].after}
+
+    assert after("invert_erased cars seed1-shots4") == {"erase cars"}
+    assert after("invert cars seed1-shots4") == set()
+    assert after("generate cars/erased seed1-shots4") == {
+        "erase cars", "invert_erased cars seed1-shots4",
+    }  # fmt: skip
+    assert after("generate cars/rg seed1-shots4") == set()  # the class name, no tokens
+    assert after("train cars/daf-m20 seed1-shots4") == {"generate cars/daf seed1-shots4"}
+    assert after("train cars/baseline seed1-shots4") == set()
+    path = [job.name for job in critical_path(jobs)]
+    assert path[0].startswith("erase ") and path[-1].startswith("train ")
+
+
+def test_the_wall_clock_is_between_its_bounds_and_falls_with_more_gpus(tmp_path):
+    """1 GPU: every job's seconds; as many GPUs as jobs: the critical path; in between at
+    least both bounds and at most Graham's (the work over N plus the critical path)."""
+    jobs = gpu_jobs(plan_of([erased_grid(tmp_path)]))
+    total = sum(job.seconds for job in jobs)
+    longest = sum(job.seconds for job in critical_path(jobs))
+    times = [wall_clock(jobs, n) for n in range(1, len(jobs) + 1)]
+    assert times[0] == pytest.approx(total)
+    assert times[-1] == pytest.approx(longest)
+    assert all(later <= earlier + 1e-9 for earlier, later in zip(times, times[1:], strict=False))
+    for n, seconds in enumerate(times, start=1):
+        assert max(total / n, longest) - 1e-6 <= seconds <= total / n + longest + 1e-6
+
+
+def test_the_command_prints_the_three_tables(grid, capsys):
+    assert main([str(grid), "--gpus", "1", "2"]) == 0
+    out = capsys.readouterr().out
+    plan = plan_of([grid])
+    assert out == estimate.table(plan, gpus=[1, 2])
+    assert out.startswith(estimate.hours_table(plan))
+    assert "\n| output | files | GB | what they hold |\n" in out
+    hours = sum(s.hours for s in stages(plan))
+    assert f"\n| 1 | {hours:,.1f} | {hours:,.1f} |" in out
+    assert "\n| 2 | " in out and "\n| 8 | " not in out
+    with pytest.raises(SystemExit):
+        main([str(grid), "--gpus", "0"])
