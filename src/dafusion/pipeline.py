@@ -465,16 +465,12 @@ def recognition(
 
 
 def inversion_curves(loss_paths: Sequence[str], output: str) -> None:
-    """A dataset's textual-inversion loss curves, one panel per tokens file."""
-    from .reporting.diagnostics import loss_figure
+    """A dataset's textual-inversion loss curves, one panel per tokens file, titled in
+    words (`diagnostics.loss_title`)."""
+    from .reporting.diagnostics import loss_figure, loss_title
     from .reporting.figures import save_figure
 
-    curves = {}
-    for path in loss_paths:
-        path = Path(path)
-        run = path.name.removesuffix("-loss.parquet")
-        eraser = path.parent.name if path.parent.name != "tokens" else ""
-        curves[f"{eraser} {run}".strip()] = pd.read_parquet(path)
+    curves = {loss_title(path): pd.read_parquet(path) for path in loss_paths}
     save_figure(loss_figure(curves), output.removesuffix(".png"))
 
 

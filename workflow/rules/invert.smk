@@ -39,6 +39,6 @@ use rule invert as invert_erased with:
         export=directory(res(paths.ERASED_TOKENS_EXPORT)),
         losses=res(paths.ERASED_TOKEN_LOSSES),
     log:
-        res("logs/{dataset}/invert/{eraser}/seed{seed}-shots{shots}.log"),
+        res("logs/{dataset}/invert_erased/{eraser}/seed{seed}-shots{shots}.log"),
     benchmark:
-        res("benchmarks/{dataset}/invert/{eraser}/seed{seed}-shots{shots}.tsv")
+        res("benchmarks/{dataset}/invert_erased/{eraser}/seed{seed}-shots{shots}.tsv")

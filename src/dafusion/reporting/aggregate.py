@@ -65,14 +65,22 @@ def per_class(runs: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
     """Per dataset, method, shot count and class: the class's accuracy (`accuracy/<class>`,
     the fraction of its evaluation images classified correctly) at each run's selected step
     and reported split (`best_steps`), mean and 68% interval over seeds. Shows which classes
-    a method helps, which a mean over classes hides."""
+    a method helps, which a mean over classes hides.
+
+    Rows are sorted by dataset, method and shot count, then by the dataset's own class order
+    (its labels 0..C-1), not alphabetically: a run writes its `accuracy/<class>` rows in label
+    order, so a class's first appearance among a dataset's runs is its place."""
     rows = runs[runs["metric"].str.startswith("accuracy/")]
+    first = rows[["dataset", "metric"]].drop_duplicates()
+    rank = first.assign(class_rank=first.groupby("dataset").cumcount())
     rows = rows.merge(
         best[[*RUN_KEYS, "step", "split", "selection"]], on=[*RUN_KEYS, "step", "split"]
     )
+    rows = rows.merge(rank, on=["dataset", "metric"])
     rows = rows.assign(class_name=rows["metric"].str.removeprefix("accuracy/"), metric="accuracy")
-    keys = ["dataset", "method", "shots", "class_name"]
-    return _mean_interval(rows, keys, "value", "accuracy_mean", "num_seeds")
+    keys = ["dataset", "method", "shots", "class_rank", "class_name"]
+    table = _mean_interval(rows, keys, "value", "accuracy_mean", "num_seeds")
+    return table.drop(columns="class_rank")
 
 
 def run_table(best: pd.DataFrame) -> pd.DataFrame:

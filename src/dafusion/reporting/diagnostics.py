@@ -4,6 +4,7 @@ time and memory each rule took (Snakemake's benchmark files)."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from itertools import cycle
 from pathlib import Path
@@ -19,6 +20,30 @@ FONTSIZE = 8
 # An erasure works when it moves its class's prompt at least this far toward the empty
 # prompt's prediction (1 = all the way; `erasure_summary`).
 ERASED_ENOUGH = 0.5
+# A loss table's file name: `seed{seed}-shots{shots}-loss.parquet` (workflow.paths).
+LOSS_FILE = re.compile(r"seed(?P<seed>.+?)-shots(?P<shots>.+)-loss\.parquet")
+
+
+def loss_title(path: str | Path) -> str:
+    """A loss table's panel title in words, from its path (`{dataset}/tokens/[{eraser}/]`
+    `seed{seed}-shots{shots}-loss.parquet`): "seed 0, 4 examples per class", and for tokens
+    learned against an erased UNet "seed 0, 1 example per class, class names erased (ESD)"
+    ("... erased together (ESD)" for one joint delta). A file named otherwise keeps its stem."""
+    path = Path(path)
+    found = LOSS_FILE.fullmatch(path.name)
+    if found is None:
+        return path.stem
+    shots = found["shots"]
+    if shots == "all":
+        examples = "every training image"
+    else:
+        examples = f"{shots} example{'' if shots == '1' else 's'} per class"
+    title = f"seed {found['seed']}, {examples}"
+    if path.parent.name != "tokens":  # {dataset}/tokens/{eraser}/: the eraser's folder
+        method, _, scope = path.parent.name.partition("-")
+        together = " together" if scope == "joint" else ""
+        title += f", class names erased{together} ({method.upper()})"
+    return title
 
 
 def moving_average(values: np.ndarray, smooth: int) -> np.ndarray:
@@ -86,8 +111,8 @@ def loss_figure(curves: Mapping[str, pd.DataFrame], smooth: int = 10):
 
 def erasure_summary(check: pd.DataFrame) -> pd.DataFrame:
     """The erasure check (an eraser's `check.parquet`) as a display table, one row per delta
-    and class: `delta, class_name, erased, erased_fraction`, sorted by delta, its erased
-    classes first.
+    and class: `delta, class_name, erased, erased_fraction`, deltas and classes in the
+    check's order (the dataset's labels), each delta's erased classes first.
 
     `erased_fraction` is unchanged from the check: the fraction of the way the UNet's noise
     prediction for the check prompt ("a photo of a {class}") moved, with the delta applied,
@@ -105,8 +130,16 @@ def erasure_summary(check: pd.DataFrame) -> pd.DataFrame:
             f"(its columns: {', '.join(map(str, check.columns))})"
         )
     table = check[columns].astype({"erased": bool})
-    table = table.sort_values(["delta", "erased", "class_name"], ascending=[True, False, True])
-    return table.reset_index(drop=True)
+    first = {
+        column: {value: n for n, value in enumerate(pd.unique(table[column]))}
+        for column in ("delta", "class_name")
+    }
+    order = table.assign(
+        delta=table["delta"].map(first["delta"]),
+        class_name=table["class_name"].map(first["class_name"]),
+        erased=~table["erased"],
+    ).sort_values(["delta", "erased", "class_name"], kind="stable")
+    return table.loc[order.index].reset_index(drop=True)
 
 
 def failed_erasures(check: pd.DataFrame, threshold: float = ERASED_ENOUGH) -> pd.DataFrame:
@@ -118,18 +151,22 @@ def failed_erasures(check: pd.DataFrame, threshold: float = ERASED_ENOUGH) -> pd
 
 def erasure_figure(check: pd.DataFrame, threshold: float = ERASED_ENOUGH):
     """The erasure check (`erasure_summary`'s columns) as a heatmap, one row per class
-    prompt and one column per delta; the cells of the classes a delta erases are outlined,
-    and those below `threshold` (`failed_erasures`) are crossed out in red. Values are
-    written in the cells where there is room."""
+    prompt and one column per delta, both in the check's order (the dataset's labels: the
+    erase stage writes its classes and deltas so), so that a delta per class puts the erased
+    cells on the diagonal. The cells of the classes a delta erases are outlined, and those
+    below `threshold` (`failed_erasures`) outlined in red and struck through. Values are
+    written in the cells where there is room, over a white patch where struck through. The
+    colour scale is centred at 0 and reaches at least -0.5 and 1, with ticks on both sides."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.ticker import MaxNLocator
 
     table = erasure_summary(check)
-    classes = sorted(table["class_name"].unique())
-    deltas = list(pd.unique(table.sort_values("delta")["delta"]))
+    classes = list(pd.unique(check["class_name"]))
+    deltas = list(pd.unique(check["delta"]))
     grid = table.pivot(index="class_name", columns="delta", values="erased_fraction")
     values = grid.reindex(index=classes, columns=deltas).to_numpy(dtype="float64")
     erased = table.pivot(index="class_name", columns="delta", values="erased")
@@ -138,8 +175,10 @@ def erasure_figure(check: pd.DataFrame, threshold: float = ERASED_ENOUGH):
     fig, ax = plt.subplots(
         figsize=(2.6 + cell * len(deltas), 1.6 + cell * len(classes)), layout="constrained"
     )
-    top = max(1.0, float(np.nanmax(values, initial=1.0)))
-    bottom = min(-0.1, float(np.nanmin(values, initial=0.0)))
+    # Limits at tenths; below 0 at least -0.5, so that a small negative value (the prompt
+    # moved a little away from the empty prompt) is not as dark as a complete erasure.
+    top = max(1.0, math.ceil(float(np.nanmax(values, initial=1.0)) * 10) / 10)
+    bottom = min(-0.5, math.floor(float(np.nanmin(values, initial=0.0)) * 10) / 10)
     norm = TwoSlopeNorm(vcenter=0.0, vmin=bottom, vmax=top)
     image = ax.imshow(np.ma.masked_invalid(values), cmap="PuOr_r", norm=norm, aspect="auto")
     annotate = max(len(classes), len(deltas)) <= 12
@@ -148,13 +187,17 @@ def erasure_figure(check: pd.DataFrame, threshold: float = ERASED_ENOUGH):
         ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, linewidth=1.5,
                                    edgecolor="#D55E00" if failed else "black"))  # fmt: skip
         if failed:
-            ax.plot([j - 0.4, j + 0.4], [i - 0.4, i + 0.4], color="#D55E00", linewidth=1.2)
+            ax.plot([j - 0.45, j + 0.45], [i - 0.45, i + 0.45], color="#D55E00", linewidth=1.2)
     if annotate:
         for i, j in np.ndindex(values.shape):
             if not np.isnan(values[i, j]):
-                dark = abs(norm(values[i, j]) - 0.5) > 0.35
+                struck = erased[i, j] and values[i, j] < threshold
+                dark = abs(norm(values[i, j]) - 0.5) > 0.35 and not struck
+                # Over the strike-through, the number on a white patch stays legible.
+                patch = {"boxstyle": "square,pad=0.15", "facecolor": "w", "edgecolor": "none"}
                 ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                        color="w" if dark else "k")  # fmt: skip
+                        color="w" if dark else "k", bbox=patch if struck else None,
+                        zorder=3)  # fmt: skip
     ax.set_xticks(range(len(deltas)), labels=deltas, rotation=90, fontsize=FONTSIZE)
     ax.set_yticks(range(len(classes)), labels=classes, fontsize=FONTSIZE)
     ax.set_xlabel("delta (the class it erases)", fontsize=FONTSIZE)
@@ -164,7 +207,14 @@ def erasure_figure(check: pd.DataFrame, threshold: float = ERASED_ENOUGH):
         f"{failed} of {int(erased.sum())} erasures below {threshold:g}", fontsize=FONTSIZE + 1,
         color="#D55E00" if failed else "black",
     )  # fmt: skip
-    fig.colorbar(image, ax=ax, label="erased fraction")
+    bar = fig.colorbar(image, ax=ax, label="erased fraction")
+    # TwoSlopeNorm gives each side half the bar: ticks on each side at its own spacing.
+    steps = [1, 2, 2.5, 5, 10]  # tick spacings of 0.1, 0.2, 0.25, 0.5: 1 is always one
+    below = MaxNLocator(nbins=3, steps=steps).tick_values(bottom, 0.0)
+    above = MaxNLocator(nbins=6, steps=steps).tick_values(0.0, top)
+    ticks = [t for t in np.concatenate([below, above]) if bottom - 1e-9 <= t <= top + 1e-9]
+    bar.set_ticks(sorted({round(float(t), 6) for t in ticks}))
+    bar.ax.tick_params(labelsize=FONTSIZE)
     return fig
 
 

@@ -125,8 +125,9 @@ def accuracy_figure(
 
 def per_class_figure(table: pd.DataFrame, methods: Sequence[str]) -> Figure:
     """Per-class accuracy (`aggregate.per_class`) at each dataset's largest number of examples
-    per class: one panel per dataset, one row per class, one marker per method with its 68%
-    interval over seeds."""
+    per class: one panel per dataset, one row per class from the top in the table's order
+    (`aggregate.per_class` writes a dataset's classes in label order), one marker per method
+    with its 68% interval over seeds."""
     styles = method_styles(methods)
     datasets = sorted(table["dataset"].unique())
     classes = max((table.loc[table["dataset"] == d, "class_name"].nunique() for d in datasets),
@@ -139,7 +140,7 @@ def per_class_figure(table: pd.DataFrame, methods: Sequence[str]) -> Figure:
     for ax, dataset in zip(axes[0], datasets, strict=False):
         part = table[table["dataset"] == dataset]
         part = part[part["shots"] == part["shots"].max()]
-        names = sorted(part["class_name"].unique())
+        names = list(pd.unique(part["class_name"]))  # the table's order: the labels'
         offset = 0.6 / max(len(shown), 1)
         for i, method in enumerate(shown):
             rows = part[part["method"] == method].set_index("class_name").reindex(names)

@@ -43,10 +43,14 @@ figure { margin: 1.5rem 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 0.9rem; color: #333; text-align: left; padding: 0.3rem 0; }
 .table-wrap { overflow-x: auto; margin: 0.3rem 0 0; }
-table { border-collapse: collapse; font-size: 0.9rem; }
-th, td { border: 1px solid #ddd; padding: 0.25rem 0.6rem; white-space: nowrap; }
+table { border-collapse: collapse; font-size: 0.9rem; max-width: 100%; }
+th, td { border: 1px solid #ddd; padding: 0.25rem 0.6rem; vertical-align: top;
+  overflow-wrap: anywhere; }
 th { background: #f5f5f5; text-align: left; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap;
+  overflow-wrap: normal; }
+figcaption .shared { color: #555; }
+.findings li { margin: 0.4rem 0; }
 .banner { border: 2px solid #D55E00; background: #fff4ec; padding: 0.6rem 1rem;
   margin: 1rem 0; font-weight: 600; }
 pre { background: #f7f7f7; border: 1px solid #eee; padding: 0.6rem; font-size: 0.8rem;
@@ -83,11 +87,18 @@ class Preformatted:
 
 
 @dataclass(frozen=True)
+class Findings:
+    """Sentences written from the results (`verdict`), shown as a list."""
+
+    lines: Sequence[str]
+
+
+@dataclass(frozen=True)
 class Section:
     """A titled part of the report, listed in the table of contents."""
 
     title: str
-    items: Sequence[Figure | Table | Preformatted]
+    items: Sequence[Figure | Table | Preformatted | Findings]
     intro: str = ""
 
 
@@ -160,6 +171,9 @@ def _render_section(section: Section, id_: str) -> str:
             parts.append(_render_figure(item, section.title))
         elif isinstance(item, Preformatted):
             parts.append(_render_preformatted(item))
+        elif isinstance(item, Findings):
+            items = "".join(f"<li>{_esc(line)}</li>" for line in item.lines)
+            parts.append(f'<ul class="findings">{items}</ul>')
         else:
             parts.append(_render_table(item))
     parts.append("</section>")
@@ -194,24 +208,56 @@ def _render_preformatted(item: Preformatted) -> str:
 
 
 def _render_table(table: Table) -> str:
-    """A plain HTML table; a meaningful index (not 0..n-1) becomes leading columns."""
+    """A plain HTML table; a meaningful index (not 0..n-1) becomes leading columns. A label
+    column with the same value in every row of a table of several rows is left out and
+    named in the caption instead ("split: val; metric: mean_class_accuracy";
+    `constant_columns`): the columns that differ keep the page's width, and the reader is
+    told once what every row shares."""
     frame = table.frame
     if not isinstance(frame.index, pd.RangeIndex):
         frame = frame.reset_index()
+    shared = constant_columns(frame)
+    named = "; ".join(
+        f"{_column_label(frame.columns[i])}: {_cell_text(frame.iat[0, i], table.float_format)[0]}"
+        for i in shared
+    )
+    frame = frame.iloc[:, [i for i in range(frame.shape[1]) if i not in shared]]
     header = "".join(f"<th>{_esc(_column_label(column))}</th>" for column in frame.columns)
     rows = []
     for values in frame.itertuples(index=False, name=None):
         cells = "".join(_render_cell(value, table.float_format) for value in values)
         rows.append(f"<tr>{cells}</tr>")
+    every_row = f' <span class="shared">In every row: {_esc(named)}.</span>' if named else ""
     # The caption above the table at the page's width (a <caption> takes the table's width:
     # squeezed over a narrow table, scrolled away beside a wide one).
     return (
         f'<figure class="table">\n'
-        f"<figcaption><b>{_esc(table.title)}</b> {_esc(table.caption)}</figcaption>\n"
+        f"<figcaption><b>{_esc(table.title)}</b> {_esc(table.caption)}{every_row}</figcaption>\n"
         f'<div class="table-wrap">\n<table>\n'
         f"<thead><tr>{header}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n"
         "</table>\n</div>\n</figure>"
     )
+
+
+def constant_columns(frame: pd.DataFrame) -> list[int]:
+    """Positions of the label columns that hold one value in every row (missing values count
+    as one value), when `frame` has several rows and not every column is so: a single row,
+    or rows that are all alike, keep every column. Float columns are measurements, not
+    labels: they stay, equal or not (a method whose accuracies tie keeps its column)."""
+    if len(frame) < 2:
+        return []
+    constant = []
+    for i in range(frame.shape[1]):
+        values = frame.iloc[:, i]
+        if pd.api.types.is_float_dtype(values.dtype):
+            continue
+        try:
+            distinct = values.nunique(dropna=False)
+        except TypeError:  # unhashable cells (lists): compare what the reader would see
+            distinct = values.map(str).nunique(dropna=False)
+        if distinct == 1:
+            constant.append(i)
+    return constant if len(constant) < frame.shape[1] else []
 
 
 def _column_label(column: object) -> str:
@@ -221,19 +267,38 @@ def _column_label(column: object) -> str:
     return str(column)
 
 
-def _render_cell(value: object, float_format: str) -> str:
-    """Numbers right-aligned (floats with `float_format`), gaps as a dash, the rest as text."""
+def _cell_text(value: object, float_format: str) -> tuple[str, bool]:
+    """A cell's text (floats with `float_format`, gaps as a dash) and whether it is a
+    number."""
     if value is None or value is pd.NA or value is pd.NaT:
-        return f"<td>{MISSING_CELL}</td>"
+        return MISSING_CELL, False
     if isinstance(value, (bool, np.bool_)):
-        return f"<td>{_esc(value)}</td>"
+        return str(value), False
     if isinstance(value, numbers.Integral):
-        return f'<td class="num">{int(value)}</td>'
+        return str(int(value)), True
     if isinstance(value, numbers.Real):
         if math.isnan(value):
-            return f"<td>{MISSING_CELL}</td>"
-        return f'<td class="num">{_esc(float_format.format(value))}</td>'
-    return f"<td>{_esc(value)}</td>"
+            return MISSING_CELL, False
+        return float_format.format(value), True
+    return str(value), False
+
+
+def _render_cell(value: object, float_format: str) -> str:
+    """Numbers right-aligned and never wrapped (floats with `float_format`), gaps as a dash,
+    the rest as text that wraps where the table would not fit."""
+    text, number = _cell_text(value, float_format)
+    return f'<td class="num">{_esc(text)}</td>' if number else f"<td>{_esc(text)}</td>"
+
+
+def in_label_order(pivot: pd.DataFrame, classes: pd.DataFrame) -> pd.DataFrame:
+    """A pivot of the per-class table indexed by (dataset, shots, class_name), its classes
+    in each dataset's label order: the order they first appear in `classes` (the per-class
+    table, which `aggregate.per_class` writes in label order), not alphabetical."""
+    first = dict.fromkeys(zip(classes["dataset"], classes["class_name"], strict=True))
+    rank = {key: n for n, key in enumerate(first)}
+    groups = {key: n for n, key in enumerate(dict.fromkeys(k[:2] for k in pivot.index))}
+    order = sorted(pivot.index, key=lambda k: (groups[k[:2]], rank[k[0], k[2]]))
+    return pivot.reindex(pd.MultiIndex.from_tuples(order, names=pivot.index.names))
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -267,6 +332,7 @@ def results_report(
     from .diagnostics import benchmark_table
     from .figures import measure
     from .record import LIBRARIES, banner, config_text, write_config
+    from .verdict import unfinished, verdict
 
     def figure(name: str, title: str) -> Figure:
         return Figure(Path(figures[name]), title, captions[name])
@@ -296,7 +362,8 @@ def results_report(
     accuracy.append(
         table("summary", "Summary", f"Values: {values}. Per dataset, method and examples per "
               "class: the mean over seeds, its 68% interval (± one standard error) and the "
-              "number of seeds; the split, metric and selection columns say what was averaged. "
+              "number of seeds; the split, metric and selection say what was averaged (columns, "
+              "or in the caption where every row has the same). "
               "tables/summary.csv and tables/summary.md hold it.")
     )  # fmt: skip
     classes = pd.read_csv(tables["per_class"])
@@ -304,6 +371,7 @@ def results_report(
         index=["dataset", "shots", "class_name"], columns="method", values="accuracy_mean"
     )
     by_class = by_class[[m for m in dict.fromkeys(runs["method"]) if m in by_class.columns]]
+    by_class = in_label_order(by_class, classes)
     per_class = [
         figure("per-class", "Accuracy per class"),
         Table(by_class, "Accuracy per class, every shot count", "Mean over seeds of each "
@@ -320,6 +388,14 @@ def results_report(
               "averaging; tables/runs.csv adds the step it was read at."),
         figure("validation", "Validation curves"),
     ]  # fmt: skip
+    late = unfinished(run_rows, pd.read_csv(tables["validation"]))
+    if len(late):
+        per_run.append(
+            Table(late, "Still improving at the last step", "The cells whose selected step is "
+                  "the last one evaluated: their validation curves may still be rising, so "
+                  "their values say how fast a method fits, not where it ends. More "
+                  "classifier.steps would tell.")
+        )  # fmt: skip
     scores = [figure("scores", "Overall normalized score")]
     scores.append(table("scores", "Overall normalized score, values", values_of(
         "scores", "with the number of trials")))  # fmt: skip
@@ -382,7 +458,19 @@ def results_report(
                      "depend on, defaults filled in (execution knobs left out); saved as "
                      "results/config.yaml, which --configfile reads."),
     ]  # fmt: skip
+    methods = list(config["methods"])
+    found = verdict(
+        runs, pd.read_csv(tables["paired"]), late, methods, config["aggregate"]["baseline"]
+    )
     sections = [
+        Section(
+            "Verdict",
+            [Findings(found)] if found else [],
+            "Per dataset and examples per "
+            "class, from the tables below: the best method, each method's difference from "
+            "the baseline paired by seed (mean ± one standard error), whether that interval "
+            "excludes zero, and the methods still improving at their last evaluated step.",
+        ),
         Section("Accuracy", accuracy, "Few-shot classification accuracy of every method."),
         Section("Per-class accuracy", per_class, "Which classes each method gets right."),
         Section("Runs", per_run, "Every classifier run, and how its training went."),

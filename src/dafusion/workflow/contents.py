@@ -45,12 +45,14 @@ class ReportContents:
     def aggregate_figures(self) -> list[str]:
         """Names of the figures the aggregate job draws (each as .png and .pdf): every label
         but the grid's as accuracy against examples per class; "11" as the alpha x M grid,
-        paired with the "11-reference" methods (or the baseline)."""
+        paired with the "11-reference" methods (or the baseline). The novelty figure only
+        where at least two novelty bins hold datasets of this config: with one, its bars
+        would be the scores figure's again."""
         labels = self.figure_labels()
         names = ["accuracy", "per-class", "validation", "scores"]
         names += [f"figure-{label}" for label in labels if label not in GRID_LABELS]
-        binned = {d for bin_ in self.plan.aggregate.novelty.values() for d in bin_}
-        if binned & set(self.plan.datasets):
+        bins = self.plan.aggregate.novelty.values()
+        if sum(bool(set(datasets) & set(self.plan.datasets)) for datasets in bins) >= 2:
             names.append("novelty")
         if self.has_baseline() and len(self.plan.methods) > 1:
             names.append("paired")

@@ -817,6 +817,52 @@ def test_per_class_figure_shows_the_largest_shot_count():
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["m"]
 
 
+# Two datasets whose label orders are neither alphabetical nor alike: e's label 0 is "two".
+LABEL_ORDER = {"d": ["zero", "one", "two"], "e": ["two", "zero"]}
+
+
+def _labelled_runs() -> pd.DataFrame:
+    """Runs that write `accuracy/<class>` in label order at every step, as the classifier
+    stage does; class k of a dataset at (k + 1) / 10, the overall accuracy rising by step."""
+    rows = []
+    for dataset, names in LABEL_ORDER.items():
+        for method in ("m", "b"):
+            for seed in (0, 1):
+                for shots in (1, 4):
+                    run = dict(dataset=dataset, method=method, seed=seed, shots=shots,
+                               split="val")  # fmt: skip
+                    for step in (10, 20):
+                        rows.append({**run, "step": step, "metric": "accuracy",
+                                     "value": step / 100})  # fmt: skip
+                        rows += [
+                            {**run, "step": step, "metric": f"accuracy/{name}",
+                             "value": (k + 1) / 10}
+                            for k, name in enumerate(names)
+                        ]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_per_class_keeps_each_datasets_label_order():
+    runs = _labelled_runs()
+    table = per_class(runs, best_steps(runs, "accuracy", "run", "val"))
+    for (dataset, method, shots), part in table.groupby(["dataset", "method", "shots"]):
+        assert part["class_name"].tolist() == LABEL_ORDER[dataset], (dataset, method, shots)
+        assert part["accuracy_mean"].tolist() == pytest.approx([0.1, 0.2, 0.3][: len(part)])
+    # datasets, methods and shot counts still sorted, each block in its label order
+    assert table[["dataset", "method", "shots"]].drop_duplicates().values.tolist() == [
+        ["d", "b", 1], ["d", "b", 4], ["d", "m", 1], ["d", "m", 4],
+        ["e", "b", 1], ["e", "b", 4], ["e", "m", 1], ["e", "m", 4],
+    ]  # fmt: skip
+    fig = per_class_figure(table, ["m", "b"])
+    for ax, dataset in zip(fig.axes, ["d", "e"], strict=True):
+        # the first class at the top: label 0 first, as the dataset lists its classes
+        assert [t.get_text() for t in ax.get_yticklabels()] == LABEL_ORDER[dataset]
+        assert ax.yaxis_inverted()
+        (first, _) = ax.containers
+        assert first.lines[0].get_xdata().tolist() == pytest.approx([0.1, 0.2, 0.3][
+            : len(LABEL_ORDER[dataset])])  # fmt: skip
+
+
 def test_figure_11_of_the_paper_config_draws_its_one_factor_cells():
     """config/paper.yaml's Figure 11 is the original's design (scripts/num_synthetic/ and
     scripts/synthetic_prob/): on PASCAL, M in {5, 20} at alpha 0.5 and alpha in {0.3, 0.7}

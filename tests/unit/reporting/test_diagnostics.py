@@ -1,6 +1,9 @@
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import REPO
 from matplotlib.colors import to_hex
 
 from dafusion.reporting.diagnostics import (
@@ -10,8 +13,10 @@ from dafusion.reporting.diagnostics import (
     erasure_summary,
     failed_erasures,
     loss_figure,
+    loss_title,
     rule_name,
 )
+from dafusion.workflow import paths
 
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time"
 
@@ -80,39 +85,54 @@ def test_loss_figure_layout_and_legend_limit():
         loss_figure(curves, smooth=0)
 
 
-def test_erasure_summary_sorts_and_keeps_the_numbers():
+def test_loss_titles_say_the_run_in_words():
+    w = {"dataset": "digits", "eraser": "esd"}
+    plain = paths.TOKEN_LOSSES.format(**w, seed=0, shots=4)
+    assert loss_title(plain) == "seed 0, 4 examples per class"
+    assert loss_title(paths.ERASED_TOKEN_LOSSES.format(**w, seed=0, shots=1)) == (
+        "seed 0, 1 example per class, class names erased (ESD)"
+    )
+    joint = paths.ERASED_TOKEN_LOSSES.format(dataset="d", eraser="uce-joint", seed=2, shots="all")
+    assert loss_title(joint) == "seed 2, every training image, class names erased together (UCE)"
+    assert loss_title("elsewhere/curves.parquet") == "curves"
+
+
+def test_erasure_summary_keeps_the_checks_order_and_numbers():
+    """The erase stage writes deltas and classes in label order (zero, one, two: not
+    alphabetical); the summary keeps it, each delta's erased class first."""
     check = pd.DataFrame(
         {
-            "delta": ["one", "one", "one", "zero", "zero", "zero"],
-            "file": ["one.safetensors"] * 3 + ["zero.safetensors"] * 3,
-            "fingerprint": ["f1"] * 3 + ["f0"] * 3,
-            "class_name": ["two", "zero", "one", "zero", "one", "two"],
-            "erased": [False, False, True, True, False, False],
-            "erased_fraction": [0.125, -0.03, 0.91, 1.7, 0.2, 0.05],
+            "delta": ["zero", "zero", "zero", "one", "one", "one"],
+            "file": ["zero.safetensors"] * 3 + ["one.safetensors"] * 3,
+            "fingerprint": ["f0"] * 3 + ["f1"] * 3,
+            "class_name": ["zero", "one", "two"] * 2,
+            "erased": [True, False, False, False, True, False],
+            "erased_fraction": [1.7, 0.2, 0.05, -0.03, 0.91, 0.125],
         }
     )
     summary = erasure_summary(check)
     assert list(summary.columns) == ["delta", "class_name", "erased", "erased_fraction"]
     assert summary.values.tolist() == [
-        ["one", "one", True, 0.91],
-        ["one", "two", False, 0.125],
-        ["one", "zero", False, -0.03],
         ["zero", "zero", True, 1.7],
         ["zero", "one", False, 0.2],
         ["zero", "two", False, 0.05],
+        ["one", "one", True, 0.91],
+        ["one", "zero", False, -0.03],
+        ["one", "two", False, 0.125],
     ]
     assert summary["erased"].dtype == bool
     with pytest.raises(ValueError, match="no column erased_fraction"):
         erasure_summary(check.drop(columns="erased_fraction"))
 
 
-# Three classes, a delta per class: "one" erased its class only a tenth of the way.
+# Three classes in label order (not alphabetical), a delta per class: "one" erased its
+# class only a tenth of the way.
 CHECK = pd.DataFrame(
     {
-        "delta": ["one"] * 3 + ["two"] * 3 + ["zero"] * 3,
+        "delta": ["zero"] * 3 + ["one"] * 3 + ["two"] * 3,
         "class_name": ["zero", "one", "two"] * 3,
-        "erased": [False, True, False, False, False, True, True, False, False],
-        "erased_fraction": [0.02, 0.1, -0.05, 0.0, 0.03, 0.8, 1.7, 0.2, 0.05],
+        "erased": [True, False, False, False, True, False, False, False, True],
+        "erased_fraction": [1.7, 0.2, 0.05, 0.02, 0.1, -0.05, 0.0, 0.03, 0.8],
     }
 )
 
@@ -130,10 +150,11 @@ def test_erasure_figure_is_a_classes_by_deltas_heatmap_that_flags_failures():
     from matplotlib.patches import Rectangle
 
     fig = erasure_figure(CHECK)
-    ax = fig.axes[0]
+    ax, bar = fig.axes
     rows = [t.get_text() for t in ax.get_yticklabels()]
     columns = [t.get_text() for t in ax.get_xticklabels()]
-    assert (rows, columns) == (["one", "two", "zero"], ["one", "two", "zero"])
+    # the check's (label) order, so the erased cells lie on the diagonal
+    assert (rows, columns) == (["zero", "one", "two"], ["zero", "one", "two"])
     values = ax.images[0].get_array()
     assert values[rows.index("zero"), columns.index("zero")] == pytest.approx(1.7)
     assert values[rows.index("two"), columns.index("one")] == pytest.approx(-0.05)
@@ -143,11 +164,21 @@ def test_erasure_figure_is_a_classes_by_deltas_heatmap_that_flags_failures():
         for p in ax.patches
         if isinstance(p, Rectangle)
     }
-    assert outlines == {(0, 0): "#d55e00", (1, 1): "#000000", (2, 2): "#000000"}
+    assert outlines == {(1, 1): "#d55e00", (0, 0): "#000000", (2, 2): "#000000"}
     assert [line.get_color() for line in ax.lines] == ["#D55E00"]
     assert ax.get_title() == "1 of 3 erasures below 0.5"
-    cells = {t.get_text() for t in ax.texts}
-    assert {"0.10", "1.70", "-0.05"} <= cells
+    cells = {t.get_text(): t for t in ax.texts}
+    assert {"0.10", "1.70", "-0.05"} <= set(cells)
+    # the struck-through number sits on a white patch above the line; the others on none
+    struck = cells["0.10"]
+    assert struck.get_bbox_patch() is not None and struck.zorder > ax.lines[0].zorder
+    assert to_hex(struck.get_bbox_patch().get_facecolor()) == "#ffffff"
+    assert cells["1.70"].get_bbox_patch() is None
+    # the colour bar reaches -0.5 at least, with ticks below 0 as well as above
+    ticks = bar.get_yticks()
+    assert min(ticks) <= -0.4 and {0.0, 1.0} <= set(np.round(ticks, 6))
+    assert len([t for t in ticks if t < 0]) >= 2
+    assert bar.get_ylim() == pytest.approx((-0.5, 1.7))
 
 
 def _write(path, *rows):
@@ -165,8 +196,10 @@ def test_benchmark_table(tmp_path):
     files = [
         _write(root / "digits/generate/da-fusion/seed0-shots1.tsv", _row(10.5, 100.0, 20.0)),
         _write(root / "digits/generate/real-guidance/seed0-shots1.tsv", _row(4.5, "NA", "-")),
-        # Repeated benchmark: the mean of its rows.
-        _write(root / "digits/invert/esd/seed0-shots1.tsv", _row(3, 50, 1.0), _row(5, 70, 3.0)),
+        # Repeated benchmark: the mean of its rows; invert_erased is its own rule.
+        _write(
+            root / "digits/invert_erased/esd/seed0-shots1.tsv", _row(3, 50, 1.0), _row(5, 70, 3.0)
+        ),
         _write(root / "digits/invert/seed0-shots1.tsv", _row(6, 30, 4.0)),
         _write(root / "aggregate.tsv", _row(0.5, 80, "NA")),
         _write(root / "model/build_tiny_model.tsv", _row(2, 300, 1.5)),
@@ -178,7 +211,8 @@ def test_benchmark_table(tmp_path):
     ]  # fmt: skip
     expected = [
         ["generate", 2, 15.0, 10.5, 100.0, 20.0],
-        ["invert", 2, 10.0, 6.0, 60.0, 6.0],
+        ["invert", 1, 6.0, 6.0, 30.0, 4.0],
+        ["invert_erased", 1, 4.0, 4.0, 60.0, 2.0],
         ["build_tiny_model", 1, 2.0, 2.0, 300.0, 1.5],
         ["index_dataset", 1, 1.0, 1.0, 90.0, 0.5],
         ["aggregate", 1, 0.5, 0.5, 80.0, np.nan],
@@ -186,6 +220,43 @@ def test_benchmark_table(tmp_path):
     pd.testing.assert_frame_equal(table, pd.DataFrame(expected, columns=table.columns))
     assert rule_name(root / "digits/erase/esd.tsv", root) == "erase"
     assert benchmark_table([], root).empty
+
+
+RULE = re.compile(r"^(?:rule (\w+)|use rule (\w+) as (\w+) with):", re.MULTILINE)
+RESULT = re.compile(r'res\(\s*"([^"]+)"\s*\)')
+
+
+def rule_benchmarks() -> dict[str, str]:
+    """Each rule of workflow/rules/*.smk and its `benchmark:` path under the benchmarks
+    folder, read from the text (a rule made by `use rule A as B with:` without a benchmark
+    of its own keeps A's, as Snakemake's does)."""
+    benchmarks, bases = {}, {}
+    for path in sorted((REPO / "workflow/rules").glob("*.smk")):
+        text = path.read_text()
+        starts = list(RULE.finditer(text))
+        for n, start in enumerate(starts):
+            name = start[1] or start[3]
+            if start[2]:
+                bases[name] = start[2]
+            end = starts[n + 1].start() if n + 1 < len(starts) else len(text)
+            body = re.split(r"^\s+benchmark:\s*$", text[start.end() : end], flags=re.MULTILINE)
+            if len(body) == 2:
+                benchmarks[name] = RESULT.search(body[1])[1]
+    for name, base in bases.items():
+        benchmarks.setdefault(name, benchmarks[base])
+    return benchmarks
+
+
+def test_every_rules_benchmark_file_names_its_rule(tmp_path):
+    """The time and memory table keeps each rule apart, as Snakemake's job statistics do:
+    `rule_name` maps every rule's benchmark path (wildcards filled in) back to that rule."""
+    benchmarks = rule_benchmarks()
+    assert {"invert", "invert_erased", "generate", "train", "aggregate"} <= set(benchmarks)
+    root = tmp_path / "benchmarks"
+    for rule, pattern in benchmarks.items():
+        assert pattern.startswith("benchmarks/"), (rule, pattern)
+        path = root / re.sub(r"\{\w+\}", "w", pattern.removeprefix("benchmarks/"))
+        assert rule_name(path, root) == rule, (rule, pattern)
 
 
 @pytest.mark.workflow

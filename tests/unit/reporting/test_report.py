@@ -16,6 +16,8 @@ from dafusion.reporting.report import (
     Preformatted,
     Section,
     Table,
+    constant_columns,
+    in_label_order,
     section_ids,
     write_report,
 )
@@ -242,3 +244,137 @@ def test_report_renders_in_chromium(report, figures):
     ]
     assert result["console_errors"] == []
     assert result["page_errors"] == []
+
+
+def test_columns_alike_in_every_row_move_to_the_caption(tmp_path):
+    """A label column with one value in every row (split, metric, selection of a summary)
+    is named once in the caption instead of filling the table's width; a single row keeps
+    them all, and measurements (floats) stay in the table even where they tie."""
+    frame = pd.DataFrame(
+        {
+            "dataset": ["digits", "digits"],
+            "method": ["baseline", "da-fusion"],
+            "accuracy_mean": [0.5, 0.625],
+            "ci68_low": [0.25, 0.25],
+            "num_seeds": [2, 2],
+            "note": pd.Series([None, None], dtype=object),
+            "split": ["val", "val"],
+            "metric": ["mean_class_accuracy"] * 2,
+            "selection": ["seed_mean"] * 2,
+        }
+    )
+    assert constant_columns(frame) == [0, 4, 5, 6, 7, 8]
+    assert constant_columns(frame.head(1)) == []
+    assert constant_columns(frame[["dataset", "split"]]) == []  # rows alike: nothing to keep
+    assert constant_columns(pd.DataFrame({"a": [[1], [1]], "b": [1, 2]})) == [0]  # unhashable
+    indexed = frame.set_index(["dataset", "method"])  # an index counts as columns
+    path = tmp_path / "report.html"
+    tables = [Table(frame, "Summary", "Per method."), Table(frame.head(1), "One", "Row."),
+              Table(indexed, "Indexed", "By method.")]  # fmt: skip
+    write_report(path, "Report", [Section("Tables", tables)])
+    page = Page(path.read_text(encoding="utf-8"))
+    shared = (
+        "In every row: dataset: digits; num_seeds: 2; note: \u2014; split: val; metric: "
+        "mean_class_accuracy; selection: seed_mean."
+    )
+    assert page.texts["figcaption"] == [
+        f"Summary Per method. {shared}",
+        "One Row.",
+        f"Indexed By method. {shared}",
+    ]
+    assert page.texts["span"] == [shared, shared]
+    kept = [["method", "accuracy_mean", "ci68_low"], ["baseline", "0.500", "0.250"],
+            ["da-fusion", "0.625", "0.250"]]  # fmt: skip
+    assert page.rows[:3] == kept
+    assert page.rows[3] == list(frame.columns)  # the single row keeps every column
+    assert page.rows[5:] == kept
+
+
+def test_the_per_class_pivot_keeps_each_datasets_label_order():
+    """The per-class table (aggregate.per_class) lists a dataset's classes in label order;
+    its pivot, which pandas sorts, is put back in that order, datasets and shots sorted."""
+    order = {"d": ["zero", "one", "two"], "e": ["two", "zero"]}
+    classes = pd.DataFrame(
+        [
+            {"dataset": d, "method": m, "shots": k, "class_name": c, "accuracy_mean": 0.5}
+            for d in order for m in ("b", "m") for k in (1, 4) for c in order[d]
+        ]
+    )  # fmt: skip
+    pivot = classes.pivot_table(
+        index=["dataset", "shots", "class_name"], columns="method", values="accuracy_mean"
+    )
+    assert list(pivot.index)[:3] == [("d", 1, "one"), ("d", 1, "two"), ("d", 1, "zero")]
+    ordered = in_label_order(pivot, classes)
+    assert list(ordered.index) == [
+        (d, k, c) for d in order for k in (1, 4) for c in order[d]
+    ]  # fmt: skip
+    assert ordered.index.names == ["dataset", "shots", "class_name"]
+    assert list(ordered.columns) == ["b", "m"]
+
+
+# Columns enough, and values long enough, to overflow a 1000-px page without wrapping.
+WIDE = pd.DataFrame(
+    {
+        "dataset": ["digits", "leafy_spurge_with_a_long_name", "caltech101"],
+        "method": ["da-fusion-erased-" * 3, "real-guidance", "baseline"],
+        "shots": [1, 4, 16],
+        **{f"measure_number_{i}_mean": [0.123456, 0.5, 0.75] for i in range(8)},
+        "path": ["results/digits/synthetic/" + "0123456789abcdef" * 6] * 3,
+        "note": ["a sentence that goes on " * 8, "short", "x"],
+        "split": ["test", "val", "test"],
+        "metric": ["mean_class_accuracy"] * 3,
+        "selection": ["seed_mean"] * 3,
+    }
+)
+
+TABLE_WIDTHS = """() => ({
+    page: [document.documentElement.scrollWidth, document.documentElement.clientWidth],
+    tables: Array.from(document.querySelectorAll("table")).map(table => ({
+        table: table.scrollWidth,
+        wrap: table.parentElement.clientWidth,
+        scroll: table.parentElement.scrollWidth,
+    })),
+    // the lines each number's text takes (a range has one rectangle per line)
+    numbers: Array.from(document.querySelectorAll("td.num")).map(cell => {
+        const range = document.createRange();
+        range.selectNodeContents(cell);
+        return range.getClientRects().length;
+    }),
+    wrapped: Array.from(document.querySelectorAll("td:not(.num)")).filter(cell => {
+        const range = document.createRange();
+        range.selectNodeContents(cell);
+        return range.getClientRects().length > 1;
+    }).length,
+})"""
+
+
+@pytest.mark.browser
+def test_every_table_fits_a_1400_px_window(tmp_path):
+    """Opened in Chromium at 1400 x 900, no table is wider than its container and the page
+    does not scroll sideways: long values wrap, numbers stay on one line."""
+    if chromium_path() is None:
+        pytest.skip(NO_CHROMIUM)
+    from playwright.sync_api import sync_playwright
+
+    path = tmp_path / "report.html"
+    tables = [
+        Table(WIDE, "Wide", "Many columns, long values."),
+        Table(WIDE.set_index(["dataset", "method"]), "Indexed", "The index as columns."),
+        Table(WIDE.head(1), "One row", "Every column kept."),
+    ]
+    write_report(path, "Report", [Section("Tables", tables)], meta={"config": "x" * 300})
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path())
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(path.resolve().as_uri(), wait_until="load")
+            widths = page.evaluate(TABLE_WIDTHS)
+        finally:
+            browser.close()
+    scroll, client = widths["page"]
+    assert scroll <= client, widths
+    assert len(widths["tables"]) == 3
+    for table in widths["tables"]:
+        assert table["table"] <= table["wrap"] and table["scroll"] <= table["wrap"], widths
+    assert widths["numbers"] and set(widths["numbers"]) == {1}, widths  # numbers unbroken
+    assert widths["wrapped"] > 0  # the long values wrap instead

@@ -309,12 +309,17 @@ def test_aggregate_figures_follow_labels_baseline_and_novelty_bins(small):
     methods = copy.deepcopy(SMALL["methods"])
     methods["rg"]["figures"] = [5, "11-reference"]
     methods["daf"]["figures"] = [11, 5, 9]
-    p = make_plan(changed(SMALL, methods=methods, aggregate={"novelty": {"x": ["digits"]}}))
+    bins = {"x": ["digits"], "y": ["more", "elsewhere"]}
+    p = make_plan(changed(SMALL, methods=methods, aggregate={"novelty": bins}))
     assert p.report.figure_labels() == ["5", "11-reference", "11", "9"]
     assert p.report.aggregate_figures() == [
         "accuracy", "per-class", "validation", "scores", "figure-5", "figure-9", "novelty",
         "paired", "figure-11",
     ]  # fmt: skip
+    # Novelty needs two bins holding datasets of the config: one bin's bars are the scores'.
+    for one in ({"x": ["digits", "more"]}, {"x": ["digits"], "y": ["elsewhere"]}):
+        single = make_plan(changed(SMALL, aggregate={"novelty": one}))
+        assert "novelty" not in single.report.aggregate_figures(), one
     # 11 without its reference draws the grid against the baseline; without either, none
     methods["rg"]["figures"] = []
     assert "figure-11" in make_plan(changed(SMALL, methods=methods)).report.aggregate_figures()
