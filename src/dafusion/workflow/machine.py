@@ -199,6 +199,17 @@ def _check_model_files(folder: Path, pretrained: str, safety_checker: bool) -> N
             )
 
 
+def _check_family(folder: Path, pretrained: str) -> None:
+    """A checkpoint of a family the stages drive (`dafusion.stages.families`), refused before
+    any job otherwise."""
+    from ..stages.families import model_family
+
+    try:
+        model_family(folder)
+    except ValueError as exc:
+        raise ConfigError(f"config key 'model.pretrained': {exc}") from None
+
+
 def _check_model(pretrained: str, base_dir: str | Path, safety_checker: bool) -> Path | None:
     """'tiny', a local diffusers directory, or a hub id already in the local Hugging Face
     cache, with the files of every component the stages load: checked before any job, since
@@ -220,6 +231,7 @@ def _check_model(pretrained: str, base_dir: str | Path, safety_checker: bool) ->
                 f"config key 'model.pretrained': directory '{path}' is not a diffusers model "
                 "(no model_index.json); point it at a directory written by save_pretrained"
             )
+        _check_family(path, pretrained)
         _check_model_files(path, pretrained, safety_checker)
         return path
     looks_like_path = pretrained.startswith(("/", ".", "~")) or pretrained.count("/") != 1
@@ -232,6 +244,7 @@ def _check_model(pretrained: str, base_dir: str | Path, safety_checker: bool) ->
             cached = None
         if isinstance(cached, str):
             # The cache's snapshot folder has the save_pretrained layout (files link to blobs).
+            _check_family(Path(cached).parent, pretrained)
             _check_model_files(Path(cached).parent, pretrained, safety_checker)
             return Path(cached).parent
         raise ConfigError(
@@ -280,13 +293,21 @@ def _check_schedulers(config: Mapping, model_scheduler: Mapping) -> None:
 
 def _check_erasure_steps(config: Mapping, model_scheduler: Mapping) -> None:
     """ESD's DDIM steps are at most the model's training steps (LDM's timesteps are every
-    (N // S)-th of them)."""
+    (N // S)-th of them), and its model predicts noise."""
     erasure = config["erasure"]
     steps = model_scheduler.get("num_train_timesteps", 1000)  # diffusers' default
     if erasure["enabled"] and erasure["method"] == "esd" and erasure["ddim_steps"] > steps:
         raise ConfigError(
             f"config key 'erasure.ddim_steps': {erasure['ddim_steps']} is above the model's "
             f"{steps} training steps; lower it"
+        )
+    # ESD's x_t sampler (stages.erasure.sample_until) reads the UNet's output as noise.
+    prediction = model_scheduler.get("prediction_type", "epsilon")
+    if erasure["enabled"] and erasure["method"] == "esd" and prediction != "epsilon":
+        raise ConfigError(
+            f"config key 'erasure.method': ESD samples its x_t from a model that predicts "
+            f"noise, and this model predicts '{prediction}' (Stable Diffusion 2.x at 768 px); "
+            "use method: uce, which does not depend on what the UNet predicts"
         )
 
 

@@ -165,9 +165,9 @@ def test_strengths_are_drawn_uniformly():
     assert chi2 < 16.3  # p = 0.001 with 3 degrees of freedom
 
 
-@pytest.mark.parametrize("stochastic", [False, True])
-def test_matches_diffusers_img2img(components, tiny_dir, manifest, stochastic):
-    """Faithfulness: one batched call equals diffusers' img2img called per image.
+def _assert_matches_img2img(components, model_dir, manifest, stochastic):
+    """One batched engine call equals diffusers' img2img called per image, within float
+    tolerance (well under one uint8 level).
 
     The batch mixes strengths (in no particular order), as the engine's batches do. With a
     stochastic scheduler each image's step noise comes from its own generator, as in
@@ -175,7 +175,7 @@ def test_matches_diffusers_img2img(components, tiny_dir, manifest, stochastic):
     """
     from diffusers import StableDiffusionImg2ImgPipeline
 
-    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(tiny_dir, use_safetensors=True)
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(model_dir, use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
     scheduler = components.scheduler
     if stochastic:
@@ -215,6 +215,32 @@ def test_matches_diffusers_img2img(components, tiny_dir, manifest, stochastic):
         )
         ours = ((out.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
         np.testing.assert_allclose(ours, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_matches_diffusers_img2img(components, tiny_dir, manifest, stochastic):
+    """Faithfulness: the engine is diffusers' img2img, batched (Stable Diffusion 1.x)."""
+    _assert_matches_img2img(components, tiny_dir, manifest, stochastic)
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_a_v_prediction_model_matches_diffusers_img2img(tiny_dir, manifest, tmp_path, stochastic):
+    """Stable Diffusion 2.x at 768 px predicts v (its scheduler's `prediction_type`): the
+    engine follows the scheduler, as diffusers' pipeline does."""
+    import json
+    import shutil
+
+    from dafusion.stages.models import load_components
+
+    folder = tmp_path / "v-prediction"
+    shutil.copytree(tiny_dir, folder)
+    config = folder / "scheduler/scheduler_config.json"
+    config.write_text(
+        json.dumps({**json.loads(config.read_text()), "prediction_type": "v_prediction"})
+    )
+    components = load_components(str(folder), torch.device("cpu"), torch.float32)
+    assert components.scheduler.config.prediction_type == "v_prediction"
+    _assert_matches_img2img(components, str(folder), manifest, stochastic)
 
 
 def test_resizes_back_to_the_source_size(components):

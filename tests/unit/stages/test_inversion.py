@@ -427,3 +427,39 @@ def test_an_fp16_overflow_skips_only_its_own_class_step(components, digits, monk
     assert not torch.equal(rows[0].detach(), before[0])
     steps = [int(trainer.optimizer.state[r]["step"]) for r in rows]
     assert steps == [1, 2]
+
+
+def test_a_v_prediction_model_learns_against_the_velocity(tiny_dir, digits, tmp_path):
+    """Stable Diffusion 2.x at 768 px predicts v: each class's loss is the MSE between the
+    UNet's prediction and `get_velocity(latents, noise, t)`, as in diffusers'
+    examples/textual_inversion/textual_inversion.py ("Get the target for loss depending on
+    the prediction type"), written out here independently of the trainer."""
+    import json
+    import shutil
+
+    import torch.nn.functional as F
+
+    from dafusion.stages.models import encode_text, load_components
+
+    folder = tmp_path / "v-prediction"
+    shutil.copytree(tiny_dir, folder)
+    config = folder / "scheduler/scheduler_config.json"
+    config.write_text(
+        json.dumps({**json.loads(config.read_text()), "prediction_type": "v_prediction"})
+    )
+    components = load_components(str(folder), torch.device("cpu"), torch.float32)
+    trainer = _trainer(components, digits, [3, 7], InversionSettings(batch_size=2))
+    draws = [trainer.draw(0), trainer.draw(1)]
+    with torch.no_grad():
+        losses = trainer.class_losses(draws)
+        scheduler = trainer.noise_scheduler
+        assert scheduler.config.prediction_type == "v_prediction"
+        expected = []
+        for d in draws:
+            noisy = scheduler.add_noise(d["latents"], d["noise"], d["t"])
+            hidden = encode_text(components, d["prompts"])
+            pred = components.unet(noisy, d["t"], hidden).sample
+            velocity = scheduler.get_velocity(d["latents"], d["noise"], d["t"])
+            expected.append(F.mse_loss(pred.float(), velocity.float()))
+            assert not torch.allclose(velocity, d["noise"])  # the two targets differ
+    torch.testing.assert_close(losses, torch.stack(expected), rtol=1e-5, atol=1e-6)

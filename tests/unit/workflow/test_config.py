@@ -315,7 +315,7 @@ def test_the_model_is_checked_at_start_up(tmp_path, monkeypatch, tiny_dir):
     (repo / "refs").mkdir(parents=True)
     (repo / "refs/main").write_text("abc123")
     (repo / "snapshots/abc123").mkdir(parents=True)
-    (repo / "snapshots/abc123/model_index.json").write_text("{}")
+    shutil.copy(Path(tiny_dir, "model_index.json"), repo / "snapshots/abc123")
     with pytest.raises(ConfigError, match="'CompVis/stable-diffusion-v1-4' lacks tokenizer/"):
         start_up(config)  # a half-downloaded cache
     shutil.rmtree(repo / "snapshots/abc123")
@@ -963,3 +963,51 @@ def test_the_protocol_check_concerns_pretrained_batchnorm_backbones_only():
         {"backbone": "resnet50", "pretrained": False, "bn_mode": "eval"},
     ):
         validate_config({**default_config(), "classifier": classifier}, SCHEMA)
+
+
+def _checkpoint(tiny_dir: str, folder: Path, pipeline: str, **scheduler) -> Path:
+    """The tiny model's files, relabelled as another pipeline class or prediction type."""
+    shutil.copytree(tiny_dir, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": pipeline}))
+    config = folder / "scheduler/scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), **scheduler}))
+    return folder
+
+
+def test_the_models_family_is_read_from_its_files_and_checked_at_start_up(tmp_path, tiny_dir):
+    """Stable Diffusion 1.x and 2.x (v-prediction too) are driven; SDXL and any other
+    pipeline class are refused before any job, naming what the checkpoint is."""
+    from dafusion.stages.families import model_family
+
+    v = _checkpoint(
+        tiny_dir, tmp_path / "sd2", "StableDiffusionPipeline", prediction_type="v_prediction"
+    )
+    assert model_family(v).prediction_type == "v_prediction"
+    assert model_family(tiny_dir).name == "stable-diffusion"
+    config = default_config()
+    config["model"]["pretrained"] = str(v)
+    assert config["erasure"]["enabled"] and config["erasure"]["method"] == "esd"
+    with pytest.raises(ConfigError, match="'erasure.method': ESD .* predicts 'v_prediction'"):
+        start_up(config)
+    config["erasure"]["method"] = "uce"  # UCE does not depend on what the UNet predicts
+    start_up(config)
+    config["model"]["pretrained"] = str(
+        _checkpoint(tiny_dir, tmp_path / "xl", "StableDiffusionXLPipeline")
+    )
+    with pytest.raises(
+        ConfigError, match=r"'model.pretrained': .* is a StableDiffusionXLPipeline checkpoint, SDXL"
+    ):
+        start_up(config)
+    config["model"]["pretrained"] = str(_checkpoint(tiny_dir, tmp_path / "k", "KandinskyPipeline"))
+    with pytest.raises(
+        ConfigError,
+        match=r"KandinskyPipeline checkpoint \(components: scheduler, text_encoder, tokenizer, "
+        r"unet, vae\), not a model family",
+    ):
+        start_up(config)
+    config["model"]["pretrained"] = str(
+        _checkpoint(tiny_dir, tmp_path / "s", "StableDiffusionPipeline", prediction_type="sample")
+    )
+    with pytest.raises(ConfigError, match="its scheduler predicts 'sample'"):
+        start_up(config)
