@@ -144,6 +144,7 @@ def sample_until(
     cond: torch.Tensor,
     uncond: torch.Tensor,
     guidance: float,
+    prediction_type: str = "epsilon",
 ) -> torch.Tensor:
     """ESD's x_t (quick_sample_till_t): DDIM with eta 0 from `latents` to t_enc.
 
@@ -151,6 +152,10 @@ def sample_until(
     x0 = (x - sqrt(1 - a_t) eps) / sqrt(a_t), a_t the cumulative alpha at the step's timestep
     and a_prev at the previous DDIM timestep's (at step 0 for index 0). eps is guided by
     `guidance` against `uncond`; at guidance 1 LDM's sampler makes the conditional call only.
+    A model that predicts v (`prediction_type`, Stable Diffusion 2.x at 768 px) has its
+    guided output turned into eps = sqrt(a_t) v + sqrt(1 - a_t) x, the same x_t an eps model
+    predicting the same x0 gives (the ESD authors' diffusers code samples with the
+    pipeline's own scheduler, which does the same).
     """
     num_train = len(alphas_cumprod)
     timesteps = ddim_timesteps(ddim_steps, num_train)
@@ -165,6 +170,8 @@ def sample_until(
             eps = eps_uncond + guidance * (eps_cond - eps_uncond)
         a_t = alphas_cumprod[t]
         a_prev = alphas_cumprod[timesteps[index - 1] if index else 0]
+        if prediction_type == "v_prediction":
+            eps = a_t.sqrt() * eps + (1 - a_t).sqrt() * latents
         x0 = (latents - (1 - a_t).sqrt() * eps) / a_t.sqrt()
         latents = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
     return latents
@@ -233,13 +240,16 @@ def esd(
         with _autocast(device, settings.precision):
             z = sample_until(
                 sampler_unet, alphas_cumprod, noise, t_enc, settings.ddim_steps, emb_p, emb_0,
-                settings.start_guidance,
+                settings.start_guidance, components.scheduler.config.prediction_type,
             )  # fmt: skip
             with torch.no_grad():  # the base model's two predictions in one call
                 pair = torch.cat([z, z]).to(frozen.dtype)
                 context = torch.cat([emb_0, emb_p]).to(frozen.dtype)
                 e_0, e_p = frozen(pair, t, context).sample.float().chunk(2)
             e_n = trained(z, t, emb_p).sample.float()
+        # In the UNet's own output space, eps or v, as the ESD authors' diffusers code
+        # (esd_sd.py l. 191): at a fixed x_t, v is affine in eps with one offset for both
+        # prompts, so the negative guidance is the same edit up to a scale.
         loss = F.mse_loss(e_n, e_0 - eta * (e_p - e_0))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

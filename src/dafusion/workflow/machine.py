@@ -293,21 +293,13 @@ def _check_schedulers(config: Mapping, model_scheduler: Mapping) -> None:
 
 def _check_erasure_steps(config: Mapping, model_scheduler: Mapping) -> None:
     """ESD's DDIM steps are at most the model's training steps (LDM's timesteps are every
-    (N // S)-th of them), and its model predicts noise."""
+    (N // S)-th of them)."""
     erasure = config["erasure"]
     steps = model_scheduler.get("num_train_timesteps", 1000)  # diffusers' default
     if erasure["enabled"] and erasure["method"] == "esd" and erasure["ddim_steps"] > steps:
         raise ConfigError(
             f"config key 'erasure.ddim_steps': {erasure['ddim_steps']} is above the model's "
             f"{steps} training steps; lower it"
-        )
-    # ESD's x_t sampler (stages.erasure.sample_until) reads the UNet's output as noise.
-    prediction = model_scheduler.get("prediction_type", "epsilon")
-    if erasure["enabled"] and erasure["method"] == "esd" and prediction != "epsilon":
-        raise ConfigError(
-            f"config key 'erasure.method': ESD samples its x_t from a model that predicts "
-            f"noise, and this model predicts '{prediction}' (Stable Diffusion 2.x at 768 px); "
-            "use method: uce, which does not depend on what the UNet predicts"
         )
 
 

@@ -645,3 +645,47 @@ def test_erased_inversion_learns_each_token_against_its_class_delta(tiny_dir, di
             progress=False,
         )  # fmt: skip
         assert not torch.allclose(tokens[token], base.tokens[token])
+
+
+class _VelocityOf(torch.nn.Module):
+    """The v a v-prediction model gives where `eps_model` gives eps (Stable Diffusion 2.x at
+    768 px): v = sqrt(a_t) eps - sqrt(1 - a_t) x0, x0 = (x - sqrt(1 - a_t) eps) / sqrt(a_t)."""
+
+    def __init__(self, eps_model: torch.nn.Module, alphas: torch.Tensor):
+        super().__init__()
+        self.eps_model, self.alphas = eps_model, alphas
+        self.config = eps_model.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.eps_model.dtype
+
+    def forward(self, x, t, context):
+        eps = self.eps_model(x, t, context).sample
+        a = self.alphas[t]
+        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+        return SimpleNamespace(sample=a.sqrt() * eps - (1 - a).sqrt() * x0)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_esds_sampler_reads_a_v_prediction_models_output_as_the_same_x0(components, guidance):
+    """ESD's x_t on a v-prediction model: the model predicting the same x0 as an eps model,
+    in v, gives the same x_t (the ESD authors' diffusers code samples with the pipeline's
+    scheduler, which converts v the same way)."""
+    alphas = components.scheduler.alphas_cumprod.double()
+    eps_model = _FakeUNet(w=0.3).double()
+    x = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(0)).double()
+    cond = torch.full((1, 77, 8), 0.2).double()
+    uncond = torch.zeros(1, 77, 8).double()
+    for t_enc in (0, 3, 9):
+        by_eps = sample_until(eps_model, alphas, x, t_enc, 10, cond, uncond, guidance)
+        by_v = sample_until(
+            _VelocityOf(eps_model, alphas), alphas, x, t_enc, 10, cond, uncond, guidance,
+            "v_prediction",
+        )  # fmt: skip
+        torch.testing.assert_close(by_v, by_eps, rtol=1e-5, atol=1e-6)  # float32 inside
+        if t_enc:  # read as eps, the v model's output would give another x_t
+            wrong = sample_until(
+                _VelocityOf(eps_model, alphas), alphas, x, t_enc, 10, cond, uncond, guidance
+            )
+            assert not torch.allclose(wrong, by_eps)
