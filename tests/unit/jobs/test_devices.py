@@ -201,7 +201,6 @@ import time
 
 from dafusion.jobs.devices import claim_device
 from dafusion.jobs.io import setup_job
-from helpers import REPO
 
 setup_job(snakemake.log[0])
 claim_device(snakemake.resources.gpu, "auto")
