@@ -512,8 +512,9 @@ def test_synthetic_tokens_and_erasure_targets(workdir):
 )  # fmt: skip
 def test_bad_config_stops_before_any_job(tmp_path, change, message):
     workdir = copy_workflow(tmp_path / "dafusion")
-    (workdir / "half-copied").mkdir()
-    (workdir / "half-copied/model_index.json").write_text("{}")
+    (workdir / "half-copied").mkdir()  # a copy stopped after its first file
+    index = REPO / "src/dafusion/assets/tiny-digits/model_index.json"
+    (workdir / "half-copied/model_index.json").write_text(index.read_text())
     write_config(workdir, "config.yaml", {**REDUCED, **change})
     result = snakemake(workdir, "--cores", "1")
     assert result.returncode != 0
