@@ -384,3 +384,16 @@ def make_set(split: str, out_dir: Path, model, method, settings, seed: int = 0, 
     )
     part.unlink()
     return index
+
+
+def relabelled_model(
+    tiny_dir: str, folder: Path, pipeline: str = "StableDiffusionPipeline", **scheduler
+) -> Path:
+    """A copy of the tiny model's files relabelled as another pipeline class, or with other
+    scheduler settings (`prediction_type="v_prediction"`: Stable Diffusion 2.x at 768 px)."""
+    shutil.copytree(tiny_dir, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": pipeline}))
+    config = folder / "scheduler/scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), **scheduler}))
+    return folder

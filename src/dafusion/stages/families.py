@@ -30,11 +30,8 @@ class Family:
 # model_index.json's `_class_name` -> the family's name, for the families the stages drive.
 SUPPORTED = {"StableDiffusionPipeline": "stable-diffusion"}
 # Recognized, but their conditioning is not built into the stages yet.
-NOT_YET = {
-    "StableDiffusionXLPipeline": "SDXL (two text encoders, pooled embeddings, size conditioning)",
-    "StableDiffusionXLImg2ImgPipeline": "SDXL (two text encoders, pooled embeddings, size "
-    "conditioning)",
-}
+SDXL = "SDXL (two text encoders, pooled embeddings, size conditioning)"
+NOT_YET = {"StableDiffusionXLPipeline": SDXL, "StableDiffusionXLImg2ImgPipeline": SDXL}
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 

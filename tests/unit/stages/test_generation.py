@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import relabelled_model
 from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -227,17 +228,9 @@ def test_matches_diffusers_img2img(components, tiny_dir, manifest, stochastic):
 def test_a_v_prediction_model_matches_diffusers_img2img(tiny_dir, manifest, tmp_path, stochastic):
     """Stable Diffusion 2.x at 768 px predicts v (its scheduler's `prediction_type`): the
     engine follows the scheduler, as diffusers' pipeline does."""
-    import json
-    import shutil
-
     from dafusion.stages.models import load_components
 
-    folder = tmp_path / "v-prediction"
-    shutil.copytree(tiny_dir, folder)
-    config = folder / "scheduler/scheduler_config.json"
-    config.write_text(
-        json.dumps({**json.loads(config.read_text()), "prediction_type": "v_prediction"})
-    )
+    folder = relabelled_model(tiny_dir, tmp_path / "v-prediction", prediction_type="v_prediction")
     components = load_components(str(folder), torch.device("cpu"), torch.float32)
     assert components.scheduler.config.prediction_type == "v_prediction"
     _assert_matches_img2img(components, str(folder), manifest, stochastic)

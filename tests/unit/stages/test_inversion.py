@@ -1,6 +1,7 @@
 import pandas as pd
 import pytest
 import torch
+from helpers import relabelled_model
 from safetensors.torch import load_file
 
 from dafusion.data.datasets import few_shot
@@ -434,19 +435,11 @@ def test_a_v_prediction_model_learns_against_the_velocity(tiny_dir, digits, tmp_
     UNet's prediction and `get_velocity(latents, noise, t)`, as in diffusers'
     examples/textual_inversion/textual_inversion.py ("Get the target for loss depending on
     the prediction type"), written out here independently of the trainer."""
-    import json
-    import shutil
-
     import torch.nn.functional as F
 
     from dafusion.stages.models import encode_text, load_components
 
-    folder = tmp_path / "v-prediction"
-    shutil.copytree(tiny_dir, folder)
-    config = folder / "scheduler/scheduler_config.json"
-    config.write_text(
-        json.dumps({**json.loads(config.read_text()), "prediction_type": "v_prediction"})
-    )
+    folder = relabelled_model(tiny_dir, tmp_path / "v-prediction", prediction_type="v_prediction")
     components = load_components(str(folder), torch.device("cpu"), torch.float32)
     trainer = _trainer(components, digits, [3, 7], InversionSettings(batch_size=2))
     draws = [trainer.draw(0), trainer.draw(1)]

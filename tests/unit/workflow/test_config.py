@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO
+from helpers import REPO, relabelled_model
 
 from dafusion.workflow.config import (
     JOB_CHECKS,
@@ -965,22 +965,12 @@ def test_the_protocol_check_concerns_pretrained_batchnorm_backbones_only():
         validate_config({**default_config(), "classifier": classifier}, SCHEMA)
 
 
-def _checkpoint(tiny_dir: str, folder: Path, pipeline: str, **scheduler) -> Path:
-    """The tiny model's files, relabelled as another pipeline class or prediction type."""
-    shutil.copytree(tiny_dir, folder)
-    index = json.loads((folder / "model_index.json").read_text())
-    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": pipeline}))
-    config = folder / "scheduler/scheduler_config.json"
-    config.write_text(json.dumps({**json.loads(config.read_text()), **scheduler}))
-    return folder
-
-
 def test_the_models_family_is_read_from_its_files_and_checked_at_start_up(tmp_path, tiny_dir):
     """Stable Diffusion 1.x and 2.x (v-prediction too) are driven; SDXL and any other
     pipeline class are refused before any job, naming what the checkpoint is."""
     from dafusion.stages.families import model_family
 
-    v = _checkpoint(
+    v = relabelled_model(
         tiny_dir, tmp_path / "sd2", "StableDiffusionPipeline", prediction_type="v_prediction"
     )
     assert model_family(v).prediction_type == "v_prediction"
@@ -989,13 +979,15 @@ def test_the_models_family_is_read_from_its_files_and_checked_at_start_up(tmp_pa
     config["model"]["pretrained"] = str(v)
     start_up(config)
     config["model"]["pretrained"] = str(
-        _checkpoint(tiny_dir, tmp_path / "xl", "StableDiffusionXLPipeline")
+        relabelled_model(tiny_dir, tmp_path / "xl", "StableDiffusionXLPipeline")
     )
     with pytest.raises(
         ConfigError, match=r"'model.pretrained': .* is a StableDiffusionXLPipeline checkpoint, SDXL"
     ):
         start_up(config)
-    config["model"]["pretrained"] = str(_checkpoint(tiny_dir, tmp_path / "k", "KandinskyPipeline"))
+    config["model"]["pretrained"] = str(
+        relabelled_model(tiny_dir, tmp_path / "k", "KandinskyPipeline")
+    )
     with pytest.raises(
         ConfigError,
         match=r"KandinskyPipeline checkpoint \(components: scheduler, text_encoder, tokenizer, "
@@ -1003,7 +995,9 @@ def test_the_models_family_is_read_from_its_files_and_checked_at_start_up(tmp_pa
     ):
         start_up(config)
     config["model"]["pretrained"] = str(
-        _checkpoint(tiny_dir, tmp_path / "s", "StableDiffusionPipeline", prediction_type="sample")
+        relabelled_model(
+            tiny_dir, tmp_path / "s", "StableDiffusionPipeline", prediction_type="sample"
+        )
     )
     with pytest.raises(ConfigError, match="its scheduler predicts 'sample'"):
         start_up(config)
