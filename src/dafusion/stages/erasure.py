@@ -43,7 +43,8 @@ from ..jobs.io import resume_key
 from ..jobs.seeds import derive_seed
 from ..settings import ErasureSettings, ModelSettings
 from .deltas import JOINT, DeltaSwitch, delta_meta, delta_path, save_delta
-from .models import Components, encode_text
+from .families.conditioning import Conditioning
+from .models import Components
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,8 @@ def sample_until(
     latents: torch.Tensor,
     t_enc: int,
     ddim_steps: int,
-    cond: torch.Tensor,
-    uncond: torch.Tensor,
+    cond: Conditioning,
+    uncond: Conditioning,
     guidance: float,
     prediction_type: str = "epsilon",
 ) -> torch.Tensor:
@@ -160,11 +161,11 @@ def sample_until(
     num_train = len(alphas_cumprod)
     timesteps = ddim_timesteps(ddim_steps, num_train)
     guided = guidance != 1
-    context = (torch.cat([uncond, cond]) if guided else cond).to(unet.dtype)
+    context = (Conditioning.cat([uncond, cond]) if guided else cond).to(unet.dtype).unet_kwargs()
     for index in ddim_indices(t_enc, ddim_steps, num_train):
         t = int(timesteps[index])
         x = torch.cat([latents] * 2) if guided else latents
-        eps = unet(x.to(unet.dtype), t, context).sample.float()
+        eps = unet(x.to(unet.dtype), t, **context).sample.float()
         if guided:
             eps_uncond, eps_cond = eps.chunk(2)
             eps = eps_uncond + guidance * (eps_cond - eps_uncond)
@@ -215,8 +216,8 @@ def esd(
     optimizer = torch.optim.Adam(list(params.values()), lr=settings.lr)
     sampler_unet = trained if settings.sampler == "trained" else frozen
     with torch.no_grad():
-        embeddings = encode_text(components, list(prompts)).to(device)
-        emb_0 = encode_text(components, [""]).to(device)
+        embeddings = _sized(components, components.encode(list(prompts)), resolution)
+        emb_0 = _sized(components, components.encode([""]), resolution)
     latent = resolution // components.vae_scale_factor
     shape = (1, frozen.config.in_channels, latent, latent)
     generator = torch.Generator().manual_seed(derive_seed("esd", settings.seed, stream))
@@ -244,9 +245,9 @@ def esd(
             )  # fmt: skip
             with torch.no_grad():  # the base model's two predictions in one call
                 pair = torch.cat([z, z]).to(frozen.dtype)
-                context = torch.cat([emb_0, emb_p]).to(frozen.dtype)
-                e_0, e_p = frozen(pair, t, context).sample.float().chunk(2)
-            e_n = trained(z, t, emb_p).sample.float()
+                context = Conditioning.cat([emb_0, emb_p]).to(frozen.dtype).unet_kwargs()
+                e_0, e_p = frozen(pair, t, **context).sample.float().chunk(2)
+            e_n = trained(z, t, **emb_p.unet_kwargs()).sample.float()
         # In the UNet's own output space, eps or v, as the ESD authors' diffusers code
         # (esd_sd.py l. 191): at a fixed x_t, v is affine in eps with one offset for both
         # prompts, so the negative guidance is the same edit up to a scale.
@@ -260,6 +261,13 @@ def esd(
         if checkpoint and every and done % every == 0 and done < settings.iterations:
             checkpoint.save(done, params, optimizer, [generator], losses)
     return {name: param.detach() for name, param in params.items()}, losses
+
+
+def _sized(components: Components, cond: Conditioning, resolution: int) -> Conditioning:
+    """`cond` with the size conditioning of `resolution`-pixel images (for SDXL, as the ESD
+    authors' esd_sdxl.py passes (height, width), (0, 0), (height, width))."""
+    size = (resolution, resolution)
+    return components.conditioner.sized(cond, [size] * len(cond), size).to(components.unet.device)
 
 
 def _last_token(components: Components, text: str) -> int:
@@ -298,14 +306,14 @@ def uce(
         preserve_scale = max(0.1, 1 / len(preserve))
     length = components.tokenizer.model_max_length
     erase_keys, guide_keys = [], []
-    guide = encode_text(components, [settings.guide])[0].double()
+    guide = components.encode([settings.guide]).hidden[0].double()
     guide_last = _last_token(components, settings.guide)
-    for text, emb in zip(erase, encode_text(components, list(erase)).double(), strict=True):
+    for text, emb in zip(erase, components.encode(list(erase)).hidden.double(), strict=True):
         last = _last_token(components, text)
         farthest = max(last, guide_last)
         erase_keys.append(emb[last : length - (farthest - last)])
         guide_keys.append(guide[guide_last : length - (farthest - guide_last)])
-    preserve_keys = encode_text(components, preserve).double().reshape(-1, guide.shape[-1])
+    preserve_keys = components.encode(preserve).hidden.double().reshape(-1, guide.shape[-1])
     k_erase = torch.cat(erase_keys)
     k_guide = torch.cat(guide_keys)
     params = dict(components.unet.named_parameters())
@@ -345,7 +353,7 @@ def erasure_scores(
     unet = components.unet
     device = unet.device
     prompts = [settings.check_prompt.format(name=n) for n in class_names] + [""]
-    context = encode_text(components, prompts).to(unet.dtype)
+    context = _sized(components, components.encode(prompts), resolution).to(dtype=unet.dtype)
     latent = resolution // components.vae_scale_factor
     g = torch.Generator().manual_seed(derive_seed("erasure-check", settings.seed))
     probes = torch.randn((CHECK_PROBES, unet.config.in_channels, latent, latent), generator=g)
@@ -360,7 +368,7 @@ def erasure_scores(
             chunk = todo[start : start + settings.batch_size]
             x = probes[[p for p, _, _ in chunk]].to(device, unet.dtype)
             t = torch.tensor([s for _, s, _ in chunk], device=device)
-            pred = unet(x, t, context[[c for _, _, c in chunk]]).sample
+            pred = unet(x, t, **context[[c for _, _, c in chunk]].unet_kwargs()).sample
             out.append(pred.float().cpu())
         per = len(steps) * CHECK_PROBES
         return torch.cat(out).view(len(cls_indices), per, -1)

@@ -37,7 +37,7 @@ from ..jobs.devices import halve_on_oom
 from ..jobs.io import resume_key
 from ..jobs.seeds import derive_seed
 from ..settings import InversionSettings, ModelSettings
-from .models import Components, encode_text
+from .models import Components
 from .tokens import add_to_tokenizer, expand
 
 log = logging.getLogger(__name__)
@@ -292,6 +292,8 @@ class _Trainer:
         self.device = components.unet.device
         self.noise_scheduler = DDPMScheduler.from_config(components.scheduler.config)
         self.means, self.stds = latent_distributions(components, images, resolution, settings.flip)
+        self.sizes = [image.size[::-1] for image in images]  # (height, width): SDXL's time ids
+        self.resolution = resolution
         labels = torch.as_tensor(list(labels))
         self.members = [torch.nonzero(labels == c).flatten() for c in range(len(tokens))]
         for token, idx in zip(tokens, self.members, strict=True):
@@ -363,7 +365,14 @@ class _Trainer:
             self.c.vae.config.scaling_factor
         )
         prompts = [self.prompts[c][i] for i in template.tolist()]
-        return {"latents": latents, "noise": noise, "t": t, "prompts": prompts}
+        original = [self.sizes[i] for i in pick.tolist()]
+        return {
+            "latents": latents,
+            "noise": noise,
+            "t": t,
+            "prompts": prompts,
+            "original": original,
+        }
 
     def class_losses(self, draws: list[dict]) -> torch.Tensor:
         """Mean loss of each class in `draws`: [len(draws)]."""
@@ -371,15 +380,16 @@ class _Trainer:
             k: torch.cat([d[k] for d in draws]).to(self.device) for k in ("latents", "noise", "t")
         }
         unet = self.c.unet
+        conditioner = self.c.conditioner
         with torch.autocast(self.device.type, dtype=unet.dtype, enabled=self.autocast):
-            hidden = encode_text(self.c, [p for d in draws for p in d["prompts"]])
+            cond = self.c.encode([p for d in draws for p in d["prompts"]])
+        original = [size for d in draws for size in d["original"]]
+        cond = conditioner.sized(cond, original, (self.resolution, self.resolution))
         sched = self.noise_scheduler
         noisy = sched.add_noise(cat["latents"], cat["noise"], cat["t"])
-        pred = unet(noisy.to(unet.dtype), cat["t"], hidden.to(unet.dtype)).sample.float()
-        if sched.config.prediction_type == "v_prediction":
-            target = sched.get_velocity(cat["latents"], cat["noise"], cat["t"])
-        else:
-            target = cat["noise"]
+        kwargs = cond.to(unet.dtype).unet_kwargs()
+        pred = unet(noisy.to(unet.dtype), cat["t"], **kwargs).sample.float()
+        target = conditioner.loss_target(sched, cat["latents"], cat["noise"], cat["t"])
         per_sample = F.mse_loss(pred, target.float(), reduction="none").mean(dim=(1, 2, 3))
         return per_sample.view(len(draws), self.settings.batch_size).mean(dim=1)
 

@@ -1,4 +1,4 @@
-"""Loading Stable Diffusion components through one code path for every source.
+"""Loading diffusers components through one code path for every source and family.
 
 `pretrained` is a local diffusers directory (the embedded tiny model is one) or a hub id
 such as `CompVis/stable-diffusion-v1-4`, read from the local Hugging Face cache only:
@@ -14,85 +14,102 @@ from pathlib import Path
 import torch
 
 from ..settings import UNSEEDABLE_SCHEDULERS
+from .families import conditioner, model_family
+from .families.conditioning import Conditioner, Conditioning
 
 
 @dataclass
 class Components:
-    """The parts of a Stable Diffusion checkpoint the stages use."""
+    """The parts of a diffusers checkpoint the stages use, and how its family conditions the
+    UNet (`conditioner`; SDXL's second tokenizer and text encoder, None for SD 1.x/2.x)."""
 
     tokenizer: object
     text_encoder: torch.nn.Module
     vae: torch.nn.Module
     unet: torch.nn.Module
     scheduler: object
+    conditioner: Conditioner
+    tokenizer_2: object | None = None
+    text_encoder_2: torch.nn.Module | None = None
 
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
+    @property
+    def text_encoders(self) -> list[tuple[object, torch.nn.Module]]:
+        """The (tokenizer, text encoder) pairs a prompt goes through."""
+        return self.conditioner.text_encoders(self)
 
-def encode_text(components: Components, prompts: Sequence[str]) -> torch.Tensor:
-    """The UNet's text conditioning: prompts padded to the tokenizer's length, then encoded.
-
-    Gradients flow (textual inversion trains the token rows through it); inference callers
-    wrap it in `torch.no_grad`.
-    """
-    ids = tokenize(components.tokenizer, prompts)
-    return components.text_encoder(ids.to(components.text_encoder.device))[0]
+    def encode(self, prompts: Sequence[str]) -> Conditioning:
+        """The UNet's conditioning for `prompts` (the family's `Conditioner.encode`)."""
+        return self.conditioner.encode(self, prompts)
 
 
-def tokenize(tokenizer, prompts: Sequence[str]) -> torch.Tensor:
-    """Token ids padded to the tokenizer's length, as Stable Diffusion's pipelines pad."""
-    return tokenizer(
-        list(prompts),
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
+def model_folder(pretrained: str) -> Path:
+    """The folder holding `pretrained`: itself, or its snapshot in the local Hugging Face
+    cache (never downloaded)."""
+    if Path(pretrained).is_dir():
+        return Path(pretrained)
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(pretrained, "model_index.json")
+    if not isinstance(cached, str):
+        raise OSError(
+            f"cannot load the model '{pretrained}' (config key 'model.pretrained'): it is not "
+            f"in the local Hugging Face cache; download it once with `hf download {pretrained}` "
+            "on a machine with internet and copy the cache over"
+        )
+    return Path(cached).parent
 
 
 def load_components(pretrained: str, device: torch.device, dtype: torch.dtype) -> Components:
-    """Load tokenizer, text encoder, VAE, UNet and scheduler, frozen, in eval mode."""
+    """Load tokenizers, text encoders, VAE, UNet and scheduler, frozen, in eval mode."""
     import diffusers
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    local = Path(pretrained).is_dir()
-    kwargs = {} if local else {"local_files_only": True}
+    folder = model_folder(pretrained)
+    family = model_family(folder)
+    sdxl = family.name == "sdxl"
     try:
-        tokenizer = CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer", **kwargs)
+        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
         text_encoder = CLIPTextModel.from_pretrained(
-            pretrained, subfolder="text_encoder", use_safetensors=True, **kwargs
+            folder, subfolder="text_encoder", use_safetensors=True
         )
+        extra = {}
+        if sdxl:
+            extra["tokenizer_2"] = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2")
+            extra["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(
+                folder, subfolder="text_encoder_2", use_safetensors=True
+            )
         # Cast while loading: diffusers' ModelMixin.to(dtype) logs a warning on every call.
         vae = AutoencoderKL.from_pretrained(
-            pretrained, subfolder="vae", use_safetensors=True, torch_dtype=dtype, **kwargs
+            folder, subfolder="vae", use_safetensors=True, torch_dtype=dtype
         )
         unet = UNet2DConditionModel.from_pretrained(
-            pretrained, subfolder="unet", use_safetensors=True, torch_dtype=dtype, **kwargs
+            folder, subfolder="unet", use_safetensors=True, torch_dtype=dtype
         )
         # Any scheduler class reads the JSON; the checkpoint's own class is then built from it.
-        config = DDPMScheduler.load_config(pretrained, subfolder="scheduler", **kwargs)
+        config = DDPMScheduler.load_config(folder, subfolder="scheduler")
     except OSError as exc:
-        fix = (
-            "check that the directory holds tokenizer/, text_encoder/, vae/, unet/ and "
-            "scheduler/ with safetensors weights (as save_pretrained writes them)"
-            if local
-            else f"download it once with `hf download {pretrained}` on a machine with internet "
-            "and copy the Hugging Face cache over"
-        )
+        parts = "tokenizer/, text_encoder/, vae/, unet/"
+        if sdxl:
+            parts += ", tokenizer_2/, text_encoder_2/"
         raise OSError(
-            f"cannot load the Stable Diffusion model '{pretrained}' (config key "
-            f"'model.pretrained'): {fix}. Cause: {exc}"
+            f"cannot load the model '{pretrained}' (config key 'model.pretrained'): check "
+            f"that {folder} holds {parts} and scheduler/ with safetensors weights (as "
+            f"save_pretrained writes them). Cause: {exc}"
         ) from exc
     scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
-    text_encoder.to(dtype=dtype)
-    for module in (text_encoder, vae, unet):
+    encoders = [text_encoder, *([extra["text_encoder_2"]] if sdxl else [])]
+    for encoder in encoders:
+        encoder.to(dtype=dtype)
+    for module in (*encoders, vae, unet):
         module.requires_grad_(False)
         module.eval()
         module.to(device=device)
-    return Components(tokenizer, text_encoder, vae, unet, scheduler)
+    return Components(tokenizer, text_encoder, vae, unet, scheduler, conditioner(family), **extra)
 
 
 def load_safety_checker(pretrained: str, device: torch.device, dtype: torch.dtype):

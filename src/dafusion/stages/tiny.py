@@ -15,6 +15,7 @@ parameter is overwritten with draws from a generator seeded by its name (`reinit
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -108,8 +109,8 @@ def build_tokenizer(workdir: Path):
 
 def canonical_name(component: str, name: str) -> str:
     """A parameter's name as every library version spells it: transformers 5 dropped the
-    `text_model.` level of CLIPTextModel, so the text encoder's names are taken without it."""
-    return name.removeprefix("text_model.") if component == "text_encoder" else name
+    `text_model.` level of CLIPTextModel, so the text encoders' names are taken without it."""
+    return name.removeprefix("text_model.") if component.startswith("text_encoder") else name
 
 
 def _uniform(seed: int, shape: torch.Size, bound: float) -> torch.Tensor:
@@ -192,45 +193,10 @@ def weights_digest(model_dir: str | Path) -> str:
     return digest.hexdigest()
 
 
-def build_tiny_pipeline(seed: int = 0, resolution: int = 32):
-    """Assemble the tiny StableDiffusionPipeline with weights drawn from `seed`.
+def _tiny_text_config(tokenizer, hidden: int, projection: int | None = None):
+    from transformers import CLIPTextConfig
 
-    The libraries' own init runs on the global generator and is then overwritten whole, so
-    nothing of it survives (tests/unit/stages/test_tiny.py checks two builds are byte-identical)."""
-    from diffusers import (
-        AutoencoderKL,
-        PNDMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = build_tokenizer(Path(tmp))
-    hidden = 32
-    unet = UNet2DConditionModel(
-        sample_size=resolution // 2,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,  # one block per level: half the UNet work of two
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=hidden,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        sample_size=resolution,
-        norm_num_groups=32,
-    )
-    text_config = CLIPTextConfig(
+    return CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         intermediate_size=37,
@@ -241,10 +207,99 @@ def build_tiny_pipeline(seed: int = 0, resolution: int = 32):
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **({"projection_dim": projection} if projection else {}),
     )
-    text_encoder = CLIPTextModel(text_config)
-    for component, model in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
+
+
+def build_tiny_pipeline(seed: int = 0, resolution: int = 32, family: str = "stable-diffusion"):
+    """Assemble the tiny StableDiffusionPipeline (or, for `family` 'sdxl', the tiny
+    StableDiffusionXLPipeline) with weights drawn from `seed`.
+
+    The SDXL one is built as diffusers' own SDXL tests build theirs: two CLIP text encoders
+    (the second with a projection, whose pooled output and the six size ids feed the UNet's
+    `text_time` added embedding), their hidden states concatenated as the cross-attention
+    context, SDXL's Euler scheduler and VAE scaling factor.
+
+    The libraries' own init runs on the global generator and is then overwritten whole, so
+    nothing of it survives (tests/unit/stages/test_tiny.py checks two builds are byte-identical)."""
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    if family not in ("stable-diffusion", "sdxl"):
+        raise ValueError(f"tiny model: unknown family '{family}'")
+    sdxl = family == "sdxl"
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = build_tokenizer(Path(tmp))
+    hidden = 32
+    added = (
+        {
+            "addition_embed_type": "text_time",
+            "addition_time_embed_dim": 8,
+            "projection_class_embeddings_input_dim": 6 * 8 + hidden,
+            "use_linear_projection": True,
+        }
+        if sdxl
+        else {}
+    )
+    unet = UNet2DConditionModel(
+        sample_size=resolution // 2,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,  # one block per level: half the UNet work of two
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=2 * hidden if sdxl else hidden,
+        attention_head_dim=8,
+        norm_num_groups=32,
+        **added,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        sample_size=resolution,
+        norm_num_groups=32,
+        **({"scaling_factor": 0.13025} if sdxl else {}),  # SDXL's VAE's
+    )
+    text_encoder = CLIPTextModel(_tiny_text_config(tokenizer, hidden))
+    models = {"unet": unet, "vae": vae, "text_encoder": text_encoder}
+    if sdxl:
+        models["text_encoder_2"] = CLIPTextModelWithProjection(
+            _tiny_text_config(tokenizer, hidden, projection=hidden)
+        )
+    for component, model in models.items():
         reinitialize(model, component, seed)
+    if sdxl:
+        # stabilityai/stable-diffusion-xl-base-1.0's scheduler configuration.
+        scheduler = EulerDiscreteScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            num_train_timesteps=1000,
+            steps_offset=1,
+            timestep_spacing="leading",
+        )
+        return StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=models["text_encoder_2"],
+            tokenizer=tokenizer,
+            tokenizer_2=copy.deepcopy(tokenizer),
+            unet=unet,
+            scheduler=scheduler,
+            force_zeros_for_empty_prompt=True,
+        )
     # Stable Diffusion v1-4's own scheduler configuration.
     scheduler = PNDMScheduler(
         beta_start=0.00085,
@@ -267,9 +322,12 @@ def build_tiny_pipeline(seed: int = 0, resolution: int = 32):
     )
 
 
-def save_tiny_model(output_dir: str | Path, seed: int = 0, resolution: int = 32) -> None:
+def save_tiny_model(
+    output_dir: str | Path, seed: int = 0, resolution: int = 32, family: str = "stable-diffusion"
+) -> None:
     """Build the tiny model and save it as a diffusers directory (safetensors weights)."""
-    build_tiny_pipeline(seed, resolution).save_pretrained(str(output_dir), safe_serialization=True)
+    pipe = build_tiny_pipeline(seed, resolution, family)
+    pipe.save_pretrained(str(output_dir), safe_serialization=True)
 
 
 def sd_v1_unet():

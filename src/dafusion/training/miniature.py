@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..data.readers.folders import DIGIT_NAMES
 from ..shipped import MINIATURE, MINIATURE_RESOLUTION
-from ..stages.models import tokenize
+from ..stages.families.conditioning import tokenize
 
 log = logging.getLogger(__name__)
 

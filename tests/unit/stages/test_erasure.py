@@ -29,6 +29,7 @@ from dafusion.settings import (
     ModelSettings,
 )
 from dafusion.stages.deltas import DeltaSwitch, delta_path, load_delta, save_delta
+from dafusion.stages.families.conditioning import Conditioning
 from dafusion.stages.erasure import (
     TRAIN_METHODS,
     cross_attention_projections,
@@ -196,7 +197,8 @@ class _FakeUNet(torch.nn.Module):
     def device(self) -> torch.device:
         return self.w.device
 
-    def forward(self, x, t, context):
+    def forward(self, x, t, encoder_hidden_states):
+        context = encoder_hidden_states
         return SimpleNamespace(sample=self.w * x + context.mean(dim=(1, 2)).view(-1, 1, 1, 1))
 
 
@@ -252,7 +254,7 @@ def test_x_t_is_sampled_down_the_esd_code_ddim_steps_for_every_t_enc(components,
     alphas = components.scheduler.alphas_cumprod
     unet = _FakeUNet(w=0.0)
     calls = _record(unet)
-    zero = torch.zeros(1, 77, 8)
+    zero = Conditioning(torch.zeros(1, 77, 8))
     x = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(0))
     counts = set()
     for t_enc in range(ddim_steps):
@@ -348,8 +350,9 @@ def test_one_ddim_step_is_the_ldm_update(components, ddim_steps, t_enc, guidance
     x = torch.randn(1, 4, 3, 3, generator=g)
     cond, uncond = torch.randn(1, 77, 8, generator=g), torch.randn(1, 77, 8, generator=g)
     z = sample_until(
-        unet, components.scheduler.alphas_cumprod, x, t_enc, ddim_steps, cond, uncond, guidance
-    )
+        unet, components.scheduler.alphas_cumprod, x, t_enc, ddim_steps, Conditioning(cond),
+        Conditioning(uncond), guidance,
+    )  # fmt: skip
     assert len(calls) == 1 and calls[0][2] == (1 if guidance == 1 else 2)
     ddim = np.asarray(list(range(0, 1000, 1000 // ddim_steps))) + 1
     index = len(ddim) - 2
@@ -660,8 +663,8 @@ class _VelocityOf(torch.nn.Module):
     def dtype(self) -> torch.dtype:
         return self.eps_model.dtype
 
-    def forward(self, x, t, context):
-        eps = self.eps_model(x, t, context).sample
+    def forward(self, x, t, encoder_hidden_states):
+        eps = self.eps_model(x, t, encoder_hidden_states).sample
         a = self.alphas[t]
         x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
         return SimpleNamespace(sample=a.sqrt() * eps - (1 - a).sqrt() * x0)
@@ -675,8 +678,8 @@ def test_esds_sampler_reads_a_v_prediction_models_output_as_the_same_x0(componen
     alphas = components.scheduler.alphas_cumprod.double()
     eps_model = _FakeUNet(w=0.3).double()
     x = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(0)).double()
-    cond = torch.full((1, 77, 8), 0.2).double()
-    uncond = torch.zeros(1, 77, 8).double()
+    cond = Conditioning(torch.full((1, 77, 8), 0.2).double())
+    uncond = Conditioning(torch.zeros(1, 77, 8).double())
     for t_enc in (0, 3, 9):
         by_eps = sample_until(eps_model, alphas, x, t_enc, 10, cond, uncond, guidance)
         by_v = sample_until(

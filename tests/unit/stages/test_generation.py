@@ -14,7 +14,8 @@ from dafusion.data.images import encode_png, load_image
 from dafusion.jobs.seeds import derive_seed
 from dafusion.settings import GenerationSettings
 from dafusion.stages.generation import Engine, denoising_timesteps, encode_images, sdedit
-from dafusion.stages.models import encode_text, scheduler_from_name
+from dafusion.stages.families.conditioning import Conditioning
+from dafusion.stages.models import scheduler_from_name
 from dafusion.stages.synthetic import variant_plan
 
 
@@ -46,8 +47,8 @@ def test_image_is_inserted_with_eq5_noise(components, manifest):
     S, t0, seed = 10, 0.5, 1234
     image = load_image(manifest.iloc[0].to_dict())
     means, stds = encode_images(components, [image], 32, 1)
-    cond = encode_text(components, ["a photo of a zero"])
-    uncond = encode_text(components, [""])
+    cond = components.encode(["a photo of a zero"])
+    uncond = components.encode([""])
     seen = {}
 
     class Recorder(type(components.scheduler)):
@@ -207,8 +208,8 @@ def _assert_matches_img2img(components, model_dir, manifest, stochastic):
             scheduler,
             means,
             stds,
-            encode_text(components, prompts),
-            encode_text(components, [""]).expand(3, -1, -1),
+            components.encode(prompts),
+            components.encode([""]).expand(3),
             [torch.Generator().manual_seed(s) for s in seeds],
             t0s,
             GenerationSettings(num_inference_steps=S, guidance_scale=scale),
@@ -282,8 +283,8 @@ def test_masked_generation_matches_diffusers_inpainting(
             components.scheduler,
             means,
             stds,
-            encode_text(components, ["a photo of a zero"]),
-            encode_text(components, [""]),
+            components.encode(["a photo of a zero"]),
+            components.encode([""]),
             [torch.Generator().manual_seed(5)],
             t0,
             GenerationSettings(num_inference_steps=10, guidance_scale=7.5),
@@ -331,8 +332,8 @@ def test_a_masked_batch_of_mixed_strengths_equals_each_sample_alone(
     scheduler = _euler_ancestral(components) if stochastic else components.scheduler
     images = [load_image(r) for r in manifest.to_dict("records")]
     means, stds = encode_images(components, images, 32, 8)
-    cond = encode_text(components, [f"a photo of a {n}" for n in manifest["class_name"]])
-    uncond = encode_text(components, [""]).expand(3, -1, -1)
+    cond = components.encode([f"a photo of a {n}" for n in manifest["class_name"]])
+    uncond = components.encode([""]).expand(3)
     masks = torch.zeros(3, 1, 16, 16)
     masks[:, :, 4:12, 2:10] = 1
     t0s, seeds = [0.5, 1.0, 0.25], [7, 8, 9]
@@ -449,7 +450,9 @@ def test_the_denoising_loop_never_waits_for_the_device(components, name, copies)
     components.vae.decoder.register_forward_pre_hook(lambda *_: events.append("decode"))
     means = torch.empty(3, 4, 16, 16, device="meta")
     masks = torch.empty(3, 1, 16, 16, device="meta")
-    text = torch.empty(3, 77, components.unet.config.cross_attention_dim, device="meta")
+    text = Conditioning(
+        torch.empty(3, 77, components.unet.config.cross_attention_dim, device="meta")
+    )
     settings = GenerationSettings(num_inference_steps=4, guidance_scale=7.5)
     for rows in (None, 5):
         events.clear()

@@ -437,7 +437,7 @@ def test_a_v_prediction_model_learns_against_the_velocity(tiny_dir, digits, tmp_
     the prediction type"), written out here independently of the trainer."""
     import torch.nn.functional as F
 
-    from dafusion.stages.models import encode_text, load_components
+    from dafusion.stages.models import load_components
 
     folder = relabelled_model(tiny_dir, tmp_path / "v-prediction", prediction_type="v_prediction")
     components = load_components(str(folder), torch.device("cpu"), torch.float32)
@@ -450,7 +450,7 @@ def test_a_v_prediction_model_learns_against_the_velocity(tiny_dir, digits, tmp_
         expected = []
         for d in draws:
             noisy = scheduler.add_noise(d["latents"], d["noise"], d["t"])
-            hidden = encode_text(components, d["prompts"])
+            hidden = components.encode(d["prompts"]).hidden
             pred = components.unet(noisy, d["t"], hidden).sample
             velocity = scheduler.get_velocity(d["latents"], d["noise"], d["t"])
             expected.append(F.mse_loss(pred.float(), velocity.float()))
