@@ -29,7 +29,6 @@ from dafusion.settings import (
     ModelSettings,
 )
 from dafusion.stages.deltas import DeltaSwitch, delta_path, load_delta, save_delta
-from dafusion.stages.families.conditioning import Conditioning
 from dafusion.stages.erasure import (
     TRAIN_METHODS,
     cross_attention_projections,
@@ -42,6 +41,7 @@ from dafusion.stages.erasure import (
     trained_names,
     uce,
 )
+from dafusion.stages.families.conditioning import Conditioning
 from dafusion.stages.inversion import learn_tokens
 from dafusion.stages.models import load_components
 from dafusion.stages.tiny import sd_v1_unet

@@ -13,8 +13,8 @@ from dafusion.data.datasets import few_shot
 from dafusion.data.images import encode_png, load_image
 from dafusion.jobs.seeds import derive_seed
 from dafusion.settings import GenerationSettings
-from dafusion.stages.generation import Engine, denoising_timesteps, encode_images, sdedit
 from dafusion.stages.families.conditioning import Conditioning
+from dafusion.stages.generation import Engine, denoising_timesteps, encode_images, sdedit
 from dafusion.stages.models import scheduler_from_name
 from dafusion.stages.synthetic import variant_plan
 
