@@ -6,6 +6,11 @@
 #
 #   benchmarks/gpu.sh OUT           # GPU: SD v1.4's architecture, random weights, 512 px
 #   benchmarks/gpu.sh --tiny OUT    # CPU smoke run of the same commands at toy sizes
+#   benchmarks/gpu.sh --sdxl OUT    # GPU: SDXL base's architecture at 1024 px, on its own
+#                                   # (another 8 minutes): the engine against batched
+#                                   # diffusers, images/s and peak memory, the UNet and VAE
+#                                   # alone at batch 1, 4, 8 (benchmarks/sdxl.py)
+#   benchmarks/gpu.sh --tiny --sdxl OUT   # CPU smoke run of that one
 #   python -m dafusion.workflow.estimate config/paper.yaml --costs OUT/costs.json
 #
 # OUT gets costs.json, one log per benchmark and estimate.md; the random model they share is
@@ -16,12 +21,16 @@
 # are installed into /tmp/site first. Run from the repository's root.
 set -euo pipefail
 
-tiny=false
-if [[ "${1:-}" == "--tiny" ]]; then
-    tiny=true
+tiny=false sdxl=false
+while [[ "${1:-}" == --* ]]; do
+    case "$1" in
+        --tiny) tiny=true ;;
+        --sdxl) sdxl=true ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
     shift
-fi
-out="${1:?usage: benchmarks/gpu.sh [--tiny] OUT}"
+done
+out="${1:?usage: benchmarks/gpu.sh [--tiny] [--sdxl] OUT}"
 python="${PYTHON:-python3}"
 mkdir -p "$out"
 costs="$out/costs.json"
@@ -58,6 +67,21 @@ run() {
         echo "== $name: FAILED or over its $limit s after $((SECONDS - start)) s"
     fi
 }
+
+if $sdxl; then
+    # The random SDXL (7 GB in float16) is written once to $SDXL_DIR; its first run spends
+    # a minute or two writing it, within the limit.
+    if $tiny; then
+        sdxl_args=(--model-dir "${SDXL_DIR:-/tmp/dafusion-tiny-sdxl}" --images 2 --steps 4
+            --batch-size 4 --alone-batches 1,2)
+    else
+        sdxl_args=(--full-size --model-dir "${SDXL_DIR:-/tmp/dafusion-sdxl}" --dtype float16
+            --images 4 --num-synthetic 2 --steps 30 --batch-size 8 --alone-batches 1,4,8)
+    fi
+    run sdxl 420 benchmarks/sdxl.py "${sdxl_args[@]}" --costs "$costs"
+    echo "== $SECONDS s in all"
+    exit 0
+fi
 
 run generation 150 benchmarks/generation.py "${size[@]}" "${model[@]}" "${generation[@]}" \
     --skip-compiled --skip-per-image --costs "$costs"

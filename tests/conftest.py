@@ -70,6 +70,16 @@ def tiny_dir(tmp_path_factory):
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory):
+    """The tiny random SDXL (`model.pretrained: tiny-sdxl`) as a diffusers directory."""
+    from dafusion.stages.tiny import save_tiny_model
+
+    path = tmp_path_factory.mktemp("model") / "tiny-sdxl"
+    save_tiny_model(path, family="sdxl")
+    return str(path)
+
+
 @pytest.fixture
 def components(tiny_dir):
     """Fresh components per test: inversion and token loading modify the tokenizer."""

@@ -25,6 +25,7 @@ from .settings import (
     ErasureSettings,
     GenerationSettings,
     InversionSettings,
+    LoraSettings,
     MethodSettings,
     ModelSettings,
 )
@@ -46,7 +47,7 @@ def _load(model: ModelSettings, model_dir: str | None):
     dtype = resolve_dtype(model.dtype, device)
     source = _model_source(model, model_dir)
     log.info("loading %s on %s (%s)", source, device, dtype)
-    return load_components(source, device, dtype)
+    return load_components(source, device, dtype, vae=model.vae)
 
 
 def _delta_of(deltas: Mapping, name: str):
@@ -59,11 +60,12 @@ def _delta_of(deltas: Mapping, name: str):
     return deltas[name]
 
 
-def build_tiny_model(output_dir: str, resolution: int) -> None:
+def build_tiny_model(output_dir: str, name: str, resolution: int) -> None:
+    from .settings import EMBEDDED_FAMILIES
     from .stages.tiny import save_tiny_model
 
-    save_tiny_model(output_dir, resolution=resolution)
-    log.info("tiny Stable Diffusion written to %s", output_dir)
+    save_tiny_model(output_dir, resolution=resolution, family=EMBEDDED_FAMILIES[name])
+    log.info("%s (random weights, %d px) written to %s", name, resolution, output_dir)
 
 
 def place_shipped(name: str, output_dir: str) -> None:
@@ -208,8 +210,9 @@ def invert(
     the UNet with that class erased, as the paper's model-centric leakage prevention does.
 
     Writes the tokens file, optionally one single-key safetensors file per class (the form
-    diffusers' `load_textual_inversion(path)` and AUTOMATIC1111 read) and the loss curves.
-    A checkpoint beside the output lets a killed job resume; it is removed at the end.
+    diffusers' `load_textual_inversion(path)` and AUTOMATIC1111 read; on SDXL the common
+    `{"clip_l": rows, "clip_g": rows}` layout) and the loss curves. A checkpoint beside the
+    output lets a killed job resume; it is removed at the end.
     """
     import torch
 
@@ -217,20 +220,22 @@ def invert(
     from .data.manifest import class_names, file_stem, read_manifest
     from .stages.deltas import DeltaSwitch, class_deltas
     from .stages.inversion import learn_split, remove_checkpoints
-    from .stages.tokens import save_tokens
+    from .stages.tokens import class_file_tensors, file_tensors, save_tokens
 
     manifest = read_manifest(split_path)
     names = class_names(manifest)
     # UNet and VAE in inversion.mixed_precision's dtype (CUDA only), as accelerate's
     # --mixed_precision casts them in the original; the text encoder holds the trainable
-    # rows, so its weights stay in float32 and it runs under autocast (learn_tokens).
+    # rows, so its weights stay in float32 and it runs under autocast (learn_tokens);
+    # SDXL's second text encoder too.
     components = _load(model.replace(dtype=settings.weight_dtype), model_dir)
     if components.unet.dtype != getattr(torch, settings.weight_dtype):
         log.info(
             "inversion.mixed_precision %s applies on CUDA: float32 on %s",
             settings.mixed_precision, components.unet.device,
         )  # fmt: skip
-    components.text_encoder.to(torch.float32)
+    for _, encoder in components.text_encoders:
+        encoder.to(torch.float32)
     deltas = class_deltas(erasure_path) if erasure_path else {}
     switch = DeltaSwitch(components.unet)
     images = [load_image(r) for r in manifest.to_dict("records")]
@@ -245,12 +250,67 @@ def invert(
     if export_dir:
         folder = Path(export_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        for token, rows in result.tokens.items():
-            save_tokens(folder / f"{file_stem(token.strip('<>'))}.safetensors", {token: rows}, meta)
+        for token in result.tokens:
+            save_tokens(
+                folder / f"{file_stem(token.strip('<>'))}.safetensors",
+                class_file_tensors(result.encoders, token), meta,
+            )  # fmt: skip
     if loss_path:
         write_parquet(result.loss_table(names), loss_path)
-    save_tokens(output, result.tokens, meta)
+    save_tokens(output, file_tensors(result.encoders), meta)
     remove_checkpoints(output)
+
+
+def lora(
+    split_path: str,
+    model: ModelSettings,
+    inversion: InversionSettings,
+    settings: LoraSettings,
+    seed: int,
+    adapter_dir: str,
+    tokens_path: str,
+    loss_path: str,
+    model_dir: str | None = None,
+) -> None:
+    """Learn every class's token of the split jointly with one LoRA on the UNet's attention
+    (`learner: lora`, `dafusion.stages.lora`): the token rows follow `inversion` for
+    `settings.steps` steps.
+
+    Writes the adapter folder (diffusers' `load_lora_weights` layout), the tokens file (as
+    invert's) and the loss curves (invert's columns). A checkpoint beside the tokens file
+    lets a killed job resume; it is removed at the end.
+    """
+    import torch
+
+    from .data.images import load_image
+    from .data.manifest import class_names, read_manifest
+    from .stages.inversion import remove_checkpoints
+    from .stages.lora import save_adapter
+    from .stages.lora_learner import learn_split
+    from .stages.tokens import save_tokens
+
+    manifest = read_manifest(split_path)
+    names = class_names(manifest)
+    # As invert: UNet and VAE in inversion.mixed_precision's dtype on CUDA, the text
+    # encoder (holding the trainable rows) in float32; the LoRA's weights are float32.
+    components = _load(model.replace(dtype=inversion.weight_dtype), model_dir)
+    components.text_encoder.to(torch.float32)
+    images = [load_image(r) for r in manifest.to_dict("records")]
+    start = time.perf_counter()
+    result = learn_split(
+        components, manifest, images, model, inversion, settings, seed, tokens_path
+    )
+    log.info(
+        "learned a LoRA of rank %d with %d class tokens in %.1fs",
+        settings.rank, len(result.tokens), time.perf_counter() - start,
+    )  # fmt: skip
+    assert result.adapter is not None
+    save_adapter(adapter_dir, result.adapter)
+    write_parquet(result.loss_table(names), loss_path)
+    # The configured model name, never the folder it was read from: results are portable.
+    meta = {"classes": names, "model": str(model.pretrained), "seed": seed, "learner": "lora"}
+    save_tokens(tokens_path, result.tokens, meta)
+    remove_checkpoints(tokens_path)
 
 
 def generate(
@@ -267,6 +327,7 @@ def generate(
     tokens_path: str | None = None,
     threads: int = 2,
     erasure_path: str | None = None,
+    lora_path: str | None = None,
 ) -> None:
     """SDEdit part `part` of `parts` of a synthetic set: the WebDataset shards of its run of
     the plan (`synthetic.shard_ranges`), written beside `output` (the part's rows, which
@@ -274,8 +335,9 @@ def generate(
 
     Finished shards of a killed run are reused, also those a job with another number of
     parts wrote. With `erasure_path` (an eraser's check table) class c's images come from
-    the UNet with class c erased. A part beyond the set's shards (more parts than shards)
-    writes no rows and loads no model.
+    the UNet with class c erased; with `lora_path` (a lora job's adapter folder) the UNet
+    carries that LoRA. A part beyond the set's shards (more parts than shards) writes no
+    rows and loads no model.
     """
     from .data.manifest import class_names, read_manifest
     from .stages.deltas import class_deltas
@@ -300,7 +362,7 @@ def generate(
         erasure = {label: _delta_of(deltas, name) for label, name in enumerate(names) if deltas}
         job = set_job(
             _load(model, model_dir), manifest, model, set_name, method, settings, seed,
-            tokens_path, erasure, _model_source(model, model_dir),
+            tokens_path, erasure, _model_source(model, model_dir), lora_path=lora_path,
         )  # fmt: skip
         rows = job.write(Path(output).parent, shards, settings.workers or threads)
         job_fingerprint = job.fingerprint

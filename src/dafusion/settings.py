@@ -89,9 +89,22 @@ def _plain(value: Any) -> Any:
     return value
 
 
-# The models that need no download: `tiny` (random weights, built by a job at any
-# resolution) and `tiny-digits` (trained on typeset digits, shipped in the package at 16 px).
-EMBEDDED_MODELS = ("tiny", "tiny-digits")
+# The models that need no download, and their family (dafusion.stages.families): `tiny` and
+# `tiny-sdxl` (random weights, built by a job at any resolution) and `tiny-digits` (trained on
+# typeset digits, shipped in the package at 16 px).
+EMBEDDED_FAMILIES = {
+    "tiny": "stable-diffusion",
+    "tiny-digits": "stable-diffusion",
+    "tiny-sdxl": "sdxl",
+}
+EMBEDDED_MODELS = tuple(EMBEDDED_FAMILIES)
+# The embedded models a job builds from random weights (`model/{name}-{resolution}px`).
+BUILT_MODELS = ("tiny", "tiny-sdxl")
+
+
+# `model.vae`'s values besides a VAE's folder or hub id: the checkpoint's own VAE as its
+# family's pipelines run it, or the checkpoint's own always in float32.
+VAE_CHECKPOINT, VAE_FLOAT32 = "checkpoint", "float32"
 
 
 @dataclass(frozen=True)
@@ -102,17 +115,32 @@ class ModelSettings(Settings):
     floating-point noise (errors compound over the denoising steps). On a CPU every dtype
     computes in float32, so there it changes nothing but still reruns. Inversion and erasure
     train in their own precision (`inversion.mixed_precision`, `erasure.precision`).
+
+    `vae` (a result setting) is the VAE that encodes and decodes images: `checkpoint`, the
+    checkpoint's own; `float32`, the checkpoint's own always in float32; or the local
+    folder or hub id of another VAE (e.g. `madebyollin/sdxl-vae-fp16-fix`). Otherwise a VAE
+    runs in `dtype`, except as diffusers' SDXL pipelines run one: in float32 under float16
+    when its config sets `force_upcast` (SDXL base's, which overflows in float16)
+    (`dafusion.stages.models.load_vae`). The default is left out of the params, so the jobs
+    of a config without the key keep their params.
     """
 
     pretrained: str
     dtype: str = "float32"
     resolution: int = 512
+    vae: str = VAE_CHECKPOINT
     device: str = knob("auto")
 
     @property
     def embedded(self) -> bool:
         """One of the models that come with the workflow (`EMBEDDED_MODELS`)."""
         return self.pretrained in EMBEDDED_MODELS
+
+    def result_params(self) -> dict[str, Any]:
+        params = super().result_params()
+        if self.vae == VAE_CHECKPOINT:
+            del params["vae"]  # the jobs' params as before the setting existed
+        return params
 
 
 @dataclass(frozen=True)
@@ -166,6 +194,38 @@ class InversionSettings(Settings):
         return self.learning_rate * (self.batch_size if self.scale_lr else 1)
 
 
+# The attention projections a LoRA adapts by default: diffusers' train_dreambooth_lora.py
+# (l. 945, the SD UNet's `to_k`, `to_q`, `to_v`, `to_out.0`; its `add_k_proj`/`add_v_proj`
+# exist only in other UNets) and Diff-Mix's LoRA on every attention processor.
+LORA_PROJECTIONS = ("to_k", "to_q", "to_v", "to_out.0")
+
+
+@dataclass(frozen=True)
+class LoraSettings(Settings):
+    """`lora:` the LoRA learner (a method's `learner: lora`): one LoRA on the UNet's
+    attention projections, learned per split jointly with the class tokens, whose rows
+    follow `inversion:` (docs/models.md, Learners).
+
+    Defaults: rank 10 and the constant learning rate 1e-4 of Diff-Mix (scripts/finetune.sh
+    `--rank=10`; train_lora.py's `--learning_rate` default, l. 240-242); alpha = rank, the
+    AdamW weight decay 1e-2 and the gradient clipping at 1.0 of diffusers'
+    train_dreambooth_lora.py (l. 942, 433, 435) and Diff-Mix alike; steps as inversion's.
+    """
+
+    rank: int = 10
+    alpha: int | None = None
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0
+    steps: int = 1000
+    projections: tuple[str, ...] | list[str] = LORA_PROJECTIONS
+
+    @property
+    def scale_alpha(self) -> int:
+        """peft's `lora_alpha`: `alpha`, or the rank (scale 1) when unset."""
+        return self.rank if self.alpha is None else self.alpha
+
+
 @dataclass(frozen=True)
 class MethodSettings(Settings):
     """One `methods:` entry: a baseline, or SDEdit with a prompt and t0 values."""
@@ -176,6 +236,7 @@ class MethodSettings(Settings):
     mask: str = "none"
     mask_dilation: int = 16
     erased: bool = False
+    learner: str = "textual_inversion"
     datasets: tuple[str, ...] | list[str] | None = layout(default=None)
     dataset_prompts: Mapping[str, str] = layout(default_factory=dict)
     figures: tuple[str | int, ...] | list[str | int] = layout(default=())
@@ -202,12 +263,20 @@ class MethodSettings(Settings):
         """Whether the method generates images (a baseline trains on real images only)."""
         return self.kind != "baseline"
 
+    @property
+    def uses_lora(self) -> bool:
+        """Whether the method's class tokens come with a LoRA (`learner: lora`): only where
+        its prompt uses the tokens; elsewhere the learner has no effect."""
+        return self.uses_tokens and self.learner == "lora"
+
     def result_params(self) -> dict[str, Any]:
         params = super().result_params()
         if self.mask == "none":
             del params["mask_dilation"]  # read only by masked generation
         if not self.erased:
             del params["erased"]  # the erasure reaches erased methods' jobs as an input file
+        if not self.uses_lora:
+            del params["learner"]  # textual inversion's params (and sets) as before learners
         return params
 
 
@@ -287,6 +356,9 @@ class GenerationSettings(Settings):
     workers: int | None = knob(None)
     compile: bool = knob(False)
     parts: int = knob(1)
+    # The VAE one image at a time (its peak memory one image's, not a batch's): the same
+    # images up to float noise, as another batch_size gives. Not tiling, which changes them.
+    vae_slicing: bool = knob(False)
 
     def result_params(self) -> dict[str, Any]:
         params = super().result_params()
@@ -403,6 +475,7 @@ SECTIONS: dict[str, type[Settings]] = {
     "model": ModelSettings,
     "datasets": DatasetSettings,
     "inversion": InversionSettings,
+    "lora": LoraSettings,
     "methods": MethodSettings,
     "erasure": ErasureSettings,
     "generation": GenerationSettings,

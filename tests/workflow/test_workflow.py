@@ -6,6 +6,7 @@ developer would and check which jobs Snakemake then schedules.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -259,6 +260,7 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
         "few_shot_split": {rule: "splits/seed{seed}-shots{k}.parquet"},
         "invert": {rule: "tokens/seed{seed}-shots{k}.safetensors"},
         "invert_erased": {rule: "tokens/esd/seed{seed}-shots{k}.safetensors"},
+        "lora": {rule: "lora/seed{seed}-shots{k}"},
         "generate": {
             "generate": "synthetic/{m}/seed{seed}-shots{k}/part-0-of-1.json",
             "gather_synthetic": "synthetic/{m}/seed{seed}-shots{k}/index.parquet",
@@ -293,7 +295,10 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
                     "checkpoint_every": 1, "classes_per_chunk": 3, "gradient_checkpointing": True,
                 },
                 "erasure": {"checkpoint_every": 1, "batch_size": 3},
-                "generation": {"batch_size": 3, "workers": 1, "compile": True, "parts": 2},
+                "generation": {
+                    "batch_size": 3, "workers": 1, "compile": True, "parts": 2,
+                    "vae_slicing": True,
+                },
                 "classifier": {"device": "cpu"},
             },
             set(),
@@ -373,6 +378,12 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
             {"model": {"dtype": "bfloat16"}},
             jobs("generate", SYNTHETIC) | jobs("train", SYNTHETIC) | END | GALLERY | RECOGNITION,
         ),
+        # The VAE: what encodes or decodes images (inversion, generation), not erasure.
+        (
+            {"model": {"vae": "float32"}},
+            jobs("invert") | jobs("invert_erased") | jobs("generate", SYNTHETIC)
+            | jobs("train", SYNTHETIC) | END | GALLERY | RECOGNITION | CURVES,
+        ),
         ({"classifier": {"precision": "bf16"}}, jobs("train", METHODS) | END),
         (
             {"methods": {"baseline": {"classifier": {"augmentation": "randaugment"}}}},
@@ -401,6 +412,22 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
             jobs("generate", ["da-fusion+da-fusion-m3"])
             | jobs("train", ["da-fusion", "da-fusion-m3"]) | END | GALLERY | RECOGNITION,
         ),
+        # A method's learner (learner: lora): its own lora job per split and its own set, so
+        # switching it reruns only that method's jobs (da-fusion's plain tokens stay, unread);
+        # a twin that differs only in its learner gets a set of its own.
+        (
+            {"methods": {"da-fusion": {"learner": "lora"}}, "lora": {"steps": 2}},
+            jobs("lora") | jobs("generate", ["da-fusion"]) | jobs("train", ["da-fusion"]) | END
+            | GALLERY | RECOGNITION | CURVES,
+        ),
+        (
+            {"methods": {"da-fusion-lora": {**DA_FUSION, "learner": "lora"}}},
+            jobs("lora") | jobs("generate", ["da-fusion-lora"]) | jobs("train", ["da-fusion-lora"])
+            | END | GALLERY | RECOGNITION | CURVES,
+        ),
+        # lora settings reach only the methods whose learner is lora (none here): only the
+        # config the report records changes.
+        ({"lora": {"rank": 4}}, {("report", "results/report.html"), ("all", "")}),
         # A new seed: its own jobs; the erasure is shared by every seed and shot count.
         (
             {"seeds": [0, 1]},
@@ -705,6 +732,80 @@ def test_augment_beside_the_default_leaves_its_results_alone(tmp_path):
     assert refused.returncode != 0
     assert "config key 'examples_per_class': 'all'" in refused.stdout + refused.stderr
     assert _contents(workdir) == before
+    assert scheduled(workdir, "--cores", "2") == set()
+
+
+def test_a_lora_learner_runs_end_to_end_on_the_miniature(tmp_path):
+    """learner: lora on the shipped v1 miniature (tiny-digits), the whole workflow: the lora
+    job's adapter loads with diffusers' load_lora_weights, its set is made with it and its
+    tokens, and the report's loss curves show its losses; no invert job runs."""
+    from diffusers import StableDiffusionPipeline
+
+    workdir = copy_workflow(tmp_path / "dafusion")
+    config = {
+        **REDUCED,
+        "examples_per_class": [1],
+        "model": {"pretrained": "tiny-digits", "resolution": 16},
+        "methods": {
+            "baseline": {"kind": "baseline"},
+            "da-fusion-lora": {**DA_FUSION, "learner": "lora"},
+        },
+        "erasure": {"enabled": False},
+        "lora": {"rank": 4, "steps": 2},
+        "classifier": {**REDUCED["classifier"], "steps": 2, "eval_interval": 1},
+    }
+    write_config(workdir, "config.yaml", config)
+    result = snakemake(workdir, "--cores", "2")
+    assert result.returncode == 0, result.stderr[-5000:]
+    results = workdir / "results"
+    lora = results / "digits/lora"
+    written = sorted(p.name for p in lora.iterdir() if not p.name.endswith(".sha256.json"))
+    assert written == [
+        "seed0-shots1",
+        "seed0-shots1-loss.parquet",
+        "seed0-shots1.safetensors",
+    ]  # beside the outputs' digests, no checkpoint or temporary left
+    assert not (results / "digits/tokens").exists()  # the tokens came from the lora job
+    losses = pd.read_parquet(lora / "seed0-shots1-loss.parquet")
+    assert list(losses.columns) == ["step", "class_name", "token", "loss"] and len(losses) == 20
+    pipe = StableDiffusionPipeline.from_pretrained(
+        results / "model/tiny-digits", use_safetensors=True
+    )
+    pipe.load_lora_weights(str(lora / "seed0-shots1"))
+    assert sum("lora_" in name for name, _ in pipe.unet.named_parameters()) > 0
+    index = pd.read_parquet(set_dir(results, "da-fusion-lora", 0, 1, config) / "index.parquet")
+    assert len(index) == 10 * 2 and index["prompt"].str.contains("<").all()
+    identity = workflow_plan(config).sets.identity("digits", "da-fusion-lora")
+    assert identity["method"]["learner"] == "lora" and identity["lora"]["rank"] == 4
+    assert (results / "figures/inversion-loss-digits.png").is_file()
+    assert (results / "report.html").is_file()
+    assert scheduled(workdir, "--cores", "2") == set()
+
+
+def test_the_whole_workflow_runs_on_a_tiny_sdxl(tmp_path):
+    """Issue 40: every stage on the SDXL family, end to end on the tiny random SDXL
+    (`model.pretrained: tiny-sdxl`): its tokens learned in both text encoders, ESD on its
+    UNet, SDEdit with pooled embeddings and size ids, the classifiers and the report; a
+    second run schedules nothing."""
+    workdir = copy_workflow(tmp_path / "dafusion")
+    config = {
+        **REDUCED,
+        "examples_per_class": [1],
+        "model": {"pretrained": "tiny-sdxl", "resolution": 32},
+        "classifier": {**REDUCED["classifier"], "steps": 2, "eval_interval": 1},
+    }
+    write_config(workdir, "config.yaml", config)
+    result = snakemake(workdir, "--cores", "2")
+    assert result.returncode == 0, result.stderr[-5000:]
+    results = workdir / "results"
+    index = json.loads((results / "model/tiny-sdxl-32px/model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionXLPipeline"
+    with safe_open(str(results / "digits/tokens/seed0-shots1.safetensors"), "pt") as f:
+        assert len(f.keys()) == 2 * 10  # each class's rows in both text encoders
+    for method in ("real-guidance", "da-fusion", "da-fusion-erased"):
+        shards = pd.read_parquet(set_dir(results, method, 0, 1, config) / "index.parquet")
+        assert len(shards) == 10 * 2 and not shards["dropped"].any(), method
+    assert (results / "report.html").is_file()
     assert scheduled(workdir, "--cores", "2") == set()
 
 

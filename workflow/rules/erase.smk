@@ -20,7 +20,7 @@ rule erase:
         gpu=RESOURCES.gpus(MODEL.device),
         runtime=wall_time(RESOURCES.erase_minutes),
     params:
-        model=PLAN.trained_model_params(),
+        model=PLAN.erasure_model_params(),
         erasure=ERASURE.result_params(),
         code=code("erase"),
     script:

@@ -7,6 +7,7 @@ rule generate:
         split=of(PLAN.split_path),
         model=of(PLAN.model_input),
         tokens=of(PLAN.generate_tokens),
+        lora=of(PLAN.generate_lora),
         erasure=of(PLAN.set_erasure),
     output:
         temp(res(paths.PART)),

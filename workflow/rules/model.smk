@@ -1,6 +1,10 @@
 rule build_tiny_model:
     output:
-        directory(PLAN.path(paths.TINY_MODEL, resolution=MODEL.resolution)),
+        directory(
+            PLAN.path(
+                paths.TINY_MODEL, name=MODEL.pretrained, resolution=MODEL.resolution
+            )
+        ),
     log:
         res("logs/model/build_tiny_model.log"),
     benchmark:
@@ -12,6 +16,7 @@ rule build_tiny_model:
         mem_mb=2000,
         runtime=10,
     params:
+        name=MODEL.pretrained,
         resolution=MODEL.resolution,
         code=code("build_tiny_model"),
     script:

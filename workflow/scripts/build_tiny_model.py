@@ -4,4 +4,6 @@ from dafusion import pipeline
 from dafusion.jobs.integrity import job
 
 with job(snakemake):
-    pipeline.build_tiny_model(snakemake.output[0], resolution=snakemake.params.resolution)
+    pipeline.build_tiny_model(
+        snakemake.output[0], name=snakemake.params.name, resolution=snakemake.params.resolution
+    )

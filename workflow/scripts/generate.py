@@ -30,4 +30,5 @@ with job(snakemake):
         tokens_path=snakemake.input.tokens or None,
         threads=snakemake.threads,
         erasure_path=snakemake.input.erasure or None,
+        lora_path=snakemake.input.lora or None,
     )

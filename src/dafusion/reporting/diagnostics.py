@@ -28,7 +28,9 @@ def loss_title(path: str | Path) -> str:
     """A loss table's panel title in words, from its path (`{dataset}/tokens/[{eraser}/]`
     `seed{seed}-shots{shots}-loss.parquet`): "seed 0, 4 examples per class", and for tokens
     learned against an erased UNet "seed 0, 1 example per class, class names erased (ESD)"
-    ("... erased together (ESD)" for one joint delta). A file named otherwise keeps its stem."""
+    ("... erased together (ESD)" for one joint delta); for tokens learned with a LoRA
+    (`{dataset}/lora/`, learner: lora) "seed 0, 4 examples per class, tokens with a LoRA". A
+    file named otherwise keeps its stem."""
     path = Path(path)
     found = LOSS_FILE.fullmatch(path.name)
     if found is None:
@@ -39,6 +41,8 @@ def loss_title(path: str | Path) -> str:
     else:
         examples = f"{shots} example{'' if shots == '1' else 's'} per class"
     title = f"seed {found['seed']}, {examples}"
+    if path.parent.name == "lora":  # {dataset}/lora/: the LoRA learner's
+        return title + ", tokens with a LoRA"
     if path.parent.name != "tokens":  # {dataset}/tokens/{eraser}/: the eraser's folder
         method, _, scope = path.parent.name.partition("-")
         together = " together" if scope == "joint" else ""

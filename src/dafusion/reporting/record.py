@@ -22,7 +22,7 @@ from ..settings import SECTIONS
 
 # model.pretrained values that build a model with fixed-seed random weights
 # (`dafusion.stages.tiny`): its images show the pipeline works, not what DA-Fusion does.
-RANDOM_WEIGHT_MODELS = frozenset({"tiny"})
+RANDOM_WEIGHT_MODELS = frozenset({"tiny", "tiny-sdxl"})
 # How a saved config shows an absolute path outside the working directory.
 OUTSIDE = "<absolute path>"
 # The libraries whose versions the report lists.

@@ -86,6 +86,15 @@ class DeltaSwitch:
         unknown = sorted(set(tensors) - set(self.params))
         if unknown:
             raise ValueError(f"delta '{key}' changes parameters the UNet lacks: {unknown[:3]}")
+        # A delta of another model (an SD v1 delta on SDXL's UNet shares some names).
+        misfit = [n for n, t in tensors.items() if t.shape != self.params[n].shape]
+        if misfit:
+            name = misfit[0]
+            raise ValueError(
+                f"delta '{key}' does not fit this UNet: '{name}' is "
+                f"{list(tensors[name].shape)} in the delta, {list(self.params[name].shape)} "
+                "here (a delta of another model?)"
+            )
         for name in self.applied - set(tensors):
             self.params[name].copy_(self.base[name])
         for name, value in tensors.items():

@@ -18,6 +18,12 @@ Two methods, each returning only the tensors it changed (a delta, see `dafusion.
   text embeddings map to the guide's (the empty prompt) while the preserved prompts (always
   the empty prompt, plus the other classes') keep their outputs. Seconds, not hours.
 
+Both run on every family the stages drive (docs/models.md, "Erasure on SD 2.x and SDXL"):
+the conditioning is the family's (`Conditioning`: SDXL's pooled embedding and size ids ride
+along), ESD's parameter rules are name rules that read the same on an SDXL UNet (but for
+xlayer and selflayer, which name Stable Diffusion 1.x/2.x blocks), and UCE's projections
+are every cross-attention's, whatever the context width (2048 on SDXL).
+
 `erasure_scores` measures the result: how far eps(x_t, t, "a photo of a {c}") moved toward
 the base model's eps(x_t, t, "") for the erased class and for every other class.
 `erase_classes` is an erase job's work: the deltas of a dataset's classes, reused while
@@ -48,10 +54,19 @@ from .models import Components
 
 log = logging.getLogger(__name__)
 
-TRAIN_METHODS = ("full", "xattn", "noxattn", "selfattn", "notime", "xlayer", "selflayer")
+TRAIN_METHODS = (
+    "full", "xattn", "noxattn", "selfattn", "notime", "xlayer", "selflayer", "xattn-strict",
+)  # fmt: skip
 # ESD's layer-specific methods: the attention they train (attn1 self-, attn2 cross-) in which
 # CompVis UNet blocks, (input_blocks, output_blocks).
 LAYER_METHODS = {"xlayer": ("attn2", (), (6, 8)), "selflayer": ("attn1", (4, 7), ())}
+# The UNet those blocks are counted in: Stable Diffusion 1.x's and 2.x's (4 levels, two
+# blocks each, cross-attention in the first three), as diffusers configures it.
+COMPVIS_LAYOUT = {
+    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    "layers_per_block": 2,
+}
 # CompVis `out.` (final norm and convolution) and `time_embed`, in diffusers' names.
 OUTER = ("conv_norm_out.", "conv_out.", "time_embedding.")
 # Fixed probes of the erasure check: Gaussian latents and timesteps (fractions of the
@@ -84,7 +99,17 @@ def trained_names(unet: torch.nn.Module, train_method: str) -> list[str]:
     full: every parameter; xattn: cross-attention (attn2); selfattn: self-attention (attn1);
     noxattn: all but cross-attention, the time embedding and the output layers; notime: all
     but the time embedding and the output layers; xlayer: the cross-attention of CompVis
-    output_blocks 6 and 8; selflayer: the self-attention of CompVis input_blocks 4 and 7.
+    output_blocks 6 and 8; selflayer: the self-attention of CompVis input_blocks 4 and 7;
+    xattn-strict: the cross-attention's key and value projections only (the ESD authors'
+    diffusers code, esd_sd.py l. 44-47 and esd_sdxl.py l. 46-49: `esd-x-strict`).
+
+    On an SDXL UNet the name rules read as they do on SD's: xattn is esd_sdxl.py's `esd-x`
+    (l. 31-34: every Linear under attn2, which holds to_q, to_k, to_v and to_out.0 only), and
+    noxattn and notime train the added (pooled text and size) embedding `add_embedding`, as
+    the CompVis rule, which leaves out `time_embed` only, would train SGM's `label_emb`.
+    xlayer and selflayer count blocks of Stable Diffusion 1.x/2.x's UNet (`COMPVIS_LAYOUT`):
+    on any other layout (SDXL's has three levels, attention in the lower two only) they are
+    refused rather than mapped onto other layers.
     """
     rules = {
         "full": lambda n: True,
@@ -92,8 +117,17 @@ def trained_names(unet: torch.nn.Module, train_method: str) -> list[str]:
         "noxattn": lambda n: ".attn2." not in n and not n.startswith(OUTER),
         "selfattn": lambda n: ".attn1." in n,
         "notime": lambda n: not n.startswith(OUTER),
+        "xattn-strict": lambda n: ".attn2.to_k." in n or ".attn2.to_v." in n,
     }
     if train_method in LAYER_METHODS:
+        layout = {key: _plain(unet.config[key]) for key in COMPVIS_LAYOUT}
+        if layout != COMPVIS_LAYOUT:
+            raise ValueError(
+                f"config key 'erasure.train_method': '{train_method}' selects no parameter of "
+                "this UNet: it names blocks of Stable Diffusion 1.x/2.x's UNet (CompVis "
+                f"input/output blocks), and this one is laid out otherwise ({layout}); use "
+                "xattn, xattn-strict, selfattn, noxattn, notime or full"
+            )
         kind, inputs, outputs = LAYER_METHODS[train_method]
         blocks = compvis_attentions(unet, inputs, outputs)
         rules[train_method] = lambda n: f".{kind}." in n and n.startswith(blocks)
@@ -102,10 +136,14 @@ def trained_names(unet: torch.nn.Module, train_method: str) -> list[str]:
     names = [name for name, _ in unet.named_parameters() if rules[train_method](name)]
     if not names:
         raise ValueError(
-            f"config key 'erasure.train_method': '{train_method}' selects no parameter of this "
-            "UNet (xlayer and selflayer name Stable Diffusion v1's blocks)"
+            f"config key 'erasure.train_method': '{train_method}' selects no parameter of this UNet"
         )
     return names
+
+
+def _plain(value):
+    """A UNet config value as COMPVIS_LAYOUT writes it (lists as tuples)."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _autocast(device: torch.device, precision: str):
@@ -217,7 +255,14 @@ def esd(
     sampler_unet = trained if settings.sampler == "trained" else frozen
     with torch.no_grad():
         embeddings = _sized(components, components.encode(list(prompts)), resolution)
+        # The loss's null prompt is the encoded empty prompt on every family, as the ESD
+        # authors' SDXL code encodes it (esd_sdxl.py l. 104-109: negative_prompt "", so not
+        # zeroed); the sampler's unconditional half is what the family's pipeline uses when
+        # given no negative prompt (esd_sdxl.py l. 159-168 calls the pipeline without one):
+        # the same for Stable Diffusion, zeros for SDXL base (force_zeros_for_empty_prompt).
         emb_0 = _sized(components, components.encode([""]), resolution)
+        uncond = components.conditioner.unconditional(components)
+        uncond = _sized(components, uncond, resolution)
     latent = resolution // components.vae_scale_factor
     shape = (1, frozen.config.in_channels, latent, latent)
     generator = torch.Generator().manual_seed(derive_seed("esd", settings.seed, stream))
@@ -240,7 +285,7 @@ def esd(
         noise = torch.randn(shape, generator=generator).to(device)
         with _autocast(device, settings.precision):
             z = sample_until(
-                sampler_unet, alphas_cumprod, noise, t_enc, settings.ddim_steps, emb_p, emb_0,
+                sampler_unet, alphas_cumprod, noise, t_enc, settings.ddim_steps, emb_p, uncond,
                 settings.start_guidance, components.scheduler.config.prediction_type,
             )  # fmt: skip
             with torch.no_grad():  # the base model's two predictions in one call
@@ -271,8 +316,24 @@ def _sized(components: Components, cond: Conditioning, resolution: int) -> Condi
 
 
 def _last_token(components: Components, text: str) -> int:
-    """Index of a prompt's last word token in the padded sequence (BOS is 0)."""
-    return len(components.tokenizer(text, truncation=True).input_ids) - 2
+    """Index of a prompt's last word token in the padded sequence (BOS is 0).
+
+    SDXL's context concatenates both encoders' states position by position, so the index
+    must be the same in both: their tokenizers share CLIP's BPE and differ in the padding
+    only (tokenizer_2 pads with "!", after the index counted here), as the UCE authors'
+    SDXL path assumes when it counts with the first tokenizer alone (uce_sd_erase.py
+    l. 34-39). A model whose tokenizers split a prompt differently is refused.
+    """
+    counts = {
+        len(tokenizer(text, truncation=True).input_ids) - 2
+        for tokenizer, _ in components.text_encoders
+    }
+    if len(counts) > 1:
+        raise ValueError(
+            f"UCE: the model's tokenizers split {text!r} into different numbers of tokens "
+            f"({sorted(counts)}); its text encoders' states cannot be aligned"
+        )
+    return counts.pop()
 
 
 def cross_attention_projections(unet: torch.nn.Module, edit_keys: bool) -> list[str]:
@@ -299,6 +360,11 @@ def uce(
     to the end of the padded sequence, aligned with the guide's from its last token; the
     empty prompt and each preserved prompt all their positions, weighted by preserve_scale
     (default max(0.1, 1 / their count, the empty prompt included)). Solved in float64.
+
+    On SDXL the keys are the cross-attention context, both encoders' penultimate states
+    concatenated (2048 wide), and the edited weights every attn2's to_k and to_v, as the UCE
+    authors' SDXL path (uce_sd_erase.py l. 17-20, 29-32); the pooled embedding reaches the
+    UNet through its added embedding, not cross-attention, and no edit touches it.
     """
     preserve = ["", *preserve]
     preserve_scale = settings.preserve_scale

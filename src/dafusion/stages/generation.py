@@ -34,7 +34,8 @@ from ..jobs.io import resume_key
 from ..jobs.seeds import derive_seed
 from ..settings import GenerationSettings, MethodSettings, ModelSettings, denoising_steps
 from .deltas import DeltaSwitch
-from .models import Components, encode_text, load_safety_checker, scheduler_from_name
+from .families.conditioning import Conditioning
+from .models import Components, load_safety_checker, scheduler_from_name
 from .synthetic import variant_plan, write_shards
 from .tokens import expand, file_hash, load_into
 
@@ -111,8 +112,8 @@ def sdedit(
     scheduler,
     means: torch.Tensor,
     stds: torch.Tensor,
-    cond: torch.Tensor,
-    uncond: torch.Tensor,
+    cond: Conditioning,
+    uncond: Conditioning,
     generators: Sequence[torch.Generator],
     strength: float | Sequence[float],
     settings: GenerationSettings,
@@ -145,6 +146,11 @@ def sdedit(
 
     A stochastic scheduler gets the list of per-image generators, as the diffusers pipelines
     pass theirs: it draws each image's step noise from that image's own generator.
+
+    `cond` and `uncond` are whole conditionings, SDXL's pooled embeddings and size ids
+    included (`Engine._batch` sizes them); the latents stay in the VAE's dtype until the
+    UNet's input, so a float32 VAE under a float16 UNet (SDXL, `models.load_vae`) keeps
+    float32 latents. With `settings.vae_slicing` the VAE decodes one image at a time.
     """
     n = len(generators)
     if rows is not None and rows < n:
@@ -152,7 +158,8 @@ def sdedit(
     strengths = [float(s) for s in strength] if isinstance(strength, Sequence) else [strength] * n
     # Largest t0 first: the samples started at any step are then a prefix of the batch.
     order = sorted(range(n), key=lambda i: -strengths[i])
-    means, stds, cond, uncond = (x[order] for x in (means, stds, cond, uncond))
+    means, stds = means[order], stds[order]
+    cond, uncond = cond[order], uncond[order]
     generators = [generators[i] for i in order]
     masks = masks[order] if masks is not None else None
     unet, vae = components.unet, components.vae
@@ -193,12 +200,13 @@ def sdedit(
             )
     latents = _pad(torch.cat(latents), rows or n)
     guided = settings.guidance_scale > 1.0
-    cond, uncond = (_pad(x, rows or n).to(dtype) for x in (cond, uncond))
-    # The UNet's text conditioning for each count of rows it sees.
+    cond, uncond = (x.map(lambda t: _pad(t, rows or n).to(dtype)) for x in (cond, uncond))
+    # The UNet's conditioning for each count of rows it sees.
     contexts = {
-        width: torch.cat([uncond[:width], cond[:width]]) if guided else cond[:width]
+        width: (Conditioning.cat([uncond[:width], cond[:width]]) if guided else cond[:width])
         for width in {width for _, _, width in schedule}
     }
+    contexts = {width: c.unet_kwargs() for width, c in contexts.items()}
     stochastic = "generator" in inspect.signature(scheduler.step).parameters
     for g, active, width in schedule:
         t = timesteps[g]
@@ -208,7 +216,7 @@ def sdedit(
             inputs.append(latents[m:width])  # would change torch.cat's memory format)
         batch = torch.cat(inputs).to(dtype)
         model_input = torch.cat([batch, batch]) if guided else batch
-        pred = unet(model_input, unet_timesteps[g], encoder_hidden_states=contexts[width]).sample
+        pred = unet(model_input, unet_timesteps[g], **contexts[width]).sample
         if guided:
             pred_uncond, pred_text = pred.chunk(2)
             pred = pred_uncond + settings.guidance_scale * (pred_text - pred_uncond)
@@ -224,7 +232,11 @@ def sdedit(
                 x = (1 - masks[part]) * kept + masks[part] * x
             stepped.append(x)
         latents = torch.cat([*stepped, latents[m:]])
-    images = vae.decode(latents[:n].to(vae.dtype) / vae.config.scaling_factor).sample
+    latents = latents[:n].to(vae.dtype) / vae.config.scaling_factor
+    if settings.vae_slicing:  # one image at a time: the VAE's peak memory is one image's
+        images = torch.cat([vae.decode(x).sample for x in latents.split(1)])
+    else:
+        images = vae.decode(latents).sample
     return images[torch.tensor(order).argsort()]
 
 
@@ -297,9 +309,9 @@ class Engine:
             )
         labels = sorted(prompts)
         with torch.no_grad():
-            embeds = encode_text(components, [prompts[c] for c in labels])
-            self.uncond = encode_text(components, [""])[0]
-        self.cond = {c: embeds[i] for i, c in enumerate(labels)}
+            embeds = components.encode([prompts[c] for c in labels])
+            self.uncond = components.conditioner.unconditional(components)
+        self.cond = {c: embeds[i : i + 1] for i, c in enumerate(labels)}
 
     def source(self, row: int) -> Image.Image:
         if row not in self.sources:
@@ -317,7 +329,8 @@ class Engine:
         for block in sorted({r // size for r in rows if r not in self.latents}):
             todo = range(block * size, min((block + 1) * size, len(self.records)))
             images = [self.source(r) for r in todo]
-            means, stds = encode_images(self.c, images, self.resolution, self.batch_size)
+            vae_batch = 1 if self.settings.vae_slicing else self.batch_size
+            means, stds = encode_images(self.c, images, self.resolution, vae_batch)
             for r, m, s in zip(todo, means, stds, strict=True):
                 self.latents[r] = (m, s)
                 if self.mask != "none":
@@ -331,9 +344,13 @@ class Engine:
         rows = [w["row"] for w in chunk]
         means = torch.stack([self.latents[r][0] for r in rows])
         stds = torch.stack([self.latents[r][1] for r in rows])
-        cond = torch.stack([self.cond[int(self.records[r]["label"])] for r in rows])
+        cond = Conditioning.cat([self.cond[int(self.records[r]["label"])] for r in rows])
         generators = [torch.Generator().manual_seed(int(w["seed"])) for w in chunk]
-        uncond = self.uncond.expand(len(rows), -1, -1)
+        uncond = self.uncond.expand(len(rows))
+        # Size conditioning (SDXL): each source's own (height, width), the model's output size.
+        original = [self.source(r).size[::-1] for r in rows]
+        target = (self.resolution, self.resolution)
+        cond, uncond = (self.c.conditioner.sized(x, original, target) for x in (cond, uncond))
         masks = torch.stack([self.masks[r] for r in rows]) if self.masks else None
         strengths = [float(w["strength"]) for w in chunk]
         images = sdedit(
@@ -437,11 +454,13 @@ def set_job(
     tokens_path: str | None,
     erasure: Mapping[int, tuple[Path, str]],
     checker_source: str,
+    lora_path: str | None = None,
 ) -> SetJob:
     """A `generate` job's engine on `components` (the model of `model`) for the images of
     `manifest`: the method's prompts (with the tokens of `tokens_path`), the scheduler, the
     safety checker (read from `checker_source`) and, with `erasure` (each label's delta
-    file and fingerprint), each class's images from the UNet with that class erased."""
+    file and fingerprint), each class's images from the UNet with that class erased; with
+    `lora_path` (learner: lora), the UNet carries that LoRA adapter."""
     names = class_names(manifest)
     prompts, token_hash = {}, ""
     sizes = load_into(components, tokens_path) if tokens_path else {}
@@ -454,6 +473,12 @@ def set_job(
             prompt = expand(prompt, token, sizes[token])
         prompts[label] = prompt
     scheduler = scheduler_from_name(settings.scheduler, components.scheduler)
+    lora_hash = ""
+    if lora_path:  # learner: lora (dafusion.stages.lora); lora + erased is refused at start-up
+        from .lora import adapter_hash, load_adapter
+
+        load_adapter(components, lora_path)
+        lora_hash = adapter_hash(lora_path)
     switch = DeltaSwitch(components.unet)  # before compile: it keeps the plain names
     if settings.compile:
         components.unet = torch.compile(components.unet)
@@ -496,5 +521,6 @@ def set_job(
         keys=manifest["key"].tolist(), prompts=prompts, method=method.result_params(),
         seed=seed, generation=settings.result_params(), model=model.result_params(),
         token_hash=token_hash, erasure={k: v[1] for k, v in erasure.items()},
+        **({"lora_hash": lora_hash} if lora_path else {}),
     )  # fmt: skip
     return SetJob(engine, work, meta, job, seed, settings)

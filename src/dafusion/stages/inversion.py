@@ -12,6 +12,12 @@ original's DataLoader draws them, in shuffled epochs of `repeats` copies of each
 l. 337, 402). Each image's VAE latent distribution (and its horizontal flip's) is computed
 once and sampled every step, the same distribution as encoding every step.
 `learn_split` runs an invert job's learning, resumable from checkpoints beside its output.
+
+A model with two text encoders (SDXL) learns each class token in both, as diffusers' SDXL
+textual-inversion example does (examples/textual_inversion/textual_inversion_sdxl.py: the
+token added to both tokenizers, l. 676-687, its rows trained in both embedding tables,
+l. 769-783): every encoder gets its own spliced table, one parameter per class per encoder,
+and a class's fp16 overflow skips its rows in every encoder.
 """
 
 from __future__ import annotations
@@ -19,8 +25,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -66,8 +72,15 @@ def template_list(settings: InversionSettings) -> list[str]:
 
 @dataclass
 class InversionResult:
-    tokens: dict[str, torch.Tensor]
+    tokens: dict[str, torch.Tensor]  # the (first) text encoder's rows of each token
     losses: np.ndarray  # [steps, classes]: each class's mean loss per step
+    # The rows of each further text encoder (SDXL: text_encoder_2's), in encoder order.
+    more_encoders: list[dict[str, torch.Tensor]] = field(default_factory=list, kw_only=True)
+
+    @property
+    def encoders(self) -> list[dict[str, torch.Tensor]]:
+        """Every text encoder's rows of each token, in `Components.text_encoders` order."""
+        return [self.tokens, *self.more_encoders]
 
     def loss_table(self, names: Sequence[str]) -> pd.DataFrame:
         """The loss curves as a table, one row per step and class (in token order), which
@@ -126,30 +139,81 @@ class ClassScaler:
             return losses.sum()
         return (losses * self.scale[classes]).sum()
 
-    def unscale(self, rows: Sequence[torch.nn.Parameter]) -> None:
+    def unscale(
+        self, rows: Iterable[torch.nn.Parameter], *more: Iterable[torch.nn.Parameter]
+    ) -> None:
         """Divide each class's gradient by its scale, drop the gradients of the classes whose
-        gradient is not finite (their step is skipped) and update the scales."""
+        gradient is not finite (their step is skipped) and update the scales.
+
+        `rows` holds one parameter per class; `more`, the classes' parameters in each further
+        text encoder (SDXL's second): a class whose gradient is not finite in any of them is
+        skipped in all, as its own process's GradScaler would skip its whole step."""
         if not self.enabled:
             return
-        finite = torch.stack([p.grad.isfinite().all() for p in rows])
-        for p, inverse in zip(rows, self.scale.double().reciprocal().float(), strict=True):
-            p.grad.mul_(inverse)
+        classes = list(zip(rows, *more, strict=True))  # each class's rows, every encoder
+        finite = torch.stack(
+            [torch.stack([p.grad.isfinite().all() for p in ps]).all() for ps in classes]
+        )
+        for ps, inverse in zip(classes, self.scale.double().reciprocal().float(), strict=True):
+            for p in ps:
+                p.grad.mul_(inverse)
         self.growth = torch.where(finite, self.growth + 1, 0)
         grow = self.growth == self.GROWTH_INTERVAL
         self.scale = torch.where(finite, self.scale * torch.where(grow, 2.0, 1.0), self.scale / 2)
         self.growth = torch.where(grow, 0, self.growth)
-        for p, ok in zip(rows, finite.tolist(), strict=True):
+        for ps, ok in zip(classes, finite.tolist(), strict=True):
             if not ok:
-                p.grad = None
+                for p in ps:
+                    p.grad = None
 
 
-def initial_embedding(components: Components, word: str) -> torch.Tensor:
-    """Mean embedding of a word's sub-tokens (a one-token word gives its own row)."""
-    ids = components.tokenizer(word, add_special_tokens=False).input_ids
+def initial_embedding(components: Components, word: str, encoder: int = 0) -> torch.Tensor:
+    """Mean embedding of a word's sub-tokens (a one-token word gives its own row), in text
+    encoder `encoder` of `components.text_encoders` (SDXL: 0 or 1), through its own
+    tokenizer."""
+    tokenizer, text_encoder = components.text_encoders[encoder]
+    ids = tokenizer(word, add_special_tokens=False).input_ids
     if not ids:
         raise ValueError(f"config key 'inversion.initializer': '{word}' gives no tokens")
-    table = components.text_encoder.get_input_embeddings().weight
+    table = text_encoder.get_input_embeddings().weight
     return table[ids].float().mean(dim=0)
+
+
+def splice_tokens(
+    components: Components, tokens: Sequence[str], words: Sequence[str], num_vectors: int
+) -> list[SplicedEmbedding]:
+    """Add `tokens` (each with `num_vectors` vectors, initialized from its word in `words`)
+    to every tokenizer of `components`, and splice their trainable rows into every text
+    encoder's embedding table: one `SplicedEmbedding` per encoder, in
+    `components.text_encoders` order. `restore_embeddings` puts the tables back (here too,
+    if one encoder fails)."""
+    tables: list[SplicedEmbedding] = []
+    try:
+        for index, (tokenizer, encoder) in enumerate(components.text_encoders):
+            base = encoder.get_input_embeddings()
+            rows = [
+                initial_embedding(components, word, index).expand(num_vectors, -1) for word in words
+            ]
+            ids = add_to_tokenizer(tokenizer, list(tokens), num_vectors)
+            if ids != list(range(base.num_embeddings, base.num_embeddings + len(ids))):
+                raise ValueError(
+                    f"text encoder {index + 1}'s embedding table has {base.num_embeddings} "
+                    f"rows but its tokenizer gives the new tokens ids {ids[0]}..{ids[-1]}: "
+                    "they must follow the table's last row"
+                )
+            spliced = SplicedEmbedding(base, rows).to(base.weight.device)
+            encoder.set_input_embeddings(spliced)
+            tables.append(spliced)
+    except BaseException:
+        restore_embeddings(components, tables)
+        raise
+    return tables
+
+
+def restore_embeddings(components: Components, tables: Sequence[SplicedEmbedding]) -> None:
+    """Every text encoder's own embedding table again (undoes `splice_tokens`'s splice)."""
+    for (_, encoder), spliced in zip(components.text_encoders, tables, strict=False):
+        encoder.set_input_embeddings(spliced.base)
 
 
 @torch.no_grad()
@@ -190,27 +254,25 @@ def learn_tokens(
     tokens = [class_token(name) for name in class_names]
     if len(set(tokens)) != len(tokens):
         raise ValueError(f"class names give duplicate tokens: {tokens}")
-    encoder = components.text_encoder
-    base = encoder.get_input_embeddings()
-    rows = []
-    for name in class_names:
-        word = name if settings.initializer == "class_name" else settings.initializer
-        rows.append(initial_embedding(components, word).expand(settings.num_vectors, -1))
-    add_to_tokenizer(components.tokenizer, tokens, settings.num_vectors)
-    spliced = SplicedEmbedding(base, rows).to(base.weight.device)
-    encoder.set_input_embeddings(spliced)
+    words = [
+        name if settings.initializer == "class_name" else settings.initializer
+        for name in class_names
+    ]
+    tables = splice_tokens(components, tokens, words, settings.num_vectors)
     if settings.gradient_checkpointing:
         components.unet.enable_gradient_checkpointing()
-        encoder.gradient_checkpointing_enable()
+        for _, encoder in components.text_encoders:
+            encoder.gradient_checkpointing_enable()
     try:
-        trainer = _Trainer(components, spliced, images, labels, tokens, settings, seed, resolution)
+        trainer = _Trainer(components, tables, images, labels, tokens, settings, seed, resolution)
         losses = trainer.run(progress, checkpoint, keep_final)
     finally:
-        encoder.set_input_embeddings(base)
-    learned = {
-        token: rows.detach().cpu().clone() for token, rows in zip(tokens, spliced.rows, strict=True)
-    }
-    return InversionResult(learned, losses)
+        restore_embeddings(components, tables)
+    learned = [
+        {token: rows.detach().cpu().clone() for token, rows in zip(tokens, t.rows, strict=True)}
+        for t in tables
+    ]
+    return InversionResult(learned[0], losses, more_encoders=learned[1:])
 
 
 def learn_split(
@@ -251,15 +313,22 @@ def learn_split(
         )  # fmt: skip
     # Per-class erasure: class c's token is learned against the UNet with c erased.
     # Class-major order, one delta swap per class; each class's result equals its
-    # joint-run result on that UNet (separate random streams and gradients).
-    tokens, losses, tokenizer = {}, [], components.tokenizer
+    # joint-run result on that UNet (separate random streams and gradients). Each class
+    # adds its token to its own copy of the tokenizers (both of SDXL's).
+    tokens, losses = {}, []
+    more: list[dict[str, torch.Tensor]] = [{} for _ in components.text_encoders[1:]]
     for label, name in enumerate(names):
         erase(name)
         rows = [i for i, y in enumerate(labels) if y == label]
         token = class_token(name)
         stem = f".{out.stem}.{file_stem(token.strip('<>'))}"
+        own = dataclasses.replace(
+            components,
+            tokenizer=copy.deepcopy(components.tokenizer),
+            tokenizer_2=copy.deepcopy(components.tokenizer_2),  # None stays None
+        )
         part = learn_tokens(
-            dataclasses.replace(components, tokenizer=copy.deepcopy(tokenizer)),
+            own,
             [images[i] for i in rows], [0] * len(rows), [name], settings, seed=seed,
             resolution=model.resolution, keep_final=True,
             checkpoint=Checkpoint(
@@ -268,8 +337,10 @@ def learn_split(
             ),
         )  # fmt: skip
         tokens.update(part.tokens)
+        for encoder_tokens, learned in zip(more, part.more_encoders, strict=True):
+            encoder_tokens.update(learned)
         losses.append(part.losses)
-    return InversionResult(tokens, np.hstack(losses))
+    return InversionResult(tokens, np.hstack(losses), more_encoders=more)
 
 
 def remove_checkpoints(output: str | Path) -> None:
@@ -281,12 +352,16 @@ def remove_checkpoints(output: str | Path) -> None:
 
 
 class _Trainer:
+    description = "textual inversion"  # the progress bar's (the LoRA learner's says its own)
+
     def __init__(self, components, spliced, images, labels, tokens, settings, seed, resolution):
+        """`spliced`: the spliced table of each text encoder (SDXL: two), or one table."""
         from diffusers import DDPMScheduler
 
         self.c = components
         self.seed = seed
-        self.spliced = spliced
+        self.tables = [spliced] if isinstance(spliced, SplicedEmbedding) else list(spliced)
+        self.spliced = self.tables[0]
         self.tokens = tokens
         self.settings = settings
         self.device = components.unet.device
@@ -310,9 +385,17 @@ class _Trainer:
             [expand(t.format(token), token, settings.num_vectors) for t in template_list(settings)]
             for token in tokens
         ]
-        self.params = {f"rows/{c}": rows for c, rows in enumerate(spliced.rows)}
+        # Checkpointed by name: rows/{c} in the first text encoder, rows_2/{c} in SDXL's second.
+        names = ["rows", *(f"rows_{e + 1}" for e in range(1, len(self.tables)))]
+        self.params = {
+            f"{name}/{c}": rows
+            for name, table in zip(names, self.tables, strict=True)
+            for c, rows in enumerate(table.rows)
+        }
         self.optimizer = torch.optim.AdamW(
-            spliced.rows, lr=settings.effective_lr, weight_decay=settings.weight_decay
+            [rows for table in self.tables for rows in table.rows],
+            lr=settings.effective_lr,
+            weight_decay=settings.weight_decay,
         )
         # Mixed precision as accelerate runs the original (inversion.mixed_precision): a
         # half-precision UNet, the text encoder under autocast, loss scaling for float16.
@@ -409,7 +492,7 @@ class _Trainer:
             return torch.cat(losses).numpy()
 
         losses, self.chunk = halve_on_oom(accumulate, self.chunk, "classes per chunk")
-        self.scaler.unscale(self.spliced.rows)
+        self.scaler.unscale(*(table.rows for table in self.tables))
         self.optimizer.step()
         return losses
 
@@ -422,7 +505,7 @@ class _Trainer:
         self.drawn = [start * self.settings.batch_size] * len(self.tokens)
         every = self.settings.checkpoint_every
         bar = tqdm(
-            range(start, steps), initial=start, total=steps, desc="textual inversion",
+            range(start, steps), initial=start, total=steps, desc=self.description,
             disable=not progress,
         )  # fmt: skip
         for step in bar:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ..settings import UNSEEDABLE_SCHEDULERS
-from .families import conditioner, model_family
+from ..settings import UNSEEDABLE_SCHEDULERS, VAE_CHECKPOINT, VAE_FLOAT32
+from .families import Family, conditioner, model_family, vae_source, vae_upcast
 from .families.conditioning import Conditioner, Conditioning
 
 
@@ -63,10 +63,42 @@ def model_folder(pretrained: str) -> Path:
     return Path(cached).parent
 
 
-def load_components(pretrained: str, device: torch.device, dtype: torch.dtype) -> Components:
-    """Load tokenizers, text encoders, VAE, UNet and scheduler, frozen, in eval mode."""
+def load_vae(setting: str, folder: Path, family: Family, dtype: torch.dtype):
+    """The VAE of `model.vae` (`setting`, `ModelSettings.vae`) for the checkpoint in `folder`,
+    in the dtype it runs in: float32 for `float32`, and under float16 where the family's
+    diffusers pipelines upcast it (`vae_upcast`: SDXL's with `force_upcast`); else `dtype`.
+
+    diffusers' SDXL pipelines upcast the VAE for each encode and decode and cast it back;
+    the stages keep it in float32 (its weights, 84M parameters, cost 0.17 GB more), and
+    encode to float32 latents that the UNet's input takes in its own dtype."""
+    from diffusers import AutoencoderKL
+
+    own = setting in (VAE_CHECKPOINT, VAE_FLOAT32)
+    source, sub = (folder, "vae") if own else vae_source(setting)
+    kwargs = {"subfolder": sub} if sub else {}
+    try:
+        config = AutoencoderKL.load_config(source, **kwargs)
+        upcast = setting == VAE_FLOAT32 or (dtype == torch.float16 and vae_upcast(family, config))
+        # Cast while loading: diffusers' ModelMixin.to(dtype) logs a warning on every call.
+        return AutoencoderKL.from_pretrained(
+            source, use_safetensors=True, torch_dtype=torch.float32 if upcast else dtype, **kwargs
+        )
+    except OSError as exc:
+        key = "model.pretrained" if own else "model.vae"
+        raise OSError(
+            f"cannot load the VAE '{setting}' (config key '{key}') from {source}"
+            f"{'/' + sub if sub else ''}: it needs config.json and safetensors weights, as "
+            f"save_pretrained writes them. Cause: {exc}"
+        ) from exc
+
+
+def load_components(
+    pretrained: str, device: torch.device, dtype: torch.dtype, vae: str = VAE_CHECKPOINT
+) -> Components:
+    """Load tokenizers, text encoders, VAE, UNet and scheduler, frozen, in eval mode; the VAE
+    that `vae` (`model.vae`) names, in the dtype it runs in (`load_vae`)."""
     import diffusers
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     folder = model_folder(pretrained)
@@ -83,10 +115,6 @@ def load_components(pretrained: str, device: torch.device, dtype: torch.dtype) -
             extra["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(
                 folder, subfolder="text_encoder_2", use_safetensors=True
             )
-        # Cast while loading: diffusers' ModelMixin.to(dtype) logs a warning on every call.
-        vae = AutoencoderKL.from_pretrained(
-            folder, subfolder="vae", use_safetensors=True, torch_dtype=dtype
-        )
         unet = UNet2DConditionModel.from_pretrained(
             folder, subfolder="unet", use_safetensors=True, torch_dtype=dtype
         )
@@ -102,14 +130,24 @@ def load_components(pretrained: str, device: torch.device, dtype: torch.dtype) -
             f"save_pretrained writes them). Cause: {exc}"
         ) from exc
     scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
+    # Its errors name model.vae when it is another VAE (load_vae).
+    autoencoder = load_vae(vae, folder, family, dtype)
+    if autoencoder.config.latent_channels != unet.config.in_channels:
+        raise ValueError(
+            f"config key 'model.vae': the VAE '{vae}' makes {autoencoder.config.latent_channels}"
+            f"-channel latents and the UNet of '{pretrained}' takes {unet.config.in_channels}; "
+            "use a VAE of the model's family"
+        )
     encoders = [text_encoder, *([extra["text_encoder_2"]] if sdxl else [])]
     for encoder in encoders:
         encoder.to(dtype=dtype)
-    for module in (*encoders, vae, unet):
+    for module in (*encoders, autoencoder, unet):
         module.requires_grad_(False)
         module.eval()
         module.to(device=device)
-    return Components(tokenizer, text_encoder, vae, unet, scheduler, conditioner(family), **extra)
+    return Components(
+        tokenizer, text_encoder, autoencoder, unet, scheduler, conditioner(family), **extra
+    )
 
 
 def load_safety_checker(pretrained: str, device: torch.device, dtype: torch.dtype):

@@ -344,6 +344,26 @@ def sd_v1_unet():
     )
 
 
+def sdxl_unet():
+    """SDXL base 1.0's UNet architecture (128x128 latents, 2.57 B parameters), random weights."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=128,
+        cross_attention_dim=2048,
+        block_out_channels=(320, 640, 1280),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 10),
+        attention_head_dim=(5, 10, 20),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+    )
+
+
 def save_random_sd_v1(output_dir: str | Path, seed: int = 0) -> None:
     """Stable Diffusion v1.4's full-size architecture with random weights, for benchmarks.
 
@@ -390,4 +410,77 @@ def save_random_sd_v1(output_dir: str | Path, seed: int = 0) -> None:
         feature_extractor=None,
         requires_safety_checker=False,
     )
+    pipe.save_pretrained(str(output_dir), safe_serialization=True)
+
+
+def sdxl_vae():
+    """SDXL base 1.0's VAE architecture (1024 px, `force_upcast`), random weights."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=1024,
+        scaling_factor=0.13025,
+        force_upcast=True,
+    )
+
+
+def save_random_sdxl(output_dir: str | Path, seed: int = 0, dtype=torch.float16) -> None:
+    """SDXL base 1.0's full-size architecture with random weights, for benchmarks.
+
+    Same shapes as stabilityai/stable-diffusion-xl-base-1.0 (the UNet of `sdxl_unet`, the VAE
+    of `sdxl_vae`, CLIP ViT-L/14 and OpenCLIP ViT-bigG/14 text encoders with 49,408-row
+    vocabularies, its Euler scheduler), so its speed and memory are the real model's; the
+    tiny BPE tokenizer stands in for CLIP's. Saved in `dtype` (float16: 7 GB, as the
+    checkpoint's fp16 variant), which `load_components` casts to the dtype asked for."""
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    tiny = build_tiny_pipeline(seed, family="sdxl")
+    tokenizer = tiny.tokenizer
+    special = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "vocab_size": 49408,
+        "max_position_embeddings": 77,
+    }
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            hidden_act="quick_gelu",
+            projection_dim=768,
+            **special,
+        )
+    )
+    text_encoder_2 = CLIPTextModelWithProjection(
+        CLIPTextConfig(
+            hidden_size=1280,
+            intermediate_size=5120,
+            num_hidden_layers=32,
+            num_attention_heads=20,
+            hidden_act="gelu",
+            projection_dim=1280,
+            **special,
+        )
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=sdxl_vae(),
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=copy.deepcopy(tokenizer),
+        unet=sdxl_unet(),
+        scheduler=tiny.scheduler,
+        force_zeros_for_empty_prompt=True,
+    )
+    pipe.to(dtype=dtype)
     pipe.save_pretrained(str(output_dir), safe_serialization=True)

@@ -128,9 +128,15 @@ JOB_CHECKS = (
     ),
     JobCheck(
         "model.pretrained",
-        "cannot load the Stable Diffusion model",
+        "cannot load the model",
         "start-up finds every component's files, as safetensors; whether they load (complete, "
         "a layout this diffusers reads) shows when a job loads the model",
+    ),
+    JobCheck(
+        "model.vae",
+        "cannot load the VAE",
+        "start-up finds the VAE's config.json and safetensors weights and compares its latent "
+        "channels with the UNet's; whether the weights load shows when a job loads them",
     ),
     JobCheck(
         "inversion.initializer",
@@ -254,6 +260,34 @@ def _check_erasure(config: Mapping) -> None:
             )
     for key in ("prompt", "check_prompt"):
         _check_fields(f"erasure.{key}", erasure[key], {"name"}, exactly_one=True)
+
+
+def _check_learners(config: Mapping) -> None:
+    """`learner: lora` learns class tokens with a LoRA: a method must use the tokens
+    somewhere (its prompt, or a dataset's prompt, holds {token}) and must not be erased
+    (one LoRA per split is learned on the base UNet, while an erased method's images come
+    from a UNet with one class erased per delta, and the LoRA's projections are those the
+    erasure changes)."""
+    for name, spec in config["methods"].items():
+        if spec.get("learner", "textual_inversion") != "lora":
+            continue
+        key = f"config key 'methods.{name}.learner'"
+        if spec["kind"] != "sdedit":
+            raise ConfigError(f"{key}: a {spec['kind']} learns nothing; remove learner")
+        prompts = [spec["prompt"], *spec.get("dataset_prompts", {}).values()]
+        if not any("{token}" in prompt for prompt in prompts):
+            raise ConfigError(
+                f"{key}: lora learns the class tokens with a LoRA, and the method's prompt "
+                f"{spec['prompt']!r} uses no {{token}}; put {{token}} in the prompt or remove "
+                "learner"
+            )
+        if spec.get("erased"):
+            raise ConfigError(
+                f"{key}: lora cannot be combined with erased: true (method '{name}'): the LoRA "
+                "is learned on the base UNet and adapts the attention projections an erasure "
+                "changes, so erasing under it is not the paper's model-centric prevention; use "
+                "learner: textual_inversion for the erased method, or erased: false"
+            )
 
 
 def job_settings(
@@ -466,6 +500,7 @@ def validate_config(config: Mapping, schema_path: str | Path) -> dict:
                 )
             _check_fields(key, prompt, {"name", "token"})
     _check_erasure(config)
+    _check_learners(config)
     _check_overrides(config)
     _check_strengths(config)
     _check_classifier_protocol(config)

@@ -59,8 +59,10 @@ EVAL_IMAGES_SHOWN = 1000
 
 
 def stages(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -> list[Stage]:
-    """Each GPU stage of the grid: jobs, work and GPU-hours at the per-unit `costs`."""
+    """Each GPU stage of the grid: jobs, work and GPU-hours at the per-unit `costs` (the
+    model family's, `runtime.for_family`)."""
     check_numbers(plan)
+    costs = runtime.for_family(costs, plan.family)
     cells = len(plan.seeds) * len(plan.shots)
     inversion, erasure = plan.inversion, plan.erasure
     sets = images = token_files = token_classes = runs = train_steps = evals = 0
@@ -79,10 +81,13 @@ def stages(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -> lis
             images += sources * generation.num_synthetic
             image_steps += sources * generation.num_synthetic * steps
             seconds["generate"] += runtime.generate_seconds(generation, sources, steps, costs)
-        kinds = {plan.methods[m].erased for m in plan.token_methods(dataset)}  # plain, erased
+        # invert, invert_erased, lora: the lora jobs at inversion's unit cost, lora.steps each
+        kinds = {plan.token_job(dataset, m) for m in plan.token_methods(dataset)}
         token_files += len(kinds) * cells
         token_classes += len(kinds) * cells * classes
-        seconds["invert"] += len(kinds) * cells * runtime.invert_seconds(inversion, classes, costs)
+        for kind in kinds:
+            learn = inversion.replace(steps=plan.token_steps(kind))
+            seconds["invert"] += cells * runtime.invert_seconds(learn, classes, costs)
         if dataset in plan.erased_datasets():
             erase_classes += classes
             deltas += runtime.erase_deltas(erasure, classes)
@@ -133,13 +138,14 @@ def hours_table(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -
     """The stages as a markdown table: jobs, work, per-unit costs, where each was measured,
     GPU-hours."""
     rows = stages(plan, costs)
+    costs = runtime.for_family(costs, plan.family)
     lines = [
         "| stage | GPU jobs | work | per-unit cost | measured | GPU-hours (estimated) |",
         "|---|---|---|---|---|---|",
     ]
     for s in rows:
         cost = "; ".join(f"{costs[k].seconds:.3g} s {runtime.UNITS[k]}" for k in s.costs)
-        where = "; ".join(costs[k].measured or "not measured" for k in s.costs)
+        where = "; ".join(costs[k].measured or costs[k].basis or "not measured" for k in s.costs)
         lines.append(
             f"| `{s.name}` | {s.jobs:,} | {s.work} | {cost or '—'} | {where or '—'} "
             f"| {s.hours:,.1f} |"

@@ -74,7 +74,8 @@ SD_V1 = Architecture(
     {
         "full": 859_520_964, "xattn": 43_962_560, "noxattn": 813_495_680,
         "selfattn": 49_574_080, "notime": 857_458_240, "xlayer": 3_605_760,
-        "selflayer": 8_193_920, "uce": 19_169_280, "uce-values": 9_584_640,
+        "selflayer": 8_193_920, "xattn-strict": 19_169_280, "uce": 19_169_280,
+        "uce-values": 9_584_640,
     },
 )  # fmt: skip
 TINY = Architecture(
@@ -82,16 +83,43 @@ TINY = Architecture(
     32,
     {
         "full": 985_444, "xattn": 49_408, "noxattn": 914_080, "selfattn": 65_792,
-        "notime": 963_488, "uce": 16_384, "uce-values": 8_192,
+        "notime": 963_488, "xattn-strict": 16_384, "uce": 16_384, "uce-values": 8_192,
+    },
+)  # fmt: skip
+
+
+# Counted the same way on `dafusion.stages.tiny.sdxl_unet()` (SDXL base's UNet, 2,567,463,684
+# parameters) and the tiny SDXL's; a token's rows are in both text encoders (768 + 1280 wide,
+# 32 + 32 in the tiny one).
+SDXL = Architecture(
+    "SDXL base",
+    768 + 1280,
+    {
+        "full": 2_567_463_684, "xattn": 545_670_400, "noxattn": 2_019_730_560,
+        "selfattn": 409_683_200, "notime": 2_565_400_960, "xattn-strict": 340_787_200,
+        "uce": 340_787_200, "uce-values": 170_393_600,
+    },
+)  # fmt: skip
+TINY_SDXL = Architecture(
+    "the tiny SDXL",
+    32 + 32,
+    {
+        "full": 1_028_708, "xattn": 65_792, "noxattn": 940_960, "selfattn": 65_792,
+        "notime": 1_006_752, "xattn-strict": 32_768, "uce": 32_768, "uce-values": 16_384,
     },
 )  # fmt: skip
 
 
 def architecture(model: ModelSettings) -> Architecture | None:
     """The architecture of `model.pretrained`, where the estimate knows it: the embedded
-    models' and Stable Diffusion v1.x's (a hub id naming stable-diffusion-v1)."""
+    models', Stable Diffusion v1.x's (a hub id naming stable-diffusion-v1) and SDXL base's
+    (a hub id naming stable-diffusion-xl-base)."""
+    if model.pretrained == "tiny-sdxl":
+        return TINY_SDXL
     if model.embedded:
         return TINY
+    if re.search(r"stable-diffusion-xl-base\b", model.pretrained, re.IGNORECASE):
+        return SDXL
     if re.search(r"stable-diffusion-v1\b", model.pretrained, re.IGNORECASE):
         return SD_V1
     return None
@@ -153,7 +181,8 @@ def disk(plan: Plan) -> list[Output]:
             shard_bytes += count * image_bytes(generation.image_format, resolution)
             formats.add(generation.image_format)
             resized = resized or generation.resize_to_source
-        kinds = {plan.methods[m].erased for m in plan.token_methods(dataset)}
+        # invert, invert_erased, lora (whose adapter, rank x width per projection, is small)
+        kinds = {plan.token_job(dataset, m) for m in plan.token_methods(dataset)}
         token_files += len(kinds) * cells
         token_classes += len(kinds) * cells * classes
         for method, spec in plan.methods.items():

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.readers import KINDS, missing_package
-from ..settings import BACKBONE_WEIGHTS, EMBEDDED_MODELS, UNSEEDABLE_SCHEDULERS
+from ..settings import (
+    BACKBONE_WEIGHTS,
+    EMBEDDED_FAMILIES,
+    EMBEDDED_MODELS,
+    UNSEEDABLE_SCHEDULERS,
+    VAE_CHECKPOINT,
+    VAE_FLOAT32,
+)
 from ..shipped import MINIATURE
 from .config import ConfigError, job_settings
 
@@ -60,13 +67,15 @@ class Needs:
             return cls(data=False, backbones=False, model=False)
         if len(rest) > 1 and rest[1] == "splits":
             return cls(model=False, backbones=False)
-        if len(rest) > 1 and rest[1] in ("synthetic", "tokens", "erasure"):
+        if len(rest) > 1 and rest[1] in ("synthetic", "tokens", "lora", "erasure"):
             return cls(backbones=False)
         return cls()
 
 
+# ESD's train methods that name Stable Diffusion 1.x/2.x blocks (dafusion.stages.erasure).
+LAYER_METHODS = ("xlayer", "selflayer")
 # The rules whose jobs load the diffusion model.
-MODEL_RULES = {"erase", "invert", "invert_erased", "generate"}
+MODEL_RULES = {"erase", "invert", "invert_erased", "lora", "generate"}
 
 
 def check_machine(config: Mapping, base_dir: str | Path, needs: Needs) -> None:
@@ -85,6 +94,8 @@ def check_machine(config: Mapping, base_dir: str | Path, needs: Needs) -> None:
             folder = _check_model(config["model"]["pretrained"], base_dir, safety)
         except ConfigError as exc:
             problems.append(str(exc))
+        vae = config["model"].get("vae", VAE_CHECKPOINT)
+        problems.append(_vae_problem(vae, base_dir, folder, config["model"]["pretrained"]))
     problems = [p for p in problems if p]
     if len(problems) == 1:
         raise ConfigError(problems[0])
@@ -92,9 +103,39 @@ def check_machine(config: Mapping, base_dir: str | Path, needs: Needs) -> None:
         listed = "".join(f"\n  - {problem}" for problem in problems)
         raise ConfigError(f"{len(problems)} things this run reads are missing:{listed}")
     if needs.model:
-        model_scheduler = _scheduler_config(folder)
+        model_scheduler = _scheduler_config(folder, config["model"]["pretrained"])
         _check_schedulers(config, model_scheduler)
         _check_erasure_steps(config, model_scheduler)
+        _check_erasure_layers(config, folder)
+        _check_lora_family(config, folder)
+
+
+def _vae_problem(
+    setting: str, base_dir: str | Path, model: Path | None, pretrained: str
+) -> str | None:
+    """`model.vae` set to another VAE's folder or hub id: its files are on this machine
+    (`dafusion.stages.families.vae_source`, file look-ups only), and its latents have the
+    channels the UNet of the model in `model` takes (a tiny model's, for None: 4)."""
+    if setting in (VAE_CHECKPOINT, VAE_FLOAT32):
+        return None
+    from ..stages.families import vae_source
+
+    try:
+        source, sub = vae_source(setting, base_dir)
+    except OSError as exc:
+        return str(exc)
+    latent = json.loads((source / (sub or "") / "config.json").read_text()).get(
+        "latent_channels",
+        4,  # AutoencoderKL's default
+    )
+    unet = model / "unet/config.json" if model is not None else None
+    takes = json.loads(unet.read_text()).get("in_channels", 4) if unet and unet.is_file() else 4
+    if latent != takes:
+        return (
+            f"config key 'model.vae': the VAE '{setting}' makes {latent}-channel latents and "
+            f"the UNet of '{pretrained}' takes {takes}; use a VAE of the model's family"
+        )
+    return None
 
 
 def _dataset_files_problem(name: str, spec: Mapping, base_dir: str | Path) -> str | None:
@@ -175,10 +216,21 @@ SAFETY_FILES = {
 }
 
 
-def _check_model_files(folder: Path, pretrained: str, safety_checker: bool) -> None:
+# SDXL's second tokenizer and text encoder (CLIPTextModelWithProjection).
+SDXL_FILES = {
+    "tokenizer_2": MODEL_FILES["tokenizer"],
+    "text_encoder_2": MODEL_FILES["text_encoder"],
+}
+
+
+def _check_model_files(folder: Path, pretrained: str, safety_checker: bool, family: str) -> None:
     """Every file the stages load exists, weights as safetensors: a half-copied directory or
     cache, or a checkpoint with only pickle weights, stops here and not in the first job."""
-    wanted = {**MODEL_FILES, **(SAFETY_FILES if safety_checker else {})}
+    wanted = {
+        **MODEL_FILES,
+        **(SDXL_FILES if family == "sdxl" else {}),
+        **(SAFETY_FILES if safety_checker else {}),
+    }
     for component, needs in wanted.items():
         for options in needs:
             if any((folder / component / name).is_file() for name in options):
@@ -199,13 +251,37 @@ def _check_model_files(folder: Path, pretrained: str, safety_checker: bool) -> N
             )
 
 
-def _check_family(folder: Path, pretrained: str) -> None:
-    """A checkpoint of a family the stages drive (`dafusion.stages.families`), refused before
-    any job otherwise."""
+def _family(pretrained: str, folder: Path | None) -> str:
+    """The family of the model start-up found in `folder` (None: a tiny model a job builds),
+    checked already (`_check_family`)."""
+    from ..stages.families import model_family
+
+    return EMBEDDED_FAMILIES[pretrained] if folder is None else model_family(folder).name
+
+
+def _check_lora_family(config: Mapping, folder: Path | None) -> None:
+    """`learner: lora` is built for the Stable Diffusion 1.x/2.x family (one text encoder):
+    a method asking for it on another family stops here, not in its lora job."""
+    lora = [name for name, spec in config["methods"].items() if spec.get("learner") == "lora"]
+    if not lora:
+        return
+    pretrained = config["model"]["pretrained"]
+    family = _family(pretrained, folder)
+    if family != "stable-diffusion":
+        raise ConfigError(
+            f"config key 'methods.{lora[0]}.learner': lora is built for Stable Diffusion 1.x "
+            f"and 2.x, and '{pretrained}' is an {family} model; use learner: "
+            "textual_inversion with it"
+        )
+
+
+def _check_family(folder: Path, pretrained: str) -> str:
+    """The family of a checkpoint the stages drive (`dafusion.stages.families`), refused
+    before any job otherwise."""
     from ..stages.families import model_family
 
     try:
-        model_family(folder)
+        return model_family(folder).name
     except ValueError as exc:
         raise ConfigError(f"config key 'model.pretrained': {exc}") from None
 
@@ -231,8 +307,8 @@ def _check_model(pretrained: str, base_dir: str | Path, safety_checker: bool) ->
                 f"config key 'model.pretrained': directory '{path}' is not a diffusers model "
                 "(no model_index.json); point it at a directory written by save_pretrained"
             )
-        _check_family(path, pretrained)
-        _check_model_files(path, pretrained, safety_checker)
+        family = _check_family(path, pretrained)
+        _check_model_files(path, pretrained, safety_checker, family)
         return path
     looks_like_path = pretrained.startswith(("/", ".", "~")) or pretrained.count("/") != 1
     if not looks_like_path:
@@ -244,8 +320,8 @@ def _check_model(pretrained: str, base_dir: str | Path, safety_checker: bool) ->
             cached = None
         if isinstance(cached, str):
             # The cache's snapshot folder has the save_pretrained layout (files link to blobs).
-            _check_family(Path(cached).parent, pretrained)
-            _check_model_files(Path(cached).parent, pretrained, safety_checker)
+            family = _check_family(Path(cached).parent, pretrained)
+            _check_model_files(Path(cached).parent, pretrained, safety_checker, family)
             return Path(cached).parent
         raise ConfigError(
             f"config key 'model.pretrained': '{pretrained}' is not in the local Hugging Face "
@@ -255,19 +331,23 @@ def _check_model(pretrained: str, base_dir: str | Path, safety_checker: bool) ->
         )
     raise ConfigError(
         f"config key 'model.pretrained': directory '{path}' does not exist; give 'tiny', "
-        "'tiny-digits', a "
+        "'tiny-sdxl', 'tiny-digits', a "
         "local diffusers directory, or a hub id such as CompVis/stable-diffusion-v1-4"
     )
 
 
-# The tiny model's scheduler (dafusion.stages.tiny builds it in a job): Stable Diffusion v1's.
-TINY_SCHEDULER = {"_class_name": "PNDMScheduler", "num_train_timesteps": 1000}
+# The tiny models' schedulers (dafusion.stages.tiny builds them in a job): Stable Diffusion
+# v1's and SDXL base's.
+TINY_SCHEDULERS = {
+    "tiny": {"_class_name": "PNDMScheduler", "num_train_timesteps": 1000},
+    "tiny-sdxl": {"_class_name": "EulerDiscreteScheduler", "num_train_timesteps": 1000},
+}
 
 
-def _scheduler_config(folder: Path | None) -> dict:
-    """The model's scheduler config (the tiny model's for None)."""
+def _scheduler_config(folder: Path | None, pretrained: str) -> dict:
+    """The model's scheduler config (a tiny model's for None)."""
     if folder is None:
-        return TINY_SCHEDULER
+        return TINY_SCHEDULERS[pretrained]
     return json.loads((folder / "scheduler/scheduler_config.json").read_text())
 
 
@@ -300,6 +380,26 @@ def _check_erasure_steps(config: Mapping, model_scheduler: Mapping) -> None:
         raise ConfigError(
             f"config key 'erasure.ddim_steps': {erasure['ddim_steps']} is above the model's "
             f"{steps} training steps; lower it"
+        )
+
+
+def _check_erasure_layers(config: Mapping, folder: Path | None) -> None:
+    """ESD's xlayer and selflayer name blocks of Stable Diffusion 1.x/2.x's UNet (CompVis
+    input_blocks 4 and 7, output_blocks 6 and 8); SDXL's UNet lays its blocks out otherwise,
+    and the erase job would refuse them (`dafusion.stages.erasure.trained_names`): an SDXL
+    model stops here instead. Other layouts (the tiny models') are known once a job builds
+    the UNet."""
+    erasure = config["erasure"]
+    method = erasure["train_method"]
+    if not (erasure["enabled"] and erasure["method"] == "esd" and method in LAYER_METHODS):
+        return
+    pretrained = config["model"]["pretrained"]
+    if _family(pretrained, folder) == "sdxl":
+        raise ConfigError(
+            f"config key 'erasure.train_method': {method} names blocks of Stable Diffusion "
+            f"1.x/2.x's UNet, and '{pretrained}' is an SDXL model, whose UNet has other "
+            "blocks at those places; use xattn (the ESD authors' SDXL esd-x), xattn-strict "
+            "(their esd-x-strict), selfattn, noxattn, notime or full"
         )
 
 

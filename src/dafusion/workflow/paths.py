@@ -14,9 +14,9 @@ editing it changes no job's code fingerprint (`dafusion.provenance`).
 
 from __future__ import annotations
 
-# The tiny model (model.pretrained: tiny), built once per resolution: two configs of one
-# results folder never overwrite each other's.
-TINY_MODEL = "model/tiny-{resolution}px"
+# The tiny models (model.pretrained: tiny or tiny-sdxl), built once per resolution: two
+# configs of one results folder never overwrite each other's.
+TINY_MODEL = "model/{name}-{resolution}px"
 
 # place_shipped: a shipped asset (dafusion.shipped: tiny-digits, reference-digits), copied
 # where the jobs read it, so that no job's inputs name the checkout's or the package's path.
@@ -50,6 +50,12 @@ TOKEN_LOSSES = _TOKENS + "-loss.parquet"
 ERASED_TOKENS = _ERASED_TOKENS + ".safetensors"
 ERASED_TOKENS_EXPORT = _ERASED_TOKENS
 ERASED_TOKEN_LOSSES = _ERASED_TOKENS + "-loss.parquet"
+# lora (learner: lora): the adapter folder (diffusers' load_lora_weights layout), the class
+# tokens learned with it (a tokens file as invert's) and the loss table (as invert's).
+_LORA = "{dataset}/lora/seed{seed}-shots{shots}"
+LORA = _LORA
+LORA_TOKENS = _LORA + ".safetensors"
+LORA_LOSSES = _LORA + "-loss.parquet"
 
 # generate: the rows of one of a set's `generation.parts` parts (its shards lie beside it;
 # temporary: gather_synthetic reads them); gather_synthetic: the set's index.
@@ -80,5 +86,5 @@ BENCHMARKS = "benchmarks"
 
 
 def tokens_losses(tokens: str) -> str:
-    """The inversion loss table beside a tokens file."""
+    """The loss table beside a tokens file (invert's, invert_erased's or lora's)."""
     return tokens.removesuffix(".safetensors") + "-loss.parquet"

@@ -26,12 +26,15 @@ from typing import Any
 from ..data.readers import index_keys
 from ..provenance import digest
 from ..settings import (
+    BUILT_MODELS,
+    EMBEDDED_FAMILIES,
     AggregateSettings,
     ClassifierSettings,
     DatasetSettings,
     ErasureSettings,
     GenerationSettings,
     InversionSettings,
+    LoraSettings,
     MethodSettings,
     ModelSettings,
 )
@@ -50,6 +53,7 @@ class Plan:
     model: ModelSettings
     datasets: Mapping[str, DatasetSettings]
     inversion: InversionSettings
+    lora: LoraSettings
     methods: Mapping[str, MethodSettings]
     erasure: ErasureSettings
     classifier: ClassifierSettings
@@ -69,6 +73,7 @@ class Plan:
                 name: DatasetSettings.from_config(s) for name, s in config["datasets"].items()
             },
             inversion=InversionSettings.from_config(config["inversion"]),
+            lora=LoraSettings.from_config(config["lora"]),
             methods={name: MethodSettings.from_config(s) for name, s in config["methods"].items()},
             erasure=ErasureSettings.from_config(config["erasure"]),
             classifier=ClassifierSettings.from_config(config["classifier"]),
@@ -84,6 +89,36 @@ class Plan:
         """The synthetic sets (`dafusion.workflow.sets`), built once so that each dataset's
         are worked out once."""
         return SyntheticSets(self)
+
+    @functools.cached_property
+    def family(self) -> str:
+        """The model's family (`dafusion.stages.families`), for the cost model: read from its
+        files where they are on this machine, else told by its name (SDXL's hub ids say
+        "xl"), as an estimate on a machine without the model is."""
+        import re
+
+        from ..stages.families import model_family
+
+        pretrained = self.model.pretrained
+        if pretrained in EMBEDDED_FAMILIES:
+            return EMBEDDED_FAMILIES[pretrained]
+        folder = Path(pretrained).expanduser()
+        if not folder.is_dir() and pretrained.count("/") == 1:
+            from huggingface_hub import try_to_load_from_cache
+
+            try:
+                cached = try_to_load_from_cache(pretrained, "model_index.json")
+            except ValueError:  # not a valid repo id
+                cached = None
+            folder = Path(cached).parent if isinstance(cached, str) else folder
+        if (folder / "model_index.json").is_file():
+            try:
+                return model_family(folder).name
+            except ValueError:
+                pass  # refused at start-up, with the reason
+        return (
+            "sdxl" if re.search(r"(xl\b|sdxl)", pretrained, re.IGNORECASE) else "stable-diffusion"
+        )
 
     @functools.cached_property
     def resources(self) -> Resources:
@@ -132,6 +167,17 @@ class Plan:
         """Whether the method's prompt on this dataset needs the learned class tokens."""
         return self.methods[method].for_dataset(dataset).uses_tokens
 
+    def uses_lora(self, dataset: str, method: str) -> bool:
+        """Whether the method's tokens on this dataset come with a LoRA (`learner: lora`)."""
+        return self.methods[method].for_dataset(dataset).uses_lora
+
+    def lora_params(self) -> dict[str, Any]:
+        """What a lora job's outputs depend on besides the model: the LoRA's settings and
+        the inversion settings its token rows follow (all but inversion.steps: the job
+        runs lora.steps)."""
+        inversion = {k: v for k, v in self.inversion.result_params().items() if k != "steps"}
+        return {"inversion": inversion, "lora": self.lora.result_params()}
+
     def index_params(self, dataset: str) -> dict[str, Any]:
         """What index_dataset's outputs depend on: the entry's keys its kind reads, without
         allow_fewer (only few_shot_split reads it, so changing it does not reread the
@@ -152,6 +198,11 @@ class Plan:
         """The model settings an erasure or an inversion depends on: each trains in its own
         precision (erasure.precision, inversion.mixed_precision), whatever model.dtype."""
         return {k: v for k, v in self.model.result_params().items() if k != "dtype"}
+
+    def erasure_model_params(self) -> dict[str, Any]:
+        """The model settings an erasure depends on: an inversion's but model.vae (ESD and
+        UCE read no image: the erase job loads the checkpoint's own VAE and never runs it)."""
+        return {k: v for k, v in self.trained_model_params().items() if k != "vae"}
 
     def aggregate_params(self, *keys: str) -> dict[str, Any]:
         """The aggregate settings a rule's outputs depend on (and no others)."""
@@ -176,10 +227,24 @@ class Plan:
         return [name for name, method in self.methods.items() if method.synthetic]
 
     def tokens_path(self, dataset: str, method: str, seed: int | str, shots: int | str) -> str:
-        """A method's class tokens: learned against the erased UNet for an erased method."""
+        """A method's class tokens: learned against the erased UNet for an erased method,
+        with a LoRA (the lora job's) where its learner is lora."""
         pattern = paths.ERASED_TOKENS if self.methods[method].erased else paths.TOKENS
+        if self.uses_lora(dataset, method):
+            pattern = paths.LORA_TOKENS
         eraser = self.erasure.eraser
         return self.path(pattern, dataset=dataset, eraser=eraser, seed=seed, shots=shots)
+
+    def token_job(self, dataset: str, method: str) -> str:
+        """The rule that learns a method's class tokens on a dataset: `invert`,
+        `invert_erased` (an erased method) or `lora` (learner: lora)."""
+        if self.uses_lora(dataset, method):
+            return "lora"
+        return "invert_erased" if self.methods[method].erased else "invert"
+
+    def token_steps(self, job: str) -> int:
+        """The optimization steps of a `token_job`'s jobs."""
+        return self.lora.steps if job == "lora" else self.inversion.steps
 
     def token_methods(self, dataset: str) -> list[str]:
         """The methods that run on a dataset with a prompt that needs the class tokens."""
@@ -256,9 +321,11 @@ class Plan:
         hub id / directory."""
         if self.model.pretrained == "tiny-digits":
             return self.path(paths.SHIPPED, asset="tiny-digits")
-        if self.model.pretrained != "tiny":
+        if self.model.pretrained not in BUILT_MODELS:
             return []
-        return self.path(paths.TINY_MODEL, resolution=self.model.resolution)
+        return self.path(
+            paths.TINY_MODEL, name=self.model.pretrained, resolution=self.model.resolution
+        )
 
     def split_path(self, dataset: str, seed: int | str, shots: int | str) -> str:
         return self.path(paths.SPLIT, dataset=dataset, seed=seed, shots=shots)
@@ -290,6 +357,15 @@ class Plan:
         method = self.sets.methods(dataset, set)[0]
         if self.uses_tokens(dataset, method):
             return self.tokens_path(dataset, method, seed, shots)
+        return []
+
+    def generate_lora(
+        self, dataset: str, set: str, seed: int | str, shots: int | str
+    ) -> str | list[str]:
+        """A set's LoRA adapter (the folder of the lora job), for sets of a lora learner."""
+        method = self.sets.methods(dataset, set)[0]
+        if self.uses_lora(dataset, method):
+            return self.path(paths.LORA, dataset=dataset, seed=seed, shots=shots)
         return []
 
     def set_erasure(self, dataset: str, set: str) -> str | list[str]:

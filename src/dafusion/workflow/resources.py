@@ -13,8 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..jobs.devices import will_use_cuda
 from .runtime import (
+    COSTS,
+    Cost,
     class_count,
     erase_seconds,
+    for_family,
     generate_seconds,
     invert_seconds,
     minutes,
@@ -32,6 +35,11 @@ class Resources:
     """The resources of every job of a plan."""
 
     plan: Plan
+
+    @property
+    def costs(self) -> dict[str, Cost]:
+        """The per-unit costs of the plan's model family (`runtime.for_family`)."""
+        return for_family(COSTS, self.plan.family)
 
     def gpus(self, device: str) -> int:
         """1 for a job that will compute on CUDA (GPU jobs then queue for --resources gpu=N,
@@ -93,7 +101,7 @@ class Resources:
         strengths = self.plan.methods[self.plan.sets.methods(dataset, set)[0]].strengths
         assert strengths is not None  # a synthetic set's methods all have them
         steps = most_steps(generation.num_inference_steps, strengths)
-        seconds = generate_seconds(generation, rows(split), steps) / int(parts)
+        seconds = generate_seconds(generation, rows(split), steps, self.costs) / int(parts)
         return minutes(seconds, attempt)
 
     def gather_minutes(self, attempt: int) -> int:
@@ -101,13 +109,19 @@ class Resources:
         return minutes(0, attempt)
 
     def invert_minutes(self, split: str, attempt: int) -> int:
-        seconds = invert_seconds(self.plan.inversion, class_count(split))
+        seconds = invert_seconds(self.plan.inversion, class_count(split), self.costs)
         return minutes(seconds, attempt)
+
+    def lora_minutes(self, split: str, attempt: int) -> int:
+        """A lora job: an inversion of lora.steps steps (its backward reaches the LoRA's
+        weights inside the UNet, which inversion's backward passes through anyway)."""
+        inversion = self.plan.inversion.replace(steps=self.plan.lora.steps)
+        return minutes(invert_seconds(inversion, class_count(split), self.costs), attempt)
 
     def erase_minutes(self, pool: str, attempt: int) -> int:
         # UCE needs no class count (and so no pool) for its estimate.
         classes = class_count(pool) if self.plan.erasure.method == "esd" else 0
-        return minutes(erase_seconds(self.plan.erasure, classes), attempt)
+        return minutes(erase_seconds(self.plan.erasure, classes, self.costs), attempt)
 
     def train_minutes(self, dataset: str, method: str, val: str, test: str, attempt: int) -> int:
         images = rows(val) + rows(test)

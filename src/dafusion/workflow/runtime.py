@@ -47,16 +47,24 @@ UNITS = {
     "train_tf32": "per classifier step, classifier.precision tf32",
     "train_bf16": "per classifier step, classifier.precision bf16",
     "eval": "per evaluated image",
+    # Another family's costs of the stages that run its UNet (`for_family`).
+    "generate_sdxl": "per image and denoising step, SDXL base at 1024 px",
+    "invert_sdxl": "per class, sample and step, SDXL base at 1024 px",
+    "erase_sdxl": "per faithful ESD iteration at 50 DDIM steps, SDXL base at 1024 px",
 }
+# The stages whose cost depends on the model family (dafusion.stages.families); the
+# Stable Diffusion 1.x/2.x family's are the plain keys.
+FAMILY_STAGES = ("generate", "invert", "erase")
 
 
 @dataclass(frozen=True)
 class Cost:
     """Seconds per unit of a stage's work (UNITS), and where they were measured (None: not
-    measured, a guess)."""
+    measured, a guess, whose `basis` says how it was made)."""
 
     seconds: float
     measured: str | None
+    basis: str | None = None
 
 
 def read_costs(path: str | os.PathLike, base: Mapping[str, Cost] | None = None) -> dict[str, Cost]:
@@ -70,7 +78,7 @@ def read_costs(path: str | os.PathLike, base: Mapping[str, Cost] | None = None) 
         seconds = entry.get("seconds")
         if not isinstance(seconds, int | float) or seconds <= 0:
             raise ValueError(f"{path}: cost '{key}' needs seconds > 0, not {seconds!r}")
-        costs[key] = Cost(float(seconds), entry.get("measured"))
+        costs[key] = Cost(float(seconds), entry.get("measured"), entry.get("basis"))
     missing = [key for key in ("generate", "invert", "erase", "train", "eval") if key not in costs]
     if missing:
         raise ValueError(f"{path}: no cost for {', '.join(missing)}")
@@ -78,6 +86,17 @@ def read_costs(path: str | os.PathLike, base: Mapping[str, Cost] | None = None) 
 
 
 COSTS = read_costs(COSTS_FILE)
+
+
+def for_family(costs: Mapping[str, Cost], family: str) -> dict[str, Cost]:
+    """`costs` with the family's own cost of each stage that runs its UNet in place of the
+    plain key (`generate_sdxl` as `generate` for SDXL), where `costs` has one."""
+    own = {
+        stage: costs[f"{stage}_{family}"] for stage in FAMILY_STAGES if f"{stage}_{family}" in costs
+    }
+    return {**costs, **own}
+
+
 # The DDIM steps ESD's `erase` cost was measured at (UNITS).
 ESD_MEASURED_DDIM_STEPS = 50
 

@@ -30,11 +30,12 @@ DEFAULT_GPUS = (1, 8, 64)
 
 def gpu_jobs(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -> list[Job]:
     """The grid's GPU jobs, each after those it waits for: erase, then invert_erased (plain
-    tokens: invert), then the generate jobs of a set whose prompt uses the tokens or whose
-    UNet is erased, then the train jobs that read the set. Their seconds add up to the
-    stages' hours; the CPU jobs between them (indexing, splits, gathering a set) and the
-    evaluations (`stages`) are not counted."""
+    tokens: invert; tokens with a LoRA: lora), then the generate jobs of a set whose prompt
+    uses the tokens or whose UNet is erased, then the train jobs that read the set. Their
+    seconds add up to the stages' hours; the CPU jobs between them (indexing, splits,
+    gathering a set) and the evaluations (`stages`) are not counted."""
     check_numbers(plan)
+    costs = runtime.for_family(costs, plan.family)
     inversion, erasure = plan.inversion, plan.erasure
     jobs: list[Job] = []
 
@@ -47,18 +48,19 @@ def gpu_jobs(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -> l
         erase = None
         if dataset in plan.erased_datasets():
             erase = add(f"erase {dataset}", runtime.erase_seconds(erasure, classes, costs))
-        kinds = sorted({plan.methods[m].erased for m in plan.token_methods(dataset)})
+        kinds = sorted({plan.token_job(dataset, m) for m in plan.token_methods(dataset)})
         for seed in plan.seeds:
             for shots in plan.shots:
                 cell = f"seed{seed}-shots{shots}"
-                invert = runtime.invert_seconds(inversion, classes, costs)
                 tokens = {
-                    erased: add(
-                        f"{'invert_erased' if erased else 'invert'} {dataset} {cell}",
-                        invert,
-                        [erase if erased else None],
+                    kind: add(
+                        f"{kind} {dataset} {cell}",
+                        runtime.invert_seconds(
+                            inversion.replace(steps=plan.token_steps(kind)), classes, costs
+                        ),
+                        [erase if kind == "invert_erased" else None],
                     )  # fmt: skip
-                    for erased in kinds
+                    for kind in kinds
                 }
                 parts: dict[str, list[int]] = {}
                 for name, methods in plan.sets.by_name(dataset).items():
@@ -71,7 +73,9 @@ def gpu_jobs(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -> l
                     shards = -(-sources * generation.num_synthetic // generation.shard_size)
                     count = max(1, min(generation.parts, shards))  # as Plan.generate_parts
                     after = [
-                        tokens[spec.erased] if plan.uses_tokens(dataset, methods[0]) else None,
+                        tokens[plan.token_job(dataset, methods[0])]
+                        if plan.uses_tokens(dataset, methods[0])
+                        else None,
                         erase if spec.erased else None,
                     ]
                     parts[name] = [

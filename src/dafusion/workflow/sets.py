@@ -47,7 +47,8 @@ class SyntheticSets:
     def identity(self, dataset: str, method: str) -> dict[str, Any]:
         """What determines a method's synthetic images on a dataset (with the split its seed
         and shots give): the method as the dataset runs it (prompt, strengths, mask,
-        erased), the generation's result settings but M, the model, and the inversion and
+        erased; its learner where the prompt uses tokens learned with a LoRA), the
+        generation's result settings but M, the model, and the inversion (and LoRA) and
         erasure settings where its prompt uses tokens or its UNet is erased. The per-image
         seeds come from (seed, image, j) alone, so methods with one identity get the same
         images: they share one set, of the largest M they ask for, and each run reads its
@@ -61,7 +62,9 @@ class SyntheticSets:
             "generation": generation,
             "model": plan.model.result_params(),
         }
-        if spec.uses_tokens:
+        if spec.uses_lora:  # tokens learned with a LoRA: the lora job's settings
+            identity.update(plan.lora_params())
+        elif spec.uses_tokens:
             identity["inversion"] = plan.inversion.result_params()
         if spec.erased:
             identity["erasure"] = plan.erasure.result_params()

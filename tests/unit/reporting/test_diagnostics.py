@@ -94,6 +94,8 @@ def test_loss_titles_say_the_run_in_words():
     )
     joint = paths.ERASED_TOKEN_LOSSES.format(dataset="d", eraser="uce-joint", seed=2, shots="all")
     assert loss_title(joint) == "seed 2, every training image, class names erased together (UCE)"
+    lora = paths.LORA_LOSSES.format(dataset="digits", seed=1, shots=2)
+    assert loss_title(lora) == "seed 1, 2 examples per class, tokens with a LoRA"
     assert loss_title("elsewhere/curves.parquet") == "curves"
 
 

@@ -58,7 +58,12 @@ def test_the_resolved_config_has_defaults_no_knobs_and_no_absolute_path(tmp_path
     assert resolved["results"] == "results"
     assert resolved["datasets"]["photos"]["root"] == f"{OUTSIDE}/photos"
     assert "track_files" not in resolved["datasets"]["photos"]
-    assert resolved["model"] == {"pretrained": "tiny", "dtype": "float32", "resolution": 512}
+    assert resolved["model"] == {
+        "pretrained": "tiny",
+        "dtype": "float32",
+        "resolution": 512,
+        "vae": "checkpoint",
+    }
     assert resolved["inversion"]["steps"] == 1000  # a default, filled in
     for section, settings in SECTIONS.items():
         entries = (

@@ -1,5 +1,6 @@
 """Erasure: ESD and UCE move the erased class, deltas are exact and swap bit for bit, an
-ESD job resumes, and erased inversion and generation use each class's own delta."""
+ESD job resumes, and erased inversion and generation use each class's own delta; both run
+on a v-prediction (SD 2.x) and an SDXL model, as the ESD and UCE authors' SDXL code does."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import make_set
+from helpers import make_set, relabelled_model
 from safetensors.torch import load_file as load_tokens
 
 from dafusion import pipeline
@@ -31,9 +32,11 @@ from dafusion.settings import (
 from dafusion.stages.deltas import DeltaSwitch, delta_path, load_delta, save_delta
 from dafusion.stages.erasure import (
     TRAIN_METHODS,
+    _last_token,
     cross_attention_projections,
     ddim_indices,
     ddim_timesteps,
+    erase_classes,
     erasure_scores,
     esd,
     sample_until,
@@ -44,7 +47,7 @@ from dafusion.stages.erasure import (
 from dafusion.stages.families.conditioning import Conditioning
 from dafusion.stages.inversion import learn_tokens
 from dafusion.stages.models import load_components
-from dafusion.stages.tiny import sd_v1_unet
+from dafusion.stages.tiny import save_tiny_model, sd_v1_unet
 from dafusion.workflow.config import SCHEMA, load_schema
 
 NAMES = ["zero", "one", "two", "three", "four"]
@@ -165,6 +168,8 @@ def test_each_train_method_selects_the_esd_code_parameters_of_sd_v1(sd_v1_names,
         | _attention("up_blocks.2.attentions.2", "attn2"),
         "selflayer": _attention("down_blocks.1.attentions.0", "attn1")
         | _attention("down_blocks.2.attentions.0", "attn1"),
+        # esd_sd.py l. 44-47 (the ESD authors' diffusers code): attn2's to_k and to_v.
+        "xattn-strict": {n for n in cross if n.endswith(("to_k.weight", "to_v.weight"))},
     }[method]
     assert expected <= set(every)
     chosen = trained_names(unet, method)
@@ -176,6 +181,8 @@ def test_a_train_method_that_selects_nothing_names_its_config_key(components):
     assert trained_names(components.unet, "full") == every
     for method in ("xlayer", "selflayer"):  # the tiny UNet has no such CompVis blocks
         with pytest.raises(ValueError, match="'erasure.train_method': '.*' selects no param"):
+            trained_names(components.unet, method)
+        with pytest.raises(ValueError, match=r"SD 1.x/2.x|1.x/2.x's UNet .* laid out otherwise"):
             trained_names(components.unet, method)
     with pytest.raises(ValueError, match="'erasure.train_method': unknown 'attn'"):
         trained_names(components.unet, "attn")
@@ -692,3 +699,196 @@ def test_esds_sampler_reads_a_v_prediction_models_output_as_the_same_x0(componen
                 _VelocityOf(eps_model, alphas), alphas, x, t_enc, 10, cond, uncond, guidance
             )
             assert not torch.allclose(wrong, by_eps)
+
+
+# SD 2.x (v-prediction) and SDXL ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sdxl_dir(tmp_path_factory):
+    """A tiny random SDXL (two text encoders, pooled and size conditioning), built once."""
+    path = tmp_path_factory.mktemp("model") / "tiny-sdxl"
+    save_tiny_model(path, resolution=32, family="sdxl")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def sd2_dir(tiny_dir, tmp_path_factory):
+    """The tiny model as a Stable Diffusion 2.x at 768 px is one: its scheduler predicts v."""
+    folder = tmp_path_factory.mktemp("model") / "sd2"
+    return str(relabelled_model(tiny_dir, folder, prediction_type="v_prediction"))
+
+
+def _esd_authors_trainable(unet, train_method: str) -> list[str]:
+    """Transcription of get_esd_trainable_parameters (erasing esd_sdxl.py:24-51)."""
+    kinds = ["Linear", "Conv2d", "LoRACompatibleLinear", "LoRACompatibleConv"]
+    rules = {
+        "esd-x": lambda name: "attn2" in name,
+        "esd-u": lambda name: "attn2" not in name and "emb" not in name and "block" in name,
+        "esd-all": lambda name: "emb" not in name and "block" in name,
+        "esd-x-strict": lambda name: "attn2.to_k" in name or "attn2.to_v" in name,
+    }
+    return [
+        f"{name}.{n}"
+        for name, module in unet.named_modules()
+        if module.__class__.__name__ in kinds and rules[train_method](name)
+        for n, _ in module.named_parameters()
+    ]
+
+
+def test_sdxl_train_methods_are_the_esd_authors_sdxl_selections(sdxl_dir):
+    """xattn is the ESD authors' SDXL esd-x and xattn-strict their esd-x-strict; noxattn and
+    notime train SDXL's added embedding, as the CompVis rule (which leaves out time_embed
+    only) would; xlayer and selflayer, which count SD 1.x/2.x blocks, are refused."""
+    unet = _fresh(sdxl_dir).unet
+    assert unet.config.addition_embed_type == "text_time"
+    for ours, theirs in (("xattn", "esd-x"), ("xattn-strict", "esd-x-strict")):
+        chosen = trained_names(unet, ours)
+        assert chosen == _esd_authors_trainable(unet, theirs), ours
+    strict = set(trained_names(unet, "xattn-strict"))
+    assert strict == set(cross_attention_projections(unet, edit_keys=True))  # UCE's weights
+    added = {n for n, _ in unet.named_parameters() if n.startswith("add_embedding.")}
+    assert added and all(added <= set(trained_names(unet, m)) for m in ("noxattn", "notime"))
+    assert not added & set(_esd_authors_trainable(unet, "esd-u"))  # theirs leaves it out
+    for method in ("xlayer", "selflayer"):
+        with pytest.raises(ValueError, match=rf"'{method}' selects no parameter of this UNet: it"):
+            trained_names(unet, method)
+
+
+@pytest.mark.parametrize(
+    ("family", "method", "train_method"),
+    [
+        ("sdxl", "esd", "xattn"),
+        ("sdxl", "esd", "xattn-strict"),
+        ("sdxl", "uce", None),
+        ("sd2", "esd", "xattn"),
+        ("sd2", "uce", None),
+    ],
+)
+def test_esd_and_uce_change_only_their_parameters_and_their_deltas_round_trip(
+    request, tmp_path, family, method, train_method
+):
+    """On a tiny SDXL and a v-prediction (SD 2.x) model: the erasure changes exactly the
+    UNet tensors its method names, leaves the loaded model and the text encoders alone, and
+    its delta applied over the base gives the edited tensors, then restores bit for bit."""
+    components = _fresh(request.getfixturevalue(f"{family}_dir"))
+    base = _state(components.unet)
+    encoders = [_state(encoder) for _, encoder in components.text_encoders]
+    assert len(encoders) == (2 if family == "sdxl" else 1)
+    if method == "esd":
+        settings = _short_esd(iterations=2, ddim_steps=4, train_method=train_method)
+        tensors, losses = esd(components, ["zero"], settings, 32, stream="zero", progress=False)
+        assert np.isfinite(losses).all()
+        named = trained_names(components.unet, train_method)
+    else:
+        settings = ErasureSettings(method="uce", prompt="a photo of a {name}")
+        prompts = [settings.prompt.format(name=n) for n in NAMES]
+        tensors = uce(components, prompts[:1], prompts[1:], settings)
+        named = cross_attention_projections(components.unet, edit_keys=True)
+    assert sorted(tensors) == sorted(named)
+    for key, value in components.unet.state_dict().items():
+        assert torch.equal(value, base[key]), key  # erasing edits a copy, not the model
+    path = tmp_path / "zero.safetensors"
+    save_delta(path, tensors, torch.float32, {})
+    switch = DeltaSwitch(components.unet)
+    switch.use_file(path)
+    edited = components.unet.state_dict()
+    assert {k for k, v in edited.items() if not torch.equal(v, base[k])} == set(named)
+    for name, value in tensors.items():
+        assert torch.equal(edited[name], value), name
+    switch.restore()
+    for key, value in components.unet.state_dict().items():
+        assert torch.equal(value, base[key]), key
+    for (_, encoder), before in zip(components.text_encoders, encoders, strict=True):
+        for key, value in encoder.state_dict().items():
+            assert torch.equal(value, before[key]), key
+
+
+def test_esd_on_sdxl_conditions_the_unet_as_the_esd_authors_sdxl_code(sdxl_dir):
+    """Every UNet call carries the pooled embedding and the size ids (32, 32, 0, 0, 32, 32)
+    (esd_sdxl.py:118-124 at its resolution); x_t is sampled with the pipeline's own
+    unconditional half, zeros (force_zeros_for_empty_prompt: esd_sdxl.py:159-168 passes no
+    negative prompt), and the loss's null prediction uses the encoded empty prompt
+    (esd_sdxl.py:104-109: negative_prompt "", not zeroed; 181-191)."""
+    components = _fresh(sdxl_dir)
+    frozen = components.unet
+    calls = []
+
+    def hook(module, args, kwargs):
+        calls.append((module, kwargs["encoder_hidden_states"], kwargs["added_cond_kwargs"]))
+
+    frozen.register_forward_pre_hook(hook, with_kwargs=True)  # deep copies keep it
+    esd(components, ["zero"], _short_esd(iterations=1, ddim_steps=4), 32, "zero", progress=False)
+    with torch.no_grad():
+        prompt, null = components.encode(["zero"]), components.encode([""])
+    size = torch.tensor([32.0, 32, 0, 0, 32, 32])
+    *sampling, (base, base_hidden, base_added), (trained, hidden, added) = calls
+    assert sampling and base is frozen and trained is not frozen
+    for module, sample_hidden, sample_added in sampling:  # sampler: trained (the ESD code)
+        assert module is trained
+        torch.testing.assert_close(sample_hidden[0], torch.zeros_like(prompt.hidden[0]))
+        torch.testing.assert_close(
+            sample_added["text_embeds"][0], torch.zeros_like(prompt.pooled[0])
+        )
+        torch.testing.assert_close(sample_hidden[1], prompt.hidden[0])
+        torch.testing.assert_close(sample_added["text_embeds"][1], prompt.pooled[0])
+        assert all(torch.equal(ids, size) for ids in sample_added["time_ids"])
+    assert null.pooled.abs().sum() > 0  # the encoded empty prompt is not zeros
+    torch.testing.assert_close(base_hidden, torch.cat([null.hidden, prompt.hidden]))
+    torch.testing.assert_close(base_added["text_embeds"], torch.cat([null.pooled, prompt.pooled]))
+    torch.testing.assert_close(hidden, prompt.hidden)
+    torch.testing.assert_close(added["text_embeds"], prompt.pooled)
+    for ids in (*base_added["time_ids"], *added["time_ids"]):
+        assert torch.equal(ids, size)
+
+
+@pytest.mark.parametrize("method", ["uce", "esd"])
+def test_the_erasure_check_runs_on_sdxl(sdxl_dir, tmp_path, method):
+    components = _fresh(sdxl_dir)
+    names = NAMES[:3] if method == "uce" else NAMES[:2]
+    model = ModelSettings(pretrained=sdxl_dir, resolution=32)
+    if method == "uce":
+        settings = ErasureSettings(method="uce", prompt="a photo of a {name}")
+    else:
+        settings = _short_esd(iterations=2, ddim_steps=4, check_prompt="a photo of a {name}")
+    table = erase_classes(components, names, model, settings, tmp_path / method)
+    assert len(table) == len(names) ** 2 and np.isfinite(table["erased_fraction"]).all()
+    own = table[table["delta"] == table["class_name"]]
+    assert own["erased"].all() and table["erased"].sum() == len(names)
+    assert sorted(p.name for p in (tmp_path / method).glob("*.safetensors")) == sorted(
+        delta_path(tmp_path / method, n).name for n in names
+    )
+    if method == "uce":  # UCE's closed form moves its own class on a random model too
+        others = table[~table["erased"]]["erased_fraction"]
+        assert (own["erased_fraction"] > 0.3).all() and own["erased_fraction"].min() > others.max()
+
+
+def test_a_delta_of_another_model_is_refused_by_name(sdxl_dir, components, tmp_path):
+    """An SD delta on SDXL's UNet: the parameter names coincide, the shapes do not."""
+    path = tmp_path / "sd.safetensors"
+    save_delta(
+        path, uce(components, ["zero"], [], ErasureSettings(method="uce")), torch.float32, {}
+    )
+    switch = DeltaSwitch(_fresh(sdxl_dir).unet)
+    with pytest.raises(
+        ValueError, match=r"does not fit this UNet: .*\(a delta of another model\?\)"
+    ):
+        switch.use_file(path)
+
+
+def test_uce_counts_tokens_alike_in_both_sdxl_tokenizers(sdxl_dir):
+    """UCE aligns positions of the concatenated context: the last word token's index must be
+    the one both tokenizers give (they share CLIP's BPE; tokenizer_2 only pads otherwise)."""
+    components = _fresh(sdxl_dir)
+    first = components.tokenizer
+    assert (
+        _last_token(components, "a photo of a zero")
+        == len(first("a photo of a zero").input_ids) - 2
+    )
+
+    def longer(text, **kwargs):
+        return SimpleNamespace(input_ids=[*first(text, **kwargs).input_ids, 0])
+
+    skewed = dataclasses.replace(components, tokenizer_2=longer)
+    with pytest.raises(ValueError, match="split 'zero' into different numbers of tokens"):
+        _last_token(skewed, "zero")

@@ -464,3 +464,212 @@ def test_the_denoising_loop_never_waits_for_the_device(components, name, copies)
             )  # fmt: skip
         loop = events[events.index("unet") : events.index("decode")]
         assert loop.count("unet") >= 4 and loop.count("copy") == copies
+
+
+# SDXL ---------------------------------------------------------------------------------------
+
+# Sources of three sizes (height, width): SDXL conditions each image on its own.
+SDXL_SOURCES = [(40, 48), (32, 32), (24, 60)]
+
+
+@pytest.fixture
+def sdxl(tiny_sdxl_dir):
+    from dafusion.stages.models import load_components
+
+    return load_components(tiny_sdxl_dir, torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture(scope="module")
+def sdxl_manifest():
+    """Three classes, one image each, of the sizes of SDXL_SOURCES."""
+    rng = np.random.default_rng(0)
+    images = [
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in SDXL_SOURCES
+    ]
+    return pd.DataFrame(
+        {
+            "key": ["a", "b", "c"],
+            "image": [encode_png(im) for im in images],
+            "label": [0, 1, 2],
+            "class_name": ["zero", "one", "two"],
+        }
+    )
+
+
+def _sdxl_engine_run(components, manifest, scheduler, seeds, t0s, compile_=False, on_class=None):
+    """The engine's images (uint8, [N, H, W, 3]) of one mixed-strength batch: row i of
+    `manifest` with seed i and t0 i."""
+    settings = GenerationSettings(
+        num_inference_steps=10, guidance_scale=7.5, resize_to_source=False, compile=compile_
+    )
+    names = zip(manifest["label"], manifest["class_name"], strict=True)
+    prompts = {c: f"a photo of a {n}" for c, n in names}
+    engine = Engine(
+        components, scheduler, manifest, prompts, 32, settings, on_class=on_class
+    )  # fmt: skip
+    work = [
+        {"row": i, "j": 0, "key": f"{k}-000", "variant_seed": s, "strength": t0}
+        for i, (k, s, t0) in enumerate(zip(manifest["key"], seeds, t0s, strict=True))
+    ]
+    out = {item["row"]: np.asarray(image) for item, image in engine.run(work, 0)}
+    return np.stack([out[i] for i in range(len(work))]).astype(np.int16)
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_sdxl_matches_diffusers_img2img(sdxl, tiny_sdxl_dir, sdxl_manifest, stochastic):
+    """Faithfulness on SDXL: the engine's batch of three sources of different sizes and
+    strengths equals `StableDiffusionXLImg2ImgPipeline` called per image with that source's
+    `original_size` (pooled embeddings, add_time_ids, zeros for the unconditional half as
+    `force_zeros_for_empty_prompt` makes them, SDXL's Euler scheduler with leading spacing),
+    within one uint8 level, also padded to fixed shapes (`compile`)."""
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
+
+    pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+        tiny_sdxl_dir, use_safetensors=True, add_watermarker=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.config.force_zeros_for_empty_prompt and not pipe.config.requires_aesthetics_score
+    scheduler = sdxl.scheduler
+    if stochastic:
+        scheduler = EulerAncestralDiscreteScheduler.from_config(sdxl.scheduler.config)
+        pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(sdxl.scheduler.config)
+    assert scheduler.config.timestep_spacing == "leading"
+    seeds, t0s = [11, 22, 33], [0.5, 0.3, 1.0]
+    expected = np.stack(
+        [
+            pipe(
+                prompt=f"a photo of a {row['class_name']}",
+                # The engine's input: the source resized to the model's side (bilinear).
+                image=load_image(row).convert("RGB").resize((32, 32), Image.BILINEAR),
+                strength=t0,
+                guidance_scale=7.5,
+                num_inference_steps=10,
+                original_size=size,
+                target_size=(32, 32),
+                generator=torch.Generator().manual_seed(seed),
+                output_type="pil",
+            ).images[0]
+            for row, size, seed, t0 in zip(
+                sdxl_manifest.to_dict("records"), SDXL_SOURCES, seeds, t0s, strict=True
+            )
+        ]
+    ).astype(np.int16)
+    for compile_ in (False, True):
+        ours = _sdxl_engine_run(sdxl, sdxl_manifest, scheduler, seeds, t0s, compile_)
+        assert np.abs(ours - expected).max() <= 1
+
+
+def test_sdxl_size_conditioning_is_each_sources_own(sdxl, sdxl_manifest):
+    """The UNet sees each row's (original height, width, 0, 0, 32, 32), in both halves of
+    guidance, and zeros for the unconditional pooled embedding and hidden states."""
+    seen = []
+    sdxl.unet.register_forward_pre_hook(
+        lambda _, args, kwargs: seen.append(kwargs), with_kwargs=True
+    )
+    _sdxl_engine_run(sdxl, sdxl_manifest, sdxl.scheduler, [1, 2, 3], [1.0, 1.0, 1.0])
+    first = seen[0]
+    ids = first["added_cond_kwargs"]["time_ids"]
+    expected = torch.tensor([[h, w, 0, 0, 32, 32] for h, w in SDXL_SOURCES], dtype=ids.dtype)
+    torch.testing.assert_close(ids, torch.cat([expected, expected]))
+    pooled, hidden = first["added_cond_kwargs"]["text_embeds"], first["encoder_hidden_states"]
+    assert not pooled[:3].any() and not hidden[:3].any()  # the unconditional half
+    assert pooled[3:].abs().sum() > 0 and hidden[3:].abs().sum() > 0
+
+
+@pytest.mark.parametrize("t0", [0.5, 1.0])
+def test_sdxl_masked_generation_matches_diffusers_inpainting(sdxl, tiny_sdxl_dir, tmp_path, t0):
+    """Masked mode on SDXL follows StableDiffusionXLInpaintPipeline with a 4-channel UNet
+    (t0 = 1: pure noise times the Euler scheduler's init_noise_sigma)."""
+    from diffusers import StableDiffusionXLInpaintPipeline
+
+    from dafusion.stages.generation import load_mask
+
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 32, 3), np.uint8))
+    mask = np.zeros((32, 32), dtype=np.uint8)
+    mask[8:24, 4:20] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    pipe = StableDiffusionXLInpaintPipeline.from_pretrained(
+        tiny_sdxl_dir, use_safetensors=True, add_watermarker=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+    size, prompt = (40, 48), "a photo of a zero"
+    expected = pipe(
+        prompt=prompt, image=image, mask_image=Image.fromarray(mask), strength=t0,
+        guidance_scale=7.5, num_inference_steps=10, generator=torch.Generator().manual_seed(5),
+        output_type="np", height=32, width=32, original_size=size, target_size=(32, 32),
+    ).images  # fmt: skip
+    means, stds = encode_images(sdxl, [image], 32, 1)
+    masks = load_mask(str(tmp_path / "mask.png"), "object", 32, 16, dilation=1)[None]
+    cond, uncond = (
+        sdxl.conditioner.sized(c, [size], (32, 32))
+        for c in (sdxl.encode([prompt]), sdxl.conditioner.unconditional(sdxl))
+    )
+    out = sdedit(
+        sdxl, sdxl.scheduler, means, stds, cond, uncond, [torch.Generator().manual_seed(5)], t0,
+        GenerationSettings(num_inference_steps=10, guidance_scale=7.5), masks,
+    )  # fmt: skip
+    ours = ((out.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(ours, expected, atol=1e-4)
+
+
+def test_sdxl_erasure_deltas_switch_per_class(sdxl, sdxl_manifest, tmp_path):
+    """An erased method on SDXL: each class's images come from the UNet with that class's
+    delta applied (`DeltaSwitch`, as `set_job` wires it), the same as from a UNet edited
+    once; the base UNet comes back bit for bit."""
+    from dafusion.stages.deltas import DeltaSwitch, save_delta
+
+    names = [n for n, _ in sdxl.unet.named_parameters() if "attn2.to_k" in n or "attn2.to_v" in n]
+    assert names  # SDXL's cross-attention projections (ESD-x and UCE's parameters)
+    params = dict(sdxl.unet.named_parameters())
+    base = {n: params[n].detach().clone() for n in params}
+    deltas = {}
+    for label in (0, 1, 2):
+        deltas[label] = tmp_path / f"{label}.safetensors"
+        edited = {n: params[n] * (1.5 + label) for n in names}
+        save_delta(deltas[label], edited, torch.float32, {"label": label})
+    seeds, t0s = [1, 2, 3], [0.5, 0.5, 0.5]
+    switch = DeltaSwitch(sdxl.unet)
+    erased = _sdxl_engine_run(
+        sdxl, sdxl_manifest, sdxl.scheduler, seeds, t0s,
+        on_class=lambda label: switch.use_file(deltas[label]),
+    )  # fmt: skip
+    switch.restore()
+    assert all(torch.equal(p, base[n]) for n, p in sdxl.unet.named_parameters())
+    plain = _sdxl_engine_run(sdxl, sdxl_manifest, sdxl.scheduler, seeds, t0s)
+    for label in (0, 1, 2):
+        switch.use_file(deltas[label])
+        alone = _sdxl_engine_run(sdxl, sdxl_manifest, sdxl.scheduler, seeds, t0s)
+        assert np.abs(erased[label] - alone[label]).max() <= 1
+        assert np.abs(erased[label] - plain[label]).max() > 1
+    switch.restore()
+
+
+def test_sdxl_in_float16_decodes_with_a_float32_vae(tiny_sdxl_dir, sdxl_manifest):
+    """Under float16 SDXL's VAE is float32 (`force_upcast`, `models.load_vae`): the UNet
+    takes float16 inputs, the latents stay float32, and the images are the float32 run's
+    within float16's rounding (CPUs compute float16 too)."""
+    from dafusion.stages.models import load_components
+
+    runs = {}
+    for dtype in (torch.float32, torch.float16):
+        c = load_components(tiny_sdxl_dir, torch.device("cpu"), dtype)
+        assert c.vae.dtype == torch.float32 and c.unet.dtype == dtype
+        runs[dtype] = _sdxl_engine_run(c, sdxl_manifest, c.scheduler, [1, 2, 3], [0.5, 1.0, 0.3])
+    assert np.abs(runs[torch.float32] - runs[torch.float16]).max() <= 3
+
+
+def test_vae_slicing_changes_no_image(components, manifest):
+    """`generation.vae_slicing` (an execution knob) encodes and decodes one image at a time:
+    the same images as whole batches, within the batch-size tolerance."""
+    settings = GenerationSettings(num_synthetic=2, num_inference_steps=4, batch_size=4)
+    runs = [
+        {
+            rec["key"]: np.asarray(image, dtype=np.int16)
+            for rec, image in _generate(
+                components, manifest, settings.replace(vae_slicing=sliced), [0.5, 1.0]
+            )
+        }
+        for sliced in (False, True)
+    ]
+    assert runs[0].keys() == runs[1].keys() and len(runs[0]) == 6
+    assert all(np.abs(runs[0][k] - runs[1][k]).max() <= 1 for k in runs[0])

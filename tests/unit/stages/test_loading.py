@@ -88,3 +88,63 @@ def test_deit_from_a_directory_takes_any_image_size(tmp_path):
     assert backbone.dim == 32
     with torch.no_grad():
         assert backbone.module(torch.zeros(2, 3, 96, 96)).shape == (2, 32)
+
+
+def _fp16_fix_like(sdxl_dir: str, folder: Path, **config) -> Path:
+    """A VAE of its own in madebyollin/sdxl-vae-fp16-fix's layout (config.json and weights
+    at the top), here SDXL's tiny VAE with `config` changed."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(sdxl_dir, subfolder="vae", use_safetensors=True)
+    vae.register_to_config(**config)
+    vae.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def test_the_vae_runs_in_the_dtype_of_its_setting(tiny_dir, tiny_sdxl_dir, tmp_path, monkeypatch):
+    """`model.vae`: the checkpoint's VAE in the model's dtype (SD 1.x/2.x, as before), in
+    float32 under float16 where diffusers' SDXL pipelines upcast it (`force_upcast`), in
+    float32 always for `float32`; another VAE from its folder or the cache, in float16 when
+    its config does not ask for an upcast (the fp16-fix's)."""
+    cpu, half = torch.device("cpu"), torch.float16
+
+    def dtypes(model, vae="checkpoint"):
+        c = load_components(model, cpu, half, vae=vae)
+        return c.vae.dtype, c.unet.dtype
+
+    assert dtypes(tiny_dir) == (half, half)
+    assert dtypes(tiny_dir, "float32") == (torch.float32, half)
+    assert dtypes(tiny_sdxl_dir) == (torch.float32, half)  # SDXL base's VAE overflows
+    assert load_components(tiny_sdxl_dir, cpu, torch.float32).vae.dtype == torch.float32
+    fixed = _fp16_fix_like(tiny_sdxl_dir, tmp_path / "sdxl-vae-fp16-fix", force_upcast=False)
+    assert dtypes(tiny_sdxl_dir, str(fixed)) == (half, half)
+    loaded = load_components(tiny_sdxl_dir, cpu, torch.float32, vae=str(fixed)).vae
+    own = load_components(tiny_sdxl_dir, cpu, torch.float32).vae
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(loaded.state_dict().values(), own.state_dict().values(), strict=True)
+    )
+    # A whole diffusers model's folder gives its vae/; a hub id is read from the cache.
+    assert dtypes(tiny_sdxl_dir, tiny_sdxl_dir) == (torch.float32, half)
+    files = {p.name: p for p in fixed.iterdir()}
+    _hub_cache(tmp_path / "hub", "madebyollin/sdxl-vae-fp16-fix", files)
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert dtypes(tiny_sdxl_dir, "madebyollin/sdxl-vae-fp16-fix") == (half, half)
+
+
+def test_a_vae_that_is_not_there_or_does_not_fit_names_the_key(tiny_dir, tiny_sdxl_dir, tmp_path):
+    cpu = torch.device("cpu")
+    with pytest.raises(OSError, match="'model.vae'.*hf download org/missing-vae"):
+        load_components(tiny_sdxl_dir, cpu, torch.float32, vae="org/missing-vae")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(OSError, match="'model.vae'.*holds no VAE"):
+        load_components(tiny_sdxl_dir, cpu, torch.float32, vae=str(tmp_path / "empty"))
+    from diffusers import AutoencoderKL
+
+    blocks = {"block_out_channels": (32,), "norm_num_groups": 32, "latent_channels": 8}
+    AutoencoderKL(**blocks).save_pretrained(tmp_path / "eight", safe_serialization=True)
+    with pytest.raises(ValueError, match="'model.vae'.*8-channel latents.*takes 4"):
+        load_components(tiny_dir, cpu, torch.float32, vae=str(tmp_path / "eight"))

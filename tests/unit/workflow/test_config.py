@@ -237,6 +237,23 @@ def test_a_moved_key_says_where_it_went():
             "methods.baseline.erased",
             "only sdedit methods",
         ),
+        # learner: lora learns the class tokens, with a LoRA on the base UNet
+        (
+            lambda c: c["methods"]["real-guidance"].update(learner="lora"),
+            "methods.real-guidance.learner",
+            r"uses no \{token\}",
+        ),
+        (
+            lambda c: c["methods"]["baseline"].update(learner="lora"),
+            "methods.baseline.learner",
+            "a baseline learns nothing",
+        ),
+        (
+            lambda c: c["methods"]["da-fusion-erased"].update(learner="lora"),
+            "methods.da-fusion-erased.learner",
+            "cannot be combined with erased: true",
+        ),
+        (lambda c: c.update(lora={"projections": ["to_x"]}), "lora.projections.0", "not one of"),
         (
             lambda c: c["erasure"].update(prompt="all digits"),
             "erasure.prompt",
@@ -547,11 +564,16 @@ def test_the_models_own_scheduler_and_training_steps_are_checked_at_start_up(tmp
     start_up(config)
 
 
-def test_the_tiny_models_scheduler_is_the_one_start_up_assumes(tiny_dir):
-    from dafusion.workflow.machine import TINY_SCHEDULER
+def test_the_tiny_models_schedulers_are_the_ones_start_up_assumes(tiny_dir):
+    from dafusion.stages.tiny import build_tiny_pipeline
+    from dafusion.workflow.machine import TINY_SCHEDULERS
 
     own = json.loads((Path(tiny_dir) / "scheduler/scheduler_config.json").read_text())
-    assert {key: own[key] for key in TINY_SCHEDULER} == TINY_SCHEDULER
+    assert {key: own[key] for key in TINY_SCHEDULERS["tiny"]} == TINY_SCHEDULERS["tiny"]
+    sdxl = build_tiny_pipeline(family="sdxl").scheduler
+    expected = TINY_SCHEDULERS["tiny-sdxl"]
+    assert type(sdxl).__name__ == expected["_class_name"]
+    assert sdxl.config.num_train_timesteps == expected["num_train_timesteps"]
 
 
 # Issue 30's rule: a job whose settings pass the start-up checks never fails on a setting
@@ -629,7 +651,32 @@ START_UP = {
         lambda c: c["datasets"]["digits"].update(split_protocol="original-code"),
         "datasets.digits.split_protocol",
     ),
+    "holds no VAE": (lambda c: c["model"].update(vae=str(REPO / "config")), "model.vae"),
+    "does not exist; give 'checkpoint', 'float32'": (
+        lambda c: c["model"].update(vae="./no-such-vae"),
+        "model.vae",
+    ),
+    "is 'checkpoint', 'float32', a local folder or a hub id": (
+        lambda c: c["model"].update(vae="someone/not-cached"),
+        "model.vae",
+    ),
+    "-channel latents and the UNet of": (
+        lambda c: c["model"].update(vae=str(_vae_folder(latent_channels=8))),
+        "model.vae",
+    ),
 }
+
+
+def _vae_folder(**config) -> Path:
+    """A VAE's files as start-up looks at them: its config.json and a weights file."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="vae-"))
+    (folder / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL", **config}))
+    (folder / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    return folder
+
+
 # Errors raised while the workflow starts are start-up checks by definition.
 STARTS_UP = "workflow"
 
@@ -965,9 +1012,12 @@ def test_the_protocol_check_concerns_pretrained_batchnorm_backbones_only():
         validate_config({**default_config(), "classifier": classifier}, SCHEMA)
 
 
-def test_the_models_family_is_read_from_its_files_and_checked_at_start_up(tmp_path, tiny_dir):
-    """Stable Diffusion 1.x and 2.x (v-prediction too) are driven; SDXL and any other
-    pipeline class are refused before any job, naming what the checkpoint is."""
+def test_the_models_family_is_read_from_its_files_and_checked_at_start_up(
+    tmp_path, tiny_dir, tiny_sdxl_dir
+):
+    """Stable Diffusion 1.x and 2.x (v-prediction too) and SDXL base are driven; an SDXL
+    without its second text encoder, an SDXL refiner and any other pipeline class are
+    refused before any job, naming what the checkpoint is."""
     from dafusion.stages.families import model_family
 
     v = relabelled_model(
@@ -978,12 +1028,22 @@ def test_the_models_family_is_read_from_its_files_and_checked_at_start_up(tmp_pa
     config = default_config()
     config["model"]["pretrained"] = str(v)
     start_up(config)
+    config["model"]["pretrained"] = tiny_sdxl_dir
+    start_up(config)
+    assert model_family(tiny_sdxl_dir).name == "sdxl"
+    assert model_family(tiny_sdxl_dir).force_zeros_for_empty_prompt
     config["model"]["pretrained"] = str(
         relabelled_model(tiny_dir, tmp_path / "xl", "StableDiffusionXLPipeline")
     )
-    with pytest.raises(
-        ConfigError, match=r"'model.pretrained': .* is a StableDiffusionXLPipeline checkpoint, SDXL"
-    ):
+    with pytest.raises(ConfigError, match=r"'model.pretrained': .* lacks tokenizer_2/vocab.json"):
+        start_up(config)
+    refiner = relabelled_model(tiny_dir, tmp_path / "refiner", "StableDiffusionXLImg2ImgPipeline")
+    index = json.loads((refiner / "model_index.json").read_text())
+    (refiner / "model_index.json").write_text(
+        json.dumps({**index, "requires_aesthetics_score": True})
+    )
+    config["model"]["pretrained"] = str(refiner)
+    with pytest.raises(ConfigError, match=r"is an SDXL refiner .* drive SDXL base"):
         start_up(config)
     config["model"]["pretrained"] = str(
         relabelled_model(tiny_dir, tmp_path / "k", "KandinskyPipeline")
@@ -1001,3 +1061,46 @@ def test_the_models_family_is_read_from_its_files_and_checked_at_start_up(tmp_pa
     )
     with pytest.raises(ConfigError, match="its scheduler predicts 'sample'"):
         start_up(config)
+
+
+def test_another_vae_is_checked_at_start_up(tmp_path, monkeypatch, tiny_dir):
+    """`model.vae` set to a folder or hub id: its config and safetensors weights are looked
+    for before any job, in the error naming the key; 'checkpoint' and 'float32' need nothing."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    config = default_config()
+    config["model"]["pretrained"] = tiny_dir
+    for value in ("checkpoint", "float32", tiny_dir, str(Path(tiny_dir, "vae"))):
+        config["model"]["vae"] = value
+        assert start_up(config)["model"]["vae"] == value
+    config["model"]["vae"] = "madebyollin/sdxl-vae-fp16-fix"
+    with pytest.raises(ConfigError, match="'model.vae'.*hf download madebyollin/sdxl-vae-fp16"):
+        start_up(config)
+    (tmp_path / "pickled").mkdir()
+    (tmp_path / "pickled/config.json").write_text("{}")
+    (tmp_path / "pickled/diffusion_pytorch_model.bin").write_bytes(b"")
+    config["model"]["vae"] = str(tmp_path / "pickled")
+    with pytest.raises(ConfigError, match="'model.vae'.*holds no VAE.*pickle weights"):
+        start_up(config)
+    assert validate_config(default_config(), SCHEMA)["model"]["vae"] == "checkpoint"
+
+
+def test_esd_layer_methods_stop_at_start_up_on_sdxl(tmp_path, tiny_sdxl_dir):
+    """xlayer and selflayer count Stable Diffusion 1.x/2.x blocks: on an SDXL model (a
+    directory, or the embedded tiny-sdxl) they stop before any job; xattn-strict, the ESD
+    authors' SDXL esd-x-strict, starts."""
+    config = default_config()
+    config["model"]["pretrained"] = tiny_sdxl_dir
+    config["erasure"].update(enabled=True, method="esd", train_method="xattn-strict")
+    start_up(config)
+    for pretrained in (tiny_sdxl_dir, "tiny-sdxl"):
+        config["model"]["pretrained"] = pretrained
+        for method in ("xlayer", "selflayer"):
+            config["erasure"]["train_method"] = method
+            with pytest.raises(
+                ConfigError, match=rf"'erasure.train_method': {method} names blocks of Stable"
+            ):
+                start_up(config)
+    config["erasure"]["method"] = "uce"  # UCE reads no train_method
+    start_up(config)

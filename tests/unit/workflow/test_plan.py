@@ -595,3 +595,50 @@ def test_a_set_follows_each_datasets_prompt_and_settings():
     assert p.sets.name("digits", "rg") != p.sets.name("more", "rg-2")  # 10 steps there
     with pytest.raises(sets.PlanError, match="no method of the config makes the set digits/0"):
         p.sets.size("digits", "000000000000")
+
+
+def test_model_vae_reaches_the_jobs_that_read_images():
+    """`model.vae` (a result setting) is in the params of what encodes or decodes images
+    (inversion, the sets' identity) and not in erasure's (ESD and UCE read no image); its
+    default is in no params, so a config without it keeps every job's params."""
+    default = make_plan(SMALL)
+    assert "vae" not in default.model.result_params()
+    fixed = make_plan(changed(SMALL, model={**SMALL["model"], "vae": "float32"}))
+    assert fixed.trained_model_params() == {**default.trained_model_params(), "vae": "float32"}
+    assert fixed.erasure_model_params() == default.erasure_model_params()
+    assert "vae" not in default.erasure_model_params()
+    assert fixed.sets.name("digits", "rg") != default.sets.name("digits", "rg")
+
+
+def test_a_lora_learner_has_its_own_tokens_adapter_and_sets():
+    """learner: lora: the tokens and adapter of the lora job, a set of its own (the learner
+    and the lora settings are in its identity), and no effect where the prompt has no
+    {token}; a textual_inversion method's params are as they were before learners."""
+    daf = {"kind": "sdedit", "prompt": "a photo of a {token}", "strengths": [0.5]}
+    rg = SMALL["methods"]["rg"]
+    methods = {
+        "daf": daf, "daf-lora": {**daf, "learner": "lora"}, "rg": rg,
+        "rg-lora": {**rg, "learner": "lora"},
+    }  # fmt: skip
+    p = make_plan(changed(SMALL, methods=methods))
+    w = {"dataset": "digits", "seed": 0, "shots": 1}
+    assert p.tokens_path("digits", "daf", 0, 1) == p.path(paths.TOKENS, **w)
+    assert p.tokens_path("digits", "daf-lora", 0, 1) == p.path(paths.LORA_TOKENS, **w)
+    assert [p.token_job("digits", m) for m in ("daf", "daf-lora")] == ["invert", "lora"]
+    names = {m: p.sets.name("digits", m) for m in methods}
+    assert names["daf"] != names["daf-lora"]  # differ only in the learner
+    assert names["rg"] == names["rg-lora"]  # no {token} on digits: the learner has no effect
+    assert p.sets.name("more", "rg") != p.sets.name("more", "rg-lora")  # "a {token} drawing"
+    set_lora = p.sets.name("digits", "daf-lora")
+    assert p.generate_lora("digits", set_lora, 0, 1) == p.path(paths.LORA, **w)
+    assert p.generate_tokens("digits", set_lora, 0, 1) == p.path(paths.LORA_TOKENS, **w)
+    assert p.generate_lora("digits", names["daf"], 0, 1) == []
+    identity = p.sets.identity("digits", "daf-lora")
+    assert identity["method"]["learner"] == "lora" and identity["lora"]["rank"] == 10
+    assert "steps" not in identity["inversion"]  # the lora job runs lora.steps
+    assert "learner" not in p.sets.identity("digits", "daf")["method"]
+    assert p.lora_params() == {
+        "inversion": identity["inversion"], "lora": p.lora.result_params(),
+    }  # fmt: skip
+    assert p.path(paths.LORA_LOSSES, **w) in p.report.loss_curves("digits")
+    assert p.path(paths.LORA_TOKENS, **w) in p.all_tokens()

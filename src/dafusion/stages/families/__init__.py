@@ -24,6 +24,10 @@ import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .conditioning import Conditioner
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,64 @@ def model_family(folder: str | Path) -> Family:
     return Family(name, pipeline, prediction, zeros)
 
 
-def conditioner(family: Family):
+def conditioner(family: Family) -> Conditioner:
     """The object that encodes prompts and conditions the UNet for `family` (imports torch)."""
     module, cls = CONDITIONERS[family.name]
     return getattr(importlib.import_module(f"{__name__}.{module}"), cls)(family)
+
+
+# The files a VAE other than the checkpoint's is read from (AutoencoderKL.save_pretrained's
+# layout, weights as safetensors only).
+VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
+
+
+def vae_source(setting: str, base_dir: str | Path = ".") -> tuple[Path, str | None]:
+    """Where `model.vae` set to a VAE's folder or hub id reads it: (folder, subfolder).
+
+    A VAE's own folder (`config.json` at its top, as madebyollin/sdxl-vae-fp16-fix ships)
+    or a diffusers model's (`vae/config.json`), local (relative to `base_dir`) or a hub id in
+    the local Hugging Face cache (never downloaded). File look-ups only, as the rest of this
+    module: the start-up checks call it too. An OSError that names the key otherwise."""
+    path = Path(base_dir) / Path(setting).expanduser()
+    subfolders: tuple[str | None, ...] = (None, "vae")
+    if path.is_dir():
+        for sub in subfolders:
+            folder = path / sub if sub else path
+            if all((folder / name).is_file() for name in VAE_FILES):
+                return path, sub
+        raise OSError(
+            f"config key 'model.vae': '{path}' holds no VAE: neither it nor its vae/ has "
+            f"{' and '.join(VAE_FILES)} (as AutoencoderKL.save_pretrained writes them; pickle "
+            "weights are never loaded)"
+        )
+    if setting.startswith(("/", ".", "~")) or setting.count("/") != 1:
+        raise OSError(
+            f"config key 'model.vae': directory '{path}' does not exist; give 'checkpoint', "
+            "'float32', a VAE's local folder or a hub id such as madebyollin/sdxl-vae-fp16-fix"
+        )
+    from huggingface_hub import try_to_load_from_cache
+
+    for sub in subfolders:
+        prefix = f"{sub}/" if sub else ""
+        try:
+            found = [try_to_load_from_cache(setting, prefix + name) for name in VAE_FILES]
+        except ValueError:  # not a valid repo id
+            break
+        paths = [f for f in found if isinstance(f, str)]
+        if len(paths) == len(found):
+            folder = Path(paths[0]).parent  # the cache's snapshot folder
+            return (folder.parent, sub) if sub else (folder, None)
+    raise OSError(
+        f"config key 'model.vae': '{setting}' is 'checkpoint', 'float32', a local folder "
+        "or a hub id in the local Hugging Face cache (HF_HOME, default ~/.cache/huggingface), "
+        f"with {' and '.join(VAE_FILES)}; it is none of these, and nothing is downloaded here. "
+        f"On a machine with internet run `hf download {setting}` and copy the cache over"
+    )
+
+
+def vae_upcast(family: Family, vae_config: dict) -> bool:
+    """Whether a VAE runs in float32 under float16, as diffusers' pipelines of `family` run
+    it: SDXL's when its config sets `force_upcast` (AutoencoderKL's default; SDXL base's
+    VAE overflows in float16; madebyollin/sdxl-vae-fp16-fix sets it false). Stable
+    Diffusion 1.x/2.x pipelines never upcast."""
+    return family.name == "sdxl" and bool(vae_config.get("force_upcast", True))

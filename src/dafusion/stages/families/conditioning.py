@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from . import Family
+
+if TYPE_CHECKING:
+    from ..models import Components
 
 
 @dataclass(frozen=True)
@@ -37,13 +41,13 @@ class Conditioning:
             },
         )
 
-    def __getitem__(self, index) -> Conditioning:
+    def __getitem__(self, index: Any) -> Conditioning:
         return self.map(lambda x: x[index])
 
     def __len__(self) -> int:
         return len(self.hidden)
 
-    def to(self, *args, **kwargs) -> Conditioning:
+    def to(self, *args: Any, **kwargs: Any) -> Conditioning:
         return self.map(lambda x: x.to(*args, **kwargs))
 
     def expand(self, rows: int) -> Conditioning:
@@ -64,7 +68,7 @@ class Conditioning:
         return kwargs
 
 
-def tokenize(tokenizer, prompts: Sequence[str]) -> torch.Tensor:
+def tokenize(tokenizer: Any, prompts: Sequence[str]) -> torch.Tensor:
     """Token ids padded to the tokenizer's length, as Stable Diffusion's pipelines pad."""
     return tokenizer(
         list(prompts),
@@ -85,15 +89,15 @@ class Conditioner:
     def __init__(self, family: Family):
         self.family = family
 
-    def text_encoders(self, components) -> list[tuple[object, torch.nn.Module]]:
+    def text_encoders(self, components: Components) -> list[tuple[Any, Any]]:
         """The (tokenizer, text encoder) pairs a prompt goes through, in order."""
         raise NotImplementedError
 
-    def encode(self, components, prompts: Sequence[str]) -> Conditioning:
+    def encode(self, components: Components, prompts: Sequence[str]) -> Conditioning:
         """The conditioning of each prompt (no size conditioning: see `sized`)."""
         raise NotImplementedError
 
-    def unconditional(self, components) -> Conditioning:
+    def unconditional(self, components: Components) -> Conditioning:
         """One row: the unconditional half of classifier-free guidance, as the family's
         pipelines make it."""
         return self.encode(components, [""])
@@ -108,7 +112,9 @@ class Conditioner:
         `original` (height, width) per row, `target` the generated size."""
         return conditioning
 
-    def loss_target(self, scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor):
+    def loss_target(
+        self, scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
         """What the UNet learns to predict at (latents noised by `noise` to `t`): the noise,
         or the velocity for a v-prediction scheduler, as diffusers' training examples do."""
         if scheduler.config.prediction_type == "v_prediction":

@@ -13,20 +13,24 @@ is given.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .conditioning import Conditioner, Conditioning, tokenize
 
+if TYPE_CHECKING:
+    from ..models import Components
+
 
 class StableDiffusionXL(Conditioner):
-    def text_encoders(self, components):
+    def text_encoders(self, components: Components) -> list[tuple[Any, Any]]:
         return [
             (components.tokenizer, components.text_encoder),
             (components.tokenizer_2, components.text_encoder_2),
         ]
 
-    def encode(self, components, prompts: Sequence[str]) -> Conditioning:
+    def encode(self, components: Components, prompts: Sequence[str]) -> Conditioning:
         hidden, pooled = [], None
         for tokenizer, encoder in self.text_encoders(components):
             ids = tokenize(tokenizer, prompts).to(encoder.device)
@@ -35,14 +39,19 @@ class StableDiffusionXL(Conditioner):
             hidden.append(out.hidden_states[-2])
         return Conditioning(torch.cat(hidden, dim=-1), pooled)
 
-    def unconditional(self, components) -> Conditioning:
+    def unconditional(self, components: Components) -> Conditioning:
         if not self.family.force_zeros_for_empty_prompt:
             return self.encode(components, [""])
         with torch.no_grad():
             shapes = self.encode(components, [""])
         return shapes.map(torch.zeros_like)
 
-    def sized(self, conditioning, original, target):
+    def sized(
+        self,
+        conditioning: Conditioning,
+        original: Sequence[tuple[int, int]],
+        target: tuple[int, int],
+    ) -> Conditioning:
         ids = [(*size, 0, 0, *target) for size in original]
         return Conditioning(
             conditioning.hidden,
