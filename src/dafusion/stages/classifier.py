@@ -28,14 +28,21 @@ classes absent from a draw skipped (`absent_classes: zero` counts them as 0). A 
 backbone whose features training mode does not change (in eval mode, or without BatchNorm
 or dropout, as DeiT) embeds the evaluation images once per run, not at every evaluation.
 `precision` sets the backbone's arithmetic (float32, the paper's; tf32; bf16).
+
+A run can save what it trained (`head_path`; `save_head`): the final step's state, never a
+step chosen on validation, so that the scores it gives synthetic images (the `classifier`
+scorer, `load_classifier`) carry no information from the evaluation images.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -45,6 +52,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data.images import load_image
+from ..jobs.io import atomic_path
 from ..settings import ClassifierSettings
 from .backbones import ORIGINAL_MEAN, ORIGINAL_STD, Backbone, build_backbone
 from .mixing import VariantTable, draw_batch, synthetic_lookup
@@ -410,8 +418,12 @@ def train_classifier(
     device: torch.device,
     progress: bool = True,
     test_manifest: pd.DataFrame | None = None,
+    head_path: str | Path | None = None,
 ) -> pd.DataFrame:
-    """Train one classifier; returns metrics per evaluation step (step, split, metric, value)."""
+    """Train one classifier; returns metrics per evaluation step (step, split, metric, value).
+
+    With `head_path`, also writes what the run trained, as it is after the last step
+    (`save_head`)."""
     torch.manual_seed(seed)
     num_classes = len(class_names)
     size = settings.image_size
@@ -500,4 +512,97 @@ def train_classifier(
                     rows.append({"step": step, "split": name, "metric": metric, "value": value})
                 if name == "val":
                     bar.set_postfix(loss=f"{loss.item():.3f}", val_acc=f"{metrics['accuracy']:.3f}")
+    if head_path is not None:
+        save_head(model, head_path, settings, class_names)
     return pd.DataFrame(rows)
+
+
+# The metadata key of a saved classifier (`save_head`): how to rebuild it, as JSON.
+HEAD_KEY = "dafusion.classifier"
+
+
+def trained_state(model: Classifier) -> dict[str, torch.Tensor]:
+    """What a run trains, on the CPU in the plain layout: the head; every parameter of a
+    backbone trained end to end (`small-cnn`), not those of a frozen one, which its
+    pretrained weights give back; and every buffer (the input normalization, and BatchNorm's
+    running statistics, which training mode updates even in a frozen backbone)."""
+    frozen = {f"features.{name}" for name, _ in model.features.named_parameters()}
+    frozen = frozen if model.backbone.frozen else set()
+    return {
+        name: tensor.detach().cpu().contiguous()
+        for name, tensor in model.state_dict().items()
+        if name not in frozen
+    }
+
+
+def save_head(
+    model: Classifier, path: str | Path, settings: ClassifierSettings, class_names: Sequence[str]
+) -> None:
+    """Write `trained_state` as safetensors, atomically, with what `load_classifier` needs
+    to rebuild the classifier: the backbone and its weights, the input normalization and
+    size, the arithmetic, the class names (by label)."""
+    from safetensors.torch import save_file
+
+    recipe = {
+        "backbone": settings.backbone,
+        "weights": settings.weights,
+        "pretrained": settings.pretrained,
+        "normalization": settings.normalization,
+        "precision": settings.precision,
+        "image_size": settings.image_size,
+        "class_names": list(class_names),
+    }
+    with atomic_path(path) as tmp:
+        save_file(trained_state(model), str(tmp), metadata={HEAD_KEY: json.dumps(recipe)})
+
+
+@dataclass
+class SavedClassifier:
+    """A classifier rebuilt from `save_head`'s file (in eval mode), its class names by label
+    and the image size it was trained at."""
+
+    model: Classifier
+    class_names: list[str]
+    image_size: int
+
+    @torch.no_grad()
+    def logits(self, images: Sequence[Image.Image], batch: int = 256) -> torch.Tensor:
+        """Logits [N, C] of RGB images, resized and scaled as the run's training images
+        (`to_uint8`, then [0, 1]); on the CPU."""
+        device = self.model.head.weight.device
+        out = [torch.zeros(0, len(self.class_names))]
+        for start in range(0, len(images), batch):
+            x = to_uint8(images[start : start + batch], self.image_size).to(device)
+            out.append(self.model(x.float() / 255.0).float().cpu())
+        return torch.cat(out)
+
+
+def load_classifier(
+    path: str | Path, device: torch.device | str = "cpu", weights: str | None = None
+) -> SavedClassifier:
+    """Rebuild the classifier a run saved (`save_head`): its backbone (a frozen one from its
+    pretrained weights, read as the run read them, or from `weights` when given), then the
+    saved state. Raises if the file does not fit the backbone it names."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    if HEAD_KEY not in metadata:
+        raise ValueError(f"{path} is not a classifier saved by a classifier run (no '{HEAD_KEY}')")
+    recipe = json.loads(metadata[HEAD_KEY])
+    backbone = build_backbone(
+        recipe["backbone"], weights or recipe["weights"], recipe["pretrained"]
+    )
+    names = list(recipe["class_names"])
+    model = Classifier(backbone, len(names), recipe["normalization"], recipe["precision"])
+    state = load_file(str(path))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    frozen = {f"features.{n}" for n, _ in model.features.named_parameters()}
+    frozen = frozen if backbone.frozen else set()
+    if set(missing) - frozen or unexpected:
+        raise ValueError(
+            f"{path} does not fit a {recipe['backbone']} classifier of {len(names)} classes "
+            f"(missing {sorted(set(missing) - frozen)[:3]}, unexpected {unexpected[:3]})"
+        )
+    return SavedClassifier(model.to(device).eval(), names, int(recipe["image_size"]))

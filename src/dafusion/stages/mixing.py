@@ -2,14 +2,16 @@
 
 The classifier stage draws its examples with `draw_batch` from here, and `MixingDataset`
 draws with the same function, the same generator seeding and the same batches, so that
-one's training loop sees the examples the other's would. Importing this module needs no
-Snakemake: only torch, pandas, Pillow and (for the shards) webdataset.
+one's training loop sees the examples the other's would. Both take the same filter
+(`filtering.FilterSettings`, `select_variants`): the set's images it drops are never drawn.
+Importing this module needs no Snakemake: only torch, pandas, Pillow and (for the shards)
+webdataset.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,8 @@ from PIL import Image
 from ..data.images import load_image
 from ..data.manifest import read_manifest
 from ..data.shards import read_images
+from .filtering import FilterSettings, Selection, as_filter, select
+from .scoring import read_scores, scores_path
 
 
 def synthetic_lookup(real_keys: Sequence[str], index: pd.DataFrame) -> list[torch.Tensor]:
@@ -41,6 +45,33 @@ def kept_variants(index: pd.DataFrame, num_synthetic: int | None = None) -> pd.D
     if num_synthetic is not None:
         kept &= index["j"] < num_synthetic
     return index[kept].reset_index(drop=True)
+
+
+def select_variants(
+    index: pd.DataFrame | str | Path,
+    num_synthetic: int | None = None,
+    filter: FilterSettings | Mapping[str, Any] | None = None,
+    scores: pd.DataFrame | str | Path | None = None,
+) -> Selection:
+    """The rows a run of M = `num_synthetic` draws from a set (`kept_variants`), less those
+    `filter` drops (`filtering.select`). `index`: the set's `index.parquet` or that frame;
+    `scores`: the set's scores of `filter.by`, a table or its file (default: the file
+    beside `index`, `scoring.scores_path`). Without a filter, `rows` is `kept_variants`'s
+    frame and no scores are read."""
+    path = None if isinstance(index, pd.DataFrame) else Path(index)
+    frame = index if isinstance(index, pd.DataFrame) else pd.read_parquet(index)
+    candidates = kept_variants(frame, num_synthetic)
+    spec = as_filter(filter)
+    if spec is None:
+        return Selection(candidates, candidates, None)
+    if scores is None:
+        if path is None:
+            raise ValueError(f"a filter by {spec.by} of an index frame needs its scores")
+        scores = scores_path(path, spec.by)
+    where = "the scores"
+    if not isinstance(scores, pd.DataFrame):
+        where, scores = str(scores), read_scores(scores, spec.by)
+    return select(candidates, scores, spec, where)
 
 
 class VariantTable:
@@ -92,6 +123,13 @@ class MixingDataset(torch.utils.data.IterableDataset):
     image's; the image is RGB PIL, or what `transform` makes of it. The set's encoded
     images are held in memory, and each one decoded when drawn.
 
+    `filter`: a method's filter (`filtering.FilterSettings`, or its `filter:` mapping such
+    as `{"by": "classifier", "min_confidence": 0.5}`), read against the set's scores
+    (`scores`, default the `scores-{by}.parquet` beside `index`): the images it drops are
+    never drawn, and a real image that keeps none is drawn as real (`selection` says
+    which, `Selection.emptied`). The draws of the classifier stage given the same selection
+    (`select_variants(...).rows`) are this dataset's draws.
+
     Equal draws: an epoch is `steps` steps of `batch_size` examples, and the steps of epoch
     `e` (`set_epoch`, 0 by default) are steps e*steps .. (e+1)*steps - 1 of the classifier
     stage's draws for `seed` with `classifier.batch_size` = `batch_size` and
@@ -117,11 +155,14 @@ class MixingDataset(torch.utils.data.IterableDataset):
         seed: int = 0,
         num_synthetic: int | None = None,
         transform: Callable[[Image.Image], Any] | None = None,
+        filter: FilterSettings | Mapping[str, Any] | None = None,
+        scores: pd.DataFrame | str | Path | None = None,
     ):
         if not isinstance(manifest, pd.DataFrame):
             manifest = read_manifest(manifest)
         self.real = manifest.to_dict("records")
-        variants = kept_variants(pd.read_parquet(index), num_synthetic)
+        self.selection = select_variants(index, num_synthetic, filter, scores)
+        variants = self.selection.rows
         self.table = VariantTable(synthetic_lookup(manifest["key"].tolist(), variants))
         images = read_images(index)
         self.synthetic = [images[key][0] for key in variants["key"]]
