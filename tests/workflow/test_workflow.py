@@ -39,6 +39,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from dafusion.data.manifest import class_token
+from dafusion.data.readers.folders import DIGIT_NAMES
 from dafusion.stages.synthetic import recorded_parts
 
 pytestmark = pytest.mark.workflow
@@ -801,12 +802,41 @@ def test_the_whole_workflow_runs_on_a_tiny_sdxl(tmp_path):
     index = json.loads((results / "model/tiny-sdxl-32px/model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusionXLPipeline"
     with safe_open(str(results / "digits/tokens/seed0-shots1.safetensors"), "pt") as f:
-        assert len(f.keys()) == 2 * 10  # each class's rows in both text encoders
+        assert sorted(f.keys()) == sorted(  # each class's rows in both text encoders
+            f"{encoder}/{class_token(name)}"
+            for encoder in ("clip_l", "clip_g")
+            for name in DIGIT_NAMES
+        )
     for method in ("real-guidance", "da-fusion", "da-fusion-erased"):
         shards = pd.read_parquet(set_dir(results, method, 0, 1, config) / "index.parquet")
         assert len(shards) == 10 * 2 and not shards["dropped"].any(), method
     assert (results / "report.html").is_file()
     assert scheduled(workdir, "--cores", "2") == set()
+
+
+def test_the_sdxl_augment_path_runs_on_the_tiny_sdxl(tmp_path):
+    """config/sdxl.yaml over config/augment.yaml (the README's SDXL command), with the
+    model swapped for the tiny random SDXL: tokens in both encoders and a synthetic set,
+    under results-sdxl/."""
+    workdir = copy_workflow(tmp_path / "dafusion")
+    photos = tmp_path / "photos"
+    photo_folder(photos)
+    command = _augment_command(workdir, photos)
+    shutil.copy(REPO / "config/sdxl.yaml", workdir / "config/sdxl.yaml")
+    tiny = write_config(
+        workdir,
+        "tiny.yaml",
+        {"model": {"pretrained": "tiny-sdxl", "resolution": 32, "dtype": "float32"}},
+    )
+    words = ["--configfile", "config/augment.yaml", "config/sdxl.yaml", tiny, *command[3:]]
+    result = snakemake(workdir, "--cores", "2", "synthetic", *words)
+    assert result.returncode == 0, result.stderr[-5000:]
+    results = workdir / "results-sdxl/photos"
+    with safe_open(str(results / "tokens/seed0-shotsall.safetensors"), "pt") as f:
+        keys = f.keys()  # a safetensors file's, not a dict's
+    assert {key.split("/")[0] for key in keys} == {"clip_l", "clip_g"}
+    [index] = results.glob("synthetic/*/seed0-shotsall/index.parquet")
+    assert len(pd.read_parquet(index)) > 0
 
 
 def test_classes_named_in_other_scripts_get_their_own_tokens_and_train(tmp_path):
