@@ -59,6 +59,7 @@ include: "workflow/rules/invert.smk"
 include: "workflow/rules/lora.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/score.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -1,7 +1,8 @@
 """Modelled peak memory of SDXL base at 1024 px, per stage part and batch size, without a GPU:
 the weights, one guided UNet call, the VAE encoding and decoding (float32, as `model.vae:
-checkpoint` runs SDXL's under float16), and one textual-inversion step through the UNet
-with and without gradient checkpointing.
+checkpoint` runs SDXL's under float16), and one textual-inversion step and one step of the
+LoRA learner (`learner: lora`: a float32 LoRA on the UNet's attention projections, learned
+with the tokens) through the UNet, with and without gradient checkpointing.
 
 Modelled, not measured: the full-size architectures (`dafusion.stages.tiny.sdxl_unet`,
 `sdxl_vae`) run on PyTorch's meta device (shapes only, nothing computed), and a dispatch
@@ -13,7 +14,7 @@ needs somewhat more than these numbers; `benchmarks/gpu.sh --sdxl` measures the 
 ones on a GPU (benchmarks/sdxl.py). docs/models.md's memory table comes from this script.
 
 Usage:
-    python benchmarks/memory.py [--resolution 1024] [--batches 1,2,4,8]
+    python benchmarks/memory.py [--resolution 1024] [--batches 1,2,4,8] [--rank 10]
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from dafusion.settings import LoraSettings
+from dafusion.stages.lora import add_lora
 from dafusion.stages.tiny import sdxl_unet, sdxl_vae
 
 GIB = 1024**3
@@ -106,6 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resolution", type=int, default=1024)
     parser.add_argument("--batches", default="1,2,4,8")
+    parser.add_argument("--rank", type=int, default=LoraSettings.rank, help="lora.rank")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     F.scaled_dot_product_attention = _attention  # what diffusers' attention processors call
@@ -122,7 +126,8 @@ def main() -> None:
     vae_gib = sum(p.numel() for p in vae.parameters()) * 4 / GIB
     print(
         f"weights: UNet {unet_gib:.2f} GiB (float16), text encoders {encoders:.2f} GiB "
-        f"(float16), VAE {vae_gib:.2f} GiB (float32)"
+        f"(float16; {2 * encoders:.2f} in float32, as invert and lora jobs hold them), "
+        f"VAE {vae_gib:.2f} GiB (float32)"
     )
     latent = args.resolution // 8
 
@@ -160,6 +165,26 @@ def main() -> None:
         for b in batches:
             step = peak(weights, lambda b=b: unet_call(b, grad=True))
             print(f"inversion step, batch {b}, checkpointing {checkpointing}: {step:6.2f} GiB")
+    # The LoRA learner: the same UNet with a float32 LoRA of `lora.projections`, as
+    # `dafusion.stages.lora.add_lora` builds it (peft casts each projection's input to the
+    # LoRA's float32). Its weights, gradients and AdamW's two moments: 16 bytes a parameter.
+    unet.disable_gradient_checkpointing()
+    unet.eval()
+    with meta:
+        lora = add_lora(unet, LoraSettings(rank=args.rank))
+    count = sum(p.numel() for p in lora.values())
+    print(
+        f"LoRA of rank {args.rank}: {count / 1e6:.1f}M parameters; weights, gradients and "
+        f"AdamW moments {16 * count / GIB:.2f} GiB"
+    )
+    weights = storages(unet, vae)
+    for checkpointing in (False, True):
+        if checkpointing:
+            unet.enable_gradient_checkpointing()
+            unet.train()
+        for b in batches:
+            step = peak(weights, lambda b=b: unet_call(b, grad=True))
+            print(f"LoRA step, batch {b}, checkpointing {checkpointing}: {step:6.2f} GiB")
 
 
 if __name__ == "__main__":

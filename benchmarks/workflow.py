@@ -24,6 +24,7 @@ Usage:
     python benchmarks/workflow.py
     python benchmarks/workflow.py --cores 2 --keep /tmp/run   # keep the run's results
     python benchmarks/workflow.py --cores 2 --readme README.md
+    python benchmarks/workflow.py --cores 2 --overlay config/filtering.yaml  # with a filter
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import yaml
 
 from dafusion.reporting.aggregate import LABELS
 from dafusion.reporting.diagnostics import benchmark_table, rule_name
+from dafusion.reporting.filter_summary import filter_differences
 from dafusion.reporting.verdict import unfinished, verdict
 
 REPO = Path(__file__).resolve().parent.parent
@@ -165,9 +167,27 @@ def results_block(results: Path) -> str:
             for m in methods
         ]
         lines.append(f"| {shots} | " + " | ".join(values) + " |")
-    late = unfinished(pd.read_csv(tables / "runs.csv"), pd.read_csv(tables / "validation.csv"))
-    found = verdict(summary, pd.read_csv(tables / "paired.csv"), late, methods, baseline)
+    runs = pd.read_csv(tables / "runs.csv")
+    late = unfinished(runs, pd.read_csv(tables / "validation.csv"))
+    paired = pd.read_csv(tables / "paired.csv")
+    filtered = filter_differences(runs, filter_twins(config))
+    found = verdict(summary, paired, late, methods, baseline, filtered=filtered)
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {line}" for line in found)
+
+
+def filter_twins(config: dict) -> dict[str, dict[str, str]]:
+    """Per dataset, each filtered method's unfiltered twin (as the report pairs them), from
+    the run's resolved config (validated when the run started, every default filled in);
+    none when no method has a filter (docs/filtering.md)."""
+    if not any(spec.get("filter") for spec in config["methods"].values()):
+        return {}
+    from dafusion.workflow.plan import Plan
+
+    report = Plan.from_config(config).report.filter_report()
+    return {
+        dataset: {method: spec["twin"] for method, spec in methods.items() if spec["twin"]}
+        for dataset, methods in report.items()
+    }
 
 
 def machine() -> str:
@@ -202,14 +222,27 @@ def main() -> None:
     parser.add_argument("--cores", default="all")
     parser.add_argument("--keep", type=Path, help="run here and keep it (a new folder)")
     parser.add_argument("--readme", type=Path, help="write the results and run time into it")
+    parser.add_argument(
+        "--overlay",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a config file merged over config/config.yaml (repeatable), e.g. "
+        "config/filtering.yaml: the default with a filtered DA-Fusion",
+    )
     args = parser.parse_args()
+    configs = ["--configfile", "config/config.yaml", *args.overlay] if args.overlay else []
     where = machine()
     env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1")
-    print(f"embedded default, snakemake --cores {args.cores}, {os.cpu_count()} CPUs", flush=True)
+    overlays = f" with {', '.join(args.overlay)}" if args.overlay else ""
+    print(
+        f"embedded default{overlays}, snakemake --cores {args.cores}, {os.cpu_count()} CPUs",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         workdir = copy_workflow(args.keep or Path(tmp) / "run")
-        wall, cpu = timed([SNAKEMAKE, "--cores", args.cores], workdir, env)
-        noop, _ = timed([SNAKEMAKE, "-n", "--cores", args.cores], workdir, env)
+        wall, cpu = timed([SNAKEMAKE, "--cores", args.cores, *configs], workdir, env)
+        noop, _ = timed([SNAKEMAKE, "-n", "--cores", args.cores, *configs], workdir, env)
         print(f"{wall:.1f} s wall, {cpu:.1f} s machine CPU; no-op dry run {noop:.1f} s")
         table, packages = breakdown(workdir / "results")
         if args.readme:

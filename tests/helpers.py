@@ -397,3 +397,34 @@ def relabelled_model(
     config = folder / "scheduler/scheduler_config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), **scheduler}))
     return folder
+
+
+def tiny_clip(folder: Path) -> Path:
+    """A random CLIP of two small layers per tower, with the tiny model's BPE tokenizer and
+    a 32-pixel image processor, saved in `folder` as transformers saves one (safetensors):
+    the clip scorer's model in the workflow's tests."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from dafusion.stages.tiny import build_tokenizer
+
+    (folder / "bpe").mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(folder / "bpe")
+    tower = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+             "num_attention_heads": 4}  # fmt: skip
+    text = {
+        **tower, "vocab_size": len(tokenizer), "max_position_embeddings": 77,
+        "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }  # fmt: skip
+    vision = {**tower, "image_size": 32, "patch_size": 8}
+    torch.manual_seed(0)
+    model = folder / "clip"
+    CLIPModel(
+        CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+    ).save_pretrained(model)
+    tokenizer.save_pretrained(model)
+    CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    ).save_pretrained(model)
+    return model

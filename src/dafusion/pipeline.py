@@ -28,6 +28,7 @@ from .settings import (
     LoraSettings,
     MethodSettings,
     ModelSettings,
+    ScoringSettings,
 )
 
 log = logging.getLogger("dafusion")
@@ -276,9 +277,10 @@ def lora(
     (`learner: lora`, `dafusion.stages.lora`): the token rows follow `inversion` for
     `settings.steps` steps.
 
-    Writes the adapter folder (diffusers' `load_lora_weights` layout), the tokens file (as
-    invert's) and the loss curves (invert's columns). A checkpoint beside the tokens file
-    lets a killed job resume; it is removed at the end.
+    Writes the adapter folder (diffusers' `load_lora_weights` layout, the model family's
+    pipeline's), the tokens file (as invert's: on SDXL both encoders' rows) and the loss
+    curves (invert's columns). A checkpoint beside the tokens file lets a killed job
+    resume; it is removed at the end.
     """
     import torch
 
@@ -287,14 +289,16 @@ def lora(
     from .stages.inversion import remove_checkpoints
     from .stages.lora import save_adapter
     from .stages.lora_learner import learn_split
-    from .stages.tokens import save_tokens
+    from .stages.tokens import file_tensors, save_tokens
 
     manifest = read_manifest(split_path)
     names = class_names(manifest)
     # As invert: UNet and VAE in inversion.mixed_precision's dtype on CUDA, the text
-    # encoder (holding the trainable rows) in float32; the LoRA's weights are float32.
+    # encoders (holding the trainable rows; SDXL's two) in float32; the LoRA's weights are
+    # float32.
     components = _load(model.replace(dtype=inversion.weight_dtype), model_dir)
-    components.text_encoder.to(torch.float32)
+    for _, encoder in components.text_encoders:
+        encoder.to(torch.float32)
     images = [load_image(r) for r in manifest.to_dict("records")]
     start = time.perf_counter()
     result = learn_split(
@@ -305,11 +309,11 @@ def lora(
         settings.rank, len(result.tokens), time.perf_counter() - start,
     )  # fmt: skip
     assert result.adapter is not None
-    save_adapter(adapter_dir, result.adapter)
+    save_adapter(adapter_dir, result.adapter, components.conditioner.family.name)
     write_parquet(result.loss_table(names), loss_path)
     # The configured model name, never the folder it was read from: results are portable.
     meta = {"classes": names, "model": str(model.pretrained), "seed": seed, "learner": "lora"}
-    save_tokens(tokens_path, result.tokens, meta)
+    save_tokens(tokens_path, file_tensors(result.encoders), meta)
     remove_checkpoints(tokens_path)
 
 
@@ -417,24 +421,37 @@ def train(
     synthetic_index: str | None = None,
     num_synthetic: int | None = None,
     test_path: str | None = None,
+    head_path: str | None = None,
+    filter: Mapping[str, Any] | None = None,
+    scores_path: str | None = None,
 ) -> None:
-    """Train one classifier and write its metrics per evaluation step (val, and test).
+    """Train one classifier and write its metrics per evaluation step (val, and test), and
+    with `head_path` what it trained after its last step (`classifier.save_head`).
 
     A run of M = `num_synthetic` reads the first M variants of each image of its set (a set
-    shared with methods of a larger M holds more)."""
+    shared with methods of a larger M holds more), less those its `filter` drops, read
+    against the set's scores at `scores_path` (`mixing.select_variants`)."""
     from .data.manifest import class_names, read_manifest
     from .data.runs import RUN_COLUMNS
     from .data.shards import read_images
     from .jobs.devices import resolve_device
     from .stages.classifier import train_classifier
-    from .stages.mixing import kept_variants
+    from .stages.mixing import select_variants
 
     train_manifest = read_manifest(split_path)
     val_manifest = read_manifest(val_path)
     index = images = None
     if synthetic_index:
-        index = kept_variants(pd.read_parquet(synthetic_index), num_synthetic)
+        selection = select_variants(synthetic_index, num_synthetic, filter, scores_path)
+        index = selection.rows
         images = read_images(synthetic_index)
+        if selection.filter is not None:
+            log.info(
+                "filter %s over %s keeps %d of %d synthetic images; %d real images keep none "
+                "and are drawn as real",
+                selection.filter.describe(), scores_path, len(index),
+                len(selection.candidates), len(selection.emptied),
+            )  # fmt: skip
         log.info("%d synthetic images from %s", len(index), synthetic_index)
     metrics = train_classifier(
         train_manifest,
@@ -446,6 +463,7 @@ def train(
         seed,
         resolve_device(settings.device),
         test_manifest=read_manifest(test_path) if test_path else None,
+        head_path=head_path,
     )
     metrics.insert(0, "shots", shots)
     metrics.insert(0, "seed", seed)
@@ -454,6 +472,108 @@ def train(
     best = metrics[metrics["metric"] == "accuracy"]["value"].max()
     log.info("best val accuracy %.4f", best)
     write_parquet(metrics[RUN_COLUMNS], output)
+
+
+def score_classifier(
+    index_path: str, head_path: str, output: str, settings: ScoringSettings
+) -> None:
+    """A set's `classifier` scores (`scores-classifier.parquet`): the confidence in each
+    image's label and the top-1 label of the classifier a baseline run saved at
+    `head_path` (its final step, trained on the real few-shot split only)."""
+    from .jobs.devices import resolve_device
+    from .stages.scoring import classifier
+
+    device = resolve_device(settings.device)
+    frame = classifier.write(index_path, head_path, output, device, settings.batch_size)
+    log.info(
+        "%d images scored by %s: mean confidence %.3f, top-1 is the label for %.1f%%",
+        len(frame), head_path, frame["confidence"].mean() if len(frame) else float("nan"),
+        100 * _top1_share(frame, index_path),
+    )  # fmt: skip
+
+
+def _top1_share(frame: pd.DataFrame, index_path: str) -> float:
+    """The share of scored images whose top-1 class is their label (for the job's log)."""
+    if frame.empty:
+        return float("nan")
+    labels = pd.read_parquet(index_path, columns=["key", "label"]).set_index("key")["label"]
+    return float((frame["top1"].to_numpy() == labels.loc[frame["key"]].to_numpy()).mean())
+
+
+def score_clip(index_path: str, output: str, settings: ScoringSettings) -> None:
+    """A set's `clip` scores (`scores-clip.parquet`): the cosine similarity of each image
+    and its class prompt (`settings.clip_prompt`) under `settings.clip_model`."""
+    from .jobs.devices import resolve_device
+    from .stages.scoring import clip
+
+    device = resolve_device(settings.device)
+    frame = clip.write(
+        index_path, settings.clip_model, output, settings.clip_prompt, device,
+        settings.batch_size,
+    )  # fmt: skip
+    mean = frame["clip_score"].mean() if len(frame) else float("nan")
+    log.info("%d images scored by %s: mean CLIP score %.3f", len(frame), settings.clip_model, mean)
+
+
+def score_change(index_path: str, split_path: str, output: str) -> None:
+    """A set's `change` scores (`scores-change.parquet`): each image's mean absolute pixel
+    difference from its source image of the few-shot split `split_path`."""
+    from .stages.scoring import change
+
+    frame = change.write(index_path, split_path, output)
+    mean = frame["change"].mean() if len(frame) else float("nan")
+    log.info("%d images scored: mean change %.3f", len(frame), mean)
+
+
+def filtering(
+    index_paths: Sequence[str],
+    score_paths: Sequence[str],
+    filters: Mapping[str, Mapping[str, Any]],
+    own: Mapping[str, str],
+    methods: Mapping[str, int],
+    cells: Sequence[Sequence[int | str]],
+    scorers: Sequence[str],
+    shown: Sequence[int | str],
+    table: str,
+    figure: str,
+    dataset: str = "",
+    classes: int = 6,
+) -> None:
+    """A dataset's filters (`reporting.filtering`): per filter (by filtered method), per
+    synthetic set, split and class, how many of its images the filter keeps and how many
+    real images it empties (`table`); and the filtered methods' kept and dropped images of
+    the split `shown` (`figure`, a PDF beside it). `methods` names one method per set and
+    M, with its M; `own` the one of them that stands for each filtered method's images;
+    `index_paths` holds each one's set per split (`methods`' order, then `cells`'),
+    `score_paths` the same per scorer of `scorers`."""
+    from .reporting.figures import save_figure
+    from .reporting.filtering import filter_figure, keep_rates
+
+    per = len(cells)
+    sets = {
+        method: {
+            (int(seed), shots): (index_paths[i * per + j], size)
+            for j, (seed, shots) in enumerate(cells)
+        }
+        for i, (method, size) in enumerate(methods.items())
+    }
+    scores = {
+        scorer: {
+            method: {
+                (int(seed), shots): score_paths[(s * len(methods) + i) * per + j]
+                for j, (seed, shots) in enumerate(cells)
+            }
+            for i, method in enumerate(methods)
+        }
+        for s, scorer in enumerate(scorers)
+    }
+    rates = keep_rates(sets, scores, filters, own, dataset)
+    rates.to_csv(table, index=False, float_format="%.6f")
+    overall = rates.groupby(["filter", "method"], sort=False)[["candidates", "kept"]].sum()
+    log.info("images each filter keeps, over every split and class:\n%s", overall.to_string())
+    cell = (int(shown[0]), shown[1])
+    fig = filter_figure(sets, scores, filters, own, cell, classes=classes)
+    save_figure(fig, figure.removesuffix(".png"))
 
 
 def aggregate(
@@ -561,12 +681,18 @@ def report(
     code: str,
     output: str,
     config_output: str,
+    filtering: Sequence[str] = (),
+    filtering_figures: Sequence[str] = (),
+    filters: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
 ) -> None:
     """results/report.html: every figure and table of the run in one page, with the
-    provenance that makes it a research record (`report.results_report`)."""
+    provenance that makes it a research record (`report.results_report`); `filtering`
+    and `filtering_figures`: the `filtering` jobs' tables and figures, `filters` each
+    dataset's filters in words and their unfiltered twins."""
     from .reporting.report import results_report
 
     results_report(
         tables, figures, galleries, recognition, curves, erasure, captions, benchmarks, config,
-        code, output, config_output,
+        code, output, config_output, filtering=filtering, filtering_figures=filtering_figures,
+        filters=filters or {},
     )  # fmt: skip

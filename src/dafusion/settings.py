@@ -226,9 +226,96 @@ class LoraSettings(Settings):
         return self.rank if self.alpha is None else self.alpha
 
 
+# The scorers of a synthetic set's images (`dafusion.stages.scoring`, one job each) and what
+# a filter of each can ask of its scores (`FilterSettings`).
+SCORER_NAMES = ("classifier", "clip", "change")
+FILTER_CRITERIA = {
+    "classifier": ("min_confidence", "max_confidence", "require_top1"),
+    "clip": ("min_clip_score",),
+    "change": ("min_change", "max_change"),
+}
+# Each threshold: the score column it reads, whether it is a lower bound, its allowed range.
+FILTER_THRESHOLDS = {
+    "min_confidence": ("confidence", True, (0.0, 1.0)),
+    "max_confidence": ("confidence", False, (0.0, 1.0)),
+    "min_clip_score": ("clip_score", True, (-1.0, 1.0)),
+    "min_change": ("change", True, (0.0, 1.0)),
+    "max_change": ("change", False, (0.0, 1.0)),
+}
+
+
+@dataclass(frozen=True)
+class FilterSettings(Settings):
+    """A method's `filter:` (`dafusion.stages.filtering`): the scorer whose table it reads
+    (`by`) and its criteria, each kept image passing every one given; `keep_top` keeps each
+    class's highest-scoring fraction. None (no `filter:`) draws every image. Thresholds are
+    chosen a priori, never tuned on validation accuracy (docs/filtering.md)."""
+
+    by: str
+    min_confidence: float | None = None
+    max_confidence: float | None = None
+    require_top1: bool = False
+    min_clip_score: float | None = None
+    min_change: float | None = None
+    max_change: float | None = None
+    keep_top: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.by not in FILTER_CRITERIA:
+            raise ValueError(f"filter by '{self.by}': the scorers are {', '.join(FILTER_CRITERIA)}")
+        given = self.criteria()
+        if not given:
+            own = ", ".join([*FILTER_CRITERIA[self.by], "keep_top"])
+            raise ValueError(f"a filter by {self.by} needs a criterion ({own}): it keeps all")
+        for key in given:
+            if key != "keep_top" and key not in FILTER_CRITERIA[self.by]:
+                by = next(name for name, keys in FILTER_CRITERIA.items() if key in keys)
+                raise ValueError(f"filter: {key} reads the {by} scores, not those of {self.by}")
+        for key, (_, _, (low, high)) in FILTER_THRESHOLDS.items():
+            value = getattr(self, key)
+            if value is not None and not low <= value <= high:
+                raise ValueError(f"filter: {key} must lie in [{low}, {high}], not {value}")
+        if self.keep_top is not None and not 0 < self.keep_top <= 1:
+            raise ValueError(f"filter: keep_top is a fraction in (0, 1], not {self.keep_top}")
+        for bottom, top in (("min_confidence", "max_confidence"), ("min_change", "max_change")):
+            if bottom in given and top in given and given[bottom] > given[top]:
+                raise ValueError(f"filter: {bottom} {given[bottom]} is above {top} {given[top]}")
+
+    def criteria(self) -> dict[str, Any]:
+        """The criteria given (not left at their defaults), by key."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "by" and getattr(self, f.name) != f.default
+        }
+
+    def result_params(self) -> dict[str, Any]:
+        """The filter as a train job's params: `by` and the criteria given, so that a
+        criterion written at its default changes nothing."""
+        return {"by": self.by, **self.criteria()}
+
+    def describe(self) -> str:
+        """The filter in words, for captions: "classifier: confidence >= 0.5, top 70% per
+        class"."""
+        words = []
+        for key, value in self.criteria().items():
+            if key in FILTER_THRESHOLDS:
+                column, lower, _ = FILTER_THRESHOLDS[key]
+                words.append(f"{column} {'>=' if lower else '<='} {value:g}")
+            elif key == "require_top1":
+                words.append("top-1 is the label")
+            else:
+                words.append(f"top {100 * value:g}% per class")
+        return f"{self.by}: {', '.join(words)}"
+
+
 @dataclass(frozen=True)
 class MethodSettings(Settings):
-    """One `methods:` entry: a baseline, or SDEdit with a prompt and t0 values."""
+    """One `methods:` entry: a baseline, or SDEdit with a prompt and t0 values.
+
+    `filter` (a `FilterSettings` mapping, or None) selects which of the set's images the
+    method's runs draw; it is not part of what the set's images are (`SyntheticSets`), so a
+    filtered and an unfiltered method of the same generation share one set."""
 
     kind: str
     prompt: str | None = None
@@ -242,6 +329,12 @@ class MethodSettings(Settings):
     figures: tuple[str | int, ...] | list[str | int] = layout(default=())
     generation: Mapping[str, Any] = layout(default_factory=dict)
     classifier: Mapping[str, Any] = layout(default_factory=dict)
+    filter: Mapping[str, Any] | None = layout(default=None)
+
+    @property
+    def filter_settings(self) -> FilterSettings | None:
+        """The method's filter, or None (every image of its set is drawn)."""
+        return None if self.filter is None else FilterSettings.from_config(self.filter)
 
     def for_dataset(self, dataset: str) -> MethodSettings:
         """The method as one dataset's jobs run it: its prompt there (`dataset_prompts`, e.g.
@@ -426,6 +519,30 @@ class ClassifierSettings(Settings):
         return params
 
 
+@dataclass(frozen=True)
+class ScoringSettings(Settings):
+    """`scoring:` what the scorers of synthetic images read besides a set
+    (`dafusion.stages.scoring`, docs/filtering.md): the baseline-kind method whose run of
+    the same dataset, seed and shots scores the images (`classifier_method`, the
+    `classifier` scorer), and the CLIP model and class prompt of the `clip` scorer (a hub id
+    read from the local Hugging Face cache, or a local folder; `{name}` is the class
+    name)."""
+
+    classifier_method: str = "baseline"
+    clip_model: str = "openai/clip-vit-base-patch32"
+    clip_prompt: str = "a photo of a {name}"
+    batch_size: int = knob(64)
+    device: str = knob("auto")
+
+    def params(self, scorer: str) -> dict[str, Any]:
+        """What one scorer's values depend on besides its input files: the CLIP model and
+        prompt for `clip`; nothing for `classifier` (the run's head is its input) and
+        `change`."""
+        if scorer == "clip":
+            return {"clip_model": self.clip_model, "clip_prompt": self.clip_prompt}
+        return {}
+
+
 # Section 6 / Figure 6 of the paper: its datasets binned by how familiar their concepts are
 # to Stable Diffusion (keys: the dataset names config/paper.yaml uses).
 NOVELTY_BINS = {
@@ -480,5 +597,6 @@ SECTIONS: dict[str, type[Settings]] = {
     "erasure": ErasureSettings,
     "generation": GenerationSettings,
     "classifier": ClassifierSettings,
+    "scoring": ScoringSettings,
     "aggregate": AggregateSettings,
 }

@@ -100,3 +100,44 @@ def test_a_job_counts_as_a_gpu_job_only_when_it_will_use_cuda(monkeypatch):
     assert not will_use_cuda("cpu")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert not will_use_cuda("auto")  # every GPU hidden
+
+
+def test_a_filters_defaults_and_keys_are_the_schemas():
+    """methods.<name>.filter: the keys and defaults of `FilterSettings` (issue 41)."""
+    from dafusion.settings import FILTER_CRITERIA, SCORER_NAMES, FilterSettings
+
+    node = _schema_properties("methods")["filter"]
+    fields = {f.name: f for f in dataclasses.fields(FilterSettings)}
+    assert set(node["properties"]) == set(fields) and node["required"] == ["by"]
+    assert node["properties"]["by"]["enum"] == list(SCORER_NAMES) == list(FILTER_CRITERIA)
+    for key, field in fields.items():
+        default = node["properties"][key].get("default")
+        assert default == (None if field.default is dataclasses.MISSING else field.default), key
+
+
+def test_a_filter_is_no_part_of_a_methods_result_params():
+    """The filter selects among a set's images: not in the set's identity, and its params
+    name only the criteria given."""
+    from dafusion.settings import FilterSettings
+
+    plain = MethodSettings(kind="sdedit", prompt="a photo of a {token}", strengths=[0.5])
+    filtered = plain.replace(filter={"by": "classifier", "min_confidence": 0.5})
+    assert plain.result_params() == filtered.result_params()
+    assert plain.filter_settings is None
+    spec = filtered.filter_settings
+    assert spec == FilterSettings(by="classifier", min_confidence=0.5)
+    assert spec.result_params() == {"by": "classifier", "min_confidence": 0.5}
+    written_out = FilterSettings(by="classifier", min_confidence=0.5, require_top1=False)
+    assert written_out.result_params() == spec.result_params()
+
+
+def test_each_scorer_reads_only_its_own_scoring_settings():
+    from dafusion.settings import ScoringSettings
+
+    settings = ScoringSettings(clip_model="some/clip", batch_size=3, device="cpu")
+    assert settings.params("clip") == {
+        "clip_model": "some/clip",
+        "clip_prompt": "a photo of a {name}",
+    }
+    assert settings.params("classifier") == {} and settings.params("change") == {}
+    assert set(ScoringSettings.knob_keys()) == {"batch_size", "device"}

@@ -5,12 +5,21 @@ index_dataset through its params, tests/unit/workflow/test_plan.py and test_work
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import REDUCED, SNAKEMAKE, copy_workflow, scheduled, snakemake, write_config
+from helpers import (
+    REDUCED,
+    SNAKEMAKE,
+    copy_workflow,
+    dry_run_jobs,
+    scheduled,
+    snakemake,
+    write_config,
+)
 from PIL import Image
 
 pytestmark = pytest.mark.workflow  # runs Snakemake on the workflow
@@ -118,3 +127,54 @@ def test_config_values_on_the_command_line_take_the_schemas_types(tmp_path):
     parts = {output.rsplit("/", 1)[-1] for rule, output in jobs if rule == "generate"}
     assert parts == {f"part-{i}-of-3.json" for i in range(3)}
     assert not (workdir / "results").exists()
+
+
+def test_scoring_jobs_read_no_evaluation_image_and_no_reference_classifier(tmp_path):
+    """No leakage (issue 41), from the jobs Snakemake would run: a scoring job reads its set,
+    the few-shot split (change) and the classifier_method's head (classifier), never a
+    validation or test manifest or the reference digit classifier; only a filtered
+    method's train jobs read scores, each its own filter's."""
+    workdir = copy_workflow(tmp_path / "dafusion")
+    clip = workdir / "clip"  # start-up looks for the files only
+    clip.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"):
+        (clip / name).write_text("{}")
+    daf = REDUCED["methods"]["da-fusion"]
+    filters = {
+        "da-fusion-classifier": {"by": "classifier", "min_confidence": 0.5},
+        "da-fusion-clip": {"by": "clip", "keep_top": 0.7},
+        "da-fusion-change": {"by": "change", "min_change": 0.02},
+    }
+    config = {
+        **REDUCED,
+        "methods": {
+            **REDUCED["methods"],
+            **{name: {**daf, "filter": spec} for name, spec in filters.items()},
+        },
+        "scoring": {"clip_model": "clip"},
+    }
+    write_config(workdir, "config.yaml", config)
+    jobs = dry_run_jobs(workdir, "--cores", "1")
+    scoring = [job for job in jobs if job["rule"].startswith("score_")]
+    # every scorer on each of the 3 sets (real-guidance, da-fusion, da-fusion-erased) x 2 shots
+    assert len(scoring) == 3 * 3 * 2
+    for job in scoring:
+        for path in job["input"]:
+            assert not re.search(r"splits/(val|test|pool)\.parquet|reference|seed\d+-val", path)
+        heads = [path for path in job["input"] if path.endswith("-head.safetensors")]
+        assert (job["rule"] == "score_classifier") == bool(heads)
+        assert all("/runs/baseline/" in path for path in heads)
+        splits = [path for path in job["input"] if "/splits/" in path]
+        assert splits == (
+            [f"results/digits/splits/seed0-shots{job['wildcards']['shots']}.parquet"]
+            if job["rule"] == "score_change"
+            else []
+        )
+    for job in jobs:
+        if job["rule"] != "train":
+            continue
+        scores = [path for path in job["input"] if "/scores-" in path]
+        method = job["wildcards"]["method"]
+        expected = filters.get(method, {}).get("by")
+        assert scores == ([] if expected is None else [scores[0]]), method
+        assert expected is None or scores[0].endswith(f"/scores-{expected}.parquet")

@@ -137,3 +137,34 @@ def test_the_figure_11_grid_overlay_states_its_cost():
     header = grid.read_text().split("\n\nmethods:")[0].replace("\n# ", " ")
     assert f"{extended - alone} GPU-hours more than config/paper.yaml alone, {extended}" in header
     assert f"against {alone}" in header
+
+
+def test_the_filtering_overlay_states_its_cost():
+    """config/paper-filtering.yaml's header (issue 41): its extra GPU-hours and GPU jobs over
+    config/paper.yaml and both totals, as `python -m dafusion.workflow.estimate` gives
+    them, the scoring jobs included; and its methods: DA-Fusion with each filter on Figure
+    5's datasets, each beside da-fusion, its unfiltered twin."""
+    from dafusion.workflow.estimate import plan_of, stages
+
+    paper = REPO / "config/paper.yaml"
+    overlay = REPO / "config/paper-filtering.yaml"
+    alone, extended = (stages(plan_of(configs)) for configs in ([paper], [paper, overlay]))
+    hours = [round(sum(s.hours for s in grid)) for grid in (alone, extended)]
+    jobs = [sum(s.jobs for s in grid) for grid in (alone, extended)]
+    header = overlay.read_text().split("\n\nscoring:")[0].replace("\n# ", " ")
+    assert (
+        f"{hours[1] - hours[0]} GPU-hours more than config/paper.yaml alone, {hours[1]}" in header
+    )
+    assert f"against {hours[0]} ({jobs[1] - jobs[0]:,} more GPU jobs, {jobs[1]:,}" in header
+    assert f"against {jobs[0]:,}" in header
+    (score,) = [s for s in extended if s.name == "score"]
+    assert f"{score.jobs:,} light scoring jobs ({score.hours:.1f} GPU-hours" in header
+    plan = plan_of([paper, overlay])
+    filtered = plan.filtered_methods("pascal")
+    assert {plan.filter_of(m).by for m in filtered} == {"classifier", "clip", "change"}
+    assert all(plan.filtered_methods(d) == filtered for d in plan.datasets)  # all seven
+    assert all(
+        plan.report.filter_twin(d, m) == "da-fusion" for d in plan.datasets for m in filtered
+    )
+    assert "figure-filtering" in plan.report.aggregate_figures()
+    assert plan.scoring.classifier_method == "randaugment"

@@ -32,6 +32,7 @@ from helpers import (
     scheduled,
     set_labels,
     snakemake,
+    tiny_clip,
     workflow_plan,
     write_config,
 )
@@ -254,6 +255,23 @@ ERASE = {
 }
 
 
+# Filters (issue 41): a method's filter, each scorer's jobs, the report's filtering job.
+FILTER = {"by": "classifier", "min_confidence": 0.5}
+FILTERING = {("filtering", "results/tables/filtering-digits.csv")}
+
+
+def scores(scorer: str, methods, seed: int = 0) -> set[tuple[str, str]]:
+    """The `score_<scorer>` jobs of the sets of `methods` for every shot count of one seed."""
+    return {
+        (
+            f"score_{scorer}",
+            f"results/digits/synthetic/{m}/seed{seed}-shots{k}/scores-{scorer}.parquet",
+        )
+        for k in SHOTS
+        for m in methods
+    }
+
+
 def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
     """The jobs of `rule` for every shot count (and method) of one seed of the digits; for
     `generate`, with the `gather_synthetic` job of each set."""
@@ -301,6 +319,7 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
                     "vae_slicing": True,
                 },
                 "classifier": {"device": "cpu"},
+                "scoring": {"device": "cpu", "batch_size": 3},
             },
             set(),
         ),
@@ -429,6 +448,21 @@ def jobs(rule: str, methods=(None,), seed: int = 0) -> set[tuple[str, str]]:
         # lora settings reach only the methods whose learner is lora (none here): only the
         # config the report records changes.
         ({"lora": {"rank": 4}}, {("report", "results/report.html"), ("all", "")}),
+        # A filtered method (issue 41) reads da-fusion's set: no generation; its scorer
+        # scores every set of the dataset (after the baseline's runs, whose heads exist),
+        # and only its own runs read the scores. A filter is no part of a set's identity;
+        # the gallery shows its images as its unfiltered twin's, da-fusion.
+        (
+            {"methods": {"da-fusion-filtered": {**DA_FUSION, "filter": FILTER}}},
+            scores("classifier", ["real-guidance", "da-fusion+da-fusion-filtered",
+                                  "da-fusion-erased"])
+            | jobs("train", ["da-fusion-filtered"]) | FILTERING | END,
+        ),
+        # The scorers' settings reach only the jobs of a scorer in use (none here).
+        (
+            {"scoring": {"clip_model": "elsewhere/clip"}},
+            {("report", "results/report.html"), ("all", "")},
+        ),
         # A new seed: its own jobs; the erasure is shared by every seed and shot count.
         (
             {"seeds": [0, 1]},
@@ -1090,3 +1124,82 @@ def test_an_execution_knob_on_the_command_line_reruns_nothing(workdir):
     and in the next plain run."""
     knob = ["--config", "model={device: cpu}"]
     assert scheduled(workdir, "--cores", "2", *knob) == set()
+
+
+def test_a_filtered_method_runs_end_to_end_and_a_new_threshold_reruns_only_its_runs(tmp_path):
+    """Issue 41 on the digits and the tiny model: filters by the baseline's classifier and
+    by a (tiny, local) CLIP. Every set of the dataset gets both scores, every run its head;
+    the filtered runs read their scores and draw what the filter keeps; the report shows
+    the keep rates and the accuracy beside the unfiltered twin. A new threshold reruns the
+    filtered method's runs, aggregate, the filtering job and report, never a generate or
+    scoring job; a new scorer adds its scoring jobs."""
+    from dafusion.stages.mixing import select_variants
+
+    workdir = copy_workflow(tmp_path / "dafusion")
+    tiny_clip(workdir / "models")
+    methods = {
+        "baseline": REDUCED["methods"]["baseline"],
+        "real-guidance": REDUCED["methods"]["real-guidance"],
+        "da-fusion": DA_FUSION,
+        "da-fusion-filtered": {**DA_FUSION, "filter": FILTER},
+        "da-fusion-clip": {**DA_FUSION, "filter": {"by": "clip", "keep_top": 0.7}},
+    }
+    config = {
+        **REDUCED,
+        "methods": methods,
+        "erasure": {"enabled": False},
+        "scoring": {"clip_model": "models/clip"},
+    }
+    write_config(workdir, "config.yaml", config)
+    result = snakemake(workdir, "--cores", "2")
+    assert result.returncode == 0, result.stderr[-5000:]
+    results = workdir / "results"
+    for method in ("real-guidance", "da-fusion"):  # every set, both scorers
+        for shots in SHOTS:
+            folder = set_dir(results, method, 0, shots, config)
+            for scorer in ("classifier", "clip"):
+                scored = pd.read_parquet(folder / f"scores-{scorer}.parquet")
+                assert sorted(scored["key"]) == sorted(
+                    pd.read_parquet(folder / "index.parquet")["key"]
+                )
+    for method in methods:
+        for shots in SHOTS:
+            assert (results / f"digits/runs/{method}/seed0-shots{shots}-head.safetensors").is_file()
+    daf = set_dir(results, "da-fusion", 0, 2, config)
+    log = (results / "logs/digits/train/da-fusion-filtered/seed0-shots2.log").read_text()
+    scores_file = daf.relative_to(workdir) / "scores-classifier.parquet"
+    assert f"filter classifier: confidence >= 0.5 over {scores_file} keeps" in log
+    rates = pd.read_csv(results / "tables/filtering-digits.csv")
+    own = rates[rates["own"] & (rates["filter"] == "da-fusion-filtered") & (rates["shots"] == 2)]
+    selection = select_variants(daf / "index.parquet", 2, FILTER)
+    assert own["kept"].sum() == len(selection.rows)
+    assert own["emptied"].sum() == len(selection.emptied)
+    assert set(rates["method"]) == {"real-guidance", "da-fusion"}  # one column per set
+    page = (results / "report.html").read_text()
+    for title in (
+        "Accuracy with and without the filter", "Share of images each filter keeps, per class",
+        "Real images the filter leaves without a variant", "Kept and dropped: digits",
+    ):  # fmt: skip
+        assert title in page, title
+    assert "against da-fusion unfiltered" in page  # the verdict
+    assert scheduled(workdir, "--cores", "2") == set()
+
+    def dry_run_with(overlay: dict) -> set[tuple[str, str]]:
+        words = ["--cores", "2", "--configfile", "config/config.yaml"]
+        jobs = scheduled(workdir, *words, write_config(workdir, "o.yaml", overlay))
+        return label_sets(jobs, set_labels(config, overlay))
+
+    runs = {
+        ("train", f"results/digits/runs/da-fusion-filtered/seed0-shots{k}.parquet") for k in SHOTS
+    }
+    stricter = {"methods": {"da-fusion-filtered": {"filter": {"min_confidence": 0.3}}}}
+    assert dry_run_with(stricter) == runs | FILTERING | END
+    sets = ["real-guidance", "da-fusion+da-fusion-filtered+da-fusion-clip"]
+    by_change = {
+        "methods": {
+            "da-fusion-clip": {"filter": {"by": "change", "min_change": 0.02, "keep_top": None}}
+        }
+    }
+    assert dry_run_with(by_change) == (
+        scores("change", sets) | jobs("train", ["da-fusion-clip"]) | FILTERING | END
+    )

@@ -38,6 +38,7 @@ wildcard_constraints:
 PLAN = Plan.from_config(config)
 MODEL, DATASETS, METHODS = PLAN.model, PLAN.datasets, PLAN.methods
 INVERSION, ERASURE, CLASSIFIER = PLAN.inversion, PLAN.erasure, PLAN.classifier
+SCORING = PLAN.scoring
 RESOURCES, REPORT = PLAN.resources, PLAN.report
 res = PLAN.res
 

@@ -126,6 +126,39 @@ rule erasure_check:
         "../scripts/erasure_check.py"
 
 
+# A dataset's filters (docs/filtering.md): per class, the share of every synthetic method's
+# images each filter keeps, over every split, and the filtered methods' kept and dropped
+# images of the gallery's split. Reads the sets' indices and scores, never regenerates.
+rule filtering:
+    input:
+        unpack(of(REPORT.filtering_inputs)),
+    output:
+        table=res(paths.FILTERING),
+        png=report(
+            res(paths.FILTERING_FIGURE),
+            caption="../report/filtering.rst",
+            category="Synthetic images",
+            labels={"dataset": "{dataset}", "figure": "filters"},
+        ),
+        pdf=res(paths.FILTERING_PDF),
+    log:
+        res("logs/{dataset}/filtering.log"),
+    benchmark:
+        res("benchmarks/{dataset}/filtering.tsv")
+    conda:
+        "../../envs/dafusion.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        filtering=of(REPORT.filtering_params),
+        gallery=PLAN.aggregate_params("gallery_classes"),
+        code=code("filtering"),
+    script:
+        "../scripts/filtering.py"
+
+
 rule report:
     input:
         unpack(of(REPORT.inputs)),
@@ -150,6 +183,7 @@ rule report:
     params:
         figures=REPORT.aggregate_figures(),
         captions=REPORT.captions(CAPTIONS),
+        filters=REPORT.filter_report(),  # each filter in words, and its unfiltered twin
         benchmarks=res(paths.BENCHMARKS),
         config=RESOLVED_CONFIG,
         workflow_code=WORKFLOW_CODE,

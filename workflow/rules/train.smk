@@ -1,3 +1,7 @@
+# One classifier run; its head (the final step's, never one chosen on validation) is what
+# the classifier scorer of the same dataset, seed and shots reads. A method with a filter
+# also reads its set's scores of the filter's scorer, and the filter is in its params (a
+# method without one keeps its params), so a changed threshold reruns its runs alone.
 rule train:
     input:
         checked=checked,
@@ -5,8 +9,10 @@ rule train:
         val=of(PLAN.eval_split),
         test=res(paths.TEST),
         synthetic=of(PLAN.train_synthetic),
+        scores=of(PLAN.train_scores),
     output:
-        res(paths.RUN),
+        run=res(paths.RUN),
+        head=res(paths.RUN_HEAD),
     log:
         res("logs/{dataset}/train/{method}/seed{seed}-shots{shots}.log"),
     benchmark:

@@ -18,4 +18,7 @@ with job(snakemake):
         code=snakemake.params.workflow_code,
         output=snakemake.output.html,
         config_output=snakemake.output.config,
+        filtering=snakemake.input.filtering,
+        filtering_figures=snakemake.input.filtering_figures,
+        filters=snakemake.params.filters,
     )

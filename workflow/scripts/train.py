@@ -1,4 +1,4 @@
-"""Train one classifier (method, seed, shots) and write its metrics table."""
+"""Train one classifier (method, seed, shots) and write its metrics table and its head."""
 
 from dafusion import pipeline
 from dafusion.jobs.devices import claim_device
@@ -19,8 +19,11 @@ with job(snakemake):
         method=snakemake.wildcards.method,
         seed=int(snakemake.wildcards.seed),
         shots=int(snakemake.wildcards.shots),
-        output=snakemake.output[0],
+        output=snakemake.output.run,
         synthetic_index=snakemake.input.synthetic or None,
         num_synthetic=snakemake.params.synthetic.get("num_synthetic"),
         test_path=snakemake.input.test,
+        head_path=snakemake.output.head,
+        filter=snakemake.params.synthetic.get("filter"),
+        scores_path=snakemake.input.scores or None,
     )

@@ -301,6 +301,113 @@ def in_label_order(pivot: pd.DataFrame, classes: pd.DataFrame) -> pd.DataFrame:
     return pivot.reindex(pd.MultiIndex.from_tuples(order, names=pivot.index.names))
 
 
+def _filter_items(
+    runs: pd.DataFrame,
+    tables: Sequence[str],
+    figures: Sequence[str],
+    filters: Mapping[str, Mapping[str, Mapping]],
+    values: str,
+    captions: Mapping[str, str],
+) -> tuple[list[Figure | Table], pd.DataFrame]:
+    """The report's Filters section: accuracy with and without each filter (beside its
+    unfiltered twin, where the config has one), what each filter keeps per class, the real
+    images it leaves without a variant, and its kept and dropped images; and the
+    comparison table, for the verdict."""
+    from .filter_summary import filter_differences, keep_rate_summary
+
+    twins = {
+        dataset: {m: spec["twin"] for m, spec in methods.items() if spec.get("twin")}
+        for dataset, methods in filters.items()
+    }
+    compared = filter_differences(runs, twins)
+    if not tables:
+        return [], compared
+    items: list[Figure | Table] = []
+    lonely = [
+        f"{m} ({dataset})"
+        for dataset, methods in filters.items()
+        for m, spec in methods.items()
+        if not spec.get("twin")
+    ]
+    if len(compared) or lonely:
+
+        def interval(mean: pd.Series, se: pd.Series) -> pd.Series:
+            return mean.map("{:.3f}".format) + " ± " + se.map("{:.3f}".format)
+
+        words = {
+            (dataset, m): spec["filter"]
+            for dataset, methods in filters.items()
+            for m, spec in methods.items()
+        }
+        side = pd.DataFrame(
+            {
+                "dataset": compared["dataset"],
+                "method": compared["method"],
+                "filter": [
+                    words[d, m]
+                    for d, m in zip(compared["dataset"], compared["method"], strict=True)
+                ],
+                "unfiltered twin": compared["twin"],
+                "shots": compared["shots"],
+                "filtered": interval(compared["filtered"], compared["filtered_se"]),
+                "unfiltered": interval(compared["unfiltered"], compared["unfiltered_se"]),
+                "difference": interval(
+                    compared["delta_mean"], (compared["ci68_high"] - compared["ci68_low"]) / 2
+                ),
+                "seeds": compared["num_pairs"],
+            }
+        )
+        none = f" Without an unfiltered twin in this config: {', '.join(lonely)}." if lonely else ""
+        items.append(
+            Table(side, "Accuracy with and without the filter", f"Values: {values}. Each "
+                  "method with a filter beside its unfiltered twin: the method of the config "
+                  "that reads the same synthetic set with the same M and classifier settings "
+                  "and no filter. Mean ± one standard error over seeds; the difference is "
+                  "paired by seed (filtered minus unfiltered)." + none)
+        )  # fmt: skip
+    rates = pd.concat([pd.read_csv(path) for path in tables], ignore_index=True)
+    summary = keep_rate_summary(rates)
+    if len(summary):
+        own = summary[summary["own"]]
+        summary["filter"] = summary["filter"] + " (" + summary["criteria"] + ")"
+        pivot = summary.pivot_table(
+            index=["dataset", "filter", "label", "class_name"], columns="method",
+            values="keep_rate", sort=False,
+        ).sort_index(level=["dataset", "filter", "label"], sort_remaining=False)  # fmt: skip
+        pivot = pivot.reset_index(level="label", drop=True)
+        pivot = pivot[list(dict.fromkeys(summary["method"]))]
+        items.append(
+            Table(pivot, "Share of images each filter keeps, per class", "Per class, the "
+                  "share of each method's synthetic images (the first M variants its runs "
+                  "read, over every seed and examples per class) that the filter keeps; one "
+                  "column per synthetic set and M, named by a method that reads it (methods "
+                  "that read one set with one M draw from the same images). In the column of "
+                  "the filtered method's own images, exactly what its runs draw; in the "
+                  "others, what the same filter would keep of that method's images. "
+                  "tables/filtering-<dataset>.csv holds every split and the counts.")
+        )  # fmt: skip
+        emptied = own.groupby(["dataset", "filter"], sort=False)[["sources", "emptied"]].sum()
+        emptied["share"] = emptied["emptied"] / emptied["sources"].where(emptied["sources"] > 0)
+        emptied = emptied.reset_index().rename(
+            columns={"sources": "real images with variants", "emptied": "drawn as real"}
+        )
+        items.append(
+            Table(emptied, "Real images the filter leaves without a variant", "Per method "
+                  "with a filter, over every seed and examples per class: the real images "
+                  "whose variants the filter drops all of. Such an image is drawn as real "
+                  "where the run would have drawn a synthetic variant.")
+        )  # fmt: skip
+    items += [
+        Figure(
+            Path(p),
+            f"Kept and dropped: {Path(p).stem.removeprefix('filtering-')}",
+            captions["filtering"],
+        )
+        for p in figures
+    ]
+    return items, compared
+
+
 def _write_atomic(path: Path, text: str) -> None:
     """Readers never see half a page: written beside `path`, then renamed into place."""
     with atomic_path(path) as tmp:
@@ -320,12 +427,18 @@ def results_report(
     code: str,
     output: str,
     config_output: str,
+    filtering: Sequence[str] = (),
+    filtering_figures: Sequence[str] = (),
+    filters: Mapping[str, Mapping[str, Mapping]] | None = None,
 ) -> None:
     """The results page (`pipeline.report`): every figure and table of the run, with
     captions, and the provenance that makes it a research record: the resolved config
     (saved as `config_output` too), the model, the code fingerprint and the library
     versions. Its header says what the values are (metric, split, step selection), read
-    from the summary table; a banner says so when a random-weight model made the images."""
+    from the summary table; a banner says so when a random-weight model made the images.
+    `filtering`, `filtering_figures`: the `filtering` jobs' keep-rate tables and figures;
+    `filters`: per dataset, each filtered method's filter in words and its unfiltered twin
+    (`ReportContents.filter_report`)."""
     # Imported here: `write_report` alone needs neither matplotlib (figures) nor the run's
     # records, so a page without the workflow's results imports none of them.
     from ..provenance import library_versions
@@ -415,6 +528,9 @@ def results_report(
               "rule) divided by the log2 range, so a mean value over shot counts; mean ± one "
               "standard error over seeds.")
     )  # fmt: skip
+    filtered, compared = _filter_items(
+        run_rows, filtering, filtering_figures, filters or {}, values, captions
+    )
     ablations = [figure("figure-11", "Data balance (Figure 11)")] if "figure-11" in figures else []
     images = [
         Figure(Path(p), f"Gallery: {Path(p).stem.removeprefix('gallery-')}", captions["gallery"])
@@ -460,8 +576,9 @@ def results_report(
     ]  # fmt: skip
     methods = list(config["methods"])
     found = verdict(
-        runs, pd.read_csv(tables["paired"]), late, methods, config["aggregate"]["baseline"]
-    )
+        runs, pd.read_csv(tables["paired"]), late, methods, config["aggregate"]["baseline"],
+        filtered=compared,
+    )  # fmt: skip
     sections = [
         Section(
             "Verdict",
@@ -476,6 +593,13 @@ def results_report(
         Section("Runs", per_run, "Every classifier run, and how its training went."),
         Section("Normalized scores", scores, "Scores comparable across datasets."),
         Section("Improvement over the baseline", paired, "Per-seed paired differences."),
+        Section(
+            "Filters",
+            filtered,
+            "What each method's filter keeps of the synthetic images, and the accuracy it "
+            "gives beside the same method unfiltered (docs/filtering.md). Thresholds are "
+            "chosen a priori, never on validation accuracy.",
+        ),
         Section("Ablations", ablations, "Figure 11's alpha x M grid."),
         Section("Synthetic images", images, "What the generated images look like."),
         Section("Diagnostics", diagnostics, "Inversion, erasure, time and memory."),

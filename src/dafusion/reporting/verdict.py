@@ -59,18 +59,36 @@ def _difference(method: str, row: pd.Series) -> str:
     return f"{text} (the interval includes zero)"
 
 
+def _filtered(method: str, row: pd.Series) -> str:
+    """A filtered method's paired difference from its unfiltered twin, with its interval."""
+    half = (row["ci68_high"] - row["ci68_low"]) / 2
+    text = (
+        f"{method} {_number(row['delta_mean'], sign=True)} ± {_number(half)} against "
+        f"{row['twin']} unfiltered"
+    )
+    if int(row["num_pairs"]) < 2:
+        return f"{text} (one seed: no interval)"
+    if row["ci68_low"] > 0:
+        return f"{text} (the filter helps: the interval excludes zero)"
+    if row["ci68_high"] < 0:
+        return f"{text} (the filter hurts: the interval excludes zero)"
+    return f"{text} (the interval includes zero)"
+
+
 def verdict(
     summary: pd.DataFrame,
     paired: pd.DataFrame,
     late: pd.DataFrame,
     methods: Sequence[str],
     baseline: str,
+    filtered: pd.DataFrame | None = None,
 ) -> list[str]:
     """One sentence group per (dataset, shots) of the summary table, in its order: the best
     method by mean (ties named together), each other method's paired difference from
     `baseline` (the paired table: mean ± one standard error over seeds, and whether that
-    interval excludes zero), and the methods still improving at their last evaluated step
-    (`unfinished`'s cells)."""
+    interval excludes zero), each filtered method's paired difference from its unfiltered
+    twin (`filtered`: `aggregate.filter_differences`), and the methods still improving at
+    their last evaluated step (`unfinished`'s cells)."""
     found = []
     for (dataset, shots), cell in summary.groupby(["dataset", "shots"], sort=False):
         order = _order(methods, list(dict.fromkeys(cell["method"])))
@@ -88,6 +106,12 @@ def verdict(
                 + "; ".join(differences)
                 + "."
             )
+        if filtered is not None and len(filtered):
+            twins = filtered[(filtered["dataset"] == dataset) & (filtered["shots"] == shots)]
+            rows = twins.set_index("method")
+            named = [_filtered(m, rows.loc[m]) for m in order if m in rows.index]
+            if named:
+                text += " Filters: " + "; ".join(named) + "."
         rising = late[(late["dataset"] == dataset) & (late["shots"] == shots)]
         names = [m for m in order if m in set(rising["method"])]
         if names:

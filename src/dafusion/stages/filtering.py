@@ -22,6 +22,9 @@ candidates are all filtered out is drawn as real, as one without variants
 (`Selection.emptied` lists them). The thresholds are meant to be chosen a priori (say 0.5
 confidence), never tuned on validation accuracy.
 
+`FilterSettings` and the criteria live in `dafusion.settings` (a method's `filter:` is
+checked when the workflow starts); they are re-exported here.
+
 Importing this module needs pandas and pyarrow only.
 """
 
@@ -35,82 +38,12 @@ from typing import Any
 
 import pandas as pd
 
-from ..settings import Settings
+from ..settings import FILTER_CRITERIA as CRITERIA
+from ..settings import FILTER_THRESHOLDS as THRESHOLDS
+from ..settings import FilterSettings
 from .scoring import scorer
 
-# The criteria each scorer's table can answer; `keep_top` goes with every one.
-CRITERIA = {
-    "classifier": ("min_confidence", "max_confidence", "require_top1"),
-    "clip": ("min_clip_score",),
-    "change": ("min_change", "max_change"),
-}
-# Each threshold: the column it reads, whether it is a lower bound, its allowed range.
-THRESHOLDS = {
-    "min_confidence": ("confidence", True, (0.0, 1.0)),
-    "max_confidence": ("confidence", False, (0.0, 1.0)),
-    "min_clip_score": ("clip_score", True, (-1.0, 1.0)),
-    "min_change": ("change", True, (0.0, 1.0)),
-    "max_change": ("change", False, (0.0, 1.0)),
-}
-
-
-@dataclass(frozen=True)
-class FilterSettings(Settings):
-    """A method's `filter:`: the scorer it reads and its criteria (module docstring); None
-    (no filter) draws every candidate, as a method without `filter:`. To move into
-    `dafusion.settings`."""
-
-    by: str
-    min_confidence: float | None = None
-    max_confidence: float | None = None
-    require_top1: bool = False
-    min_clip_score: float | None = None
-    min_change: float | None = None
-    max_change: float | None = None
-    keep_top: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.by not in CRITERIA:
-            raise ValueError(f"filter by '{self.by}': the scorers are {', '.join(CRITERIA)}")
-        given = self.criteria()
-        if not given:
-            own = ", ".join([*CRITERIA[self.by], "keep_top"])
-            raise ValueError(f"a filter by {self.by} needs a criterion ({own}): it keeps all")
-        for key in given:
-            if key != "keep_top" and key not in CRITERIA[self.by]:
-                by = next(name for name, keys in CRITERIA.items() if key in keys)
-                raise ValueError(f"filter: {key} reads the {by} scores, not those of {self.by}")
-        for key, (_, _, (low, high)) in THRESHOLDS.items():
-            value = getattr(self, key)
-            if value is not None and not low <= value <= high:
-                raise ValueError(f"filter: {key} must lie in [{low}, {high}], not {value}")
-        if self.keep_top is not None and not 0 < self.keep_top <= 1:
-            raise ValueError(f"filter: keep_top is a fraction in (0, 1], not {self.keep_top}")
-        for bottom, top in (("min_confidence", "max_confidence"), ("min_change", "max_change")):
-            if bottom in given and top in given and given[bottom] > given[top]:
-                raise ValueError(f"filter: {bottom} {given[bottom]} is above {top} {given[top]}")
-
-    def criteria(self) -> dict[str, Any]:
-        """The criteria given (not left at their defaults), by key."""
-        return {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if f.name != "by" and getattr(self, f.name) != f.default
-        }
-
-    def describe(self) -> str:
-        """The filter in words, for captions: "classifier: confidence >= 0.5, top 70% per
-        class"."""
-        words = []
-        for key, value in self.criteria().items():
-            if key in THRESHOLDS:
-                column, lower, _ = THRESHOLDS[key]
-                words.append(f"{column} {'>=' if lower else '<='} {value:g}")
-            elif key == "require_top1":
-                words.append("top-1 is the label")
-            else:
-                words.append(f"top {100 * value:g}% per class")
-        return f"{self.by}: {', '.join(words)}"
+__all__ = ["CRITERIA", "THRESHOLDS", "FilterSettings", "Selection", "as_filter", "select"]
 
 
 def as_filter(value: FilterSettings | Mapping[str, Any] | None) -> FilterSettings | None:

@@ -25,7 +25,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -216,6 +217,38 @@ def restore_embeddings(components: Components, tables: Sequence[SplicedEmbedding
         encoder.set_input_embeddings(spliced.base)
 
 
+@contextmanager
+def gradient_checkpointing(components: Components, enabled: bool) -> Iterator[None]:
+    """`inversion.gradient_checkpointing`: the UNet and every text encoder recompute their
+    activations in the backward pass instead of keeping them, while the block runs.
+
+    transformers checkpoints a text encoder's layer only while that layer is in training
+    mode (transformers/modeling_layers.py, `GradientCheckpointingLayer`: `if
+    self.gradient_checkpointing and self.training`; 4.x's CLIPEncoder checks the same), and
+    the encoders are loaded in eval mode, where `gradient_checkpointing_enable` alone keeps
+    every activation. diffusers' examples put the whole encoders in training mode
+    (textual_inversion_sdxl.py l. 822-823, train_dreambooth_lora_sdxl.py l. 1658-1661);
+    here only the modules that checkpoint are, for the block: their submodules (attention
+    dropout) stay in eval mode, so the losses and gradients are what they are without
+    checkpointing. diffusers' UNet checkpoints whenever gradients are on."""
+    if not enabled:
+        yield
+        return
+    components.unet.enable_gradient_checkpointing()
+    flipped = []
+    for _, encoder in components.text_encoders:
+        encoder.gradient_checkpointing_enable()
+        for module in encoder.modules():
+            if getattr(module, "gradient_checkpointing", False) is True and not module.training:
+                module.training = True
+                flipped.append(module)
+    try:
+        yield
+    finally:
+        for module in flipped:
+            module.training = False
+
+
 @torch.no_grad()
 def latent_distributions(
     components: Components, images: Sequence[Image.Image], resolution: int, flip: bool
@@ -259,13 +292,12 @@ def learn_tokens(
         for name in class_names
     ]
     tables = splice_tokens(components, tokens, words, settings.num_vectors)
-    if settings.gradient_checkpointing:
-        components.unet.enable_gradient_checkpointing()
-        for _, encoder in components.text_encoders:
-            encoder.gradient_checkpointing_enable()
     try:
-        trainer = _Trainer(components, tables, images, labels, tokens, settings, seed, resolution)
-        losses = trainer.run(progress, checkpoint, keep_final)
+        with gradient_checkpointing(components, settings.gradient_checkpointing):
+            trainer = _Trainer(
+                components, tables, images, labels, tokens, settings, seed, resolution
+            )
+            losses = trainer.run(progress, checkpoint, keep_final)
     finally:
         restore_embeddings(components, tables)
     learned = [

@@ -11,6 +11,12 @@ here. The LoRA is built as diffusers' train_dreambooth_lora.py builds it (l. 940
 loaders read alpha = rank where a file records none), so every diffusers version applies
 the trained scale.
 
+Each family saves and loads through its own pipeline class's LoRA mixin (`LORA_PIPELINES`):
+SDXL's adapter is saved with `StableDiffusionXLPipeline.save_lora_weights(folder,
+unet_lora_layers=...)` and loaded as `StableDiffusionXLPipeline.load_lora_weights` loads it,
+as diffusers' train_dreambooth_lora_sdxl.py does (the same `LoraConfig` and `add_adapter`,
+l. 1206-1232; saved l. 1953 and 1968-1973; loaded l. 1998; diffusers commit 58eb52c).
+
 This module imports no other stage: a generate job's code (`dafusion.provenance`) holds it,
 not the learner's.
 """
@@ -33,14 +39,23 @@ log = logging.getLogger(__name__)
 ADAPTER_FILE = "pytorch_lora_weights.safetensors"
 
 
-def refuse_other_families(components: Any) -> None:
-    """The LoRA learner drives the Stable Diffusion 1.x/2.x family (a workflow run refuses
-    another family at start-up: `dafusion.workflow.machine`)."""
-    if getattr(components, "text_encoder_2", None) is not None:
+# Each family's diffusers pipeline class, whose LoRA mixin saves and loads its adapters
+# (`save_lora_weights`, `lora_state_dict`, `load_lora_into_unet`).
+LORA_PIPELINES = {
+    "stable-diffusion": "StableDiffusionPipeline",
+    "sdxl": "StableDiffusionXLPipeline",
+}
+
+
+def lora_pipeline(family: str) -> Any:
+    """The diffusers pipeline class whose LoRA mixin saves and loads `family`'s adapters."""
+    import diffusers
+
+    if family not in LORA_PIPELINES:
         raise ValueError(
-            "the LoRA learner is built for Stable Diffusion 1.x and 2.x (one text encoder); "
-            "this model has two (SDXL)"
+            f"the LoRA learner drives the families {', '.join(LORA_PIPELINES)}, not '{family}'"
         )
+    return getattr(diffusers, LORA_PIPELINES[family])
 
 
 def add_lora(unet: Any, settings: LoraSettings) -> dict[str, torch.nn.Parameter]:
@@ -78,16 +93,17 @@ def adapter_state(unet: torch.nn.Module, settings: LoraSettings) -> dict[str, to
     return convert_state_dict_to_diffusers(state)
 
 
-def save_adapter(folder: str | Path, state: Mapping[str, torch.Tensor]) -> None:
-    """Write the adapter folder with diffusers' `save_lora_weights`, atomically: written
-    under a temporary name, then renamed into place."""
-    from diffusers import StableDiffusionPipeline
-
+def save_adapter(
+    folder: str | Path, state: Mapping[str, torch.Tensor], family: str = "stable-diffusion"
+) -> None:
+    """Write the adapter folder with the `family`'s pipeline's `save_lora_weights`
+    (`LORA_PIPELINES`), atomically: written under a temporary name, then renamed into
+    place."""
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        StableDiffusionPipeline.save_lora_weights(
+        lora_pipeline(family).save_lora_weights(
             str(tmp), unet_lora_layers=dict(state), safe_serialization=True
         )
         for path in tmp.iterdir():  # safetensors writes 0600: results are readable as usual
@@ -106,17 +122,20 @@ def adapter_hash(folder: str | Path) -> str:
 
 
 def load_adapter(components: Any, folder: str | Path) -> None:
-    """Load a saved adapter into the UNet as `pipe.load_lora_weights(folder)` does
-    (diffusers' `lora_state_dict` and `load_lora_into_unet`), at scale 1."""
-    from diffusers import StableDiffusionPipeline
-
-    refuse_other_families(components)
+    """Load a saved adapter into the UNet as the model family's `pipe.load_lora_weights(folder)`
+    does (its `lora_state_dict` and `load_lora_into_unet`; SDXL's passes the UNet's config
+    to `lora_state_dict`), at scale 1."""
+    family = components.conditioner.family.name
+    pipeline = lora_pipeline(family)
     path = Path(folder)
     if not (path / ADAPTER_FILE).is_file():
         raise FileNotFoundError(
             f"LoRA adapter '{path / ADAPTER_FILE}' is missing; rerun the lora job that "
             f"writes it (snakemake {path} --forcerun lora)"
         )
-    state, alphas = StableDiffusionPipeline.lora_state_dict(str(path))
-    StableDiffusionPipeline.load_lora_into_unet(state, alphas, unet=components.unet)
+    # diffusers' StableDiffusionXLLoraLoaderMixin.load_lora_weights passes
+    # unet_config=self.unet.config; StableDiffusionLoraLoaderMixin's passes nothing.
+    kwargs = {"unet_config": components.unet.config} if family == "sdxl" else {}
+    state, alphas = pipeline.lora_state_dict(str(path), **kwargs)
+    pipeline.load_lora_into_unet(state, alphas, unet=components.unet)
     log.info("LoRA adapter %s loaded into the UNet", path)

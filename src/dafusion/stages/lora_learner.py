@@ -17,6 +17,13 @@ and clipped to `lora.max_grad_norm`, as both scripts clip. Mixed precision follo
 `inversion.mixed_precision`: a half-precision UNet with float32 LoRA weights and one fp16
 loss scale for the step (torch's GradScaler, as accelerate runs Diff-Mix's single process).
 `learn_split` runs a lora job's learning, resumable from a checkpoint beside its output.
+
+On SDXL the token rows are learned in both text encoders, as SDXL's inversion learns them
+(`dafusion.stages.inversion`), through SDXL's conditioning (pooled embeddings, each image's
+size ids), and the LoRA adapts the same projections of SDXL's UNet, as diffusers'
+train_dreambooth_lora_sdxl.py adds it (l. 1225-1232: `to_k`, `to_q`, `to_v`, `to_out.0`);
+`inversion.gradient_checkpointing` checkpoints the UNet and both text encoders, as that
+script does (l. 1200-1204).
 """
 
 from __future__ import annotations
@@ -37,10 +44,15 @@ from ..jobs.checkpoint import Checkpoint
 from ..jobs.devices import halve_on_oom
 from ..jobs.io import resume_key
 from ..settings import InversionSettings, LoraSettings, ModelSettings
-from .inversion import InversionResult, SplicedEmbedding, _Trainer, initial_embedding
-from .lora import adapter_state, add_lora, refuse_other_families
+from .inversion import (
+    InversionResult,
+    _Trainer,
+    gradient_checkpointing,
+    restore_embeddings,
+    splice_tokens,
+)
+from .lora import adapter_state, add_lora
 from .models import Components
-from .tokens import add_to_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +72,8 @@ def token_settings(inversion: InversionSettings, settings: LoraSettings) -> Inve
 
 class _LoraTrainer(_Trainer):
     """Inversion's trainer (draws, per-class losses, loop, checkpoints) with the LoRA's
-    parameters in its optimizer, checkpoints and step."""
+    parameters in its optimizer, checkpoints and step. `spliced`: every text encoder's
+    spliced table (SDXL: two), as `_Trainer` takes them."""
 
     description = "LoRA and class tokens"
 
@@ -72,8 +85,8 @@ class _LoraTrainer(_Trainer):
         self.params.update({f"lora/{name}": p for name, p in lora.items()})
         self.optimizer = torch.optim.AdamW(
             [
-                {
-                    "params": list(spliced.rows),
+                {  # every text encoder's token rows (SDXL: both tables')
+                    "params": [rows for table in self.tables for rows in table.rows],
                     "lr": inversion.effective_lr,
                     "weight_decay": inversion.weight_decay,
                 },
@@ -125,25 +138,19 @@ def learn_lora(
 ) -> LoraResult:
     """Learn one token per class and one LoRA for all of them, jointly (module docstring).
 
-    The token rows use `inversion`'s settings for `settings.steps` steps. The UNet is left
-    as it was (the adapter removed), the text encoder's table too (the rows are returned)."""
-    refuse_other_families(components)
+    The token rows use `inversion`'s settings for `settings.steps` steps, in every text
+    encoder (SDXL: both). The UNet is left as it was (the adapter removed), the text
+    encoders' tables too (the rows are returned)."""
     tokens = [class_token(name) for name in class_names]
     if len(set(tokens)) != len(tokens):
         raise ValueError(f"class names give duplicate tokens: {tokens}")
     inversion = token_settings(inversion, settings)
-    encoder, unet = components.text_encoder, components.unet
-    base = encoder.get_input_embeddings()
-    rows = []
-    for name in class_names:
-        word = name if inversion.initializer == "class_name" else inversion.initializer
-        rows.append(initial_embedding(components, word).expand(inversion.num_vectors, -1))
-    add_to_tokenizer(components.tokenizer, tokens, inversion.num_vectors)
-    spliced = SplicedEmbedding(base, rows).to(base.weight.device)
-    encoder.set_input_embeddings(spliced)
-    if inversion.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-        encoder.gradient_checkpointing_enable()
+    unet = components.unet
+    words = [
+        name if inversion.initializer == "class_name" else inversion.initializer
+        for name in class_names
+    ]
+    tables = splice_tokens(components, tokens, words, inversion.num_vectors)
     # The adapter's Gaussian initialization draws from torch's global stream: seeded by
     # the split's seed, so the same job starts from the same LoRA.
     with torch.random.fork_rng(devices=[]):
@@ -155,19 +162,21 @@ def learn_lora(
         sum(p.numel() for p in lora.values()), len(tokens),
     )  # fmt: skip
     try:
-        trainer = _LoraTrainer(
-            components, spliced, lora, images, labels, tokens, inversion, settings, seed,
-            resolution,
-        )  # fmt: skip
-        losses = trainer.run(progress, checkpoint, keep_final=False)
+        with gradient_checkpointing(components, inversion.gradient_checkpointing):
+            trainer = _LoraTrainer(
+                components, tables, lora, images, labels, tokens, inversion, settings, seed,
+                resolution,
+            )  # fmt: skip
+            losses = trainer.run(progress, checkpoint, keep_final=False)
         adapter = adapter_state(unet, settings)
     finally:
-        encoder.set_input_embeddings(base)
+        restore_embeddings(components, tables)
         unet.unload_lora()  # the plain UNet again, its modules as they were
-    learned = {
-        token: rows.detach().cpu().clone() for token, rows in zip(tokens, spliced.rows, strict=True)
-    }
-    return LoraResult(learned, losses, adapter)
+    learned = [
+        {token: rows.detach().cpu().clone() for token, rows in zip(tokens, t.rows, strict=True)}
+        for t in tables
+    ]
+    return LoraResult(learned[0], losses, adapter, more_encoders=learned[1:])
 
 
 def learn_split(

@@ -23,6 +23,7 @@ from ..settings import (
     BATCHNORM_BACKBONES,
     SECTIONS,
     ClassifierSettings,
+    FilterSettings,
     GenerationSettings,
     MethodSettings,
     denoising_steps,
@@ -290,6 +291,50 @@ def _check_learners(config: Mapping) -> None:
             )
 
 
+def _check_filters(config: Mapping) -> None:
+    """A method's `filter:` (`dafusion.settings.FilterSettings`): an sdedit method's, with
+    criteria of its scorer; a filter by classifier reads the run of
+    `scoring.classifier_method`, a baseline-kind method that runs on every dataset the
+    filtered method does; the clip scorer's prompt names the class once. Found here, not
+    by a train or scoring job after the set is made."""
+    scoring = config["scoring"]
+    uses = set()
+    for name, spec in config["methods"].items():
+        if spec.get("filter") is None:
+            continue
+        key = f"config key 'methods.{name}.filter'"
+        if spec["kind"] != "sdedit":
+            raise ConfigError(f"{key}: a {spec['kind']} draws no synthetic images; remove filter")
+        try:
+            settings = FilterSettings.from_config(spec["filter"])
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+        uses.add(settings.by)
+        if settings.by != "classifier":
+            continue
+        judge = scoring["classifier_method"]
+        where = f"(method {name} filters by classifier)"
+        other = config["methods"].get(judge)
+        if other is None or other["kind"] != "baseline":
+            baselines = [m for m, s in config["methods"].items() if s["kind"] == "baseline"]
+            raise ConfigError(
+                f"config key 'scoring.classifier_method': '{judge}' is not a baseline-kind "
+                f"method of this config {where}; name one whose run scores the images "
+                f"({', '.join(baselines) or 'add a baseline method'})"
+            )
+        judged = MethodSettings.from_config(other)
+        method = MethodSettings.from_config(spec)
+        missing = [d for d in config["datasets"] if method.runs_on(d) and not judged.runs_on(d)]
+        if missing:
+            raise ConfigError(
+                f"config key 'scoring.classifier_method': '{judge}' does not run on dataset "
+                f"{missing[0]} {where}; name a baseline that runs there, or list the datasets "
+                "in its datasets:"
+            )
+    if "clip" in uses:
+        _check_fields("scoring.clip_prompt", scoring["clip_prompt"], {"name"}, exactly_one=True)
+
+
 def job_settings(
     config: Mapping, section: str, kind: str | None = None
 ) -> Iterator[tuple[str, str, GenerationSettings | ClassifierSettings]]:
@@ -501,6 +546,7 @@ def validate_config(config: Mapping, schema_path: str | Path) -> dict:
             _check_fields(key, prompt, {"name", "token"})
     _check_erasure(config)
     _check_learners(config)
+    _check_filters(config)
     _check_overrides(config)
     _check_strengths(config)
     _check_classifier_protocol(config)

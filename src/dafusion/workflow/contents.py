@@ -1,7 +1,8 @@
 """What the aggregate job draws and the report shows, for one plan: the figures (by the
-methods' `figures:` labels), the galleries, recognition rates, inversion loss curves and
-erasure checks that exist for this config, each as the report job's inputs, and the
-captions as Snakemake's report renders them. The rules read it as `PLAN.report`.
+methods' `figures:` labels), the galleries, recognition rates, inversion loss curves,
+erasure checks and filters' keep rates that exist for this config, each as the report
+job's inputs, and the captions as Snakemake's report renders them. The rules read it as
+`PLAN.report`.
 """
 
 from __future__ import annotations
@@ -88,7 +89,15 @@ class ReportContents:
         return self.plan.seeds[0], max(int(k) for k in self.plan.shots if k != "all")
 
     def gallery_methods(self, dataset: str) -> list[str]:
-        return [m for m in self.plan.synthetic_methods() if self.plan.methods[m].runs_on(dataset)]
+        """The synthetic methods of a dataset whose images the gallery and the recognition
+        rates show: a method with a filter and an unfiltered twin is left out (its images
+        are the twin's; the Filters section shows what it keeps of them)."""
+        return [
+            m
+            for m in self.plan.synthetic_methods()
+            if self.plan.methods[m].runs_on(dataset)
+            and (self.plan.methods[m].filter is None or self.filter_twin(dataset, m) is None)
+        ]
 
     def gallery_datasets(self) -> list[str]:
         return [d for d in self.plan.datasets if self.gallery_methods(d)]
@@ -126,6 +135,114 @@ class ReportContents:
             ],
         }
 
+    # Filters (docs/filtering.md): what each keeps, and accuracy beside its unfiltered twin.
+
+    def filtering_datasets(self) -> list[str]:
+        """The datasets a method with a filter runs on: each gets a `filtering` job."""
+        return [d for d in self.plan.datasets if self.plan.filtered_methods(d)]
+
+    def filtering_cells(self) -> list[tuple[int, int | str]]:
+        return [(seed, shots) for seed in self.plan.seeds for shots in self.plan.shots]
+
+    def filtering_sets(self, dataset: str) -> dict[str, str]:
+        """The images a dataset's filters are applied to: one synthetic method per set and M
+        (methods of one set and M draw from the same images), by preference one without a
+        filter, in config order; and for each method, the one that stands for its images."""
+        plan = self.plan
+        sizes = {
+            m: plan.generation_for(dataset, m).num_synthetic
+            for m in plan.synthetic_methods()
+            if plan.methods[m].runs_on(dataset)
+        }
+        ranked = sorted(sizes, key=lambda m: plan.methods[m].filter is not None)
+        chosen: dict[tuple[str, int], str] = {}
+        for method in ranked:
+            chosen.setdefault((plan.sets.name(dataset, method), sizes[method]), method)
+        return {m: chosen[plan.sets.name(dataset, m), sizes[m]] for m in sizes}
+
+    def filtering_methods(self, dataset: str) -> dict[str, int]:
+        """`filtering_sets`' methods, each with its M, in config order."""
+        standing = set(self.filtering_sets(dataset).values())
+        return {
+            m: self.plan.generation_for(dataset, m).num_synthetic
+            for m in self.plan.synthetic_methods()
+            if m in standing
+        }
+
+    def filtering_inputs(self, dataset: str) -> dict[str, Any]:
+        """A dataset's `filtering` job reads the set of each of `filtering_methods` per
+        split (in that order, then `filtering_cells`') and, in the same order per scorer in
+        use (`Plan.scorers`), the sets' scores: what each filter keeps of every method's
+        images, not only of its own method's."""
+        cells = self.filtering_cells()
+        methods = list(self.filtering_methods(dataset))
+        return {
+            "indices": [
+                self.plan.sets.method_index(dataset, m, seed, shots)
+                for m in methods
+                for seed, shots in cells
+            ],
+            "scores": [
+                self.plan.scores_path(dataset, self.plan.sets.name(dataset, m), seed, shots, scorer)
+                for scorer in self.plan.scorers(dataset)
+                for m in methods
+                for seed, shots in cells
+            ],
+        }
+
+    def filtering_params(self, dataset: str) -> dict[str, Any]:
+        """What a `filtering` job's outputs depend on besides its inputs: each filter (by
+        method) and the method of `filtering_methods` that stands for its own images, each
+        of those methods' M, the splits and scorers its inputs list, and the split whose
+        images it shows (the gallery's)."""
+        seed, shots = self.gallery_split()
+        standing = self.filtering_sets(dataset)
+        filters = {}
+        for method in self.plan.filtered_methods(dataset):
+            spec = self.plan.filter_of(method)
+            assert spec is not None  # a filtered method's
+            filters[method] = spec.result_params()
+        return {
+            "filters": filters,
+            "own": {method: standing[method] for method in filters},
+            "methods": self.filtering_methods(dataset),
+            "cells": [[s, k] for s, k in self.filtering_cells()],
+            "scorers": self.plan.scorers(dataset),
+            "shown": [seed, shots],
+        }
+
+    def filter_twin(self, dataset: str, method: str) -> str | None:
+        """The method a filtered method's accuracy is shown beside: the first method of the
+        config (on this dataset) that reads the same synthetic set with the same M and the
+        same classifier settings, and no filter; None where the config has none."""
+        plan = self.plan
+        name = plan.sets.name(dataset, method)
+        size = plan.generation_for(dataset, method).num_synthetic
+        classifier = plan.classifier_for(dataset, method).result_params()
+        for other in plan.sets.methods(dataset, name):
+            if other == method or plan.methods[other].filter is not None:
+                continue
+            if (
+                plan.generation_for(dataset, other).num_synthetic == size
+                and plan.classifier_for(dataset, other).result_params() == classifier
+            ):
+                return other
+        return None
+
+    def filter_report(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """The report's params: per dataset, each filtered method's filter in words and
+        its unfiltered twin (`filter_twin`, None where there is none)."""
+        report: dict[str, dict[str, dict[str, Any]]] = {}
+        for dataset in self.filtering_datasets():
+            for method in self.plan.filtered_methods(dataset):
+                spec = self.plan.filter_of(method)
+                assert spec is not None  # a filtered method's
+                report.setdefault(dataset, {})[method] = {
+                    "filter": spec.describe(),
+                    "twin": self.filter_twin(dataset, method),
+                }
+        return report
+
     def loss_curves(self, dataset: str) -> list[str]:
         """The first seed's inversion loss tables of a dataset (plain and erased tokens)."""
         seed = self.plan.seeds[0]
@@ -139,7 +256,8 @@ class ReportContents:
 
     def inputs(self) -> dict[str, Any]:
         """What the report shows: the aggregate's tables and figures, the galleries, the
-        inversion loss curves and the erasure check heatmaps."""
+        inversion loss curves, the erasure check heatmaps and the filters' keep rates with
+        their kept and dropped images."""
         return {
             **{name: self.plan.path(paths.TABLE, name=name) for name in TABLES},
             "figures": [
@@ -159,6 +277,12 @@ class ReportContents:
             ],
             "erasure": [
                 self.plan.path(paths.ERASURE_FIGURE, dataset=d) for d in self.plan.erased_datasets()
+            ],
+            "filtering": [
+                self.plan.path(paths.FILTERING, dataset=d) for d in self.filtering_datasets()
+            ],
+            "filtering_figures": [
+                self.plan.path(paths.FILTERING_FIGURE, dataset=d) for d in self.filtering_datasets()
             ],
         }
 

@@ -36,6 +36,7 @@ from .config import SCHEMA, validate_config
 from .footprint import disk_table
 from .grid import check_numbers, dataset_classes, set_images, set_sources
 from .plan import Plan
+from .runtime import DEVICE_SCORERS
 from .schedule import DEFAULT_GPUS, wall_clock_table
 
 if TYPE_CHECKING:
@@ -66,8 +67,10 @@ def stages(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -> lis
     cells = len(plan.seeds) * len(plan.shots)
     inversion, erasure = plan.inversion, plan.erasure
     sets = images = token_files = token_classes = runs = train_steps = evals = 0
-    erase_classes = deltas = 0
+    erase_classes = deltas = score_jobs = scored = 0
     seconds = {"generate": 0.0, "invert": 0.0, "erase": 0.0, "train": 0.0, "eval": 0.0}
+    seconds["score"] = 0.0
+    scorers: set[str] = set()
     image_steps, train_costs = 0.0, set()
     for dataset in plan.datasets:
         classes = dataset_classes(plan, dataset)
@@ -81,6 +84,14 @@ def stages(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -> lis
             images += sources * generation.num_synthetic
             image_steps += sources * generation.num_synthetic * steps
             seconds["generate"] += runtime.generate_seconds(generation, sources, steps, costs)
+            # the scorers a filter reads, on the GPU: one light job per set, split and scorer
+            for scorer in set(plan.scorers(dataset)) & set(DEVICE_SCORERS):
+                scorers.add(scorer)
+                score_jobs += cells
+                scored += sources * generation.num_synthetic
+                seconds["score"] += runtime.score_seconds(
+                    scorer, sources * generation.num_synthetic, costs
+                )
         # invert, invert_erased, lora: the lora jobs at inversion's unit cost, lora.steps each
         kinds = {plan.token_job(dataset, m) for m in plan.token_methods(dataset)}
         token_files += len(kinds) * cells
@@ -131,7 +142,13 @@ def stages(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -> lis
             "run's evaluation splits",
             hours["train"], (*sorted(train_costs), "eval"),
         ),
-    ]  # fmt: skip
+    ] + ([  # only where a filter reads the classifier or clip scores
+        Stage(
+            "score", score_jobs,
+            f"{scored:,} scorings of synthetic images ({', '.join(sorted(scorers))}), each "
+            "at the cost of a classifier's evaluation image", hours["score"], ("eval",),
+        ),
+    ] if score_jobs else [])  # fmt: skip
 
 
 def hours_table(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -> str:

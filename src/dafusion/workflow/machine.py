@@ -32,12 +32,14 @@ from .config import ConfigError, job_settings
 @dataclass(frozen=True)
 class Needs:
     """What on this machine the requested targets read: the dataset roots, the diffusion
-    model, the classifier's pretrained weights. Start-up looks for these and nothing more,
-    so that `synthetic` runs where no backbone weights are cached."""
+    model, the classifier's pretrained weights, the CLIP model of filters by clip. Start-up
+    looks for these and nothing more, so that `synthetic` runs where no backbone weights
+    are cached."""
 
     data: bool = True
     model: bool = True
     backbones: bool = True
+    clip: bool = True
 
     @classmethod
     def of_targets(cls, targets: Iterable[str], rules: Iterable[str], results: str) -> Needs:
@@ -49,26 +51,31 @@ class Needs:
             return cls(
                 data=bool(rules & {"check_dataset", "index_dataset"}),
                 model=bool(rules & MODEL_RULES),
-                backbones="train" in rules,
+                # the classifier scorer rebuilds the baseline's backbone from its weights
+                backbones=bool(rules & {"train", "score_classifier"}),
+                clip="score_clip" in rules,
             )
         needs = [cls._of_target(target, results) for target in targets or {"all"}]
-        return cls(*(any(getattr(n, k) for n in needs) for k in ("data", "model", "backbones")))
+        keys = ("data", "model", "backbones", "clip")
+        return cls(*(any(getattr(n, k) for n in needs) for k in keys))
 
     @classmethod
     def _of_target(cls, target: str, results: str) -> Needs:
         if target in ("synthetic", "tokens", "erasure"):
-            return cls(backbones=False)
+            return cls(backbones=False, clip=False)
         parts = Path(target).parts
         root = Path(results).parts
         if tuple(parts[: len(root)]) != root or len(parts) <= len(root):
             return cls()  # all, report, or a path this does not know: everything
         rest = parts[len(root) :]
         if rest[0] == "model":
-            return cls(data=False, backbones=False, model=False)
+            return cls(data=False, backbones=False, model=False, clip=False)
         if len(rest) > 1 and rest[1] == "splits":
-            return cls(model=False, backbones=False)
+            return cls(model=False, backbones=False, clip=False)
+        if rest[-1].startswith("scores-"):
+            return cls()  # a set's scores: the classifier scorer reads a trained run
         if len(rest) > 1 and rest[1] in ("synthetic", "tokens", "lora", "erasure"):
-            return cls(backbones=False)
+            return cls(backbones=False, clip=False)
         return cls()
 
 
@@ -87,6 +94,8 @@ def check_machine(config: Mapping, base_dir: str | Path, needs: Needs) -> None:
             problems.append(_dataset_files_problem(name, spec, base_dir))
     if needs.backbones:
         problems += _classifier_weights_problems(config, base_dir)
+    if needs.clip:
+        problems.append(_clip_model_problem(config, base_dir))
     folder = None
     if needs.model:
         safety = any(s.safety_checker for _, _, s in job_settings(config, "generation", "sdedit"))
@@ -107,7 +116,6 @@ def check_machine(config: Mapping, base_dir: str | Path, needs: Needs) -> None:
         _check_schedulers(config, model_scheduler)
         _check_erasure_steps(config, model_scheduler)
         _check_erasure_layers(config, folder)
-        _check_lora_family(config, folder)
 
 
 def _vae_problem(
@@ -196,6 +204,60 @@ def _classifier_weights_problems(config: Mapping, base_dir: str | Path) -> list[
     return problems
 
 
+# The files the clip scorer loads (`dafusion.stages.scoring.clip.load_clip`): any one of each
+# tuple will do; weights as safetensors only.
+CLIP_FILES = (
+    ("config.json",),
+    ("model.safetensors", "model.safetensors.index.json"),
+    ("vocab.json", "tokenizer.json"),
+    ("preprocessor_config.json",),
+)
+
+
+def _clip_model_problem(config: Mapping, base_dir: str | Path) -> str | None:
+    """Why the CLIP model of the filters by clip is not on this machine (a local folder, or
+    a hub id in the local Hugging Face cache, with safetensors weights), or None; nothing
+    is looked for when no method filters by clip."""
+    users = [
+        name
+        for name, spec in config["methods"].items()
+        if (spec.get("filter") or {}).get("by") == "clip"
+    ]
+    if not users:
+        return None
+    model = config["scoring"]["clip_model"]
+    key = (
+        f"config key 'scoring.clip_model': the CLIP model '{model}' (method {users[0]} "
+        "filters by clip)"
+    )
+    folder = Path(base_dir) / Path(model).expanduser()
+    if folder.is_dir():
+        for options in CLIP_FILES:
+            if not any((folder / name).is_file() for name in options):
+                return (
+                    f"{key} lacks {options[0]} in '{folder}'; point it at a folder written "
+                    "by transformers' save_pretrained, with safetensors weights"
+                )
+        return None
+    if model.startswith(("/", ".", "~")) or model.count("/") != 1:
+        return f"{key}: directory '{folder}' does not exist; give a local folder or a hub id"
+    from huggingface_hub import try_to_load_from_cache
+
+    for options in CLIP_FILES:
+        try:
+            found = [try_to_load_from_cache(model, name) for name in options]
+        except ValueError:  # not a valid repo id
+            found = []
+        if not any(isinstance(path, str) for path in found):
+            return (
+                f"{key} is not in the local Hugging Face cache ({options[0]} is missing) and "
+                f"nothing is downloaded here; on a machine with internet run `hf download "
+                f"{model}` (then copy the cache here), or point scoring.clip_model at a local "
+                "folder"
+            )
+    return None
+
+
 # The files each component of a Stable Diffusion checkpoint is loaded from (diffusers'
 # save_pretrained layout), weights as safetensors only: any one of each tuple will do.
 TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
@@ -257,22 +319,6 @@ def _family(pretrained: str, folder: Path | None) -> str:
     from ..stages.families import model_family
 
     return EMBEDDED_FAMILIES[pretrained] if folder is None else model_family(folder).name
-
-
-def _check_lora_family(config: Mapping, folder: Path | None) -> None:
-    """`learner: lora` is built for the Stable Diffusion 1.x/2.x family (one text encoder):
-    a method asking for it on another family stops here, not in its lora job."""
-    lora = [name for name, spec in config["methods"].items() if spec.get("learner") == "lora"]
-    if not lora:
-        return
-    pretrained = config["model"]["pretrained"]
-    family = _family(pretrained, folder)
-    if family != "stable-diffusion":
-        raise ConfigError(
-            f"config key 'methods.{lora[0]}.learner': lora is built for Stable Diffusion 1.x "
-            f"and 2.x, and '{pretrained}' is an {family} model; use learner: "
-            "textual_inversion with it"
-        )
 
 
 def _check_family(folder: Path, pretrained: str) -> str:

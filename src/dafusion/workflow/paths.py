@@ -5,8 +5,8 @@ The rules' outputs (workflow/rules/*.smk) and the plan's target lists
 (`dafusion.workflow.plan`) both use these patterns, so a job's output and the path another
 job or target asks for cannot drift apart. Wildcards: {dataset}, {method}, {set} (a
 synthetic set, `SyntheticSets.name`), {seed}, {shots}, {eraser} (the erasure's folder,
-`ErasureSettings.eraser`), {part}/{parts} (`generation.parts`) and {name} (a table or
-figure).
+`ErasureSettings.eraser`), {part}/{parts} (`generation.parts`), {scorer} (a scorer of
+synthetic images, filled in per rule: `scores`) and {name} (a table or figure).
 
 No workflow step imports this module: the jobs receive their paths from Snakemake, so
 editing it changes no job's code fingerprint (`dafusion.provenance`).
@@ -62,8 +62,14 @@ LORA_LOSSES = _LORA + "-loss.parquet"
 SYNTHETIC = "{dataset}/synthetic/{set}/seed{seed}-shots{shots}/index.parquet"
 PART = "{dataset}/synthetic/{set}/seed{seed}-shots{shots}/part-{part}-of-{parts}.json"
 
-# train: one classifier run.
+# score_classifier, score_clip, score_change: a set's per-image scores, beside its index
+# (`scores`: one pattern per scorer, since each is its own rule).
+SCORES = "{dataset}/synthetic/{set}/seed{seed}-shots{shots}/scores-{scorer}.parquet"
+
+# train: one classifier run, and what it trained after its last step (the classifier
+# scorer reads the head of the baseline's run).
 RUN = "{dataset}/runs/{method}/seed{seed}-shots{shots}.parquet"
+RUN_HEAD = "{dataset}/runs/{method}/seed{seed}-shots{shots}-head.safetensors"
 
 # aggregate, gallery, inversion_curves, erasure_check, report.
 TABLE = "tables/{name}.csv"
@@ -79,6 +85,11 @@ RECOGNITION_FIGURE = "figures/recognition-{dataset}.png"
 RECOGNITION_PDF = "figures/recognition-{dataset}.pdf"
 ERASURE_FIGURE = "figures/erasure-{dataset}.png"
 ERASURE_FIGURE_PDF = "figures/erasure-{dataset}.pdf"
+# filtering: a dataset's filters, what each keeps of every method's images, per class, and
+# its kept and dropped images.
+FILTERING = "tables/filtering-{dataset}.csv"
+FILTERING_FIGURE = "figures/filtering-{dataset}.png"
+FILTERING_PDF = "figures/filtering-{dataset}.pdf"
 REPORT = "report.html"
 # The report's record of the config (dafusion.reporting.record.resolved_config).
 CONFIG = "config.yaml"
@@ -88,3 +99,8 @@ BENCHMARKS = "benchmarks"
 def tokens_losses(tokens: str) -> str:
     """The loss table beside a tokens file (invert's, invert_erased's or lora's)."""
     return tokens.removesuffix(".safetensors") + "-loss.parquet"
+
+
+def scores(scorer: str) -> str:
+    """The scores pattern of one scorer (a rule's output: {scorer} filled in)."""
+    return SCORES.replace("{scorer}", scorer)

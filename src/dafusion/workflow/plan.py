@@ -28,15 +28,18 @@ from ..provenance import digest
 from ..settings import (
     BUILT_MODELS,
     EMBEDDED_FAMILIES,
+    SCORER_NAMES,
     AggregateSettings,
     ClassifierSettings,
     DatasetSettings,
     ErasureSettings,
+    FilterSettings,
     GenerationSettings,
     InversionSettings,
     LoraSettings,
     MethodSettings,
     ModelSettings,
+    ScoringSettings,
 )
 from . import paths, runtime
 from .contents import ReportContents
@@ -57,6 +60,7 @@ class Plan:
     methods: Mapping[str, MethodSettings]
     erasure: ErasureSettings
     classifier: ClassifierSettings
+    scoring: ScoringSettings
     aggregate: AggregateSettings
     generation_section: Mapping[str, Any]
     classifier_section: Mapping[str, Any]
@@ -77,6 +81,7 @@ class Plan:
             methods={name: MethodSettings.from_config(s) for name, s in config["methods"].items()},
             erasure=ErasureSettings.from_config(config["erasure"]),
             classifier=ClassifierSettings.from_config(config["classifier"]),
+            scoring=ScoringSettings.from_config(config["scoring"]),
             aggregate=AggregateSettings.from_config(config["aggregate"]),
             generation_section=config["generation"],
             classifier_section=config["classifier"],
@@ -379,6 +384,65 @@ class Plan:
         if not self.methods[method].synthetic:
             return []
         return self.sets.method_index(dataset, method, seed, shots)
+
+    # Scores and filters (docs/filtering.md) ------------------------------------------
+
+    def filter_of(self, method: str) -> FilterSettings | None:
+        """A method's filter, or None (its runs draw every image of its set)."""
+        return self.methods[method].filter_settings
+
+    def filtered_methods(self, dataset: str) -> list[str]:
+        """The methods that run on a dataset with a filter (config order)."""
+        return [
+            m
+            for m, spec in self.methods.items()
+            if spec.runs_on(dataset) and spec.synthetic and spec.filter is not None
+        ]
+
+    def scorers(self, dataset: str) -> list[str]:
+        """The scorers a dataset's filters read (`SCORER_NAMES`' order). Each scores every
+        synthetic set of the dataset (one light job per set, seed and shots), so that the
+        report shows what each filter keeps of every method's images; none without a
+        filter. Thresholds are no part of a scoring job: changing one rescores nothing."""
+        used = set()
+        for method in self.filtered_methods(dataset):
+            spec = self.filter_of(method)
+            assert spec is not None  # a filtered method's
+            used.add(spec.by)
+        return [name for name in SCORER_NAMES if name in used]
+
+    def scores_path(
+        self, dataset: str, set: str, seed: int | str, shots: int | str, scorer: str
+    ) -> str:
+        return self.path(paths.scores(scorer), dataset=dataset, set=set, seed=seed, shots=shots)
+
+    def all_scores(self) -> list[str]:
+        """Every scores file of the config: each scorer in use on a dataset, per set."""
+        return [
+            self.scores_path(d, name, s, k, scorer)
+            for d in self.datasets
+            for scorer in self.scorers(d)
+            for name in self.sets.by_name(d)
+            for s in self.seeds
+            for k in self.shots
+        ]
+
+    def train_scores(
+        self, dataset: str, method: str, seed: int | str, shots: int | str
+    ) -> str | list[str]:
+        """The scores a filtered method's run reads (of its filter's scorer, beside its set);
+        none for a method without a filter, so that no other run waits for a scoring job."""
+        spec = self.filter_of(method)
+        if spec is None or not self.methods[method].synthetic:
+            return []
+        return self.scores_path(dataset, self.sets.name(dataset, method), seed, shots, spec.by)
+
+    def scoring_head(self, dataset: str, seed: int | str, shots: int | str) -> str:
+        """What the classifier scorer of a set of (dataset, seed, shots) reads: the head of
+        `scoring.classifier_method`'s run of the same dataset, seed and shots, trained on
+        the real few-shot split alone (checked at start-up to be a baseline-kind method)."""
+        method = self.scoring.classifier_method
+        return self.path(paths.RUN_HEAD, dataset=dataset, method=method, seed=seed, shots=shots)
 
     def generate_parts(
         self, dataset: str, set: str, seed: int | str, shots: int | str

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ..jobs.devices import will_use_cuda
 from .runtime import (
     COSTS,
+    DEVICE_SCORERS,
     Cost,
     class_count,
     erase_seconds,
@@ -23,6 +24,7 @@ from .runtime import (
     minutes,
     most_steps,
     rows,
+    score_seconds,
     train_seconds,
 )
 
@@ -63,12 +65,15 @@ class Resources:
 
     def gpu_jobs(self) -> list[str]:
         """The sections whose jobs will compute on CUDA, as `section.device (value)`."""
+        sections: list[tuple[str, Any]] = [
+            ("model", self.plan.model),
+            ("classifier", self.plan.classifier),
+        ]
+        if any(set(self.plan.scorers(d)) & set(DEVICE_SCORERS) for d in self.plan.datasets):
+            sections.append(("scoring", self.plan.scoring))
         return [
             f"{section}.device ({settings.device})"
-            for section, settings in (
-                ("model", self.plan.model),
-                ("classifier", self.plan.classifier),
-            )
+            for section, settings in sections
             if will_use_cuda(settings.device)
         ]
 
@@ -122,6 +127,10 @@ class Resources:
         # UCE needs no class count (and so no pool) for its estimate.
         classes = class_count(pool) if self.plan.erasure.method == "esd" else 0
         return minutes(erase_seconds(self.plan.erasure, classes, self.costs), attempt)
+
+    def score_minutes(self, scorer: str, index: str, attempt: int) -> int:
+        """A scoring job: every image of its set (the index's rows) through the scorer."""
+        return minutes(score_seconds(scorer, rows(index), self.costs), attempt)
 
     def train_minutes(self, dataset: str, method: str, val: str, test: str, attempt: int) -> int:
         images = rows(val) + rows(test)

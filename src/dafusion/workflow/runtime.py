@@ -197,6 +197,18 @@ def eval_seconds(
     return evaluations(classifier) * eval_images * costs["eval"].seconds
 
 
+# The scorers that run a network on the job's device (`scoring.device`); `change` compares
+# pixels on the CPU.
+DEVICE_SCORERS = ("classifier", "clip")
+
+
+def score_seconds(scorer: str, images: int, costs: Mapping[str, Cost] = COSTS) -> float:
+    """A scoring job: each of the set's images through the scorer's network once, at the
+    cost of a classifier evaluation image (a CLIP image tower is of a ResNet-50's size);
+    `change`, which runs no network, counts nothing."""
+    return images * costs["eval"].seconds if scorer in DEVICE_SCORERS else 0.0
+
+
 def train_seconds(
     classifier: ClassifierSettings, eval_images: int, costs: Mapping[str, Cost] = COSTS
 ) -> float:

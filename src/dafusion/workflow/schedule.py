@@ -31,7 +31,10 @@ DEFAULT_GPUS = (1, 8, 64)
 def gpu_jobs(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -> list[Job]:
     """The grid's GPU jobs, each after those it waits for: erase, then invert_erased (plain
     tokens: invert; tokens with a LoRA: lora), then the generate jobs of a set whose prompt
-    uses the tokens or whose UNet is erased, then the train jobs that read the set. Their
+    uses the tokens or whose UNet is erased, then the train jobs that read the set; where
+    a filter reads a set's classifier or clip scores, their scoring jobs after the set
+    (and the run of `scoring.classifier_method` whose head the classifier scorer reads),
+    and the filtered runs after them. Their
     seconds add up to the stages' hours; the CPU jobs between them (indexing, splits,
     gathering a set) and the evaluations (`stages`) are not counted."""
     check_numbers(plan)
@@ -87,12 +90,39 @@ def gpu_jobs(plan: Plan, costs: Mapping[str, runtime.Cost] = runtime.COSTS) -> l
                         )  # fmt: skip
                         for p in range(count)
                     ]
-                for method, spec in plan.methods.items():
-                    if spec.runs_on(dataset):
-                        reads = parts[plan.sets.name(dataset, method)] if spec.synthetic else []
-                        classifier = plan.classifier_for(dataset, method)
-                        seconds = runtime.train_seconds(classifier, 0, costs)
-                        add(f"train {dataset}/{method} {cell}", seconds, reads)
+                # The runs without a filter, then the scores of each set (the classifier
+                # scorer's after the run whose head it reads), then the runs that read them.
+                runs = [m for m, spec in plan.methods.items() if spec.runs_on(dataset)]
+                filtered = set(plan.filtered_methods(dataset))
+                trained: dict[str, int] = {}
+                scored: dict[tuple[str, str], int] = {}
+                order = [m for m in runs if m not in filtered] + [m for m in runs if m in filtered]
+                for method in order:
+                    if method in filtered and method == order[len(runs) - len(filtered)]:
+                        head = trained.get(plan.scoring.classifier_method)
+                        for scorer in plan.scorers(dataset):
+                            if scorer not in runtime.DEVICE_SCORERS:
+                                continue  # change: a CPU job
+                            for name, methods in plan.sets.by_name(dataset).items():
+                                size = plan.sets.generation(dataset, name).num_synthetic
+                                images = classes * int(shots) * size
+                                scored[name, scorer] = add(
+                                    f"score_{scorer} {dataset}/{methods[0]} {cell}",
+                                    runtime.score_seconds(scorer, images, costs),
+                                    [*parts[name], head if scorer == "classifier" else None],
+                                )
+                    spec = plan.methods[method]
+                    reads: list[int | None] = []
+                    if spec.synthetic:
+                        name = plan.sets.name(dataset, method)
+                        reads = [*parts[name]]
+                        if method in filtered:
+                            by = plan.filter_of(method)
+                            assert by is not None  # a filtered method's
+                            reads.append(scored.get((name, by.by)))
+                    classifier = plan.classifier_for(dataset, method)
+                    seconds = runtime.train_seconds(classifier, 0, costs)
+                    trained[method] = add(f"train {dataset}/{method} {cell}", seconds, reads)
     return jobs
 
 

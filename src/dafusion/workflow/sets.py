@@ -119,13 +119,20 @@ class SyntheticSets:
 
     def run_params(self, dataset: str, method: str) -> dict[str, Any]:
         """What a run reads of its set, as the train job's params: its own M (the set holds
-        the largest M of the methods sharing it).
+        the largest M of the methods sharing it), and its filter where it has one (never
+        part of the set's identity: a filter selects among the set's images).
 
         A set regenerated for a larger M reruns every run that reads it, although their
         first M variants are the same images: Snakemake reruns the jobs after a job that
         reruns, and its `ancient()`, which would stop that, also skips the params check of
         such a job (snakemake/snakemake#4166), so a run's own changed settings could go
         unseen."""
-        if not self.plan.methods[method].synthetic:
+        spec = self.plan.methods[method]
+        if not spec.synthetic:
             return {}
-        return {"num_synthetic": self.plan.generation_for(dataset, method).num_synthetic}
+        params: dict[str, Any] = {
+            "num_synthetic": self.plan.generation_for(dataset, method).num_synthetic
+        }
+        if spec.filter_settings is not None:  # a method without one keeps its params
+            params["filter"] = spec.filter_settings.result_params()
+        return params

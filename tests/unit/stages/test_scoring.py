@@ -21,7 +21,7 @@ from dafusion.data.images import encode_png
 from dafusion.data.manifest import class_names, manifest
 from dafusion.data.shards import write_shard
 from dafusion.jobs.io import write_parquet
-from dafusion.settings import ClassifierSettings
+from dafusion.settings import SCORER_NAMES, ClassifierSettings
 from dafusion.stages.backbones import Backbone, SmallCNN
 from dafusion.stages.scoring import (
     CHANGE_SIZE,
@@ -142,6 +142,7 @@ def test_scores_are_written_atomically_in_their_schema(tmp_path, sources):
     with pytest.raises(ValueError, match="scored twice"):
         write_scores(pd.DataFrame({"key": ["k", "k"], "change": [0.0, 0.1]}), output, "change")
     assert set(SCORERS) == {"classifier", "clip", "change"}
+    assert tuple(SCORERS) == SCORER_NAMES  # the names the settings (and schema) know
 
 
 # classifier ------------------------------------------------------------------------------

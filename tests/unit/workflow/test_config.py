@@ -664,6 +664,25 @@ START_UP = {
         lambda c: c["model"].update(vae=str(_vae_folder(latent_channels=8))),
         "model.vae",
     ),
+    # A method's filter (issue 41): its criteria, before the set is scored.
+    "is a fraction in (0, 1]": (
+        lambda c: c["methods"]["da-fusion"].update(filter={"by": "clip", "keep_top": 0}),
+        "methods.da-fusion.filter",
+    ),
+    "scores, not those of": (
+        lambda c: c["methods"]["da-fusion"].update(filter={"by": "clip", "min_confidence": 0.5}),
+        "methods.da-fusion.filter",
+    ),
+    "must lie in [": (
+        lambda c: c["methods"]["da-fusion"].update(filter={"by": "change", "max_change": 2}),
+        "methods.da-fusion.filter",
+    ),
+    "is above": (
+        lambda c: c["methods"]["da-fusion"].update(
+            filter={"by": "classifier", "min_confidence": 0.6, "max_confidence": 0.4}
+        ),
+        "methods.da-fusion.filter",
+    ),
 }
 
 
@@ -821,17 +840,30 @@ def test_a_command_line_value_of_the_wrong_type_names_key_and_type(sections, mes
     [
         ((), (), Needs()),  # the default target, all
         (("all",), (), Needs()),
-        (("synthetic",), (), Needs(backbones=False)),
-        (("tokens", "erasure"), (), Needs(backbones=False)),
+        (("synthetic",), (), Needs(backbones=False, clip=False)),
+        (("tokens", "erasure"), (), Needs(backbones=False, clip=False)),
         (("out/digits/runs/baseline/seed0-shots1.parquet",), (), Needs()),
-        (("out/digits/synthetic/abc/seed0-shots1/index.parquet",), (), Needs(backbones=False)),
-        (("out/digits/splits/seed0-shots1.parquet",), (), Needs(model=False, backbones=False)),
-        (("out/model/tiny-16px",), (), Needs(False, False, False)),
+        (
+            ("out/digits/synthetic/abc/seed0-shots1/index.parquet",),
+            (),
+            Needs(backbones=False, clip=False),
+        ),
+        (
+            ("out/digits/splits/seed0-shots1.parquet",),
+            (),
+            Needs(model=False, backbones=False, clip=False),
+        ),
+        (("out/model/tiny-16px",), (), Needs(False, False, False, False)),
         (("elsewhere/file.txt",), (), Needs()),  # not a result this knows: everything
         (("synthetic", "out/tables/summary.csv"), (), Needs()),
-        ((), ("generate",), Needs(data=False, backbones=False)),
-        ((), ("train",), Needs(data=False, model=False)),
-        ((), ("few_shot_split",), Needs(False, False, False)),
+        ((), ("generate",), Needs(data=False, backbones=False, clip=False)),
+        ((), ("train",), Needs(data=False, model=False, clip=False)),
+        ((), ("few_shot_split",), Needs(False, False, False, False)),
+        # the scorers (issue 41): the classifier scorer rebuilds the baseline's backbone
+        ((), ("score_classifier",), Needs(data=False, model=False, clip=False)),
+        ((), ("score_clip",), Needs(False, False, False, True)),
+        ((), ("score_change",), Needs(False, False, False, False)),
+        (("out/digits/synthetic/abc/seed0-shots1/scores-clip.parquet",), (), Needs()),
     ],
 )
 def test_start_up_looks_for_what_the_targets_read(targets, rules, expected):
@@ -1104,3 +1136,112 @@ def test_esd_layer_methods_stop_at_start_up_on_sdxl(tmp_path, tiny_sdxl_dir):
                 start_up(config)
     config["erasure"]["method"] = "uce"  # UCE reads no train_method
     start_up(config)
+
+
+def test_a_lora_learner_starts_on_every_family(tmp_path, tiny_dir, tiny_sdxl_dir):
+    """learner: lora drives Stable Diffusion 1.x/2.x and SDXL alike: a lora method starts on
+    each (a directory, or the embedded tiny models)."""
+    config = default_config()
+    config["methods"]["da-fusion"]["learner"] = "lora"
+    v = relabelled_model(
+        tiny_dir, tmp_path / "sd2", "StableDiffusionPipeline", prediction_type="v_prediction"
+    )
+    for pretrained in (tiny_dir, str(v), "tiny", tiny_sdxl_dir, "tiny-sdxl"):
+        config["model"]["pretrained"] = pretrained
+        assert start_up(config)["methods"]["da-fusion"]["learner"] == "lora"
+
+
+# Filters (issue 41): a method's filter, and what its scorer reads, stop a run at start-up
+# when no job could apply them.
+
+CLASSIFIER_FILTER = {"by": "classifier", "min_confidence": 0.5}
+
+
+def _filtered(config: dict, filter: dict = CLASSIFIER_FILTER, **scoring) -> None:
+    config["methods"]["da-fusion"]["filter"] = filter
+    config.setdefault("scoring", {}).update(scoring)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda c: c["methods"]["baseline"].update(filter=CLASSIFIER_FILTER),
+            "'methods.baseline.filter': a baseline draws no synthetic images; remove filter",
+        ),
+        (
+            lambda c: _filtered(c, {"by": "classifier"}),
+            "'methods.da-fusion.filter': a filter by classifier needs a criterion",
+        ),
+        (
+            lambda c: _filtered(c, {"by": "clip", "min_score": 0.2}),
+            "'methods.da-fusion.filter': Additional properties are not allowed",
+        ),
+        (lambda c: _filtered(c, {"min_change": 0.1}), "'methods.da-fusion.filter': 'by'"),
+        (
+            lambda c: _filtered(c, classifier_method="real-guidance"),
+            "'scoring.classifier_method': 'real-guidance' is not a baseline-kind method of "
+            "this config (method da-fusion filters by classifier); name one whose run scores "
+            "the images (baseline)",
+        ),
+        (
+            lambda c: [
+                c["datasets"].update(other={"kind": "digits"}),
+                c["methods"]["baseline"].update(datasets=["digits"]),
+                _filtered(c),
+            ],
+            "'scoring.classifier_method': 'baseline' does not run on dataset other",
+        ),
+        (
+            lambda c: _filtered(c, {"by": "clip", "keep_top": 0.7}, clip_prompt="a photo"),
+            "'scoring.clip_prompt': 'a photo' must hold exactly one {name}",
+        ),
+    ],
+)
+def test_a_filter_no_job_could_apply_stops_at_start_up(change, message):
+    config = default_config()
+    change(config)
+    with pytest.raises(ConfigError, match=re.escape(f"config key {message}")):
+        validate_config(config, SCHEMA)
+
+
+def test_a_filter_and_the_scoring_section_validate_with_their_defaults():
+    config = default_config()
+    _filtered(config, {"by": "change", "min_change": 0.02, "keep_top": 0.5})
+    config["methods"]["real-guidance"]["filter"] = None  # null: no filter
+    validated = validate_config(config, SCHEMA)
+    assert validated["methods"]["da-fusion"]["filter"] == {
+        "by": "change", "min_change": 0.02, "keep_top": 0.5, "require_top1": False,
+    }  # fmt: skip
+    assert validated["scoring"] == {
+        "classifier_method": "baseline", "clip_model": "openai/clip-vit-base-patch32",
+        "clip_prompt": "a photo of a {name}", "batch_size": 64, "device": "auto",
+    }  # fmt: skip
+    # a filter by clip or change reads no baseline run: any classifier_method will do
+    _filtered(config, {"by": "clip", "keep_top": 0.7}, classifier_method="nobody")
+    validate_config(config, SCHEMA)
+
+
+def test_the_clip_model_of_a_clip_filter_is_looked_for_at_start_up(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    only_clip = Needs(data=False, model=False, backbones=False)
+    config = default_config()
+    _filtered(config, {"by": "clip", "keep_top": 0.7}, clip_model="someone/not-cached")
+    validated = validate_config(config, SCHEMA)
+    with pytest.raises(ConfigError, match="config key 'scoring.clip_model'.*`hf download "):
+        check_machine(validated, tmp_path, only_clip)
+    check_machine(validated, tmp_path, Needs(data=False, model=False, backbones=False, clip=False))
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (folder / name).write_text("{}")
+    _filtered(config, {"by": "clip", "keep_top": 0.7}, clip_model=str(folder))
+    validated = validate_config(config, SCHEMA)
+    with pytest.raises(ConfigError, match="lacks preprocessor_config.json"):
+        check_machine(validated, tmp_path, only_clip)
+    (folder / "preprocessor_config.json").write_text("{}")
+    check_machine(validated, tmp_path, only_clip)
+    # no method filters by clip: nothing is looked for
+    _filtered(config, CLASSIFIER_FILTER, clip_model="someone/not-cached")
+    check_machine(validate_config(config, SCHEMA), tmp_path, only_clip)

@@ -323,3 +323,46 @@ def test_the_command_prints_the_three_tables(grid, capsys):
     assert "\n| 2 | " in out and "\n| 8 | " not in out
     with pytest.raises(SystemExit):
         main([str(grid), "--gpus", "0"])
+
+
+def test_the_scoring_jobs_of_filters_are_a_stage_after_the_sets_and_the_baseline(tmp_path):
+    """Issue 41: a filter by classifier or clip scores every set of its dataset on the GPU
+    (change on the CPU: no GPU job), each image at an evaluation image's cost, after the
+    set and (classifier) the baseline run whose head it reads; the filtered run after."""
+    daf = GRID["methods"]["daf"]
+    config = {
+        **GRID,
+        "methods": {
+            **GRID["methods"],
+            "daf-conf": {**daf, "filter": {"by": "classifier", "min_confidence": 0.5}},
+            "daf-change": {**daf, "filter": {"by": "change", "min_change": 0.02}},
+        },
+    }
+    path = tmp_path / "filtered.yaml"
+    path.write_text(yaml.safe_dump(config))
+    plan = plan_of([path])
+    *_, train, score = stages(plan)
+    assert (train.name, score.name) == ("train", "score")
+    cells, sets = 2 * 2, {"digits": 1, "cars": 2}  # daf+daf-m20 (M = 20) on both, rg on cars
+    assert score.jobs == cells * sum(sets.values())  # classifier only: change is a CPU job
+    # sources (classes x (1 + 4) shots x 2 seeds) x M: daf's set at 20, rg's at 10
+    images = 10 * 5 * 2 * 20 + 5 * 5 * 2 * (20 + 10)
+    assert score.hours == pytest.approx(images * runtime.COSTS["eval"].seconds / 3600)
+    without = tmp_path / "grid.yaml"
+    without.write_text(yaml.safe_dump(GRID))
+    assert [s.name for s in stages(plan_of([without]))][-1] == "train"  # no filter: no stage
+    jobs = gpu_jobs(plan)
+    assert len(jobs) == sum(s.jobs for s in stages(plan))
+    assert sum(j.seconds for j in jobs) / 3600 == pytest.approx(sum(s.hours for s in stages(plan)))
+    index = {job.name: i for i, job in enumerate(jobs)}
+
+    def after(name):
+        return {jobs[i].name for i in jobs[index[name]].after}
+
+    assert after("score_classifier cars/daf seed1-shots4") == {
+        "generate cars/daf seed1-shots4", "train cars/baseline seed1-shots4",
+    }  # fmt: skip
+    assert after("train cars/daf-conf seed1-shots4") == {
+        "generate cars/daf seed1-shots4", "score_classifier cars/daf seed1-shots4",
+    }  # fmt: skip
+    assert after("train cars/daf-change seed1-shots4") == {"generate cars/daf seed1-shots4"}

@@ -642,3 +642,130 @@ def test_a_lora_learner_has_its_own_tokens_adapter_and_sets():
     }  # fmt: skip
     assert p.path(paths.LORA_LOSSES, **w) in p.report.loss_curves("digits")
     assert p.path(paths.LORA_TOKENS, **w) in p.all_tokens()
+
+
+# Scores and filters (issue 41) -------------------------------------------------------------
+
+FILTERED = {
+    **SMALL["methods"],
+    "daf-conf": {**SMALL["methods"]["daf"], "filter": {"by": "classifier", "min_confidence": 0.5}},
+    "daf-clip": {
+        **SMALL["methods"]["daf"], "filter": {"by": "clip", "keep_top": 0.7},
+        "datasets": ["digits"],
+    },
+}  # fmt: skip
+
+
+@pytest.fixture
+def filtered() -> plan.Plan:
+    return make_plan(changed(SMALL, methods=FILTERED))
+
+
+def test_a_filtered_method_reads_its_twins_set_and_its_scores(filtered):
+    """The filter is no part of a set's identity; it travels in the train job's params of
+    the filtered method alone, whose scores are its input alone."""
+    assert filtered.sets.by_name("digits") == {
+        filtered.sets.name("digits", "rg"): ["rg"],
+        filtered.sets.name("digits", "daf"): ["daf", "daf-conf", "daf-clip"],
+        filtered.sets.name("digits", "daf-erased"): ["daf-erased"],
+    }
+    unfiltered = make_plan(SMALL)
+    assert filtered.sets.name("digits", "daf") == unfiltered.sets.name("digits", "daf")
+    assert filtered.sets.run_params("digits", "daf") == {"num_synthetic": 10}  # as before
+    assert filtered.sets.run_params("digits", "daf-conf") == {
+        "num_synthetic": 10, "filter": {"by": "classifier", "min_confidence": 0.5},
+    }  # fmt: skip
+    assert filtered.sets.run_params("digits", "baseline") == {}
+    daf = filtered.sets.name("digits", "daf")
+    assert filtered.train_scores("digits", "daf-conf", 0, 1) == (
+        f"out/digits/synthetic/{daf}/seed0-shots1/scores-classifier.parquet"
+    )
+    assert filtered.train_scores("digits", "daf-clip", 0, 1).endswith("/scores-clip.parquet")
+    assert filtered.train_scores("digits", "daf", 0, 1) == []
+    assert filtered.train_scores("digits", "baseline", 0, 1) == []
+    assert filtered.scoring_head("digits", 1, 4) == (
+        "out/digits/runs/baseline/seed1-shots4-head.safetensors"
+    )
+
+
+def test_scorers_score_every_set_of_the_datasets_their_filters_run_on(filtered):
+    assert filtered.scorers("digits") == ["classifier", "clip"]
+    assert filtered.scorers("more") == ["classifier"]  # daf-clip runs on digits only
+    assert make_plan(SMALL).scorers("digits") == []
+    scores = filtered.all_scores()
+    # digits: 3 sets x 2 scorers, more: 2 sets x 1; each per seed and shots
+    assert len(scores) == (3 * 2 + 2 * 1) * 2 * 2 and len(set(scores)) == len(scores)
+    assert make_plan(SMALL).all_scores() == []
+
+
+def test_a_scoring_job_reads_no_evaluation_image_and_no_reference_classifier(filtered):
+    """No leakage (issue 41): what the score rules' input functions give names the set, the
+    few-shot split (change) and the classifier_method's head (classifier), never a
+    validation or test manifest, nor the reference digit classifier."""
+    rules = (RULES / "score.smk").read_text()
+    assert "eval_split" not in rules and "paths.VAL" not in rules and "paths.TEST" not in rules
+    assert "reference" not in rules and "SHIPPED" not in rules
+    for dataset in filtered.datasets:
+        for name in filtered.sets.by_name(dataset):
+            for seed in filtered.seeds:
+                for shots in filtered.shots:
+                    inputs = [
+                        filtered.sets.index(dataset, name, seed, shots),
+                        filtered.split_path(dataset, seed, shots),
+                        filtered.scoring_head(dataset, seed, shots),
+                    ]
+                    for path in inputs:
+                        assert not re.search(r"(val|test|pool)\.parquet$|reference", path), path
+                    assert inputs[1] == f"out/{dataset}/splits/seed{seed}-shots{shots}.parquet"
+
+
+def test_a_filtered_methods_twin_reads_the_same_images_unfiltered(filtered):
+    report = filtered.report
+    assert report.filter_twin("digits", "daf-conf") == "daf"
+    assert report.filter_report() == {
+        "digits": {
+            "daf-conf": {"filter": "classifier: confidence >= 0.5", "twin": "daf"},
+            "daf-clip": {"filter": "clip: top 70% per class", "twin": "daf"},
+        },
+        "more": {"daf-conf": {"filter": "classifier: confidence >= 0.5", "twin": "daf"}},
+    }
+    # another alpha or M is no twin
+    other = dict(FILTERED, daf={**FILTERED["daf"], "classifier": {"synthetic_probability": 0.3}})
+    assert make_plan(changed(SMALL, methods=other)).report.filter_twin("digits", "daf-conf") is None
+
+
+def test_the_report_shows_each_datasets_filters(filtered):
+    report = filtered.report
+    assert report.filtering_datasets() == ["digits", "more"]
+    inputs = report.inputs()
+    assert inputs["filtering"] == [
+        "out/tables/filtering-digits.csv",
+        "out/tables/filtering-more.csv",
+    ]
+    assert inputs["filtering_figures"][0] == "out/figures/filtering-digits.png"
+    assert make_plan(SMALL).report.inputs()["filtering"] == []
+    # the filters are applied to one method per set and M, an unfiltered one first
+    assert report.filtering_methods("digits") == {"rg": 10, "daf": 10, "daf-erased": 10}
+    # the gallery and the recognition rates show a filtered method's images by its twin
+    assert report.gallery_methods("digits") == ["rg", "daf", "daf-erased"]
+    other = dict(FILTERED, daf={**FILTERED["daf"], "classifier": {"synthetic_probability": 0.3}})
+    assert "daf-conf" in make_plan(changed(SMALL, methods=other)).report.gallery_methods("more")
+    params = report.filtering_params("digits")
+    assert params["own"] == {"daf-conf": "daf", "daf-clip": "daf"}
+    assert params["scorers"] == ["classifier", "clip"] and params["shown"] == [0, 4]
+    files = report.filtering_inputs("digits")
+    assert len(files["indices"]) == 3 * 4 and len(files["scores"]) == 2 * 3 * 4
+    assert files["scores"][0].endswith("seed0-shots1/scores-classifier.parquet")
+    assert files["scores"][-1].endswith("seed1-shots4/scores-clip.parquet")
+
+
+def test_scoring_resources(filtered, tmp_path, monkeypatch):
+    monkeypatch.setattr(resources, "will_use_cuda", lambda device: device == "cuda")
+    cuda = make_plan(changed(SMALL, methods=FILTERED, scoring={"device": "cuda"}))
+    message = cuda.resources.gpu_limit_error(True, {})
+    assert message.startswith("GPU jobs (scoring.device (cuda)) would all start at once")
+    assert make_plan(changed(SMALL, scoring={"device": "cuda"})).resources.gpu_jobs() == []
+    index = tmp_path / "index.parquet"
+    pd.DataFrame({"key": [str(i) for i in range(30_000)]}).to_parquet(index)
+    assert filtered.resources.score_minutes("classifier", str(index), 1) == runtime.minutes(60, 1)
+    assert filtered.resources.score_minutes("change", str(index), 2) == runtime.minutes(0, 2)

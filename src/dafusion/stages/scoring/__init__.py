@@ -22,7 +22,8 @@ what the run of the baseline method learned from that split, and a CLIP model th
 names; never a validation or test image, nor the reference digit classifier.
 
 This module imports no torch and none of the scorers (a job imports the one it runs, so
-that its code fingerprint holds that scorer alone).
+that its code fingerprint holds that scorer alone). What the scorers read besides a set
+is `dafusion.settings.ScoringSettings`, the config's `scoring:` section.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import pandas as pd
 import pyarrow as pa
 
 from ...jobs.io import write_parquet
-from ...settings import Settings, knob
 
 # A set's scores, beside its index (`paths.SYNTHETIC`): scores-{scorer}.parquet.
 SCORES_PATTERN = "scores-{scorer}.parquet"
@@ -62,6 +62,7 @@ class Scorer:
         return pa.schema(fields)
 
 
+# The scorers, in the order of `dafusion.settings.SCORER_NAMES` (tested).
 SCORERS: dict[str, Scorer] = {
     scorer.name: scorer
     for scorer in (
@@ -85,18 +86,6 @@ SCORERS: dict[str, Scorer] = {
         ),
     )
 }
-
-
-@dataclass(frozen=True)
-class ScoringSettings(Settings):
-    """What the scorers read besides the set (to move into `dafusion.settings` as the
-    `scoring:` section). `clip_model`: a hub id read from the local Hugging Face cache, or a
-    local folder; `clip_prompt`: the class prompt, `{name}` standing for the class name."""
-
-    clip_model: str = "openai/clip-vit-base-patch32"
-    clip_prompt: str = "a photo of a {name}"
-    batch_size: int = knob(64)
-    device: str = knob("auto")
 
 
 def scorer(name: str) -> Scorer:
