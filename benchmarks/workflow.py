@@ -16,7 +16,8 @@ Run it on an otherwise idle machine: the CPU figures are the whole machine's.
 
 With `--readme README.md` it writes the run's results (the summary table, with the share
 of each method's images the reference classifier recognizes, and the report's verdict) and
-its run time, with the machine and its load, between the README's markers: the README's
+its run time, with the machine and its load, between the README's markers (with
+`--overlay`, both into the README's `overlay` block instead, leaving the default's): the README's
 figures come from a run of this version, never typed by hand (a release regenerates them,
 docs/development.md).
 
@@ -25,6 +26,7 @@ Usage:
     python benchmarks/workflow.py --cores 2 --keep /tmp/run   # keep the run's results
     python benchmarks/workflow.py --cores 2 --readme README.md
     python benchmarks/workflow.py --cores 2 --overlay config/filtering.yaml  # with a filter
+    python benchmarks/workflow.py --cores 2 --overlay config/filtering.yaml --readme README.md
 """
 
 from __future__ import annotations
@@ -247,9 +249,13 @@ def main() -> None:
         table, packages = breakdown(workdir / "results")
         if args.readme:
             jobs = int(table["jobs"].sum())
-            write_between(args.readme, "runtime", runtime_line(jobs, wall, where))
             block = results_block(workdir / "results")
-            write_between(args.readme, "results", f"\n{block}\n")
+            if args.overlay:  # the overlay's own block: the default's stay the default's
+                ran = f"{' '.join(args.overlay)}: {runtime_line(jobs, wall, where)}."
+                write_between(args.readme, "overlay", f"\n{ran}\n\n{block}\n")
+            else:
+                write_between(args.readme, "runtime", runtime_line(jobs, wall, where))
+                write_between(args.readme, "results", f"\n{block}\n")
             print(f"wrote the results and run time into {args.readme}:\n{block}")
     total = table.sum(numeric_only=True)
     print(

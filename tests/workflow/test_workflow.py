@@ -162,7 +162,11 @@ def test_the_report_opens_in_a_browser_with_every_image_shown(workdir):
     ]  # fmt: skip
     (provenance,) = texts["provenance"]
     config = (workdir / "results/config.yaml").read_text()
-    assert yaml.safe_load(config)["model"] == {**REDUCED["model"], "dtype": "float32"}
+    assert yaml.safe_load(config)["model"] == {
+        **REDUCED["model"],
+        "dtype": "float32",
+        "vae": "checkpoint",
+    }
     assert config.strip() in provenance
     assert str(workdir) not in config
     assert "code fingerprint\t" in provenance and "torch\t" in provenance

@@ -10,7 +10,7 @@ from dafusion.provenance import rule_code, workflow_code
 from dafusion.reporting.record import resolved_config
 from dafusion.shipped import SHIPPED, shipped_digest
 from dafusion.workflow import listing, paths
-from dafusion.workflow.config import ConfigError
+from dafusion.workflow.config import ConfigError, readable
 from dafusion.workflow.estimate import run_summary
 from dafusion.workflow.contents import TABLES, caption_key, read_captions
 from dafusion.workflow.machine import Needs, check_machine, results_write_error
@@ -171,9 +171,10 @@ def caption(name):
     return f"../report/{caption_key(name, CAPTIONS)}.rst"
 
 
-# What the report records: the resolved config (saved as results/config.yaml; paths relative
-# to the working directory, no execution knobs) and one digest of every rule's code.
-RESOLVED_CONFIG = resolved_config(config, Path.cwd())
+# What the report records: the resolved config (saved as results/config.yaml, which reads
+# back with --configfile; paths relative to the working directory, no execution knobs) and
+# one digest of every rule's code.
+RESOLVED_CONFIG = resolved_config(readable(config), Path.cwd())
 WORKFLOW_CODE = workflow_code(workflow.basedir)
 
 # The aggregate's tables, each also in Snakemake's own report.

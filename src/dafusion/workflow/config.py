@@ -201,6 +201,22 @@ def _ordered(value: Any, schema: Mapping) -> Any:
     return ordered
 
 
+def readable(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A validated config without the defaults of dataset keys only other kinds read
+    (`_check_dataset` refuses them for this kind): what the results record
+    (`dafusion.reporting.record.resolved_config`) so that it reads back as a config."""
+    others = {key for kind in KINDS.values() for key in kind.keys}
+    datasets = {
+        name: {
+            key: value
+            for key, value in spec.items()
+            if key not in others or key in KINDS[spec["kind"]].keys
+        }
+        for name, spec in config["datasets"].items()
+    }
+    return {**config, "datasets": datasets}
+
+
 def _check_dataset(name: str, spec: Mapping, explicit: set[str]) -> None:
     """Checks of a `datasets:` entry that depend on its kind (its files:
     `dafusion.workflow.machine`)."""

@@ -12,7 +12,7 @@ from dafusion.reporting.record import (
     write_config,
 )
 from dafusion.settings import SECTIONS
-from dafusion.workflow.config import SCHEMA, validate_config
+from dafusion.workflow.config import SCHEMA, readable, validate_config
 
 
 def test_only_the_embedded_tiny_model_has_random_weights():
@@ -90,3 +90,28 @@ def test_library_versions_name_each_library():
     assert versions["dafusion"] == dafusion.__version__ == declared
     assert versions["pandas"].split(".")[0].isdigit()
     assert versions["no-such-library-here"] == "not installed"
+
+
+def test_the_resolved_config_reads_back_as_a_config(tmp_path):
+    """docs/outputs.md: results/config.yaml runs again with --configfile. Defaults of keys
+    only other dataset kinds read (image_size for imagefolder, label_level and hf_config for
+    digits) are left out: validation refuses them for this kind."""
+    config = validate_config(
+        {
+            "datasets": {
+                "digits": {"kind": "digits"},
+                "photos": {"kind": "imagefolder", "root": str(tmp_path)},
+            },
+            "seeds": [0],
+            "examples_per_class": [1],
+            "model": {"pretrained": "tiny"},
+            "methods": {"baseline": {"kind": "baseline"}},
+        },
+        SCHEMA,
+    )
+    resolved = resolved_config(readable(config), tmp_path)  # as common.smk records it
+    assert "label_level" not in resolved["datasets"]["digits"]
+    assert "image_size" in resolved["datasets"]["digits"]
+    assert "image_size" not in resolved["datasets"]["photos"]
+    again = validate_config(yaml.safe_load(config_text(resolved)), SCHEMA)
+    assert resolved_config(readable(again), tmp_path) == resolved
