@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from helpers import REPO
+from helpers import tiny_clip as make_tiny_clip
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -285,31 +286,8 @@ def test_the_classifier_scorer_needs_the_sets_classes(tmp_path, monkeypatch, few
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    """A random CLIP of two small layers per tower, with the tiny model's BPE tokenizer and
-    a 32-pixel image processor, saved as a local folder (safetensors)."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    from dafusion.stages.tiny import build_tokenizer
-
-    folder = tmp_path_factory.mktemp("clip")
-    tokenizer = build_tokenizer(tmp_path_factory.mktemp("bpe"))
-    tower = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
-             "num_attention_heads": 4}  # fmt: skip
-    text = {
-        **tower, "vocab_size": len(tokenizer), "max_position_embeddings": 77,
-        "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }  # fmt: skip
-    vision = {**tower, "image_size": 32, "patch_size": 8}
-    torch.manual_seed(0)
-    CLIPModel(
-        CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
-    ).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    CLIPImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    ).save_pretrained(folder)
-    return folder
+    """A random CLIP saved as a local folder (helpers.tiny_clip)."""
+    return make_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 def test_clip_score_is_the_cosine_of_image_and_class_prompt(tmp_path, tiny_clip):
